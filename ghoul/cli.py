@@ -1,0 +1,83 @@
+"""The `ghoul` command: one verb per stage, each a config dataclass and a plain `run(cfg)` function.
+
+Stage modules are imported only for the command that runs, so `ghoul --help` and torch-free commands
+(tokenizer training, data preparation) start quickly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from dataclasses import dataclass
+
+from ghoul import __version__
+from ghoul.config import add_config_args, config_from_args
+from ghoul.errors import GhoulError
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str  # one or two words, e.g. "generate" or "export hf"
+    target: str  # "module:ConfigClass:function"
+    help: str
+
+
+# The subcommand table. Add a stage by adding a line.
+COMMANDS = [
+    Command("generate", "ghoul.generate:GenerateConfig:run", "sample text from a checkpoint or a fresh preset"),
+    Command("export hf", "ghoul.hf:ExportConfig:run", "write a checkpoint as a Hugging Face GPT-2 directory"),
+]
+
+
+def _find(argv: list[str]) -> tuple[Command | None, list[str]]:
+    for words in (2, 1):
+        name = " ".join(argv[:words])
+        for cmd in COMMANDS:
+            if cmd.name == name:
+                return cmd, argv[words:]
+    return None, argv
+
+
+def _top_help() -> str:
+    width = max(len(c.name) for c in COMMANDS)
+    lines = ["usage: ghoul COMMAND [options]   (ghoul COMMAND --help for its options)", "", "commands:"]
+    lines += [f"  {c.name.ljust(width)}  {c.help}" for c in COMMANDS]
+    return "\n".join(lines)
+
+
+def build_parser(cmd: Command) -> tuple[argparse.ArgumentParser, type, object]:
+    """The argument parser of one command, with its config class and entry point."""
+    module_name, cls_name, fn_name = cmd.target.split(":")
+    module = importlib.import_module(module_name)
+    cls, fn = getattr(module, cls_name), getattr(module, fn_name)
+    parser = argparse.ArgumentParser(prog=f"ghoul {cmd.name}", description=cmd.help)
+    add_config_args(parser, cls)
+    return parser, cls, fn
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_top_help())
+        return 0
+    if argv[0] == "--version":
+        print(f"ghoul {__version__}")
+        return 0
+    cmd, rest = _find(argv)
+    if cmd is None:
+        groups = sorted({c.name.split()[0] for c in COMMANDS})
+        print(f"ghoul: error: unknown command '{' '.join(argv[:2])}'; commands: {', '.join(groups)} "
+              "(see ghoul --help)", file=sys.stderr)
+        return 2
+    try:
+        parser, cls, fn = build_parser(cmd)
+        args = parser.parse_args(rest)
+        fn(config_from_args(cls, args))
+    except GhoulError as e:
+        print(f"ghoul {cmd.name}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"ghoul {cmd.name}: interrupted", file=sys.stderr)
+        return 130
+    return 0

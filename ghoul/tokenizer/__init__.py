@@ -1,0 +1,91 @@
+"""The tokenizer protocol every stage relies on, and `load_tokenizer` to get one by name or path.
+
+No torch here: data preparation workers and `ghoul tokenizer` import this package on their own.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from ghoul.errors import GhoulError
+
+TOKENIZER_FILE = "tokenizer.json"
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    """What data preparation, training, evaluation and sampling need of a tokenizer."""
+
+    name: str  # "gpt2", or a type name ("bpe", "char") for tokenizers that live in a file
+    vocab_size: int
+    eot_id: int  # <|endoftext|>: separates documents
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`; special-token strings in it are encoded as ordinary text."""
+        ...
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]: ...
+
+    def decode(self, ids: list[int]) -> str:
+        """Text of `ids`; byte sequences that are not valid UTF-8 become U+FFFD."""
+        ...
+
+    def save(self, path: str | Path) -> None:
+        """Write the tokenizer as one JSON file that `load_tokenizer(path)` reads back."""
+        ...
+
+
+def load_tokenizer(spec: str | Path) -> Tokenizer:
+    """A tokenizer by name (`gpt2`), by JSON file, or from a model directory (its tokenizer.json or config.json)."""
+    spec_str = str(spec)
+    if spec_str == "gpt2":
+        from ghoul.tokenizer.gpt2 import GPT2Tokenizer
+
+        return GPT2Tokenizer()
+    path = Path(spec_str)
+    if path.is_dir():
+        if (path / TOKENIZER_FILE).is_file():
+            return load_tokenizer(path / TOKENIZER_FILE)
+        config = path / "config.json"
+        if config.is_file():
+            name = json.loads(config.read_text()).get("tokenizer", "gpt2")
+            return load_tokenizer(name)
+        raise GhoulError(f"{path} holds no {TOKENIZER_FILE} or config.json: give a tokenizer name or file")
+    if path.is_file():
+        return _load_file(path)
+    raise GhoulError(f"unknown tokenizer '{spec_str}': use 'gpt2' or the path of a tokenizer JSON file "
+                     "(made by `ghoul tokenizer train`)")
+
+
+def _load_file(path: Path) -> Tokenizer:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise GhoulError(f"tokenizer file {path} is not valid JSON: {e}") from None
+    kind = data.get("type") if isinstance(data, dict) else None
+    loaders = _file_loaders()
+    if kind not in loaders:
+        raise GhoulError(f"tokenizer file {path} has type {kind!r}; known types: {', '.join(sorted(loaders))}")
+    return loaders[kind](data)
+
+
+def _file_loaders() -> dict:
+    """Tokenizer types stored in a JSON file, by their `type` field."""
+    from ghoul.tokenizer.gpt2 import GPT2Tokenizer
+
+    loaders = {"gpt2": lambda data: GPT2Tokenizer()}
+    try:  # the learning stage's own tokenizers, when present
+        from ghoul.tokenizer.bpe import BPETokenizer
+
+        loaders["bpe"] = BPETokenizer.from_dict
+    except ImportError:
+        pass
+    try:
+        from ghoul.tokenizer.char import CharTokenizer
+
+        loaders["char"] = CharTokenizer.from_dict
+    except ImportError:
+        pass
+    return loaders

