@@ -1,0 +1,97 @@
+"""Model directories (`config.json` + `model.safetensors` [+ `tokenizer.json`]): the one way every stage saves and
+loads weights. Directories are written whole or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ghoul import __version__
+from ghoul.errors import GhoulError
+from ghoul.files import atomic_directory
+from ghoul.model import CONFIG_FILE, GPT, WEIGHTS_FILE, GPTConfig
+from ghoul.tokenizer import TOKENIZER_FILE, Tokenizer
+
+TIED = "lm_head.weight"  # the same tensor as transformer.wte.weight; stored once
+
+
+def model_state(model: GPT) -> dict[str, torch.Tensor]:
+    """The weights to store: CPU, contiguous, the tied head left out (safetensors forbids shared tensors)."""
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k != TIED}
+
+
+def write_model_files(model: GPT, directory: Path, tokenizer: Tokenizer | str | None = None,
+                      extra: dict | None = None) -> None:
+    """Write the model files into an existing `directory` (used inside an atomic directory)."""
+    config = {**asdict(model.config), "ghoul_version": __version__, **(extra or {})}
+    if tokenizer is not None and not isinstance(tokenizer, str):
+        if tokenizer.name == "gpt2":
+            tokenizer = "gpt2"
+        else:
+            tokenizer.save(directory / TOKENIZER_FILE)
+            tokenizer = TOKENIZER_FILE
+    config["tokenizer"] = tokenizer or config.get("tokenizer", "gpt2")
+    (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    save_file(model_state(model), str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
+
+
+def save_model_dir(model: GPT, directory: str | Path, tokenizer: Tokenizer | str | None = None,
+                   extra: dict | None = None) -> None:
+    """Write a self-contained model directory atomically."""
+    with atomic_directory(directory) as tmp:
+        write_model_files(model, tmp, tokenizer, extra)
+
+
+def read_model_config(directory: str | Path) -> dict:
+    """The parsed `config.json` of a model directory, with a clear error when it is missing or malformed."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise GhoulError(f"checkpoint {directory} does not exist: give a model directory "
+                         f"(holding {CONFIG_FILE} and {WEIGHTS_FILE}) or use --model PRESET")
+    path = directory / CONFIG_FILE
+    if not path.is_file():
+        raise GhoulError(f"{directory} is not a model directory: {CONFIG_FILE} is missing")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise GhoulError(f"{path} is not valid JSON ({e}): the checkpoint is damaged; save it again") from None
+    if not isinstance(config, dict):
+        raise GhoulError(f"{path} must hold a JSON object of model settings")
+    return config
+
+
+def load_model_dir(directory: str | Path, device: str | torch.device = "cpu") -> GPT:
+    """Build the model from `config.json` and load `model.safetensors` into it."""
+    directory = Path(directory)
+    config = read_model_config(directory)
+    try:
+        model = GPT(GPTConfig.from_dict(config))
+    except TypeError as e:
+        raise GhoulError(f"{directory / CONFIG_FILE} has invalid model settings: {e}") from None
+    weights = directory / WEIGHTS_FILE
+    if not weights.is_file():
+        raise GhoulError(f"{directory} has no {WEIGHTS_FILE}: the checkpoint is incomplete")
+    try:
+        state = load_file(str(weights), device=str(device))
+    except (SafetensorError, OSError) as e:
+        raise GhoulError(f"{weights} could not be read ({e}): the file is damaged") from None
+    load_weights(model, state, weights)
+    return model.to(device)
+
+
+def load_weights(model: GPT, state: dict[str, torch.Tensor], source: str | Path) -> None:
+    """Load `state` into `model`, every weight accounted for (the tied head may be absent)."""
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatch: config and weights disagree
+        raise GhoulError(f"{source} does not match the model config: {str(e).splitlines()[-1].strip()}") from None
+    missing = [k for k in missing if k != TIED]
+    if missing or unexpected:
+        raise GhoulError(f"{source} does not match the model config: "
+                         f"missing {missing[:3]}, unexpected {unexpected[:3]}")

