@@ -1,10 +1,12 @@
-"""Model directories (`config.json` + `model.safetensors` [+ `tokenizer.json`]): the one way every stage saves and
-loads weights. Directories are written whole or not at all.
+"""Model directories (`config.json` + `model.safetensors` [+ `tokenizer.json`]) and training checkpoints
+(`RUN/step_000123/` = a model directory + `optimizer.pt` + `trainer_state.json`, with `RUN/latest` naming the newest):
+the one way every stage saves and loads weights. Directories are written whole or not at all.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 
@@ -14,11 +16,14 @@ from safetensors.torch import load_file, save_file
 
 from ghoul import __version__
 from ghoul.errors import GhoulError
-from ghoul.files import atomic_directory
+from ghoul.files import atomic_directory, atomic_write_text
 from ghoul.model import CONFIG_FILE, GPT, WEIGHTS_FILE, GPTConfig
 from ghoul.tokenizer import TOKENIZER_FILE, Tokenizer
 
 TIED = "lm_head.weight"  # the same tensor as transformer.wte.weight; stored once
+LATEST = "latest"
+OPTIMIZER_FILE = "optimizer.pt"
+STATE_FILE = "trainer_state.json"
 
 
 def model_state(model: GPT) -> dict[str, torch.Tensor]:
@@ -50,7 +55,7 @@ def save_model_dir(model: GPT, directory: str | Path, tokenizer: Tokenizer | str
 
 def read_model_config(directory: str | Path) -> dict:
     """The parsed `config.json` of a model directory, with a clear error when it is missing or malformed."""
-    directory = Path(directory)
+    directory = resolve_checkpoint(directory)
     if not directory.is_dir():
         raise GhoulError(f"checkpoint {directory} does not exist: give a model directory "
                          f"(holding {CONFIG_FILE} and {WEIGHTS_FILE}) or use --model PRESET")
@@ -68,7 +73,7 @@ def read_model_config(directory: str | Path) -> dict:
 
 def load_model_dir(directory: str | Path, device: str | torch.device = "cpu") -> GPT:
     """Build the model from `config.json` and load `model.safetensors` into it."""
-    directory = Path(directory)
+    directory = resolve_checkpoint(directory)
     config = read_model_config(directory)
     try:
         model = GPT(GPTConfig.from_dict(config))
@@ -95,3 +100,46 @@ def load_weights(model: GPT, state: dict[str, torch.Tensor], source: str | Path)
     if missing or unexpected:
         raise GhoulError(f"{source} does not match the model config: "
                          f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A model directory itself, or the newest checkpoint of a run directory (the one `RUN/latest` names)."""
+    path = Path(path)
+    if not (path / WEIGHTS_FILE).is_file() and (path / LATEST).is_file():
+        return path / (path / LATEST).read_text(encoding="utf-8").strip()
+    return path
+
+
+def step_dir(run_dir: str | Path, step: int) -> Path:
+    return Path(run_dir) / f"step_{step:06d}"
+
+
+def step_dirs(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first (temporary and half-written ones are hidden by their names)."""
+    return sorted(p for p in Path(run_dir).glob("step_*") if p.is_dir() and (p / STATE_FILE).is_file())
+
+
+def save_training_checkpoint(run_dir: str | Path, step: int, model: GPT, optimizers: list[torch.optim.Optimizer],
+                             state: dict, tokenizer: Tokenizer | str | None = None, keep_last: int = 0) -> Path:
+    """Write `RUN/step_{step}` atomically, point `RUN/latest` at it, and keep only the newest `keep_last`."""
+    target = step_dir(run_dir, step)
+    with atomic_directory(target) as tmp:
+        write_model_files(model, tmp, tokenizer)
+        torch.save({"optimizers": [opt.state_dict() for opt in optimizers]}, tmp / OPTIMIZER_FILE)
+        (tmp / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(Path(run_dir) / LATEST, target.name + "\n")
+    if keep_last > 0:
+        for old in step_dirs(run_dir)[:-keep_last]:
+            shutil.rmtree(old)
+    return target
+
+
+def load_training_checkpoint(directory: str | Path) -> tuple[dict, list[dict]]:
+    """(trainer state, optimizer state dicts) of a checkpoint written by `save_training_checkpoint`."""
+    directory = resolve_checkpoint(directory)
+    state_path, opt_path = directory / STATE_FILE, directory / OPTIMIZER_FILE
+    if not state_path.is_file() or not opt_path.is_file():
+        raise GhoulError(f"{directory} is not a training checkpoint: it needs {STATE_FILE} and {OPTIMIZER_FILE}")
+    state = json.loads(state_path.read_text(encoding="utf-8"))
+    optimizers = torch.load(opt_path, map_location="cpu", weights_only=True)["optimizers"]
+    return state, optimizers

@@ -30,6 +30,9 @@ COMMANDS = [
     Command("tokenizer train", "ghoul.tokenizer.cli:TrainConfig:train", "learn a byte-level BPE or char tokenizer"),
     Command("tokenizer encode", "ghoul.tokenizer.cli:EncodeConfig:encode", "print the token ids of a text"),
     Command("tokenizer decode", "ghoul.tokenizer.cli:DecodeConfig:decode", "print the text of token ids"),
+    Command("prepare", "ghoul.data.prepare:PrepareConfig:run", "tokenize a text source into token shards"),
+    Command("pretrain", "ghoul.train.stages:TrainConfig:run", "train a fresh GPT on token shards"),
+    Command("finetune", "ghoul.train.stages:FinetuneConfig:run", "continue training a model on another dataset"),
 ]
 
 

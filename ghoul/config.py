@@ -19,9 +19,9 @@ C = TypeVar("C")
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", *, choices: list[Any] | None = None,
-           positional: bool = False, metavar: str | None = None) -> Any:
-    """A config field whose `help` becomes the flag's --help text."""
-    meta = {"help": help, "choices": choices, "positional": positional, "metavar": metavar}
+           positional: bool = False, metavar: str | None = None, const: Any = None) -> Any:
+    """A config field whose `help` becomes the flag's --help text; with `const`, the flag's value is optional."""
+    meta = {"help": help, "choices": choices, "positional": positional, "metavar": metavar, "const": const}
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -73,6 +73,8 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, config_file: boo
                 kwargs["choices"] = meta["choices"]
             if is_list:
                 kwargs["nargs"] = "+"
+            if meta.get("const") is not None:
+                kwargs["nargs"], kwargs["const"] = "?", meta["const"]
         if meta.get("positional"):
             required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
             if not required:

@@ -170,6 +170,13 @@ class GPT(nn.Module):
             n -= self.transformer.wte.weight.numel() + self.transformer.wpe.weight.numel()
         return n
 
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token (forward + backward): 6 per weight plus attention's 12 * L * T * C
+        (PaLM, Chowdhery et al. 2022, appendix B); position embeddings do no matmul work."""
+        c = self.config
+        n = self.num_params() - self.transformer.wpe.weight.numel()
+        return 6 * n + 12 * c.n_layer * seq_len * c.n_embd
+
     def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """Final-LayerNorm hidden states (B, T, n_embd) of tokens `idx` (B, T), continuing `cache` if given."""
         B, T = idx.size()

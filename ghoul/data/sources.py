@@ -1,0 +1,383 @@
+"""Where training text comes from: a small `TextSource` base class, the built-in sources and a registry by name.
+
+A source yields documents as strings. Every source reads local files (`path`); the ones with a public home
+(FineWeb on the Hugging Face Hub, the Reddit horror CSVs on GitHub) download only when no path is given.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import gzip
+import html
+import json
+import os
+import urllib.request
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar, TextIO
+
+from ghoul.errors import GhoulError
+
+EOT = "<|endoftext|>"
+SOURCES: dict[str, type[TextSource]] = {}
+
+
+def register(cls: type[TextSource]) -> type[TextSource]:
+    """Class decorator: make a source available to `ghoul prepare NAME`."""
+    SOURCES[cls.name] = cls
+    return cls
+
+
+def make_source(name: str, path: str | Path | None = None, **options: Any) -> TextSource:
+    """The registered source `name`, reading `path` (a file, directory or glob) when given."""
+    if name not in SOURCES:
+        raise GhoulError(f"unknown source '{name}'; sources: {', '.join(sorted(SOURCES))}")
+    return SOURCES[name](path, **options)
+
+
+def cache_dir() -> Path:
+    """ghoul's download cache: $XDG_CACHE_HOME/ghoul, else ~/.cache/ghoul."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "ghoul"
+
+
+class TextSource(ABC):
+    """A stream of documents. Subclasses set `name`, `licence`, `suffixes` and implement `iter_documents`."""
+
+    name: ClassVar[str]
+    licence: ClassVar[str]
+    suffixes: ClassVar[tuple[str, ...]] = ()  # file types read from a local path
+    options: ClassVar[frozenset[str]] = frozenset()  # which of text_field, subset, separator apply
+
+    def __init__(self, path: str | Path | None = None, *, text_field: str | None = None,
+                 subset: str | None = None, separator: str | None = None) -> None:
+        given = {k for k, v in {"text_field": text_field, "subset": subset, "separator": separator}.items() if v}
+        if given - self.options:
+            flags = ", ".join("--" + k.replace("_", "-") for k in sorted(given - self.options))
+            raise GhoulError(f"source '{self.name}' takes no {flags}")
+        self.path, self.text_field, self.subset, self.separator = path, text_field, subset, separator
+
+    @abstractmethod
+    def iter_documents(self) -> Iterator[str]:
+        """Yield the documents in a fixed order (resuming `ghoul prepare` relies on it)."""
+
+    def size_estimate(self) -> int | None:
+        """About how many documents there are, when that is cheap to know; None otherwise."""
+        return None
+
+    def describe(self) -> str:
+        return str(self.path) if self.path is not None else f"{self.name} (download)"
+
+    def files(self) -> list[Path]:
+        if self.path is None:
+            raise GhoulError(f"source '{self.name}' needs a local file: give --source-path FILE|DIR|GLOB")
+        return resolve_paths(self.path, self.suffixes)
+
+    def __iter__(self) -> Iterator[str]:
+        count = 0
+        for doc in self.iter_documents():
+            if doc:
+                count += 1
+                yield doc
+        if count == 0:
+            raise GhoulError(f"source '{self.name}' found no documents in {self.describe()}")
+
+
+def resolve_paths(spec: str | Path, suffixes: tuple[str, ...]) -> list[Path]:
+    """The files named by a file path, a directory (searched recursively for `suffixes`) or a glob, sorted."""
+    text = os.path.expanduser(str(spec))
+    path = Path(text)
+    kinds = ", ".join(suffixes)
+    if glob.has_magic(text):
+        files = sorted(p for p in map(Path, glob.glob(text, recursive=True)) if p.is_file() and _fits(p, suffixes))
+        if not files:
+            raise GhoulError(f"no {kinds} files match {text}")
+        return files
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and _fits(p, suffixes))
+        if not files:
+            raise GhoulError(f"directory {path} holds no {kinds} files")
+        return files
+    if not path.is_file():
+        raise GhoulError(f"{path} does not exist: give a file, a directory or a glob with --source-path")
+    if not _fits(path, suffixes):
+        raise GhoulError(f"{path}: unsupported file type; this source reads {kinds}")
+    return [path]
+
+
+def _fits(path: Path, suffixes: tuple[str, ...]) -> bool:
+    return not suffixes or path.name.lower().endswith(suffixes)
+
+
+def open_text(path: Path) -> TextIO:
+    """Open a text file, gunzipping `.gz`; undecodable bytes become U+FFFD rather than stopping a long run."""
+    if path.name.endswith(".gz"):
+        return gzip.open(path, "rt", encoding="utf-8", errors="replace", newline="")
+    return open(path, encoding="utf-8", errors="replace", newline="")
+
+
+# ---- record files: one dict per row, whatever the container ----
+
+def iter_records(path: Path) -> Iterator[dict[str, Any]]:
+    """Rows of a .jsonl, .json (array of objects), .csv, .parquet or .xlsx file as dicts."""
+    name = path.name.lower()
+    if name.endswith((".jsonl", ".jsonl.gz", ".ndjson")):
+        return _jsonl(path)
+    if name.endswith((".json", ".json.gz")):
+        return _json(path)
+    if name.endswith((".csv", ".csv.gz")):
+        return _csv(path)
+    if name.endswith(".parquet"):
+        return _parquet(path)
+    if name.endswith(".xlsx"):
+        return _xlsx(path)
+    raise GhoulError(f"{path}: unsupported file type for records")
+
+
+def _jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    with open_text(path) as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise GhoulError(f"{path}:{lineno}: not valid JSON ({e})") from None
+            if not isinstance(record, dict):
+                raise GhoulError(f"{path}:{lineno}: expected a JSON object per line")
+            yield record
+
+
+def _json(path: Path) -> Iterator[dict[str, Any]]:
+    with open_text(path) as f:
+        try:
+            data = json.load(f)
+        except json.JSONDecodeError as e:
+            raise GhoulError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+        raise GhoulError(f"{path}: expected a JSON array of objects (or use .jsonl, one object per line)")
+    yield from data
+
+
+def _csv(path: Path) -> Iterator[dict[str, Any]]:
+    csv.field_size_limit(2**31 - 1)  # story bodies exceed the default 128 KiB field limit
+    with open_text(path) as f:
+        yield from csv.DictReader(f)
+
+
+def _parquet(path: Path) -> Iterator[dict[str, Any]]:
+    pq = _optional("pyarrow.parquet", "pyarrow", path)
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+        yield from batch.to_pylist()
+
+
+def _xlsx(path: Path) -> Iterator[dict[str, Any]]:
+    openpyxl = _optional("openpyxl", "openpyxl", path)
+    book = openpyxl.load_workbook(path, read_only=True, data_only=True)
+    try:
+        rows = book.active.iter_rows(values_only=True)
+        header = [str(h) if h is not None else "" for h in next(rows, ())]
+        for row in rows:
+            yield {h: ("" if v is None else str(v)) for h, v in zip(header, row, strict=False)}
+    finally:
+        book.close()
+
+
+def _optional(module: str, package: str, path: Path | str) -> Any:
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise GhoulError(f"reading {path} needs {package}: pip install 'ghoul[data]' (or pip install {package})") \
+            from None
+
+
+def pick_field(record: dict[str, Any], path: Path, given: str | None, candidates: tuple[str, ...]) -> str:
+    """The text column: `given` if the record has it, else the first candidate present; errors list the fields."""
+    fields = ", ".join(map(str, record))
+    if given is not None:
+        if given not in record:
+            raise GhoulError(f"{path} has no field '{given}'; its fields are: {fields}")
+        return given
+    for name in candidates:
+        if name in record:
+            return name
+    raise GhoulError(f"{path}: no text field among {', '.join(candidates)}; its fields are: {fields}; "
+                     "choose one with --text-field")
+
+
+def iter_field(path: Path, given: str | None, candidates: tuple[str, ...]) -> Iterator[tuple[dict, str]]:
+    """(record, text field name) for each record of a file, the field chosen from the first record."""
+    field = None
+    for record in iter_records(path):
+        field = field or pick_field(record, path, given, candidates)
+        yield record, field
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ("" if value is None else str(value))
+
+
+def download(url: str, dest: Path) -> Path:
+    """Fetch `url` to `dest` once (written to a temporary name, then renamed); later calls use the cached file."""
+    if dest.is_file():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + ".part")
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as f:
+            while chunk := response.read(1 << 20):
+                f.write(chunk)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise GhoulError(f"could not download {url} ({e}); download it yourself and give --source-path") from None
+    os.replace(tmp, dest)
+    return dest
+
+
+# ---- the built-in sources ----
+
+@register
+class FineWebSource(TextSource):
+    """FineWeb from the Hugging Face Hub (streamed), or local .parquet/.jsonl/.json files with a text field."""
+
+    name = "fineweb"
+    hub_id = "HuggingFaceFW/fineweb"
+    licence = "ODC-By 1.0, subject to the Common Crawl terms of use"
+    suffixes = (".parquet", ".jsonl", ".jsonl.gz", ".json", ".json.gz")
+    options = frozenset({"text_field", "subset"})
+
+    def iter_documents(self) -> Iterator[str]:
+        if self.path is None:
+            yield from self._stream_hub()
+            return
+        if self.subset:
+            raise GhoulError("--subset picks a Hub subset; it does not apply to local files given by --source-path")
+        field = self.text_field or "text"
+        for path in self.files():
+            for record, _ in iter_field(path, field, ()):
+                yield _text(record.get(field))
+
+    def _stream_hub(self) -> Iterator[str]:
+        datasets = _optional("datasets", "datasets", self.hub_id)
+        rows = datasets.load_dataset(self.hub_id, name=self.subset or "sample-10BT", split="train", streaming=True)
+        field = self.text_field or "text"
+        for row in rows:
+            yield _text(row.get(field))
+
+    def size_estimate(self) -> int | None:
+        if self.path is None:
+            return None
+        files = self.files()
+        if not all(p.name.endswith(".parquet") for p in files):
+            return None
+        pq = _optional("pyarrow.parquet", "pyarrow", files[0])
+        return sum(pq.ParquetFile(p).metadata.num_rows for p in files)
+
+    def describe(self) -> str:
+        return str(self.path) if self.path is not None else f"{self.hub_id} ({self.subset or 'sample-10BT'})"
+
+
+@register
+class FineWebEduSource(FineWebSource):
+    """FineWeb-Edu: the educational subset of FineWeb, same layout."""
+
+    name = "fineweb-edu"
+    hub_id = "HuggingFaceFW/fineweb-edu"
+    licence = "ODC-By 1.0, subject to the Common Crawl terms of use"
+
+
+@register
+class CreepypastaSource(TextSource):
+    """Horror stories: the Kaggle creepypastas.xlsx (or a CSV of it) and Reddit exports (title, selftext)."""
+
+    name = "creepypasta"
+    licence = ("Reddit exports: umbrae/reddit-top-2.5-million is PDDL 1.0, posts are user content; "
+               "Kaggle '3500 Popular Creepypastas': see its Kaggle page")
+    suffixes = (".xlsx", ".csv", ".jsonl", ".json")
+    options = frozenset({"text_field"})
+    text_fields = ("body", "selftext", "text", "story", "content")
+    title_fields = ("story_name", "title")
+    # the top posts of two subreddits, August 2013 (the Kaggle file needs a Kaggle login, so it is not fetched)
+    urls = ("https://raw.githubusercontent.com/umbrae/reddit-top-2.5-million/master/data/creepypasta.csv",
+            "https://raw.githubusercontent.com/umbrae/reddit-top-2.5-million/master/data/shortscarystories.csv")
+
+    def files(self) -> list[Path]:
+        if self.path is None:
+            return [download(url, cache_dir() / "creepypasta" / url.rsplit("/", 1)[1]) for url in self.urls]
+        return super().files()
+
+    def iter_documents(self) -> Iterator[str]:
+        for path in self.files():
+            for record, field in iter_field(path, self.text_field, self.text_fields):
+                body = html.unescape(_text(record.get(field))).strip()
+                if not body or body in ("[deleted]", "[removed]"):
+                    continue
+                title = next((_text(record[t]) for t in self.title_fields if record.get(t)), "")
+                title = html.unescape(title).strip()
+                yield f"{title}\n\n{body}" if title else body
+
+    def describe(self) -> str:
+        return str(self.path) if self.path is not None else "Reddit r/creepypasta + r/shortscarystories (download)"
+
+
+@register
+class TextFileSource(TextSource):
+    """Plain text files (.txt, .txt.gz): one document per file, or split on `separator`."""
+
+    name = "text"
+    licence = "that of the files given"
+    suffixes = (".txt", ".txt.gz")
+    options = frozenset({"separator"})
+
+    def iter_documents(self) -> Iterator[str]:
+        separator = unescape_separator(self.separator)
+        for path in self.files():
+            with open_text(path) as f:
+                text = f.read()
+            if separator is None:
+                yield text
+            else:
+                yield from (piece.strip() for piece in text.split(separator))
+
+
+@register
+class JsonlSource(TextSource):
+    """Any JSON-lines file; the document is the `text_field` of each line (default `text`)."""
+
+    name = "jsonl"
+    licence = "that of the files given"
+    suffixes = (".jsonl", ".jsonl.gz", ".ndjson")
+    options = frozenset({"text_field"})
+
+    def iter_documents(self) -> Iterator[str]:
+        field = self.text_field or "text"
+        for path in self.files():
+            for record, _ in iter_field(path, field, ()):
+                yield _text(record.get(field))
+
+
+@register
+class RlhfSource(TextSource):
+    """The winners file the feedback loop writes: stories separated by <|endoftext|>."""
+
+    name = "rlhf"
+    licence = "model outputs: those of the model and its training data"
+    suffixes = ()  # the winners file is plain text whatever its name
+    options = frozenset({"separator"})
+
+    def iter_documents(self) -> Iterator[str]:
+        separator = unescape_separator(self.separator) or EOT
+        for path in self.files():
+            with open_text(path) as f:
+                yield from (story.strip() for story in f.read().split(separator))
+
+
+def unescape_separator(separator: str | None) -> str | None:
+    """A separator typed on the command line: the escapes \\n and \\t mean newline and tab."""
+    if separator is None:
+        return None
+    return separator.replace("\\n", "\n").replace("\\t", "\t")

@@ -1,0 +1,80 @@
+"""The options of a training run, shared by `ghoul pretrain` and `ghoul finetune` (nanoGPT-style names)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ghoul.config import option
+from ghoul.errors import GhoulError
+
+
+@dataclass
+class TrainConfig:
+    dataset: str = option("", "prepared token shards: a directory made by `ghoul prepare`", metavar="DIR")
+    output_dir: Path = option(Path("runs/pretrain"), "run directory: log, samples, checkpoints")
+    model: str = option("tiny", "model preset for a fresh model (tiny, small, gpt2, gpt2-medium, gpt2-large, gpt2-xl)")
+    base_model: Path | None = option(None, "model directory to start from (fine-tuning)")
+    total_batch_size: int | None = option(None, "tokens per optimizer step over all ranks (default: one micro-batch "
+                                          "per rank); reached by gradient accumulation")
+    batch_size: int = option(8, "rows per micro-batch on each rank")
+    seq_len: int | None = option(None, "tokens per row (default: the model's block size)")
+    max_steps: int = option(100, "optimizer steps")
+    learning_rate: float = option(6e-4, "peak learning rate (AdamW; for Muon, of the embeddings, head and gains)")
+    muon_lr: float = option(0.02, "peak learning rate of Muon's hidden matrices")
+    warmup_iters: int = option(0, "steps of linear warmup")
+    warmdown_iters: int = option(0, "steps of linear decay to zero at the end (trapezoid schedule)")
+    schedule: str = option("trapezoid", "learning-rate schedule", choices=["trapezoid", "cosine"])
+    weight_decay: float = option(0.1, "decoupled weight decay of 2-D weights")
+    beta1: float = option(0.9, "AdamW beta1")
+    beta2: float = option(0.95, "AdamW beta2")
+    grad_clip: float = option(1.0, "clip the gradient norm to this (0: no clipping)")
+    optimizer: str = option("adamw", "optimizer", choices=["adamw", "muon"])
+    eval_every: int = option(50, "steps between validation-loss evaluations (0: never)")
+    eval_iters: int = option(20, "validation batches per evaluation")
+    hellaswag_every: int = option(0, "steps between HellaSwag evaluations (0: never)")
+    hellaswag_limit: int | None = option(None, "score only the first N HellaSwag examples")
+    hellaswag_path: Path | None = option(None, "HellaSwag jsonl file (default: the cache or GHOUL_DATA_DIR)")
+    sample_every: int = option(0, "steps between samples written to samples.jsonl (0: never)")
+    sample_prompt: str = option("", "prompt for the samples (empty: start from <|endoftext|>)")
+    sample_tokens: int = option(64, "tokens per sample")
+    checkpoint_every: int = option(0, "steps between checkpoints (0: only at the end)")
+    keep_last: int = option(0, "keep only the newest N checkpoints (0: keep all)")
+    resume: str | None = option(None, "continue a run: --resume (its latest checkpoint) or --resume CHECKPOINT_DIR",
+                                const="latest", metavar="DIR")
+    seed: int = option(1337, "random seed")
+    dtype: str = option("float32", "compute dtype (bfloat16 runs under autocast)", choices=["float32", "bfloat16"])
+    compile: bool = option(False, "torch.compile the model")
+    device: str = option("auto", "cpu, cuda, mps, or auto")
+    log_every: int = option(1, "steps between log records and progress updates")
+    wandb: bool = option(False, "also log to Weights & Biases (needs `pip install wandb`)")
+    wandb_project: str = option("ghoul", "W&B project name")
+
+    def __post_init__(self) -> None:
+        positive = ("batch_size", "max_steps", "eval_iters", "sample_tokens", "log_every")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise GhoulError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        for name in ("eval_every", "hellaswag_every", "sample_every", "checkpoint_every", "keep_last",
+                     "warmup_iters", "warmdown_iters"):
+            if getattr(self, name) < 0:
+                raise GhoulError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.warmup_iters + self.warmdown_iters > self.max_steps:
+            raise GhoulError(f"--warmup-iters ({self.warmup_iters}) + --warmdown-iters ({self.warmdown_iters}) "
+                             f"exceed --max-steps ({self.max_steps})")
+        if self.learning_rate <= 0:
+            raise GhoulError(f"--learning-rate must be positive, got {self.learning_rate}")
+        if not self.dataset:
+            raise GhoulError("--dataset is required: a directory of token shards made by `ghoul prepare`")
+        self.output_dir = Path(self.output_dir)
+
+
+def accumulation_steps(total_batch_size: int | None, batch_size: int, seq_len: int, world_size: int) -> int:
+    """Micro-steps per optimizer step, so that total = batch_size * seq_len * world_size * steps."""
+    per_step = batch_size * seq_len * world_size
+    if total_batch_size is None:
+        return 1
+    if total_batch_size % per_step != 0:
+        raise GhoulError(f"--total-batch-size {total_batch_size:,} is not a multiple of batch_size * seq_len * "
+                         f"world_size = {batch_size} * {seq_len} * {world_size} = {per_step:,}: change one of them")
+    return total_batch_size // per_step

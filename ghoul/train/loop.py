@@ -1,0 +1,272 @@
+"""The one training loop: gradient accumulation, DDP, schedules, evaluation, samples, checkpoints, exact resume.
+
+Stages differ in their model, data and loss, not in this loop: `loss_fn(model, x, y)` is passed in.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import math
+import random
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+from ghoul import dist
+from ghoul.checkpoint import load_training_checkpoint, read_model_config, save_training_checkpoint
+from ghoul.config import to_dict
+from ghoul.data.loader import ShardLoader
+from ghoul.errors import GhoulError
+from ghoul.files import atomic_write_text
+from ghoul.model import GPT
+from ghoul.optim.build import build_optimizers
+from ghoul.optim.schedule import lr_multiplier
+from ghoul.tokenizer import Tokenizer
+from ghoul.train.config import TrainConfig, accumulation_steps
+from ghoul.train.logger import LOG_FILE, RunLogger
+
+LossFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def lm_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy: the loss of pretraining and fine-tuning."""
+    return model(x, y)[1]
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    final_loss: float
+    val_loss: float | None
+    checkpoint: Path
+
+
+def autocast_context(device_type: str, dtype: str) -> contextlib.AbstractContextManager:
+    if dtype == "bfloat16":
+        return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+# ---- run directory and resume ----------------------------------------------------------------------------------
+
+def check_run_dir(cfg: TrainConfig) -> Path | None:
+    """The checkpoint to resume from (None for a fresh run); refuse to overwrite an existing run."""
+    out = cfg.output_dir
+    if cfg.resume is None:
+        if (out / LOG_FILE).exists() or any(out.glob("step_*")):
+            raise GhoulError(f"{out} already holds a run: pass --resume to continue it, or choose another "
+                             "--output-dir")
+        return None
+    checkpoint = out if cfg.resume == "latest" else Path(cfg.resume)
+    if cfg.resume == "latest" and not (out / "latest").is_file():
+        raise GhoulError(f"nothing to resume in {out}: it has no checkpoint (no 'latest' file)")
+    read_model_config(checkpoint)  # a clear error if it is not a checkpoint
+    return checkpoint
+
+
+def rng_state() -> dict:
+    state = {"torch": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode(),
+             "python": random.getstate()[1]}
+    if torch.cuda.is_available():
+        state["cuda"] = [base64.b64encode(s.numpy().tobytes()).decode() for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    def tensor(text: str) -> torch.Tensor:
+        return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
+
+    torch.set_rng_state(tensor(state["torch"]))
+    random.setstate((3, tuple(state["python"]), None))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([tensor(s) for s in state["cuda"]])
+
+
+# ---- evaluation during training --------------------------------------------------------------------------------
+
+@torch.no_grad()
+def estimate_loss(model: torch.nn.Module, loader: ShardLoader, iters: int, loss_fn: LossFn, cfg: TrainConfig,
+                  device_type: str) -> float:
+    """Mean loss over the first `iters` batches of `loader` (the same batches every time), over all ranks."""
+    model.eval()
+    total = torch.zeros((), device=loader.device)
+    n = 0
+    for x, y in loader.one_epoch(iters):
+        with autocast_context(device_type, cfg.dtype):
+            total += loss_fn(model, x, y).float()
+        n += 1
+    model.train()
+    return dist.all_reduce_mean(total / max(n, 1)).item()
+
+
+def write_sample(model: GPT, tokenizer: Tokenizer, cfg: TrainConfig, step: int, device: str,
+                 logger: RunLogger) -> None:
+    prompt = tokenizer.encode(cfg.sample_prompt) if cfg.sample_prompt else [tokenizer.eot_id]
+    idx = torch.tensor([prompt[-(model.config.block_size - 1):]], device=device)
+    generator = torch.Generator(device=device).manual_seed(cfg.seed + step)  # leaves the training RNG untouched
+    model.eval()
+    out = model.generate(idx, cfg.sample_tokens, temperature=1.0, top_k=200, eos_id=tokenizer.eot_id,
+                         generator=generator)[0, idx.size(1):].tolist()
+    model.train()
+    text = tokenizer.decode(out[:out.index(tokenizer.eot_id)] if tokenizer.eot_id in out else out)
+    logger.sample({"step": step, "prompt": cfg.sample_prompt, "text": text})
+
+
+def hellaswag_accuracy(model: GPT, tokenizer: Tokenizer, cfg: TrainConfig, d: dist.DistInfo) -> float:
+    from ghoul.eval.hellaswag import evaluate_hellaswag, load_hellaswag, resolve_hellaswag_path
+
+    examples = load_hellaswag(resolve_hellaswag_path(cfg.hellaswag_path), cfg.hellaswag_limit)
+    model.eval()
+    result = evaluate_hellaswag(model, tokenizer, examples, d.device, rank=d.rank, world_size=d.world_size,
+                                dtype=cfg.dtype, progress=False)
+    model.train()
+    return result["acc_norm"]
+
+
+# ---- the loop --------------------------------------------------------------------------------------------------
+
+def train(cfg: TrainConfig, model: GPT, tokenizer: Tokenizer, d: dist.DistInfo, loss_fn: LossFn = lm_loss,
+          resume_from: Path | None = None) -> TrainResult:
+    """Train `model` (already on `d.device`) on `cfg.dataset` as `cfg` says; rank 0 writes the run directory."""
+    seq_len = cfg.seq_len or model.config.block_size
+    if seq_len > model.config.block_size:
+        raise GhoulError(f"--seq-len {seq_len} exceeds the model's block size {model.config.block_size}")
+    accum = accumulation_steps(cfg.total_batch_size, cfg.batch_size, seq_len, d.world_size)
+    train_data = ShardLoader(cfg.dataset, cfg.batch_size, seq_len, rank=d.rank, world_size=d.world_size,
+                             device=d.device)
+    if train_data.vocab_size is not None and train_data.vocab_size > model.config.vocab_size:
+        raise GhoulError(f"{cfg.dataset} was made with a {train_data.vocab_size:,}-token vocabulary but the model has "
+                         f"{model.config.vocab_size:,}: prepare the data with the model's tokenizer")
+    val_data = _val_loader(cfg, seq_len, d) if cfg.eval_every else None
+
+    raw_model = model
+    optimizers = build_optimizers(raw_model, cfg.optimizer, cfg.learning_rate, cfg.weight_decay,
+                                  (cfg.beta1, cfg.beta2), cfg.muon_lr, d.device_type)
+    start_step = 0
+    if resume_from is not None:
+        state, opt_states = load_training_checkpoint(resume_from)
+        for opt, opt_state in zip(optimizers, opt_states, strict=True):
+            opt.load_state_dict(opt_state)
+        train_data.load_state_dict(state["loader"])
+        set_rng_state(state["rng"])
+        start_step = state["step"]
+    # wrapping is applied from outside the model, in one fixed order: compile, then DDP
+    if cfg.compile:
+        model = torch.compile(model)
+    if d.distributed:
+        model = DDP(model, device_ids=[d.local_rank] if d.device_type == "cuda" else None)
+
+    logger = RunLogger(cfg.output_dir, d.is_main, cfg.wandb_project if cfg.wandb else None, to_dict(cfg))
+    if d.is_main:
+        cfg.output_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(cfg.output_dir / "config.json", json.dumps(to_dict(cfg), indent=2) + "\n")
+        logger.truncate_after(start_step)
+    tokens_per_step = cfg.batch_size * seq_len * d.world_size * accum
+    flops_per_step = raw_model.flops_per_token(seq_len) * tokens_per_step
+    peak = dist.peak_flops(d.device, cfg.dtype)
+    dist.print0(f"training {raw_model.num_params():,} parameters on {d.world_size} x {d.device}: {tokens_per_step:,} "
+                f"tokens per step ({accum} accumulation steps), steps {start_step}..{cfg.max_steps}")
+
+    def checkpoint(step: int) -> Path:
+        state = {"step": step, "loader": train_data.state_dict(), "rng": rng_state(), "config": to_dict(cfg)}
+        path = cfg.output_dir / f"step_{step:06d}"
+        if d.is_main:
+            path = save_training_checkpoint(cfg.output_dir, step, raw_model, optimizers, state, tokenizer,
+                                            cfg.keep_last)
+        return path
+
+    def evaluate(step: int, record: dict) -> None:
+        if val_data is not None and (step % cfg.eval_every == 0 or step == cfg.max_steps):
+            record["val_loss"] = estimate_loss(model, val_data, cfg.eval_iters, loss_fn, cfg, d.device_type)
+        if cfg.hellaswag_every and (step % cfg.hellaswag_every == 0 or step == cfg.max_steps):
+            record["hellaswag_acc"] = hellaswag_accuracy(raw_model, tokenizer, cfg, d)
+        if d.is_main and cfg.sample_every and (step % cfg.sample_every == 0 or step == cfg.max_steps):
+            write_sample(raw_model, tokenizer, cfg, step, d.device, logger)
+
+    model.train()
+    bar = tqdm(total=cfg.max_steps, initial=start_step, desc="training", unit="step", disable=not d.is_main,
+               file=sys.stderr, dynamic_ncols=True)
+    step, loss_value, val_loss, last_checkpoint = start_step, float("nan"), None, None
+    started = time.perf_counter()
+    if start_step == 0:
+        record = {"step": 0}
+        evaluate(0, record)
+        if len(record) > 1:
+            logger.log(record)
+    try:
+        while step < cfg.max_steps:
+            t0 = time.perf_counter()
+            # ---- forward/backward over the micro-batches; gradients are all-reduced only on the last
+            loss_sum = torch.zeros((), device=d.device)
+            for micro in range(accum):
+                x, y = next(train_data)
+                sync = not d.distributed or micro == accum - 1
+                with (contextlib.nullcontext() if sync else model.no_sync()):
+                    with autocast_context(d.device_type, cfg.dtype):
+                        loss = loss_fn(model, x, y) / accum
+                    loss.backward()
+                loss_sum += loss.detach()
+            # ---- update
+            grad_norm = (torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
+                         if cfg.grad_clip > 0 else None)
+            lr_mult = lr_multiplier(step, cfg.max_steps, cfg.warmup_iters, cfg.warmdown_iters, cfg.schedule)
+            for opt in optimizers:
+                for group in opt.param_groups:
+                    group["lr"] = group["initial_lr"] * lr_mult
+                opt.step()
+            for opt in optimizers:
+                opt.zero_grad(set_to_none=True)
+            step += 1
+            # ---- log (the .item() calls are the step's only host-device syncs)
+            if step % cfg.log_every == 0 or step == cfg.max_steps:
+                loss_value = dist.all_reduce_mean(loss_sum).item()
+                if not math.isfinite(loss_value):
+                    last = (cfg.output_dir / "latest").read_text().strip() if (cfg.output_dir / "latest").exists() \
+                        else "none"
+                    raise GhoulError(f"the loss became {loss_value} at step {step}; the last good checkpoint is "
+                                     f"{last}: lower --learning-rate or raise --warmup-iters and --resume")
+                dt = time.perf_counter() - t0
+                record = {"step": step, "loss": loss_value, "lr": cfg.learning_rate * lr_mult,
+                          "tokens": step * tokens_per_step, "tokens_per_s": tokens_per_step / dt,
+                          "elapsed": time.perf_counter() - started}
+                if grad_norm is not None:
+                    record["grad_norm"] = grad_norm.item()
+                if peak:
+                    record["mfu"] = flops_per_step / dt / d.world_size / peak
+                evaluate(step, record)
+                val_loss = record.get("val_loss", val_loss)
+                logger.log(record)
+                bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{record['tokens_per_s']:,.0f}", refresh=False)
+            bar.update(1)
+            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.max_steps:
+                last_checkpoint = checkpoint(step)
+    except KeyboardInterrupt:
+        bar.close()
+        if step > start_step:
+            path = checkpoint(step)
+            dist.print0(f"\ninterrupted: saved {path}; continue with --resume")
+        raise
+    bar.close()
+    last_checkpoint = checkpoint(step)
+    logger.close()
+    dist.print0(f"done: {step} steps, loss {loss_value:.4f}" + (f", val loss {val_loss:.4f}" if val_loss else "")
+                + f"; checkpoint {last_checkpoint}")
+    return TrainResult(cfg.output_dir, step, loss_value, val_loss, last_checkpoint)
+
+
+def _val_loader(cfg: TrainConfig, seq_len: int, d: dist.DistInfo) -> ShardLoader | None:
+    try:
+        return ShardLoader(cfg.dataset, cfg.batch_size, seq_len, split="val", rank=d.rank, world_size=d.world_size,
+                           device=d.device)
+    except GhoulError as e:
+        dist.print0(f"no validation loss: {e}")
+        return None

@@ -1,0 +1,70 @@
+"""`ghoul pretrain` (a fresh model) and `ghoul finetune` (from a checkpoint): the same loop, another start."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ghoul import dist
+from ghoul.config import option
+from ghoul.data.shards import read_meta
+from ghoul.errors import GhoulError
+from ghoul.model import GPT, GPTConfig
+from ghoul.tokenizer import Tokenizer, load_tokenizer
+from ghoul.train.config import TrainConfig
+from ghoul.train.loop import TrainResult, check_run_dir, train
+
+
+@dataclass
+class FinetuneConfig(TrainConfig):
+    output_dir: Path = option(Path("runs/finetune"), "run directory: log, samples, checkpoints")
+    learning_rate: float = option(1.8e-4, "peak learning rate")
+    max_steps: int = option(50, "optimizer steps")
+    warmdown_iters: int = option(10, "steps of linear decay to zero at the end")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.base_model is None and self.resume is None:
+            raise GhoulError("--base-model is required: the model directory to fine-tune (e.g. a pretraining run)")
+
+
+def dataset_tokenizer(dataset: str) -> Tokenizer:
+    """The tokenizer a shard directory was made with (GPT-2's for shards without meta.json, as llm.c's)."""
+    path = Path(dataset)
+    meta = read_meta(path) if path.is_dir() else None
+    spec = (meta or {}).get("tokenizer", "gpt2")
+    if spec != "gpt2" and not Path(spec).is_absolute():
+        spec = str(path / spec) if (path / spec).exists() else spec
+    return load_tokenizer(spec)
+
+
+def start_model(cfg: TrainConfig, resume_from: Path | None) -> tuple[GPT, Tokenizer]:
+    """The model to train: the checkpoint resumed, the base model fine-tuned, or a fresh preset."""
+    source = resume_from or cfg.base_model
+    if source is not None:
+        model, tokenizer = GPT.from_pretrained(source), load_tokenizer(source)
+        data_tokenizer = dataset_tokenizer(cfg.dataset)
+        if data_tokenizer.vocab_size != tokenizer.vocab_size or data_tokenizer.eot_id != tokenizer.eot_id:
+            raise GhoulError(f"{cfg.dataset} was tokenized with {data_tokenizer.name} ({data_tokenizer.vocab_size:,} "
+                             f"tokens) but {source} uses {tokenizer.name} ({tokenizer.vocab_size:,}): prepare the "
+                             "data with the model's tokenizer (--tokenizer)")
+        return model, tokenizer
+    tokenizer = dataset_tokenizer(cfg.dataset)
+    return GPT(GPTConfig.from_name(cfg.model, vocab_size=tokenizer.vocab_size)), tokenizer
+
+
+def run(cfg: TrainConfig) -> TrainResult:
+    """Pretrain or fine-tune as `cfg` says, on one process or as one rank under torchrun."""
+    d = dist.setup(cfg.device)
+    try:
+        resume_from = check_run_dir(cfg)
+        torch.manual_seed(cfg.seed)
+        model, tokenizer = start_model(cfg, resume_from)
+        if d.device_type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True  # TF32 for float32 matmuls: ~8x the FLOP/s on Ampere+
+            torch.backends.cudnn.allow_tf32 = True
+        return train(cfg, model.to(d.device), tokenizer, d, resume_from=resume_from)
+    finally:
+        dist.teardown()

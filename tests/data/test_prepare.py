@@ -1,0 +1,173 @@
+"""`ghoul prepare` on the real FineWeb and Reddit samples: tokens match tiktoken, shards split, resume, errors."""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ghoul.cli import main
+from ghoul.data import prepare as prepare_module
+from ghoul.data.prepare import PrepareConfig, run
+from ghoul.data.shards import find_shards, read_meta, read_shard
+from ghoul.errors import GhoulError
+from ghoul.tokenizer.gpt2 import gpt2_encoding
+
+EOT = 50256
+
+
+def stream(out: Path) -> np.ndarray:
+    """All tokens of a prepared directory in stream order: val shards first, then train."""
+    meta = read_meta(out)
+    parts = [read_shard(p) for split in ("val", "train") if meta["shards"][split] for p in find_shards(out, split)]
+    return np.concatenate(parts).astype(np.int64)
+
+
+def expected_stream(docs: list[str]) -> list[int]:
+    enc = gpt2_encoding()
+    return [t for doc in docs for t in [*enc.encode_ordinary(doc), EOT]]
+
+
+def test_fineweb_tokens_match_tiktoken(data: Path, tmp_path: Path) -> None:
+    records = json.loads((data / "fineweb" / "fineweb_subset.json").read_text(encoding="utf-8"))
+    cfg = PrepareConfig("fineweb", tmp_path / "fw", source_path=str(data / "fineweb" / "fineweb_subset.parquet"),
+                        shard_tokens=40_000, val_tokens=25_000, workers=2, progress=False)
+    result = run(cfg)
+    tokens = stream(cfg.out)
+    assert tokens.tolist() == expected_stream([r["text"] for r in records])
+    meta = read_meta(cfg.out)
+    assert meta["complete"] and meta["documents"] == result.documents == 300
+    assert (meta["vocab_size"], meta["eot_id"], meta["dtype"]) == (50257, EOT, "uint16")
+    assert meta["shards"]["val"] == [25_000] and result.tokens["val"] == 25_000
+    assert all(n == 40_000 for n in meta["shards"]["train"][:-1]) and 0 < meta["shards"]["train"][-1] <= 40_000
+    assert meta["command"].startswith("ghoul prepare fineweb --out ")
+    # FineWeb's own token_count is an independent count by GPT-2's tokenizer, off by a few for a handful of docs
+    ends = np.flatnonzero(tokens == EOT)
+    lengths = np.diff(np.concatenate([[-1], ends])) - 1
+    matches = sum(int(n) == r["token_count"] for n, r in zip(lengths, records, strict=True))
+    assert matches >= 0.95 * len(records)
+    assert abs(int(lengths.sum()) - sum(r["token_count"] for r in records)) < 0.001 * lengths.sum()
+
+
+def test_creepypasta_cli_tokens_match_tiktoken(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    path = data / "creepypasta" / "reddit_horror_stories.jsonl"
+    out = tmp_path / "horror"
+    code = main(["prepare", "creepypasta", "--source-path", str(path), "--out", str(out), "--shard-tokens", "300_000",
+                 "--workers", "2", "--no-progress"])
+    assert code == 0
+    with open(path, encoding="utf-8") as f:
+        stories = [json.loads(line) for line in f]
+    docs = [f"{html.unescape(s['title']).strip()}\n\n{html.unescape(s['selftext']).strip()}" for s in stories]
+    assert stream(out).tolist() == expected_stream(docs)
+    assert read_meta(out)["documents"] == len(stories)
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_workers_do_not_change_the_shards(data: Path, tmp_path: Path) -> None:
+    def shards(workers: int) -> list[bytes]:
+        cfg = PrepareConfig("text", tmp_path / str(workers), source_path=str(data / "tinyshakespeare" / "input.txt"),
+                            separator="\\n\\n", shard_tokens=50_000, val_tokens=20_000, workers=workers,
+                            progress=False)
+        run(cfg)
+        return [p.read_bytes() for p in sorted(cfg.out.glob("*.bin"))]
+
+    one, two = shards(1), shards(2)
+    assert one == two and len(one) > 3
+
+
+def test_interrupted_run_resumes_to_identical_shards(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    def config(out: str) -> PrepareConfig:
+        return PrepareConfig("fineweb", tmp_path / out, source_path=str(data / "fineweb" / "fineweb_subset.jsonl"),
+                             shard_tokens=17_000, val_tokens=30_000, limit_docs=200, workers=1, progress=False)
+
+    reference = config("whole")
+    run(reference)
+    original = prepare_module.ShardWriter._flush
+    flushed = []
+
+    def crash_after_four(self, documents: int, skip_tokens: int) -> None:
+        if len(flushed) == 4:
+            (self.out / "train_000003.bin.tmp").write_bytes(b"half a shard")  # as a crash mid-write leaves it
+            raise KeyboardInterrupt
+        flushed.append(skip_tokens)
+        original(self, documents, skip_tokens)
+
+    monkeypatch.setattr(prepare_module.ShardWriter, "_flush", crash_after_four)
+    with pytest.raises(KeyboardInterrupt):
+        run(config("resumed"))
+    assert any(flushed)  # some shard ended inside a document, so the resume starts mid-document
+    partial = read_meta(tmp_path / "resumed")
+    assert not partial["complete"] and len(partial["shards"]["val"]) + len(partial["shards"]["train"]) == 4
+    monkeypatch.setattr(prepare_module.ShardWriter, "_flush", original)
+    result = run(config("resumed"))
+    assert not result.skipped
+    assert "after 4 complete shards" in capsys.readouterr().out
+    names = sorted(p.name for p in reference.out.glob("*.bin"))
+    assert names == sorted(p.name for p in (tmp_path / "resumed").glob("*.bin"))
+    for name in names:
+        assert (reference.out / name).read_bytes() == (tmp_path / "resumed" / name).read_bytes(), name
+    assert read_meta(tmp_path / "resumed")["documents"] == read_meta(reference.out)["documents"] == 200
+
+
+def test_second_run_does_nothing(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    cfg = PrepareConfig("fineweb", tmp_path / "fw", source_path=str(data / "fineweb" / "fineweb_subset.json"),
+                        limit_docs=20, workers=1, progress=False)
+    first = run(cfg)
+    stamps = {p: p.stat().st_mtime_ns for p in cfg.out.iterdir()}
+    second = run(cfg)
+    assert second.skipped and "nothing to do" in capsys.readouterr().out
+    assert second.tokens == first.tokens and second.documents == 20
+    assert stamps == {p: p.stat().st_mtime_ns for p in cfg.out.iterdir()}
+    cfg.limit_docs = 30
+    with pytest.raises(GhoulError, match=r"prepared with other settings \(--limit-docs 20 there, 30 now\)"):
+        run(cfg)
+
+
+def test_bad_input_exits_2_naming_the_file(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    def prepare(*args: str) -> str:
+        assert main(["prepare", *args, "--out", str(tmp_path / "out"), "--no-progress"]) == 2
+        return capsys.readouterr().err
+
+    assert "missing.parquet does not exist" in prepare("fineweb", "--source-path", str(tmp_path / "missing.parquet"))
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n", encoding="utf-8")
+    assert "found no documents in" in prepare("jsonl", "--source-path", str(empty)) and "empty.jsonl" in prepare(
+        "jsonl", "--source-path", str(empty))
+    err = prepare("creepypasta", "--source-path", str(data / "creepypasta" / "shortscarystories.csv"),
+                  "--text-field", "story")
+    assert "shortscarystories.csv has no field 'story'; its fields are: created_utc, score" in err
+    assert "unknown tokenizer 'nope'" in prepare("text", "--source-path", str(empty), "--tokenizer", "nope")
+    assert "--shard-tokens must be" in prepare("text", "--source-path", str(empty), "--shard-tokens", "0")
+    assert not (tmp_path / "out").exists()  # nothing is created before the input is known to be good
+    stray = tmp_path / "stray"
+    stray.mkdir()
+    (stray / "x.bin").write_bytes(b"")
+    cfg = PrepareConfig("fineweb", stray, source_path=str(data / "fineweb" / "fineweb_subset.json"), progress=False)
+    with pytest.raises(GhoulError, match="holds .bin files but no meta.json"):
+        run(cfg)
+
+
+def test_all_tokens_in_val_is_an_error(data: Path, tmp_path: Path) -> None:
+    cfg = PrepareConfig("fineweb", tmp_path / "v", source_path=str(data / "fineweb" / "fineweb_subset.json"),
+                        limit_docs=3, val_tokens=1_000_000, workers=1, progress=False)
+    with pytest.raises(GhoulError, match="all .* tokens went to the val split: lower --val-tokens"):
+        run(cfg)
+
+
+def test_own_tokenizer_file_is_kept_with_the_shards(data: Path, tmp_path: Path) -> None:
+    from ghoul.tokenizer import load_tokenizer
+    from ghoul.tokenizer.char import CharTokenizer
+
+    text = (data / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")
+    CharTokenizer.train([text]).save(tmp_path / "char.json")
+    cfg = PrepareConfig("text", tmp_path / "chars", tokenizer=str(tmp_path / "char.json"),
+                        source_path=str(data / "tinyshakespeare" / "input.txt"), workers=2, progress=False)
+    run(cfg)
+    tokenizer = load_tokenizer(cfg.out)  # the directory is self-contained
+    meta = read_meta(cfg.out)
+    assert meta["tokenizer"] == "tokenizer.json" and meta["vocab_size"] == tokenizer.vocab_size == 66
+    assert stream(cfg.out).tolist() == [*tokenizer.encode(text), tokenizer.eot_id]

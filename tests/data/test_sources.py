@@ -1,0 +1,198 @@
+"""Text sources on the real sample files: what each yields, and the errors for bad input."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import html
+import json
+from pathlib import Path
+
+import pytest
+
+from ghoul.data.sources import SOURCES, cache_dir, download, make_source, resolve_paths
+from ghoul.errors import GhoulError
+
+
+def fineweb_texts(data: Path) -> list[str]:
+    return [d["text"] for d in json.loads((data / "fineweb" / "fineweb_subset.json").read_text(encoding="utf-8"))]
+
+
+def reddit_stories(data: Path) -> list[dict]:
+    with open(data / "creepypasta" / "reddit_horror_stories.jsonl", encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def test_registry_has_the_built_in_sources() -> None:
+    assert {"fineweb", "fineweb-edu", "creepypasta", "text", "jsonl", "rlhf"} <= set(SOURCES)
+    for cls in SOURCES.values():
+        assert cls.licence
+    with pytest.raises(GhoulError, match="unknown source 'nope'.*fineweb"):
+        make_source("nope", "x")
+
+
+@pytest.mark.parametrize("name", ["fineweb_subset.json", "fineweb_subset.jsonl", "fineweb_subset.parquet"])
+def test_fineweb_reads_every_local_format(data: Path, name: str) -> None:
+    docs = list(make_source("fineweb", data / "fineweb" / name))
+    assert docs == fineweb_texts(data)
+    assert docs[0].startswith("How AP reported in all formats from tornado")
+
+
+def test_fineweb_glob_and_parquet_size_estimate(data: Path) -> None:
+    source = make_source("fineweb", str(data / "fineweb" / "fineweb_subset.json*"))
+    assert [p.name for p in source.files()] == ["fineweb_subset.json", "fineweb_subset.jsonl"]
+    assert len(list(source)) == 600
+    assert make_source("fineweb", data / "fineweb" / "fineweb_subset.parquet").size_estimate() == 300
+
+
+def expected_story(record: dict, title: str, body: str) -> str:
+    return f"{html.unescape(record[title]).strip()}\n\n{html.unescape(record[body]).strip()}"
+
+
+def test_creepypasta_jsonl_prefixes_titles_and_unescapes(data: Path) -> None:
+    stories = reddit_stories(data)
+    docs = list(make_source("creepypasta", data / "creepypasta" / "reddit_horror_stories.jsonl"))
+    assert docs == [expected_story(s, "title", "selftext") for s in stories]
+    assert any("&amp;" in s["selftext"] for s in stories)  # the raw data has entities ...
+    assert not any("&amp;" in d for d in docs)  # ... the documents do not
+
+
+def test_creepypasta_csv_drops_empty_and_deleted_posts(data: Path) -> None:
+    """The JSONL is a conversion of the two CSVs with empty/[deleted]/[removed] posts left out: same documents."""
+    folder = data / "creepypasta"
+    docs = list(make_source("creepypasta", str(folder / "*.csv")))
+    assert docs == list(make_source("creepypasta", folder / "reddit_horror_stories.jsonl"))
+    rows = []
+    for name in ("creepypasta.csv", "shortscarystories.csv"):
+        with open(folder / name, encoding="utf-8", newline="") as f:
+            rows += list(csv.DictReader(f))
+    kept = [r for r in rows if r["selftext"].strip() not in ("", "[deleted]", "[removed]")]
+    assert len(docs) == len(kept) < len(rows)  # link posts with no text were dropped
+
+
+def test_creepypasta_kaggle_xlsx_schema(data: Path, tmp_path: Path) -> None:
+    import openpyxl  # the `data` extra, which the dev extra includes
+    stories = reddit_stories(data)[:20]
+    book = openpyxl.Workbook()
+    sheet = book.active
+    sheet.append(["story_name", "body", "average_rating", "tags"])
+    for s in stories:
+        sheet.append([s["title"], s["selftext"], 9.1, "ghosts"])
+    sheet.append(["Gone", "[deleted]", 1.0, ""])
+    sheet.append(["Removed", "[removed]", 1.0, ""])
+    sheet.append(["Empty", None, 1.0, ""])
+    book.save(tmp_path / "creepypastas.xlsx")
+    docs = list(make_source("creepypasta", tmp_path / "creepypastas.xlsx"))
+    assert docs == [expected_story(s, "title", "selftext") for s in stories]
+
+
+def test_creepypasta_unknown_text_field_lists_fields(data: Path) -> None:
+    path = data / "creepypasta" / "creepypasta.csv"
+    with pytest.raises(GhoulError, match=r"creepypasta\.csv has no field 'story'.*selftext"):
+        list(make_source("creepypasta", path, text_field="story"))
+    docs = list(make_source("creepypasta", path, text_field="selftext"))
+    assert docs == list(make_source("creepypasta", path))
+
+
+def test_text_source_gzip_and_separator(data: Path) -> None:
+    docs = list(make_source("text", data / "lovecraft" / "lovecraft.txt.gz"))
+    with gzip.open(data / "lovecraft" / "lovecraft.txt.gz", "rt", encoding="utf-8", newline="") as f:
+        assert docs == [f.read()]
+    path = data / "tinyshakespeare" / "input.txt"
+    speeches = list(make_source("text", path, separator="\\n\\n"))
+    expected = [p.strip() for p in path.read_text(encoding="utf-8").split("\n\n") if p.strip()]
+    assert speeches == expected
+    assert speeches[0].startswith("First Citizen:")
+
+
+def test_jsonl_source_with_text_field(data: Path) -> None:
+    path = data / "hellaswag" / "hellaswag_val_first100.jsonl"
+    docs = list(make_source("jsonl", path, text_field="ctx"))
+    with open(path, encoding="utf-8") as f:
+        assert docs == [json.loads(line)["ctx"] for line in f]
+    with pytest.raises(GhoulError, match=r"hellaswag_val_first100\.jsonl has no field 'text'.*activity_label"):
+        list(make_source("jsonl", path))
+
+
+def test_rlhf_winners_file(tmp_path: Path) -> None:
+    path = tmp_path / "winners.txt"
+    path.write_text("The door.\n<|endoftext|>\nThe cellar.<|endoftext|>\n\n<|endoftext|>The end.\n", encoding="utf-8")
+    assert list(make_source("rlhf", path)) == ["The door.", "The cellar.", "The end."]
+
+
+def test_missing_and_empty_sources_name_the_file(tmp_path: Path) -> None:
+    with pytest.raises(GhoulError, match="nowhere.jsonl does not exist"):
+        list(make_source("jsonl", tmp_path / "nowhere.jsonl"))
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("", encoding="utf-8")
+    with pytest.raises(GhoulError, match="no documents in .*empty.jsonl"):
+        list(make_source("jsonl", empty))
+    with pytest.raises(GhoulError, match="holds no .txt"):
+        list(make_source("text", tmp_path))
+    with pytest.raises(GhoulError, match="no .* files match"):
+        resolve_paths(tmp_path / "*.parquet", (".parquet",))
+    with pytest.raises(GhoulError, match="needs a local file"):
+        list(make_source("text"))
+
+
+def test_bad_records_and_options(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n{not json\n', encoding="utf-8")
+    with pytest.raises(GhoulError, match=r"bad.jsonl:2: not valid JSON"):
+        list(make_source("jsonl", bad))
+    with pytest.raises(GhoulError, match="takes no --subset"):
+        make_source("creepypasta", bad, subset="sample-10BT")
+    text = tmp_path / "notes.txt"
+    text.write_text("x", encoding="utf-8")
+    with pytest.raises(GhoulError, match=r"notes.txt: unsupported file type; this source reads .parquet"):
+        list(make_source("fineweb", text))
+
+
+def test_download_caches_under_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert cache_dir() == tmp_path / "cache" / "ghoul"
+    origin = tmp_path / "origin.csv"
+    origin.write_text("title,selftext\nA,story\n", encoding="utf-8")
+    dest = download(origin.as_uri(), cache_dir() / "x" / "origin.csv")  # file:// needs no network
+    assert dest.read_text(encoding="utf-8") == origin.read_text(encoding="utf-8")
+    origin.unlink()
+    assert download(origin.as_uri(), dest) == dest  # cached: not fetched again
+    with pytest.raises(GhoulError, match="could not download"):
+        download(origin.as_uri(), cache_dir() / "y.csv")
+
+
+def test_creepypasta_without_a_path_downloads_once_into_the_cache(data: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from ghoul.data.sources import CreepypastaSource
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    folder = data / "creepypasta"
+    urls = tuple((folder / name).as_uri() for name in ("creepypasta.csv", "shortscarystories.csv"))
+    monkeypatch.setattr(CreepypastaSource, "urls", urls)  # file:// stands in for GitHub: no network in tests
+    docs = list(make_source("creepypasta"))
+    assert docs == list(make_source("creepypasta", folder / "reddit_horror_stories.jsonl"))
+    assert sorted(p.name for p in (tmp_path / "ghoul" / "creepypasta").iterdir()) == [
+        "creepypasta.csv", "shortscarystories.csv"]
+
+
+def test_fineweb_without_a_path_streams_from_the_hub(data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Hub call, with a stand-in `datasets` module serving the real sample (the tests have no network)."""
+    import sys
+    import types
+
+    calls = []
+
+    def load_dataset(repo: str, name: str, split: str, streaming: bool) -> list[dict]:
+        calls.append((repo, name, split, streaming))
+        return json.loads((data / "fineweb" / "fineweb_subset.json").read_text(encoding="utf-8"))
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    assert list(make_source("fineweb-edu", subset="sample-100BT")) == fineweb_texts(data)
+    assert list(make_source("fineweb"))[:1] == fineweb_texts(data)[:1]
+    assert calls == [("HuggingFaceFW/fineweb-edu", "sample-100BT", "train", True),
+                     ("HuggingFaceFW/fineweb", "sample-10BT", "train", True)]
+    monkeypatch.setitem(sys.modules, "datasets", None)  # not installed
+    with pytest.raises(GhoulError, match=r"needs datasets: pip install 'ghoul\[data\]'"):
+        list(make_source("fineweb"))
+    with pytest.raises(GhoulError, match="--subset picks a Hub subset"):
+        list(make_source("fineweb", data / "fineweb" / "fineweb_subset.json", subset="sample-10BT"))

@@ -1,0 +1,160 @@
+"""The training engine on the CPU: learning, exact resume, fine-tuning, checkpoints, and refusals."""
+
+import json
+import math
+
+import pytest
+import torch
+import transformers
+
+from ghoul.checkpoint import load_training_checkpoint, step_dirs
+from ghoul.cli import main
+from ghoul.dist import DistInfo
+from ghoul.errors import GhoulError
+from ghoul.hf import export_hf
+from ghoul.model import GPT, GPTConfig
+from ghoul.tokenizer import load_tokenizer
+from ghoul.train.loop import train
+from ghoul.train.stages import FinetuneConfig, TrainConfig, run
+
+
+def log(run_dir):
+    return [json.loads(line) for line in (run_dir / "log.jsonl").open()]
+
+
+def config(shards, out, **kw):
+    base = dict(dataset=str(shards), output_dir=out, model="tiny", batch_size=4, seq_len=64, max_steps=8,
+                learning_rate=3e-3, eval_every=4, eval_iters=2, device="cpu")
+    return TrainConfig(**{**base, **kw})
+
+
+def test_pretrain_lowers_val_loss_and_writes_a_run(fineweb_shards, tmp_path):
+    result = run(config(fineweb_shards, tmp_path / "run", max_steps=40, eval_every=20, warmdown_iters=10,
+                        sample_every=20, checkpoint_every=20))
+    records = log(tmp_path / "run")
+    val = [r["val_loss"] for r in records if "val_loss" in r]
+    assert abs(val[0] - math.log(50257)) < 0.2  # at step 0: near uniform
+    assert val[-1] < val[0] - 1.0 and result.val_loss == val[-1]
+    assert [r["step"] for r in records if "loss" in r] == list(range(1, 41))
+    assert {"loss", "lr", "tokens", "tokens_per_s", "grad_norm", "elapsed"} <= set(records[-1])
+    assert records[-1]["lr"] == pytest.approx(3e-3 / 10)  # the last step of the warmdown
+    assert [p.name for p in step_dirs(tmp_path / "run")] == ["step_000020", "step_000040"]
+    assert (tmp_path / "run" / "latest").read_text().strip() == "step_000040"
+    samples = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").open()]
+    assert [s["step"] for s in samples] == [0, 20, 40] and samples[-1]["text"]
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["max_steps"] == 40 and saved["dataset"] == str(fineweb_shards)
+
+
+def test_resumed_run_equals_uninterrupted_run(fineweb_shards, tmp_path):
+    cfg = dict(max_steps=8, checkpoint_every=4, total_batch_size=512, batch_size=4, seq_len=64,
+               warmup_iters=2, warmdown_iters=3, dropout_free=None)
+    cfg.pop("dropout_free")
+    run(config(fineweb_shards, tmp_path / "a", **cfg))
+    run(config(fineweb_shards, tmp_path / "b", **cfg))
+    # a crash after step 4's checkpoint: resume from it and train the rest again
+    assert main(["pretrain", "--dataset", str(fineweb_shards), "--output-dir", str(tmp_path / "b"), "--model", "tiny",
+                 "--batch-size", "4", "--seq-len", "64", "--max-steps", "8", "--learning-rate", "3e-3",
+                 "--eval-every", "4", "--eval-iters", "2", "--checkpoint-every", "4", "--total-batch-size", "512",
+                 "--warmup-iters", "2", "--warmdown-iters", "3", "--device", "cpu",
+                 "--resume", str(tmp_path / "b" / "step_000004")]) == 0
+    a, b = log(tmp_path / "a"), log(tmp_path / "b")
+    assert [r["step"] for r in b if "loss" in r] == list(range(1, 9))  # the log was cut back to step 4
+    assert [r["loss"] for r in a if "loss" in r] == [r["loss"] for r in b if "loss" in r]  # bitwise equal
+    wa = GPT.from_pretrained(tmp_path / "a").state_dict()
+    wb = GPT.from_pretrained(tmp_path / "b").state_dict()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    state, _ = load_training_checkpoint(tmp_path / "b")
+    assert state["step"] == 8 and state["loader"]["position"] == 8 * 512
+
+
+def test_finetune_continues_on_another_dataset(fineweb_shards, horror_shards, tmp_path):
+    run(config(fineweb_shards, tmp_path / "pre", max_steps=4, eval_every=0))
+    result = run(FinetuneConfig(dataset=str(horror_shards), output_dir=tmp_path / "ft", base_model=tmp_path / "pre",
+                                batch_size=4, seq_len=64, max_steps=6, warmdown_iters=2, learning_rate=3e-3,
+                                eval_every=3, eval_iters=2, device="cpu"))
+    records = log(tmp_path / "ft")
+    assert records[0]["step"] == 0 and "val_loss" in records[0]
+    assert result.val_loss < records[0]["val_loss"]
+    base = GPT.from_pretrained(tmp_path / "pre")
+    tuned = GPT.from_pretrained(tmp_path / "ft")
+    assert not torch.equal(base.transformer.wte.weight, tuned.transformer.wte.weight)
+
+
+def test_checkpoint_loads_in_transformers(fineweb_shards, tmp_path):
+    run(config(fineweb_shards, tmp_path / "run", max_steps=2, eval_every=0))
+    model = GPT.from_pretrained(tmp_path / "run" / "step_000002").eval()
+    export_hf(tmp_path / "run" / "step_000002", tmp_path / "hf")
+    ref = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()
+    idx = torch.randint(0, 50257, (1, 32))
+    with torch.no_grad():
+        assert (ref(idx).logits - model(idx)[0]).abs().max() < 1e-4
+
+
+def test_muon_trains(fineweb_shards, tmp_path):
+    run(config(fineweb_shards, tmp_path / "run", optimizer="muon", max_steps=12, eval_every=12, muon_lr=0.02))
+    val = [r["val_loss"] for r in log(tmp_path / "run") if "val_loss" in r]
+    assert val[-1] < val[0] - 0.3
+
+
+def test_refuses_to_overwrite_a_run(fineweb_shards, tmp_path, capsys):
+    run(config(fineweb_shards, tmp_path / "run", max_steps=1, eval_every=0))
+    args = ["pretrain", "--dataset", str(fineweb_shards), "--output-dir", str(tmp_path / "run"), "--max-steps", "1"]
+    assert main(args) == 2
+    assert "already holds a run: pass --resume" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--total-batch-size", "1000", "--batch-size", "4", "--seq-len", "64"], "not a multiple of"),
+    (["--batch-size", "2048", "--seq-len", "128"], "too few for one step"),
+    (["--seq-len", "4096"], "exceeds the model's block size"),
+    (["--warmup-iters", "5", "--warmdown-iters", "5", "--max-steps", "8"], "exceed --max-steps"),
+])
+def test_usage_errors(fineweb_shards, tmp_path, capsys, args, message):
+    code = main(["pretrain", "--dataset", str(fineweb_shards), "--output-dir", str(tmp_path / "r"), "--device", "cpu",
+                 *args])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_missing_dataset_and_base_model(tmp_path, capsys):
+    assert main(["pretrain", "--dataset", str(tmp_path / "none"), "--output-dir", str(tmp_path / "r")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["finetune", "--dataset", str(tmp_path)]) == 2
+    assert "--base-model is required" in capsys.readouterr().err
+
+
+def tiny_setup(shards, out):
+    cfg = config(shards, out, max_steps=6, checkpoint_every=2, eval_every=0)
+    torch.manual_seed(0)
+    return cfg, GPT(GPTConfig.from_name("tiny")), load_tokenizer("gpt2"), DistInfo()
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(fineweb_shards, tmp_path):
+    cfg, model, tok, d = tiny_setup(fineweb_shards, tmp_path / "run")
+    calls = []
+
+    def loss_fn(m, x, y):
+        calls.append(1)
+        loss = m(x, y)[1]
+        return loss * float("nan") if len(calls) == 3 else loss
+
+    with pytest.raises(GhoulError, match="loss became nan at step 3; the last good checkpoint is step_000002"):
+        train(cfg, model, tok, d, loss_fn=loss_fn)
+    assert [p.name for p in step_dirs(tmp_path / "run")] == ["step_000002"]
+
+
+def test_ctrl_c_saves_a_checkpoint(fineweb_shards, tmp_path):
+    cfg, model, tok, d = tiny_setup(fineweb_shards, tmp_path / "run")
+    calls = []
+
+    def loss_fn(m, x, y):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return m(x, y)[1]
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, model, tok, d, loss_fn=loss_fn)
+    assert [p.name for p in step_dirs(tmp_path / "run")] == ["step_000002", "step_000003"]
+    assert (tmp_path / "run" / "latest").read_text().strip() == "step_000003"
