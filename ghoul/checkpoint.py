@@ -18,7 +18,7 @@ from ghoul import __version__
 from ghoul.errors import GhoulError
 from ghoul.files import atomic_directory, atomic_write_text
 from ghoul.model import CONFIG_FILE, GPT, WEIGHTS_FILE, GPTConfig
-from ghoul.tokenizer import TOKENIZER_FILE, Tokenizer
+from ghoul.tokenizer import TOKENIZER_FILE, Tokenizer, load_tokenizer
 
 TIED = "lm_head.weight"  # the same tensor as transformer.wte.weight; stored once
 LATEST = "latest"
@@ -90,6 +90,21 @@ def load_model_dir(directory: str | Path, device: str | torch.device = "cpu") ->
     return model.to(device)
 
 
+def check_vocab(model: GPT, tokenizer: Tokenizer, where: str | Path = "the model") -> None:
+    """A tokenizer whose ids the model cannot embed is an error (a larger, padded model vocabulary is fine)."""
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise GhoulError(f"{where}: the tokenizer ({tokenizer.name}) has {tokenizer.vocab_size} tokens but the model "
+                         f"only {model.config.vocab_size}: use the tokenizer the model was trained with")
+
+
+def load_model_and_tokenizer(directory: str | Path, device: str | torch.device = "cpu") -> tuple[GPT, Tokenizer]:
+    """A model directory's model (in eval mode, on `device`) and its tokenizer, checked against each other."""
+    model = load_model_dir(directory, device)
+    tokenizer = load_tokenizer(resolve_checkpoint(directory))
+    check_vocab(model, tokenizer, directory)
+    return model.eval(), tokenizer
+
+
 def load_weights(model: GPT, state: dict[str, torch.Tensor], source: str | Path) -> None:
     """Load `state` into `model`, every weight accounted for (the tied head may be absent)."""
     try:
@@ -116,7 +131,8 @@ def step_dir(run_dir: str | Path, step: int) -> Path:
 
 def step_dirs(run_dir: str | Path) -> list[Path]:
     """Complete checkpoints of a run, oldest first (temporary and half-written ones are hidden by their names)."""
-    return sorted(p for p in Path(run_dir).glob("step_*") if p.is_dir() and (p / STATE_FILE).is_file())
+    found = Path(run_dir).glob("step_*")
+    return sorted(p for p in found if p.name[5:].isdigit() and (p / WEIGHTS_FILE).is_file())
 
 
 def save_training_checkpoint(run_dir: str | Path, step: int, model: GPT, optimizers: list[torch.optim.Optimizer],

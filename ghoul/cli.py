@@ -27,6 +27,9 @@ class Command:
 COMMANDS = [
     Command("generate", "ghoul.generate:GenerateConfig:run", "sample text from a checkpoint or a fresh preset"),
     Command("export hf", "ghoul.hf:ExportConfig:run", "write a checkpoint as a Hugging Face GPT-2 directory"),
+    Command("eval hellaswag", "ghoul.eval.hellaswag:HellaswagConfig:run", "HellaSwag accuracy of a checkpoint"),
+    Command("eval loss", "ghoul.eval.loss:LossConfig:run", "validation loss of a checkpoint on token shards"),
+    Command("eval checkpoints", "ghoul.eval.checkpoints:CheckpointsConfig:run", "score and plot a run's checkpoints"),
     Command("tokenizer train", "ghoul.tokenizer.cli:TrainConfig:train", "learn a byte-level BPE or char tokenizer"),
     Command("tokenizer encode", "ghoul.tokenizer.cli:EncodeConfig:encode", "print the token ids of a text"),
     Command("tokenizer decode", "ghoul.tokenizer.cli:DecodeConfig:decode", "print the text of token ids"),

@@ -5,6 +5,7 @@ torchrun sets RANK, LOCAL_RANK and WORLD_SIZE; without them there is one process
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -78,6 +79,24 @@ def teardown() -> None:
         dist.destroy_process_group()
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def autocast(device: str | torch.device, dtype: str) -> contextlib.AbstractContextManager:
+    """Mixed precision for forward passes; float32 means none. Losses are reduced in float32 regardless."""
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype '{dtype}'; choices: {', '.join(DTYPES)}")
+    if dtype == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=DTYPES[dtype])
+
+
+def barrier() -> None:
+    """Wait for every rank (nothing to wait for in one process)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
 def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
     """The mean of `value` over all ranks (itself when there is one process)."""
     if dist.is_available() and dist.is_initialized():
@@ -85,6 +104,16 @@ def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(value, op=dist.ReduceOp.SUM)
         value /= dist.get_world_size()
     return value
+
+
+def all_reduce_sum(values: list[float], device: str | torch.device) -> list[float]:
+    """Sum `values` over the ranks when torch.distributed is running; unchanged otherwise."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return values
+    # NCCL reduces only CUDA tensors, gloo only CPU ones: the tensor lives on the model's device
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.tolist()
 
 
 def print0(*args, **kwargs) -> None:

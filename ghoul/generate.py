@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from ghoul import checkpoint as ckpt
 from ghoul.config import option
 from ghoul.dist import default_device
 from ghoul.errors import GhoulError
@@ -44,21 +45,13 @@ class GenerateConfig:
             raise GhoulError(f"--top-p must be in (0, 1], got {self.top_p}")
 
 
-def load_model_and_tokenizer(checkpoint: Path | None, preset: str, device: str, seed: int = 0
+def model_and_tokenizer(checkpoint: Path | None, preset: str, device: str, seed: int = 0
                              ) -> tuple[GPT, Tokenizer]:
     """A checkpoint with its tokenizer, or a randomly initialised preset with GPT-2's tokenizer."""
     if checkpoint is not None:
-        model = GPT.from_pretrained(checkpoint, device=device)
-        tokenizer = load_tokenizer(checkpoint)
-    else:
-        config = GPTConfig.from_name(preset)
-        torch.manual_seed(seed)
-        model = GPT(config).to(device)
-        tokenizer = load_tokenizer("gpt2")
-    if tokenizer.vocab_size > model.config.vocab_size:
-        raise GhoulError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only "
-                         f"{model.config.vocab_size}: use the tokenizer the model was trained with")
-    return model.eval(), tokenizer
+        return ckpt.load_model_and_tokenizer(checkpoint, device)
+    torch.manual_seed(seed)
+    return GPT(GPTConfig.from_name(preset)).to(device).eval(), load_tokenizer("gpt2")
 
 
 def encode_prompt(tokenizer: Tokenizer, prompt: str, block_size: int) -> list[int]:
@@ -72,7 +65,7 @@ def encode_prompt(tokenizer: Tokenizer, prompt: str, block_size: int) -> list[in
 
 def run(cfg: GenerateConfig) -> list[dict]:
     device = default_device() if cfg.device == "auto" else cfg.device
-    model, tokenizer = load_model_and_tokenizer(cfg.checkpoint, cfg.model, device, cfg.seed)
+    model, tokenizer = model_and_tokenizer(cfg.checkpoint, cfg.model, device, cfg.seed)
     prompt_ids = encode_prompt(tokenizer, cfg.prompt, model.config.block_size)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     settings = dict(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens)

@@ -50,12 +50,6 @@ class TrainResult:
     checkpoint: Path
 
 
-def autocast_context(device_type: str, dtype: str) -> contextlib.AbstractContextManager:
-    if dtype == "bfloat16":
-        return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 # ---- run directory and resume ----------------------------------------------------------------------------------
 
 def check_run_dir(cfg: TrainConfig) -> Path | None:
@@ -101,7 +95,7 @@ def estimate_loss(model: torch.nn.Module, loader: ShardLoader, iters: int, loss_
     total = torch.zeros((), device=loader.device)
     n = 0
     for x, y in loader.one_epoch(iters):
-        with autocast_context(device_type, cfg.dtype):
+        with dist.autocast(device_type, cfg.dtype):
             total += loss_fn(model, x, y).float()
         n += 1
     model.train()
@@ -122,14 +116,12 @@ def write_sample(model: GPT, tokenizer: Tokenizer, cfg: TrainConfig, step: int, 
 
 
 def hellaswag_accuracy(model: GPT, tokenizer: Tokenizer, cfg: TrainConfig, d: dist.DistInfo) -> float:
-    from ghoul.eval.hellaswag import evaluate_hellaswag, load_hellaswag, resolve_hellaswag_path
+    from ghoul.eval.hellaswag import default_data_path, evaluate_hellaswag, load_hellaswag
 
-    examples = load_hellaswag(resolve_hellaswag_path(cfg.hellaswag_path), cfg.hellaswag_limit)
-    model.eval()
+    examples = load_hellaswag(cfg.hellaswag_path or default_data_path(), cfg.hellaswag_limit)
     result = evaluate_hellaswag(model, tokenizer, examples, d.device, rank=d.rank, world_size=d.world_size,
-                                dtype=cfg.dtype, progress=False)
-    model.train()
-    return result["acc_norm"]
+                                dtype=cfg.dtype, progress=False)  # restores train mode itself
+    return result["acc_norm"]  # length-normalised: the figure GPT-2 and GPT-3 are quoted at
 
 
 # ---- the loop --------------------------------------------------------------------------------------------------
@@ -211,7 +203,7 @@ def train(cfg: TrainConfig, model: GPT, tokenizer: Tokenizer, d: dist.DistInfo, 
                 x, y = next(train_data)
                 sync = not d.distributed or micro == accum - 1
                 with (contextlib.nullcontext() if sync else model.no_sync()):
-                    with autocast_context(d.device_type, cfg.dtype):
+                    with dist.autocast(d.device_type, cfg.dtype):
                         loss = loss_fn(model, x, y) / accum
                     loss.backward()
                 loss_sum += loss.detach()

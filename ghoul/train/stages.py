@@ -60,6 +60,7 @@ def run(cfg: TrainConfig) -> TrainResult:
     d = dist.setup(cfg.device)
     try:
         resume_from = check_run_dir(cfg)
+        dist.barrier()  # every rank has checked the run directory before rank 0 writes into it
         torch.manual_seed(cfg.seed)
         model, tokenizer = start_model(cfg, resume_from)
         if d.device_type == "cuda":

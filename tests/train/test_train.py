@@ -158,3 +158,11 @@ def test_ctrl_c_saves_a_checkpoint(fineweb_shards, tmp_path):
         train(cfg, model, tok, d, loss_fn=loss_fn)
     assert [p.name for p in step_dirs(tmp_path / "run")] == ["step_000002", "step_000003"]
     assert (tmp_path / "run" / "latest").read_text().strip() == "step_000003"
+
+
+def test_hellaswag_during_training_is_logged(fineweb_shards, data, tmp_path):
+    run(config(fineweb_shards, tmp_path / "run", max_steps=4, eval_every=0, hellaswag_every=2, hellaswag_limit=12,
+               hellaswag_path=data / "hellaswag" / "hellaswag_val_first100.jsonl"))
+    points = [(r["step"], r["hellaswag_acc"]) for r in log(tmp_path / "run") if "hellaswag_acc" in r]
+    assert [s for s, _ in points] == [0, 2, 4]
+    assert all(0.0 <= acc <= 1.0 and acc * 12 == round(acc * 12) for _, acc in points)  # a count out of 12

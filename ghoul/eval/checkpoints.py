@@ -1,0 +1,161 @@
+"""`ghoul eval checkpoints RUN_DIR`: evaluate every `step_*` checkpoint of a run once, record it in `eval.jsonl`,
+and plot the run's curves against the GPT-2/GPT-3 references. Rerun it as training goes on: only new work is done.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ghoul import checkpoint
+from ghoul.config import option
+from ghoul.dist import DTYPES, setup
+from ghoul.errors import GhoulError
+from ghoul.eval.curves import REFERENCES, dataset_of, plot_run
+from ghoul.eval.hellaswag import default_data_path, evaluate_hellaswag, load_hellaswag
+from ghoul.eval.loss import evaluate_loss, read_split
+from ghoul.files import append_jsonl, read_jsonl
+
+EVAL_FILE = "eval.jsonl"
+LOG_FILE = "log.jsonl"
+
+
+@dataclass
+class CheckpointsConfig:
+    run_dir: Path = option(help="training run directory holding step_* checkpoints", positional=True)
+    hellaswag: bool = option(True, "score HellaSwag (acc_norm, recorded as hellaswag_acc)")
+    val_loss: bool = option(False, "measure the validation loss on --data")
+    data: Path | None = option(None, "token shard directory for --val-loss (its val split)")
+    limit: int | None = option(None, "HellaSwag: score only the first N examples")
+    data_path: Path | None = option(None, "HellaSwag jsonl file (default as in `ghoul eval hellaswag`)")
+    tokens: int | None = option(2**20, "validation loss: at most this many tokens")
+    seq_len: int | None = option(None, "validation loss: tokens per sequence (default: the model's block size)")
+    batch_size: int = option(16, "examples (HellaSwag) or sequences (loss) per forward pass")
+    reference: list[str] = option(["gpt2-124m"], "reference lines to draw", choices=list(REFERENCES))
+    dtype: str = option("float32", "forward-pass precision", choices=list(DTYPES))
+    device: str = option("auto", "cpu, cuda, mps, or auto")
+    plot: bool = option(True, "draw val_loss.png and hellaswag_acc.png in the run directory")
+
+    def __post_init__(self) -> None:
+        if self.val_loss and self.data is None:
+            raise GhoulError("--val-loss needs --data DIR: the token shard directory whose val split to use")
+        if self.batch_size < 1:
+            raise GhoulError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.limit is not None and self.limit < 1:
+            raise GhoulError(f"--limit must be at least 1, got {self.limit}")
+
+
+def step_dirs(run_dir: Path) -> list[tuple[int, Path]]:
+    """(step, directory) of the run's complete checkpoints, by step (temporary `.step_*` folders are not matched)."""
+    if not run_dir.is_dir():
+        raise GhoulError(f"run directory {run_dir} does not exist: give the --out directory of a training run")
+    return [(int(p.name.removeprefix("step_")), p) for p in checkpoint.step_dirs(run_dir)]
+
+
+def _read_records(path: Path) -> list[dict[str, Any]]:
+    return read_jsonl(path) if path.is_file() else []
+
+
+def _merged(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each checkpoint's metrics, its records merged in order (a later record adds to or overrides earlier ones)."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in records:
+        if "checkpoint" in r:
+            out.setdefault(r["checkpoint"], {}).update(r)
+    return out
+
+
+def _tokens_at(step: int, directory: Path, log: list[dict[str, Any]]) -> int | None:
+    """Tokens seen by `step`: from the training log, else the checkpoint's trainer_state.json, if either says."""
+    for r in log:
+        if r.get("step") == step and isinstance(r.get("tokens"), int):
+            return r["tokens"]
+    state = directory / "trainer_state.json"
+    if state.is_file():
+        try:
+            tokens = json.loads(state.read_text(encoding="utf-8")).get("tokens")
+        except (json.JSONDecodeError, AttributeError):
+            return None
+        return tokens if isinstance(tokens, int) else None
+    return None
+
+
+@dataclass
+class _Work:
+    """What one call evaluates: the loaded inputs shared by every checkpoint."""
+
+    examples: list[dict[str, Any]] | None
+    shards: list | None
+    dataset: str | None
+
+
+def _prepare(cfg: CheckpointsConfig) -> _Work:
+    examples = None
+    if cfg.hellaswag:
+        examples = load_hellaswag(cfg.data_path or default_data_path(), cfg.limit)
+    shards, dataset = None, None
+    if cfg.val_loss:
+        shards = read_split(cfg.data, "val")
+        meta = cfg.data / "meta.json"
+        if meta.is_file():
+            dataset = dataset_of(str(json.loads(meta.read_text(encoding="utf-8")).get("source", "")))
+    return _Work(examples, shards, dataset)
+
+
+def _todo(cfg: CheckpointsConfig, done: dict[str, Any], work: _Work) -> list[str]:
+    """The metrics still missing for a checkpoint (a HellaSwag score on a different number of examples is redone)."""
+    todo = []
+    if work.examples is not None and done.get("hellaswag_n") != len(work.examples):
+        todo.append("hellaswag")
+    if work.shards is not None and "val_loss" not in done:
+        todo.append("val_loss")
+    return todo
+
+
+def evaluate_checkpoint(directory: Path, todo: list[str], work: _Work, cfg: CheckpointsConfig, device: str,
+                        rank: int, world_size: int) -> dict[str, Any]:
+    """The metrics in `todo` for one checkpoint, as eval.jsonl fields."""
+    model, tokenizer = checkpoint.load_model_and_tokenizer(directory, device)
+    record: dict[str, Any] = {}
+    if "hellaswag" in todo:
+        r = evaluate_hellaswag(model, tokenizer, work.examples, device, cfg.batch_size, rank, world_size,
+                               dtype=cfg.dtype, progress=True)
+        record.update(hellaswag_acc=r["acc_norm"], hellaswag_acc_sum=r["acc"], hellaswag_n=r["n"])
+    if "val_loss" in todo:
+        seq_len = cfg.seq_len or model.config.block_size
+        r = evaluate_loss(model, work.shards, device, seq_len, cfg.batch_size, cfg.tokens, rank, world_size,
+                          dtype=cfg.dtype, progress=True)
+        record.update(val_loss=r["loss"], val_tokens=r["tokens"])
+    return record
+
+
+def run(cfg: CheckpointsConfig) -> list[dict[str, Any]]:
+    """Evaluate the run's checkpoints that still need it; returns the records appended to eval.jsonl."""
+    d = setup(cfg.device)
+    rank, world_size, device = d.rank, d.world_size, d.device
+    checkpoints = step_dirs(cfg.run_dir)
+    eval_path, log = cfg.run_dir / EVAL_FILE, _read_records(cfg.run_dir / LOG_FILE)
+    work = _prepare(cfg)
+    done = _merged(_read_records(eval_path))
+    new: list[dict[str, Any]] = []
+    for step, directory in checkpoints:
+        todo = _todo(cfg, done.get(directory.name, {}), work)
+        if not todo:
+            continue
+        metrics = evaluate_checkpoint(directory, todo, work, cfg, device, rank, world_size)
+        record = {"checkpoint": directory.name, "step": step, "tokens": _tokens_at(step, directory, log), **metrics}
+        if rank == 0:
+            append_jsonl(eval_path, record)  # one line per checkpoint as it finishes: an interrupted call keeps it
+            print(f"{directory.name}: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()
+                                                     if isinstance(v, float)), file=sys.stderr)
+        new.append(record)
+    if rank == 0:
+        skipped = len(checkpoints) - len(new)
+        print(f"evaluated {len(new)} checkpoint(s), {skipped} already in {eval_path}")
+        if cfg.plot:
+            for path in plot_run(cfg.run_dir, _read_records(eval_path), log, cfg.reference, work.dataset):
+                print(f"wrote {path}")
+    return new

@@ -1,0 +1,225 @@
+"""`ghoul eval hellaswag`: HellaSwag accuracy of a base model, the way llm.c and build-nanogpt score it.
+
+Each example is its context followed by each of its 4 endings; the ending with the lowest mean loss over its own
+tokens is the prediction (`acc_norm`); `acc` uses the summed loss instead. Batched rows are right-padded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from ghoul.checkpoint import check_vocab, load_model_and_tokenizer
+from ghoul.config import option
+from ghoul.dist import DTYPES, all_reduce_sum, autocast, setup
+from ghoul.errors import GhoulError
+from ghoul.eval import unwrap
+from ghoul.files import atomic_write_text
+from ghoul.model import GPT
+from ghoul.tokenizer import Tokenizer
+
+URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
+SHA256 = "0aa3b88843990f3f10a97b9575c94d7b71fb2205240ba04ae4884d9e9c992588"  # of the official 10,042-example file
+FILE_NAME = "hellaswag_val.jsonl"
+N_ENDINGS = 4
+
+
+@dataclass
+class HellaswagConfig:
+    checkpoint: Path = option(help="model directory to evaluate")
+    data_path: Path | None = option(None, "HellaSwag jsonl file (default: $GHOUL_DATA_DIR/hellaswag/, else "
+                                          "~/.cache/ghoul/hellaswag/, downloaded once from the official repository)")
+    limit: int | None = option(None, "score only the first N examples of the file")
+    batch_size: int = option(16, "examples per forward pass (4 rows each)")
+    dtype: str = option("float32", "forward-pass precision (bfloat16/float16 via autocast)", choices=list(DTYPES))
+    device: str = option("auto", "cpu, cuda, mps, or auto")
+    out: Path | None = option(None, "write acc, acc_norm, n and the per-example predictions to this JSON file")
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise GhoulError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.limit is not None and self.limit < 1:
+            raise GhoulError(f"--limit must be at least 1, got {self.limit}")
+
+
+# ---- the data file -------------------------------------------------------------------------------------------------
+
+def default_data_path() -> Path:
+    """$GHOUL_DATA_DIR/hellaswag/hellaswag_val.jsonl when that exists, else the user's cache (downloaded if missing)."""
+    env = os.environ.get("GHOUL_DATA_DIR")
+    if env and (Path(env) / "hellaswag" / FILE_NAME).is_file():
+        return Path(env) / "hellaswag" / FILE_NAME
+    path = Path.home() / ".cache" / "ghoul" / "hellaswag" / FILE_NAME
+    if not path.is_file():
+        download(URL, path, SHA256)
+    return path
+
+
+def download(url: str, path: Path, sha256: str) -> None:
+    """Fetch `url` to `path` with a progress bar; the file appears only once its sha256 has been checked."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    digest = hashlib.sha256()
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as f:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {path.name}", file=sys.stderr) as bar:
+                while chunk := response.read(1 << 20):
+                    f.write(chunk)
+                    digest.update(chunk)
+                    bar.update(len(chunk))
+    except (urllib.error.URLError, OSError) as e:
+        tmp.unlink(missing_ok=True)
+        raise GhoulError(f"could not download {url} ({e}): download it by hand and pass --data-path FILE") from None
+    if digest.hexdigest() != sha256:
+        tmp.unlink(missing_ok=True)
+        raise GhoulError(f"{url} has sha256 {digest.hexdigest()}, expected {sha256}: the download is damaged")
+    os.replace(tmp, path)
+
+
+def load_hellaswag(path: str | Path, limit: int | None = None) -> list[dict[str, Any]]:
+    """The first `limit` examples (all by default) of an official-schema jsonl file, checked, as
+    `{"index", "ctx", "endings", "label"}` records (index = position in the file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise GhoulError(f"HellaSwag file {path} does not exist: give --data-path FILE (the official "
+                         f"{FILE_NAME}) or leave it out to use the default")
+    examples: list[dict[str, Any]] = []
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if limit is not None and len(examples) >= limit:
+                break
+            if line.strip():
+                examples.append(_parse_example(line, f"{path}, line {line_no}", len(examples)))
+    if not examples:
+        raise GhoulError(f"{path} holds no examples")
+    return examples
+
+
+def _parse_example(line: str, where: str, index: int) -> dict[str, Any]:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise GhoulError(f"{where}: not valid JSON ({e.msg})") from None
+    if not isinstance(record, dict) or not isinstance(record.get("ctx"), str):
+        raise GhoulError(f"{where}: expected an object with a 'ctx' string (the HellaSwag schema)")
+    endings = record.get("endings")
+    if not (isinstance(endings, list) and len(endings) == N_ENDINGS and all(isinstance(e, str) for e in endings)):
+        raise GhoulError(f"{where}: 'endings' must be a list of {N_ENDINGS} strings")
+    label = record.get("label")
+    if isinstance(label, str) and label.isdigit():  # the Hugging Face copy stores labels as strings
+        label = int(label)
+    if not isinstance(label, int) or isinstance(label, bool) or not 0 <= label < N_ENDINGS:
+        raise GhoulError(f"{where}: label {record.get('label')!r} is out of range: it must be 0-{N_ENDINGS - 1}")
+    return {"index": index, "ctx": record["ctx"], "endings": endings, "label": label}
+
+
+# ---- scoring -------------------------------------------------------------------------------------------------------
+
+def render_example(tokenizer: Tokenizer, example: dict[str, Any], block_size: int) -> list[tuple[list[int], int]]:
+    """The 4 rows of an example as (tokens, index of the ending's first token); endings are encoded as " " + ending
+    (GPT-2's convention) and contexts too long for the model are cropped from the left."""
+    ctx = tokenizer.encode(example["ctx"]) or [tokenizer.eot_id]
+    rows = []
+    for end in tokenizer.encode_batch([" " + e for e in example["endings"]]):
+        keep = max(block_size - len(end), 1)  # at least one context token, so the ending's first token is predicted
+        tokens = (ctx[-keep:] + end)[-block_size:]
+        rows.append((tokens, max(len(tokens) - len(end), 1)))
+    return rows
+
+
+def ending_losses(model: GPT, rows: list[tuple[list[int], int]], device: str | torch.device,
+                  dtype: str = "float32") -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed, mean) cross-entropy over each row's ending tokens, one forward for all rows (right-padded)."""
+    T = max(len(tokens) for tokens, _ in rows)
+    idx = torch.zeros(len(rows), T, dtype=torch.long)
+    mask = torch.zeros(len(rows), T, dtype=torch.bool)  # mask[r, t]: logits at t predict an ending token t + 1
+    for r, (tokens, start) in enumerate(rows):
+        idx[r, :len(tokens)] = torch.tensor(tokens)
+        mask[r, start - 1:len(tokens) - 1] = True
+    idx, mask = idx.to(device), mask.to(device)
+    targets = idx[:, 1:][mask[:, :-1]]  # (N,) the ending tokens, in row order
+    # right padding needs no attention mask: causal attention never lets a real token see the padding after it
+    with torch.no_grad(), autocast(device, dtype):
+        hidden = model.hidden_states(idx)  # (R, T, C)
+        logits = model.lm_head(hidden[mask])  # (N, V): the head only where a loss is needed
+    losses = F.cross_entropy(logits.float(), targets, reduction="none")  # (N,)
+    rows_of = mask.nonzero()[:, 0]  # (N,) row of each loss
+    summed = torch.zeros(len(rows), device=losses.device).index_add_(0, rows_of, losses)
+    return summed, summed / mask.sum(dim=1)
+
+
+def _batches(items: list, size: int) -> list[list]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def evaluate_hellaswag(model: torch.nn.Module, tokenizer: Tokenizer, examples: list[dict[str, Any]],
+                       device: str | torch.device, batch_size: int = 16, rank: int = 0, world_size: int = 1,
+                       dtype: str = "float32", progress: bool = False) -> dict[str, Any]:
+    """Score `examples` (from `load_hellaswag`); under torchrun each rank scores every `world_size`-th example and
+    the counts are summed over ranks. Returns `{"acc", "acc_norm", "n", "examples"}` (examples: this rank's
+    `{"index", "label", "pred_sum", "pred_norm"}`, all ranks' when torch.distributed is running)."""
+    gpt = unwrap(model)
+    check_vocab(gpt, tokenizer)
+    was_training = gpt.training
+    gpt.eval()
+    mine = [(ex, render_example(tokenizer, ex, gpt.config.block_size)) for ex in examples[rank::world_size]]
+    # batch examples of similar length together: less padding, and no prediction depends on its batch
+    mine.sort(key=lambda item: max(len(tokens) for tokens, _ in item[1]))
+    scored: list[dict[str, Any]] = []
+    bar = tqdm(total=len(mine), desc="hellaswag", unit="ex", disable=not progress or rank != 0, file=sys.stderr)
+    for chunk in _batches(mine, batch_size):
+        batch = [ex for ex, _ in chunk]
+        summed, mean = ending_losses(gpt, [row for _, rows in chunk for row in rows], device, dtype)
+        pred_sum = summed.view(-1, N_ENDINGS).argmin(dim=1).tolist()
+        pred_norm = mean.view(-1, N_ENDINGS).argmin(dim=1).tolist()
+        scored += [{"index": ex["index"], "label": ex["label"], "pred_sum": s, "pred_norm": m}
+                   for ex, s, m in zip(batch, pred_sum, pred_norm, strict=True)]
+        bar.update(len(batch))
+    bar.close()
+    scored.sort(key=lambda r: r["index"])
+    gpt.train(was_training)
+    correct = sum(r["pred_sum"] == r["label"] for r in scored)
+    correct_norm = sum(r["pred_norm"] == r["label"] for r in scored)
+    correct, correct_norm, n = all_reduce_sum([correct, correct_norm, len(scored)], device)
+    n = int(n)
+    return {"acc": correct / max(n, 1), "acc_norm": correct_norm / max(n, 1), "n": n,
+            "examples": _gather_examples(scored)}
+
+
+def _gather_examples(scored: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return scored
+    parts: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, scored)
+    return sorted((r for part in parts for r in part), key=lambda r: r["index"])
+
+
+def run(cfg: HellaswagConfig) -> dict[str, Any]:
+    d = setup(cfg.device)
+    rank, world_size, device = d.rank, d.world_size, d.device
+    model, tokenizer = load_model_and_tokenizer(cfg.checkpoint, device)
+    path = cfg.data_path if cfg.data_path is not None else default_data_path()
+    examples = load_hellaswag(path, cfg.limit)
+    result = evaluate_hellaswag(model, tokenizer, examples, device, cfg.batch_size, rank, world_size,
+                                dtype=cfg.dtype, progress=True)
+    if rank == 0:
+        print(f"hellaswag {cfg.checkpoint}: acc {result['acc']:.4f}  acc_norm {result['acc_norm']:.4f}  "
+              f"(n={result['n']}, {path.name})")
+        if cfg.out is not None:
+            atomic_write_text(cfg.out, json.dumps(result, indent=1) + "\n")
+            print(f"wrote {cfg.out}", file=sys.stderr)
+    return result

@@ -1,0 +1,109 @@
+"""`ghoul eval loss`: the mean next-token loss of a checkpoint on the validation shards of a prepared data directory.
+
+The split is cut into consecutive, non-overlapping windows of `seq_len + 1` tokens (inputs and shifted targets),
+as training reads it; under torchrun the windows are dealt out to the ranks and the sums all-reduced.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ghoul.checkpoint import load_model_and_tokenizer
+from ghoul.config import option
+from ghoul.dist import DTYPES, all_reduce_sum, autocast, setup
+from ghoul.errors import GhoulError
+from ghoul.eval import unwrap
+
+
+@dataclass
+class LossConfig:
+    checkpoint: Path = option(help="model directory to evaluate")
+    data: Path = option(help="token shard directory made by `ghoul prepare` (its val split is read)")
+    split: str = option("val", "which split's shards to read", choices=["val", "train"])
+    tokens: int | None = option(10 * 2**20, "evaluate at most this many tokens (all of the split if it is shorter)")
+    batch_size: int = option(8, "sequences per forward pass")
+    seq_len: int | None = option(None, "tokens per sequence (default: the model's block size)")
+    dtype: str = option("float32", "forward-pass precision (bfloat16/float16 via autocast)", choices=list(DTYPES))
+    device: str = option("auto", "cpu, cuda, mps, or auto")
+
+    def __post_init__(self) -> None:
+        for name in ("tokens", "batch_size", "seq_len"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise GhoulError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+
+
+def read_split(directory: str | Path, split: str = "val") -> list[np.ndarray]:
+    """The token arrays (memory-mapped) of a split's shards: the one place that knows the shard format's reader."""
+    from ghoul.data.shards import find_shards, read_shard
+
+    return [read_shard(path) for path in find_shards(directory, split)]
+
+
+def windows(shards: list[np.ndarray], seq_len: int, max_tokens: int | None) -> list[tuple[int, int]]:
+    """(shard, offset) of each `seq_len + 1`-token window, shard by shard, up to `max_tokens` predicted tokens."""
+    out: list[tuple[int, int]] = []
+    limit = math.inf if max_tokens is None else max_tokens // seq_len
+    for s, tokens in enumerate(shards):
+        for offset in range(0, len(tokens) - seq_len, seq_len):
+            if len(out) >= limit:
+                return out
+            out.append((s, offset))
+    return out
+
+
+def evaluate_loss(model: torch.nn.Module, shards: list[np.ndarray], device: str | torch.device, seq_len: int,
+                  batch_size: int = 8, max_tokens: int | None = None, rank: int = 0, world_size: int = 1,
+                  dtype: str = "float32", progress: bool = False) -> dict[str, Any]:
+    """Mean cross-entropy over up to `max_tokens` predicted tokens of `shards`: `{"loss", "tokens"}`."""
+    gpt = unwrap(model)
+    if seq_len > gpt.config.block_size:
+        raise GhoulError(f"--seq-len {seq_len} exceeds the model's block size {gpt.config.block_size}")
+    spans = windows(shards, seq_len, max_tokens)
+    if not spans:
+        raise GhoulError(f"the split holds {sum(len(s) for s in shards)} tokens: too few for one window of "
+                         f"{seq_len + 1}; lower --seq-len")
+    mine = spans[rank::world_size]
+    total, count = 0.0, 0
+    was_training = gpt.training
+    gpt.eval()
+    bar = tqdm(total=len(mine) * seq_len, desc="val loss", unit="tok", unit_scale=True,
+               disable=not progress or rank != 0, file=sys.stderr)
+    for i in range(0, len(mine), batch_size):
+        batch = np.stack([shards[s][o:o + seq_len + 1] for s, o in mine[i:i + batch_size]]).astype(np.int64)
+        if batch.max() >= gpt.config.vocab_size:
+            raise GhoulError(f"token id {batch.max()} in the data is beyond the model's vocabulary of "
+                             f"{gpt.config.vocab_size}: the data was made with another tokenizer")
+        xy = torch.from_numpy(batch).to(device)
+        x, y = xy[:, :-1], xy[:, 1:].contiguous()  # (B, T) inputs and next-token targets
+        with torch.no_grad(), autocast(device, dtype):
+            _, loss = gpt(x, y)
+        total += loss.item() * y.numel()  # .item() syncs, once per batch
+        count += y.numel()
+        bar.update(y.numel())
+    bar.close()
+    gpt.train(was_training)
+    total, count = all_reduce_sum([total, count], device)
+    return {"loss": total / count, "tokens": int(count)}
+
+
+def run(cfg: LossConfig) -> dict[str, Any]:
+    d = setup(cfg.device)
+    rank, world_size, device = d.rank, d.world_size, d.device
+    model, _ = load_model_and_tokenizer(cfg.checkpoint, device)
+    seq_len = cfg.seq_len or model.config.block_size
+    shards = read_split(cfg.data, cfg.split)
+    result = evaluate_loss(model, shards, device, seq_len, cfg.batch_size, cfg.tokens, rank, world_size,
+                           dtype=cfg.dtype, progress=True)
+    if rank == 0:
+        print(f"{cfg.split} loss {cfg.checkpoint}: {result['loss']:.4f} (perplexity {math.exp(result['loss']):.2f}) "
+              f"over {result['tokens']:,} tokens of {cfg.data}")
+    return result

@@ -1,0 +1,161 @@
+"""HellaSwag: reading the official file, rendering rows, batch-size invariance, chance on a random model, the CLI,
+bad input, the download check, and two gloo ranks giving the one-process answer."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from ghoul.checkpoint import load_model_and_tokenizer as load_checkpoint
+from ghoul.cli import main
+from ghoul.errors import GhoulError
+from ghoul.eval.hellaswag import (
+    default_data_path,
+    download,
+    ending_losses,
+    evaluate_hellaswag,
+    load_hellaswag,
+    render_example,
+)
+from ghoul.model import GPT, GPTConfig
+from ghoul.tokenizer import load_tokenizer
+
+
+def test_load_reads_the_official_schema(hellaswag_full: Path, hellaswag_100: Path) -> None:
+    examples = load_hellaswag(hellaswag_100)
+    assert len(examples) == 100
+    assert [e["index"] for e in examples] == list(range(100))
+    assert all(len(e["endings"]) == 4 and 0 <= e["label"] <= 3 for e in examples)
+    first_line = json.loads(hellaswag_full.read_text(encoding="utf-8").split("\n", 1)[0])
+    head = load_hellaswag(hellaswag_full, limit=7)
+    assert len(head) == 7
+    assert head[0]["ctx"] == first_line["ctx"] and head[0]["label"] == first_line["label"]
+
+
+def test_render_uses_space_before_ending_and_crops_context_from_the_left(hellaswag_100: Path) -> None:
+    tokenizer = load_tokenizer("gpt2")
+    example = load_hellaswag(hellaswag_100, limit=1)[0]
+    ctx = tokenizer.encode(example["ctx"])
+    ends = [tokenizer.encode(" " + e) for e in example["endings"]]
+    for (tokens, start), end in zip(render_example(tokenizer, example, 1024), ends, strict=True):
+        assert tokens == ctx + end and start == len(ctx)
+    block = len(max(ends, key=len)) + 3
+    for (tokens, start), end in zip(render_example(tokenizer, example, block), ends, strict=True):
+        assert len(tokens) == block and tokens == (ctx + end)[-block:]
+        assert tokens[start:] == end
+
+
+def test_batch_size_changes_no_prediction(char_model: Path, hellaswag_full: Path) -> None:
+    model, tokenizer = load_checkpoint(char_model, "cpu")
+    examples = load_hellaswag(hellaswag_full, limit=48)
+    results = [evaluate_hellaswag(model, tokenizer, examples, "cpu", batch_size=b) for b in (1, 5, 48)]
+    assert results[0]["examples"] == results[1]["examples"] == results[2]["examples"]
+    assert results[0]["acc_norm"] == results[2]["acc_norm"]
+    rows = [row for ex in examples[:12] for row in render_example(tokenizer, ex, model.config.block_size)]
+    assert len({len(tokens) for tokens, _ in rows}) > 1  # the padding is really exercised
+    batched = ending_losses(model, rows, "cpu")[1]
+    single = torch.cat([ending_losses(model, [row], "cpu")[1] for row in rows])
+    torch.testing.assert_close(batched, single, rtol=0, atol=1e-5)
+
+
+def test_random_model_scores_near_chance(char_model: Path, hellaswag_full: Path) -> None:
+    model, tokenizer = load_checkpoint(char_model, "cpu")
+    result = evaluate_hellaswag(model, tokenizer, load_hellaswag(hellaswag_full, limit=600), "cpu", batch_size=64)
+    assert result["n"] == 600
+    # 4 endings: chance is 25%; with 600 examples one standard deviation is 1.8 points
+    assert 0.17 <= result["acc_norm"] <= 0.33 and 0.17 <= result["acc"] <= 0.33
+
+
+def test_cli_scores_a_tiny_gpt2_model(tiny_gpt2: Path, hellaswag_full: Path, tmp_path: Path,
+                                      capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "hs.json"
+    code = main(["eval", "hellaswag", "--checkpoint", str(tiny_gpt2), "--limit", "80", "--batch-size", "32",
+                 "--data-path", str(hellaswag_full), "--out", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "acc " in printed and "acc_norm" in printed and "n=80" in printed
+    result = json.loads(out.read_text())
+    assert result["n"] == 80 and len(result["examples"]) == 80
+    assert set(result["examples"][0]) == {"index", "label", "pred_sum", "pred_norm"}
+    assert result["acc_norm"] == sum(e["pred_norm"] == e["label"] for e in result["examples"]) / 80
+    assert 0.1 <= result["acc_norm"] <= 0.4
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"ctx": "a", "endings": ["b", "c", "d"', "line 3: not valid JSON"),
+    ('{"ctx": "a", "endings": ["b", "c", "d", "e"], "label": 4}', "line 3: label 4 is out of range"),
+    ('{"ctx": "a", "endings": ["b", "c"], "label": 0}', "line 3: 'endings' must be a list of 4"),
+    ('["not", "an", "object"]', "line 3: expected an object"),
+])
+def test_bad_lines_name_the_line(hellaswag_100: Path, tmp_path: Path, line: str, message: str) -> None:
+    good = hellaswag_100.read_text(encoding="utf-8").split("\n")[:2]
+    path = tmp_path / "bad.jsonl"
+    path.write_text("\n".join(good + [line]) + "\n", encoding="utf-8")
+    with pytest.raises(GhoulError, match=message.replace("[", r"\[")):
+        load_hellaswag(path)
+
+
+def test_cli_errors_exit_2(tiny_gpt2: Path, hellaswag_100: Path, tmp_path: Path,
+                           capsys: pytest.CaptureFixture) -> None:
+    args = ["eval", "hellaswag", "--checkpoint", str(tiny_gpt2)]
+    assert main(args + ["--data-path", str(tmp_path / "missing.jsonl")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"ctx": "x", "endings": ["a", "b", "c", "d"], "label": 9}\n', encoding="utf-8")
+    assert main(args + ["--data-path", str(bad)]) == 2
+    assert "line 1: label 9 is out of range" in capsys.readouterr().err
+    assert main(["eval", "hellaswag", "--checkpoint", str(tmp_path / "nope"), "--data-path", str(bad)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_vocabulary_mismatch_is_an_error(hellaswag_100: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    GPT(GPTConfig.from_name("tiny", vocab_size=500)).save_pretrained(tmp_path / "small_vocab")  # says "gpt2"
+    code = main(["eval", "hellaswag", "--checkpoint", str(tmp_path / "small_vocab"), "--data-path",
+                 str(hellaswag_100), "--limit", "2"])
+    assert code == 2
+    assert "use the tokenizer the model was trained with" in capsys.readouterr().err
+
+
+def test_download_checks_sha256(hellaswag_100: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                data: Path) -> None:
+    sha = hashlib.sha256(hellaswag_100.read_bytes()).hexdigest()
+    target = tmp_path / "cache" / "hs.jsonl"
+    download(hellaswag_100.as_uri(), target, sha)  # file:// stands in for the network
+    assert target.read_bytes() == hellaswag_100.read_bytes()
+    with pytest.raises(GhoulError, match="sha256"):
+        download(hellaswag_100.as_uri(), tmp_path / "other.jsonl", "0" * 64)
+    assert not (tmp_path / "other.jsonl").exists() and not list(tmp_path.glob("*.part"))
+    monkeypatch.setenv("GHOUL_DATA_DIR", str(data))
+    assert default_data_path() == data / "hellaswag" / "hellaswag_val.jsonl"
+
+
+def _rank_worker(rank: int, world_size: int, port: int, model_dir: str, data_path: str, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    torch.set_num_threads(1)
+    model, tokenizer = load_checkpoint(model_dir, "cpu")
+    result = evaluate_hellaswag(model, tokenizer, load_hellaswag(data_path, limit=30), "cpu", batch_size=4,
+                                rank=rank, world_size=world_size)
+    Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
+    dist.destroy_process_group()
+
+
+def test_two_gloo_ranks_match_one_process(char_model: Path, hellaswag_100: Path, tmp_path: Path) -> None:
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_rank_worker, args=(2, port, str(char_model), str(hellaswag_100), str(tmp_path)), nprocs=2)
+    model, tokenizer = load_checkpoint(char_model, "cpu")
+    single = evaluate_hellaswag(model, tokenizer, load_hellaswag(hellaswag_100, limit=30), "cpu")
+    for rank in (0, 1):
+        sharded = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert sharded == single  # counts all-reduced, examples gathered from both ranks
