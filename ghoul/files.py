@@ -55,6 +55,16 @@ def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
         os.fsync(f.fileno())
 
 
+def repair_jsonl(path: str | Path) -> None:
+    """Cut a torn last line (a crash mid-append), so that the next append starts on a line of its own."""
+    with open(path, "rb+") as f:
+        data = f.read()
+        if data and not data.endswith(b"\n"):
+            f.truncate(data.rfind(b"\n") + 1)
+            f.flush()
+            os.fsync(f.fileno())
+
+
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     """Records of a JSON-lines file; a torn last line (a crash mid-append) is ignored."""
     records = []

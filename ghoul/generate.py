@@ -1,8 +1,12 @@
-"""`ghoul generate`: sample text from a checkpoint (or a freshly initialised preset) with the KV-cache sampler."""
+"""`ghoul generate`: sample stories from a checkpoint (or a freshly initialised preset) with the KV-cache sampler.
+
+With `--out stories.jsonl` each story is appended as it is made, and a rerun resumes where an interrupted one stopped:
+every batch draws from its own generator seeded by (seed, batch index), so resumed stories equal uninterrupted ones.
+"""
 
 from __future__ import annotations
 
-import json
+import hashlib
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +18,7 @@ from ghoul import checkpoint as ckpt
 from ghoul.config import option
 from ghoul.dist import default_device
 from ghoul.errors import GhoulError
-from ghoul.files import atomic_write_text
+from ghoul.files import append_jsonl, read_jsonl, repair_jsonl
 from ghoul.model import GPT, GPTConfig
 from ghoul.tokenizer import Tokenizer, load_tokenizer
 
@@ -24,15 +28,18 @@ class GenerateConfig:
     checkpoint: Path | None = option(None, "model directory to sample from (default: a random --model preset)")
     model: str = option("tiny", "preset to initialise randomly when no --checkpoint is given")
     prompt: str = option("", "text to continue (empty: start from <|endoftext|>)")
+    prompts_file: Path | None = option(None, "file of prompts, one per line, cycled over the samples "
+                                       "(instead of --prompt)", metavar="FILE")
     num_samples: int = option(1, "how many samples to draw")
     max_new_tokens: int = option(64, "tokens to generate per sample")
     temperature: float = option(1.0, "sampling temperature; 0 means greedy")
     top_k: int | None = option(None, "sample only from the k most likely tokens")
     top_p: float | None = option(None, "sample only from the smallest set of tokens holding this probability")
     seed: int = option(1337, "random seed: the same seed gives the same text")
-    batch_size: int = option(8, "samples generated together")
+    batch_size: int = option(8, "samples of one prompt generated together on the device")
     device: str = option("auto", "cpu, cuda, mps, or auto")
-    out: Path | None = option(None, "also write the samples as JSON lines to this file")
+    out: Path | None = option(None, "append the samples as JSON lines to this file (stories.jsonl); a rerun resumes it")
+    print_samples: bool = option(True, "print the samples as they are made")
 
     def __post_init__(self) -> None:
         if self.num_samples < 1 or self.max_new_tokens < 1 or self.batch_size < 1:
@@ -43,6 +50,8 @@ class GenerateConfig:
             raise GhoulError(f"--top-k must be at least 1, got {self.top_k}")
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise GhoulError(f"--top-p must be in (0, 1], got {self.top_p}")
+        if self.prompts_file is not None and self.prompt:
+            raise GhoulError("give --prompt or --prompts-file, not both")
 
 
 def model_and_tokenizer(checkpoint: Path | None, preset: str, device: str, seed: int = 0
@@ -63,30 +72,87 @@ def encode_prompt(tokenizer: Tokenizer, prompt: str, block_size: int) -> list[in
     return ids
 
 
+def read_prompts(cfg: GenerateConfig) -> list[str]:
+    """The prompts to cycle over: the lines of --prompts-file (blank ones dropped), else --prompt."""
+    if cfg.prompts_file is None:
+        return [cfg.prompt]
+    if not Path(cfg.prompts_file).is_file():
+        raise GhoulError(f"prompts file {cfg.prompts_file} does not exist: give a text file, one prompt per line")
+    prompts = [line.strip() for line in Path(cfg.prompts_file).read_text(encoding="utf-8").splitlines()]
+    prompts = [p for p in prompts if p]
+    if not prompts:
+        raise GhoulError(f"prompts file {cfg.prompts_file} holds no prompts: write one prompt per line")
+    return prompts
+
+
+def plan_batches(num_samples: int, num_prompts: int, batch_size: int) -> list[list[int]]:
+    """Sample ids per batch. Sample i continues prompt i mod P; a batch holds samples of one prompt only, because
+    the sampler needs rows of equal prompt length. The plan depends only on its arguments, so a resumed run
+    regenerates exactly the batches an uninterrupted one would."""
+    batches = []
+    for p in range(num_prompts):
+        ids = list(range(p, num_samples, num_prompts))
+        batches += [ids[i:i + batch_size] for i in range(0, len(ids), batch_size)]
+    return batches
+
+
+def batch_seed(seed: int, batch: int) -> int:
+    """The generator seed of one batch: a hash of (seed, batch index), so that batches draw independent streams."""
+    digest = hashlib.sha256(f"ghoul-generate:{seed}:{batch}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1  # manual_seed takes a non-negative 63-bit int
+
+
+def existing_stories(cfg: GenerateConfig, checkpoint: str, settings: dict, prompts: list[str]) -> dict[int, dict]:
+    """The stories an earlier run of these settings left in --out, by id; an error for other settings."""
+    if cfg.out is None or not Path(cfg.out).exists():
+        return {}
+    repair_jsonl(Path(cfg.out))
+    done = {}
+    for r in read_jsonl(cfg.out):
+        expected = dict(prompt=prompts[r.get("id", 0) % len(prompts)], checkpoint=checkpoint, sampling=settings,
+                        seed=cfg.seed)
+        changed = [k for k, v in expected.items() if r.get(k) != v]
+        if changed:
+            raise GhoulError(f"{cfg.out} holds stories made with another {', '.join(changed)} (story {r.get('id')}): "
+                             "use another --out, or delete it to start over")
+        done[r["id"]] = r
+    return done
+
+
 def run(cfg: GenerateConfig) -> list[dict]:
+    """Generate cfg.num_samples stories (resuming --out when it holds some); returns all of them in id order."""
     device = default_device() if cfg.device == "auto" else cfg.device
+    prompts = read_prompts(cfg)
     model, tokenizer = model_and_tokenizer(cfg.checkpoint, cfg.model, device, cfg.seed)
-    prompt_ids = encode_prompt(tokenizer, cfg.prompt, model.config.block_size)
-    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    prompt_ids = [encode_prompt(tokenizer, p, model.config.block_size) for p in prompts]
     settings = dict(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens)
-    records: list[dict] = []
-    bar = tqdm(total=cfg.num_samples, desc="generating", unit="sample", disable=cfg.num_samples < 2, file=sys.stderr)
-    while len(records) < cfg.num_samples:
-        n = min(cfg.batch_size, cfg.num_samples - len(records))
-        idx = torch.tensor([prompt_ids] * n, dtype=torch.long, device=device)
+    source = str(cfg.checkpoint) if cfg.checkpoint else f"random:{cfg.model}"
+    records = existing_stories(cfg, source, settings, prompts)
+    if records:
+        print(f"{cfg.out} already holds {len(records)} of {cfg.num_samples} stories; resuming", file=sys.stderr)
+    bar = tqdm(total=cfg.num_samples, initial=min(len(records), cfg.num_samples), desc="generating", unit="story",
+               disable=cfg.num_samples < 2, file=sys.stderr, dynamic_ncols=True)
+    for b, ids in enumerate(plan_batches(cfg.num_samples, len(prompts), cfg.batch_size)):
+        if all(i in records for i in ids):
+            continue
+        p = ids[0] % len(prompts)
+        generator = torch.Generator(device=device).manual_seed(batch_seed(cfg.seed, b))
+        idx = torch.tensor([prompt_ids[p]] * len(ids), dtype=torch.long, device=device)  # (B, T)
         out = model.generate(idx, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p,
                              eos_id=tokenizer.eot_id, generator=generator)
-        for row in out[:, len(prompt_ids):].tolist():
+        for i, row in zip(ids, out[:, len(prompt_ids[p]):].tolist(), strict=True):
+            if i in records:  # written before the interruption: the regenerated one is identical
+                continue
             if tokenizer.eot_id in row:
                 row = row[:row.index(tokenizer.eot_id)]
-            records.append(dict(id=len(records), prompt=cfg.prompt, text=tokenizer.decode(row),
-                                checkpoint=str(cfg.checkpoint) if cfg.checkpoint else f"random:{cfg.model}",
-                                sampling=settings, seed=cfg.seed))
-        bar.update(n)
+            records[i] = dict(id=i, prompt=prompts[p], text=tokenizer.decode(row), checkpoint=source,
+                              sampling=settings, seed=cfg.seed)
+            if cfg.out is not None:
+                append_jsonl(cfg.out, records[i])  # flushed one by one: a crash loses at most the story being written
+            if cfg.print_samples:
+                tqdm.write(f"--- sample {i} ---\n{prompts[p]}{records[i]['text']}", file=sys.stdout)
+            bar.update(1)
     bar.close()
-    for r in records:
-        print(f"--- sample {r['id']} ---\n{r['prompt']}{r['text']}")
     if cfg.out is not None:
-        atomic_write_text(cfg.out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-        print(f"wrote {len(records)} samples to {cfg.out}", file=sys.stderr)
-    return records
+        print(f"{cfg.out} holds {len(records)} stories", file=sys.stderr)
+    return [records[i] for i in sorted(records)]

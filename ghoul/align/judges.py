@@ -1,0 +1,278 @@
+"""Judges: given a task and k candidate texts, pick the best one (with a reason when the judge gives one).
+
+One small interface for every kind of judge: a model behind an OpenAI-compatible API, a person at a terminal or in
+a browser (`ghoul.web.ranking`), and the `random` and `length` baselines that put the others' agreement in context.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from ghoul.errors import GhoulError
+
+API_KEY_ENV = "OPENAI_API_KEY"
+DEFAULT_JUDGE = "openai:gpt-4o"
+JUDGES = ("openai:MODEL", "human", "web", "random", "length")
+
+# USD per million (input, output) tokens, from https://openai.com/api/pricing (2025); other models: no estimate.
+PRICES = {"gpt-4o": (2.50, 10.00), "gpt-4o-mini": (0.15, 0.60), "gpt-4.1": (2.00, 8.00),
+          "gpt-4.1-mini": (0.40, 1.60), "gpt-4.1-nano": (0.10, 0.40)}
+
+
+@dataclass
+class Judgment:
+    best: int | None  # index into the candidates as given; None: no choice was made (recorded as skipped)
+    reason: str = ""
+    raw: str = ""  # the answer as the judge gave it: the model's text, the line typed, the click
+    shown: list[int] = field(default_factory=list)  # candidate indices in the order shown (empty: as given)
+    usage: dict[str, int] = field(default_factory=dict)  # API tokens spent, summed over retries
+
+
+class Judge:
+    """The interface: `judge(task, candidates)`; `start` and `close` bracket a ranking session."""
+
+    name: str = "judge"
+
+    def start(self, total: int) -> None:
+        """Called once before the first of `total` groups (the web judge starts its server here)."""
+
+    def judge(self, task: str, candidates: list[str]) -> Judgment:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Called once after the last group, also after an interruption."""
+
+    def cost(self, usage: dict[str, int]) -> float | None:
+        """Estimated USD for `usage` tokens; None when the judge costs nothing or its price is unknown."""
+        return None
+
+
+def content_rng(seed: int, candidates: list[str]) -> random.Random:
+    """A generator seeded by the seed and the texts: the same group gets the same draw in a resumed run."""
+    digest = hashlib.sha256(json.dumps([seed, candidates]).encode()).digest()
+    return random.Random(int.from_bytes(digest[:8], "little"))
+
+
+class RandomJudge(Judge):
+    """A uniformly random pick: the agreement any judge should beat."""
+
+    name = "random"
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+
+    def judge(self, task: str, candidates: list[str]) -> Judgment:
+        best = content_rng(self.seed, candidates).randrange(len(candidates))
+        return Judgment(best, "random pick", str(best + 1))
+
+
+class LengthJudge(Judge):
+    """The longest text wins (ties: the first): a crude baseline, since judges are known to favour length."""
+
+    name = "length"
+
+    def judge(self, task: str, candidates: list[str]) -> Judgment:
+        best = max(range(len(candidates)), key=lambda i: (len(candidates[i]), -i))
+        return Judgment(best, f"longest ({len(candidates[best])} characters)", str(best + 1))
+
+
+class HumanJudge(Judge):
+    """A person at a terminal (works over ssh): shows the k texts and reads the number of the best."""
+
+    name = "human"
+    interactive = True  # no progress bar: it would garble the prompt
+
+    def __init__(self, read: Callable[[str], str] = input, out: TextIO | None = None) -> None:
+        self.read, self.out = read, out or sys.stdout
+        self.shown, self.total = 0, 0
+
+    def start(self, total: int) -> None:
+        self.total = total
+
+    def judge(self, task: str, candidates: list[str]) -> Judgment:
+        k = len(candidates)
+        self.shown += 1
+        print(f"\n{'=' * 72}\ngroup {self.shown} of {self.total or '?'}: {task}\n", file=self.out)
+        for i, text in enumerate(candidates, 1):
+            print(f"[{i}] {text.strip()}\n", file=self.out)
+        while True:
+            try:
+                line = self.read(f"best story 1-{k} (a reason may follow), s to skip, q to stop: ").strip()
+            except EOFError:
+                line = "q"  # end of input: stop as if asked to, keeping what was judged
+            if line.lower() in ("q", "quit"):
+                raise KeyboardInterrupt
+            if line.lower() in ("s", "skip"):
+                return Judgment(None, "skipped by the judge", line)
+            number, _, reason = line.partition(" ")
+            if number.isdigit() and 1 <= int(number) <= k:
+                return Judgment(int(number) - 1, reason.strip(), line)
+            print(f"type a number from 1 to {k}, s or q", file=self.out)
+
+
+# ---- a model behind an OpenAI-compatible chat completions API ----------------------------------------------------
+
+SYSTEM_PROMPT = ("You judge short stories written by a small language model. Read every story, then answer with only "
+                 'a JSON object {{"best": N, "reason": "..."}}, where N is the number (1 to {k}) of the story you pick '
+                 "and the reason is one short sentence.")
+
+
+def build_messages(task: str, stories: list[str]) -> list[dict[str, str]]:
+    """The chat messages that show `stories` numbered from 1, in the order given."""
+    shown = "\n\n".join(f"Story {i}:\n<<<\n{text.strip()}\n>>>" for i, text in enumerate(stories, 1))
+    return [{"role": "system", "content": SYSTEM_PROMPT.format(k=len(stories))},
+            {"role": "user", "content": f"{task}\n\n{shown}\n\n{task} Answer with the JSON object only."}]
+
+
+def parse_answer(text: str, k: int) -> tuple[int, str]:
+    """(1-based position, reason) from `{"best": N, "reason": "..."}` (optionally in a ```json fence), or from the
+    seed's `BEST_ANSWER:[X]` letter form; ValueError saying why otherwise. Nothing is guessed."""
+    body = text.strip()
+    fenced = re.fullmatch(r"```(?:json)?\s*(.*?)\s*```", body, re.S)
+    body = fenced.group(1) if fenced else body
+    if body.startswith("{"):
+        try:
+            obj = json.loads(body)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"not valid JSON ({e.msg})") from None
+        best = obj.get("best") if isinstance(obj, dict) else None
+        if isinstance(best, bool) or not isinstance(best, int):
+            raise ValueError('no integer "best" in the JSON object')
+        reason = obj.get("reason", "")
+        if not isinstance(reason, str):
+            raise ValueError('"reason" is not a string')
+        if not 1 <= best <= k:
+            raise ValueError(f"best {best} is not between 1 and {k}")
+        return best, reason
+    letters = set(re.findall(r"BEST_ANSWER:\s*\[\s*([A-Za-z])\s*\]", text))
+    if len(letters) == 1:
+        best = ord(letters.pop().upper()) - ord("A") + 1
+        if not 1 <= best <= k:
+            raise ValueError(f"BEST_ANSWER letter {chr(ord('A') + best - 1)} is not among the {k} stories")
+        return best, ""
+    if len(letters) > 1:
+        raise ValueError("several different BEST_ANSWER letters")
+    raise ValueError('neither a JSON object {"best": N} nor BEST_ANSWER:[X]')
+
+
+class OpenAIJudge(Judge):
+    """A chat model behind the OpenAI API or any compatible server (vLLM, llama.cpp's server, Ollama).
+
+    The stories are shown in a shuffled order, recorded in the judgment, so that position bias can be measured and
+    undone. Rate limits and server errors are retried with exponential back-off; an answer that stays unparseable
+    after `parse_retries` re-asks is returned as no choice. The key is read from OPENAI_API_KEY and kept in memory.
+    """
+
+    def __init__(self, model: str = "gpt-4o", base_url: str | None = None, *, seed: int = 0, max_retries: int = 5,
+                 retry_delay: float = 1.0, parse_retries: int = 2, timeout: float = 60.0, json_mode: bool = True,
+                 max_tokens: int = 300) -> None:
+        try:
+            import openai
+        except ImportError:
+            raise GhoulError("the openai judge needs the openai package: pip install 'ghoul[align]'") from None
+        key = os.environ.get(API_KEY_ENV)
+        if not key and base_url is None:
+            raise GhoulError(f"set {API_KEY_ENV} to use the OpenAI judge, or give --base-url of a local "
+                             "OpenAI-compatible server")
+        self.openai = openai
+        # local servers ignore the key but the client requires one; retries are ours, with back-off we can tune
+        self.client = openai.OpenAI(api_key=key or "unused", base_url=base_url, max_retries=0, timeout=timeout)
+        self.model, self.base_url, self.seed, self.json_mode, self.max_tokens = model, base_url, seed, json_mode, \
+            max_tokens
+        self.max_retries, self.retry_delay, self.parse_retries = max_retries, retry_delay, parse_retries
+        self.name = f"openai:{model}" + (f"@{base_url}" if base_url else "")
+
+    def judge(self, task: str, candidates: list[str]) -> Judgment:
+        shown = list(range(len(candidates)))
+        content_rng(self.seed, candidates).shuffle(shown)
+        messages = build_messages(task, [candidates[i] for i in shown])
+        usage = {"prompt_tokens": 0, "completion_tokens": 0}
+        answer, why = "", ""
+        for attempt in range(1 + self.parse_retries):
+            # at temperature 0 a malformed answer tends to come back unchanged: re-ask with some randomness
+            answer = self._complete(messages, 0.0 if attempt == 0 else 1.0, usage)
+            try:
+                position, reason = parse_answer(answer, len(candidates))
+            except ValueError as e:
+                why = str(e)
+                continue
+            return Judgment(shown[position - 1], reason, answer, shown, usage)
+        return Judgment(None, f"unparseable after {1 + self.parse_retries} answers: {why}", answer, shown, usage)
+
+    def _complete(self, messages: list[dict[str, str]], temperature: float, usage: dict[str, int]) -> str:
+        """One answer's text, retrying rate limits, server errors and dropped connections with back-off."""
+        extra: dict[str, Any] = {"response_format": {"type": "json_object"}} if self.json_mode else {}
+        for attempt in range(self.max_retries + 1):
+            try:
+                response = self.client.chat.completions.create(model=self.model, messages=messages,
+                                                               temperature=temperature, max_tokens=self.max_tokens,
+                                                               **extra)
+            except (self.openai.RateLimitError, self.openai.InternalServerError, self.openai.APIConnectionError) as e:
+                if attempt == self.max_retries:
+                    raise GhoulError(f"the judge at {self.base_url or 'OpenAI'} still fails after {attempt + 1} tries "
+                                     f"({_describe(e)}): judged groups are saved, rerun later to go on") from None
+                time.sleep(self._delay(attempt, e))
+                continue
+            except self.openai.APIStatusError as e:
+                raise GhoulError(f"the judge at {self.base_url or 'OpenAI'} refused the request ({_describe(e)}): "
+                                 f"check the model name, --base-url and {API_KEY_ENV}") from None
+            if response.usage is not None:
+                usage["prompt_tokens"] += response.usage.prompt_tokens or 0
+                usage["completion_tokens"] += response.usage.completion_tokens or 0
+            return (response.choices[0].message.content or "") if response.choices else ""
+        raise AssertionError("unreachable")
+
+    def _delay(self, attempt: int, error: Exception) -> float:
+        """Exponential back-off from retry_delay, or the server's Retry-After when it asks for a longer wait."""
+        delay = self.retry_delay * 2 ** attempt
+        response = getattr(error, "response", None)
+        after = response.headers.get("retry-after") if response is not None else None
+        if after and after.replace(".", "", 1).isdigit():
+            delay = max(delay, min(float(after), 60.0))
+        return delay
+
+    def cost(self, usage: dict[str, int]) -> float | None:
+        price = PRICES.get(self.model) if self.base_url is None else None
+        if price is None:
+            return None
+        return (usage.get("prompt_tokens", 0) * price[0] + usage.get("completion_tokens", 0) * price[1]) / 1e6
+
+
+def _describe(error: Exception) -> str:
+    """A short description of an API error: its status code and class, never the request (which holds the key)."""
+    status = getattr(error, "status_code", None)
+    return f"{status} {type(error).__name__}" if status else type(error).__name__
+
+
+def make_judge(spec: str, *, seed: int = 0, base_url: str | None = None, max_retries: int = 5,
+               retry_delay: float = 1.0, parse_retries: int = 2, timeout: float = 60.0, json_mode: bool = True,
+               host: str = "127.0.0.1", port: int = 8765, open_browser: bool = False) -> Judge:
+    """The judge named by `spec`: openai[:MODEL], human, web, random or length."""
+    kind, _, model = spec.partition(":")
+    if kind == "openai":
+        return OpenAIJudge(model or "gpt-4o", base_url, seed=seed, max_retries=max_retries, retry_delay=retry_delay,
+                           parse_retries=parse_retries, timeout=timeout, json_mode=json_mode)
+    if model:
+        raise GhoulError(f"judge '{spec}': only openai takes a model name (openai:MODEL)")
+    if kind == "random":
+        return RandomJudge(seed)
+    if kind == "length":
+        return LengthJudge()
+    if kind == "human":
+        return HumanJudge()
+    if kind == "web":
+        try:
+            from ghoul.web.ranking import WebJudge
+        except ImportError:
+            raise GhoulError("the web judge needs fastapi and uvicorn: pip install 'ghoul[align]'") from None
+        return WebJudge(host, port, open_browser=open_browser)
+    raise GhoulError(f"unknown judge '{spec}'; judges: {', '.join(JUDGES)}")

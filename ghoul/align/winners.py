@@ -1,0 +1,49 @@
+"""`ghoul export winners`: the stories the judge chose, separated by <|endoftext|>, for `ghoul prepare rlhf`."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ghoul.align.rank import full_text, load_stories
+from ghoul.config import option
+from ghoul.data.sources import EOT
+from ghoul.errors import GhoulError
+from ghoul.files import atomic_write_text, read_jsonl
+
+
+@dataclass
+class ExportWinnersConfig:
+    rankings: Path = option(Path("rankings.jsonl"), "judgments made by `ghoul rank`", positional=True)
+    stories: Path | None = option(None, "the stories they judged (default: stories.jsonl beside the rankings)")
+    out: Path = option(Path("winners.txt"), "text file of the winning stories, separated by <|endoftext|>")
+
+    def __post_init__(self) -> None:
+        self.rankings, self.out = Path(self.rankings), Path(self.out)
+        self.stories = Path(self.stories) if self.stories else self.rankings.with_name("stories.jsonl")
+
+
+def winning_ids(rankings: list[dict[str, Any]]) -> list[int]:
+    """The chosen story of each group, in group order; the last judgment of a group counts, skipped ones do not."""
+    last = {r["group"]: r for r in rankings}
+    return [last[g]["chosen"] for g in sorted(last) if last[g].get("chosen") is not None]
+
+
+def run(cfg: ExportWinnersConfig) -> list[int]:
+    """Write the winners of cfg.rankings to cfg.out; returns their story ids."""
+    if not cfg.rankings.is_file():
+        raise GhoulError(f"rankings file {cfg.rankings} does not exist: make it with `ghoul rank`")
+    stories = load_stories(cfg.stories)
+    ids = winning_ids(read_jsonl(cfg.rankings))
+    if not ids:
+        raise GhoulError(f"{cfg.rankings} holds no chosen stories (every group skipped or none judged)")
+    missing = [i for i in ids if i not in stories]
+    if missing:
+        raise GhoulError(f"{cfg.rankings} chose stories {missing[:5]} that {cfg.stories} does not hold: "
+                         "give the stories file they were judged from with --stories")
+    # the separator on its own line keeps the file readable; the rlhf source strips the whitespace around stories
+    atomic_write_text(cfg.out, f"\n{EOT}\n".join(full_text(stories[i]).strip() for i in ids) + "\n")
+    print(f"wrote {len(ids)} winning stories to {cfg.out}", file=sys.stderr)
+    return ids
