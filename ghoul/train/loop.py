@@ -165,6 +165,8 @@ def train(cfg: TrainConfig, model: GPT, tokenizer: Tokenizer, d: dist.DistInfo, 
     tokens_per_step = cfg.batch_size * seq_len * d.world_size * accum
     flops_per_step = raw_model.flops_per_token(seq_len) * tokens_per_step
     peak = dist.peak_flops(d.device, cfg.dtype)
+    if cfg.dtype == "bfloat16" and not dist.fast_bfloat16(d.device):
+        dist.print0(f"warning: this {d.device_type} has no native bfloat16 matmuls; --dtype float32 will be faster")
     dist.print0(f"training {raw_model.num_params():,} parameters on {d.world_size} x {d.device}: {tokens_per_step:,} "
                 f"tokens per step ({accum} accumulation steps), steps {start_step}..{cfg.max_steps}")
 
