@@ -12,12 +12,12 @@ import gzip
 import html
 import json
 import os
-import urllib.request
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar, TextIO
 
+from ghoul.download import cache_dir, download
 from ghoul.errors import GhoulError
 
 EOT = "<|endoftext|>"
@@ -35,12 +35,6 @@ def make_source(name: str, path: str | Path | None = None, **options: Any) -> Te
     if name not in SOURCES:
         raise GhoulError(f"unknown source '{name}'; sources: {', '.join(sorted(SOURCES))}")
     return SOURCES[name](path, **options)
-
-
-def cache_dir() -> Path:
-    """ghoul's download cache: $XDG_CACHE_HOME/ghoul, else ~/.cache/ghoul."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "ghoul"
 
 
 class TextSource(ABC):
@@ -221,23 +215,6 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else ("" if value is None else str(value))
 
 
-def download(url: str, dest: Path) -> Path:
-    """Fetch `url` to `dest` once (written to a temporary name, then renamed); later calls use the cached file."""
-    if dest.is_file():
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".part")
-    try:
-        with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as f:
-            while chunk := response.read(1 << 20):
-                f.write(chunk)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise GhoulError(f"could not download {url} ({e}); download it yourself and give --source-path") from None
-    os.replace(tmp, dest)
-    return dest
-
-
 # ---- the built-in sources ----
 
 @register
@@ -302,12 +279,16 @@ class CreepypastaSource(TextSource):
     text_fields = ("body", "selftext", "text", "story", "content")
     title_fields = ("story_name", "title")
     # the top posts of two subreddits, August 2013 (the Kaggle file needs a Kaggle login, so it is not fetched)
-    urls = ("https://raw.githubusercontent.com/umbrae/reddit-top-2.5-million/master/data/creepypasta.csv",
-            "https://raw.githubusercontent.com/umbrae/reddit-top-2.5-million/master/data/shortscarystories.csv")
+    urls = (  # (address, sha256 of the file at commit d0efcade504b8ed735a48ddc2b15552fa924c9d9)
+        ("https://raw.githubusercontent.com/umbrae/reddit-top-2.5-million/master/data/creepypasta.csv",
+         "2dca90b4cb33bebf50e2b1366511c6e47c8540cf48af2ba34e403c390e30155f"),
+        ("https://raw.githubusercontent.com/umbrae/reddit-top-2.5-million/master/data/shortscarystories.csv",
+         "29bab452f6321329bc71d1554082d1a2a4b236fad528eec2d4c8a2f53d63547b"))
 
     def files(self) -> list[Path]:
         if self.path is None:
-            return [download(url, cache_dir() / "creepypasta" / url.rsplit("/", 1)[1]) for url in self.urls]
+            return [download(url, cache_dir() / "creepypasta" / url.rsplit("/", 1)[1], sha256,
+                             hint="download it yourself and give --source-path") for url, sha256 in self.urls]
         return super().files()
 
     def iter_documents(self) -> Iterator[str]:

@@ -6,12 +6,9 @@ tokens is the prediction (`acc_norm`); `acc` uses the summed loss instead. Batch
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +20,7 @@ from tqdm import tqdm
 from ghoul.checkpoint import check_vocab, load_model_and_tokenizer
 from ghoul.config import option
 from ghoul.dist import DTYPES, all_reduce_sum, autocast, setup
+from ghoul.download import cache_dir, download
 from ghoul.errors import GhoulError
 from ghoul.eval import unwrap
 from ghoul.files import atomic_write_text
@@ -60,32 +58,7 @@ def default_data_path() -> Path:
     env = os.environ.get("GHOUL_DATA_DIR")
     if env and (Path(env) / "hellaswag" / FILE_NAME).is_file():
         return Path(env) / "hellaswag" / FILE_NAME
-    path = Path.home() / ".cache" / "ghoul" / "hellaswag" / FILE_NAME
-    if not path.is_file():
-        download(URL, path, SHA256)
-    return path
-
-
-def download(url: str, path: Path, sha256: str) -> None:
-    """Fetch `url` to `path` with a progress bar; the file appears only once its sha256 has been checked."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    digest = hashlib.sha256()
-    try:
-        with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as f:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {path.name}", file=sys.stderr) as bar:
-                while chunk := response.read(1 << 20):
-                    f.write(chunk)
-                    digest.update(chunk)
-                    bar.update(len(chunk))
-    except (urllib.error.URLError, OSError) as e:
-        tmp.unlink(missing_ok=True)
-        raise GhoulError(f"could not download {url} ({e}): download it by hand and pass --data-path FILE") from None
-    if digest.hexdigest() != sha256:
-        tmp.unlink(missing_ok=True)
-        raise GhoulError(f"{url} has sha256 {digest.hexdigest()}, expected {sha256}: the download is damaged")
-    os.replace(tmp, path)
+    return download(URL, cache_dir() / "hellaswag" / FILE_NAME, SHA256, hint="download it and pass --data-path FILE")
 
 
 def load_hellaswag(path: str | Path, limit: int | None = None) -> list[dict[str, Any]]:

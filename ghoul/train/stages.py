@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ghoul import dist
+from ghoul.checkpoint import LATEST, STATE_FILE, resolve_checkpoint
 from ghoul.config import option
 from ghoul.data.shards import read_meta
 from ghoul.errors import GhoulError
@@ -69,3 +72,17 @@ def run(cfg: TrainConfig) -> TrainResult:
         return train(cfg, model.to(d.device), tokenizer, d, resume_from=resume_from)
     finally:
         dist.teardown()
+
+
+def run_or_resume(cfg: TrainConfig) -> TrainResult | None:
+    """Train as `cfg` says unless its run already finished: resume an interrupted run from its checkpoint, start over
+    one that saved none. Returns None when there was nothing left to do (pipelines rerun this freely)."""
+    run_dir = cfg.output_dir
+    if (run_dir / LATEST).is_file():
+        state = json.loads((resolve_checkpoint(run_dir) / STATE_FILE).read_text(encoding="utf-8"))
+        if state["step"] >= cfg.max_steps:
+            return None
+        cfg.resume = "latest"
+    elif run_dir.exists():
+        shutil.rmtree(run_dir)  # an interrupted run that saved no checkpoint has nothing to resume
+    return run(cfg)

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from ghoul.data.sources import SOURCES, cache_dir, download, make_source, resolve_paths
+from ghoul.data.sources import SOURCES, make_source, resolve_paths
+from ghoul.download import cache_dir, download
 from ghoul.errors import GhoulError
 
 
@@ -167,7 +168,8 @@ def test_creepypasta_without_a_path_downloads_once_into_the_cache(data: Path, tm
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     folder = data / "creepypasta"
-    urls = tuple((folder / name).as_uri() for name in ("creepypasta.csv", "shortscarystories.csv"))
+    urls = tuple(((folder / name).as_uri(), sha) for (_, sha), name in  # same files, same checksums
+                 zip(CreepypastaSource.urls, ("creepypasta.csv", "shortscarystories.csv"), strict=True))
     monkeypatch.setattr(CreepypastaSource, "urls", urls)  # file:// stands in for GitHub: no network in tests
     docs = list(make_source("creepypasta"))
     assert docs == list(make_source("creepypasta", folder / "reddit_horror_stories.jsonl"))

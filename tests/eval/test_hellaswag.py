@@ -12,10 +12,10 @@ import torch
 
 from ghoul.checkpoint import load_model_and_tokenizer as load_checkpoint
 from ghoul.cli import main
+from ghoul.download import download
 from ghoul.errors import GhoulError
 from ghoul.eval.hellaswag import (
     default_data_path,
-    download,
     ending_losses,
     evaluate_hellaswag,
     load_hellaswag,
