@@ -12,28 +12,22 @@ import tempfile
 import torch
 import transformers
 
-from benchmarks.timing import median_seconds
+from benchmarks.timing import describe, measure, result, side
 from ghoul.hf import export_hf
 from ghoul.model import GPT, GPTConfig
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--preset", default="small")
-    parser.add_argument("--prompt-tokens", type=int, default=16)
-    parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
-
+def run(preset: str = "small", prompt_tokens: int = 16, new_tokens: int = 128, batch: int = 1,
+        repeats: int = 3) -> dict:
+    """New tokens/s of greedy generation: ghoul with its KV cache against transformers' generate."""
     torch.manual_seed(0)
-    model = GPT(GPTConfig.from_name(args.preset)).eval()
+    model = GPT(GPTConfig.from_name(preset)).eval()
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(f"{tmp}/ghoul")
         export_hf(f"{tmp}/ghoul", f"{tmp}/hf")
         hf = transformers.GPT2LMHeadModel.from_pretrained(f"{tmp}/hf").eval()
-    idx = torch.randint(0, model.config.vocab_size, (args.batch, args.prompt_tokens))
-    n = args.new_tokens
+    idx = torch.randint(0, model.config.vocab_size, (batch, prompt_tokens))
+    n = new_tokens
 
     def ghoul_cached():
         return model.generate(idx, n, temperature=0)
@@ -47,17 +41,28 @@ def main() -> None:
                                do_sample=False, pad_token_id=0)
 
     same = torch.equal(ghoul_cached(), hf_generate()) and torch.equal(ghoul_cached(), ghoul_plain())
-    new_tokens = args.batch * n
-    rows = {name: new_tokens / median_seconds(fn, args.repeats)
-            for name, fn in [("ghoul cached", ghoul_cached), ("ghoul no cache", ghoul_plain),
-                             ("transformers generate", hf_generate)]}
-    print(f"preset {args.preset}, batch {args.batch}, {args.prompt_tokens} prompt + {n} new tokens, greedy, "
-          f"{torch.get_num_threads()} threads, torch {torch.__version__}, transformers {transformers.__version__}")
-    print(f"identical tokens: {same}")
-    for name, tps in rows.items():
-        print(f"{name:24s} {tps:10.1f} tokens/s")
-    print(f"ratio ghoul cached / transformers: {rows['ghoul cached'] / rows['transformers generate']:.2f}x")
-    print(f"ratio ghoul cached / ghoul no cache: {rows['ghoul cached'] / rows['ghoul no cache']:.2f}x")
+    work = batch * n
+    ours = side("ghoul generate (KV cache)", work, measure(ghoul_cached, repeats))
+    peer = side("transformers generate", work, measure(hf_generate, repeats))
+    plain = side("ghoul generate (no cache)", work, measure(ghoul_plain, repeats))
+    return result("generate", f"greedy generation, {preset}, batch {batch}, {prompt_tokens} prompt + {n} new tokens",
+                  "tokens/s", ours, peer,
+                  f"python -m benchmarks.bench_generate --preset {preset} --prompt-tokens {prompt_tokens} "
+                  f"--new-tokens {n} --batch {batch} --repeats {repeats}",
+                  identical_tokens=same, no_cache_tokens_per_s=plain["rate"],
+                  cached_over_no_cache=ours["rate"] / plain["rate"], threads=torch.get_num_threads(),
+                  transformers=transformers.__version__)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--preset", default="small")
+    parser.add_argument("--prompt-tokens", type=int, default=16)
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    print(describe(run(args.preset, args.prompt_tokens, args.new_tokens, args.batch, args.repeats)))
 
 
 if __name__ == "__main__":

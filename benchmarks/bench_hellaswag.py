@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.timing import median_seconds
+from benchmarks.timing import describe, measure, result, side
 from ghoul.eval.hellaswag import evaluate_hellaswag, load_hellaswag
 from ghoul.model import GPT, GPTConfig
 from ghoul.tokenizer import load_tokenizer
@@ -25,6 +25,30 @@ def default_path() -> Path:
     return root / "hellaswag" / "hellaswag_val.jsonl"
 
 
+def run(preset: str = "small", examples: int = 32, batch_size: int = 16, repeats: int = 3,
+        data_path: Path | None = None) -> dict:
+    """Examples/s of HellaSwag scoring, batched against one example at a time."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.from_name(preset)).eval()
+    tokenizer = load_tokenizer("gpt2")
+    items = load_hellaswag(data_path or default_path(), examples)
+
+    def batched():
+        return evaluate_hellaswag(model, tokenizer, items, "cpu", batch_size=batch_size)
+
+    def one_at_a_time():
+        return evaluate_hellaswag(model, tokenizer, items, "cpu", batch_size=1)
+
+    same = batched()["examples"] == one_at_a_time()["examples"]  # also the warm-up of both sides
+    ours = side(f"ghoul batched (batch {batch_size})", len(items), measure(batched, repeats, warmup=0))
+    peer = side("one example at a time", len(items), measure(one_at_a_time, repeats, warmup=0))
+    return result("hellaswag", f"HellaSwag scoring, {preset} ({model.num_params() / 1e6:.1f}M), {len(items)} "
+                  "examples, float32", "examples/s", ours, peer,
+                  f"python -m benchmarks.bench_hellaswag --preset {preset} --examples {examples} "
+                  f"--batch-size {batch_size} --repeats {repeats}",
+                  identical_predictions=same, threads=torch.get_num_threads())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--preset", default="small")
@@ -33,27 +57,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--data-path", type=Path, default=None)
     args = parser.parse_args()
-
-    torch.manual_seed(0)
-    model = GPT(GPTConfig.from_name(args.preset)).eval()
-    tokenizer = load_tokenizer("gpt2")
-    examples = load_hellaswag(args.data_path or default_path(), args.examples)
-
-    def batched():
-        return evaluate_hellaswag(model, tokenizer, examples, "cpu", batch_size=args.batch_size)
-
-    def one_at_a_time():
-        return evaluate_hellaswag(model, tokenizer, examples, "cpu", batch_size=1)
-
-    same = batched()["examples"] == one_at_a_time()["examples"]
-    rates = {name: len(examples) / median_seconds(fn, args.repeats, warmup=0)
-             for name, fn in [("batched", batched), ("one at a time", one_at_a_time)]}
-    print(f"preset {args.preset} ({model.num_params() / 1e6:.1f}M params), {len(examples)} HellaSwag examples, "
-          f"batch {args.batch_size}, float32, {torch.get_num_threads()} threads, torch {torch.__version__}")
-    print(f"identical predictions: {same}")
-    for name, rate in rates.items():
-        print(f"{name:16s} {rate:8.2f} examples/s")
-    print(f"ratio batched / one at a time: {rates['batched'] / rates['one at a time']:.2f}x")
+    print(describe(run(args.preset, args.examples, args.batch_size, args.repeats, args.data_path)))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Training-step throughput: ghoul's GPT against `transformers`' `GPT2LMHeadModel`, same config, batch and dtype.
 
 A step is forward, backward and a fused AdamW update. Reports tokens/s, achieved TFLOP/s and MFU where the device's
-peak is known (see ghoul.dist.PEAK_BF16_FLOPS), and the ratios measured in this one run.
+peak is known (see ghoul.dist.GPUS), and the ratio measured in this one run.
 Run: python -m benchmarks.bench_train [--presets small gpt2 --batch 4 --seq-len 256 --dtypes float32 bfloat16]
 """
 
@@ -12,7 +12,7 @@ import argparse
 import torch
 import transformers
 
-from benchmarks.timing import median_seconds
+from benchmarks.timing import describe, measure, result, side
 from ghoul import dist
 from ghoul.model import GPT, GPTConfig
 
@@ -39,6 +39,32 @@ def step_fn(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, dtype: str
     return step
 
 
+def run(preset: str = "small", batch: int = 4, seq_len: int = 256, dtype: str = "float32", repeats: int = 5,
+        device: str | None = None, warmup: int = 2) -> dict:
+    """Tokens/s of a training step, ghoul against transformers; raises ValueError for a dtype this device emulates."""
+    device = device or dist.default_device()
+    if dtype != "float32" and not dist.fast_bfloat16(device):
+        raise ValueError(f"this {device} has no native {dtype} matmuls")
+    config = GPTConfig.from_name(preset)
+    seq_len = min(seq_len, config.block_size)
+    torch.manual_seed(0)
+    ours, theirs = GPT(config).to(device), hf_model(config).to(device)
+    x = torch.randint(0, config.vocab_size, (batch, seq_len), device=device)
+    y = torch.roll(x, -1, 1)
+    tokens = batch * seq_len
+    t_ours = measure(step_fn(ours, x, y, dtype, device, False), repeats, warmup)
+    t_hf = measure(step_fn(theirs, x, y, dtype, device, True), repeats, warmup)
+    flops = ours.flops_per_token(seq_len) * tokens / t_ours["median_s"]
+    peak = dist.peak_flops(device, dtype)
+    details = {"device": device, "threads": torch.get_num_threads(), "tflops": flops / 1e12,
+               "mfu": flops / peak if peak else None, "transformers": transformers.__version__}
+    return result(f"train-{preset}", f"training step, {preset} ({ours.num_params() / 1e6:.1f}M), {dtype}, "
+                  f"batch {batch} x {seq_len} tokens, fused AdamW", "tokens/s",
+                  side("ghoul GPT", tokens, t_ours), side("transformers GPT2LMHeadModel (sdpa)", tokens, t_hf),
+                  f"python -m benchmarks.bench_train --presets {preset} --batch {batch} --seq-len {seq_len} "
+                  f"--dtypes {dtype} --repeats {repeats}", **details)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--presets", nargs="+", default=["small", "gpt2"])
@@ -48,36 +74,21 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default=dist.default_device())
     args = parser.parse_args()
-    device = args.device
-    print(f"device {device}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-          f"transformers {transformers.__version__}, batch {args.batch} x {args.seq_len} tokens")
-    header = ["preset".ljust(8), "dtype".ljust(9), "ghoul tok/s".rjust(12), "hf tok/s".rjust(10), "ratio".rjust(6),
-              "TFLOP/s".rjust(8), "MFU".rjust(6)]
-    print(" ".join(header))
+    print(f"device {args.device}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+          f"transformers {transformers.__version__}")
     for preset in args.presets:
-        config = GPTConfig.from_name(preset)
-        seq_len = min(args.seq_len, config.block_size)
-        torch.manual_seed(0)
-        ours, theirs = GPT(config).to(device), hf_model(config).to(device)
-        x = torch.randint(0, config.vocab_size, (args.batch, seq_len), device=device)
-        y = torch.roll(x, -1, 1)
-        tokens = args.batch * seq_len
         own_f32 = None
         for dtype in args.dtypes:
-            if dtype != "float32" and not dist.fast_bfloat16(device):
-                print(f"{preset:8s} {dtype:9s} skipped: this {device} has no native {dtype} matmuls")
+            try:
+                r = run(preset, args.batch, args.seq_len, dtype, args.repeats, args.device)
+            except ValueError as e:
+                print(f"{preset} {dtype} skipped: {e}")
                 continue
-            t_ours = median_seconds(step_fn(ours, x, y, dtype, device, False), args.repeats, warmup=2)
-            t_hf = median_seconds(step_fn(theirs, x, y, dtype, device, True), args.repeats, warmup=2)
-            flops = ours.flops_per_token(seq_len) * tokens / t_ours
-            peak = dist.peak_flops(device, dtype)
-            mfu = f"{flops / peak:6.1%}" if peak else "   n/a"
-            print(f"{preset:8s} {dtype:9s} {tokens / t_ours:12,.0f} {tokens / t_hf:10,.0f} "
-                  f"{t_hf / t_ours:5.2f}x {flops / 1e12:8.3f} {mfu}")
+            print(describe(r))
             if dtype == "float32":
-                own_f32 = t_ours
+                own_f32 = r["ours"]["median_s"]
             elif own_f32 is not None:
-                print(f"{'':18s} ghoul {dtype} / ghoul float32: {own_f32 / t_ours:.2f}x")
+                print(f"  ghoul {dtype} / ghoul float32: {own_f32 / r['ours']['median_s']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -1,14 +1,24 @@
-"""Timing helpers shared by the benchmarks: warm-up, repeated runs, the median."""
+"""Timing helpers shared by the benchmarks: warm-up, repeated runs, the median, and one result shape for them all.
+
+Every benchmark's `run(...)` returns `result(...)`: ours against its peer, both measured in the same process run,
+so the ratio holds even where the absolute figures move with the machine's other load.
+"""
 
 from __future__ import annotations
 
 import statistics
 import time
 from collections.abc import Callable
+from typing import Any
 
 
 def median_seconds(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:
     """Median wall time of `fn()` over `repeats` runs after `warmup` untimed ones."""
+    return measure(fn, repeats, warmup)["median_s"]
+
+
+def measure(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> dict[str, Any]:
+    """Wall times of `fn()` over `repeats` runs after `warmup` untimed ones: the median and every run."""
     for _ in range(warmup):
         fn()
     times = []
@@ -16,4 +26,26 @@ def median_seconds(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) 
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return {"median_s": statistics.median(times), "times_s": times}
+
+
+def side(name: str, work: float, timing: dict[str, Any]) -> dict[str, Any]:
+    """One contender: its name, its timing (from `measure`) and its rate, `work` units per median second."""
+    return {"name": name, **timing, "rate": work / timing["median_s"]}
+
+
+def result(case: str, what: str, unit: str, ours: dict, peer: dict, reproduce: str, **details: Any) -> dict:
+    """A benchmark's outcome; `ratio` is ours / peer in rate, so above 1 means ghoul is faster."""
+    return {"case": case, "what": what, "unit": unit, "ours": ours, "peer": peer,
+            "ratio": ours["rate"] / peer["rate"], "reproduce": reproduce, "details": details}
+
+
+def describe(r: dict) -> str:
+    """A result in a few lines, as the scripts print it."""
+    lines = [f"{r['case']}: {r['what']}"]
+    for s in (r["ours"], r["peer"]):
+        lines.append(f"  {s['name']:44s} {s['rate']:12,.1f} {r['unit']}  (median {s['median_s']:.3f} s "
+                     f"of {len(s['times_s'])})")
+    lines.append(f"  ratio ghoul / peer: {r['ratio']:.2f}x")
+    lines += [f"  {k}: {v:,.3g}" if isinstance(v, float) else f"  {k}: {v}" for k, v in r["details"].items()]
+    return "\n".join(lines)

@@ -27,14 +27,16 @@ STATE_FILE = "trainer_state.json"
 
 
 def model_state(model: GPT) -> dict[str, torch.Tensor]:
-    """The weights to store: CPU, contiguous, the tied head left out (safetensors forbids shared tensors)."""
-    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k != TIED}
+    """The weights to store: CPU, contiguous, a tied head left out (safetensors forbids shared tensors)."""
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
+            if k != TIED or not model.config.tie_embeddings}
 
 
 def write_model_files(model: GPT, directory: Path, tokenizer: Tokenizer | str | None = None,
                       extra: dict | None = None) -> None:
     """Write the model files into an existing `directory` (used inside an atomic directory)."""
-    config = {**asdict(model.config), "ghoul_version": __version__, **(extra or {})}
+    # a model class other than GPT (a reward model) names itself, so that loading builds the same class
+    config = {**asdict(model.config), "ghoul_version": __version__, **getattr(model, "dir_config", {}), **(extra or {})}
     if tokenizer is not None and not isinstance(tokenizer, str):
         if tokenizer.name == "gpt2":
             tokenizer = "gpt2"
@@ -75,8 +77,11 @@ def load_model_dir(directory: str | Path, device: str | torch.device = "cpu") ->
     """Build the model from `config.json` and load `model.safetensors` into it."""
     directory = resolve_checkpoint(directory)
     config = read_model_config(directory)
+    cls = GPT
+    if config.get("kind") == "reward":  # GPT + a scalar head (ghoul.align.reward), imported only when needed
+        from ghoul.align.reward import RewardModel as cls
     try:
-        model = GPT(GPTConfig.from_dict(config))
+        model = cls(GPTConfig.from_dict(config))
     except TypeError as e:
         raise GhoulError(f"{directory / CONFIG_FILE} has invalid model settings: {e}") from None
     weights = directory / WEIGHTS_FILE
@@ -106,12 +111,12 @@ def load_model_and_tokenizer(directory: str | Path, device: str | torch.device =
 
 
 def load_weights(model: GPT, state: dict[str, torch.Tensor], source: str | Path) -> None:
-    """Load `state` into `model`, every weight accounted for (the tied head may be absent)."""
+    """Load `state` into `model`, every weight accounted for (a tied head may be absent)."""
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as e:  # shape mismatch: config and weights disagree
         raise GhoulError(f"{source} does not match the model config: {str(e).splitlines()[-1].strip()}") from None
-    missing = [k for k in missing if k != TIED]
+    missing = [k for k in missing if k != TIED or not model.config.tie_embeddings]
     if missing or unexpected:
         raise GhoulError(f"{source} does not match the model config: "
                          f"missing {missing[:3]}, unexpected {unexpected[:3]}")

@@ -30,14 +30,21 @@ COMMANDS = [
     Command("eval hellaswag", "ghoul.eval.hellaswag:HellaswagConfig:run", "HellaSwag accuracy of a checkpoint"),
     Command("eval loss", "ghoul.eval.loss:LossConfig:run", "validation loss of a checkpoint on token shards"),
     Command("eval checkpoints", "ghoul.eval.checkpoints:CheckpointsConfig:run", "score and plot a run's checkpoints"),
+    Command("tokenizer train", "ghoul.tokenizer.cli:TrainConfig:train", "learn a byte-level BPE or char tokenizer"),
     Command("tokenizer encode", "ghoul.tokenizer.cli:EncodeConfig:encode", "print the token ids of a text"),
     Command("tokenizer decode", "ghoul.tokenizer.cli:DecodeConfig:decode", "print the text of token ids"),
+    Command("learn bigram", "ghoul.learn.bigram:BigramConfig:run", "train a bigram table on horror stories"),
+    Command("learn gpt", "ghoul.learn.gpt:LearnGPTConfig:run", "train a small GPT, architecture switches as flags"),
+    Command("learn compare", "ghoul.learn.compare:CompareConfig:run", "train GPT variants alike; a table of them"),
     Command("prepare", "ghoul.data.prepare:PrepareConfig:run", "tokenize a text source into token shards"),
     Command("pretrain", "ghoul.train.stages:TrainConfig:run", "train a fresh GPT on token shards"),
     Command("finetune", "ghoul.train.stages:FinetuneConfig:run", "continue training a model on another dataset"),
     Command("rank", "ghoul.align.rank:RankConfig:run", "a judge (model or person) picks the best story of each group"),
     Command("export winners", "ghoul.align.winners:ExportWinnersConfig:run", "the stories a judge chose, to train on"),
-    Command("rlhf", "ghoul.align.rlhf:RlhfConfig:run", "the feedback loop: generate, rank, fine-tune on the winners"),
+    Command("rlhf", "ghoul.align.rlhf:RlhfConfig:run", "the feedback loop: generate, rank, then winners/DPO/PPO/GRPO"),
+    Command("pipeline", "ghoul.pipeline:PipelineConfig:run", "every stage in order, then the report (tiny CPU default)"),
+    Command("report", "ghoul.report:ReportConfig:run", "write report.html and report.md for a pipeline run"),
+    Command("plan", "ghoul.plan:PlanConfig:run", "memory, time and cost of a training run before you rent GPUs"),
 ]
 
 

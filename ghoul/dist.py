@@ -34,9 +34,29 @@ class DistInfo:
         return torch.device(self.device).type
 
 
-# Dense bf16 peak FLOP/s by GPU name (vendor data sheets); float32 training uses TF32 at half of it.
-PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "L4": 121e12,
-                   "4090": 165e12, "3090": 71e12}
+@dataclass(frozen=True)
+class GPU:
+    match: str  # a substring of torch.cuda.get_device_name() that identifies the card
+    bf16_flops: float  # dense (no sparsity) bf16 tensor-core peak, FP32 accumulate, FLOP/s
+    memory_gb: float  # on-board memory, as the data sheet states it
+
+
+# The one GPU table: MFU in training (peak_flops) and `ghoul plan` (memory, time) both read it. Figures from the
+# vendors' data sheets; "dense" is half the "with sparsity" figure those sheets lead with.
+GPUS: dict[str, GPU] = {
+    "h200": GPU("H200", 989e12, 141),  # H200 SXM data sheet: BF16 1,979 TFLOPS sparse, 141 GB HBM3e
+    "h100": GPU("H100", 989e12, 80),  # H100 SXM data sheet: BF16 1,979 TFLOPS sparse, 80 GB HBM3
+    "a100-80gb": GPU("A100", 312e12, 80),  # A100 data sheet: BF16 312 TFLOPS dense, 40 or 80 GB HBM2e
+    "a100-40gb": GPU("A100", 312e12, 40),  # same chip; get_device_name does not tell the two apart for MFU
+    "l40s": GPU("L40S", 362e12, 48),  # L40S data sheet: BF16 733 TFLOPS sparse, 48 GB GDDR6
+    "a10g": GPU("A10G", 125e12, 24),  # NVIDIA A10 data sheet (BF16 125 dense, 24 GB); AWS's A10G variant is
+    #                                   not published by NVIDIA and may run lower clocks
+    "l4": GPU("L4", 121e12, 24),  # L4 data sheet: BF16 242 TFLOPS sparse, 24 GB GDDR6
+    "4090": GPU("4090", 165e12, 24),  # Ada Lovelace whitepaper, RTX 4090: BF16/FP32-accumulate 165.2 dense, 24 GB
+    "3090": GPU("3090", 71e12, 24),  # Ampere GA102 whitepaper, RTX 3090: BF16/FP32-accumulate 71 dense, 24 GB
+}
+# Peak by device-name substring, first match wins: "L40S" is listed before "L4" so an L40S is not taken for an L4.
+PEAK_BF16_FLOPS = {gpu.match: gpu.bf16_flops for gpu in GPUS.values()}
 
 
 def peak_flops(device: str, dtype: str = "bfloat16") -> float | None:
@@ -46,7 +66,8 @@ def peak_flops(device: str, dtype: str = "bfloat16") -> float | None:
     name = torch.cuda.get_device_name(device)
     for key, flops in PEAK_BF16_FLOPS.items():
         if key in name:
-            return flops if dtype == "bfloat16" else flops / 2
+            # float16 runs at the bf16 rate; float32 training uses TF32 at half of it
+            return flops if dtype in ("bfloat16", "float16") else flops / 2
     return None
 
 

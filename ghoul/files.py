@@ -49,6 +49,7 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
 
 def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
     """Append one JSON object as a line and flush it to disk, so records that arrive one at a time survive a crash."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(record, ensure_ascii=False) + "\n")
         f.flush()

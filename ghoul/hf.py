@@ -74,6 +74,12 @@ def export_hf(model_dir: str | Path, out: str | Path) -> Path:
     cfg = read_model_config(model_dir)
     if not cfg.get("bias", True):
         raise GhoulError(f"{model_dir}: a model without biases has no Hugging Face GPT-2 equivalent")
+    gpt2 = dict(norm="layernorm", norm_position="pre", activation="gelu", position="learned", tie_embeddings=True,
+                qk_norm=False, moe_experts=0)  # the architecture switches at GPT-2's values (old configs lack them)
+    changed = [f"{k} = {cfg[k]!r}" for k, v in gpt2.items() if cfg.get(k, v) != v]
+    if changed:
+        raise GhoulError(f"{model_dir}: {', '.join(changed)} has no Hugging Face GPT-2 equivalent; only models with "
+                         "the GPT-2 architecture (the GPTConfig defaults) can be exported")
     weights = model_dir / WEIGHTS_FILE
     if not weights.is_file():
         raise GhoulError(f"{model_dir} has no {WEIGHTS_FILE}: the checkpoint is incomplete")

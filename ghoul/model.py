@@ -20,6 +20,12 @@ from ghoul.errors import GhoulError
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 
+# The architecture switches of the learning stage; the first of each is GPT-2's.
+NORMS = ("layernorm", "rmsnorm")
+NORM_POSITIONS = ("pre", "post")
+ACTIVATIONS = ("gelu", "relu", "relu2", "swiglu")
+POSITIONS = ("learned", "rotary", "none")
+
 
 @dataclass
 class GPTConfig:
@@ -31,6 +37,17 @@ class GPTConfig:
     dropout: float = 0.0  # GPT-2 pretraining used 0.1; modern short runs use none
     bias: bool = True  # biases in Linear layers and LayerNorms, as GPT-2
     layer_norm_eps: float = 1e-5
+    # Architecture experiments (the defaults are GPT-2; anything else has no Hugging Face GPT-2 equivalent)
+    norm: str = "layernorm"  # or "rmsnorm"
+    norm_position: str = "pre"  # "pre": normalise each sublayer's input (GPT-2); "post": after the residual add
+    activation: str = "gelu"  # MLP nonlinearity: "gelu" (tanh approximation), "relu", "relu2", "swiglu"
+    position: str = "learned"  # "learned" table (wpe), "rotary" embeddings, or "none" at all
+    rope_theta: float = 10000.0  # base of the rotary frequencies (Su et al. 2021)
+    tie_embeddings: bool = True  # lm_head shares the token embedding's weight, as GPT-2
+    qk_norm: bool = False  # RMSNorm of each head's queries and keys before attention
+    moe_experts: int = 0  # > 0: every MLP becomes a mixture of this many expert MLPs
+    moe_top_k: int = 1  # experts each token is sent to
+    moe_aux_weight: float = 0.01  # weight of the load-balancing loss (0.01: Fedus et al. 2022, section 2.2)
 
     def __post_init__(self) -> None:
         if self.n_embd % self.n_head != 0:
@@ -40,6 +57,18 @@ class GPTConfig:
                 raise GhoulError(f"model {name} must be positive, got {getattr(self, name)}")
         if not 0.0 <= self.dropout < 1.0:
             raise GhoulError(f"dropout must be in [0, 1), got {self.dropout}")
+        for name, allowed in (("norm", NORMS), ("norm_position", NORM_POSITIONS), ("activation", ACTIVATIONS),
+                              ("position", POSITIONS)):
+            if getattr(self, name) not in allowed:
+                raise GhoulError(f"model {name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if self.position == "rotary" and (self.n_embd // self.n_head) % 2:
+            raise GhoulError(f"rotary positions rotate pairs of dimensions: the head size n_embd / n_head = "
+                             f"{self.n_embd // self.n_head} must be even")
+        if self.moe_experts < 0 or (self.moe_experts and not 1 <= self.moe_top_k <= self.moe_experts):
+            raise GhoulError(f"moe_experts must be >= 0 and moe_top_k in 1..moe_experts, got {self.moe_experts} "
+                             f"experts and top-k {self.moe_top_k}")
+        if self.moe_aux_weight < 0:
+            raise GhoulError(f"moe_aux_weight must be >= 0, got {self.moe_aux_weight}")
 
     @classmethod
     def from_name(cls, name: str, **overrides) -> GPTConfig:
@@ -83,6 +112,29 @@ class KVCache:
         return self.k[layer, :, :, :self.pos + T], self.v[layer, :, :, :self.pos + T]
 
 
+def make_norm(config: GPTConfig, dim: int | None = None) -> nn.Module:
+    """The configured normalisation over the last `dim` (default n_embd) features."""
+    dim = dim or config.n_embd
+    if config.norm == "rmsnorm":
+        # RMSNorm (Zhang & Sennrich 2019): no mean subtraction and no bias; as fast and as good (LLaMA uses it)
+        return nn.RMSNorm(dim, eps=config.layer_norm_eps)
+    return nn.LayerNorm(dim, eps=config.layer_norm_eps, bias=config.bias)
+
+
+def rotary(pos: torch.Tensor, head_size: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin (T, hs/2) of the rotary angles at absolute positions `pos` (T,) (RoFormer, Su et al. 2021)."""
+    inv_freq = theta ** -(torch.arange(0, head_size, 2, device=pos.device, dtype=torch.float32) / head_size)
+    angles = pos.float()[:, None] * inv_freq[None, :]  # (T, hs/2)
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate each pair (x[i], x[i + hs/2]) of x (B, nh, T, hs) by its position's angle (GPT-NeoX's half split)."""
+    x1, x2 = x.chunk(2, dim=-1)  # (B, nh, T, hs/2) each
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # under autocast, q and k must keep one dtype for attention
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)  # (B, nh, T, hs)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
@@ -92,14 +144,24 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.c_proj.residual = True  # scaled at init, see GPT._init_weights
         self.resid_dropout = nn.Dropout(config.dropout)
+        if config.qk_norm:
+            # QK-norm (Henry et al. 2020; Dehghani et al. 2023): bounded attention logits, steadier training
+            hs = config.n_embd // config.n_head
+            self.q_norm = nn.RMSNorm(hs, eps=config.layer_norm_eps)
+            self.k_norm = nn.RMSNorm(hs, eps=config.layer_norm_eps)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         B, T, C = x.size()
         hs = C // self.n_head
         q, k, v = self.c_attn(x).split(C, dim=2)
         q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        if hasattr(self, "q_norm"):
+            q, k = self.q_norm(q), self.k_norm(k)  # normalised over hs, per head
+        if rope is not None:  # before caching: the cache holds keys already rotated to their own positions
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         past = 0
         if cache is not None:
             past = cache.pos
@@ -116,41 +178,99 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.activation = config.activation
+        hidden = 4 * config.n_embd
+        if self.activation == "swiglu":
+            # a gated MLP has three matrices; 2/3 of the width keeps the parameters of the 4x MLP (LLaMA's choice)
+            hidden = 2 * hidden // 3
+        self.c_fc = nn.Linear(config.n_embd, 2 * hidden if self.activation == "swiglu" else hidden, bias=config.bias)
+        self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
         self.c_proj.residual = True
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))  # GPT-2's "gelu_new"
+        h = self.c_fc(x)  # (B, T, hidden), or (B, T, 2 * hidden) for swiglu
+        if self.activation == "gelu":
+            h = F.gelu(h, approximate="tanh")  # GPT-2's "gelu_new"
+        elif self.activation == "relu":
+            h = F.relu(h)
+        elif self.activation == "relu2":
+            h = F.relu(h).square()  # squared ReLU (Primer, So et al. 2021)
+        else:
+            gate, up = h.chunk(2, dim=-1)  # SwiGLU (Shazeer 2020, "GLU Variants Improve Transformer")
+            h = F.silu(gate) * up  # (B, T, hidden)
+        return self.dropout(self.c_proj(h))
+
+
+class MoE(nn.Module):
+    """A mixture of expert MLPs: a linear router sends each token to its top-k experts, whose outputs are summed
+    weighted by the router's probabilities (Switch Transformer, Fedus et al. 2022; top-k > 1 as GShard)."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.top_k = config.moe_top_k
+        self.router = nn.Linear(config.n_embd, config.moe_experts, bias=False)
+        self.experts = nn.ModuleList([MLP(config) for _ in range(config.moe_experts)])
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The output (B, T, C) and the load-balancing loss, 1 when the experts share the tokens evenly."""
+        B, T, C = x.size()
+        x = x.reshape(B * T, C)  # (N, C): routing is per token
+        probs = self.router(x).float().softmax(dim=-1)  # (N, E)
+        gates, chosen = probs.topk(self.top_k, dim=-1)  # (N, k) each
+        out = torch.zeros_like(x)  # (N, C)
+        for e, expert in enumerate(self.experts):
+            rows, slot = (chosen == e).nonzero(as_tuple=True)  # the tokens sent to e, and which of their k picks
+            out.index_add_(0, rows, expert(x[rows]) * gates[rows, slot, None].to(x.dtype))
+        # Switch's auxiliary loss E * sum_e f_e * P_e: f_e the share of assignments expert e got (no gradient),
+        # P_e its mean router probability; minimised by a uniform spread of both
+        E = len(self.experts)
+        share = F.one_hot(chosen, E).sum(dim=(0, 1)).float() / chosen.numel()  # (E,)
+        aux = E * (share * probs.mean(dim=0)).sum()
+        return out.view(B, T, C), aux
 
 
 class Block(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
+        self.post_norm = config.norm_position == "post"
+        self.ln_1 = make_norm(config)
         self.attn = CausalSelfAttention(config)
-        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
-        self.mlp = MLP(config)
+        self.ln_2 = make_norm(config)
+        self.mlp = MoE(config) if config.moe_experts else MLP(config)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), cache, layer)  # pre-LayerNorm residual blocks (GPT-2)
-        return x + self.mlp(self.ln_2(x))
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The block's output (B, T, C) and its MoE load-balancing loss (None for a dense MLP)."""
+        if self.post_norm:
+            # post-norm, as the original Transformer (Vaswani et al. 2017); needs warmup more (Xiong et al. 2020)
+            x = self.ln_1(x + self.attn(x, cache, layer, rope))
+            y, aux = self._mlp(x)
+            return self.ln_2(x + y), aux
+        x = x + self.attn(self.ln_1(x), cache, layer, rope)  # pre-norm residual blocks (GPT-2)
+        y, aux = self._mlp(self.ln_2(x))
+        return x + y, aux
+
+    def _mlp(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.mlp(x) if isinstance(self.mlp, MoE) else (self.mlp(x), None)
 
 
 class GPT(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.config = config
+        modules = dict(wte=nn.Embedding(config.vocab_size, config.n_embd))
+        if config.position == "learned":
+            modules["wpe"] = nn.Embedding(config.block_size, config.n_embd)
         self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(config.vocab_size, config.n_embd),
-            wpe=nn.Embedding(config.block_size, config.n_embd),
+            **modules,
             drop=nn.Dropout(config.dropout),
             h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-            ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias),
+            ln_f=make_norm(config),
         ))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.lm_head.weight = self.transformer.wte.weight  # tied, as GPT-2 (counted once)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.transformer.wte.weight  # tied, as GPT-2 (counted once)
         self.apply(self._init_weights)
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -163,42 +283,67 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
+    def _numel(self, name: str) -> int:
+        return self.transformer[name].weight.numel() if name in self.transformer else 0
+
     def num_params(self, non_embedding: bool = False) -> int:
         """Parameters, the tied embedding counted once; `non_embedding` leaves out both embedding tables."""
         n = sum(p.numel() for p in self.parameters())
         if non_embedding:
-            n -= self.transformer.wte.weight.numel() + self.transformer.wpe.weight.numel()
+            n -= self._numel("wte") + self._numel("wpe")
         return n
 
     def flops_per_token(self, seq_len: int) -> float:
         """Training FLOPs per token (forward + backward): 6 per weight plus attention's 12 * L * T * C
-        (PaLM, Chowdhery et al. 2022, appendix B); position embeddings do no matmul work."""
+        (PaLM, Chowdhery et al. 2022, appendix B); lookups (position table, untied token table) and the experts
+        a token is not sent to do no matmul work."""
         c = self.config
-        n = self.num_params() - self.transformer.wpe.weight.numel()
+        n = self.num_params() - self._numel("wpe") - (0 if c.tie_embeddings else self._numel("wte"))
+        if c.moe_experts:
+            expert = sum(p.numel() for p in self.transformer.h[0].mlp.experts[0].parameters())
+            n -= c.n_layer * (c.moe_experts - c.moe_top_k) * expert
         return 6 * n + 12 * c.n_layer * seq_len * c.n_embd
 
-    def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        """Final-LayerNorm hidden states (B, T, n_embd) of tokens `idx` (B, T), continuing `cache` if given."""
+    def _trunk(self, idx: torch.Tensor, cache: KVCache | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Final-norm hidden states (B, T, n_embd) and the mean MoE load-balancing loss over layers (or None)."""
         B, T = idx.size()
         past = cache.pos if cache is not None else 0
         if past + T > self.config.block_size:
             raise ValueError(f"sequence of {past + T} tokens exceeds block_size {self.config.block_size}")
-        pos = torch.arange(past, past + T, dtype=torch.long, device=idx.device)  # (T,)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+        pos = torch.arange(past, past + T, dtype=torch.long, device=idx.device)  # (T,) absolute positions
+        x = self.transformer.wte(idx)  # (B, T, C)
+        if "wpe" in self.transformer:
+            x = x + self.transformer.wpe(pos)  # (B, T, C)
+        rope = None
+        if self.config.position == "rotary":
+            rope = rotary(pos, self.config.n_embd // self.config.n_head, self.config.rope_theta)
+        x = self.transformer.drop(x)
+        auxes = []
         for i, block in enumerate(self.transformer.h):
-            x = block(x, cache, i)
+            x, aux = block(x, cache, i, rope)
+            if aux is not None:
+                auxes.append(aux)
         if cache is not None:
             cache.pos += T
-        return self.transformer.ln_f(x)
+        # the mean over layers, so that the loss weight does not depend on depth
+        return self.transformer.ln_f(x), (torch.stack(auxes).mean() if auxes else None)
+
+    def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """Final-norm hidden states (B, T, n_embd) of tokens `idx` (B, T), continuing `cache` if given."""
+        return self._trunk(idx, cache)[0]
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits (B, T, vocab) and, with `targets` (B, T; -1 = ignore), the mean cross-entropy loss."""
-        logits = self.lm_head(self.hidden_states(idx))  # (B, T, V)
+        """Logits (B, T, vocab) and, with `targets` (B, T; -1 = ignore), the mean cross-entropy loss; in training
+        mode a mixture of experts adds `moe_aux_weight` times its load-balancing loss."""
+        x, aux = self._trunk(idx)
+        logits = self.lm_head(x)  # (B, T, V)
         loss = None
         if targets is not None:
             # float32 loss whatever the autocast dtype: the log-softmax over 50k classes needs the precision
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+            if aux is not None and self.training:  # a training regulariser: evaluation reports the LM loss alone
+                loss = loss + self.config.moe_aux_weight * aux
         return logits, loss
 
     @torch.inference_mode()

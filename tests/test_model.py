@@ -85,3 +85,117 @@ def test_gradients_reach_every_parameter():
     idx = torch.randint(0, 50257, (2, 16))
     model(idx, idx.roll(-1, 1))[1].backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+# ---- architecture switches (the learning stage) ----------------------------------------------------------------
+
+VARIANTS = {
+    "rmsnorm": dict(norm="rmsnorm"),
+    "post-norm": dict(norm_position="post"),
+    "relu": dict(activation="relu"),
+    "relu2": dict(activation="relu2"),
+    "swiglu": dict(activation="swiglu"),
+    "rotary": dict(position="rotary"),
+    "no-position": dict(position="none"),
+    "untied": dict(tie_embeddings=False),
+    "qk-norm": dict(qk_norm=True),
+    "moe-top1": dict(moe_experts=4, moe_top_k=1),
+    "moe-top2": dict(moe_experts=4, moe_top_k=2),
+    "modern": dict(norm="rmsnorm", position="rotary", activation="swiglu", qk_norm=True, tie_embeddings=False),
+}
+
+
+def small(**overrides):
+    return GPTConfig(**{**dict(n_layer=2, n_head=2, n_embd=32, vocab_size=97, block_size=32), **overrides})
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_variant_shapes_and_gradients_reach_every_parameter(name):
+    torch.manual_seed(0)
+    model = GPT(small(**VARIANTS[name]))
+    idx = torch.randint(0, 97, (4, 16))
+    logits, loss = model(idx, idx.roll(-1, 1))
+    assert logits.shape == (4, 16, 97)
+    assert abs(loss.item() - math.log(97)) < 0.3  # an untrained model of any variant is near uniform
+    loss.backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    assert no_grad == []
+    assert model.hidden_states(idx).shape == (4, 16, 32)
+
+
+def test_variant_structure():
+    assert "transformer.wpe.weight" not in GPT(small(position="none")).state_dict()
+    assert "transformer.wpe.weight" not in GPT(small(position="rotary")).state_dict()
+    tied, untied = GPT(small()), GPT(small(tie_embeddings=False))
+    assert untied.lm_head.weight is not untied.transformer.wte.weight
+    assert untied.num_params() == tied.num_params() + 97 * 32
+    rms = GPT(small(norm="rmsnorm"))
+    assert isinstance(rms.transformer.ln_f, torch.nn.RMSNorm) and not hasattr(rms.transformer.ln_f, "bias")
+    # SwiGLU at 2/3 of the width keeps the MLP's weight count (48 * 4 * 2 / 3 = 128 wide)
+    def mlp_weights(**kw):
+        mlp = GPT(small(n_embd=48, **kw)).transformer.h[0].mlp
+        return mlp.c_fc.weight.numel() + mlp.c_proj.weight.numel()
+
+    assert mlp_weights(activation="swiglu") == mlp_weights() == 8 * 48 * 48
+    moe = GPT(small(moe_experts=4, moe_top_k=1))
+    assert "transformer.h.0.mlp.experts.3.c_fc.weight" in moe.state_dict()
+    # only the experts a token is sent to do work: top-1 of 4 costs what the dense model costs, plus the router
+    assert moe.flops_per_token(32) == tied.flops_per_token(32) + 6 * 2 * 4 * 32
+
+
+def test_defaults_are_gpt2():
+    c = GPTConfig()
+    assert (c.norm, c.norm_position, c.activation, c.position, c.tie_embeddings, c.qk_norm, c.moe_experts) == (
+        "layernorm", "pre", "gelu", "learned", True, False, 0)
+    # old config.json files (no architecture keys) load as GPT-2
+    assert GPTConfig.from_dict(dict(n_layer=2, n_head=2, n_embd=16, ghoul_version="0.0")) == GPTConfig(
+        n_layer=2, n_head=2, n_embd=16)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(norm="batchnorm"), "norm must be one of layernorm, rmsnorm"),
+    (dict(activation="tanh"), "activation must be one of"),
+    (dict(position="alibi"), "position must be one of"),
+    (dict(norm_position="middle"), "norm_position must be one of"),
+    (dict(position="rotary", n_embd=30, n_head=2), "must be even"),
+    (dict(moe_experts=2, moe_top_k=3), "moe_top_k in 1..moe_experts"),
+    (dict(moe_aux_weight=-1.0), "moe_aux_weight"),
+])
+def test_bad_architecture_options_are_refused(bad, match):
+    with pytest.raises(GhoulError, match=match):
+        small(**bad)
+
+
+def test_moe_load_balancing_loss_is_positive_differentiable_and_one_when_uniform():
+    torch.manual_seed(0)
+    model = GPT(small(moe_experts=4, moe_top_k=2, moe_aux_weight=0.5))
+    moe = model.transformer.h[0].mlp
+    x = torch.randn(2, 8, 32)
+    _, aux = moe(x)
+    assert aux.item() > 0
+    aux.backward()
+    assert moe.router.weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        moe.router.weight.zero_()  # every expert equally likely: E * sum_e f_e / E = 1, however the ties fall
+    assert moe(x)[1].item() == pytest.approx(1.0)
+    # training mode adds weight * the mean over layers; evaluation reports the language-model loss alone
+    idx = torch.randint(0, 97, (2, 16))
+    train_loss = model.train()(idx, idx.roll(-1, 1))[1]
+    eval_loss = model.eval()(idx, idx.roll(-1, 1))[1]
+    _, aux_mean = model._trunk(idx)
+    assert train_loss.item() == pytest.approx(eval_loss.item() + 0.5 * aux_mean.item(), abs=1e-5)
+
+
+def test_variant_checkpoints_round_trip_and_export_refuses(tmp_path):
+    from ghoul.hf import export_hf
+
+    torch.manual_seed(0)
+    for name in ("untied", "modern", "moe-top2"):
+        model = GPT(small(**VARIANTS[name])).eval()
+        model.save_pretrained(tmp_path / name)
+        loaded = GPT.from_pretrained(tmp_path / name).eval()
+        idx = torch.randint(0, 97, (1, 10))
+        assert torch.equal(model(idx)[0], loaded(idx)[0])
+        assert (loaded.lm_head.weight is loaded.transformer.wte.weight) == model.config.tie_embeddings
+        with pytest.raises(GhoulError, match="no Hugging Face GPT-2 equivalent"):
+            export_hf(tmp_path / name, tmp_path / f"{name}-hf")

@@ -1,5 +1,6 @@
 """Sampling: the KV cache, seeds, top-k/top-p, stop tokens and cropping."""
 
+import pytest
 import torch
 
 from ghoul.model import GPT, GPTConfig, sample_next
@@ -77,3 +78,33 @@ def test_stop_token_pads_finished_rows_and_stops_early():
     first = (out[0, 3:] == eos).nonzero()[0].item() + 3
     assert torch.equal(out[0, :first + 1], greedy[0, :first + 1])
     assert (out[0, first:] == eos).all()
+
+
+# Every architecture switch keeps the cache exact: rotary keys are rotated to their absolute positions (cache.pos
+# offset) before they are cached, and the MoE routes each new token as the full forward would.
+CACHE_VARIANTS = {
+    "rotary": dict(position="rotary"),
+    "moe": dict(moe_experts=4, moe_top_k=2),
+    "rmsnorm": dict(norm="rmsnorm"),
+    "no-position": dict(position="none"),
+    "everything": dict(position="rotary", moe_experts=3, moe_top_k=1, norm="rmsnorm", norm_position="post",
+                       activation="swiglu", qk_norm=True, tie_embeddings=False),
+}
+
+
+@pytest.mark.parametrize("name", list(CACHE_VARIANTS))
+def test_cache_equals_no_cache_for_every_variant(name):
+    torch.manual_seed(0)
+    config = GPTConfig(n_layer=2, n_head=2, n_embd=32, vocab_size=97, block_size=16, **CACHE_VARIANTS[name])
+    model = GPT(config).eval()
+    idx = torch.randint(0, 97, (3, 6), generator=torch.Generator().manual_seed(1))
+    cached = model.generate(idx, 30, temperature=0)  # past block_size: the cache is refilled from a crop
+    assert cached.shape == (3, 36)
+    assert torch.equal(cached, model.generate(idx, 30, temperature=0, use_cache=False))
+    from ghoul.model import KVCache
+
+    cache = KVCache(config, 3, 12, "cpu", torch.float32)
+    full = torch.randint(0, 97, (3, 12))
+    steps = [model.hidden_states(full[:, :4], cache)] + [model.hidden_states(full[:, t:t + 1], cache)
+                                                         for t in range(4, 12)]
+    assert torch.allclose(torch.cat(steps, 1), model.hidden_states(full), atol=1e-5)

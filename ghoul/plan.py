@@ -1,0 +1,202 @@
+"""`ghoul plan`: memory per GPU, FLOPs, hours and cost of a data-parallel training run, before you rent the GPUs.
+
+Everything is closed-form arithmetic on the model preset (tests check the formulas against the model itself), so it
+runs in a blink on any machine. The memory figures are for eager PyTorch as `ghoul pretrain` runs it: DDP (a full
+replica per GPU), optional bf16 autocast, fused AdamW or Muon, PyTorch's SDPA attention.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ghoul.config import option
+from ghoul.dist import GPUS
+from ghoul.errors import GhoulError
+from ghoul.model import PRESETS, GPTConfig
+
+GiB = 2**30
+DTYPES = {"float32": 4, "bfloat16": 2, "float16": 2}  # bytes of one activation element
+OPTIMIZERS = ("adamw", "muon")
+# Room for what no formula here counts: the CUDA context (about 0.5 GiB), cuBLAS and NCCL workspaces, and the
+# allocator's fragmentation; also covers a data-sheet "80 GB" being 79.6 GiB (81,559 MiB in nvidia-smi on an H100).
+RESERVE_GIB = 2.0
+
+
+@dataclass
+class PlanConfig:
+    model: str = option("gpt2-xl", f"model preset: {', '.join(PRESETS)}")
+    gpus: int = option(8, "GPUs, each holding a full replica (DDP)")
+    gpu: str = option("h100", f"GPU kind: {', '.join(GPUS)}")
+    total_batch_size: int = option(491_520, "tokens per optimizer step, over all GPUs and accumulation steps")
+    batch_size: int = option(12, "sequences per GPU per forward/backward (micro-batch)")
+    seq_len: int = option(1024, "tokens per sequence")
+    max_steps: int = option(15_258, "optimizer steps")
+    dtype: str = option("bfloat16", f"autocast dtype: {', '.join(DTYPES)} (float32: none, TF32 matmuls)")
+    optimizer: str = option("adamw", f"optimizer: {', '.join(OPTIMIZERS)}")
+    activation_checkpointing: bool = option(False, "keep only each layer's input; recompute the rest in backward")
+    mfu: float = option(0.45, "model FLOPs utilisation to assume for the time (0.45: a well-tuned H100 run)")
+    price_per_gpu_hour: float | None = option(None, "price of one GPU-hour, for the cost line")
+
+    def __post_init__(self) -> None:
+        if self.model not in PRESETS:
+            raise GhoulError(f"unknown model '{self.model}'; presets: {', '.join(PRESETS)}")
+        if self.gpu not in GPUS:
+            raise GhoulError(f"unknown gpu '{self.gpu}'; known: {', '.join(GPUS)}")
+        if self.dtype not in DTYPES:
+            raise GhoulError(f"unknown dtype '{self.dtype}'; choices: {', '.join(DTYPES)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise GhoulError(f"unknown optimizer '{self.optimizer}'; choices: {', '.join(OPTIMIZERS)}")
+        for name in ("gpus", "total_batch_size", "batch_size", "seq_len", "max_steps"):
+            if getattr(self, name) <= 0:
+                raise GhoulError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if not 0 < self.mfu <= 1:
+            raise GhoulError(f"--mfu is a fraction of the peak in (0, 1], got {self.mfu}")
+        if self.price_per_gpu_hour is not None and self.price_per_gpu_hour < 0:
+            raise GhoulError(f"--price-per-gpu-hour must be >= 0, got {self.price_per_gpu_hour}")
+        block = PRESETS[self.model].get("block_size", GPTConfig.block_size)
+        if self.seq_len > block:
+            raise GhoulError(f"--seq-len {self.seq_len} exceeds {self.model}'s context of {block} tokens")
+        per_micro_step = self.batch_size * self.seq_len * self.gpus
+        if self.total_batch_size % per_micro_step:
+            raise GhoulError(f"--total-batch-size {self.total_batch_size} is not a multiple of batch size x seq len x "
+                             f"gpus = {self.batch_size} x {self.seq_len} x {self.gpus} = {per_micro_step}; "
+                             f"try {max(1, round(self.total_batch_size / per_micro_step)) * per_micro_step}")
+
+
+def param_counts(c: GPTConfig) -> dict[str, int]:
+    """Parameters of a GPT-2-style model by role, as ghoul.optim.build.split_params groups them:
+    `matrices` (Muon's), `embeddings` (token and position tables, an untied head), `gains` (norm gains, biases)."""
+    C, L = c.n_embd, c.n_layer
+    matrices = L * 12 * C * C  # per layer: c_attn C x 3C, attn c_proj C x C, c_fc C x 4C, mlp c_proj 4C x C
+    embeddings = c.vocab_size * C * (1 if c.tie_embeddings else 2)  # wte, and lm_head when untied
+    embeddings += c.block_size * C if c.position == "learned" else 0  # wpe
+    norm = 2 * C if c.bias else C  # a LayerNorm's gain and bias
+    biases = 3 * C + C + 4 * C + C if c.bias else 0  # c_attn, attn c_proj, c_fc, mlp c_proj
+    gains = L * (2 * norm + biases) + norm  # two norms per layer, and ln_f
+    return {"matrices": matrices, "embeddings": embeddings, "gains": gains,
+            "total": matrices + embeddings + gains}
+
+
+def flops_per_token(c: GPTConfig, seq_len: int) -> int:
+    """Training FLOPs per token: 6 per weight used in a matmul (2 forward, 4 backward; Kaplan et al. 2020, 2.1)
+    plus attention's 12 * L * T * C (PaLM, Chowdhery et al. 2022, appendix B). The position table is a lookup."""
+    n = param_counts(c)["total"]
+    lookups = (c.block_size * c.n_embd if c.position == "learned" else 0) + (
+        0 if c.tie_embeddings else c.vocab_size * c.n_embd)
+    return 6 * (n - lookups) + 12 * c.n_layer * seq_len * c.n_embd
+
+
+def activation_bytes_per_token(c: GPTConfig, act: int, dropout: bool = False) -> int:
+    """Bytes one layer keeps for backward per token, counted tensor by tensor as in Korthikanti et al. 2022,
+    "Reducing Activation Recomputation in Large Transformer Models", section 4.1 (34*s*b*h + 5*a*s^2*b in 16 bits).
+
+    Changes from the paper: PyTorch's SDPA (flash / memory-efficient kernels, Dao et al. 2022) keeps no s x s
+    attention matrix, only a float32 log-sum-exp per head (the 5*a*s^2*b term becomes 4*a*s*b); under autocast the
+    residual stream and the LayerNorms stay float32, so the two LayerNorm inputs take 4 bytes each; dropout masks
+    (1 byte) only when dropout is on."""
+    h = c.n_embd
+    norms = 2 * 4 * h  # inputs of ln_1 and ln_2 (float32 residual stream)
+    attention = act * (h + 3 * h + h)  # c_attn input; q, k, v; SDPA output = attn c_proj input
+    lse = 4 * c.n_head  # SDPA's float32 log-sum-exp, one per head
+    mlp = act * (h + 4 * h + 4 * h)  # c_fc input; GELU input; GELU output = mlp c_proj input
+    masks = 2 * h if dropout else 0  # attention-output and MLP-output dropout masks, 1 byte each
+    return norms + attention + lse + mlp + masks
+
+
+def estimate(cfg: PlanConfig) -> dict:
+    """Every figure of the plan, in bytes, FLOPs, seconds and counts (`run` prints them)."""
+    c = GPTConfig.from_name(cfg.model)
+    gpu = GPUS[cfg.gpu]
+    params = param_counts(c)
+    n, act = params["total"], DTYPES[cfg.dtype]
+    tokens_micro = cfg.batch_size * cfg.seq_len  # tokens in one GPU's forward
+    memory = {
+        "weights": 4 * n,  # float32 master weights, also under autocast
+        # autocast casts each weight once per forward and caches the copy; matmuls save it for backward
+        "autocast weight copies": act * n if act < 4 else 0,
+        "gradients": 4 * n,  # float32, like the weights they belong to
+        # DDP's flat communication buckets copy every gradient (gradient_as_bucket_view=False, the default)
+        "DDP gradient buckets": 4 * n if cfg.gpus > 1 else 0,
+        # AdamW: exp_avg and exp_avg_sq in float32; Muon: one momentum buffer for hidden matrices, AdamW for the rest
+        "optimizer state": 8 * n if cfg.optimizer == "adamw" else 4 * params["matrices"] + 8 * (n - params[
+            "matrices"]),
+    }
+    layer = activation_bytes_per_token(c, act, c.dropout > 0) * tokens_micro
+    if cfg.activation_checkpointing:
+        # only each layer's float32 input is saved; backward recomputes one layer at a time, holding its activations
+        memory["activations"] = c.n_layer * 4 * c.n_embd * tokens_micro + layer
+    else:
+        memory["activations"] = c.n_layer * layer
+    memory["activations"] += (4 + act) * c.n_embd * tokens_micro  # ln_f input (float32) and lm_head input
+    # the float32 loss: cross_entropy saves log-softmax of (B, T, V) float32 logits; backward adds its gradient
+    memory["logits"] = 2 * 4 * c.vocab_size * tokens_micro
+    total = sum(memory.values())
+    usable = gpu.memory_gb * GiB - RESERVE_GIB * GiB
+
+    fpt = flops_per_token(c, cfg.seq_len)
+    steps_tokens = cfg.max_steps * cfg.total_batch_size
+    peak = gpu.bf16_flops if act < 4 else gpu.bf16_flops / 2  # float32 trains on TF32 tensor cores, half the rate
+    seconds = fpt * steps_tokens / (cfg.gpus * peak * cfg.mfu)
+    hours = seconds / 3600
+    return {
+        "model": cfg.model, "gpu": cfg.gpu, "gpus": cfg.gpus, "params": params, "memory": memory,
+        "memory_total": total, "gpu_memory": gpu.memory_gb * GiB, "usable_memory": usable, "fits": total <= usable,
+        "grad_accum_steps": cfg.total_batch_size // (tokens_micro * cfg.gpus),
+        "flops_per_token": fpt, "flops_per_step": fpt * cfg.total_batch_size, "total_flops": fpt * steps_tokens,
+        "tokens": steps_tokens, "peak_flops": peak, "seconds": seconds, "hours": hours,
+        "seconds_per_step": seconds / cfg.max_steps, "tokens_per_second": steps_tokens / seconds,
+        "gpu_hours": hours * cfg.gpus,
+        "cost": None if cfg.price_per_gpu_hour is None else hours * cfg.gpus * cfg.price_per_gpu_hour,
+    }
+
+
+def _gib(n: float) -> str:
+    return f"{n / GiB:8.2f} GiB"
+
+
+def format_plan(cfg: PlanConfig, e: dict) -> str:
+    """The plan as a readable table."""
+    p = e["params"]
+    ckpt = "on" if cfg.activation_checkpointing else "off"
+    lines = [
+        f"model {cfg.model}: {p['total']:,} parameters ({p['matrices']:,} in hidden matrices, "
+        f"{p['embeddings']:,} in embeddings, {p['gains']:,} in gains and biases)",
+        f"run: {cfg.gpus} x {cfg.gpu}, {cfg.dtype}, {cfg.optimizer}, activation checkpointing {ckpt}; "
+        f"{cfg.total_batch_size:,} tokens per step = {cfg.batch_size} x {cfg.seq_len} tokens x {cfg.gpus} GPUs x "
+        f"{e['grad_accum_steps']} accumulation steps",
+        "",
+        "memory per GPU",
+    ]
+    lines += [f"  {name:24s} {_gib(value)}" for name, value in e["memory"].items()]
+    verdict = "fits" if e["fits"] else "does NOT fit"
+    lines += [
+        f"  {'total':24s} {_gib(e['memory_total'])}   {verdict}: {cfg.gpu} has {e['gpu_memory'] / GiB:.0f} GiB, "
+        f"{e['usable_memory'] / GiB:.0f} usable after a {RESERVE_GIB:.0f} GiB reserve "
+        f"({e['memory_total'] / e['usable_memory']:.0%} of it)",
+        "",
+        "compute",
+        f"  FLOPs per token          {e['flops_per_token'] / 1e9:10.2f} GFLOP (6N + 12 L T C)",
+        f"  FLOPs per step           {e['flops_per_step'] / 1e15:10.2f} PFLOP",
+        f"  total                    {e['total_flops']:.3e} FLOPs over {e['tokens'] / 1e9:.2f} B tokens "
+        f"({cfg.max_steps:,} steps)",
+        f"  at {cfg.mfu:.0%} MFU of {e['peak_flops'] / 1e12:.0f} TFLOP/s per GPU: {e['seconds_per_step']:.2f} s per "
+        f"step, {e['tokens_per_second']:,.0f} tokens/s",
+        f"  time                     {e['hours']:10.2f} hours ({e['gpu_hours']:,.1f} GPU-hours)",
+    ]
+    if e["cost"] is None:
+        lines.append("  cost                     give --price-per-gpu-hour")
+    else:
+        lines.append(f"  cost                     {e['cost']:10,.2f} at {cfg.price_per_gpu_hour} per GPU-hour")
+    if cfg.activation_checkpointing:
+        lines.append("  (recomputation adds a forward pass, a third more arithmetic not counted in MFU: expect a lower "
+                     "--mfu than without it)")
+    if not e["fits"] and not cfg.activation_checkpointing:
+        lines.append("\nit does not fit: try --activation-checkpointing or a smaller --batch-size")
+    return "\n".join(lines)
+
+
+def run(cfg: PlanConfig) -> dict:
+    """Print the plan and return its figures."""
+    e = estimate(cfg)
+    print(format_plan(cfg, e))
+    return e

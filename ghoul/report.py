@@ -1,0 +1,237 @@
+"""`ghoul report RUN_DIR`: what a pipeline run did and how well, as a self-contained `report.html` and `report.md`.
+
+It only reads the run directory's files (logs, evaluations, stories, judgments), so it is cheap to rerun.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import platform
+import statistics
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ghoul.config import option
+from ghoul.errors import GhoulError
+from ghoul.eval.curves import CHANCE, REFERENCES
+from ghoul.files import atomic_write_text, read_jsonl
+
+STAGES = {"pretrain": "pretrain", "finetune": "finetune", "preference": "rlhf/finetune"}  # name -> run directory
+REFERENCE_LINES = ("gpt2-124m", "gpt3-125m", "gpt2-xl")
+
+
+@dataclass
+class ReportConfig:
+    run_dir: Path = option(help="the pipeline's run directory", positional=True)
+
+
+def _read(path: Path) -> list[dict[str, Any]]:
+    return read_jsonl(path) if path.is_file() else []
+
+
+def stage_summary(run_dir: Path) -> dict[str, dict[str, Any]]:
+    """Per training stage: steps, tokens, time, throughput, final losses, and its evaluation if any."""
+    out = {}
+    for name, sub in STAGES.items():
+        log = _read(run_dir / sub / "log.jsonl")
+        steps = [r for r in log if "loss" in r]
+        if not steps:
+            continue
+        val = [r["val_loss"] for r in log if "val_loss" in r]
+        evaluation = run_dir / "eval" / f"{name}.json"
+        out[name] = {"steps": steps[-1]["step"], "tokens": steps[-1]["tokens"], "seconds": steps[-1]["elapsed"],
+                     "tokens_per_s": statistics.median(r["tokens_per_s"] for r in steps), "loss": steps[-1]["loss"],
+                     "val_loss_log": val[-1] if val else None, "log": log,
+                     "eval": json.loads(evaluation.read_text()) if evaluation.is_file() else {}}
+    return out
+
+
+def judge_summary(run_dir: Path) -> dict[str, Any] | None:
+    """How the judge chose: groups judged and skipped, which shown position won, agreement with the length baseline."""
+    rankings, stories = _read(run_dir / "rlhf" / "rankings.jsonl"), _read(run_dir / "rlhf" / "stories.jsonl")
+    if not rankings:
+        return None
+    by_id = {s["id"]: s["text"] for s in stories}
+    judged = [r for r in rankings if not r.get("skipped")]
+    positions = Counter(r["position"] for r in judged)
+    longest = [max(r["shown"], key=lambda i: len(by_id.get(i, ""))) == r["chosen"] for r in judged if by_id]
+    k = len(rankings[0]["shown"])
+    return {"judge": rankings[0]["judge"], "groups": len(rankings), "judged": len(judged),
+            "skipped": len(rankings) - len(judged), "group_size": k,
+            "position_wins": {p: positions.get(p, 0) for p in range(1, k + 1)},
+            "agrees_with_length": sum(longest) / len(longest) if longest else None, "chance": 1 / k}
+
+
+def samples_table(run_dir: Path) -> tuple[list[str], dict[str, list[str]]]:
+    """Prompts, and for each stage its stories for those prompts (same seeds)."""
+    rows = {name: _read(run_dir / "samples" / f"{name}.jsonl") for name in STAGES}
+    prompts = [r["prompt"] for r in next((r for r in rows.values() if r), [])]
+    return prompts, {name: [r["text"] for r in records] for name, records in rows.items() if records}
+
+
+def _figure_png(draw) -> bytes:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9, 3.6), dpi=100)
+    FigureCanvasAgg(fig)
+    draw(fig)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def loss_figure(stages: dict[str, dict[str, Any]]) -> bytes:
+    def draw(fig) -> None:
+        for i, (name, s) in enumerate(stages.items()):
+            ax = fig.add_subplot(1, len(stages), i + 1)
+            train = [(r["step"], r["loss"]) for r in s["log"] if "loss" in r]
+            val = [(r["step"], r["val_loss"]) for r in s["log"] if "val_loss" in r]
+            ax.plot(*zip(*train, strict=True), label="train", linewidth=1)
+            if val:
+                ax.plot(*zip(*val, strict=True), "o-", label="validation")
+            ax.set_title(name)
+            ax.set_xlabel("step")
+            ax.set_ylabel("loss (nats/token)")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize="small")
+    return _figure_png(draw)
+
+
+def hellaswag_figure(stages: dict[str, dict[str, Any]]) -> bytes:
+    def draw(fig) -> None:
+        ax = fig.add_subplot()
+        names = [n for n, s in stages.items() if s["eval"].get("hellaswag_acc") is not None]
+        ax.bar(names, [stages[n]["eval"]["hellaswag_acc"] * 100 for n in names], color="tab:blue", width=0.5)
+        for ref, color in zip(REFERENCE_LINES, ("tab:red", "tab:green", "tab:purple"), strict=True):
+            value = REFERENCES[ref].hellaswag * 100
+            ax.axhline(value, linestyle="--", color=color, label=f"{REFERENCES[ref].label} ({value:.1f}%)")
+        ax.axhline(CHANCE * 100, linestyle=":", color="gray", label="chance (25%)")
+        ax.set_ylabel("HellaSwag acc_norm (%)")
+        ax.set_ylim(0, 60)
+        ax.legend(fontsize="small", loc="upper left")
+        ax.set_title("HellaSwag after each stage, against GPT-2 and GPT-3")
+    return _figure_png(draw)
+
+
+def environment() -> dict[str, str]:
+    import torch
+
+    from ghoul import __version__
+    from ghoul.dist import default_device
+
+    return {"ghoul": __version__, "torch": torch.__version__, "python": platform.python_version(),
+            "device": default_device(), "world size": "1", "machine": f"{platform.machine()}, {platform.system()}",
+            "written": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")}
+
+
+def _fmt(value: Any, spec: str = ".4f") -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def render_markdown(run_dir: Path, stages: dict, judge: dict | None, prompts: list[str], samples: dict,
+                    config: dict, env: dict) -> str:
+    lines = [f"# ghoul run report: {run_dir.name}", "", "## Stages", "",
+             "| stage | steps | tokens | time (s) | tokens/s | train loss | val loss | HellaSwag acc_norm |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, s in stages.items():
+        e = s["eval"]
+        lines.append(f"| {name} | {s['steps']} | {s['tokens']:,} | {s['seconds']:.0f} | {s['tokens_per_s']:,.0f} | "
+                     f"{s['loss']:.4f} | {_fmt(e.get('val_loss'))} | {_fmt(e.get('hellaswag_acc'), '.1%')} "
+                     f"(n={e.get('hellaswag_n', 0)}) |")
+    lines += ["", "![losses](loss.png)", "", "![HellaSwag](hellaswag.png)", ""]
+    refs = ", ".join(f"{REFERENCES[r].label} {REFERENCES[r].hellaswag:.1%}" for r in REFERENCE_LINES)
+    lines += [f"References (HellaSwag acc_norm, zero-shot): {refs}; chance 25%.", ""]
+    if judge:
+        wins = ", ".join(f"position {p}: {n}" for p, n in judge["position_wins"].items())
+        lines += ["## The judge", "", f"Judge `{judge['judge']}`: {judge['judged']} groups of {judge['group_size']} "
+                  f"judged, {judge['skipped']} skipped. Wins by position shown: {wins}. Agreement with the length "
+                  f"baseline: {_fmt(judge['agrees_with_length'], '.0%')} (a random judge agrees "
+                  f"{judge['chance']:.0%} of the time).", ""]
+    if samples:
+        lines += ["## Stories for the same prompts and seeds", ""]
+        for i, prompt in enumerate(prompts):
+            lines += [f"### {prompt}", ""]
+            for name, texts in samples.items():
+                text = " ".join(texts[i].split()) if i < len(texts) else ""
+                lines += [f"**{name}**: {prompt}{text}", ""]
+    lines += ["## Config", "", "```json", json.dumps(config, indent=2), "```", "", "## Environment", ""]
+    lines += [f"- {k}: {v}" for k, v in env.items()]
+    return "\n".join(lines) + "\n"
+
+
+def render_html(markdown_parts: dict[str, Any], images: dict[str, bytes]) -> str:
+    """A self-contained page: the plots are embedded, nothing is fetched."""
+    stages, judge, prompts, samples, config, env, title = (markdown_parts[k] for k in (
+        "stages", "judge", "prompts", "samples", "config", "env", "title"))
+    esc = html.escape
+
+    def img(name: str) -> str:
+        return f'<img alt="{name}" src="data:image/png;base64,{base64.b64encode(images[name]).decode()}">'
+
+    rows = "".join(
+        f"<tr><td>{n}</td><td>{s['steps']}</td><td>{s['tokens']:,}</td><td>{s['seconds']:.0f}</td>"
+        f"<td>{s['tokens_per_s']:,.0f}</td><td>{s['loss']:.4f}</td><td>{_fmt(s['eval'].get('val_loss'))}</td>"
+        f"<td>{_fmt(s['eval'].get('hellaswag_acc'), '.1%')} (n={s['eval'].get('hellaswag_n', 0)})</td></tr>"
+        for n, s in stages.items())
+    parts = [f"<h1>{esc(title)}</h1>", "<h2>Stages</h2>",
+             "<table><tr><th>stage</th><th>steps</th><th>tokens</th><th>time (s)</th><th>tokens/s</th>"
+             f"<th>train loss</th><th>val loss</th><th>HellaSwag acc_norm</th></tr>{rows}</table>",
+             img("loss.png"), img("hellaswag.png")]
+    if judge:
+        wins = ", ".join(f"position {p}: {n}" for p, n in judge["position_wins"].items())
+        parts += ["<h2>The judge</h2>", f"<p>Judge <code>{esc(judge['judge'])}</code>: {judge['judged']} groups of "
+                  f"{judge['group_size']} judged, {judge['skipped']} skipped. Wins by position shown: {wins}. "
+                  f"Agreement with the length baseline: {_fmt(judge['agrees_with_length'], '.0%')} "
+                  f"(a random judge agrees {judge['chance']:.0%} of the time).</p>"]
+    if samples:
+        head = "".join(f"<th>{esc(n)}</th>" for n in samples)
+        body = "".join(f"<tr><td><b>{esc(p)}</b></td>" + "".join(
+            f"<td>{esc(t[i]) if i < len(t) else ''}</td>" for t in samples.values()) + "</tr>"
+            for i, p in enumerate(prompts))
+        parts += ["<h2>Stories for the same prompts and seeds</h2>",
+                  f"<table class=stories><tr><th>prompt</th>{head}</tr>{body}</table>"]
+    env_rows = "".join(f"<tr><td>{esc(k)}</td><td>{esc(v)}</td></tr>" for k, v in env.items())
+    parts += ["<h2>Environment</h2>", f"<table>{env_rows}</table>", "<h2>Config</h2>",
+              f"<pre>{esc(json.dumps(config, indent=2))}</pre>"]
+    style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.35em .6em;"
+             "vertical-align:top;text-align:left}th{background:#f3f3f3}img{max-width:100%}"
+             ".stories td{font-family:Georgia,serif;font-size:.92em;white-space:pre-wrap}"
+             "pre{background:#f7f7f7;padding:1em;overflow:auto}h1{border-bottom:2px solid #333}")
+    return (f"<!doctype html><html><head><meta charset=utf-8><title>{esc(title)}</title><style>{style}</style>"
+            f"</head><body>{''.join(parts)}</body></html>\n")
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Write RUN_DIR/report.html and report.md (with loss.png and hellaswag.png beside them)."""
+    run_dir = Path(run_dir)
+    stages = stage_summary(run_dir)
+    if not stages:
+        raise GhoulError(f"{run_dir} holds no training logs: give the run directory of `ghoul pipeline`")
+    judge = judge_summary(run_dir)
+    prompts, samples = samples_table(run_dir)
+    config_path = run_dir / "pipeline.json"
+    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    images = {"loss.png": loss_figure(stages), "hellaswag.png": hellaswag_figure(stages)}
+    for name, data in images.items():
+        (run_dir / name).write_bytes(data)
+    env = environment()
+    title = f"ghoul run report: {run_dir.name}"
+    parts = dict(stages=stages, judge=judge, prompts=prompts, samples=samples, config=config, env=env, title=title)
+    atomic_write_text(run_dir / "report.md", render_markdown(run_dir, stages, judge, prompts, samples, config, env))
+    atomic_write_text(run_dir / "report.html", render_html(parts, images))
+    return run_dir / "report.html"
+
+
+def run(cfg: ReportConfig) -> Path:
+    path = write_report(cfg.run_dir)
+    print(f"wrote {path} and {path.with_suffix('.md')}")
+    return path

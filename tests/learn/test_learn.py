@@ -1,0 +1,102 @@
+"""The learning stage on a slice of the real horror stories: bigram, a small GPT that beats it, and a comparison."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from ghoul.cli import main
+from ghoul.errors import GhoulError
+from ghoul.learn.bigram import Bigram, BigramConfig, BigramModelConfig
+from ghoul.learn.bigram import run as learn_bigram
+from ghoul.learn.compare import TABLE_FILE, CompareConfig
+from ghoul.learn.compare import run as compare
+from ghoul.learn.gpt import LearnGPTConfig
+from ghoul.learn.gpt import run as learn_gpt
+from ghoul.train.logger import LOG_FILE
+
+# The same slice, tokenizer kind, rows and validation batches for every run, so that val losses compare.
+SLICE = dict(limit_docs=40, tokenizer_kind="char", batch_size=8, block_size=64, eval_iters=4, device="cpu",
+             sample_tokens=40)
+GPT_SIZE = dict(n_layer=2, n_head=2, n_embd=64)
+
+
+@pytest.fixture
+def horror(data):
+    return str(data / "creepypasta" / "reddit_horror_stories.jsonl")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small matmuls on busy shared cores: one thread is the faster
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_bigram_starts_uniform_and_samples_from_its_table():
+    model = Bigram(BigramModelConfig(vocab_size=11, block_size=8))
+    idx = torch.randint(0, 11, (3, 8))
+    logits, loss = model(idx, idx.roll(-1, 1))
+    assert logits.shape == (3, 8, 11) and loss.item() == pytest.approx(math.log(11))
+    with torch.no_grad():
+        model.table.weight[:, 4] = 50.0  # every token is followed by token 4
+    out = model.generate(idx, 5, temperature=1.0, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (3, 13) and torch.equal(out[:, :8], idx) and (out[:, 8:] == 4).all()
+
+
+def test_gpt_learns_more_than_the_bigram_on_the_same_tokens(horror, tmp_path, capsys):
+    bigram = learn_bigram(BigramConfig(source_path=horror, output_dir=tmp_path / "bigram", steps=200,
+                                       eval_every=0, **SLICE))
+    assert (tmp_path / "bigram" / "tokenizer.json").is_file() and (tmp_path / "bigram" / LOG_FILE).is_file()
+    gpt = learn_gpt(LearnGPTConfig(source_path=horror, output_dir=tmp_path / "gpt", steps=200, eval_every=0,
+                                   tokenizer=str(tmp_path / "bigram" / "tokenizer.json"), **SLICE, **GPT_SIZE))
+    out = capsys.readouterr().out
+    assert "--- sample ---" in out and gpt.sample and bigram.sample
+    assert bigram.val_loss < math.log(100) - 1.0  # it learned (the char vocabulary has ~100 tokens)
+    assert gpt.val_loss < bigram.val_loss - 0.05, (gpt.val_loss, bigram.val_loss)
+    assert gpt.params > bigram.params / 10 and gpt.tokens_per_s > 0
+
+
+def test_learn_gpt_cli_takes_the_architecture_switches(horror, tmp_path):
+    argv = ["learn", "gpt", "--source-path", horror, "--output-dir", str(tmp_path / "run"), "--limit-docs", "10",
+            "--tokenizer-kind", "bpe", "--vocab-size", "300", "--steps", "2", "--batch-size", "2", "--block-size",
+            "32", "--eval-iters", "1", "--n-layer", "1", "--n-embd", "32", "--norm", "rmsnorm", "--position",
+            "rotary", "--activation", "swiglu", "--no-tie-embeddings", "--qk-norm", "--moe-experts", "2",
+            "--moe-top-k", "1", "--sample-tokens", "5", "--warmup-iters", "0", "--device", "cpu"]
+    assert main(argv) == 0
+    saved = json.loads((tmp_path / "run" / "step_000002" / "config.json").read_text())
+    assert (saved["norm"], saved["position"], saved["activation"], saved["tie_embeddings"], saved["qk_norm"],
+            saved["moe_experts"], saved["vocab_size"]) == ("rmsnorm", "rotary", "swiglu", False, True, 2, 300)
+    assert main(argv) == 2  # the run exists: refused, nothing overwritten
+    assert main(["learn", "gpt", "--position", "rotary", "--n-embd", "30", "--n-head", "2"]) == 2  # odd head size
+
+
+def test_compare_writes_one_table_of_the_variants(horror, tmp_path, capsys):
+    variants = tmp_path / "variants.toml"
+    variants.write_text('[baseline]\n\n[rms-relu2]\nnorm = "rmsnorm"\nactivation = "relu2"\n\n'
+                        '[moe]\nmoe_experts = 2\n')
+    rows = compare(CompareConfig(source_path=horror, output_dir=tmp_path / "cmp", variants=variants, steps=3,
+                                 warmup_iters=0, **{**SLICE, "sample_tokens": 0}, n_layer=1, n_head=2, n_embd=32))
+    assert [name for name, _, _ in rows] == ["baseline", "rms-relu2", "moe"]
+    table = (tmp_path / "cmp" / TABLE_FILE).read_text()
+    assert "| variant | changes | params | val loss | tokens/s |" in table
+    for name, _, result in rows:
+        assert f"| {name} |" in table and f"{result.params:,}" in table and f"{result.val_loss:.4f}" in table
+    assert "norm=rmsnorm, activation=relu2" in table
+    assert rows[2][2].params > rows[0][2].params  # two experts hold more weights than one MLP
+    assert "| baseline |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("toml, match", [
+    ('[a]\nvocab_size = 10\n', "unknown key"),
+    ('[a]\nnorm = "batchnorm"\n', r"\[a\]: model norm must be one of"),
+    ('a = 1\n', "must be a \\[table\\]"),
+    ('', "holds no variants"),
+])
+def test_compare_refuses_bad_variant_files_before_training(tmp_path, toml, match):
+    variants = tmp_path / "v.toml"
+    variants.write_text(toml)
+    with pytest.raises(GhoulError, match=match):
+        compare(CompareConfig(source_path="unused", output_dir=tmp_path / "cmp", variants=variants))

@@ -1,0 +1,46 @@
+"""The whole pipeline, reduced, end to end on the CPU: every stage's output, the report's figures, and a rerun
+that redoes nothing."""
+
+import json
+
+import torch
+
+from ghoul.cli import main
+from ghoul.files import read_jsonl
+
+
+def test_reduced_pipeline_end_to_end_and_rerun(data, tmp_path, capsys):
+    torch.set_num_threads(1)  # tiny models on two busy cores: one thread is several times faster
+    out = tmp_path / "run"
+    args = ["pipeline", "--output-dir", str(out), "--data-dir", str(data), "--pretrain-steps", "12",
+            "--finetune-steps", "4", "--preference-steps", "2", "--num-samples", "8", "--max-new-tokens", "48",
+            "--hellaswag-limit", "12", "--seq-len", "64", "--batch-size", "4", "--device", "cpu",
+            "--prompts", "I heard something in the attic", "The well behind the house"]
+    assert main(args) == 0
+    for name in ("report.html", "report.md", "loss.png", "hellaswag.png", "rlhf/rankings.jsonl",
+                 "samples/pretrain.jsonl", "samples/preference.jsonl", "eval/finetune.json"):
+        assert (out / name).is_file(), name
+    report = (out / "report.md").read_text()
+    html = (out / "report.html").read_text()
+    last = [r for r in read_jsonl(out / "pretrain" / "log.jsonl") if "loss" in r][-1]
+    finetune_eval = json.loads((out / "eval" / "finetune.json").read_text())
+    assert f"| pretrain | 12 | {last['tokens']:,} |" in report and f"{last['loss']:.4f}" in report
+    assert f"{finetune_eval['val_loss']:.4f}" in report and f"{finetune_eval['val_loss']:.4f}" in html
+    assert "Judge `length`: 2 groups of 4 judged, 0 skipped" in report
+    story = read_jsonl(out / "samples" / "finetune.jsonl")[0]["text"]
+    assert " ".join(story.split()) in report
+    assert html.count("data:image/png;base64,") == 2 and "http" not in html.split("<pre>")[0]  # self-contained
+    checkpoint = out / "pretrain" / "step_000012" / "model.safetensors"
+    before = checkpoint.stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(args) == 0
+    assert checkpoint.stat().st_mtime_ns == before
+    err = capsys.readouterr().err
+    assert "pretrain has finished; skipped" in err and "eval/pretrain.json exists; skipped" in err
+
+
+def test_pipeline_refuses_bad_settings(tmp_path, capsys):
+    assert main(["pipeline", "--data-dir", str(tmp_path / "nowhere")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["pipeline", "--data-dir", str(tmp_path), "--num-samples", "4"]) == 2
+    assert "give at least 12" in capsys.readouterr().err

@@ -1,0 +1,84 @@
+"""`ghoul plan`: its parameter and FLOP formulas against the model itself, the reference run, and refusals."""
+
+import pytest
+import torch
+
+from ghoul.cli import main
+from ghoul.dist import GPUS
+from ghoul.model import GPT, PRESETS, GPTConfig
+from ghoul.optim.build import split_params
+from ghoul.plan import GiB, PlanConfig, estimate, flops_per_token, param_counts
+
+REFERENCE = ["--model", "gpt2-xl", "--gpus", "8", "--gpu", "h100", "--total-batch-size", "491520",
+             "--batch-size", "12", "--seq-len", "1024", "--max-steps", "15258"]
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_formulas_match_the_model(name):
+    config = GPTConfig.from_name(name)
+    with torch.device("meta"):  # no memory, no initialisation cost, even for gpt2-xl
+        model = GPT(config)
+    counts = param_counts(config)
+    assert counts["total"] == model.num_params()
+    groups = split_params(model)  # the roles the optimizers see: Muon's matrices, AdamW's rest
+    for role in ("matrices", "embeddings", "gains"):
+        assert counts[role] == sum(p.numel() for p in groups[role]), role
+    for seq_len in (1, config.block_size // 2, config.block_size):
+        assert flops_per_token(config, seq_len) == model.flops_per_token(seq_len)
+
+
+def test_reference_run():
+    cfg = PlanConfig(price_per_gpu_hour=2.5)  # the defaults are the reference run: gpt2-xl on 8 H100s
+    e = estimate(cfg)
+    assert e["params"]["total"] == 1_557_611_200
+    assert e["grad_accum_steps"] == 491_520 // (12 * 1024 * 8) == 5
+    fpt = 6 * (1_557_611_200 - 1024 * 1600) + 12 * 48 * 1024 * 1600  # the position table is a lookup, no matmul
+    assert e["flops_per_token"] == fpt
+    direct = fpt * 15_258 * 491_520 / (8 * 989e12 * 0.45) / 3600
+    assert e["hours"] == pytest.approx(direct)
+    assert 4 < e["hours"] < 9  # llm.c's GPT-2 1.5B: 32 B tokens in about 24 h on 8 H100s, this is 7.5 B tokens
+    assert e["cost"] == pytest.approx(direct * 8 * 2.5)
+    # the issue's requirement: micro-batch 12 x 1024 fits an 80 GB GPU, checkpointing or not
+    assert e["fits"] and 55 * GiB < e["memory_total"] < 78 * GiB
+    saved = estimate(PlanConfig(activation_checkpointing=True))
+    assert saved["fits"] and saved["memory_total"] < e["memory_total"] - 20 * GiB
+
+
+def test_memory_terms():
+    one, many = estimate(PlanConfig(gpus=1, total_batch_size=12 * 1024)), estimate(PlanConfig())
+    assert one["memory"]["DDP gradient buckets"] == 0 < many["memory"]["DDP gradient buckets"]
+    n = one["params"]["total"]
+    assert one["memory"]["optimizer state"] == 8 * n
+    muon = estimate(PlanConfig(optimizer="muon"))
+    assert muon["memory"]["optimizer state"] == 8 * n - 4 * muon["params"]["matrices"]
+    fp32 = estimate(PlanConfig(dtype="float32"))
+    assert fp32["memory"]["autocast weight copies"] == 0 and fp32["hours"] == pytest.approx(2 * many["hours"])
+    assert fp32["memory"]["activations"] > many["memory"]["activations"]
+    assert many["memory"]["logits"] == 2 * 4 * 12 * 1024 * 50257
+    assert not estimate(PlanConfig(gpu="4090"))["fits"]
+    assert estimate(PlanConfig(gpu="h200"))["hours"] == pytest.approx(many["hours"])
+
+
+def test_cli_prints_the_plan(capsys):
+    assert main(["plan", *REFERENCE, "--activation-checkpointing", "--price-per-gpu-hour", "2.5"]) == 0
+    out = capsys.readouterr().out
+    assert "1,557,611,200 parameters" in out and "5 accumulation steps" in out and "fits" in out
+    assert "hours" in out and "cost" in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--batch-size", "7"], "not a multiple"),
+    (["--gpu", "tpu"], "unknown gpu"),
+    (["--model", "gpt5"], "unknown model"),
+    (["--seq-len", "2048"], "exceeds"),
+    (["--mfu", "1.5"], "--mfu"),
+])
+def test_refusals_are_one_line(args, message, capsys):
+    assert main(["plan", *REFERENCE, *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and err.startswith("ghoul plan: error:")
+
+
+def test_gpu_table_has_the_kinds_the_planner_offers():
+    for name in ("h100", "h200", "a100-40gb", "a100-80gb", "l4", "a10g", "4090", "3090"):
+        assert GPUS[name].memory_gb > 0 and GPUS[name].bf16_flops > 0
