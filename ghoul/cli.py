@@ -42,7 +42,7 @@ COMMANDS = [
     Command("rank", "ghoul.align.rank:RankConfig:run", "a judge (model or person) picks the best story of each group"),
     Command("export winners", "ghoul.align.winners:ExportWinnersConfig:run", "the stories a judge chose, to train on"),
     Command("rlhf", "ghoul.align.rlhf:RlhfConfig:run", "the feedback loop: generate, rank, then winners/DPO/PPO/GRPO"),
-    Command("pipeline", "ghoul.pipeline:PipelineConfig:run", "every stage in order, then the report (tiny CPU default)"),
+    Command("pipeline", "ghoul.pipeline:PipelineConfig:run", "every stage in order, then the report (tiny CPU run)"),
     Command("report", "ghoul.report:ReportConfig:run", "write report.html and report.md for a pipeline run"),
     Command("plan", "ghoul.plan:PlanConfig:run", "memory, time and cost of a training run before you rent GPUs"),
 ]

@@ -9,13 +9,14 @@ from typing import Any
 
 from ghoul.config import option
 from ghoul.learn.common import LearnConfig, LearnResult, check_fresh, prepare_text, train_model
-from ghoul.model import ACTIVATIONS, GPT, NORM_POSITIONS, NORMS, POSITIONS, GPTConfig
+from ghoul.model import GPT, GPTConfig
+from ghoul.train.config import ArchitectureOptions
 
 FIXED = ("vocab_size", "block_size")  # set by the tokenizer and the data, not by a model variant
 
 
 @dataclass
-class LearnGPTConfig(LearnConfig):
+class LearnGPTConfig(LearnConfig, ArchitectureOptions):
     output_dir: Path = option(Path("runs/learn-gpt"), "output directory: tokenizer, token shards, run log, "
                                                       "checkpoint")
     steps: int = option(300, "optimizer steps")
@@ -27,17 +28,6 @@ class LearnGPTConfig(LearnConfig):
     n_head: int = option(4, "attention heads")
     n_embd: int = option(128, "width of the residual stream")
     dropout: float = option(0.0, "dropout probability")
-    norm: str = option("layernorm", "normalisation", choices=list(NORMS))
-    norm_position: str = option("pre", "normalise each sublayer's input (pre, GPT-2) or its residual sum (post)",
-                                choices=list(NORM_POSITIONS))
-    activation: str = option("gelu", "MLP nonlinearity", choices=list(ACTIVATIONS))
-    position: str = option("learned", "position information: a learned table, rotary, or none",
-                           choices=list(POSITIONS))
-    tie_embeddings: bool = option(True, "share the token embedding with the output layer (GPT-2)")
-    qk_norm: bool = option(False, "RMSNorm of the queries and keys of every head")
-    moe_experts: int = option(0, "experts per MLP (0: a dense MLP)")
-    moe_top_k: int = option(1, "experts each token is sent to")
-    moe_aux_weight: float = option(0.01, "weight of the MoE load-balancing loss")
 
     def __post_init__(self) -> None:
         super().__post_init__()

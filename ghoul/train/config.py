@@ -2,15 +2,37 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from ghoul.config import option
 from ghoul.errors import GhoulError
+from ghoul.model import ACTIVATIONS, NORM_POSITIONS, NORMS, POSITIONS
 
 
 @dataclass
-class TrainConfig:
+class ArchitectureOptions:
+    """The architecture switches of `GPTConfig` as options (defaults: GPT-2), for any stage that builds a model."""
+
+    norm: str = option("layernorm", "normalisation", choices=list(NORMS))
+    norm_position: str = option("pre", "normalise each sublayer's input (pre, GPT-2) or its residual sum (post)",
+                                choices=list(NORM_POSITIONS))
+    activation: str = option("gelu", "MLP nonlinearity", choices=list(ACTIVATIONS))
+    position: str = option("learned", "position information: a learned table, rotary, or none",
+                           choices=list(POSITIONS))
+    tie_embeddings: bool = option(True, "share the token embedding with the output layer (GPT-2)")
+    qk_norm: bool = option(False, "RMSNorm of the queries and keys of every head")
+    moe_experts: int = option(0, "experts per MLP (0: a dense MLP)")
+    moe_top_k: int = option(1, "experts each token is sent to")
+    moe_aux_weight: float = option(0.01, "weight of the MoE load-balancing loss")
+
+    def architecture(self) -> dict:
+        """The switches as GPTConfig keyword arguments."""
+        return {f.name: getattr(self, f.name) for f in fields(ArchitectureOptions)}
+
+
+@dataclass
+class TrainConfig(ArchitectureOptions):
     dataset: str = option("", "prepared token shards: a directory made by `ghoul prepare`", metavar="DIR")
     output_dir: Path = option(Path("runs/pretrain"), "run directory: log, samples, checkpoints")
     model: str = option("tiny", "model preset for a fresh model (tiny, small, gpt2, gpt2-medium, gpt2-large, gpt2-xl)")

@@ -55,7 +55,7 @@ def start_model(cfg: TrainConfig, resume_from: Path | None) -> tuple[GPT, Tokeni
                              "data with the model's tokenizer (--tokenizer)")
         return model, tokenizer
     tokenizer = dataset_tokenizer(cfg.dataset)
-    return GPT(GPTConfig.from_name(cfg.model, vocab_size=tokenizer.vocab_size)), tokenizer
+    return GPT(GPTConfig.from_name(cfg.model, vocab_size=tokenizer.vocab_size, **cfg.architecture())), tokenizer
 
 
 def run(cfg: TrainConfig) -> TrainResult:

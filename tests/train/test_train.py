@@ -166,3 +166,13 @@ def test_hellaswag_during_training_is_logged(fineweb_shards, data, tmp_path):
     points = [(r["step"], r["hellaswag_acc"]) for r in log(tmp_path / "run") if "hellaswag_acc" in r]
     assert [s for s, _ in points] == [0, 2, 4]
     assert all(0.0 <= acc <= 1.0 and acc * 12 == round(acc * 12) for _, acc in points)  # a count out of 12
+
+
+def test_pretraining_takes_the_architecture_switches(fineweb_shards, tmp_path):
+    run(config(fineweb_shards, tmp_path / "run", max_steps=2, eval_every=0, norm="rmsnorm", activation="swiglu",
+               position="rotary", qk_norm=True))
+    saved = json.loads((tmp_path / "run" / "step_000002" / "config.json").read_text())
+    assert (saved["norm"], saved["activation"], saved["position"], saved["qk_norm"]) == ("rmsnorm", "swiglu",
+                                                                                         "rotary", True)
+    model = GPT.from_pretrained(tmp_path / "run")
+    assert "wpe" not in model.transformer  # rotary positions need no table
