@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ghoul.errors import GhoulError
+from ghoul.files import atomic_write_text
 
 MAGIC = 20240520  # llm.c's dev/data/data_common.py
 HEADER_INTS = 256
@@ -108,10 +109,7 @@ def read_shard(path: str | Path) -> np.ndarray:
 
 def write_json(path: str | Path, obj: Any) -> None:
     """Write JSON atomically: a reader sees the old file or the new one, never half of one."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 def read_meta(directory: str | Path) -> dict[str, Any] | None:

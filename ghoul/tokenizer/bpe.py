@@ -10,8 +10,6 @@ import collections
 import gc
 import heapq
 import json
-import os
-import tempfile
 from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -19,6 +17,7 @@ from typing import TYPE_CHECKING, Literal
 import regex
 
 from ghoul.errors import GhoulError
+from ghoul.files import atomic_write_text
 from ghoul.tokenizer.gpt2 import EOT, GPT2_PATTERN, _bytes_to_unicode
 
 if TYPE_CHECKING:
@@ -298,19 +297,6 @@ class BPETokenizer:
 def _readable(token: bytes) -> str:
     return "".join(_BYTE_CHARS[b] for b in token)
 
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write `text` to a temporary file beside `path`, then rename it over `path`: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def tiktoken_compatible(tok: BPETokenizer) -> bool:
