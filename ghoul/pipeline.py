@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ghoul.align.rlhf import METHODS
 from ghoul.config import option, to_dict
 from ghoul.errors import GhoulError
 from ghoul.files import atomic_write_text
@@ -38,7 +39,7 @@ class PipelineConfig:
     num_samples: int = option(36, "stories generated for the judge")
     max_new_tokens: int = option(96, "tokens per story")
     judge: str = option("length", "who picks the best story of each group (length, random, openai:MODEL, web, human)")
-    method: str = option("winners", "the preference stage after ranking")
+    method: str = option("winners", "the preference stage after ranking", choices=list(METHODS))
     preference_steps: int = option(10, "steps of the preference stage")
     prompts: list[str] = option(PROMPTS, "prompts for the stories and the before/after samples")
     seed: int = option(1337, "random seed of every stage")
@@ -157,11 +158,6 @@ def run(cfg: PipelineConfig) -> Path:
     """Run every stage that is not yet done; returns the report's path."""
     from ghoul.report import write_report
 
-    if cfg.method != "winners":
-        from ghoul.align.rlhf import AVAILABLE
-
-        if cfg.method not in AVAILABLE:
-            raise GhoulError(f"--method {cfg.method} is not available; available: {', '.join(AVAILABLE)}")
     cfg.output_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(cfg.output_dir / "pipeline.json", json.dumps(to_dict(cfg), indent=2) + "\n")
     data = prepare_data(cfg)

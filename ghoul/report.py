@@ -22,7 +22,8 @@ from ghoul.errors import GhoulError
 from ghoul.eval.curves import CHANCE, REFERENCES
 from ghoul.files import atomic_write_text, read_jsonl
 
-STAGES = {"pretrain": "pretrain", "finetune": "finetune", "preference": "rlhf/finetune"}  # name -> run directory
+STAGES = ("pretrain", "finetune", "preference")
+PREFERENCE_DIRS = ("rlhf/finetune", "rlhf/dpo", "rlhf/ppo", "rlhf/grpo")  # where `ghoul rlhf --method` trains
 REFERENCE_LINES = ("gpt2-124m", "gpt3-125m", "gpt2-xl")
 
 
@@ -38,15 +39,17 @@ def _read(path: Path) -> list[dict[str, Any]]:
 def stage_summary(run_dir: Path) -> dict[str, dict[str, Any]]:
     """Per training stage: steps, tokens, time, throughput, final losses, and its evaluation if any."""
     out = {}
-    for name, sub in STAGES.items():
-        log = _read(run_dir / sub / "log.jsonl")
+    for name in STAGES:
+        subs = PREFERENCE_DIRS if name == "preference" else (name,)
+        log = next((r for r in (_read(run_dir / sub / "log.jsonl") for sub in subs) if r), [])
         steps = [r for r in log if "loss" in r]
         if not steps:
             continue
         val = [r["val_loss"] for r in log if "val_loss" in r]
         evaluation = run_dir / "eval" / f"{name}.json"
-        out[name] = {"steps": steps[-1]["step"], "tokens": steps[-1]["tokens"], "seconds": steps[-1]["elapsed"],
-                     "tokens_per_s": statistics.median(r["tokens_per_s"] for r in steps), "loss": steps[-1]["loss"],
+        rates = [r["tokens_per_s"] for r in steps if "tokens_per_s" in r]  # on-policy RL logs rewards, not tokens
+        out[name] = {"steps": steps[-1]["step"], "tokens": steps[-1].get("tokens"), "seconds": steps[-1]["elapsed"],
+                     "tokens_per_s": statistics.median(rates) if rates else None, "loss": steps[-1]["loss"],
                      "val_loss_log": val[-1] if val else None, "log": log,
                      "eval": json.loads(evaluation.read_text()) if evaluation.is_file() else {}}
     return out
@@ -143,7 +146,8 @@ def render_markdown(run_dir: Path, stages: dict, judge: dict | None, prompts: li
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, s in stages.items():
         e = s["eval"]
-        lines.append(f"| {name} | {s['steps']} | {s['tokens']:,} | {s['seconds']:.0f} | {s['tokens_per_s']:,.0f} | "
+        lines.append(f"| {name} | {s['steps']} | {_fmt(s['tokens'], ',')} | {s['seconds']:.0f} | "
+                     f"{_fmt(s['tokens_per_s'], ',.0f')} | "
                      f"{s['loss']:.4f} | {_fmt(e.get('val_loss'))} | {_fmt(e.get('hellaswag_acc'), '.1%')} "
                      f"(n={e.get('hellaswag_n', 0)}) |")
     lines += ["", "![losses](loss.png)", "", "![HellaSwag](hellaswag.png)", ""]
@@ -177,8 +181,8 @@ def render_html(markdown_parts: dict[str, Any], images: dict[str, bytes]) -> str
         return f'<img alt="{name}" src="data:image/png;base64,{base64.b64encode(images[name]).decode()}">'
 
     rows = "".join(
-        f"<tr><td>{n}</td><td>{s['steps']}</td><td>{s['tokens']:,}</td><td>{s['seconds']:.0f}</td>"
-        f"<td>{s['tokens_per_s']:,.0f}</td><td>{s['loss']:.4f}</td><td>{_fmt(s['eval'].get('val_loss'))}</td>"
+        f"<tr><td>{n}</td><td>{s['steps']}</td><td>{_fmt(s['tokens'], ',')}</td><td>{s['seconds']:.0f}</td>"
+        f"<td>{_fmt(s['tokens_per_s'], ',.0f')}</td><td>{s['loss']:.4f}</td><td>{_fmt(s['eval'].get('val_loss'))}</td>"
         f"<td>{_fmt(s['eval'].get('hellaswag_acc'), '.1%')} (n={s['eval'].get('hellaswag_n', 0)})</td></tr>"
         for n, s in stages.items())
     parts = [f"<h1>{esc(title)}</h1>", "<h2>Stages</h2>",

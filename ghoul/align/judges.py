@@ -21,7 +21,7 @@ from ghoul.errors import GhoulError
 
 API_KEY_ENV = "OPENAI_API_KEY"
 DEFAULT_JUDGE = "openai:gpt-4o"
-JUDGES = ("openai:MODEL", "human", "web", "random", "length")
+JUDGES = ("openai:MODEL", "reward:DIR", "human", "web", "random", "length")
 
 # USD per million (input, output) tokens, from https://openai.com/api/pricing (2025); other models: no estimate.
 PRICES = {"gpt-4o": (2.50, 10.00), "gpt-4o-mini": (0.15, 0.60), "gpt-4.1": (2.00, 8.00),
@@ -256,13 +256,20 @@ def _describe(error: Exception) -> str:
 def make_judge(spec: str, *, seed: int = 0, base_url: str | None = None, max_retries: int = 5,
                retry_delay: float = 1.0, parse_retries: int = 2, timeout: float = 60.0, json_mode: bool = True,
                host: str = "127.0.0.1", port: int = 8765, open_browser: bool = False) -> Judge:
-    """The judge named by `spec`: openai[:MODEL], human, web, random or length."""
+    """The judge named by `spec`: openai[:MODEL], reward:DIR, human, web, random or length."""
     kind, _, model = spec.partition(":")
     if kind == "openai":
         return OpenAIJudge(model or "gpt-4o", base_url, seed=seed, max_retries=max_retries, retry_delay=retry_delay,
                            parse_retries=parse_retries, timeout=timeout, json_mode=json_mode)
+    if kind == "reward":  # a trained reward model: no API calls (ghoul.align.reward)
+        if not model:
+            raise GhoulError("judge 'reward' needs the reward model's directory: reward:DIR")
+        from ghoul.align.reward import RewardJudge
+        from ghoul.dist import default_device
+
+        return RewardJudge(model, default_device())
     if model:
-        raise GhoulError(f"judge '{spec}': only openai takes a model name (openai:MODEL)")
+        raise GhoulError(f"judge '{spec}': only openai takes a model name (openai:MODEL), and reward a directory")
     if kind == "random":
         return RandomJudge(seed)
     if kind == "length":

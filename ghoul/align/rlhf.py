@@ -1,14 +1,16 @@
 """`ghoul rlhf`: the feedback loop in one command: generate stories, have a judge pick the best of each group, and
-train on the judgments (`--method winners`: fine-tune on the chosen stories), all in one run directory.
+learn from the judgments, all in one run directory. `--method` picks the last step: `winners` fine-tunes on the
+chosen stories, `dpo` runs DPO on the preference pairs, `ppo` and `grpo` train a reward model on the rankings and
+then the policy against it.
 
 Every step writes its own file and is skipped when that file is complete, so the command resumes at any step:
-RUN/stories.jsonl -> RUN/rankings.jsonl -> RUN/winners.txt -> RUN/data/winners/ -> RUN/finetune/ (the new model).
+RUN/stories.jsonl -> RUN/rankings.jsonl -> RUN/winners.txt -> RUN/data/winners/ -> RUN/finetune/ (winners),
+or -> RUN/dpo/ (dpo), or -> RUN/reward/ -> RUN/ppo/ or RUN/grpo/ (ppo, grpo): the new model is the last of them.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,18 +22,16 @@ from ghoul.config import option, to_dict
 from ghoul.errors import GhoulError
 from ghoul.files import atomic_write_text, read_jsonl
 
-# What to learn from the judgments. Only `winners` exists so far; the others are the planned preference methods,
-# and each will add its own step after ranking (preferences.jsonl, then its trainer).
+# What to learn from the judgments; see docs/feedback.md for what each needs and costs.
 METHODS = ("winners", "dpo", "ppo", "grpo")
-AVAILABLE = ("winners",)
 
 
 @dataclass
 class RlhfConfig:
     base_model: Path | None = option(None, "model directory to generate stories from and to train")
     output_dir: Path = option(Path("runs/rlhf"), "run directory holding every step's output")
-    method: str = option("winners", "what to learn from the judgments (winners: fine-tune on the chosen stories)",
-                         choices=list(METHODS))
+    method: str = option("winners", "what to learn from the judgments: winners (fine-tune on the chosen stories), "
+                         "dpo, ppo or grpo (against a reward model trained on the rankings)", choices=list(METHODS))
     seed: int = option(1337, "random seed of generation, grouping and training")
     device: str = option("auto", "cpu, cuda, mps, or auto")
     # ---- generate
@@ -58,11 +58,15 @@ class RlhfConfig:
     total_batch_size: int | None = option(None, "tokens per optimizer step (gradient accumulation)")
     warmdown_iters: int | None = option(None, "steps of linear decay to zero at the end")
     dtype: str | None = option(None, "compute dtype of the fine-tune", choices=["float32", "bfloat16"])
+    # ---- preference methods (unset: the defaults of `ghoul dpo`, `ghoul reward train`, `ghoul ppo`)
+    beta: float | None = option(None, "DPO's beta")
+    kl_coef: float | None = option(None, "PPO's and GRPO's KL penalty weight")
+    reward_steps: int | None = option(None, "optimizer steps of the reward model (ppo, grpo)")
+    reward_learning_rate: float | None = option(None, "peak learning rate of the reward model")
 
     def __post_init__(self) -> None:
-        if self.method not in AVAILABLE:
-            raise GhoulError(f"--method {self.method} is not available yet; available: {', '.join(AVAILABLE)} "
-                             "(fine-tune on the stories the judge chose)")
+        if self.method not in METHODS:
+            raise GhoulError(f"--method must be one of {', '.join(METHODS)}, got {self.method}")
         if self.base_model is None:
             raise GhoulError("--base-model is required: the model directory to generate from and fine-tune")
         self.base_model, self.output_dir = Path(self.base_model), Path(self.output_dir)
@@ -73,8 +77,8 @@ class RlhfResult:
     run_dir: Path
     stories: Path
     rankings: Path
-    winners: Path
-    model: Path  # the fine-tuned model (a run directory whose `latest` names the final checkpoint)
+    winners: Path | None  # winners.txt (method winners only)
+    model: Path  # the trained model (a run directory whose `latest` names the final checkpoint)
 
 
 def stage_configs(cfg: RlhfConfig) -> dict[str, Any]:
@@ -98,10 +102,37 @@ def stage_configs(cfg: RlhfConfig) -> dict[str, Any]:
     overrides = {k: getattr(cfg, k) for k in ("max_steps", "learning_rate", "batch_size", "seq_len",
                                               "total_batch_size", "warmdown_iters", "dtype")
                  if getattr(cfg, k) is not None}
-    finetune = FinetuneConfig(dataset=str(out / "data" / "winners"), base_model=cfg.base_model,
-                              output_dir=out / "finetune", eval_every=0, seed=cfg.seed, device=cfg.device,
-                              **overrides)
-    return dict(generate=generate, rank=ranking, export=export, prepare=prepare, finetune=finetune)
+    steps: dict[str, Any] = dict(generate=generate, rank=ranking)
+    if cfg.method == "winners":
+        steps["export"], steps["prepare"] = export, prepare
+        steps["final"] = FinetuneConfig(dataset=str(out / "data" / "winners"), base_model=cfg.base_model,
+                                        output_dir=out / "finetune", eval_every=0, seed=cfg.seed, device=cfg.device,
+                                        **overrides)
+    else:
+        steps.update(preference_configs(cfg, overrides))
+    return steps
+
+
+def preference_configs(cfg: RlhfConfig, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The steps after ranking of dpo (its trainer) and ppo/grpo (a reward model, then the policy against it)."""
+    from ghoul.align.dpo import DpoConfig
+    from ghoul.align.ppo import RlConfig
+    from ghoul.align.reward import RewardTrainConfig
+
+    out = cfg.output_dir
+    pairs = dict(rankings=out / "rankings.jsonl", stories=out / "stories.jsonl", seed=cfg.seed, device=cfg.device)
+    if cfg.method == "dpo":
+        beta = {"beta": cfg.beta} if cfg.beta is not None else {}
+        return {"final": DpoConfig(policy=cfg.base_model, output_dir=out / "dpo", **pairs, **beta, **overrides)}
+    reward = {k: v for k, v in (("max_steps", cfg.reward_steps), ("learning_rate", cfg.reward_learning_rate))
+              if v is not None}
+    rl = {k: v for k, v in (("max_steps", cfg.max_steps), ("learning_rate", cfg.learning_rate),
+                            ("prompts_per_step", cfg.batch_size), ("kl_coef", cfg.kl_coef)) if v is not None}
+    return {"reward": RewardTrainConfig(base_model=cfg.base_model, output_dir=out / "reward", **pairs, **reward),
+            "final": RlConfig(policy=cfg.base_model, reward=out / "reward", output_dir=out / cfg.method,
+                              prompt=cfg.prompt, prompts_file=cfg.prompts_file, group_size=cfg.group_size,
+                              max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed,
+                              device=cfg.device, **rl)}
 
 
 def model_tokenizer(model_dir: Path) -> str:
@@ -123,42 +154,51 @@ def run(cfg: RlhfConfig) -> RlhfResult:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.json", json.dumps(to_dict(cfg), indent=2) + "\n")
     stories, rankings, winners_txt = out / "stories.jsonl", out / "rankings.jsonl", out / "winners.txt"
+    total = 3 if cfg.method == "dpo" else 4  # steps, for the progress messages
     if stories.is_file() and len(read_jsonl(stories)) >= cfg.num_samples:
-        _say(f"1/4 generate: {stories} is complete; skipped")
+        _say(f"1/{total} generate: {stories} is complete; skipped")
     else:
-        _say(f"1/4 generate: {cfg.num_samples} stories from {cfg.base_model}")
+        _say(f"1/{total} generate: {cfg.num_samples} stories from {cfg.base_model}")
         generate(steps["generate"])
-    _say(f"2/4 rank: judge {cfg.judge}, groups of {cfg.group_size}")
+    _say(f"2/{total} rank: judge {cfg.judge}, groups of {cfg.group_size}")
     rank.run(steps["rank"])
-    if winners_txt.is_file() and winners_txt.stat().st_mtime >= rankings.stat().st_mtime:
-        _say(f"3/4 winners: {winners_txt} is up to date; skipped")
+    if cfg.method == "winners":
+        if winners_txt.is_file() and winners_txt.stat().st_mtime >= rankings.stat().st_mtime:
+            _say(f"3/4 winners: {winners_txt} is up to date; skipped")
+        else:
+            _say("3/4 winners: export the chosen stories")
+            winners.run(steps["export"])
+        _say("4/4 fine-tune on the winners")
+        from ghoul.data.prepare import run as prepare
+        from ghoul.train.stages import run as finetune
+
+        prepare(steps["prepare"])
+        _train_step(finetune, steps["final"], resumable=True)
+    elif cfg.method == "dpo":
+        from ghoul.align.dpo import run as dpo
+
+        _say("3/3 DPO on the preference pairs of the rankings")
+        _train_step(dpo, steps["final"], resumable=True)
     else:
-        _say("3/4 winners: export the chosen stories")
-        winners.run(steps["export"])
-    _say("4/4 fine-tune on the winners")
-    _finetune(steps["prepare"], steps["finetune"])
-    _say(f"done: the fine-tuned model is {out / 'finetune'} (ghoul generate --checkpoint {out / 'finetune'})")
-    return RlhfResult(out, stories, rankings, winners_txt, out / "finetune")
+        from ghoul.align.ppo import run as reinforce
+        from ghoul.align.reward import train_run as train_reward
+
+        _say("3/4 train a reward model on the rankings")
+        _train_step(train_reward, steps["reward"], resumable=True)
+        _say(f"4/4 {cfg.method.upper()} against the reward model")
+        _train_step(lambda c: reinforce(c, cfg.method), steps["final"], resumable=False)
+    model = steps["final"].output_dir
+    _say(f"done: the new model is {model} (ghoul generate --checkpoint {model}; ghoul compare --a {model} "
+         f"--b {cfg.base_model})")
+    return RlhfResult(out, stories, rankings, winners_txt if cfg.method == "winners" else None, model)
 
 
-def _finetune(prepare_cfg: Any, finetune_cfg: Any) -> None:
-    """Prepare the winners' shards and fine-tune on them; skipped when finished, resumed from its checkpoint."""
-    from ghoul.checkpoint import LATEST, STATE_FILE, resolve_checkpoint
-    from ghoul.data.prepare import run as prepare
-    from ghoul.train.stages import run as finetune
+def _train_step(train: Any, step_cfg: Any, resumable: bool) -> None:
+    """Run a training step unless it has finished; resume it from its checkpoint when it can."""
+    from ghoul.train.stages import run_or_resume
 
-    prepare(prepare_cfg)
-    run_dir: Path = finetune_cfg.output_dir
-    if (run_dir / LATEST).is_file():
-        state = json.loads((resolve_checkpoint(run_dir) / STATE_FILE).read_text(encoding="utf-8"))
-        if state["step"] >= finetune_cfg.max_steps:
-            _say(f"{run_dir} has finished its {state['step']} steps; skipped")
-            return
-        finetune_cfg.resume = "latest"
-    elif run_dir.exists():
-        # an interrupted fine-tune that saved no checkpoint has nothing to resume: start it again
-        shutil.rmtree(run_dir)
-    finetune(finetune_cfg)
+    if run_or_resume(step_cfg, train, resumable) is None:
+        _say(f"{step_cfg.output_dir} has finished its {step_cfg.max_steps} steps; skipped")
 
 
 def _say(message: str) -> None:

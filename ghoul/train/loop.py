@@ -1,6 +1,8 @@
 """The one training loop: gradient accumulation, DDP, schedules, evaluation, samples, checkpoints, exact resume.
 
-Stages differ in their model, data and loss, not in this loop: `loss_fn(model, x, y)` is passed in.
+Stages differ in their model, data and loss, not in this loop: `loss_fn(model, *batch)` is passed in, and so may
+be the data (`train_data`, `val_data`: anything with the loader protocol of `ShardLoader`, e.g. preference pairs).
+A loss function returns the loss, or `(loss, metrics)` whose values are averaged and logged (DPO's reward margin).
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ import math
 import random
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -33,12 +36,37 @@ from ghoul.tokenizer import Tokenizer
 from ghoul.train.config import TrainConfig, accumulation_steps
 from ghoul.train.logger import LOG_FILE, RunLogger
 
-LossFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+LossFn = Callable[..., torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+
+class Loader(Protocol):
+    """What the loop needs of its data: `ShardLoader` has it, and so do the preference-pair loaders."""
+
+    device: torch.device
+
+    def __next__(self) -> tuple[torch.Tensor, ...]: ...
+    def one_epoch(self, max_batches: int | None = None) -> Iterator[tuple[torch.Tensor, ...]]: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
 def lm_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Next-token cross-entropy: the loss of pretraining and fine-tuning."""
     return model(x, y)[1]
+
+
+def call_loss(loss_fn: LossFn, model: torch.nn.Module, batch: tuple[torch.Tensor, ...]
+              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(loss, metrics) of one batch, whether `loss_fn` returns metrics or only the loss."""
+    out = loss_fn(model, *batch)
+    return out if isinstance(out, tuple) else (out, {})
+
+
+def add_metrics(sums: dict[str, torch.Tensor], metrics: dict[str, torch.Tensor], weight: float) -> None:
+    """Accumulate detached metrics on the device: no host sync until the step is logged."""
+    for k, v in metrics.items():
+        v = torch.as_tensor(v).detach().float()
+        sums[k] = sums[k] + v * weight if k in sums else v * weight
 
 
 @dataclass
@@ -88,17 +116,23 @@ def set_rng_state(state: dict) -> None:
 # ---- evaluation during training --------------------------------------------------------------------------------
 
 @torch.no_grad()
-def estimate_loss(model: torch.nn.Module, loader: ShardLoader, iters: int, loss_fn: LossFn, cfg: TrainConfig,
-                  device_type: str) -> float:
-    """Mean loss over the first `iters` batches of `loader` (the same batches every time), over all ranks."""
+def estimate_loss(model: torch.nn.Module, loader: Loader, iters: int, loss_fn: LossFn, cfg: TrainConfig,
+                  device_type: str, metrics: dict[str, float] | None = None) -> float:
+    """Mean loss over the first `iters` batches of `loader` (the same batches every time), over all ranks; the
+    loss function's metrics, averaged alike, go into `metrics`."""
     model.eval()
     total = torch.zeros((), device=loader.device)
+    sums: dict[str, torch.Tensor] = {}
     n = 0
-    for x, y in loader.one_epoch(iters):
+    for batch in loader.one_epoch(iters):
         with dist.autocast(device_type, cfg.dtype):
-            total += loss_fn(model, x, y).float()
+            loss, batch_metrics = call_loss(loss_fn, model, batch)
+        total += loss.float()
+        add_metrics(sums, batch_metrics, 1.0)
         n += 1
     model.train()
+    if metrics is not None:
+        metrics.update({k: dist.all_reduce_mean(v / max(n, 1)).item() for k, v in sorted(sums.items())})
     return dist.all_reduce_mean(total / max(n, 1)).item()
 
 
@@ -127,18 +161,23 @@ def hellaswag_accuracy(model: GPT, tokenizer: Tokenizer, cfg: TrainConfig, d: di
 # ---- the loop --------------------------------------------------------------------------------------------------
 
 def train(cfg: TrainConfig, model: GPT, tokenizer: Tokenizer, d: dist.DistInfo, loss_fn: LossFn = lm_loss,
-          resume_from: Path | None = None) -> TrainResult:
-    """Train `model` (already on `d.device`) on `cfg.dataset` as `cfg` says; rank 0 writes the run directory."""
+          resume_from: Path | None = None, train_data: Loader | None = None, val_data: Loader | None = None
+          ) -> TrainResult:
+    """Train `model` (already on `d.device`) as `cfg` says, on `train_data` (default: token shards of
+    `cfg.dataset`, with its val split as `val_data`); rank 0 writes the run directory."""
     seq_len = cfg.seq_len or model.config.block_size
     if seq_len > model.config.block_size:
         raise GhoulError(f"--seq-len {seq_len} exceeds the model's block size {model.config.block_size}")
     accum = accumulation_steps(cfg.total_batch_size, cfg.batch_size, seq_len, d.world_size)
-    train_data = ShardLoader(cfg.dataset, cfg.batch_size, seq_len, rank=d.rank, world_size=d.world_size,
-                             device=d.device)
-    if train_data.vocab_size is not None and train_data.vocab_size > model.config.vocab_size:
-        raise GhoulError(f"{cfg.dataset} was made with a {train_data.vocab_size:,}-token vocabulary but the model has "
-                         f"{model.config.vocab_size:,}: prepare the data with the model's tokenizer")
-    val_data = _val_loader(cfg, seq_len, d) if cfg.eval_every else None
+    if train_data is None:
+        train_data = ShardLoader(cfg.dataset, cfg.batch_size, seq_len, rank=d.rank, world_size=d.world_size,
+                                 device=d.device)
+        if train_data.vocab_size is not None and train_data.vocab_size > model.config.vocab_size:
+            raise GhoulError(f"{cfg.dataset} was made with a {train_data.vocab_size:,}-token vocabulary but the model "
+                             f"has {model.config.vocab_size:,}: prepare the data with the model's tokenizer")
+        val_data = _val_loader(cfg, seq_len, d) if cfg.eval_every else None
+    elif not cfg.eval_every:
+        val_data = None
 
     raw_model = model
     optimizers = build_optimizers(raw_model, cfg.optimizer, cfg.learning_rate, cfg.weight_decay,
@@ -180,7 +219,9 @@ def train(cfg: TrainConfig, model: GPT, tokenizer: Tokenizer, d: dist.DistInfo, 
 
     def evaluate(step: int, record: dict) -> None:
         if val_data is not None and (step % cfg.eval_every == 0 or step == cfg.max_steps):
-            record["val_loss"] = estimate_loss(model, val_data, cfg.eval_iters, loss_fn, cfg, d.device_type)
+            metrics: dict[str, float] = {}
+            record["val_loss"] = estimate_loss(model, val_data, cfg.eval_iters, loss_fn, cfg, d.device_type, metrics)
+            record.update({f"val_{k}": v for k, v in metrics.items()})
         if cfg.hellaswag_every and (step % cfg.hellaswag_every == 0 or step == cfg.max_steps):
             record["hellaswag_acc"] = hellaswag_accuracy(raw_model, tokenizer, cfg, d)
         if d.is_main and cfg.sample_every and (step % cfg.sample_every == 0 or step == cfg.max_steps):
@@ -201,14 +242,17 @@ def train(cfg: TrainConfig, model: GPT, tokenizer: Tokenizer, d: dist.DistInfo, 
             t0 = time.perf_counter()
             # ---- forward/backward over the micro-batches; gradients are all-reduced only on the last
             loss_sum = torch.zeros((), device=d.device)
+            metric_sums: dict[str, torch.Tensor] = {}
             for micro in range(accum):
-                x, y = next(train_data)
+                batch = next(train_data)
                 sync = not d.distributed or micro == accum - 1
                 with (contextlib.nullcontext() if sync else model.no_sync()):
                     with dist.autocast(d.device_type, cfg.dtype):
-                        loss = loss_fn(model, x, y) / accum
+                        loss, metrics = call_loss(loss_fn, model, batch)
+                        loss = loss / accum
                     loss.backward()
                 loss_sum += loss.detach()
+                add_metrics(metric_sums, metrics, 1 / accum)
             # ---- update
             grad_norm = (torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
                          if cfg.grad_clip > 0 else None)
@@ -236,6 +280,7 @@ def train(cfg: TrainConfig, model: GPT, tokenizer: Tokenizer, d: dist.DistInfo, 
                     record["grad_norm"] = grad_norm.item()
                 if peak:
                     record["mfu"] = flops_per_step / dt / d.world_size / peak
+                record.update({k: dist.all_reduce_mean(v).item() for k, v in sorted(metric_sums.items())})
                 evaluate(step, record)
                 val_loss = record.get("val_loss", val_loss)
                 logger.log(record)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -74,15 +76,17 @@ def run(cfg: TrainConfig) -> TrainResult:
         dist.teardown()
 
 
-def run_or_resume(cfg: TrainConfig) -> TrainResult | None:
-    """Train as `cfg` says unless its run already finished: resume an interrupted run from its checkpoint, start over
-    one that saved none. Returns None when there was nothing left to do (pipelines rerun this freely)."""
+def run_or_resume(cfg: Any, train: Callable[[Any], Any] | None = None, resumable: bool = True) -> Any:
+    """Run `train(cfg)` (default: pretrain/fine-tune) unless its run already finished: resume an interrupted run from
+    its checkpoint, start over one with nothing to resume (no checkpoint, or a stage that cannot resume).
+    Returns None when there was nothing left to do, so pipelines rerun this freely."""
     run_dir = cfg.output_dir
     if (run_dir / LATEST).is_file():
         state = json.loads((resolve_checkpoint(run_dir) / STATE_FILE).read_text(encoding="utf-8"))
         if state["step"] >= cfg.max_steps:
             return None
+    if resumable and (run_dir / LATEST).is_file():
         cfg.resume = "latest"
     elif run_dir.exists():
-        shutil.rmtree(run_dir)  # an interrupted run that saved no checkpoint has nothing to resume
-    return run(cfg)
+        shutil.rmtree(run_dir)
+    return (train or run)(cfg)

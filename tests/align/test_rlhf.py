@@ -52,9 +52,31 @@ def test_rlhf_resumes_an_interrupted_fine_tune(tiny_model, tmp_path):
     assert [r["step"] for r in log if "loss" in r] == [1, 2, 3]
 
 
-def test_rlhf_rejects_methods_not_available_yet(tiny_model, tmp_path, capsys):
-    assert main(["rlhf", "--config", str(CONFIG), "--method", "dpo", "--base-model", str(tiny_model),
-                 "--output-dir", str(tmp_path)]) == 2
-    assert "--method dpo is not available yet" in capsys.readouterr().err
+@pytest.mark.parametrize("method", ["dpo", "ppo", "grpo"])
+def test_rlhf_method_switches_the_final_stage(method, tiny_model, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["rlhf", "--config", str(CONFIG), "--method", method, "--judge", "length", "--base-model",
+            str(tiny_model), "--output-dir", str(run), "--num-samples", "16", "--max-new-tokens", "16",
+            "--max-steps", "2", "--batch-size", "2", "--reward-steps", "4"]
+    assert main(args) == 0
+    assert len(read_jsonl(run / "rankings.jsonl")) == 4 and not (run / "winners.txt").exists()
+    final = run / method
+    assert (final / "latest").read_text().strip() == "step_000002"
+    model, _ = load_model_and_tokenizer(final)
+    assert type(model).__name__ == "GPT"
+    log = read_jsonl(final / "log.jsonl")
+    key = "reward_margin" if method == "dpo" else "reward_mean"
+    assert [r["step"] for r in log if key in r] == [1, 2]
+    if method != "dpo":  # a reward model trained on the rankings scored the rollouts
+        assert json.loads((run / "reward" / "step_000004" / "config.json").read_text())["kind"] == "reward"
+    capsys.readouterr()
+    assert main(args) == 0  # finished: the training steps are skipped
+    assert "finished its 2 steps; skipped" in capsys.readouterr().err
+
+
+def test_rlhf_refusals(tiny_model, tmp_path, capsys):
+    with pytest.raises(SystemExit):  # argparse's own error for a choice not offered
+        main(["rlhf", "--config", str(CONFIG), "--method", "sft", "--base-model", str(tiny_model)])
+    assert "invalid choice: 'sft'" in capsys.readouterr().err
     with pytest.raises(GhoulError, match="--base-model is required"):
         RlhfConfig()

@@ -1,0 +1,161 @@
+"""The reward model: the GPT backbone with a scalar head read at the last token, trained on preference pairs with
+the Bradley-Terry loss through the one training loop (`ghoul reward train`), used to score stories
+(`ghoul reward score`) and as a judge that costs no API calls (`--judge reward:DIR`).
+
+A reward model directory is a model directory whose `config.json` says `"kind": "reward"` and whose
+`model.safetensors` holds the head too (`score.weight`, `score.bias`); `ghoul.checkpoint` loads it as this class.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ghoul.align.judges import Judge, Judgment
+from ghoul.align.preferences import PairTrainConfig, collate, encode_pair_side, train_on_pairs
+from ghoul.config import option
+from ghoul.errors import GhoulError
+from ghoul.model import GPT, GPTConfig
+from ghoul.tokenizer import Tokenizer, load_tokenizer
+
+
+def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
+    """-log sigmoid(r_chosen - r_rejected), the mean over pairs: the negative log-likelihood of the preferences
+    under the Bradley-Terry model P(a beats b) = sigmoid(r_a - r_b) (Bradley and Terry 1952; InstructGPT, eq. 1)."""
+    return -F.logsigmoid(chosen.float() - rejected.float()).mean()
+
+
+class RewardModel(GPT):
+    """GPT whose forward gives one scalar per row: a linear head on the final hidden state of the row's last
+    completion token (the <|endoftext|> that ends each story), having read the whole text."""
+
+    dir_config = {"kind": "reward"}  # written into config.json by ghoul.checkpoint
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__(config)
+        self.score = nn.Linear(config.n_embd, 1)
+        nn.init.zeros_(self.score.weight)  # every text starts at reward 0: a loss of log 2 at step 0
+        nn.init.zeros_(self.score.bias)
+
+    @classmethod
+    def from_gpt(cls, gpt: GPT) -> RewardModel:
+        """A reward model whose backbone is `gpt`'s (its language-model head stays, tied and unused)."""
+        model = cls(gpt.config)
+        missing, unexpected = model.load_state_dict(gpt.state_dict(), strict=False)
+        assert not unexpected and set(missing) <= {"score.weight", "score.bias"}, (missing, unexpected)
+        return model
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        """Rewards (B,) of `tokens` (B, T) whose `mask` (B, T) marks the completion; read at its last token.
+        (The reward is the forward pass, so that DDP sees it and synchronises the gradients.)"""
+        h = self.hidden_states(tokens)  # (B, T, C)
+        T = mask.size(1)
+        last = T - 1 - mask.flip(1).int().argmax(dim=1)  # (B,) index of each row's last completion token
+        return self.score(h[torch.arange(h.size(0), device=h.device), last]).squeeze(-1).float()  # (B,)
+
+
+def reward_loss(model: nn.Module, tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """Bradley-Terry loss of a batch of B chosen rows followed by B rejected rows, with pairwise accuracy."""
+    rewards = model(tokens, mask)  # (2B,)
+    chosen, rejected = rewards.chunk(2)
+    metrics = {"accuracy": (chosen > rejected).float().mean(), "margin": (chosen - rejected).mean()}
+    return bradley_terry_loss(chosen, rejected), metrics
+
+
+# ---- ghoul reward train --------------------------------------------------------------------------------------
+
+@dataclass
+class RewardTrainConfig(PairTrainConfig):
+    output_dir: Path = option(Path("runs/reward"), "run directory: log, checkpoints (RUN/latest is the reward model)")
+    learning_rate: float = option(3e-5, "peak learning rate")
+    max_steps: int = option(100, "optimizer steps")
+
+    def __post_init__(self) -> None:
+        if self.base_model is None and self.resume is None:
+            raise GhoulError("--base-model is required: the model directory whose backbone the reward model uses")
+        super().__post_init__()
+
+
+def train_run(cfg: RewardTrainConfig):
+    """Train a reward model on the pairs of cfg.preferences or cfg.rankings; RUN/latest is the reward model."""
+    def build(resume_from: Path | None, device: str) -> tuple[RewardModel, Tokenizer, object]:
+        if resume_from is not None:
+            return load_reward_model(resume_from)[0], load_tokenizer(resume_from), reward_loss
+        return RewardModel.from_gpt(GPT.from_pretrained(cfg.base_model)), load_tokenizer(cfg.base_model), reward_loss
+
+    return train_on_pairs(cfg, build, join=True)  # joined: the model reads texts as a judge is shown them
+
+
+def load_reward_model(directory: str | Path, device: str = "cpu") -> tuple[RewardModel, Tokenizer]:
+    from ghoul.checkpoint import load_model_and_tokenizer
+
+    model, tokenizer = load_model_and_tokenizer(directory, device)
+    if not isinstance(model, RewardModel):
+        raise GhoulError(f"{directory} is a language model, not a reward model: train one with `ghoul reward train`")
+    return model, tokenizer
+
+
+@torch.no_grad()
+def score_texts(model: RewardModel, tokenizer: Tokenizer, texts: list[str], batch_size: int = 16) -> list[float]:
+    """The reward of each text (prompt and story as one), in batches."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    rewards: list[float] = []
+    for i in range(0, len(texts), batch_size):
+        rows = [encode_pair_side(tokenizer, "", t, model.config.block_size, join=True) for t in texts[i:i + batch_size]]
+        rewards += model(*collate(rows, tokenizer.eot_id, device)).tolist()
+    model.train(was_training)
+    return rewards
+
+
+class RewardJudge(Judge):
+    """`--judge reward:DIR`: the candidate with the highest reward wins; the rewards are the reason."""
+
+    def __init__(self, directory: str | Path, device: str = "cpu") -> None:
+        self.model, self.tokenizer = load_reward_model(directory, device)
+        self.name = f"reward:{directory}"
+
+    def judge(self, task: str, candidates: list[str]) -> Judgment:
+        rewards = score_texts(self.model, self.tokenizer, candidates)
+        best = max(range(len(candidates)), key=lambda i: (rewards[i], -i))
+        return Judgment(best, f"reward {rewards[best]:.3f}", json.dumps([round(r, 4) for r in rewards]))
+
+
+# ---- ghoul reward score --------------------------------------------------------------------------------------
+
+@dataclass
+class ScoreConfig:
+    model: Path = option(Path("runs/reward"), "reward model directory (or its run directory)")
+    stories: Path = option(Path("stories.jsonl"), "stories to score, as written by `ghoul generate --out`")
+    out: Path | None = option(None, "write the stories with a `reward` field to this file (default: print them)")
+    batch_size: int = option(16, "stories scored together")
+    device: str = option("auto", "cpu, cuda, mps, or auto")
+
+
+def score_run(cfg: ScoreConfig) -> list[dict]:
+    from ghoul.align.rank import full_text, load_stories
+    from ghoul.dist import default_device
+    from ghoul.files import atomic_write_text
+
+    stories = load_stories(Path(cfg.stories))
+    model, tokenizer = load_reward_model(cfg.model, default_device() if cfg.device == "auto" else cfg.device)
+    ids = sorted(stories)
+    rewards = score_texts(model, tokenizer, [full_text(stories[i]) for i in ids], cfg.batch_size)
+    records = [{**stories[i], "reward": r} for i, r in zip(ids, rewards, strict=True)]
+    if cfg.out is not None:
+        atomic_write_text(cfg.out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    else:
+        for r in records:
+            print(f"{r['id']}\t{r['reward']:.4f}")
+    mean = sum(rewards) / len(rewards)
+    print(f"{len(records)} stories scored: mean reward {mean:.4f}, max {max(rewards):.4f}, min {min(rewards):.4f}",
+          file=sys.stderr)
+    return records
+

@@ -1,0 +1,95 @@
+"""The reward model: Bradley-Terry loss by hand, a synthetic preference learned on the CPU through the one training
+loop, the saved directory, `ghoul reward score`, and the `reward:DIR` judge."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from ghoul.align.judges import make_judge
+from ghoul.align.reward import RewardJudge, RewardModel, bradley_terry_loss, load_reward_model
+from ghoul.checkpoint import load_model_and_tokenizer
+from ghoul.cli import main
+from ghoul.errors import GhoulError
+from ghoul.files import read_jsonl
+from tests.align.prefdata import MARKER, write_marker_rankings
+
+
+def test_bradley_terry_loss_by_hand():
+    chosen, rejected = torch.tensor([1.0, 0.0, -2.0]), torch.tensor([0.0, 0.0, 1.0])
+    # -log sigmoid(x) = log(1 + exp(-x)) for the margins 1, 0, -3
+    expected = (math.log(1 + math.exp(-1)) + math.log(2) + math.log(1 + math.exp(3))) / 3
+    assert bradley_terry_loss(chosen, rejected).item() == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.fixture(scope="module")
+def marker_data(tmp_path_factory):
+    return write_marker_rankings(tmp_path_factory.mktemp("marker"), groups=40)
+
+
+@pytest.fixture(scope="module")
+def reward_run(tiny_model, marker_data, tmp_path_factory):
+    """`ghoul reward train` on the marker preference: 60 steps, about two seconds."""
+    torch.set_num_threads(1)
+    run = tmp_path_factory.mktemp("reward") / "run"
+    assert main(["reward", "train", "--base-model", str(tiny_model), "--rankings", str(marker_data),
+                 "--output-dir", str(run), "--max-steps", "60", "--learning-rate", "3e-3", "--weight-decay", "0",
+                 "--batch-size", "8", "--eval-every", "30", "--val-fraction", "0.25", "--device", "cpu"]) == 0
+    return run
+
+
+def test_reward_model_learns_the_marker_preference(reward_run):
+    log = read_jsonl(reward_run / "log.jsonl")
+    val = [r for r in log if "val_loss" in r]
+    assert val[0]["step"] == 0 and val[0]["val_loss"] == pytest.approx(math.log(2), abs=1e-4)  # zero head: ties
+    assert val[-1]["val_accuracy"] >= 0.95 and val[-1]["val_loss"] < 0.2  # on held-out groups
+    assert {"loss", "accuracy", "margin"} <= set(log[-1])
+    assert len(read_jsonl(reward_run / "preferences.jsonl")) == 120  # 40 groups x 3 pairs
+
+
+def test_reward_model_directory_holds_the_head(reward_run, tiny_model):
+    model, _ = load_model_and_tokenizer(reward_run)
+    assert isinstance(model, RewardModel) and model.score.weight.abs().sum() > 0
+    step = reward_run / "step_000060"
+    assert json.loads((step / "config.json").read_text())["kind"] == "reward"
+    with pytest.raises(GhoulError, match="not a reward model"):
+        load_reward_model(tiny_model)
+
+
+def test_reward_judge_and_score(reward_run, tmp_path):
+    judge = make_judge(f"reward:{reward_run}")
+    assert isinstance(judge, RewardJudge) and judge.name == f"reward:{reward_run}"
+    texts = ["In the attic the door was cold", f"In the attic the{MARKER} was cold", "In the attic dark night"]
+    judgment = judge.judge("Pick the scariest story.", texts)
+    assert judgment.best == 1 and len(json.loads(judgment.raw)) == 3
+    with pytest.raises(GhoulError, match="reward:DIR"):
+        make_judge("reward")
+    stories = tmp_path / "stories.jsonl"
+    stories.write_text("".join(json.dumps(dict(id=i, prompt="In the attic", text=t[len("In the attic"):])) + "\n"
+                               for i, t in enumerate(texts)))
+    assert main(["reward", "score", "--model", str(reward_run), "--stories", str(stories),
+                 "--out", str(tmp_path / "scored.jsonl"), "--device", "cpu"]) == 0
+    scored = read_jsonl(tmp_path / "scored.jsonl")
+    assert max(scored, key=lambda r: r["reward"])["id"] == 1
+
+
+def test_reward_training_resumes_exactly(tiny_model, marker_data, tmp_path):
+    args = ["reward", "train", "--base-model", str(tiny_model), "--rankings", str(marker_data), "--max-steps", "6",
+            "--learning-rate", "3e-3", "--batch-size", "4", "--eval-every", "0", "--checkpoint-every", "3",
+            "--device", "cpu"]
+    assert main(args + ["--output-dir", str(tmp_path / "a")]) == 0
+    assert main(args + ["--output-dir", str(tmp_path / "b")]) == 0
+    assert main(args + ["--output-dir", str(tmp_path / "b"), "--resume", str(tmp_path / "b" / "step_000003")]) == 0
+    a, _ = load_model_and_tokenizer(tmp_path / "a")
+    b, _ = load_model_and_tokenizer(tmp_path / "b")
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+
+
+def test_reward_train_needs_pairs_and_a_base_model(tmp_path, capsys):
+    assert main(["reward", "train", "--base-model", str(tmp_path)]) == 2
+    assert "--preferences FILE" in capsys.readouterr().err
+    assert main(["reward", "train", "--rankings", "r.jsonl"]) == 2
+    assert "--base-model is required" in capsys.readouterr().err
