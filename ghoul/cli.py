@@ -52,6 +52,7 @@ COMMANDS = [
     Command("pipeline", "ghoul.pipeline:PipelineConfig:run", "every stage in order, then the report (tiny CPU run)"),
     Command("report", "ghoul.report:ReportConfig:run", "write report.html and report.md for a pipeline run"),
     Command("plan", "ghoul.plan:PlanConfig:run", "memory, time and cost of a training run before you rent GPUs"),
+    Command("serve", "ghoul.web.playground:ServeConfig:run", "a local page to write prompts and watch stories stream"),
 ]
 
 
@@ -81,6 +82,25 @@ def build_parser(cmd: Command) -> tuple[argparse.ArgumentParser, type, object]:
     return parser, cls, fn
 
 
+def cli_reference() -> str:
+    """Every command's --help as markdown: docs/cli.md is this text, and a test keeps the two equal."""
+    import os
+
+    width = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = "100"  # argparse wraps to the terminal: a fixed width gives the same text everywhere
+    try:
+        parts = ["# ghoul command reference", "", "Generated from the parser (`ghoul --reference > docs/cli.md`).", ""]
+        for cmd in COMMANDS:
+            parser, _, _ = build_parser(cmd)
+            parts += [f"## ghoul {cmd.name}", "", "```", parser.format_help().rstrip(), "```", ""]
+        return "\n".join(parts)
+    finally:
+        if width is None:
+            del os.environ["COLUMNS"]
+        else:
+            os.environ["COLUMNS"] = width
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -88,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if argv[0] == "--version":
         print(f"ghoul {__version__}")
+        return 0
+    if argv[0] == "--reference":
+        print(cli_reference(), end="")
         return 0
     cmd, rest = _find(argv)
     if cmd is None:

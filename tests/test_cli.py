@@ -76,3 +76,13 @@ def test_config_file_and_flags_override(tmp_path, capsys):
     (tmp_path / "bad.toml").write_text("tempreature = 0.5\n")
     code, err = run_error(["generate", "--config", str(tmp_path / "bad.toml")], capsys)
     assert code == 2 and "unknown key 'tempreature'" in err
+
+
+def test_command_reference_is_in_sync_with_the_parser():
+    from pathlib import Path
+
+    from ghoul.cli import COMMANDS, cli_reference
+
+    reference = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text()
+    assert reference == cli_reference(), "docs/cli.md is stale: regenerate it with `ghoul --reference > docs/cli.md`"
+    assert all(f"## ghoul {c.name}\n" in reference for c in COMMANDS)

@@ -1,6 +1,7 @@
 """Hugging Face interop: both directions give the same logits on the same weights."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -69,3 +70,38 @@ def test_from_hf_rejects_other_architectures(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
     with pytest.raises(GhoulError, match="only GPT-2"):
         GPT.from_hf(tmp_path)
+
+
+class FakeHub:
+    """Stands in for huggingface_hub.HfApi (no network in tests); `fail` makes it act offline."""
+
+    calls: list = []
+    fail = False
+
+    def create_repo(self, repo_id, exist_ok):
+        if FakeHub.fail:
+            raise ConnectionError("Failed to resolve 'huggingface.co'")
+        FakeHub.calls.append(("create", repo_id))
+
+    def upload_folder(self, folder_path, repo_id):
+        FakeHub.calls.append(("upload", repo_id, sorted(p.name for p in Path(folder_path).iterdir())))
+
+
+def test_export_writes_a_model_card_and_pushes(tmp_path, monkeypatch, capsys):
+    import sys
+    import types
+
+    torch.manual_seed(4)
+    GPT(GPTConfig.from_name("tiny")).save_pretrained(tmp_path / "m", tokenizer="gpt2")
+    monkeypatch.setitem(sys.modules, "huggingface_hub", types.SimpleNamespace(HfApi=FakeHub))
+    assert main(["export", "hf", str(tmp_path / "m"), str(tmp_path / "hf"), "--push", "me/ghoul-tiny"]) == 0
+    files = ["README.md", "config.json", "merges.txt", "model.safetensors", "vocab.json"]
+    assert FakeHub.calls == [("create", "me/ghoul-tiny"), ("upload", "me/ghoul-tiny", files)]
+    card = (tmp_path / "hf" / "README.md").read_text()
+    assert "2 layers, 2 heads, width 16" in card and f"{GPT(GPTConfig.from_name('tiny')).num_params():,}" in card
+    FakeHub.fail = True
+    capsys.readouterr()
+    assert main(["export", "hf", str(tmp_path / "m"), str(tmp_path / "hf2"), "--push", "me/ghoul-tiny"]) == 2
+    err = capsys.readouterr().err
+    assert "could not push" in err and "the folder is written" in err and len(err.strip().splitlines()) == 1
+    assert (tmp_path / "hf2" / "model.safetensors").is_file()
