@@ -7,10 +7,8 @@ to stories.jsonl in --out-dir, in `ghoul generate`'s record format, for `ghoul r
 from __future__ import annotations
 
 import json
-import socket
 import sys
 import threading
-import time
 import webbrowser
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import uvicorn
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import HTMLResponse, StreamingResponse
 from pydantic import BaseModel
@@ -30,6 +27,7 @@ from ghoul.files import append_jsonl, read_jsonl, repair_jsonl
 from ghoul.generate import GenerateConfig, batch_seed, encode_prompt, model_and_tokenizer
 from ghoul.model import GPT, KVCache, sample_next
 from ghoul.tokenizer import Tokenizer
+from ghoul.web.server import Server
 
 PAGE = Path(__file__).parent / "static" / "playground.html"
 MAX_STORIES = 16  # stories per group the page may ask for; each is generated in turn
@@ -209,34 +207,6 @@ def create_app(playground: Playground) -> FastAPI:
             raise HTTPException(404, f"no finished group {request.group}: generate it first") from None
 
     return app
-
-
-class Server:
-    """uvicorn in a background thread, on a socket bound here so that port 0 gives a known free port."""
-
-    def __init__(self, app: FastAPI, host: str, port: int) -> None:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as e:
-            sock.close()
-            raise GhoulError(f"cannot serve the page on {host}:{port} ({e.strerror}): give another --port") from None
-        port = sock.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 15
-        while not self.server.started and self.thread.is_alive() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        if not self.server.started:
-            raise GhoulError(f"the page did not start on {host}:{port}")
-        self.url = f"http://{f'[{host}]' if family == socket.AF_INET6 else host}:{port}/"
-
-    def close(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
 
 
 def run(cfg: ServeConfig) -> None:

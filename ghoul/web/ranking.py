@@ -6,21 +6,18 @@ page is shown the next group, so every click is on disk at once and closing the 
 
 from __future__ import annotations
 
-import socket
 import sys
 import threading
-import time
 import webbrowser
 from pathlib import Path
 from typing import Any
 
-import uvicorn
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel
 
 from ghoul.align.judges import Judge, Judgment
-from ghoul.errors import GhoulError
+from ghoul.web.server import Server
 
 PAGE = Path(__file__).parent / "static" / "rank.html"
 
@@ -119,33 +116,13 @@ class WebJudge(Judge):
     def __init__(self, host: str = "127.0.0.1", port: int = 8765, open_browser: bool = False) -> None:
         self.host, self.port, self.open_browser = host, port, open_browser
         self.session: RankingSession | None = None
-        self.server: uvicorn.Server | None = None
-        self.thread: threading.Thread | None = None
+        self.server: Server | None = None
         self.url: str | None = None
 
     def start(self, total: int) -> None:
         self.session = RankingSession(total)
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((self.host, self.port))  # bound here, so that port 0 gives a known free port
-        except OSError as e:
-            sock.close()
-            raise GhoulError(f"cannot serve the ranking page on {self.host}:{self.port} ({e.strerror}): "
-                             "give another --port") from None
-        port = sock.getsockname()[1]
-        config = uvicorn.Config(create_app(self.session), log_level="warning", lifespan="off", access_log=False)
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 15
-        while not self.server.started and self.thread.is_alive() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        if not self.server.started:
-            raise GhoulError(f"the ranking page did not start on {self.host}:{port}")
-        shown_host = f"[{self.host}]" if family == socket.AF_INET6 else self.host
-        self.url = f"http://{shown_host}:{port}/"
+        self.server = Server(create_app(self.session), self.host, self.port)
+        self.url = self.server.url
         print(f"judge {total} groups at {self.url} (each click is saved at once; Ctrl-C here stops)",
               file=sys.stderr, flush=True)
         if self.open_browser:
@@ -160,6 +137,5 @@ class WebJudge(Judge):
     def close(self) -> None:
         if self.session is not None:
             self.session.finish()  # the page's pending request answers "done"
-        if self.server is not None and self.thread is not None:
-            self.server.should_exit = True
-            self.thread.join(timeout=10)
+        if self.server is not None:
+            self.server.close()
