@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
 
 from ghoul.errors import GhoulError
 
@@ -258,6 +259,8 @@ class Block(nn.Module):
 class GPT(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
+        # set from outside (the trainer's --activation-checkpointing), like compile and DDP: not part of the model
+        self.checkpoint_blocks = False
         self.config = config
         modules = dict(wte=nn.Embedding(config.vocab_size, config.n_embd))
         if config.position == "learned":
@@ -320,7 +323,11 @@ class GPT(nn.Module):
         x = self.transformer.drop(x)
         auxes = []
         for i, block in enumerate(self.transformer.h):
-            x, aux = block(x, cache, i, rope)
+            if self.checkpoint_blocks and self.training and cache is None:
+                # keep only each block's input and recompute the rest in the backward pass: memory for compute
+                x, aux = checkpoint(block, x, None, i, rope, use_reentrant=False)
+            else:
+                x, aux = block(x, cache, i, rope)
             if aux is not None:
                 auxes.append(aux)
         if cache is not None:

@@ -67,6 +67,8 @@ class TrainConfig(ArchitectureOptions):
     seed: int = option(1337, "random seed")
     dtype: str = option("float32", "compute dtype (bfloat16 runs under autocast)", choices=["float32", "bfloat16"])
     compile: bool = option(False, "torch.compile the model")
+    activation_checkpointing: bool = option(False, "recompute each block's activations in the backward pass: "
+                                                   "about a third more compute for far less memory")
     device: str = option("auto", "cpu, cuda, mps, or auto")
     log_every: int = option(1, "steps between log records and progress updates")
     wandb: bool = option(False, "also log to Weights & Biases (needs `pip install wandb`)")

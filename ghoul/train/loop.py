@@ -190,7 +190,8 @@ def train(cfg: TrainConfig, model: GPT, tokenizer: Tokenizer, d: dist.DistInfo, 
         train_data.load_state_dict(state["loader"])
         set_rng_state(state["rng"])
         start_step = state["step"]
-    # wrapping is applied from outside the model, in one fixed order: compile, then DDP
+    # wrapping is applied from outside the model, in one fixed order: activation checkpointing, compile, then DDP
+    raw_model.checkpoint_blocks = cfg.activation_checkpointing
     if cfg.compile:
         model = torch.compile(model)
     if d.distributed:

@@ -176,3 +176,10 @@ def test_pretraining_takes_the_architecture_switches(fineweb_shards, tmp_path):
                                                                                          "rotary", True)
     model = GPT.from_pretrained(tmp_path / "run")
     assert "wpe" not in model.transformer  # rotary positions need no table
+
+
+def test_activation_checkpointing_trains_the_same(fineweb_shards, tmp_path):
+    run(config(fineweb_shards, tmp_path / "plain", max_steps=3, eval_every=0))
+    run(config(fineweb_shards, tmp_path / "ckpt", max_steps=3, eval_every=0, activation_checkpointing=True))
+    plain, ckpt = ([r["loss"] for r in log(tmp_path / name) if "loss" in r] for name in ("plain", "ckpt"))
+    assert max(abs(a - b) for a, b in zip(plain, ckpt, strict=True)) < 1e-5
