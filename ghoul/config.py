@@ -90,15 +90,20 @@ def _parser_for(kind: type) -> Any:
     return kind
 
 
-def load_toml(path: str | Path, cls: type, section: str | None = None) -> dict[str, Any]:
-    """Read the keys of `cls` from a TOML file (optionally from one `[section]`), with a clear error otherwise."""
+def read_toml(path: str | Path, what: str = "config file") -> dict[str, Any]:
+    """A TOML file's contents, with a one-line error when it is missing or malformed."""
     path = Path(path)
     if not path.is_file():
-        raise GhoulError(f"config file {path} does not exist: give the path of a TOML file")
+        raise GhoulError(f"{what} {path} does not exist: give the path of a TOML file")
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as e:
-        raise GhoulError(f"config file {path} is not valid TOML: {e}") from None
+        raise GhoulError(f"{what} {path} is not valid TOML: {e}") from None
+
+
+def load_toml(path: str | Path, cls: type, section: str | None = None) -> dict[str, Any]:
+    """Read the keys of `cls` from a TOML file (optionally from one `[section]`), with a clear error otherwise."""
+    data = read_toml(path)
     if section is not None:
         data = data.get(section, {})
     return _check_keys(data, cls, str(path))

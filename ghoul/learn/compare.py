@@ -4,12 +4,11 @@ table (variant, parameters, final val loss, tokens/s), also written as `comparis
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from ghoul.config import option
+from ghoul.config import option, read_toml
 from ghoul.errors import GhoulError
 from ghoul.files import atomic_write_text
 from ghoul.learn.common import LearnResult, check_fresh, prepare_text, train_model
@@ -31,12 +30,7 @@ class CompareConfig(LearnGPTConfig):
 
 def read_variants(path: Path, base: LearnGPTConfig) -> dict[str, dict[str, Any]]:
     """Variant name -> GPTConfig overrides, each checked by building its config now (before any training)."""
-    if not path.is_file():
-        raise GhoulError(f"variants file {path} does not exist: give a TOML file with one [table] per variant")
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as e:
-        raise GhoulError(f"variants file {path} is not valid TOML: {e}") from None
+    data = read_toml(path, "variants file")  # one [table] per variant
     allowed = sorted(f.name for f in fields(GPTConfig) if f.name not in FIXED)
     for name, overrides in data.items():
         if not isinstance(overrides, dict):
