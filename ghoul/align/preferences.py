@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import random
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from ghoul.config import option
+from ghoul.data.loader import EpochLoader
 from ghoul.errors import GhoulError
 from ghoul.files import atomic_write_text, read_jsonl
 from ghoul.tokenizer import Tokenizer
@@ -137,7 +138,7 @@ def encode_pair_side(tokenizer: Tokenizer, prompt: str, completion: str, block_s
     return ids, min(len(prompt_ids), len(ids) - 1)
 
 
-class PairLoader:
+class PairLoader(EpochLoader):
     """Batches `(tokens, mask)` of preference pairs for the one training loop: `tokens` (2B, T) holds the B chosen
     rows, then the B rejected rows, padded with <|endoftext|>; `mask` (2B, T) marks each row's completion tokens.
 
@@ -181,13 +182,6 @@ class PairLoader:
         batch = [self.pairs[i] for i in self._order[start:start + self.batch_size]]
         self.position += span
         return collate([c for c, _ in batch] + [r for _, r in batch], self.pad_id, self.device)
-
-    def one_epoch(self, max_batches: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The first `max_batches` batches of the first epoch (the same ones every time: validation)."""
-        self.reset()
-        steps = self.steps_per_epoch if max_batches is None else min(max_batches, self.steps_per_epoch)
-        for _ in range(steps):
-            yield next(self)
 
     def reset(self) -> None:
         self.position, self.epoch = 0, 0

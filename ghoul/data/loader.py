@@ -19,7 +19,18 @@ from ghoul.data.shards import find_shards, read_header, read_meta, read_shard
 from ghoul.errors import GhoulError
 
 
-class ShardLoader:
+class EpochLoader:
+    """What every loader shares: `one_epoch` for evaluation, on top of `reset`, `steps_per_epoch` and `__next__`."""
+
+    def one_epoch(self, max_batches: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One pass from the start (e.g. for val loss): `reset()`, then `steps_per_epoch` batches at most."""
+        self.reset()
+        steps = self.steps_per_epoch if max_batches is None else min(max_batches, self.steps_per_epoch)
+        for _ in range(steps):
+            yield next(self)
+
+
+class ShardLoader(EpochLoader):
     """Batches of `(x, y)`, each `(batch_size, seq_len)` int64, y being x shifted by one token.
 
     `data` is a shard directory (its `split` shards), a glob of shard files, or the tokens themselves
@@ -97,13 +108,6 @@ class ShardLoader:
         return self._to_device(buf)
 
     next_batch = __next__
-
-    def one_epoch(self, max_batches: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """One pass from the start (e.g. for val loss): `reset()`, then `steps_per_epoch` batches at most."""
-        self.reset()
-        steps = self.steps_per_epoch if max_batches is None else min(max_batches, self.steps_per_epoch)
-        for _ in range(steps):
-            yield next(self)
 
     def reset(self) -> None:
         """Back to the first batch of the first epoch."""
