@@ -16,13 +16,14 @@ import re
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
 import transformers
 
 from benchmarks import bench_bpe, bench_generate, bench_hellaswag, bench_prepare, bench_train
-from benchmarks.timing import describe
+from benchmarks.timing import Unsupported, describe
 from ghoul.files import atomic_write_text
 
 HERE = Path(__file__).resolve().parent
@@ -34,6 +35,11 @@ CASES: dict[str, tuple[Callable[..., dict], dict, dict]] = {
                     dict(preset="small", batch=2, seq_len=64, repeats=1, warmup=1)),
     "train-gpt2": (bench_train.run, dict(preset="gpt2", batch=2, seq_len=256, repeats=3),
                    dict(preset="gpt2", batch=1, seq_len=64, repeats=1, warmup=1)),
+    # ghoul against its own float32 eager step; bfloat16 is skipped where the device only emulates it
+    "train-small-bfloat16": (partial(bench_train.run_own, "bfloat16"), dict(preset="small", batch=4, seq_len=256),
+                             dict(preset="small", batch=2, seq_len=64, repeats=1, warmup=1)),
+    "train-small-compile": (partial(bench_train.run_own, "compile"), dict(preset="small", batch=4, seq_len=256),
+                            dict(preset="small", batch=2, seq_len=64, repeats=1, warmup=1)),
     # the quick run keeps 16 + 128 tokens: generation is fast, and the figure stays comparable to the full one
     "generate": (bench_generate.run, dict(preset="small", prompt_tokens=16, new_tokens=128, repeats=3),
                  dict(preset="small", prompt_tokens=16, new_tokens=128, repeats=1)),
@@ -66,6 +72,8 @@ def run_case(name: str, quick: bool) -> dict:
     start = time.perf_counter()
     try:
         r = fn(**kwargs)
+    except Unsupported as e:
+        r = {"case": name, "skipped": str(e)}
     except (ValueError, OSError, SystemExit, AssertionError) as e:  # a missing data folder, an emulated dtype
         r = {"case": name, "error": f"{type(e).__name__}: {e}"}
     r["case"], r["mode"], r["seconds"] = name, "quick" if quick else "full", time.perf_counter() - start
@@ -87,8 +95,9 @@ def markdown(results: list[dict], info: dict, notes: str) -> str:
              "from `--quick` (small sizes, one repeat): smoke figures, noisier than full ones.", "",
              "| case | mode | what | ghoul | peer | ratio |", "| --- | --- | --- | --- | --- | --- |"]
     for r in results:
-        if "error" in r:
-            lines.append(f"| {r['case']} | {r['mode']} | failed: {r['error']} | | | |")
+        if "error" in r or "skipped" in r:
+            why = f"failed: {r['error']}" if "error" in r else f"skipped: {r['skipped']}"
+            lines.append(f"| {r['case']} | {r['mode']} | {why} | | | |")
             continue
         lines.append(f"| {r['case']} | {r['mode']} | {r['what']} | {r['ours']['name']}: "
                      f"{_cell(r['ours'], r['unit'])} | {r['peer']['name']}: {_cell(r['peer'], r['unit'])} | "
@@ -120,8 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.only or CASES:
         print(f"--- {name}", flush=True)
         fresh[name] = run_case(name, args.quick)
-        print(describe(fresh[name]) if "error" not in fresh[name] else f"{name} failed: {fresh[name]['error']}",
-              flush=True)
+        r = fresh[name]
+        print(f"{name} failed: {r['error']}" if "error" in r else f"{name} skipped: {r['skipped']}"
+              if "skipped" in r else describe(r), flush=True)
     # with --only, the cases not run keep their last results, in the suite's order
     kept = {r["case"]: r for r in previous if r.get("case") in CASES}
     results = [fresh.get(name) or kept[name] for name in CASES if name in fresh or name in kept]

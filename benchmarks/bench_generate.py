@@ -12,7 +12,7 @@ import tempfile
 import torch
 import transformers
 
-from benchmarks.timing import describe, measure, result, side
+from benchmarks.timing import describe, measure_each, result, side
 from ghoul.hf import export_hf
 from ghoul.model import GPT, GPTConfig
 
@@ -42,9 +42,10 @@ def run(preset: str = "small", prompt_tokens: int = 16, new_tokens: int = 128, b
 
     same = torch.equal(ghoul_cached(), hf_generate()) and torch.equal(ghoul_cached(), ghoul_plain())
     work = batch * n
-    ours = side("ghoul generate (KV cache)", work, measure(ghoul_cached, repeats))
-    peer = side("transformers generate", work, measure(hf_generate, repeats))
-    plain = side("ghoul generate (no cache)", work, measure(ghoul_plain, repeats))
+    t_cached, t_hf, t_plain = measure_each([ghoul_cached, hf_generate, ghoul_plain], repeats)
+    ours = side("ghoul generate (KV cache)", work, t_cached)
+    peer = side("transformers generate", work, t_hf)
+    plain = side("ghoul generate (no cache)", work, t_plain)
     return result("generate", f"greedy generation, {preset}, batch {batch}, {prompt_tokens} prompt + {n} new tokens",
                   "tokens/s", ours, peer,
                   f"python -m benchmarks.bench_generate --preset {preset} --prompt-tokens {prompt_tokens} "

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.timing import describe, measure, result, side
+from benchmarks.timing import describe, measure_each, result, side
 from ghoul.eval.hellaswag import evaluate_hellaswag, load_hellaswag
 from ghoul.model import GPT, GPTConfig
 from ghoul.tokenizer import load_tokenizer
@@ -40,8 +40,9 @@ def run(preset: str = "small", examples: int = 32, batch_size: int = 16, repeats
         return evaluate_hellaswag(model, tokenizer, items, "cpu", batch_size=1)
 
     same = batched()["examples"] == one_at_a_time()["examples"]  # also the warm-up of both sides
-    ours = side(f"ghoul batched (batch {batch_size})", len(items), measure(batched, repeats, warmup=0))
-    peer = side("one example at a time", len(items), measure(one_at_a_time, repeats, warmup=0))
+    t_batched, t_single = measure_each([batched, one_at_a_time], repeats, warmup=0)
+    ours = side(f"ghoul batched (batch {batch_size})", len(items), t_batched)
+    peer = side("one example at a time", len(items), t_single)
     return result("hellaswag", f"HellaSwag scoring, {preset} ({model.num_params() / 1e6:.1f}M), {len(items)} "
                   "examples, float32", "examples/s", ours, peer,
                   f"python -m benchmarks.bench_hellaswag --preset {preset} --examples {examples} "

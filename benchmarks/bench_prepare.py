@@ -18,7 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from benchmarks.timing import describe, measure, result, side
+from benchmarks.timing import describe, measure_each, result, side
 from ghoul.data.prepare import BATCH_CHARS, PrepareConfig, doc_batches
 from ghoul.data.prepare import run as prepare
 from ghoul.tokenizer.gpt2 import gpt2_encoding
@@ -65,9 +65,8 @@ def run(data: Path | None = None, repeat: int = 20, workers: int | None = None, 
                                                  source_path=str(corpus), shard_tokens=10_000_000,
                                                  workers=workers, progress=False)))
 
-        t_ours = measure(ours, repeats, warmup)
-        t_peer = measure(lambda: ceiling(docs, workers), repeats, warmup)
-        t_numpy = measure(lambda: ceiling(docs, workers, _count_numpy), repeats, warmup)
+        t_ours, t_peer, t_numpy = measure_each([ours, lambda: ceiling(docs, workers),
+                                                lambda: ceiling(docs, workers, _count_numpy)], repeats, warmup)
     assert sum(outputs[-1].tokens.values()) == tokens + len(docs), "prepare and tiktoken disagree on the token count"
     return result("prepare", f"FineWeb sample x {repeat}: {len(docs):,} documents, {tokens:,} tokens, {workers} "
                   f"processes on {os.cpu_count()} cores", "tokens/s",

@@ -1,8 +1,11 @@
-"""Training-step throughput: ghoul's GPT against `transformers`' `GPT2LMHeadModel`, same config, batch and dtype.
+"""Training-step throughput: ghoul's GPT against `transformers`' `GPT2LMHeadModel`, same config, batch and dtype,
+and ghoul's bfloat16 and compiled steps against its own float32 eager step.
 
 A step is forward, backward and a fused AdamW update. Reports tokens/s, achieved TFLOP/s and MFU where the device's
-peak is known (see ghoul.dist.GPUS), and the ratio measured in this one run.
+peak is known (see ghoul.dist.GPUS), and the ratio measured in this one run. ghoul's model is built as `ghoul
+pretrain` builds it, its vocabulary padded to a multiple of 64 (`--no-pad-vocab`: the exact 50,257 rows).
 Run: python -m benchmarks.bench_train [--presets small gpt2 --batch 4 --seq-len 256 --dtypes float32 bfloat16]
+     python -m benchmarks.bench_train --presets small --compile
 """
 
 from __future__ import annotations
@@ -12,9 +15,9 @@ import argparse
 import torch
 import transformers
 
-from benchmarks.timing import describe, measure, result, side
+from benchmarks.timing import Unsupported, describe, measure_each, result, side
 from ghoul import dist
-from ghoul.model import GPT, GPTConfig
+from ghoul.model import GPT, VOCAB_PADDING, GPTConfig
 
 
 def hf_model(config: GPTConfig) -> torch.nn.Module:
@@ -25,12 +28,14 @@ def hf_model(config: GPTConfig) -> torch.nn.Module:
     return transformers.GPT2LMHeadModel(hf)
 
 
-def step_fn(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, dtype: str, device: str, is_hf: bool):
+def step_fn(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, dtype: str, device: str, is_hf: bool = False,
+            compile: bool = False):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    forward = torch.compile(model) if compile else model
 
     def step():
         with dist.autocast(device, dtype):
-            loss = model(input_ids=x, labels=x).loss if is_hf else model(x, y)[1]
+            loss = forward(input_ids=x, labels=x).loss if is_hf else forward(x, y)[1]
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -39,56 +44,93 @@ def step_fn(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, dtype: str
     return step
 
 
-def run(preset: str = "small", batch: int = 4, seq_len: int = 256, dtype: str = "float32", repeats: int = 5,
-        device: str | None = None, warmup: int = 2) -> dict:
-    """Tokens/s of a training step, ghoul against transformers; raises ValueError for a dtype this device emulates."""
+def setup(preset: str, batch: int, seq_len: int, device: str | None, pad_vocab: bool):
     device = device or dist.default_device()
-    if dtype != "float32" and not dist.fast_bfloat16(device):
-        raise ValueError(f"this {device} has no native {dtype} matmuls")
-    config = GPTConfig.from_name(preset)
+    config = GPTConfig.from_name(preset, vocab_padding=VOCAB_PADDING if pad_vocab else 1)
     seq_len = min(seq_len, config.block_size)
     torch.manual_seed(0)
-    ours, theirs = GPT(config).to(device), hf_model(config).to(device)
     x = torch.randint(0, config.vocab_size, (batch, seq_len), device=device)
-    y = torch.roll(x, -1, 1)
-    tokens = batch * seq_len
-    t_ours = measure(step_fn(ours, x, y, dtype, device, False), repeats, warmup)
-    t_hf = measure(step_fn(theirs, x, y, dtype, device, True), repeats, warmup)
-    flops = ours.flops_per_token(seq_len) * tokens / t_ours["median_s"]
+    return device, config, seq_len, x, torch.roll(x, -1, 1)
+
+
+def check_dtype(device: str, dtype: str) -> None:
+    if dtype != "float32" and not dist.fast_bfloat16(device):
+        raise Unsupported(f"this {device} has no native {dtype} matmuls (emulated: far slower than float32)")
+
+
+def details(model: GPT, seq_len: int, tokens: int, timing: dict, device: str, dtype: str) -> dict:
+    flops = model.flops_per_token(seq_len) * tokens / timing["median_s"]
     peak = dist.peak_flops(device, dtype)
-    details = {"device": device, "threads": torch.get_num_threads(), "tflops": flops / 1e12,
-               "mfu": flops / peak if peak else None, "transformers": transformers.__version__}
+    return {"device": device, "threads": torch.get_num_threads(), "tflops": flops / 1e12,
+            "mfu": flops / peak if peak else None, "vocab_rows": model.config.padded_vocab_size,
+            "transformers": transformers.__version__}
+
+
+def run(preset: str = "small", batch: int = 4, seq_len: int = 256, dtype: str = "float32", repeats: int = 5,
+        device: str | None = None, warmup: int = 2, pad_vocab: bool = True) -> dict:
+    """Tokens/s of a training step, ghoul against transformers; raises Unsupported for a dtype this device emulates."""
+    device, config, seq_len, x, y = setup(preset, batch, seq_len, device, pad_vocab)
+    check_dtype(device, dtype)
+    ours, theirs = GPT(config).to(device), hf_model(config).to(device)
+    tokens = batch * seq_len
+    t_ours, t_hf = measure_each([step_fn(ours, x, y, dtype, device), step_fn(theirs, x, y, dtype, device, True)],
+                                repeats, warmup)
+    flag = "" if pad_vocab else " --no-pad-vocab"
     return result(f"train-{preset}", f"training step, {preset} ({ours.num_params() / 1e6:.1f}M), {dtype}, "
                   f"batch {batch} x {seq_len} tokens, fused AdamW", "tokens/s",
                   side("ghoul GPT", tokens, t_ours), side("transformers GPT2LMHeadModel (sdpa)", tokens, t_hf),
                   f"python -m benchmarks.bench_train --presets {preset} --batch {batch} --seq-len {seq_len} "
-                  f"--dtypes {dtype} --repeats {repeats}", **details)
+                  f"--dtypes {dtype} --repeats {repeats}{flag}",
+                  **details(ours, seq_len, tokens, t_ours, device, dtype))
+
+
+def run_own(variant: str, preset: str = "small", batch: int = 4, seq_len: int = 256, repeats: int = 5,
+            device: str | None = None, warmup: int = 2, pad_vocab: bool = True) -> dict:
+    """ghoul's training step in bfloat16 (`variant="bfloat16"`) or compiled (`"compile"`) against its own float32
+    eager step, on copies of one model."""
+    device, config, seq_len, x, y = setup(preset, batch, seq_len, device, pad_vocab)
+    dtype = "bfloat16" if variant == "bfloat16" else "float32"
+    check_dtype(device, dtype)
+    torch.manual_seed(0)
+    base = GPT(config).to(device)
+    fast = GPT(config).to(device)
+    fast.load_state_dict(base.state_dict())
+    tokens = batch * seq_len
+    t_fast, t_base = measure_each([step_fn(fast, x, y, dtype, device, compile=variant == "compile"),
+                                   step_fn(base, x, y, "float32", device)], repeats, warmup)
+    name = "ghoul GPT, bfloat16 autocast" if variant == "bfloat16" else "ghoul GPT, torch.compile"
+    return result(f"train-{preset}-{variant}", f"training step, {preset}, {name.split(', ')[1]} against float32 eager, "
+                  f"batch {batch} x {seq_len} tokens", "tokens/s", side(name, tokens, t_fast),
+                  side("ghoul GPT, float32 eager", tokens, t_base),
+                  f"python -m benchmarks.bench_train --presets {preset} --batch {batch} --seq-len {seq_len} "
+                  f"--{variant} --repeats {repeats}", **details(fast, seq_len, tokens, t_fast, device, dtype))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--presets", nargs="+", default=["small", "gpt2"])
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=256)
-    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
+    parser.add_argument("--dtypes", nargs="+", default=["float32"], help="steps against transformers")
+    parser.add_argument("--bfloat16", action="store_true", help="instead: bfloat16 against ghoul's float32")
+    parser.add_argument("--compile", action="store_true", help="instead: torch.compile against ghoul's eager step")
+    parser.add_argument("--pad-vocab", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default=dist.default_device())
     args = parser.parse_args()
     print(f"device {args.device}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
           f"transformers {transformers.__version__}")
+    variants = [v for v in ("bfloat16", "compile") if getattr(args, v)]
     for preset in args.presets:
-        own_f32 = None
-        for dtype in args.dtypes:
-            try:
-                r = run(preset, args.batch, args.seq_len, dtype, args.repeats, args.device)
-            except ValueError as e:
-                print(f"{preset} {dtype} skipped: {e}")
-                continue
-            print(describe(r))
-            if dtype == "float32":
-                own_f32 = r["ours"]["median_s"]
-            elif own_f32 is not None:
-                print(f"  ghoul {dtype} / ghoul float32: {own_f32 / r['ours']['median_s']:.2f}x")
+        try:
+            for variant in variants:
+                print(describe(run_own(variant, preset, args.batch, args.seq_len, args.repeats, args.device,
+                                       pad_vocab=args.pad_vocab)))
+            for dtype in [] if variants else args.dtypes:
+                print(describe(run(preset, args.batch, args.seq_len, dtype, args.repeats, args.device,
+                                   pad_vocab=args.pad_vocab)))
+        except Unsupported as e:
+            print(f"{preset} skipped: {e}")
 
 
 if __name__ == "__main__":

@@ -12,25 +12,29 @@ from collections.abc import Callable
 from typing import Any
 
 
-def median_seconds(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:
-    """Median wall time of `fn()` over `repeats` runs after `warmup` untimed ones."""
-    return measure(fn, repeats, warmup)["median_s"]
+class Unsupported(Exception):
+    """A case this machine cannot measure meaningfully (e.g. bfloat16 on a CPU that only emulates it)."""
 
 
-def measure(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> dict[str, Any]:
-    """Wall times of `fn()` over `repeats` runs after `warmup` untimed ones: the median and every run."""
-    for _ in range(warmup):
-        fn()
-    times = []
+def measure_each(fns: list[Callable[[], object]], repeats: int = 5, warmup: int = 1) -> list[dict[str, Any]]:
+    """Wall times of each `fn()` over `repeats` runs after `warmup` untimed ones: the median and every run.
+
+    The contenders take turns, one run of each per round: on a shared machine whose load drifts, every contender
+    then sees the same drift, which timing them one after the other would not give."""
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return {"median_s": statistics.median(times), "times_s": times}
+        for fn, own in zip(fns, times, strict=True):
+            start = time.perf_counter()
+            fn()
+            own.append(time.perf_counter() - start)
+    return [{"median_s": statistics.median(own), "times_s": own} for own in times]
 
 
 def side(name: str, work: float, timing: dict[str, Any]) -> dict[str, Any]:
-    """One contender: its name, its timing (from `measure`) and its rate, `work` units per median second."""
+    """One contender: its name, its timing (from `measure_each`) and its rate, `work` units per median second."""
     return {"name": name, **timing, "rate": work / timing["median_s"]}
 
 

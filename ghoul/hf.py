@@ -84,6 +84,8 @@ def export_hf(model_dir: str | Path, out: str | Path) -> Path:
     if not weights.is_file():
         raise GhoulError(f"{model_dir} has no {WEIGHTS_FILE}: the checkpoint is incomplete")
     state = {k: (v.t().contiguous() if _is_conv1d(k) else v) for k, v in load_file(str(weights)).items() if k != TIED}
+    # a padded table (--pad-vocab) loses its padding rows: GPT-2 has exactly vocab_size token embeddings
+    state["transformer.wte.weight"] = state["transformer.wte.weight"][:cfg["vocab_size"]].contiguous()
     eot = cfg["vocab_size"] - 1 if cfg.get("tokenizer", "gpt2") == "gpt2" else None
     hf_config = {
         "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": cfg["vocab_size"],

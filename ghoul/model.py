@@ -16,6 +16,7 @@ import torch.nn as nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
+from ghoul.cross_entropy import head_cross_entropy
 from ghoul.errors import GhoulError
 
 CONFIG_FILE = "config.json"
@@ -26,12 +27,17 @@ NORMS = ("layernorm", "rmsnorm")
 NORM_POSITIONS = ("pre", "post")
 ACTIVATIONS = ("gelu", "relu", "relu2", "swiglu")
 POSITIONS = ("learned", "rotary", "none")
+# --pad-vocab's multiple: GPT-2's 50,257 tokens become 50,304 rows, a size GPU matmul tiles divide (nanoGPT's trick)
+VOCAB_PADDING = 64
 
 
 @dataclass
 class GPTConfig:
     block_size: int = 1024  # longest context, in tokens (learned position embeddings)
     vocab_size: int = 50257  # GPT-2's 50,000 merges + 256 bytes + <|endoftext|>
+    # Round the embedding and output tables up to a multiple of this (VOCAB_PADDING for speed). The extra rows
+    # are never predicted nor looked up, and the Hugging Face export crops them.
+    vocab_padding: int = 1
     n_layer: int = 12
     n_head: int = 12
     n_embd: int = 768
@@ -53,7 +59,7 @@ class GPTConfig:
     def __post_init__(self) -> None:
         if self.n_embd % self.n_head != 0:
             raise GhoulError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
+        for name in ("block_size", "vocab_size", "vocab_padding", "n_layer", "n_head", "n_embd"):
             if getattr(self, name) <= 0:
                 raise GhoulError(f"model {name} must be positive, got {getattr(self, name)}")
         if not 0.0 <= self.dropout < 1.0:
@@ -70,6 +76,11 @@ class GPTConfig:
                              f"experts and top-k {self.moe_top_k}")
         if self.moe_aux_weight < 0:
             raise GhoulError(f"moe_aux_weight must be >= 0, got {self.moe_aux_weight}")
+
+    @property
+    def padded_vocab_size(self) -> int:
+        """Rows of the embedding and output tables: vocab_size rounded up to a multiple of vocab_padding."""
+        return -(-self.vocab_size // self.vocab_padding) * self.vocab_padding
 
     @classmethod
     def from_name(cls, name: str, **overrides) -> GPTConfig:
@@ -262,7 +273,7 @@ class GPT(nn.Module):
         # set from outside (the trainer's --activation-checkpointing), like compile and DDP: not part of the model
         self.checkpoint_blocks = False
         self.config = config
-        modules = dict(wte=nn.Embedding(config.vocab_size, config.n_embd))
+        modules = dict(wte=nn.Embedding(config.padded_vocab_size, config.n_embd))
         if config.position == "learned":
             modules["wpe"] = nn.Embedding(config.block_size, config.n_embd)
         self.transformer = nn.ModuleDict(dict(
@@ -271,10 +282,13 @@ class GPT(nn.Module):
             h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
             ln_f=make_norm(config),
         ))
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.transformer.wte.weight  # tied, as GPT-2 (counted once)
         self.apply(self._init_weights)
+        with torch.no_grad():  # padding rows stay zero: no token looks them up and the loss masks them
+            self.transformer.wte.weight[config.vocab_size:] = 0
+            self.lm_head.weight[config.vocab_size:] = 0
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, nn.Linear):
@@ -339,19 +353,29 @@ class GPT(nn.Module):
         """Final-norm hidden states (B, T, n_embd) of tokens `idx` (B, T), continuing `cache` if given."""
         return self._trunk(idx, cache)[0]
 
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (..., vocab_size) of hidden states x (..., n_embd); the table's padding rows left out."""
+        return self.lm_head(x)[..., :self.config.vocab_size]
+
+    def decoding_head(self) -> torch.Tensor:
+        """The output matrix (n_embd, vocab_size) for `hidden @ head` one token at a time. Decoding is a
+        matrix-vector product bound by memory bandwidth; on CPUs this (in, out) layout streams about twice as fast
+        as nn.Linear's (out, in), and it is the largest matrix."""
+        return self.lm_head.weight[:self.config.vocab_size].t().contiguous()
+
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits (B, T, vocab) and, with `targets` (B, T; -1 = ignore), the mean cross-entropy loss; in training
-        mode a mixture of experts adds `moe_aux_weight` times its load-balancing loss."""
+                ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(logits (B, T, vocab), None) without `targets`; (None, loss) with `targets` (B, T; -1 = ignore): the
+        mean cross-entropy, computed with the output layer without keeping the logits (ghoul.cross_entropy). In
+        training mode a mixture of experts adds `moe_aux_weight` times its load-balancing loss."""
         x, aux = self._trunk(idx)
-        logits = self.lm_head(x)  # (B, T, V)
-        loss = None
-        if targets is not None:
-            # float32 loss whatever the autocast dtype: the log-softmax over 50k classes needs the precision
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
-            if aux is not None and self.training:  # a training regulariser: evaluation reports the LM loss alone
-                loss = loss + self.config.moe_aux_weight * aux
-        return logits, loss
+        if targets is None:
+            return self.logits(x), None
+        loss = head_cross_entropy(x.view(-1, x.size(-1)), self.lm_head.weight, targets.reshape(-1),
+                                  self.config.vocab_size)
+        if aux is not None and self.training:  # a training regulariser: evaluation reports the LM loss alone
+            loss = loss + self.config.moe_aux_weight * aux
+        return None, loss
 
     @torch.inference_mode()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
@@ -363,9 +387,7 @@ class GPT(nn.Module):
         every row has. Contexts longer than `block_size` are cropped to the last `block_size` tokens.
         """
         block = self.config.block_size
-        # Decoding one token is a matrix-vector product bound by memory bandwidth; on CPUs the (in, out) layout of
-        # the output projection streams about twice as fast as nn.Linear's (out, in), and it is the largest matrix.
-        head_t = self.lm_head.weight.t().contiguous()  # (C, V)
+        head_t = self.decoding_head()  # (C, V)
         cache, finished = None, torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
         for _ in range(max_new_tokens):
             if not use_cache:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from ghoul.config import option
 from ghoul.dist import GPUS
 from ghoul.errors import GhoulError
-from ghoul.model import PRESETS, GPTConfig
+from ghoul.model import PRESETS, VOCAB_PADDING, GPTConfig
 
 GiB = 2**30
 DTYPES = {"float32": 4, "bfloat16": 2, "float16": 2}  # bytes of one activation element
@@ -34,6 +34,8 @@ class PlanConfig:
     dtype: str = option("bfloat16", f"autocast dtype: {', '.join(DTYPES)} (float32: none, TF32 matmuls)")
     optimizer: str = option("adamw", f"optimizer: {', '.join(OPTIMIZERS)}")
     activation_checkpointing: bool = option(False, "keep only each layer's input; recompute the rest in backward")
+    pad_vocab: bool = option(True, f"embedding and output tables padded to a multiple of {VOCAB_PADDING} rows, as "
+                                   "`ghoul pretrain` does by default")
     mfu: float = option(0.45, "model FLOPs utilisation to assume for the time (0.45: a well-tuned H100 run)")
     price_per_gpu_hour: float | None = option(None, "price of one GPU-hour, for the cost line")
 
@@ -68,7 +70,7 @@ def param_counts(c: GPTConfig) -> dict[str, int]:
     `matrices` (Muon's), `embeddings` (token and position tables, an untied head), `gains` (norm gains, biases)."""
     C, L = c.n_embd, c.n_layer
     matrices = L * 12 * C * C  # per layer: c_attn C x 3C, attn c_proj C x C, c_fc C x 4C, mlp c_proj 4C x C
-    embeddings = c.vocab_size * C * (1 if c.tie_embeddings else 2)  # wte, and lm_head when untied
+    embeddings = c.padded_vocab_size * C * (1 if c.tie_embeddings else 2)  # wte, and lm_head when untied
     embeddings += c.block_size * C if c.position == "learned" else 0  # wpe
     norm = 2 * C if c.bias else C  # a LayerNorm's gain and bias
     biases = 3 * C + C + 4 * C + C if c.bias else 0  # c_attn, attn c_proj, c_fc, mlp c_proj
@@ -82,7 +84,7 @@ def flops_per_token(c: GPTConfig, seq_len: int) -> int:
     plus attention's 12 * L * T * C (PaLM, Chowdhery et al. 2022, appendix B). The position table is a lookup."""
     n = param_counts(c)["total"]
     lookups = (c.block_size * c.n_embd if c.position == "learned" else 0) + (
-        0 if c.tie_embeddings else c.vocab_size * c.n_embd)
+        0 if c.tie_embeddings else c.padded_vocab_size * c.n_embd)
     return 6 * (n - lookups) + 12 * c.n_layer * seq_len * c.n_embd
 
 
@@ -105,7 +107,7 @@ def activation_bytes_per_token(c: GPTConfig, act: int, dropout: bool = False) ->
 
 def estimate(cfg: PlanConfig) -> dict:
     """Every figure of the plan, in bytes, FLOPs, seconds and counts (`run` prints them)."""
-    c = GPTConfig.from_name(cfg.model)
+    c = GPTConfig.from_name(cfg.model, vocab_padding=VOCAB_PADDING if cfg.pad_vocab else 1)
     gpu = GPUS[cfg.gpu]
     params = param_counts(c)
     n, act = params["total"], DTYPES[cfg.dtype]
@@ -128,8 +130,9 @@ def estimate(cfg: PlanConfig) -> dict:
     else:
         memory["activations"] = c.n_layer * layer
     memory["activations"] += (4 + act) * c.n_embd * tokens_micro  # ln_f input (float32) and lm_head input
-    # the float32 loss: cross_entropy saves log-softmax of (B, T, V) float32 logits; backward adds its gradient
-    memory["logits"] = 2 * 4 * c.vocab_size * tokens_micro
+    # the loss (ghoul.cross_entropy) at its peak holds the float32 logits and, under autocast, the gradient it
+    # keeps for backward in the autocast dtype: the logits never stay
+    memory["logits"] = (4 + (act if act < 4 else 0)) * c.padded_vocab_size * tokens_micro
     total = sum(memory.values())
     usable = gpu.memory_gb * GiB - RESERVE_GIB * GiB
 
@@ -139,7 +142,8 @@ def estimate(cfg: PlanConfig) -> dict:
     seconds = fpt * steps_tokens / (cfg.gpus * peak * cfg.mfu)
     hours = seconds / 3600
     return {
-        "model": cfg.model, "gpu": cfg.gpu, "gpus": cfg.gpus, "params": params, "memory": memory,
+        "model": cfg.model, "gpu": cfg.gpu, "gpus": cfg.gpus, "params": params, "vocab_rows": c.padded_vocab_size,
+        "memory": memory,
         "memory_total": total, "gpu_memory": gpu.memory_gb * GiB, "usable_memory": usable, "fits": total <= usable,
         "grad_accum_steps": cfg.total_batch_size // (tokens_micro * cfg.gpus),
         "flops_per_token": fpt, "flops_per_step": fpt * cfg.total_batch_size, "total_flops": fpt * steps_tokens,
@@ -160,7 +164,7 @@ def format_plan(cfg: PlanConfig, e: dict) -> str:
     ckpt = "on" if cfg.activation_checkpointing else "off"
     lines = [
         f"model {cfg.model}: {p['total']:,} parameters ({p['matrices']:,} in hidden matrices, "
-        f"{p['embeddings']:,} in embeddings, {p['gains']:,} in gains and biases)",
+        f"{p['embeddings']:,} in embeddings of {e['vocab_rows']:,} token rows, {p['gains']:,} in gains and biases)",
         f"run: {cfg.gpus} x {cfg.gpu}, {cfg.dtype}, {cfg.optimizer}, activation checkpointing {ckpt}; "
         f"{cfg.total_batch_size:,} tokens per step = {cfg.batch_size} x {cfg.seq_len} tokens x {cfg.gpus} GPUs x "
         f"{e['grad_accum_steps']} accumulation steps",

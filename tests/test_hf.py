@@ -36,9 +36,14 @@ def test_from_hf_gives_same_logits(tmp_path):
     assert (got - expected).abs().max().item() < 1e-4
 
 
-def test_export_loads_in_transformers_with_same_logits(tmp_path):
+@pytest.mark.parametrize("padding", [1, 64])
+def test_export_loads_in_transformers_with_same_logits(tmp_path, padding):
     torch.manual_seed(1)
-    model = GPT(GPTConfig(vocab_size=1000, block_size=64, n_embd=48, n_layer=3, n_head=4)).eval()
+    model = GPT(GPTConfig(vocab_size=1000, block_size=64, n_embd=48, n_layer=3, n_head=4,
+                          vocab_padding=padding)).eval()
+    assert model.lm_head.weight.size(0) == (1000 if padding == 1 else 1024)
+    with torch.no_grad():
+        model.lm_head.weight[1000:] = 1.0  # padding rows: the export must crop them
     model.save_pretrained(tmp_path / "ghoul")
     assert main(["export", "hf", str(tmp_path / "ghoul"), str(tmp_path / "hf")]) == 0
     ref = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()

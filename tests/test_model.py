@@ -40,7 +40,8 @@ def test_initial_loss_near_uniform():
     model = GPT(GPTConfig.from_name("tiny"))
     idx = torch.randint(0, 50257, (4, 64))
     logits, loss = model(idx, idx.roll(-1, 1))
-    assert logits.shape == (4, 64, 50257)
+    assert logits is None  # with targets the logits are not kept
+    assert model(idx)[0].shape == (4, 64, 50257)
     assert abs(loss.item() - math.log(50257)) < 0.1
 
 
@@ -52,7 +53,8 @@ def test_no_targets_gives_no_loss_and_ignore_index_skips():
     targets = idx.roll(-1, 1)
     masked = targets.clone()
     masked[:, :8] = -1
-    logits, loss = model(idx, masked)
+    loss = model(idx, masked)[1]
+    logits = model(idx)[0]
     expected = torch.nn.functional.cross_entropy(logits[:, 8:].reshape(-1, 50257), targets[:, 8:].reshape(-1))
     assert torch.allclose(loss, expected, atol=1e-6)
 
@@ -114,8 +116,8 @@ def test_variant_shapes_and_gradients_reach_every_parameter(name):
     torch.manual_seed(0)
     model = GPT(small(**VARIANTS[name]))
     idx = torch.randint(0, 97, (4, 16))
-    logits, loss = model(idx, idx.roll(-1, 1))
-    assert logits.shape == (4, 16, 97)
+    loss = model(idx, idx.roll(-1, 1))[1]
+    assert model(idx)[0].shape == (4, 16, 97)
     assert abs(loss.item() - math.log(97)) < 0.3  # an untrained model of any variant is near uniform
     loss.backward()
     no_grad = [n for n, p in model.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
@@ -224,3 +226,27 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients(overrides):
     assert sum(saved) < plain_saved / 2  # the forward keeps far fewer activations for the backward
     assert torch.allclose(plain_loss, ckpt_loss, atol=1e-6)
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(plain, ckpt, strict=True))
+
+
+def test_padded_vocabulary_is_storage_only(tmp_path):
+    """--pad-vocab rounds the tables up to a multiple of 64; the model still predicts exactly vocab_size tokens."""
+    torch.manual_seed(0)
+    config = small(vocab_size=97)
+    padded = GPT(GPTConfig(**{**config.__dict__, "vocab_padding": 64}))
+    assert padded.config.padded_vocab_size == 128 and padded.transformer.wte.weight.shape == (128, 32)
+    assert padded.lm_head.weight[97:].abs().max() == 0  # padding rows start at zero
+    plain = GPT(config)  # the same weights without the padding rows
+    plain.load_state_dict({k: v[:97] if k in ("transformer.wte.weight", "lm_head.weight") else v
+                           for k, v in padded.state_dict().items()})
+    with torch.no_grad():
+        padded.lm_head.weight[97:] = 5.0  # huge logits if they leaked into the softmax or the sampler
+    idx = torch.randint(0, 97, (3, 16))
+    assert padded(idx)[0].shape == (3, 16, 97)
+    assert torch.allclose(padded(idx)[0], plain(idx)[0], atol=1e-5)
+    assert torch.allclose(padded(idx, idx.roll(-1, 1))[1], plain(idx, idx.roll(-1, 1))[1], atol=1e-5)
+    out = padded.generate(idx[:, :4], 40, temperature=1.0, generator=torch.Generator().manual_seed(0))
+    assert out.max() < 97
+    assert torch.equal(padded.generate(idx[:, :4], 12, temperature=0), plain.generate(idx[:, :4], 12, temperature=0))
+    padded.save_pretrained(tmp_path / "m")
+    back = GPT.from_pretrained(tmp_path / "m")
+    assert back.config.vocab_padding == 64 and torch.equal(back.lm_head.weight, padded.lm_head.weight)

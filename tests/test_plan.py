@@ -13,9 +13,10 @@ REFERENCE = ["--model", "gpt2-xl", "--gpus", "8", "--gpu", "h100", "--total-batc
              "--batch-size", "12", "--seq-len", "1024", "--max-steps", "15258"]
 
 
+@pytest.mark.parametrize("padding", [1, 64])
 @pytest.mark.parametrize("name", list(PRESETS))
-def test_formulas_match_the_model(name):
-    config = GPTConfig.from_name(name)
+def test_formulas_match_the_model(name, padding):
+    config = GPTConfig.from_name(name, vocab_padding=padding)
     with torch.device("meta"):  # no memory, no initialisation cost, even for gpt2-xl
         model = GPT(config)
     counts = param_counts(config)
@@ -30,9 +31,11 @@ def test_formulas_match_the_model(name):
 def test_reference_run():
     cfg = PlanConfig(price_per_gpu_hour=2.5)  # the defaults are the reference run: gpt2-xl on 8 H100s
     e = estimate(cfg)
-    assert e["params"]["total"] == 1_557_611_200
+    assert estimate(PlanConfig(pad_vocab=False))["params"]["total"] == 1_557_611_200  # OpenAI's GPT-2 1.5B
+    n = 1_557_611_200 + (50_304 - 50_257) * 1600  # as `ghoul pretrain` builds it: 50,304 rows of the token table
+    assert e["params"]["total"] == n
     assert e["grad_accum_steps"] == 491_520 // (12 * 1024 * 8) == 5
-    fpt = 6 * (1_557_611_200 - 1024 * 1600) + 12 * 48 * 1024 * 1600  # the position table is a lookup, no matmul
+    fpt = 6 * (n - 1024 * 1600) + 12 * 48 * 1024 * 1600  # the position table is a lookup, no matmul
     assert e["flops_per_token"] == fpt
     direct = fpt * 15_258 * 491_520 / (8 * 989e12 * 0.45) / 3600
     assert e["hours"] == pytest.approx(direct)
@@ -54,13 +57,15 @@ def test_memory_terms():
     fp32 = estimate(PlanConfig(dtype="float32"))
     assert fp32["memory"]["autocast weight copies"] == 0 and fp32["hours"] == pytest.approx(2 * many["hours"])
     assert fp32["memory"]["activations"] > many["memory"]["activations"]
-    assert many["memory"]["logits"] == 2 * 4 * 12 * 1024 * 50257
+    assert many["memory"]["logits"] == (4 + 2) * 12 * 1024 * 50304  # float32 logits + the bfloat16 gradient kept
+    assert fp32["memory"]["logits"] == 4 * 12 * 1024 * 50304
     assert not estimate(PlanConfig(gpu="4090"))["fits"]
     assert estimate(PlanConfig(gpu="h200"))["hours"] == pytest.approx(many["hours"])
 
 
 def test_cli_prints_the_plan(capsys):
-    assert main(["plan", *REFERENCE, "--activation-checkpointing", "--price-per-gpu-hour", "2.5"]) == 0
+    assert main(["plan", *REFERENCE, "--activation-checkpointing", "--price-per-gpu-hour", "2.5",
+                 "--no-pad-vocab"]) == 0
     out = capsys.readouterr().out
     assert "1,557,611,200 parameters" in out and "5 accumulation steps" in out and "fits" in out
     assert "hours" in out and "cost" in out

@@ -203,7 +203,7 @@ def rl_train(cfg: RlConfig, method: str, policy: GPT, scorer: Scorer, prompts: l
 def policy_forward(policy: GPT, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Token log-probabilities (N, T-1) and the hidden states they came from (N, T-1, C), in one pass."""
     h = policy.hidden_states(tokens[:, :-1])  # (N, T-1, C)
-    logps = torch.log_softmax(policy.lm_head(h).float(), dim=-1)
+    logps = torch.log_softmax(policy.logits(h).float(), dim=-1)
     return logps.gather(-1, tokens[:, 1:, None]).squeeze(-1), h
 
 

@@ -126,7 +126,7 @@ def ending_losses(model: GPT, rows: list[tuple[list[int], int]], device: str | t
     # right padding needs no attention mask: causal attention never lets a real token see the padding after it
     with torch.no_grad(), autocast(device, dtype):
         hidden = model.hidden_states(idx)  # (R, T, C)
-        logits = model.lm_head(hidden[mask])  # (N, V): the head only where a loss is needed
+        logits = model.logits(hidden[mask])  # (N, V): the head only where a loss is needed
     losses = F.cross_entropy(logits.float(), targets, reduction="none")  # (N,)
     rows_of = mask.nonzero()[:, 0]  # (N,) row of each loss
     summed = torch.zeros(len(rows), device=losses.device).index_add_(0, rows_of, losses)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ghoul.config import option
 from ghoul.errors import GhoulError
-from ghoul.model import ACTIVATIONS, NORM_POSITIONS, NORMS, POSITIONS
+from ghoul.model import ACTIVATIONS, NORM_POSITIONS, NORMS, POSITIONS, VOCAB_PADDING
 
 
 @dataclass
@@ -37,6 +37,8 @@ class TrainConfig(ArchitectureOptions):
     output_dir: Path = option(Path("runs/pretrain"), "run directory: log, samples, checkpoints")
     model: str = option("tiny", "model preset for a fresh model (tiny, small, gpt2, gpt2-medium, gpt2-large, gpt2-xl)")
     base_model: Path | None = option(None, "model directory to start from (fine-tuning)")
+    pad_vocab: bool = option(True, f"a fresh model's embedding and output tables get rows up to a multiple of "
+                                   f"{VOCAB_PADDING} (faster GPU matmuls; never predicted, cropped on export)")
     total_batch_size: int | None = option(None, "tokens per optimizer step over all ranks (default: one micro-batch "
                                           "per rank); reached by gradient accumulation")
     batch_size: int = option(8, "rows per micro-batch on each rank")

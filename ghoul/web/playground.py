@@ -63,7 +63,7 @@ def stream_tokens(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperatur
     its output; it stops after `eos_id`, which is yielded.
     """
     block = model.config.block_size
-    head_t = model.lm_head.weight.t().contiguous()  # (C, V): the faster decoding layout, as in GPT.generate
+    head_t = model.decoding_head()  # (C, V)
     cache = None
     for _ in range(max_new_tokens):
         if cache is None or cache.pos >= block:

@@ -178,6 +178,15 @@ def test_pretraining_takes_the_architecture_switches(fineweb_shards, tmp_path):
     assert "wpe" not in model.transformer  # rotary positions need no table
 
 
+def test_vocabulary_is_padded_unless_asked_not_to(fineweb_shards, tmp_path):
+    run(config(fineweb_shards, tmp_path / "padded", max_steps=2, eval_every=0))
+    run(config(fineweb_shards, tmp_path / "exact", max_steps=2, eval_every=0, pad_vocab=False))
+    padded, exact = GPT.from_pretrained(tmp_path / "padded"), GPT.from_pretrained(tmp_path / "exact")
+    assert padded.config.vocab_size == exact.config.vocab_size == 50257
+    assert padded.transformer.wte.weight.size(0) == 50304 and exact.transformer.wte.weight.size(0) == 50257
+    assert padded.lm_head.weight[50257:].abs().max() == 0  # never predicted, so never trained
+
+
 def test_activation_checkpointing_trains_the_same(fineweb_shards, tmp_path):
     run(config(fineweb_shards, tmp_path / "plain", max_steps=3, eval_every=0))
     run(config(fineweb_shards, tmp_path / "ckpt", max_steps=3, eval_every=0, activation_checkpointing=True))

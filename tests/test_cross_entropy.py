@@ -1,0 +1,84 @@
+"""The fused output layer + cross-entropy against the plain `F.cross_entropy(x @ W.T, y)` it replaces."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ghoul.cross_entropy import head_cross_entropy
+
+N, C, V = 24, 16, 37
+
+
+def inputs(padding: int = 0, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(N, C, generator=g, requires_grad=True)
+    w = torch.randn(V + padding, C, generator=g).mul_(0.5).requires_grad_()
+    y = torch.randint(0, V, (N,), generator=g)
+    y[::5] = -1  # ignored positions
+    return x, w, y
+
+
+def reference(x, w, y, vocab=V):
+    return F.cross_entropy((x @ w[:vocab].t()).float(), y, ignore_index=-1)
+
+
+def grads(loss, *tensors):
+    return torch.autograd.grad(loss, tensors)
+
+
+def test_loss_and_gradients_equal_the_plain_cross_entropy():
+    x, w, y = inputs()
+    fused, plain = head_cross_entropy(x, w, y), reference(x, w, y)
+    assert torch.allclose(fused, plain, atol=1e-6)
+    for a, b in zip(grads(fused, x, w), grads(plain, x, w), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_padding_rows_get_no_probability_and_no_gradient():
+    x, w, y = inputs(padding=11)
+    with torch.no_grad():
+        w[V:] = 10.0  # large logits: without the mask they would take nearly all the probability
+    fused = head_cross_entropy(x, w, y, vocab_size=V)
+    assert torch.allclose(fused, reference(x, w, y), atol=1e-6)
+    grad_x, grad_w = grads(fused, x, w)
+    assert torch.allclose(grad_x, grads(reference(x, w, y), x)[0], atol=1e-6)
+    assert grad_w[V:].abs().max() == 0 and grad_w[:V].abs().max() > 0
+
+
+def test_upstream_gradient_scales_and_frozen_head_gets_none():
+    x, w, y = inputs()
+    w.requires_grad_(False)
+    (grad_x,) = grads(3.0 * head_cross_entropy(x, w, y), x)
+    assert torch.allclose(grad_x, 3.0 * grads(reference(x, w, y), x)[0], atol=1e-6)
+
+
+def test_without_gradients_only_the_loss_is_computed():
+    x, w, y = inputs()
+    with torch.no_grad():
+        assert torch.allclose(head_cross_entropy(x, w, y), reference(x, w, y), atol=1e-6)
+
+
+def test_bfloat16_autocast_matches_the_autocast_reference():
+    x, w, y = inputs()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fused, plain = head_cross_entropy(x, w, y), reference(x, w, y)
+    assert fused.dtype == torch.float32 and torch.allclose(fused, plain, atol=1e-3)
+    for a, b, t in zip(grads(fused, x, w), grads(plain, x, w), (x, w), strict=True):
+        assert a.dtype == t.dtype == torch.float32  # gradients come back in the parameters' dtype
+        assert torch.allclose(a, b, atol=2e-3, rtol=2e-2)
+
+
+def test_all_targets_ignored_gives_nan_as_the_plain_loss():
+    x, w, y = inputs()
+    y[:] = -1
+    assert head_cross_entropy(x, w, y).isnan() and reference(x, w, y).isnan()
+
+
+@pytest.mark.parametrize("padding", [0, 11])
+def test_compiled_equals_eager(padding):
+    x, w, y = inputs(padding)
+    compiled = torch.compile(head_cross_entropy)
+    fused = compiled(x, w, y, V)
+    assert torch.allclose(fused, reference(x, w, y), atol=1e-6)
+    for a, b in zip(grads(fused, x, w), grads(reference(x, w, y), x, w), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
