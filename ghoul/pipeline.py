@@ -1,7 +1,8 @@
 """`ghoul pipeline`: every stage in order, into one run directory, each skipped when its output already exists.
 
-prepare -> pretrain -> evaluate -> fine-tune on horror -> evaluate -> generate, rank, preference stage -> samples
--> report. The defaults are the tiny CPU run; a config file with a larger preset and real data is the full-scale one.
+prepare -> pretrain -> evaluate -> fine-tune on horror -> evaluate -> generate, rank, preference stage -> evaluate
+-> win-rate of the preference stage over the fine-tuned model -> samples -> report.
+The defaults are the tiny CPU run; a config file with a larger preset and real data is the full-scale one.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ class PipelineConfig:
     judge: str = option("length", "who picks the best story of each group (length, random, openai:MODEL, web, human)")
     method: str = option("winners", "the preference stage after ranking", choices=list(METHODS))
     preference_steps: int = option(10, "steps of the preference stage")
+    winrate_pairs: int = option(24, "story pairs the judge compares for the win-rate of the preference stage over "
+                                    "the fine-tuned model")
     prompts: list[str] = option(PROMPTS, "prompts for the stories and the before/after samples")
     seed: int = option(1337, "random seed of every stage")
     device: str = option("auto", "cpu, cuda, mps, or auto")
@@ -52,7 +55,8 @@ class PipelineConfig:
             self.data_dir = Path(env)
         if self.data_dir is not None and not Path(self.data_dir).is_dir():
             raise GhoulError(f"--data-dir {self.data_dir} does not exist: give a folder laid out as shared/data")
-        for name in ("pretrain_steps", "finetune_steps", "num_samples", "preference_steps", "hellaswag_limit"):
+        for name in ("pretrain_steps", "finetune_steps", "num_samples", "preference_steps", "hellaswag_limit",
+                     "winrate_pairs"):
             if getattr(self, name) < 1:
                 raise GhoulError(f"--{name.replace('_', '-')} must be at least 1")
         if self.num_samples < GROUP_SIZE * len(self.prompts):
@@ -140,6 +144,29 @@ def feedback(cfg: PipelineConfig, base: Path) -> Path:
     return result.model
 
 
+def win_rate(cfg: PipelineConfig, a: Path, b: Path) -> dict[str, Any]:
+    """The judge's win-rate of model `a` over `b` on the pipeline's prompts, cached in RUN/eval/winrate.json (the
+    pairs and judgments beside it, in winrate-pairs.jsonl)."""
+    from dataclasses import asdict
+
+    from ghoul.align.compare import CompareConfig
+    from ghoul.align.compare import run as compare
+
+    path = cfg.output_dir / "eval" / "winrate.json"
+    if path.is_file():
+        say("win-rate", f"{path} exists; skipped")
+        return json.loads(path.read_text())
+    pairs = path.with_name("winrate-pairs.jsonl")
+    pairs.unlink(missing_ok=True)  # an interrupted comparison starts over: its figure needs every pair
+    say("win-rate", f"{cfg.winrate_pairs} pairs, preference stage against fine-tuned, judged by {cfg.judge}")
+    result = compare(CompareConfig(a=a, b=b, judge=cfg.judge, n=cfg.winrate_pairs,
+                                   prompts_file=cfg.output_dir / "prompts.txt", max_new_tokens=cfg.max_new_tokens,
+                                   top_k=200, out=pairs, seed=cfg.seed, device=cfg.device))
+    record = {"a": "preference", "b": "finetune", "judge": cfg.judge, "pairs": cfg.winrate_pairs, **asdict(result)}
+    atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+    return record
+
+
 def compare_samples(cfg: PipelineConfig, models: dict[str, Path]) -> Path:
     """The same prompts and seeds through each stage's model, for the report's before/after table."""
     from ghoul.generate import GenerateConfig
@@ -167,6 +194,7 @@ def run(cfg: PipelineConfig) -> Path:
     evaluate(cfg, "finetune", finetuned, data["horror"])
     preferred = feedback(cfg, finetuned)
     evaluate(cfg, "preference", preferred, data["horror"])
+    win_rate(cfg, preferred, finetuned)
     compare_samples(cfg, {"pretrain": pretrained, "finetune": finetuned, "preference": preferred})
     report = write_report(cfg.output_dir)
     say("report", f"{report} (and report.md)")

@@ -71,6 +71,20 @@ def judge_summary(run_dir: Path) -> dict[str, Any] | None:
             "agrees_with_length": sum(longest) / len(longest) if longest else None, "chance": 1 / k}
 
 
+def winrate_summary(run_dir: Path) -> dict[str, Any] | None:
+    """The pipeline's win-rate of the preference stage over the fine-tuned model (RUN/eval/winrate.json)."""
+    path = run_dir / "eval" / "winrate.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def winrate_sentence(w: dict[str, Any]) -> str:
+    n = w["wins_a"] + w["wins_b"]
+    skipped = f"; {w['skipped']} pairs skipped" if w["skipped"] else ""
+    return (f"The {w['a']} model beats the {w['b']} model in {w['wins_a']} of {n} pairs of stories for the same "
+            f"prompts and seeds, judged by {w['judge']}: win-rate {_fmt(w['win_rate'], '.1%')}, 95% Wilson interval "
+            f"[{w['low']:.1%}, {w['high']:.1%}]{skipped}. An interval that holds 50% means no measurable difference.")
+
+
 def samples_table(run_dir: Path) -> tuple[list[str], dict[str, list[str]]]:
     """Prompts, and for each stage its stories for those prompts (same seeds)."""
     rows = {name: _read(run_dir / "samples" / f"{name}.jsonl") for name in STAGES}
@@ -139,8 +153,8 @@ def _fmt(value: Any, spec: str = ".4f") -> str:
     return "—" if value is None else format(value, spec)
 
 
-def render_markdown(run_dir: Path, stages: dict, judge: dict | None, prompts: list[str], samples: dict,
-                    config: dict, env: dict) -> str:
+def render_markdown(run_dir: Path, stages: dict, judge: dict | None, winrate: dict | None, prompts: list[str],
+                    samples: dict, config: dict, env: dict) -> str:
     lines = [f"# ghoul run report: {run_dir.name}", "", "## Stages", "",
              "| stage | steps | tokens | time (s) | tokens/s | train loss | val loss | HellaSwag acc_norm |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -159,6 +173,8 @@ def render_markdown(run_dir: Path, stages: dict, judge: dict | None, prompts: li
                   f"judged, {judge['skipped']} skipped. Wins by position shown: {wins}. Agreement with the length "
                   f"baseline: {_fmt(judge['agrees_with_length'], '.0%')} (a random judge agrees "
                   f"{judge['chance']:.0%} of the time).", ""]
+    if winrate:
+        lines += ["## Win-rate", "", winrate_sentence(winrate), ""]
     if samples:
         lines += ["## Stories for the same prompts and seeds", ""]
         for i, prompt in enumerate(prompts):
@@ -173,8 +189,8 @@ def render_markdown(run_dir: Path, stages: dict, judge: dict | None, prompts: li
 
 def render_html(markdown_parts: dict[str, Any], images: dict[str, bytes]) -> str:
     """A self-contained page: the plots are embedded, nothing is fetched."""
-    stages, judge, prompts, samples, config, env, title = (markdown_parts[k] for k in (
-        "stages", "judge", "prompts", "samples", "config", "env", "title"))
+    stages, judge, winrate, prompts, samples, config, env, title = (markdown_parts[k] for k in (
+        "stages", "judge", "winrate", "prompts", "samples", "config", "env", "title"))
     esc = html.escape
 
     def img(name: str) -> str:
@@ -195,6 +211,8 @@ def render_html(markdown_parts: dict[str, Any], images: dict[str, bytes]) -> str
                   f"{judge['group_size']} judged, {judge['skipped']} skipped. Wins by position shown: {wins}. "
                   f"Agreement with the length baseline: {_fmt(judge['agrees_with_length'], '.0%')} "
                   f"(a random judge agrees {judge['chance']:.0%} of the time).</p>"]
+    if winrate:
+        parts += ["<h2>Win-rate</h2>", f"<p>{esc(winrate_sentence(winrate))}</p>"]
     if samples:
         head = "".join(f"<th>{esc(n)}</th>" for n in samples)
         body = "".join(f"<tr><td><b>{esc(p)}</b></td>" + "".join(
@@ -220,7 +238,7 @@ def write_report(run_dir: str | Path) -> Path:
     stages = stage_summary(run_dir)
     if not stages:
         raise GhoulError(f"{run_dir} holds no training logs: give the run directory of `ghoul pipeline`")
-    judge = judge_summary(run_dir)
+    judge, winrate = judge_summary(run_dir), winrate_summary(run_dir)
     prompts, samples = samples_table(run_dir)
     config_path = run_dir / "pipeline.json"
     config = json.loads(config_path.read_text()) if config_path.is_file() else {}
@@ -229,8 +247,10 @@ def write_report(run_dir: str | Path) -> Path:
         (run_dir / name).write_bytes(data)
     env = environment()
     title = f"ghoul run report: {run_dir.name}"
-    parts = dict(stages=stages, judge=judge, prompts=prompts, samples=samples, config=config, env=env, title=title)
-    atomic_write_text(run_dir / "report.md", render_markdown(run_dir, stages, judge, prompts, samples, config, env))
+    parts = dict(stages=stages, judge=judge, winrate=winrate, prompts=prompts, samples=samples, config=config, env=env,
+                 title=title)
+    atomic_write_text(run_dir / "report.md",
+                      render_markdown(run_dir, stages, judge, winrate, prompts, samples, config, env))
     atomic_write_text(run_dir / "report.html", render_html(parts, images))
     return run_dir / "report.html"
 

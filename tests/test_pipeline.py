@@ -14,7 +14,8 @@ def test_reduced_pipeline_end_to_end_and_rerun(data, tmp_path, capsys):
     out = tmp_path / "run"
     args = ["pipeline", "--output-dir", str(out), "--data-dir", str(data), "--pretrain-steps", "12",
             "--finetune-steps", "4", "--preference-steps", "2", "--num-samples", "8", "--max-new-tokens", "48",
-            "--hellaswag-limit", "12", "--seq-len", "64", "--batch-size", "4", "--device", "cpu",
+            "--hellaswag-limit", "12", "--seq-len", "64", "--batch-size", "4", "--winrate-pairs", "6",
+            "--device", "cpu",
             "--prompts", "I heard something in the attic", "The well behind the house"]
     assert main(args) == 0
     for name in ("report.html", "report.md", "loss.png", "hellaswag.png", "rlhf/rankings.jsonl",
@@ -27,6 +28,14 @@ def test_reduced_pipeline_end_to_end_and_rerun(data, tmp_path, capsys):
     assert f"| pretrain | 12 | {last['tokens']:,} |" in report and f"{last['loss']:.4f}" in report
     assert f"{finetune_eval['val_loss']:.4f}" in report and f"{finetune_eval['val_loss']:.4f}" in html
     assert "Judge `length`: 2 groups of 4 judged, 0 skipped" in report
+    winrate = json.loads((out / "eval" / "winrate.json").read_text())
+    pairs = read_jsonl(out / "eval" / "winrate-pairs.jsonl")
+    assert len(pairs) == 6 and winrate["wins_a"] == sum(p["winner"] == "a" for p in pairs)
+    assert winrate["wins_a"] + winrate["wins_b"] + winrate["skipped"] == 6
+    longer_wins = sum((len(p["a"]) > len(p["b"])) == (p["winner"] == "a") for p in pairs if len(p["a"]) != len(p["b"]))
+    assert longer_wins == sum(len(p["a"]) != len(p["b"]) for p in pairs)  # the length judge picked the longer story
+    sentence = f"beats the finetune model in {winrate['wins_a']} of {winrate['wins_a'] + winrate['wins_b']} pairs"
+    assert sentence in report and sentence in html
     story = read_jsonl(out / "samples" / "finetune.jsonl")[0]["text"]
     assert " ".join(story.split()) in report
     assert html.count("data:image/png;base64,") == 2 and "http" not in html.split("<pre>")[0]  # self-contained
@@ -37,6 +46,7 @@ def test_reduced_pipeline_end_to_end_and_rerun(data, tmp_path, capsys):
     assert checkpoint.stat().st_mtime_ns == before
     err = capsys.readouterr().err
     assert "pretrain has finished; skipped" in err and "eval/pretrain.json exists; skipped" in err
+    assert "eval/winrate.json exists; skipped" in err
 
 
 def test_pipeline_refuses_bad_settings(tmp_path, capsys):
