@@ -1,0 +1,37 @@
+"""Pair training (DPO, the reward model) under torchrun: two processes (gloo, CPU) train exactly as one process
+with twice the accumulation, so each rank reads its own pairs and the gradients are averaged once."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from ghoul.files import read_jsonl
+from tests.align.prefdata import write_marker_rankings
+
+
+@pytest.mark.parametrize("stage", [["dpo", "--policy"], ["reward", "train", "--base-model"]])
+def test_two_ranks_match_one_rank_with_double_accumulation(tiny_model, tmp_path, stage):
+    rankings = write_marker_rankings(tmp_path / "data", groups=12)
+    # a row is the tiny model's 128-token block: 2 pairs x 128 x 2 (ranks or micro-steps) = 512
+    common = [*stage, str(tiny_model), "--rankings", str(rankings), "--batch-size", "2", "--total-batch-size", "512",
+              "--max-steps", "4", "--learning-rate", "1e-3", "--eval-every", "4", "--eval-iters", "1",
+              "--val-fraction", "0.25", "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = subprocess.run([sys.executable, "-m", "ghoul", *common, "--output-dir", str(tmp_path / "one")],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert single.returncode == 0, single.stderr[-2000:]
+    double = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             "-m", "ghoul", *common, "--output-dir", str(tmp_path / "two")],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert double.returncode == 0, double.stderr[-2000:]
+    assert "(2 accumulation steps)" in single.stdout and "2 x cpu" in double.stdout
+    one, two = (read_jsonl(tmp_path / run / "log.jsonl") for run in ("one", "two"))
+    assert len([r for r in one if "loss" in r]) == len([r for r in two if "loss" in r]) == 4
+    assert len({r["loss"] for r in one if "loss" in r}) == 4  # it learns: four different losses to agree on
+    for a, b in zip(one, two, strict=True):  # the losses and the loss functions' metrics (margins, accuracies)
+        assert a.keys() == b.keys()
+        # validation is left out: with two ranks each scores its own slice, twice the pairs of one process
+        for key in {k for k in a if not k.startswith("val_")} - {"tokens_per_s", "elapsed", "mfu"}:
+            assert abs(a[key] - b[key]) < 1e-4, (a["step"], key, a[key], b[key])
