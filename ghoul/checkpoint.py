@@ -141,12 +141,16 @@ def step_dirs(run_dir: str | Path) -> list[Path]:
 
 
 def save_training_checkpoint(run_dir: str | Path, step: int, model: GPT, optimizers: list[torch.optim.Optimizer],
-                             state: dict, tokenizer: Tokenizer | str | None = None, keep_last: int = 0) -> Path:
-    """Write `RUN/step_{step}` atomically, point `RUN/latest` at it, and keep only the newest `keep_last`."""
+                             state: dict, tokenizer: Tokenizer | str | None = None, keep_last: int = 0,
+                             modules: dict[str, torch.nn.Module] | None = None) -> Path:
+    """Write `RUN/step_{step}` atomically, point `RUN/latest` at it, and keep only the newest `keep_last`.
+    `modules` are trained beside the model but not part of it (PPO's value head): their weights go with the
+    optimizers' state."""
     target = step_dir(run_dir, step)
     with atomic_directory(target) as tmp:
         write_model_files(model, tmp, tokenizer)
-        torch.save({"optimizers": [opt.state_dict() for opt in optimizers]}, tmp / OPTIMIZER_FILE)
+        torch.save({"optimizers": [opt.state_dict() for opt in optimizers],
+                    "modules": {name: m.state_dict() for name, m in (modules or {}).items()}}, tmp / OPTIMIZER_FILE)
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
     atomic_write_text(Path(run_dir) / LATEST, target.name + "\n")
     if keep_last > 0:
@@ -155,12 +159,13 @@ def save_training_checkpoint(run_dir: str | Path, step: int, model: GPT, optimiz
     return target
 
 
-def load_training_checkpoint(directory: str | Path) -> tuple[dict, list[dict]]:
-    """(trainer state, optimizer state dicts) of a checkpoint written by `save_training_checkpoint`."""
+def load_training_checkpoint(directory: str | Path) -> tuple[dict, list[dict], dict[str, dict]]:
+    """(trainer state, optimizer state dicts, modules' state dicts) of a checkpoint written by
+    `save_training_checkpoint`."""
     directory = resolve_checkpoint(directory)
     state_path, opt_path = directory / STATE_FILE, directory / OPTIMIZER_FILE
     if not state_path.is_file() or not opt_path.is_file():
         raise GhoulError(f"{directory} is not a training checkpoint: it needs {STATE_FILE} and {OPTIMIZER_FILE}")
     state = json.loads(state_path.read_text(encoding="utf-8"))
-    optimizers = torch.load(opt_path, map_location="cpu", weights_only=True)["optimizers"]
-    return state, optimizers
+    saved = torch.load(opt_path, map_location="cpu", weights_only=True)
+    return state, saved["optimizers"], saved.get("modules", {})

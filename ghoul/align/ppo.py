@@ -56,6 +56,9 @@ class RlConfig:
     clip_eps: float = option(0.2, "PPO's clipping range of the probability ratio (Schulman et al. 2017: 0.2)")
     ppo_epochs: int = option(2, "updates on each step's rollouts")
     grad_clip: float = option(1.0, "clip the policy's gradient norm to this (0: no clipping)")
+    checkpoint_every: int = option(0, "steps between checkpoints (0: only at the end)")
+    resume: str | None = option(None, "continue a run: --resume (its latest checkpoint) or --resume CHECKPOINT_DIR",
+                                const="latest", metavar="DIR")
     task: str = option("Pick the scariest story.", "what a judge is asked to do")
     base_url: str | None = option(None, "OpenAI-compatible server for --judge openai:MODEL")
     seed: int = option(1337, "random seed of the rollouts")
@@ -65,6 +68,8 @@ class RlConfig:
         for name in ("max_steps", "prompts_per_step", "group_size", "max_new_tokens", "ppo_epochs"):
             if getattr(self, name) < 1:
                 raise GhoulError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.checkpoint_every < 0:
+            raise GhoulError(f"--checkpoint-every must be >= 0, got {self.checkpoint_every}")
         if self.temperature <= 0 or self.learning_rate <= 0 or self.kl_coef < 0 or not 0 < self.clip_eps < 1:
             raise GhoulError("--temperature and --learning-rate must be positive, --kl-coef >= 0, --clip-eps in (0, 1)")
         self.output_dir = Path(self.output_dir) if self.output_dir is not None else None
@@ -154,50 +159,87 @@ def rollout(policy: GPT, prompts: list[list[int]], cfg: RlConfig, step: int, eos
 
 # ---- the loop ------------------------------------------------------------------------------------------------
 
+# save(step, optimizers, value head): write a checkpoint of the policy as it is after `step`
+Saver = Callable[[int, list[torch.optim.Optimizer], nn.Module], None]
+
+
 def rl_train(cfg: RlConfig, method: str, policy: GPT, scorer: Scorer, prompts: list[list[int]], eos_id: int | None,
-             log: Callable[[dict], None] = lambda r: None) -> tuple[list[dict], list[torch.optim.Optimizer]]:
-    """Train `policy` in place with PPO or GRPO for cfg.max_steps steps; returns the step records and optimizers."""
+             log: Callable[[dict], None] = lambda r: None, reference: GPT | None = None,
+             resume: tuple[dict, list[dict], dict[str, dict]] | None = None, save: Saver | None = None
+             ) -> tuple[list[dict], list[torch.optim.Optimizer], nn.Module]:
+    """Train `policy` in place with PPO or GRPO up to cfg.max_steps; returns the step records, the optimizers and
+    the value head. `reference` defaults to a frozen copy of `policy`; `resume` is a checkpoint's
+    (state, optimizer states, modules) to continue from; `save` is called every cfg.checkpoint_every steps and on
+    Ctrl-C."""
+    from ghoul.train.loop import set_rng_state
+
     if method not in ("ppo", "grpo"):
         raise ValueError(f"unknown method {method!r}")
     device = next(policy.parameters()).device
-    reference = copy.deepcopy(policy).eval().requires_grad_(False)
+    reference = (reference or copy.deepcopy(policy)).eval().requires_grad_(False)
     value_head = nn.Linear(policy.config.n_embd, 1).to(device)  # PPO's baseline, on the policy's hidden states
     optimizers = build_optimizers(policy, "adamw", cfg.learning_rate, 0.0, device_type=device.type)
-    value_opt = torch.optim.AdamW(value_head.parameters(), lr=cfg.value_lr)
+    optimizers.append(torch.optim.AdamW(value_head.parameters(), lr=cfg.value_lr))
+    start = 0
+    if resume is not None:
+        state, opt_states, modules = resume
+        for opt, opt_state in zip(optimizers, opt_states, strict=True):
+            opt.load_state_dict(opt_state)
+        value_head.load_state_dict(modules["value_head"])
+        set_rng_state(state["rng"])
+        start = state["step"]
     records, started = [], time.perf_counter()
-    for step in range(1, cfg.max_steps + 1):
-        chosen = [((step - 1) * cfg.prompts_per_step + j) % len(prompts) for j in range(cfg.prompts_per_step)]
-        roll = rollout(policy, [prompts[p] for p in chosen], cfg, step, eos_id)
-        groups = roll.groups.tolist()
-        rewards = torch.tensor(scorer(roll.completions, groups, [chosen[g] for g in groups]), dtype=torch.float32,
-                               device=device)
+    step = start
+    try:
+        for step in range(start + 1, cfg.max_steps + 1):
+            records.append(rl_step(cfg, method, policy, reference, value_head, optimizers, scorer, prompts, eos_id,
+                                   step, started))
+            log(records[-1])
+            if save is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.max_steps:
+                save(step, optimizers, value_head)
+    except KeyboardInterrupt:
+        if save is not None and records:  # the step in progress is lost; the last finished one is kept
+            save(records[-1]["step"], optimizers, value_head)
+            print(f"\ninterrupted: saved step {records[-1]['step']}; continue with --resume", file=sys.stderr)
+        raise
+    return records, optimizers, value_head
+
+
+def rl_step(cfg: RlConfig, method: str, policy: GPT, reference: GPT, value_head: nn.Module,
+            optimizers: list[torch.optim.Optimizer], scorer: Scorer, prompts: list[list[int]], eos_id: int | None,
+            step: int, started: float) -> dict:
+    """One step: rollouts, rewards, cfg.ppo_epochs clipped updates; returns the step's record."""
+    device = next(policy.parameters()).device
+    chosen = [((step - 1) * cfg.prompts_per_step + j) % len(prompts) for j in range(cfg.prompts_per_step)]
+    roll = rollout(policy, [prompts[p] for p in chosen], cfg, step, eos_id)
+    groups = roll.groups.tolist()
+    rewards = torch.tensor(scorer(roll.completions, groups, [chosen[g] for g in groups]), dtype=torch.float32,
+                           device=device)
+    with torch.no_grad():
+        old_logps, hidden = policy_forward(policy, roll.tokens)
+        ref_logps = token_logps(reference, roll.tokens)
+        kl = ((old_logps - ref_logps) * roll.mask).sum(-1)  # (N,) sequence KL, the k1 estimate
+    if method == "ppo":
+        returns = (rewards - cfg.kl_coef * kl)[:, None]  # (N, 1): InstructGPT's KL-penalised reward
         with torch.no_grad():
-            old_logps, hidden = policy_forward(policy, roll.tokens)
-            ref_logps = token_logps(reference, roll.tokens)
-            kl = ((old_logps - ref_logps) * roll.mask).sum(-1)  # (N,) sequence KL, the k1 estimate
-        if method == "ppo":
-            returns = (rewards - cfg.kl_coef * kl)[:, None]  # (N, 1): InstructGPT's KL-penalised reward
-            with torch.no_grad():
-                advantages = whiten(returns - value_head(hidden).squeeze(-1), roll.mask)
-        else:
-            advantages = group_advantages(rewards, roll.groups)[:, None].expand_as(old_logps)
-        for _ in range(cfg.ppo_epochs):
-            logps, hidden = policy_forward(policy, roll.tokens)
-            loss, clip_fraction = clipped_policy_loss(logps, old_logps, advantages, roll.mask, cfg.clip_eps)
-            if method == "grpo":
-                loss = loss + cfg.kl_coef * masked_mean(kl_k3(logps, ref_logps), roll.mask)
-            value_loss = torch.zeros((), device=device)
-            if method == "ppo":  # the value head learns on detached states: it does not move the policy
-                value_loss = masked_mean((value_head(hidden.detach()).squeeze(-1) - returns) ** 2, roll.mask)
-            update(policy, optimizers + [value_opt], loss + value_loss, cfg.grad_clip)
-        record = {"step": step, "reward_mean": rewards.mean().item(), "kl": kl.mean().item(),
-                  "clip_fraction": clip_fraction.item(), "loss": loss.item(),
-                  "length": roll.mask.sum(-1).float().mean().item(), "elapsed": time.perf_counter() - started}
-        if method == "ppo":
-            record["value_loss"] = value_loss.item()
-        records.append(record)
-        log(record)
-    return records, optimizers
+            advantages = whiten(returns - value_head(hidden).squeeze(-1), roll.mask)
+    else:
+        advantages = group_advantages(rewards, roll.groups)[:, None].expand_as(old_logps)
+    for _ in range(cfg.ppo_epochs):
+        logps, hidden = policy_forward(policy, roll.tokens)
+        loss, clip_fraction = clipped_policy_loss(logps, old_logps, advantages, roll.mask, cfg.clip_eps)
+        if method == "grpo":
+            loss = loss + cfg.kl_coef * masked_mean(kl_k3(logps, ref_logps), roll.mask)
+        value_loss = torch.zeros((), device=device)
+        if method == "ppo":  # the value head learns on detached states: it does not move the policy
+            value_loss = masked_mean((value_head(hidden.detach()).squeeze(-1) - returns) ** 2, roll.mask)
+        update(policy, optimizers, loss + value_loss, cfg.grad_clip)
+    record = {"step": step, "reward_mean": rewards.mean().item(), "kl": kl.mean().item(),
+              "clip_fraction": clip_fraction.item(), "loss": loss.item(),
+              "length": roll.mask.sum(-1).float().mean().item(), "elapsed": time.perf_counter() - started}
+    if method == "ppo":
+        record["value_loss"] = value_loss.item()
+    return record
 
 
 def policy_forward(policy: GPT, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -247,22 +289,25 @@ def make_scorer(cfg: RlConfig, tokenizer, prompt_texts: list[str], device: str) 
 
 
 def run(cfg: RlConfig, method: str) -> list[dict]:
-    """Load the policy, train it with `method` against cfg.reward or cfg.judge, save it as RUN/step_N (RUN/latest)."""
-    from ghoul.checkpoint import load_model_and_tokenizer, save_training_checkpoint
+    """Load the policy, train it with `method` against cfg.reward or cfg.judge, save it as RUN/step_N (RUN/latest);
+    with cfg.resume, continue from a checkpoint of the run (the reference stays cfg.policy)."""
+    from ghoul.checkpoint import load_model_and_tokenizer, load_training_checkpoint, save_training_checkpoint
     from ghoul.dist import default_device
     from ghoul.generate import read_prompts
-    from ghoul.train.logger import LOG_FILE, RunLogger
+    from ghoul.train.logger import RunLogger
+    from ghoul.train.loop import check_run_dir, rng_state
 
     if cfg.policy is None:
         raise GhoulError("--policy is required: the model directory to train")
     if (cfg.reward is None) == (cfg.judge is None):
         raise GhoulError("give --reward DIR (a reward model) or --judge NAME, exactly one")
-    out = cfg.output_dir or Path(f"runs/{method}")
-    if (out / LOG_FILE).exists():
-        raise GhoulError(f"{out} already holds a run: choose another --output-dir")
+    out = cfg.output_dir = cfg.output_dir or Path(f"runs/{method}")
+    resume_from = check_run_dir(cfg)  # refuses to overwrite a run without --resume
     device = default_device() if cfg.device == "auto" else cfg.device
     torch.manual_seed(cfg.seed)
-    policy, tokenizer = load_model_and_tokenizer(cfg.policy, device)
+    policy, tokenizer = load_model_and_tokenizer(resume_from or cfg.policy, device)
+    reference = load_model_and_tokenizer(cfg.policy, device)[0] if resume_from else None
+    resume = load_training_checkpoint(resume_from) if resume_from else None
     prompt_texts = read_prompts(cfg)  # type: ignore[arg-type]  # the same fields as GenerateConfig's
     prompts = [tokenizer.encode(p) if p else [tokenizer.eot_id] for p in prompt_texts]
     if max(map(len, prompts)) + cfg.max_new_tokens > policy.config.block_size:
@@ -271,17 +316,27 @@ def run(cfg: RlConfig, method: str) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.json", json.dumps({**to_dict(cfg), "method": method}, indent=2) + "\n")
     logger = RunLogger(out, True)
-    print(f"{method}: {cfg.max_steps} steps of {cfg.prompts_per_step} x {cfg.group_size} samples", file=sys.stderr)
+    start = resume[0]["step"] if resume else 0
+    logger.truncate_after(start)
+    print(f"{method}: steps {start}..{cfg.max_steps} of {cfg.prompts_per_step} x {cfg.group_size} samples",
+          file=sys.stderr)
 
     def log(record: dict) -> None:
         logger.log(record)
         print(f"step {record['step']}: reward {record['reward_mean']:.4f}, kl {record['kl']:.4f}, "
               f"clip {record['clip_fraction']:.3f}", file=sys.stderr)
 
-    records, optimizers = rl_train(cfg, method, policy, scorer, prompts, tokenizer.eot_id, log)
-    state = {"step": cfg.max_steps, "config": to_dict(cfg), "method": method}
-    path = save_training_checkpoint(out, cfg.max_steps, policy, optimizers, state, tokenizer)
-    print(f"done: reward {records[0]['reward_mean']:.4f} -> {records[-1]['reward_mean']:.4f}; {path}", file=sys.stderr)
+    def save(step: int, optimizers: list[torch.optim.Optimizer], value_head: nn.Module) -> Path:
+        state = {"step": step, "rng": rng_state(), "config": to_dict(cfg), "method": method}
+        return save_training_checkpoint(out, step, policy, optimizers, state, tokenizer,
+                                        modules={"value_head": value_head})
+
+    records, optimizers, value_head = rl_train(cfg, method, policy, scorer, prompts, tokenizer.eot_id, log,
+                                               reference, resume, save)
+    path = save(cfg.max_steps, optimizers, value_head)
+    if records:
+        print(f"done: reward {records[0]['reward_mean']:.4f} -> {records[-1]['reward_mean']:.4f}; {path}",
+              file=sys.stderr)
     return records
 
 

@@ -173,31 +173,31 @@ def run(cfg: RlhfConfig) -> RlhfResult:
         from ghoul.train.stages import run as finetune
 
         prepare(steps["prepare"])
-        _train_step(finetune, steps["final"], resumable=True)
+        _train_step(finetune, steps["final"])
     elif cfg.method == "dpo":
         from ghoul.align.dpo import run as dpo
 
         _say("3/3 DPO on the preference pairs of the rankings")
-        _train_step(dpo, steps["final"], resumable=True)
+        _train_step(dpo, steps["final"])
     else:
         from ghoul.align.ppo import run as reinforce
         from ghoul.align.reward import train_run as train_reward
 
         _say("3/4 train a reward model on the rankings")
-        _train_step(train_reward, steps["reward"], resumable=True)
+        _train_step(train_reward, steps["reward"])
         _say(f"4/4 {cfg.method.upper()} against the reward model")
-        _train_step(lambda c: reinforce(c, cfg.method), steps["final"], resumable=False)
+        _train_step(lambda c: reinforce(c, cfg.method), steps["final"])
     model = steps["final"].output_dir
     _say(f"done: the new model is {model} (ghoul generate --checkpoint {model}; ghoul compare --a {model} "
          f"--b {cfg.base_model})")
     return RlhfResult(out, stories, rankings, winners_txt if cfg.method == "winners" else None, model)
 
 
-def _train_step(train: Any, step_cfg: Any, resumable: bool) -> None:
+def _train_step(train: Any, step_cfg: Any) -> None:
     """Run a training step unless it has finished; resume it from its checkpoint when it can."""
     from ghoul.train.stages import run_or_resume
 
-    if run_or_resume(step_cfg, train, resumable) is None:
+    if run_or_resume(step_cfg, train) is None:
         _say(f"{step_cfg.output_dir} has finished its {step_cfg.max_steps} steps; skipped")
 
 

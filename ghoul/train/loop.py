@@ -80,8 +80,9 @@ class TrainResult:
 
 # ---- run directory and resume ----------------------------------------------------------------------------------
 
-def check_run_dir(cfg: TrainConfig) -> Path | None:
-    """The checkpoint to resume from (None for a fresh run); refuse to overwrite an existing run."""
+def check_run_dir(cfg: Any) -> Path | None:
+    """The checkpoint to resume from (None for a fresh run); refuse to overwrite an existing run. `cfg` is any
+    stage's config with `output_dir` and `resume` (training, PPO/GRPO)."""
     out = cfg.output_dir
     if cfg.resume is None:
         if (out / LOG_FILE).exists() or any(out.glob("step_*")):
@@ -184,7 +185,7 @@ def train(cfg: TrainConfig, model: GPT, tokenizer: Tokenizer, d: dist.DistInfo, 
                                   (cfg.beta1, cfg.beta2), cfg.muon_lr, d.device_type)
     start_step = 0
     if resume_from is not None:
-        state, opt_states = load_training_checkpoint(resume_from)
+        state, opt_states, _ = load_training_checkpoint(resume_from)
         for opt, opt_state in zip(optimizers, opt_states, strict=True):
             opt.load_state_dict(opt_state)
         train_data.load_state_dict(state["loader"])

@@ -78,16 +78,15 @@ def run(cfg: TrainConfig) -> TrainResult:
         dist.teardown()
 
 
-def run_or_resume(cfg: Any, train: Callable[[Any], Any] | None = None, resumable: bool = True) -> Any:
+def run_or_resume(cfg: Any, train: Callable[[Any], Any] | None = None) -> Any:
     """Run `train(cfg)` (default: pretrain/fine-tune) unless its run already finished: resume an interrupted run from
-    its checkpoint, start over one with nothing to resume (no checkpoint, or a stage that cannot resume).
+    its checkpoint, start over one with nothing to resume (stopped before its first checkpoint).
     Returns None when there was nothing left to do, so pipelines rerun this freely."""
     run_dir = cfg.output_dir
     if (run_dir / LATEST).is_file():
         state = json.loads((resolve_checkpoint(run_dir) / STATE_FILE).read_text(encoding="utf-8"))
         if state["step"] >= cfg.max_steps:
             return None
-    if resumable and (run_dir / LATEST).is_file():
         cfg.resume = "latest"
     elif run_dir.exists():
         shutil.rmtree(run_dir)

@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from ghoul.align.ppo import RlConfig, clipped_policy_loss, group_advantages, kl_k3, rl_train, rollout, run_grpo, whiten
+from ghoul.cli import main
 from ghoul.errors import GhoulError
+from ghoul.files import read_jsonl
 from ghoul.model import GPT, GPTConfig
 
 TOKEN, NEW = 3, 12
@@ -61,7 +63,7 @@ def test_rollout_masks_the_completion_up_to_the_end_of_text():
 def test_rl_raises_the_reward_on_the_toy_task(method):
     cfg = RlConfig(max_steps=30, prompts_per_step=2, group_size=8, max_new_tokens=NEW, learning_rate=3e-3,
                    value_lr=1e-2, kl_coef=0.05, seed=0)
-    records, _ = rl_train(cfg, method, toy_policy(), share_of_token, [[0], [1]], eos_id=None)
+    records = rl_train(cfg, method, toy_policy(), share_of_token, [[0], [1]], eos_id=None)[0]
     first, last = records[:5], records[-5:]
     before = sum(r["reward_mean"] for r in first) / 5
     after = sum(r["reward_mean"] for r in last) / 5
@@ -80,3 +82,24 @@ def test_rl_refusals(tiny_model, tmp_path):
         RlConfig(clip_eps=1.5)
     with pytest.raises(GhoulError, match="--group-size must be at least 1"):
         RlConfig(group_size=0)
+
+
+@pytest.mark.parametrize("method", ["ppo", "grpo"])
+def test_interrupted_and_resumed_equals_uninterrupted(tiny_model, tmp_path, method):
+    common = [method, "--policy", str(tiny_model), "--judge", "length", "--prompt", "The door", "--max-steps", "4",
+              "--prompts-per-step", "2", "--group-size", "3", "--max-new-tokens", "8", "--learning-rate", "1e-3",
+              "--checkpoint-every", "2", "--device", "cpu"]
+    assert main([*common, "--output-dir", str(tmp_path / "a")]) == 0
+    assert main([*common, "--output-dir", str(tmp_path / "b")]) == 0
+    assert main([*common, "--output-dir", str(tmp_path / "b")]) == 2  # an existing run is not overwritten
+    # a crash after step 2's checkpoint: resume from it (the log is cut back to step 2) and train the rest again
+    assert main([*common, "--output-dir", str(tmp_path / "b"), "--resume", str(tmp_path / "b" / "step_000002")]) == 0
+    a, b = read_jsonl(tmp_path / "a" / "log.jsonl"), read_jsonl(tmp_path / "b" / "log.jsonl")
+    assert [r["step"] for r in b] == [1, 2, 3, 4]
+    assert [{k: v for k, v in r.items() if k != "elapsed"} for r in a] == \
+        [{k: v for k, v in r.items() if k != "elapsed"} for r in b]  # bitwise: rewards, KL, losses
+    assert len({r["loss"] for r in a}) > 1
+    wa, wb = GPT.from_pretrained(tmp_path / "a").state_dict(), GPT.from_pretrained(tmp_path / "b").state_dict()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    reference = GPT.from_pretrained(tiny_model).state_dict()
+    assert not all(torch.equal(wa[k], reference[k]) for k in wa)  # it trained

@@ -64,7 +64,7 @@ def test_resumed_run_equals_uninterrupted_run(fineweb_shards, tmp_path):
     wa = GPT.from_pretrained(tmp_path / "a").state_dict()
     wb = GPT.from_pretrained(tmp_path / "b").state_dict()
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    state, _ = load_training_checkpoint(tmp_path / "b")
+    state, _, _ = load_training_checkpoint(tmp_path / "b")
     assert state["step"] == 8 and state["loader"]["position"] == 8 * 512
 
 
