@@ -183,7 +183,7 @@ def train(cfg: TrainConfig, model: GPT, tokenizer: Tokenizer, d: dist.DistInfo, 
     raw_model = model
     optimizers = build_optimizers(raw_model, cfg.optimizer, cfg.learning_rate, cfg.weight_decay,
                                   (cfg.beta1, cfg.beta2), cfg.muon_lr, d.device_type)
-    start_step = 0
+    start_step, state = 0, {}
     if resume_from is not None:
         state, opt_states, _ = load_training_checkpoint(resume_from)
         for opt, opt_state in zip(optimizers, opt_states, strict=True):
@@ -203,8 +203,11 @@ def train(cfg: TrainConfig, model: GPT, tokenizer: Tokenizer, d: dist.DistInfo, 
         cfg.output_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(cfg.output_dir / "config.json", json.dumps(to_dict(cfg), indent=2) + "\n")
         logger.truncate_after(start_step)
-    tokens_per_step = cfg.batch_size * seq_len * d.world_size * accum
-    flops_per_step = raw_model.flops_per_token(seq_len) * tokens_per_step
+    tokens_per_step = cfg.batch_size * seq_len * d.world_size * accum  # of token shards; pairs vary in length
+    flops_per_token = raw_model.flops_per_token(seq_len)
+    # tokens the model has read: counted from the batches (rows of pairs are as long as their longest), summed over
+    # the ranks at each log record, and kept in the checkpoint
+    tokens_seen, tokens_unlogged = state.get("tokens", start_step * tokens_per_step), 0
     peak = dist.peak_flops(d.device, cfg.dtype)
     if cfg.dtype == "bfloat16" and not dist.fast_bfloat16(d.device):
         dist.print0(f"warning: this {d.device_type} has no native bfloat16 matmuls; --dtype float32 will be faster")
@@ -212,7 +215,8 @@ def train(cfg: TrainConfig, model: GPT, tokenizer: Tokenizer, d: dist.DistInfo, 
                 f"tokens per step ({accum} accumulation steps), steps {start_step}..{cfg.max_steps}")
 
     def checkpoint(step: int) -> Path:
-        state = {"step": step, "loader": train_data.state_dict(), "rng": rng_state(), "config": to_dict(cfg)}
+        state = {"step": step, "loader": train_data.state_dict(), "rng": rng_state(), "config": to_dict(cfg),
+                 "tokens": tokens_seen + tokens_unlogged * d.world_size}  # this rank's share stands for all
         path = cfg.output_dir / f"step_{step:06d}"
         if d.is_main:
             path = save_training_checkpoint(cfg.output_dir, step, raw_model, optimizers, state, tokenizer,
@@ -245,8 +249,10 @@ def train(cfg: TrainConfig, model: GPT, tokenizer: Tokenizer, d: dist.DistInfo, 
             # ---- forward/backward over the micro-batches; gradients are all-reduced only on the last
             loss_sum = torch.zeros((), device=d.device)
             metric_sums: dict[str, torch.Tensor] = {}
+            step_tokens = 0
             for micro in range(accum):
                 batch = next(train_data)
+                step_tokens += batch[0].numel()  # shape metadata: no device sync
                 sync = not d.distributed or micro == accum - 1
                 with (contextlib.nullcontext() if sync else model.no_sync()):
                     with dist.autocast(d.device_type, cfg.dtype):
@@ -266,8 +272,11 @@ def train(cfg: TrainConfig, model: GPT, tokenizer: Tokenizer, d: dist.DistInfo, 
             for opt in optimizers:
                 opt.zero_grad(set_to_none=True)
             step += 1
+            tokens_unlogged += step_tokens
             # ---- log (the .item() calls are the step's only host-device syncs)
             if step % cfg.log_every == 0 or step == cfg.max_steps:
+                unlogged, step_tokens = dist.all_reduce_sum([tokens_unlogged, step_tokens], d.device)
+                tokens_seen, tokens_unlogged = tokens_seen + int(unlogged), 0
                 loss_value = dist.all_reduce_mean(loss_sum).item()
                 if not math.isfinite(loss_value):
                     last = (cfg.output_dir / "latest").read_text().strip() if (cfg.output_dir / "latest").exists() \
@@ -276,12 +285,12 @@ def train(cfg: TrainConfig, model: GPT, tokenizer: Tokenizer, d: dist.DistInfo, 
                                      f"{last}: lower --learning-rate or raise --warmup-iters and --resume")
                 dt = time.perf_counter() - t0
                 record = {"step": step, "loss": loss_value, "lr": cfg.learning_rate * lr_mult,
-                          "tokens": step * tokens_per_step, "tokens_per_s": tokens_per_step / dt,
+                          "tokens": tokens_seen, "tokens_per_s": step_tokens / dt,
                           "elapsed": time.perf_counter() - started}
                 if grad_norm is not None:
                     record["grad_norm"] = grad_norm.item()
                 if peak:
-                    record["mfu"] = flops_per_step / dt / d.world_size / peak
+                    record["mfu"] = flops_per_token * step_tokens / dt / d.world_size / peak
                 record.update({k: dist.all_reduce_mean(v).item() for k, v in sorted(metric_sums.items())})
                 evaluate(step, record)
                 val_loss = record.get("val_loss", val_loss)
