@@ -1,4 +1,5 @@
-"""The fused output layer + cross-entropy against the plain `F.cross_entropy(x @ W.T, y)` it replaces."""
+"""The fused output layer + cross-entropy against the plain `F.cross_entropy(x @ W.T, y)` it replaces, on the CPU
+and, where there is one, on the GPU (`python -m benchmarks.device_check` runs these there)."""
 
 import pytest
 import torch
@@ -9,13 +10,18 @@ from ghoul.cross_entropy import head_cross_entropy
 N, C, V = 24, 16, 37
 
 
-def inputs(padding: int = 0, seed: int = 0):
+@pytest.fixture(params=["cpu", *(["cuda"] if torch.cuda.is_available() else [])])
+def device(request):
+    return request.param
+
+
+def inputs(device="cpu", padding: int = 0, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(N, C, generator=g, requires_grad=True)
-    w = torch.randn(V + padding, C, generator=g).mul_(0.5).requires_grad_()
+    x = torch.randn(N, C, generator=g)
+    w = torch.randn(V + padding, C, generator=g).mul_(0.5)
     y = torch.randint(0, V, (N,), generator=g)
     y[::5] = -1  # ignored positions
-    return x, w, y
+    return x.to(device).requires_grad_(), w.to(device).requires_grad_(), y.to(device)
 
 
 def reference(x, w, y, vocab=V):
@@ -26,16 +32,16 @@ def grads(loss, *tensors):
     return torch.autograd.grad(loss, tensors)
 
 
-def test_loss_and_gradients_equal_the_plain_cross_entropy():
-    x, w, y = inputs()
+def test_loss_and_gradients_equal_the_plain_cross_entropy(device):
+    x, w, y = inputs(device)
     fused, plain = head_cross_entropy(x, w, y), reference(x, w, y)
     assert torch.allclose(fused, plain, atol=1e-6)
     for a, b in zip(grads(fused, x, w), grads(plain, x, w), strict=True):
         assert torch.allclose(a, b, atol=1e-6)
 
 
-def test_padding_rows_get_no_probability_and_no_gradient():
-    x, w, y = inputs(padding=11)
+def test_padding_rows_get_no_probability_and_no_gradient(device):
+    x, w, y = inputs(device, padding=11)
     with torch.no_grad():
         w[V:] = 10.0  # large logits: without the mask they would take nearly all the probability
     fused = head_cross_entropy(x, w, y, vocab_size=V)
@@ -58,9 +64,9 @@ def test_without_gradients_only_the_loss_is_computed():
         assert torch.allclose(head_cross_entropy(x, w, y), reference(x, w, y), atol=1e-6)
 
 
-def test_bfloat16_autocast_matches_the_autocast_reference():
-    x, w, y = inputs()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+def test_bfloat16_autocast_matches_the_autocast_reference(device):
+    x, w, y = inputs(device)
+    with torch.autocast(device, dtype=torch.bfloat16):
         fused, plain = head_cross_entropy(x, w, y), reference(x, w, y)
     assert fused.dtype == torch.float32 and torch.allclose(fused, plain, atol=1e-3)
     for a, b, t in zip(grads(fused, x, w), grads(plain, x, w), (x, w), strict=True):
@@ -75,8 +81,8 @@ def test_all_targets_ignored_gives_nan_as_the_plain_loss():
 
 
 @pytest.mark.parametrize("padding", [0, 11])
-def test_compiled_equals_eager(padding):
-    x, w, y = inputs(padding)
+def test_compiled_equals_eager(device, padding):
+    x, w, y = inputs(device, padding)
     compiled = torch.compile(head_cross_entropy)
     fused = compiled(x, w, y, V)
     assert torch.allclose(fused, reference(x, w, y), atol=1e-6)

@@ -57,7 +57,7 @@ def test_dpo_on_the_marker_preference_raises_the_margin(tiny_model, tmp_path):
     assert (run / "latest").read_text().strip() == "step_000010"
     steps = [r["tokens"] for r in log if "loss" in r]
     # tokens read per step: 4 pairs = 8 rows as long as the longest short story, not 8 rows of the 128-token block
-    assert all((b - a) % 8 == 0 and 8 * 4 <= b - a <= 8 * 32 for a, b in zip(steps, steps[1:]))
+    assert all((b - a) % 8 == 0 and 8 * 4 <= b - a <= 8 * 32 for a, b in zip(steps, steps[1:], strict=False))
 
 
 def test_dpo_config_refusals():
