@@ -371,7 +371,7 @@ class GPT(nn.Module):
         x, aux = self._trunk(idx)
         if targets is None:
             return self.logits(x), None
-        loss = head_cross_entropy(x.view(-1, x.size(-1)), self.lm_head.weight, targets.reshape(-1),
+        loss = head_cross_entropy(x.reshape(-1, x.size(-1)), self.lm_head.weight, targets.reshape(-1),
                                   self.config.vocab_size)
         if aux is not None and self.training:  # a training regulariser: evaluation reports the LM loss alone
             loss = loss + self.config.moe_aux_weight * aux
