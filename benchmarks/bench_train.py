@@ -11,6 +11,7 @@ Run: python -m benchmarks.bench_train [--presets small gpt2 --batch 4 --seq-len 
 from __future__ import annotations
 
 import argparse
+import copy
 
 import torch
 import transformers
@@ -93,8 +94,7 @@ def run_own(variant: str, preset: str = "small", batch: int = 4, seq_len: int = 
     check_dtype(device, dtype)
     torch.manual_seed(0)
     base = GPT(config).to(device)
-    fast = GPT(config).to(device)
-    fast.load_state_dict(base.state_dict())
+    fast = copy.deepcopy(base)
     tokens = batch * seq_len
     t_fast, t_base = measure_each([step_fn(fast, x, y, dtype, device, compile=variant == "compile"),
                                    step_fn(base, x, y, "float32", device)], repeats, warmup)

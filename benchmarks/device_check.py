@@ -53,7 +53,7 @@ def pretrain_mfu(preset: str, shards: Path, out: Path, device: str, steps: int, 
     from ghoul.train.stages import TrainConfig, run
 
     cfg = TrainConfig(dataset=str(shards), output_dir=out / preset, model=preset, batch_size=BATCH[preset],
-                      seq_len=None if preset == "tiny" else 1024, max_steps=steps, eval_every=0, warmup_iters=0,
+                      seq_len=None if preset == "tiny" else 1024, max_steps=steps, eval_every=0,
                       dtype="bfloat16" if device.startswith("cuda") else "float32", compile=compile, device=device)
     started = time.perf_counter()
     run(cfg)

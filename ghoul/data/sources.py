@@ -13,7 +13,7 @@ import html
 import json
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar, TextIO
 
@@ -132,16 +132,22 @@ def iter_records(path: Path) -> Iterator[dict[str, Any]]:
 
 def _jsonl(path: Path) -> Iterator[dict[str, Any]]:
     with open_text(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise GhoulError(f"{path}:{lineno}: not valid JSON ({e})") from None
-            if not isinstance(record, dict):
-                raise GhoulError(f"{path}:{lineno}: expected a JSON object per line")
+        for _, record in jsonl_records(f, path):
             yield record
+
+
+def jsonl_records(lines: Iterable[str], path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) of each non-blank JSON-lines line; a clear error naming `path` and the line."""
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise GhoulError(f"{path}:{lineno}: not valid JSON ({e})") from None
+        if not isinstance(record, dict):
+            raise GhoulError(f"{path}:{lineno}: expected a JSON object per line")
+        yield lineno, record
 
 
 def _json(path: Path) -> Iterator[dict[str, Any]]:

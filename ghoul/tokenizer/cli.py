@@ -6,13 +6,13 @@ Torch-free on purpose: training a tokenizer starts in a fraction of a second.
 from __future__ import annotations
 
 import gzip
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ghoul.config import option
+from ghoul.data.sources import jsonl_records
 from ghoul.errors import GhoulError
 from ghoul.tokenizer import Tokenizer, load_tokenizer
 from ghoul.tokenizer.gpt2 import EOT
@@ -75,14 +75,8 @@ def read_texts(paths: list[Path], text_field: str = "text") -> list[str]:
 
 def _jsonl_texts(lines: Iterable[str], path: Path, text_field: str) -> list[str]:
     texts = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise GhoulError(f"{path}:{n}: not a JSON object ({e})") from None
-        value = record.get(text_field) if isinstance(record, dict) else None
+    for n, record in jsonl_records(lines, path):
+        value = record.get(text_field)
         if not isinstance(value, str):
             raise GhoulError(f"{path}:{n}: no string field '{text_field}' (pick the field with --text-field)")
         texts.append(value)

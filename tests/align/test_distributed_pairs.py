@@ -1,14 +1,11 @@
 """Pair training (DPO, the reward model) under torchrun: two processes (gloo, CPU) train exactly as one process
 with twice the accumulation, so each rank reads its own pairs and the gradients are averaged once."""
 
-import os
-import subprocess
-import sys
-
 import pytest
 
 from ghoul.files import read_jsonl
 from tests.align.prefdata import write_marker_rankings
+from tests.torchrun import one_and_two_ranks
 
 
 @pytest.mark.parametrize("stage", [["dpo", "--policy"], ["reward", "train", "--base-model"]])
@@ -18,14 +15,7 @@ def test_two_ranks_match_one_rank_with_double_accumulation(tiny_model, tmp_path,
     common = [*stage, str(tiny_model), "--rankings", str(rankings), "--batch-size", "2", "--total-batch-size", "512",
               "--max-steps", "4", "--learning-rate", "1e-3", "--eval-every", "4", "--eval-iters", "1",
               "--val-fraction", "0.25", "--device", "cpu"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    single = subprocess.run([sys.executable, "-m", "ghoul", *common, "--output-dir", str(tmp_path / "one")],
-                            capture_output=True, text=True, env=env, timeout=300)
-    assert single.returncode == 0, single.stderr[-2000:]
-    double = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                             "-m", "ghoul", *common, "--output-dir", str(tmp_path / "two")],
-                            capture_output=True, text=True, env=env, timeout=300)
-    assert double.returncode == 0, double.stderr[-2000:]
+    single, double = one_and_two_ranks(common, tmp_path / "one", tmp_path / "two")
     assert "(2 accumulation steps)" in single.stdout and "2 x cpu" in double.stdout
     one, two = (read_jsonl(tmp_path / run / "log.jsonl") for run in ("one", "two"))
     assert len([r for r in one if "loss" in r]) == len([r for r in two if "loss" in r]) == 4

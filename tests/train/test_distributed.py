@@ -1,11 +1,10 @@
 """Two processes under torchrun (gloo, CPU) train exactly as one process with twice the accumulation."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
+
+from tests.torchrun import one_and_two_ranks
 
 
 def losses(run_dir):
@@ -17,14 +16,7 @@ def test_two_ranks_match_one_rank_with_double_accumulation(fineweb_shards, tmp_p
     common = ["pretrain", "--dataset", str(fineweb_shards), "--model", "tiny", "--batch-size", "2", "--seq-len", "64",
               "--total-batch-size", "512", "--max-steps", "5", "--learning-rate", "3e-3", "--eval-every", "5",
               "--eval-iters", "2", "--optimizer", optimizer, "--device", "cpu"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    single = subprocess.run([sys.executable, "-m", "ghoul", *common, "--output-dir", str(tmp_path / "one")],
-                            capture_output=True, text=True, env=env, timeout=300)
-    assert single.returncode == 0, single.stderr[-2000:]
-    double = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                             "-m", "ghoul", *common, "--output-dir", str(tmp_path / "two")],
-                            capture_output=True, text=True, env=env, timeout=300)
-    assert double.returncode == 0, double.stderr[-2000:]
+    single, double = one_and_two_ranks(common, tmp_path / "one", tmp_path / "two")
     assert "2 x cpu" in double.stdout and "(2 accumulation steps)" in double.stdout
     assert "1 x cpu" in single.stdout and "(4 accumulation steps)" in single.stdout
     one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
