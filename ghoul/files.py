@@ -66,8 +66,11 @@ def repair_jsonl(path: str | Path) -> None:
             os.fsync(f.fileno())
 
 
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """Records of a JSON-lines file; a torn last line (a crash mid-append) is ignored."""
+def read_jsonl(path: str | Path, missing_ok: bool = False) -> list[dict[str, Any]]:
+    """Records of a JSON-lines file; a torn last line (a crash mid-append) is ignored. With `missing_ok`, a file
+    that does not exist (yet) has no records."""
+    if missing_ok and not Path(path).is_file():
+        return []
     records = []
     with open(path, encoding="utf-8") as f:
         lines = f.read().split("\n")

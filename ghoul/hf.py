@@ -116,9 +116,8 @@ def model_card(model_dir: Path, cfg: dict, n_params: int) -> str:
     run_dir = model_dir.parent
     state = json.loads((model_dir / STATE_FILE).read_text()) if (model_dir / STATE_FILE).is_file() else {}
     train = state.get("config", {})
-    evals = read_jsonl(run_dir / "eval.jsonl") if (run_dir / "eval.jsonl").is_file() else []
-    log = read_jsonl(run_dir / "log.jsonl") if (run_dir / "log.jsonl").is_file() else []
-    samples = read_jsonl(run_dir / "samples.jsonl") if (run_dir / "samples.jsonl").is_file() else []
+    evals, log, samples = (read_jsonl(run_dir / name, missing_ok=True)
+                           for name in ("eval.jsonl", "log.jsonl", "samples.jsonl"))
     hellaswag = next((r["hellaswag_acc"] for r in reversed(evals + log) if r.get("hellaswag_acc") is not None), None)
     lines = ["---", "library_name: transformers", "pipeline_tag: text-generation", "tags: [gpt2, ghoul]", "---", "",
              f"# {model_dir.parent.name if state else model_dir.name}", "",

@@ -32,16 +32,12 @@ class ReportConfig:
     run_dir: Path = option(help="the pipeline's run directory", positional=True)
 
 
-def _read(path: Path) -> list[dict[str, Any]]:
-    return read_jsonl(path) if path.is_file() else []
-
-
 def stage_summary(run_dir: Path) -> dict[str, dict[str, Any]]:
     """Per training stage: steps, tokens, time, throughput, final losses, and its evaluation if any."""
     out = {}
     for name in STAGES:
         subs = PREFERENCE_DIRS if name == "preference" else (name,)
-        log = next((r for r in (_read(run_dir / sub / "log.jsonl") for sub in subs) if r), [])
+        log = next((r for r in (read_jsonl(run_dir / sub / "log.jsonl", missing_ok=True) for sub in subs) if r), [])
         steps = [r for r in log if "loss" in r]
         if not steps:
             continue
@@ -57,7 +53,8 @@ def stage_summary(run_dir: Path) -> dict[str, dict[str, Any]]:
 
 def judge_summary(run_dir: Path) -> dict[str, Any] | None:
     """How the judge chose: groups judged and skipped, which shown position won, agreement with the length baseline."""
-    rankings, stories = _read(run_dir / "rlhf" / "rankings.jsonl"), _read(run_dir / "rlhf" / "stories.jsonl")
+    rankings, stories = (read_jsonl(run_dir / "rlhf" / name, missing_ok=True)
+                         for name in ("rankings.jsonl", "stories.jsonl"))
     if not rankings:
         return None
     by_id = {s["id"]: s["text"] for s in stories}
@@ -87,7 +84,7 @@ def winrate_sentence(w: dict[str, Any]) -> str:
 
 def samples_table(run_dir: Path) -> tuple[list[str], dict[str, list[str]]]:
     """Prompts, and for each stage its stories for those prompts (same seeds)."""
-    rows = {name: _read(run_dir / "samples" / f"{name}.jsonl") for name in STAGES}
+    rows = {name: read_jsonl(run_dir / "samples" / f"{name}.jsonl", missing_ok=True) for name in STAGES}
     prompts = [r["prompt"] for r in next((r for r in rows.values() if r), [])]
     return prompts, {name: [r["text"] for r in records] for name, records in rows.items() if records}
 

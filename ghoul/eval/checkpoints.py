@@ -55,10 +55,6 @@ def step_dirs(run_dir: Path) -> list[tuple[int, Path]]:
     return [(int(p.name.removeprefix("step_")), p) for p in checkpoint.step_dirs(run_dir)]
 
 
-def _read_records(path: Path) -> list[dict[str, Any]]:
-    return read_jsonl(path) if path.is_file() else []
-
-
 def _merged(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Each checkpoint's metrics, its records merged in order (a later record adds to or overrides earlier ones)."""
     out: dict[str, dict[str, Any]] = {}
@@ -137,9 +133,9 @@ def run(cfg: CheckpointsConfig) -> list[dict[str, Any]]:
     d = setup(cfg.device)
     rank, world_size, device = d.rank, d.world_size, d.device
     checkpoints = step_dirs(cfg.run_dir)
-    eval_path, log = cfg.run_dir / EVAL_FILE, _read_records(cfg.run_dir / LOG_FILE)
+    eval_path, log = cfg.run_dir / EVAL_FILE, read_jsonl(cfg.run_dir / LOG_FILE, missing_ok=True)
     work = _prepare(cfg)
-    done = _merged(_read_records(eval_path))
+    done = _merged(read_jsonl(eval_path, missing_ok=True))
     new: list[dict[str, Any]] = []
     for step, directory in checkpoints:
         todo = _todo(cfg, done.get(directory.name, {}), work)
@@ -156,6 +152,6 @@ def run(cfg: CheckpointsConfig) -> list[dict[str, Any]]:
         skipped = len(checkpoints) - len(new)
         print(f"evaluated {len(new)} checkpoint(s), {skipped} already in {eval_path}")
         if cfg.plot:
-            for path in plot_run(cfg.run_dir, _read_records(eval_path), log, cfg.reference, work.dataset):
+            for path in plot_run(cfg.run_dir, read_jsonl(eval_path, missing_ok=True), log, cfg.reference, work.dataset):
                 print(f"wrote {path}")
     return new

@@ -222,12 +222,6 @@ class BPETokenizer:
                              f"{256 + len(merges) + len(specials)}")
         return cls(merges, PATTERNS[pattern], specials, pattern)
 
-    def token_bytes(self, token: int) -> bytes:
-        """The bytes of one token (a special token's are its UTF-8 text)."""
-        if 0 <= token < self.vocab_size:
-            return self._id_bytes[token]
-        raise GhoulError(f"token id {token} is out of range for this BPE tokenizer (vocab size {self.vocab_size})")
-
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_encoder": None}  # workers rebuild the encoder rather than unpickle it
 

@@ -161,7 +161,7 @@ class Playground:
             self.stories_path.parent.mkdir(parents=True, exist_ok=True)
             if self.stories_path.exists():
                 repair_jsonl(self.stories_path)
-            taken = [r.get("id", -1) for r in read_jsonl(self.stories_path)] if self.stories_path.exists() else []
+            taken = [r.get("id", -1) for r in read_jsonl(self.stories_path, missing_ok=True)]
             first = max([i for i in taken if isinstance(i, int)], default=-1) + 1
             ids = []
             for k, record in enumerate(self.groups[group]):
