@@ -20,6 +20,10 @@ from ghoul.errors import GhoulError
 from ghoul.files import atomic_write_text
 
 GROUP_SIZE = 4  # stories the judge compares at once, as the seed did
+# The before/after samples in the report are for reading, so they leave out the unlikeliest tokens. The stories the
+# judge ranks, and those of the win-rate, come from the model's whole distribution: a fine-tune on top-k samples
+# learns the truncation, which sharpens the model whatever the judge picked (docs/feedback.md).
+READING_TOP_K = 200
 PROMPTS = ["I heard something in the attic", "The last thing my grandmother told me",
            "Nobody lives on the fourth floor"]
 
@@ -137,8 +141,8 @@ def feedback(cfg: PipelineConfig, base: Path) -> Path:
     atomic_write_text(prompts_file, "\n".join(cfg.prompts) + "\n")
     result = rlhf(RlhfConfig(base_model=base, output_dir=cfg.output_dir / "rlhf", method=cfg.method,
                              seed=cfg.seed, device=cfg.device, prompts_file=prompts_file,
-                             num_samples=cfg.num_samples, max_new_tokens=cfg.max_new_tokens, top_k=200,
-                             generate_batch_size=8, judge=cfg.judge, max_steps=cfg.preference_steps,
+                             num_samples=cfg.num_samples, max_new_tokens=cfg.max_new_tokens, generate_batch_size=8,
+                             judge=cfg.judge, max_steps=cfg.preference_steps,
                              batch_size=1, seq_len=cfg.seq_len, learning_rate=cfg.finetune_lr,
                              warmdown_iters=cfg.preference_steps // 4))
     return result.model
@@ -161,7 +165,7 @@ def win_rate(cfg: PipelineConfig, a: Path, b: Path) -> dict[str, Any]:
     say("win-rate", f"{cfg.winrate_pairs} pairs, preference stage against fine-tuned, judged by {cfg.judge}")
     result = compare(CompareConfig(a=a, b=b, judge=cfg.judge, n=cfg.winrate_pairs,
                                    prompts_file=cfg.output_dir / "prompts.txt", max_new_tokens=cfg.max_new_tokens,
-                                   top_k=200, out=pairs, seed=cfg.seed, device=cfg.device))
+                                   out=pairs, seed=cfg.seed, device=cfg.device))
     record = {"a": "preference", "b": "finetune", "judge": cfg.judge, "pairs": cfg.winrate_pairs, **asdict(result)}
     atomic_write_text(path, json.dumps(record, indent=2) + "\n")
     return record
@@ -176,8 +180,8 @@ def compare_samples(cfg: PipelineConfig, models: dict[str, Path]) -> Path:
     for name, model_dir in models.items():
         prompts_file = cfg.output_dir / "prompts.txt"
         generate(GenerateConfig(checkpoint=model_dir, prompts_file=prompts_file, num_samples=len(cfg.prompts),
-                                max_new_tokens=cfg.max_new_tokens, top_k=200, seed=cfg.seed, device=cfg.device,
-                                out=out / f"{name}.jsonl", print_samples=False))
+                                max_new_tokens=cfg.max_new_tokens, top_k=READING_TOP_K, seed=cfg.seed,
+                                device=cfg.device, out=out / f"{name}.jsonl", print_samples=False))
     return out
 
 

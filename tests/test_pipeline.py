@@ -28,6 +28,10 @@ def test_reduced_pipeline_end_to_end_and_rerun(data, tmp_path, capsys):
     assert f"| pretrain | 12 | {last['tokens']:,} |" in report and f"{last['loss']:.4f}" in report
     assert f"{finetune_eval['val_loss']:.4f}" in report and f"{finetune_eval['val_loss']:.4f}" in html
     assert "Judge `length`: 2 groups of 4 judged, 0 skipped" in report
+    # the judged stories come from the whole distribution (a fine-tune on them would learn a truncation); the
+    # report's samples, for reading, leave out the unlikeliest tokens
+    assert all(s["sampling"]["top_k"] is None for s in read_jsonl(out / "rlhf" / "stories.jsonl"))
+    assert all(s["sampling"]["top_k"] == 200 for s in read_jsonl(out / "samples" / "preference.jsonl"))
     winrate = json.loads((out / "eval" / "winrate.json").read_text())
     pairs = read_jsonl(out / "eval" / "winrate-pairs.jsonl")
     assert len(pairs) == 6 and winrate["wins_a"] == sum(p["winner"] == "a" for p in pairs)

@@ -135,6 +135,13 @@ def preference_configs(cfg: RlhfConfig, overrides: dict[str, Any]) -> dict[str, 
                               device=cfg.device, **rl)}
 
 
+def sampling_truncation(cfg: RlhfConfig) -> str:
+    """The sampling options that cut the model's distribution, as typed (empty when there are none)."""
+    cuts = [f"--top-k {cfg.top_k}" if cfg.top_k else "", f"--top-p {cfg.top_p}" if cfg.top_p is not None and
+            cfg.top_p < 1 else "", f"--temperature {cfg.temperature}" if cfg.temperature < 1 else ""]
+    return " ".join(c for c in cuts if c)
+
+
 def model_tokenizer(model_dir: Path) -> str:
     """The tokenizer spec `ghoul prepare` takes for a model directory: `gpt2`, or the path of its own tokenizer."""
     from ghoul.checkpoint import read_model_config, resolve_checkpoint
@@ -155,6 +162,11 @@ def run(cfg: RlhfConfig) -> RlhfResult:
     atomic_write_text(out / "config.json", json.dumps(to_dict(cfg), indent=2) + "\n")
     stories, rankings, winners_txt = out / "stories.jsonl", out / "rankings.jsonl", out / "winners.txt"
     total = 3 if cfg.method == "dpo" else 4  # steps, for the progress messages
+    truncation = sampling_truncation(cfg)
+    if cfg.method == "winners" and truncation:
+        _say(f"warning: {truncation} cuts off the unlikeliest tokens of the stories the fine-tune learns from, which "
+             "sharpens the model whatever the judge picks; for --method winners sample from the whole distribution "
+             "(see docs/feedback.md)")
     if stories.is_file() and len(read_jsonl(stories)) >= cfg.num_samples:
         _say(f"1/{total} generate: {stories} is complete; skipped")
     else:

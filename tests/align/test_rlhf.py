@@ -31,7 +31,7 @@ def test_rlhf_runs_end_to_end_and_resumes(tiny_model, tmp_path, capsys):
     state = json.loads((run / "finetune" / "step_000004" / "trainer_state.json").read_text())
     assert state["step"] == 4 and model.config.n_layer == 2
     assert json.loads((run / "config.json").read_text())["judge"] == "length"
-    capsys.readouterr()
+    assert "warning" not in capsys.readouterr().err  # the config samples from the whole distribution
 
     before = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file() and p.name != "config.json"}
     assert main(args) == 0  # everything is done: every step is skipped
@@ -50,6 +50,16 @@ def test_rlhf_resumes_an_interrupted_fine_tune(tiny_model, tmp_path):
     assert main(args[:-4] + ["--max-steps", "3", "--warmdown-iters", "0"]) == 0  # one step more: resumed, not redone
     log = read_jsonl(run / "finetune" / "log.jsonl")
     assert [r["step"] for r in log if "loss" in r] == [1, 2, 3]
+
+
+def test_rlhf_warns_when_the_winners_learn_from_truncated_samples(tiny_model, tmp_path, capsys):
+    args = ["rlhf", "--config", str(CONFIG), "--judge", "random", "--base-model", str(tiny_model),
+            "--output-dir", str(tmp_path / "run"), "--num-samples", "8", "--max-new-tokens", "8", "--max-steps", "2",
+            "--batch-size", "1", "--seq-len", "16", "--top-k", "50", "--temperature", "0.8"]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "warning: --top-k 50 --temperature 0.8 cuts off the unlikeliest tokens" in err
+    assert all(s["sampling"]["top_k"] == 50 for s in read_jsonl(tmp_path / "run" / "stories.jsonl"))
 
 
 @pytest.mark.parametrize("method", ["dpo", "ppo", "grpo"])
