@@ -40,8 +40,7 @@ def step_fn(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, dtype: str
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
+        dist.synchronize(device)
     return step
 
 

@@ -126,6 +126,12 @@ def fast_bfloat16(device: str | torch.device) -> bool:
     return True
 
 
+def synchronize(device: str | torch.device) -> None:
+    """Wait for the work queued on `device` (CUDA runs it asynchronously; a CPU has none queued)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def barrier() -> None:
     """Wait for every rank (nothing to wait for in one process)."""
     if dist.is_available() and dist.is_initialized():

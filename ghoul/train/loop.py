@@ -243,9 +243,11 @@ def train(cfg: TrainConfig, model: GPT, tokenizer: Tokenizer, d: dist.DistInfo, 
         evaluate(0, record)
         if len(record) > 1:
             logger.log(record)
+    # throughput is measured over the steps since the last log record, from one host-device sync (the loss's .item())
+    # to the next: timing one step would count the queued work of the steps before it when log_every > 1
+    interval_start = time.perf_counter()
     try:
         while step < cfg.max_steps:
-            t0 = time.perf_counter()
             # ---- forward/backward over the micro-batches; gradients are all-reduced only on the last
             loss_sum = torch.zeros((), device=d.device)
             metric_sums: dict[str, torch.Tensor] = {}
@@ -274,23 +276,24 @@ def train(cfg: TrainConfig, model: GPT, tokenizer: Tokenizer, d: dist.DistInfo, 
             step += 1
             tokens_unlogged += step_tokens
             # ---- log (the .item() calls are the step's only host-device syncs)
-            if step % cfg.log_every == 0 or step == cfg.max_steps:
-                unlogged, step_tokens = dist.all_reduce_sum([tokens_unlogged, step_tokens], d.device)
+            logged = step % cfg.log_every == 0 or step == cfg.max_steps
+            if logged:
+                (unlogged,) = dist.all_reduce_sum([tokens_unlogged], d.device)
                 tokens_seen, tokens_unlogged = tokens_seen + int(unlogged), 0
                 loss_value = dist.all_reduce_mean(loss_sum).item()
+                dt = time.perf_counter() - interval_start
                 if not math.isfinite(loss_value):
                     last = (cfg.output_dir / "latest").read_text().strip() if (cfg.output_dir / "latest").exists() \
                         else "none"
                     raise GhoulError(f"the loss became {loss_value} at step {step}; the last good checkpoint is "
                                      f"{last}: lower --learning-rate or raise --warmup-iters and --resume")
-                dt = time.perf_counter() - t0
                 record = {"step": step, "loss": loss_value, "lr": cfg.learning_rate * lr_mult,
-                          "tokens": tokens_seen, "tokens_per_s": step_tokens / dt,
+                          "tokens": tokens_seen, "tokens_per_s": unlogged / dt,
                           "elapsed": time.perf_counter() - started}
                 if grad_norm is not None:
                     record["grad_norm"] = grad_norm.item()
                 if peak:
-                    record["mfu"] = flops_per_token * step_tokens / dt / d.world_size / peak
+                    record["mfu"] = flops_per_token * unlogged / dt / d.world_size / peak
                 record.update({k: dist.all_reduce_mean(v).item() for k, v in sorted(metric_sums.items())})
                 evaluate(step, record)
                 val_loss = record.get("val_loss", val_loss)
@@ -298,7 +301,12 @@ def train(cfg: TrainConfig, model: GPT, tokenizer: Tokenizer, d: dist.DistInfo, 
                 bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{record['tokens_per_s']:,.0f}", refresh=False)
             bar.update(1)
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.max_steps:
+                dist.synchronize(d.device)  # the step's queued work belongs to the interval, not to the pause
+                paused = time.perf_counter()
                 last_checkpoint = checkpoint(step)
+                interval_start += time.perf_counter() - paused
+            if logged:  # evaluation, samples and checkpoints are left out of the next interval
+                interval_start = time.perf_counter()
     except KeyboardInterrupt:
         bar.close()
         if step > start_step:

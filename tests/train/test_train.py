@@ -2,18 +2,20 @@
 
 import json
 import math
+import time
 
 import pytest
 import torch
 import transformers
 
-from ghoul.checkpoint import load_training_checkpoint, step_dirs
+from ghoul.checkpoint import load_training_checkpoint, save_training_checkpoint, step_dirs
 from ghoul.cli import main
 from ghoul.dist import DistInfo
 from ghoul.errors import GhoulError
 from ghoul.hf import export_hf
 from ghoul.model import GPT, GPTConfig
 from ghoul.tokenizer import load_tokenizer
+from ghoul.train import loop
 from ghoul.train.loop import train
 from ghoul.train.stages import FinetuneConfig, TrainConfig, run
 
@@ -44,6 +46,22 @@ def test_pretrain_lowers_val_loss_and_writes_a_run(fineweb_shards, tmp_path):
     assert [s["step"] for s in samples] == [0, 20, 40] and samples[-1]["text"]
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["max_steps"] == 40 and saved["dataset"] == str(fineweb_shards)
+
+
+def test_throughput_covers_the_steps_since_the_last_record(fineweb_shards, tmp_path, monkeypatch):
+    pause = 1.0  # a slow checkpoint between two records: its time is left out of the interval, as evaluation's is
+
+    def slow_save(*args, **kwargs):
+        time.sleep(pause)
+        return save_training_checkpoint(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "save_training_checkpoint", slow_save)
+    run(config(fineweb_shards, tmp_path / "run", max_steps=12, log_every=4, eval_every=0, checkpoint_every=10))
+    records = [r for r in log(tmp_path / "run") if "loss" in r]
+    assert [r["step"] for r in records] == [4, 8, 12] and records[-1]["tokens"] == 12 * 4 * 64
+    before, last = records[1], records[2]  # the first interval includes the model's first steps
+    wall = last["elapsed"] - before["elapsed"] - pause
+    assert last["tokens_per_s"] == pytest.approx((last["tokens"] - before["tokens"]) / wall, rel=0.2)
 
 
 def test_resumed_run_equals_uninterrupted_run(fineweb_shards, tmp_path):
