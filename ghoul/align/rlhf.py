@@ -137,9 +137,14 @@ def preference_configs(cfg: RlhfConfig, overrides: dict[str, Any]) -> dict[str, 
 
 def sampling_truncation(cfg: RlhfConfig) -> str:
     """The sampling options that cut the model's distribution, as typed (empty when there are none)."""
-    cuts = [f"--top-k {cfg.top_k}" if cfg.top_k else "", f"--top-p {cfg.top_p}" if cfg.top_p is not None and
-            cfg.top_p < 1 else "", f"--temperature {cfg.temperature}" if cfg.temperature < 1 else ""]
-    return " ".join(c for c in cuts if c)
+    cuts = []
+    if cfg.top_k:
+        cuts.append(f"--top-k {cfg.top_k}")
+    if cfg.top_p is not None and cfg.top_p < 1:
+        cuts.append(f"--top-p {cfg.top_p}")
+    if cfg.temperature < 1:
+        cuts.append(f"--temperature {cfg.temperature}")
+    return " ".join(cuts)
 
 
 def model_tokenizer(model_dir: Path) -> str:
