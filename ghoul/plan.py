@@ -116,9 +116,9 @@ def estimate(cfg: PlanConfig) -> dict:
         "weights": 4 * n,  # float32 master weights, also under autocast
         # autocast casts each weight once per forward and caches the copy; matmuls save it for backward
         "autocast weight copies": act * n if act < 4 else 0,
-        "gradients": 4 * n,  # float32, like the weights they belong to
-        # DDP's flat communication buckets copy every gradient (gradient_as_bucket_view=False, the default)
-        "DDP gradient buckets": 4 * n if cfg.gpus > 1 else 0,
+        # float32, like the weights they belong to; under DDP they are views into its communication buckets
+        # (gradient_as_bucket_view), so the buckets add nothing
+        "gradients": 4 * n,
         # AdamW: exp_avg and exp_avg_sq in float32; Muon: one momentum buffer for hidden matrices, AdamW for the rest
         "optimizer state": 8 * n if cfg.optimizer == "adamw" else 4 * params["matrices"] + 8 * (n - params[
             "matrices"]),

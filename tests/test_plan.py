@@ -49,7 +49,7 @@ def test_reference_run():
 
 def test_memory_terms():
     one, many = estimate(PlanConfig(gpus=1, total_batch_size=12 * 1024)), estimate(PlanConfig())
-    assert one["memory"]["DDP gradient buckets"] == 0 < many["memory"]["DDP gradient buckets"]
+    assert one["memory"] == many["memory"]  # DDP's buckets hold the gradients themselves: no copy per GPU
     n = one["params"]["total"]
     assert one["memory"]["optimizer state"] == 8 * n
     muon = estimate(PlanConfig(optimizer="muon"))
