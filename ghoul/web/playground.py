@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 from fastapi import FastAPI, HTTPException
-from fastapi.responses import HTMLResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from ghoul.config import option
@@ -27,9 +27,8 @@ from ghoul.files import append_jsonl, read_jsonl, repair_jsonl
 from ghoul.generate import GenerateConfig, batch_seed, encode_prompt, model_and_tokenizer
 from ghoul.model import GPT, KVCache, sample_next
 from ghoul.tokenizer import Tokenizer
-from ghoul.web.server import Server
+from ghoul.web.server import Server, page_app
 
-PAGE = Path(__file__).parent / "static" / "playground.html"
 MAX_STORIES = 16  # stories per group the page may ask for; each is generated in turn
 MAX_NEW_TOKENS = 4096
 
@@ -176,11 +175,7 @@ class Playground:
 
 def create_app(playground: Playground) -> FastAPI:
     """The page, the stream of one group of stories (JSON lines), and 'send to ranking'."""
-    app = FastAPI(title="ghoul playground", docs_url=None, redoc_url=None, openapi_url=None)
-
-    @app.get("/", response_class=HTMLResponse)
-    def page() -> str:
-        return PAGE.read_text(encoding="utf-8")
+    app = page_app("ghoul playground", "playground.html")
 
     @app.get("/api/info")
     def info() -> dict[str, Any]:

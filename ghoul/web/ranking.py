@@ -9,17 +9,13 @@ from __future__ import annotations
 import sys
 import threading
 import webbrowser
-from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, HTTPException
-from fastapi.responses import HTMLResponse
 from pydantic import BaseModel
 
 from ghoul.align.judges import Judge, Judgment
-from ghoul.web.server import Server
-
-PAGE = Path(__file__).parent / "static" / "rank.html"
+from ghoul.web.server import Server, page_app
 
 
 class RankingSession:
@@ -85,11 +81,7 @@ class Choice(BaseModel):
 
 def create_app(session: RankingSession) -> FastAPI:
     """The page and its two API calls: the current state, and a choice (answered with the next state)."""
-    app = FastAPI(title="ghoul ranking", docs_url=None, redoc_url=None, openapi_url=None)
-
-    @app.get("/", response_class=HTMLResponse)
-    def page() -> str:
-        return PAGE.read_text(encoding="utf-8")
+    app = page_app("ghoul ranking", "rank.html")
 
     @app.get("/api/state")
     def state() -> dict[str, Any]:

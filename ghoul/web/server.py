@@ -5,11 +5,30 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI
+from fastapi.responses import HTMLResponse, Response
 
 from ghoul.errors import GhoulError
+
+STATIC = Path(__file__).parent / "static"
+
+
+def page_app(title: str, page: str) -> FastAPI:
+    """An app serving the page static/`page` at / and the pages' shared stylesheet; no API docs (local tools)."""
+    app = FastAPI(title=title, docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.get("/", response_class=HTMLResponse)
+    def index() -> str:
+        return (STATIC / page).read_text(encoding="utf-8")
+
+    @app.get("/ghoul.css")
+    def stylesheet() -> Response:
+        return Response((STATIC / "ghoul.css").read_text(encoding="utf-8"), media_type="text/css")
+
+    return app
 
 
 class Server:
