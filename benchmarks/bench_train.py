@@ -18,7 +18,7 @@ import transformers
 
 from benchmarks.timing import Unsupported, describe, measure_each, result, side
 from ghoul import dist
-from ghoul.model import GPT, VOCAB_PADDING, GPTConfig
+from ghoul.model import GPT, GPTConfig, vocab_padding
 
 
 def hf_model(config: GPTConfig) -> torch.nn.Module:
@@ -46,7 +46,7 @@ def step_fn(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, dtype: str
 
 def setup(preset: str, batch: int, seq_len: int, device: str | None, pad_vocab: bool):
     device = device or dist.default_device()
-    config = GPTConfig.from_name(preset, vocab_padding=VOCAB_PADDING if pad_vocab else 1)
+    config = GPTConfig.from_name(preset, vocab_padding=vocab_padding(pad_vocab))
     seq_len = min(seq_len, config.block_size)
     torch.manual_seed(0)
     x = torch.randint(0, config.vocab_size, (batch, seq_len), device=device)

@@ -111,6 +111,7 @@ def export_hf(model_dir: str | Path, out: str | Path) -> Path:
 def model_card(model_dir: Path, cfg: dict, n_params: int) -> str:
     """A Hugging Face model card from what the run directory knows: architecture, training, HellaSwag, a sample."""
     from ghoul.checkpoint import STATE_FILE
+    from ghoul.eval.curves import REFERENCES
     from ghoul.files import read_jsonl
 
     run_dir = model_dir.parent
@@ -128,7 +129,8 @@ def model_card(model_dir: Path, cfg: dict, n_params: int) -> str:
         lines.append(f"- training: {state['step']:,} steps on `{train.get('dataset', '?')}` "
                      f"({train.get('optimizer', 'adamw')}, peak learning rate {train.get('learning_rate', '?')})")
     if hellaswag is not None:
-        lines.append(f"- HellaSwag acc_norm: {hellaswag:.1%} (GPT-2 124M: 29.6%, GPT-2 1.5B: 48.9%)")
+        refs = ", ".join(f"{REFERENCES[r].label}: {REFERENCES[r].hellaswag:.1%}" for r in ("gpt2-124m", "gpt2-xl"))
+        lines.append(f"- HellaSwag acc_norm: {hellaswag:.1%} ({refs})")
     if samples:
         lines += ["", f"A sample at step {samples[-1]['step']}:", "", "> " + " ".join(samples[-1]["text"].split())]
     return "\n".join(lines) + "\n"

@@ -31,6 +31,11 @@ POSITIONS = ("learned", "rotary", "none")
 VOCAB_PADDING = 64
 
 
+def vocab_padding(pad_vocab: bool) -> int:
+    """GPTConfig.vocab_padding for --pad-vocab (VOCAB_PADDING) or --no-pad-vocab (1: the exact vocabulary)."""
+    return VOCAB_PADDING if pad_vocab else 1
+
+
 @dataclass
 class GPTConfig:
     block_size: int = 1024  # longest context, in tokens (learned position embeddings)

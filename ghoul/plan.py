@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from ghoul.config import option
 from ghoul.dist import GPUS
 from ghoul.errors import GhoulError
-from ghoul.model import PRESETS, VOCAB_PADDING, GPTConfig
+from ghoul.model import PRESETS, VOCAB_PADDING, GPTConfig, vocab_padding
 
 GiB = 2**30
 DTYPES = {"float32": 4, "bfloat16": 2, "float16": 2}  # bytes of one activation element
@@ -107,7 +107,7 @@ def activation_bytes_per_token(c: GPTConfig, act: int, dropout: bool = False) ->
 
 def estimate(cfg: PlanConfig) -> dict:
     """Every figure of the plan, in bytes, FLOPs, seconds and counts (`run` prints them)."""
-    c = GPTConfig.from_name(cfg.model, vocab_padding=VOCAB_PADDING if cfg.pad_vocab else 1)
+    c = GPTConfig.from_name(cfg.model, vocab_padding=vocab_padding(cfg.pad_vocab))
     gpu = GPUS[cfg.gpu]
     params = param_counts(c)
     n, act = params["total"], DTYPES[cfg.dtype]

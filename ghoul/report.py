@@ -74,6 +74,14 @@ def winrate_summary(run_dir: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def judge_sentence(j: dict[str, Any], name: str) -> str:
+    """The judge summary in words; `name` is the judge's name as the format marks code."""
+    wins = ", ".join(f"position {p}: {n}" for p, n in j["position_wins"].items())
+    return (f"Judge {name}: {j['judged']} groups of {j['group_size']} judged, {j['skipped']} skipped. Wins by position "
+            f"shown: {wins}. Agreement with the length baseline: {_fmt(j['agrees_with_length'], '.0%')} (a random "
+            f"judge agrees {j['chance']:.0%} of the time).")
+
+
 def winrate_sentence(w: dict[str, Any]) -> str:
     n = w["wins_a"] + w["wins_b"]
     skipped = f"; {w['skipped']} pairs skipped" if w["skipped"] else ""
@@ -165,11 +173,7 @@ def render_markdown(run_dir: Path, stages: dict, judge: dict | None, winrate: di
     refs = ", ".join(f"{REFERENCES[r].label} {REFERENCES[r].hellaswag:.1%}" for r in REFERENCE_LINES)
     lines += [f"References (HellaSwag acc_norm, zero-shot): {refs}; chance 25%.", ""]
     if judge:
-        wins = ", ".join(f"position {p}: {n}" for p, n in judge["position_wins"].items())
-        lines += ["## The judge", "", f"Judge `{judge['judge']}`: {judge['judged']} groups of {judge['group_size']} "
-                  f"judged, {judge['skipped']} skipped. Wins by position shown: {wins}. Agreement with the length "
-                  f"baseline: {_fmt(judge['agrees_with_length'], '.0%')} (a random judge agrees "
-                  f"{judge['chance']:.0%} of the time).", ""]
+        lines += ["## The judge", "", judge_sentence(judge, f"`{judge['judge']}`"), ""]
     if winrate:
         lines += ["## Win-rate", "", winrate_sentence(winrate), ""]
     if samples:
@@ -202,12 +206,9 @@ def render_html(markdown_parts: dict[str, Any], images: dict[str, bytes]) -> str
              "<table><tr><th>stage</th><th>steps</th><th>tokens</th><th>time (s)</th><th>tokens/s</th>"
              f"<th>train loss</th><th>val loss</th><th>HellaSwag acc_norm</th></tr>{rows}</table>",
              img("loss.png"), img("hellaswag.png")]
-    if judge:
-        wins = ", ".join(f"position {p}: {n}" for p, n in judge["position_wins"].items())
-        parts += ["<h2>The judge</h2>", f"<p>Judge <code>{esc(judge['judge'])}</code>: {judge['judged']} groups of "
-                  f"{judge['group_size']} judged, {judge['skipped']} skipped. Wins by position shown: {wins}. "
-                  f"Agreement with the length baseline: {_fmt(judge['agrees_with_length'], '.0%')} "
-                  f"(a random judge agrees {judge['chance']:.0%} of the time).</p>"]
+    if judge:  # the sentence holds no user text but the judge's name, escaped here
+        name = f"<code>{esc(judge['judge'])}</code>"
+        parts += ["<h2>The judge</h2>", f"<p>{judge_sentence(judge, name)}</p>"]
     if winrate:
         parts += ["<h2>Win-rate</h2>", f"<p>{esc(winrate_sentence(winrate))}</p>"]
     if samples:

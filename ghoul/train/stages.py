@@ -16,7 +16,7 @@ from ghoul.checkpoint import LATEST, STATE_FILE, resolve_checkpoint
 from ghoul.config import option
 from ghoul.data.shards import read_meta
 from ghoul.errors import GhoulError
-from ghoul.model import GPT, VOCAB_PADDING, GPTConfig
+from ghoul.model import GPT, GPTConfig, vocab_padding
 from ghoul.tokenizer import Tokenizer, load_tokenizer
 from ghoul.train.config import TrainConfig
 from ghoul.train.loop import TrainResult, check_run_dir, train
@@ -57,9 +57,9 @@ def start_model(cfg: TrainConfig, resume_from: Path | None) -> tuple[GPT, Tokeni
                              "data with the model's tokenizer (--tokenizer)")
         return model, tokenizer
     tokenizer = dataset_tokenizer(cfg.dataset)
-    padding = VOCAB_PADDING if cfg.pad_vocab else 1
-    return GPT(GPTConfig.from_name(cfg.model, vocab_size=tokenizer.vocab_size, vocab_padding=padding,
-                                   **cfg.architecture())), tokenizer
+    config = GPTConfig.from_name(cfg.model, vocab_size=tokenizer.vocab_size, vocab_padding=vocab_padding(cfg.pad_vocab),
+                                 **cfg.architecture())
+    return GPT(config), tokenizer
 
 
 def run(cfg: TrainConfig) -> TrainResult:
