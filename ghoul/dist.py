@@ -132,6 +132,16 @@ def synchronize(device: str | torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def peak_memory_gib(device: str | torch.device) -> float | None:
+    """The most memory tensors took on a CUDA device since the previous call, in GiB (the count then restarts);
+    None elsewhere. What `ghoul plan` estimates; the CUDA context and the allocator's cache come on top."""
+    if torch.device(device).type != "cuda":
+        return None
+    peak = torch.cuda.max_memory_allocated(device) / 2**30
+    torch.cuda.reset_peak_memory_stats(device)
+    return peak
+
+
 def barrier() -> None:
     """Wait for every rank (nothing to wait for in one process)."""
     if dist.is_available() and dist.is_initialized():

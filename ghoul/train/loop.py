@@ -297,6 +297,9 @@ def train(cfg: TrainConfig, model: GPT, tokenizer: Tokenizer, d: dist.DistInfo, 
                     record["grad_norm"] = grad_norm.item()
                 if peak:
                     record["mfu"] = flops_per_token * unlogged / dt / d.world_size / peak
+                memory = dist.peak_memory_gib(d.device)
+                if memory is not None:
+                    record["peak_memory_gib"] = memory
                 record.update({k: dist.all_reduce_mean(v).item() for k, v in sorted(metric_sums.items())})
                 evaluate(step, record)
                 val_loss = record.get("val_loss", val_loss)
