@@ -1,13 +1,20 @@
-"""`ghoul plan`: its parameter and FLOP formulas against the model itself, the reference run, and refusals."""
+"""`ghoul plan`: its parameter and FLOP formulas against the model itself, its memory against what a training step
+really holds, the reference run, and refusals."""
+
+import weakref
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
+from ghoul import dist
 from ghoul.cli import main
 from ghoul.dist import GPUS
-from ghoul.model import GPT, PRESETS, GPTConfig
-from ghoul.optim.build import split_params
+from ghoul.model import GPT, PRESETS, GPTConfig, vocab_padding
+from ghoul.optim.build import build_optimizers, split_params
 from ghoul.plan import GiB, PlanConfig, estimate, flops_per_token, param_counts
+from ghoul.train.loop import lm_loss
 
 REFERENCE = ["--model", "gpt2-xl", "--gpus", "8", "--gpu", "h100", "--total-batch-size", "491520",
              "--batch-size", "12", "--seq-len", "1024", "--max-steps", "15258"]
@@ -61,6 +68,74 @@ def test_memory_terms():
     assert fp32["memory"]["logits"] == 4 * 12 * 1024 * 50304
     assert not estimate(PlanConfig(gpu="4090"))["fits"]
     assert estimate(PlanConfig(gpu="h200"))["hours"] == pytest.approx(many["hours"])
+
+
+class LiveTensorBytes(TorchDispatchMode):
+    """The bytes of the tensors alive, each storage counted from the operation that made it to its release, and
+    their peak: on the CPU, what torch.cuda.max_memory_allocated reports on a GPU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.storages: dict[int, weakref.ref] = {}
+        self.live = self.peak = 0
+
+    def add(self, tensor: torch.Tensor) -> None:
+        storage = tensor.untyped_storage()
+        key, size = storage._cdata, storage.nbytes()
+        if key in self.storages:  # a view, or an operation that returned its input
+            return
+
+        def release(_: weakref.ref) -> None:
+            self.storages.pop(key, None)
+            self.live -= size
+        self.storages[key] = weakref.ref(storage, release)
+        self.live += size
+        self.peak = max(self.peak, self.live)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self.add(t)
+        return out
+
+
+@pytest.mark.parametrize("preset,batch,seq_len,dtype,optimizer,checkpointing", [
+    ("small", 4, 256, "float32", "adamw", False),
+    ("small", 4, 256, "float32", "adamw", True),
+    ("small", 4, 256, "float32", "muon", False),
+    ("tiny", 8, 128, "bfloat16", "adamw", False),  # autocast's weight copies and the bfloat16 logits gradient
+])
+def test_memory_estimate_against_a_training_step(preset, batch, seq_len, dtype, optimizer, checkpointing):
+    """The plan's total against the peak of the tensors a training step holds, measured on the CPU as the trainer
+    runs it (fused AdamW or Muon, the fused output layer and loss, autocast): never more than 2% below (a plan that
+    says a run fits must be right), at most 20% above (the plan counts every gradient alongside every activation;
+    backward frees activations as gradients arrive)."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.from_name(preset, vocab_padding=vocab_padding(True)))
+    model.checkpoint_blocks = checkpointing
+    optimizers = build_optimizers(model, optimizer, 1e-4, 0.1)
+    x = torch.randint(0, model.config.vocab_size, (batch, seq_len))
+
+    def step() -> None:
+        with dist.autocast("cpu", dtype):
+            loss = lm_loss(model, x, torch.roll(x, -1, 1))
+        loss.backward()
+        for opt in optimizers:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+    step()  # the optimizer's state exists from the first step on
+    memory = LiveTensorBytes()
+    with memory:
+        for t in [*model.parameters(), *(v for opt in optimizers for s in opt.state.values() for v in s.values())]:
+            if isinstance(t, torch.Tensor):
+                memory.add(t)
+        step()
+    planned = estimate(PlanConfig(model=preset, gpus=1, total_batch_size=batch * seq_len, batch_size=batch,
+                                  seq_len=seq_len, max_steps=1, dtype=dtype, optimizer=optimizer,
+                                  activation_checkpointing=checkpointing))["memory_total"]
+    assert 0.98 * memory.peak <= planned <= 1.2 * memory.peak, (planned / GiB, memory.peak / GiB)
 
 
 def test_cli_prints_the_plan(capsys):
