@@ -117,13 +117,23 @@ def fast_bfloat16(device: str | torch.device) -> bool:
     bfloat16 and it is far slower than float32 (measured here: 50x on an AVX2-only CPU)."""
     kind = torch.device(device).type
     if kind == "cuda":
-        return torch.cuda.is_bf16_supported()
+        # bfloat16 tensor cores came with Ampere (compute capability 8.0); torch.cuda.is_bf16_supported() also
+        # says yes to older GPUs that emulate it
+        return torch.cuda.get_device_capability(device)[0] >= 8
     if kind == "cpu":
         try:
             return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
         except (AttributeError, RuntimeError):
             return False
     return True
+
+
+def resolve_dtype(dtype: str, device: str | torch.device) -> str:
+    """`auto` is bfloat16 autocast on CUDA GPUs that run it natively (Ampere and newer), as nanoGPT-style trainers
+    default to, and float32 elsewhere: CPUs (and MPS) keep the reference precision, bfloat16 there is asked for."""
+    if dtype != "auto":
+        return dtype
+    return "bfloat16" if torch.device(device).type == "cuda" and fast_bfloat16(device) else "float32"
 
 
 def synchronize(device: str | torch.device) -> None:

@@ -57,7 +57,7 @@ class RlhfConfig:
     seq_len: int | None = option(None, "tokens per row (default: the model's block size)")
     total_batch_size: int | None = option(None, "tokens per optimizer step (gradient accumulation)")
     warmdown_iters: int | None = option(None, "steps of linear decay to zero at the end")
-    dtype: str | None = option(None, "compute dtype of the fine-tune", choices=["float32", "bfloat16"])
+    dtype: str | None = option(None, "compute dtype of the fine-tune", choices=["auto", "float32", "bfloat16"])
     # ---- preference methods (unset: the defaults of `ghoul dpo`, `ghoul reward train`, `ghoul ppo`)
     beta: float | None = option(None, "DPO's beta")
     kl_coef: float | None = option(None, "PPO's and GRPO's KL penalty weight")

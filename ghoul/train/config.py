@@ -67,7 +67,8 @@ class TrainConfig(ArchitectureOptions):
     resume: str | None = option(None, "continue a run: --resume (its latest checkpoint) or --resume CHECKPOINT_DIR",
                                 const="latest", metavar="DIR")
     seed: int = option(1337, "random seed")
-    dtype: str = option("float32", "compute dtype (bfloat16 runs under autocast)", choices=["float32", "bfloat16"])
+    dtype: str = option("auto", "compute dtype: bfloat16 (under autocast), float32, or auto: bfloat16 on CUDA GPUs "
+                                "from Ampere on, float32 elsewhere", choices=["auto", "float32", "bfloat16"])
     compile: bool = option(False, "torch.compile the model")
     activation_checkpointing: bool = option(False, "recompute each block's activations in the backward pass: "
                                                    "about a third more compute for far less memory")

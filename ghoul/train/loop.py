@@ -166,6 +166,7 @@ def train(cfg: TrainConfig, model: GPT, tokenizer: Tokenizer, d: dist.DistInfo, 
           ) -> TrainResult:
     """Train `model` (already on `d.device`) as `cfg` says, on `train_data` (default: token shards of
     `cfg.dataset`, with its val split as `val_data`); rank 0 writes the run directory."""
+    cfg.dtype = dist.resolve_dtype(cfg.dtype, d.device)  # config.json records the precision the run used
     seq_len = cfg.seq_len or model.config.block_size
     if seq_len > model.config.block_size:
         raise GhoulError(f"--seq-len {seq_len} exceeds the model's block size {model.config.block_size}")

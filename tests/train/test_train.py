@@ -10,7 +10,7 @@ import transformers
 
 from ghoul.checkpoint import load_training_checkpoint, save_training_checkpoint, step_dirs
 from ghoul.cli import main
-from ghoul.dist import DistInfo
+from ghoul.dist import DistInfo, resolve_dtype
 from ghoul.errors import GhoulError
 from ghoul.hf import export_hf
 from ghoul.model import GPT, GPTConfig
@@ -46,6 +46,7 @@ def test_pretrain_lowers_val_loss_and_writes_a_run(fineweb_shards, tmp_path):
     assert [s["step"] for s in samples] == [0, 20, 40] and samples[-1]["text"]
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["max_steps"] == 40 and saved["dataset"] == str(fineweb_shards)
+    assert saved["dtype"] == "float32"  # the default, auto, as this CPU resolved it
 
 
 def test_throughput_covers_the_steps_since_the_last_record(fineweb_shards, tmp_path, monkeypatch):
@@ -238,3 +239,12 @@ def test_bfloat16_autocast_trains_like_float32(fineweb_shards, tmp_path):
                 assert abs(a[key] - b[key]) < 2e-3, (a["step"], key, a[key], b[key])
     model = GPT.from_pretrained(tmp_path / "bf16")
     assert model.lm_head.weight.dtype == torch.float32  # autocast computes in bf16, the weights stay float32
+
+
+@pytest.mark.parametrize("device,capability,auto", [("cpu", None, "float32"), ("cuda", (9, 0), "bfloat16"),
+                                                    ("cuda", (8, 0), "bfloat16"), ("cuda", (7, 5), "float32")])
+def test_auto_precision_is_bfloat16_on_gpus_that_run_it(monkeypatch, device, capability, auto):
+    """Ampere (8.0) and newer have bfloat16 tensor cores; a V100 or T4 would emulate it, slower than TF32."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert resolve_dtype("auto", device) == auto
+    assert resolve_dtype("float32", device) == "float32" and resolve_dtype("bfloat16", device) == "bfloat16"
