@@ -1,0 +1,69 @@
+"""The peak of the tensors a training step holds, measured on the CPU: what torch.cuda.max_memory_allocated reports
+on a GPU, for checking `ghoul plan` without one (tests/test_plan.py; tests/ddp_memory.py under torchrun)."""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+from ghoul import dist
+from ghoul.model import GPT, GPTConfig, vocab_padding
+from ghoul.optim.build import build_optimizers
+from ghoul.train.loop import lm_loss
+
+
+class LiveTensorBytes(TorchDispatchMode):
+    """The bytes of the tensors alive, each storage counted from the operation that made it to its release, and
+    their peak."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.storages: dict[int, weakref.ref] = {}
+        self.live = self.peak = 0
+
+    def add(self, tensor: torch.Tensor) -> None:
+        storage = tensor.untyped_storage()
+        key, size = storage._cdata, storage.nbytes()
+        if key in self.storages:  # a view, or an operation that returned its input
+            return
+
+        def release(_: weakref.ref) -> None:
+            self.storages.pop(key, None)
+            self.live -= size
+        self.storages[key] = weakref.ref(storage, release)
+        self.live += size
+        self.peak = max(self.peak, self.live)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self.add(t)
+        return out
+
+
+def training_peak(preset: str, batch: int, seq_len: int, dtype: str = "float32", optimizer: str = "adamw",
+                  checkpointing: bool = False, wrap: Callable[[torch.nn.Module], torch.nn.Module] | None = None
+                  ) -> int:
+    """Peak bytes over two training steps as the trainer runs them (the first makes the optimizer's state), counted
+    from the model's creation; `wrap` adds DDP and its buckets."""
+    torch.manual_seed(0)
+    memory = LiveTensorBytes()
+    with memory:
+        model = GPT(GPTConfig.from_name(preset, vocab_padding=vocab_padding(True)))
+        model.checkpoint_blocks = checkpointing
+        optimizers = build_optimizers(model, optimizer, 1e-4, 0.1)
+        trained = wrap(model) if wrap else model
+        x = torch.randint(0, model.config.vocab_size, (batch, seq_len))
+        for _ in range(2):
+            with dist.autocast("cpu", dtype):
+                loss = lm_loss(trained, x, torch.roll(x, -1, 1))
+            loss.backward()
+            for opt in optimizers:
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+    return memory.peak
