@@ -10,7 +10,7 @@ AdamW and Muon; with and without activation checkpointing; see tests/test_plan.p
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ghoul.config import option
 from ghoul.dist import GPUS
@@ -167,6 +167,21 @@ def estimate(cfg: PlanConfig) -> dict:
     }
 
 
+def largest_batch_sizes(cfg: PlanConfig, limit: int = 1024) -> tuple[int, int]:
+    """(the largest --batch-size that fits, the largest that also divides --total-batch-size into whole
+    accumulation steps); 0 where none does. Memory grows with the micro-batch, so the search stops at the first
+    that does not fit."""
+    fitting = 0
+    for batch in range(1, limit + 1):
+        trial = replace(cfg, batch_size=batch, total_batch_size=batch * cfg.seq_len * cfg.gpus)
+        if not estimate(trial)["fits"]:
+            break
+        fitting = batch
+    per_sequence = cfg.seq_len * cfg.gpus
+    dividing = max((b for b in range(1, fitting + 1) if cfg.total_batch_size % (b * per_sequence) == 0), default=0)
+    return fitting, dividing
+
+
 def _gib(n: float) -> str:
     return f"{n / GiB:8.2f} GiB"
 
@@ -189,10 +204,13 @@ def format_plan(cfg: PlanConfig, e: dict) -> str:
         lines.append("  (one GPU, no DDP: the gradients arrive as backward frees the activations, so the peak is less "
                      "than the sum)")
     verdict = "fits" if e["fits"] else "does NOT fit"
+    fitting, dividing = largest_batch_sizes(cfg)
     lines += [
         f"  {'total':24s} {_gib(e['memory_total'])}   {verdict}: {cfg.gpu} has {e['gpu_memory'] / GiB:.0f} GiB, "
         f"{e['usable_memory'] / GiB:.0f} usable after a {RESERVE_GIB:.0f} GiB reserve "
         f"({e['memory_total'] / e['usable_memory']:.0%} of it)",
+        (f"  largest --batch-size that fits: {fitting}; the largest that divides --total-batch-size into whole "
+         f"accumulation steps: {dividing}" if fitting else "  no --batch-size fits, not even 1"),
         "",
         "compute",
         f"  FLOPs per token          {e['flops_per_token'] / 1e9:10.2f} GFLOP (6N + 12 L T C)",
@@ -210,8 +228,13 @@ def format_plan(cfg: PlanConfig, e: dict) -> str:
     if cfg.activation_checkpointing:
         lines.append("  (recomputation adds a forward pass, a third more arithmetic not counted in MFU: expect a lower "
                      "--mfu than without it)")
-    if not e["fits"] and not cfg.activation_checkpointing:
-        lines.append("\nit does not fit: try --activation-checkpointing or a smaller --batch-size")
+    if not e["fits"]:  # suggest only what makes it fit
+        tries = [] if cfg.activation_checkpointing or not estimate(replace(cfg, activation_checkpointing=True))[
+            "fits"] else ["--activation-checkpointing"]
+        tries += [f"--batch-size {dividing}"] if dividing else []
+        lines.append(f"\nit does not fit: try {' or '.join(tries)}" if tries else
+                     "\nit does not fit at any --batch-size: every GPU holds a whole replica, so it needs GPUs with "
+                     "more memory")
     return "\n".join(lines)
 
 

@@ -4,6 +4,7 @@ really holds, the reference run, and refusals."""
 import os
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from ghoul.cli import main
 from ghoul.dist import GPUS
 from ghoul.model import GPT, PRESETS, GPTConfig
 from ghoul.optim.build import split_params
-from ghoul.plan import GiB, PlanConfig, estimate, flops_per_token, param_counts
+from ghoul.plan import GiB, PlanConfig, estimate, flops_per_token, largest_batch_sizes, param_counts
 from tests.memory import training_peak
 
 REFERENCE = ["--model", "gpt2-xl", "--gpus", "8", "--gpu", "h100", "--total-batch-size", "491520",
@@ -117,6 +118,28 @@ def test_cli_prints_the_plan(capsys):
     out = capsys.readouterr().out
     assert "1,557,611,200 parameters" in out and "5 accumulation steps" in out and "fits" in out
     assert "hours" in out and "cost" in out
+
+
+def test_largest_batch_sizes_that_fit(capsys):
+    cfg = PlanConfig()  # the reference run: gpt2-xl on 8 H100s, 491,520 tokens per step
+
+    def fits(batch: int, **kw) -> bool:
+        return estimate(replace(cfg, batch_size=batch, total_batch_size=batch * 1024 * 8, **kw))["fits"]
+    fitting, dividing = largest_batch_sizes(cfg)
+    assert fits(fitting) and not fits(fitting + 1)
+    assert 491_520 % (dividing * 1024 * 8) == 0 and dividing <= fitting
+    assert all(491_520 % (b * 1024 * 8) for b in range(dividing + 1, fitting + 1))
+    assert largest_batch_sizes(replace(cfg, activation_checkpointing=True))[0] > fitting
+    assert main(["plan", *REFERENCE]) == 0
+    assert f"largest --batch-size that fits: {fitting}" in capsys.readouterr().out
+    # too large a micro-batch: the hint names what makes it fit
+    assert main(["plan", *REFERENCE, "--batch-size", "30"]) == 0
+    assert f"it does not fit: try --activation-checkpointing or --batch-size {dividing}" in capsys.readouterr().out
+    # no micro-batch fits a 24 GB card, with or without checkpointing: weights, gradients and AdamW take 26 GiB
+    assert largest_batch_sizes(replace(cfg, gpu="4090", activation_checkpointing=True)) == (0, 0)
+    assert main(["plan", *REFERENCE, "--gpu", "4090"]) == 0
+    out = capsys.readouterr().out
+    assert "no --batch-size fits" in out and "needs GPUs with more memory" in out
 
 
 @pytest.mark.parametrize("args, message", [
