@@ -7,7 +7,7 @@ short keeps what it measured), and stages after --budget-s seconds skipped:
 1. the tests that take a device, on CUDA (the fused output layer + loss in bfloat16 against F.cross_entropy);
 2. `ghoul plan` against the memory tensors really took (the logged peak) for the reference run's micro-batch,
    gpt2-xl 12 x 1024 tokens in eager PyTorch, with and without activation checkpointing (a few steps each);
-3. a one-process torchrun pretraining step over NCCL;
+3. a one-process torchrun pretraining step over NCCL, with the default precision (auto: bfloat16 on this GPU);
 4. MFU of `ghoul pretrain` itself, as a user runs it (bfloat16 autocast, --compile, vocabulary padded), for gpt2
    and gpt2-xl on synthetic GPT-2 token shards: the median of the logged MFU after the compiling steps (targets on
    an H100: 50% and 45%);
@@ -117,7 +117,10 @@ def torchrun_step(shards: Path, out: Path, device: str) -> dict:
            "pretrain", "--dataset", str(shards), "--model", "tiny", "--max-steps", "3", "--eval-every", "0",
            "--batch-size", "4", "--output-dir", str(out / "torchrun"), "--device", device]
     done = subprocess.run(cmd, capture_output=True, text=True)
-    return {"passed": done.returncode == 0, "tail": (done.stdout + done.stderr)[-1500:]}
+    config = out / "torchrun" / "config.json"
+    # the default --dtype auto, as the run resolved it: bfloat16 on GPUs from Ampere on
+    dtype = json.loads(config.read_text())["dtype"] if config.is_file() else None
+    return {"passed": done.returncode == 0, "dtype": dtype, "tail": (done.stdout + done.stderr)[-1500:]}
 
 
 def cpu_bfloat16() -> dict:
@@ -176,7 +179,7 @@ def main() -> None:
                                   for k, v in r.items()))
         backend = "nccl" if args.device.startswith("cuda") else "gloo"
         stage(f"torchrun-{backend}", lambda: torchrun_step(shards, Path(tmp), args.device),
-              lambda r: "passed" if r["passed"] else f"FAILED\n{r['tail']}")
+              lambda r: f"passed, --dtype auto ran {r['dtype']}" if r["passed"] else f"FAILED\n{r['tail']}")
         # last of the GPU stages: compiling gpt2-xl's 48 blocks takes the longest
         for preset in args.presets:
             stage(f"pretrain-{preset}",
