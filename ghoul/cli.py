@@ -121,6 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         parser, cls, fn = build_parser(cmd)
         args = parser.parse_args(rest)
+        if "torch" in sys.modules:  # the command computes with torch (the others never import it: they start fast)
+            from ghoul import dist
+
+            dist.allow_tf32()  # training, evaluation and sampling alike
         fn(config_from_args(cls, args))
     except GhoulError as e:
         print(f"ghoul {cmd.name}: error: {e}", file=sys.stderr)

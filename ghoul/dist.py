@@ -136,6 +136,14 @@ def resolve_dtype(dtype: str, device: str | torch.device) -> str:
     return "bfloat16" if torch.device(device).type == "cuda" and fast_bfloat16(device) else "float32"
 
 
+def allow_tf32() -> None:
+    """float32 matmuls and convolutions on CUDA's TF32 tensor cores (Ampere and newer): several times the FLOP/s at
+    10 mantissa bits, which training, evaluation and sampling tolerate, as nanoGPT-style tools assume. CPUs are not
+    affected."""
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+
+
 def synchronize(device: str | torch.device) -> None:
     """Wait for the work queued on `device` (CUDA runs it asynchronously; a CPU has none queued)."""
     if torch.device(device).type == "cuda":

@@ -86,3 +86,15 @@ def test_command_reference_is_in_sync_with_the_parser():
     reference = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text()
     assert reference == cli_reference(), "docs/cli.md is stale: regenerate it with `ghoul --reference > docs/cli.md`"
     assert all(f"## ghoul {c.name}\n" in reference for c in COMMANDS)
+
+
+def test_commands_that_compute_allow_tf32(capsys):
+    """float32 matmuls on a GPU use TF32 in every command that computes with torch, not in training alone."""
+    cuda, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    before = cuda.allow_tf32, cudnn.allow_tf32
+    cuda.allow_tf32 = cudnn.allow_tf32 = False
+    try:
+        assert main(["plan"]) == 0
+        assert cuda.allow_tf32 and cudnn.allow_tf32
+    finally:
+        cuda.allow_tf32, cudnn.allow_tf32 = before

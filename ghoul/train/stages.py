@@ -70,9 +70,7 @@ def run(cfg: TrainConfig) -> TrainResult:
         dist.barrier()  # every rank has checked the run directory before rank 0 writes into it
         torch.manual_seed(cfg.seed)
         model, tokenizer = start_model(cfg, resume_from)
-        if d.device_type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = True  # TF32 for float32 matmuls: ~8x the FLOP/s on Ampere+
-            torch.backends.cudnn.allow_tf32 = True
+        dist.allow_tf32()  # also here for callers that train without the CLI
         return train(cfg, model.to(d.device), tokenizer, d, resume_from=resume_from)
     finally:
         dist.teardown()
