@@ -23,6 +23,7 @@ OPTIMIZERS = ("adamw", "muon")
 # Room for what no formula here counts: the CUDA context (about 0.5 GiB), cuBLAS and NCCL workspaces, and the
 # allocator's fragmentation; also covers a data-sheet "80 GB" being 79.6 GiB (81,559 MiB in nvidia-smi on an H100).
 RESERVE_GIB = 2.0
+BATCH_SEARCH_LIMIT = 1024  # micro-batches tried for "the largest that fits"
 
 
 @dataclass
@@ -167,12 +168,12 @@ def estimate(cfg: PlanConfig) -> dict:
     }
 
 
-def largest_batch_sizes(cfg: PlanConfig, limit: int = 1024) -> tuple[int, int]:
-    """(the largest --batch-size that fits, the largest that also divides --total-batch-size into whole
-    accumulation steps); 0 where none does. Memory grows with the micro-batch, so the search stops at the first
-    that does not fit."""
+def largest_batch_sizes(cfg: PlanConfig) -> tuple[int, int]:
+    """(the largest --batch-size that fits, up to BATCH_SEARCH_LIMIT, and the largest that also divides
+    --total-batch-size into whole accumulation steps); 0 where none does. Memory grows with the micro-batch, so the
+    search stops at the first that does not fit."""
     fitting = 0
-    for batch in range(1, limit + 1):
+    for batch in range(1, BATCH_SEARCH_LIMIT + 1):
         trial = replace(cfg, batch_size=batch, total_batch_size=batch * cfg.seq_len * cfg.gpus)
         if not estimate(trial)["fits"]:
             break
@@ -209,8 +210,9 @@ def format_plan(cfg: PlanConfig, e: dict) -> str:
         f"  {'total':24s} {_gib(e['memory_total'])}   {verdict}: {cfg.gpu} has {e['gpu_memory'] / GiB:.0f} GiB, "
         f"{e['usable_memory'] / GiB:.0f} usable after a {RESERVE_GIB:.0f} GiB reserve "
         f"({e['memory_total'] / e['usable_memory']:.0%} of it)",
-        (f"  largest --batch-size that fits: {fitting}; the largest that divides --total-batch-size into whole "
-         f"accumulation steps: {dividing}" if fitting else "  no --batch-size fits, not even 1"),
+        (f"  largest --batch-size that fits: {fitting}{'+' if fitting == BATCH_SEARCH_LIMIT else ''}; the largest "
+         f"that divides --total-batch-size into whole accumulation steps: {dividing}" if fitting
+         else "  no --batch-size fits, not even 1"),
         "",
         "compute",
         f"  FLOPs per token          {e['flops_per_token'] / 1e9:10.2f} GFLOP (6N + 12 L T C)",
