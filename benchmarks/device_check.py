@@ -42,11 +42,17 @@ import torch
 from ghoul import dist
 from ghoul.data.shards import shard_name, write_shard
 from ghoul.files import atomic_write_text, read_jsonl
+from ghoul.model import PRESETS
 from ghoul.plan import GiB, PlanConfig, estimate
 
 # micro-batch per preset at 1024 tokens: what one 80 GB GPU holds in bf16 with AdamW (`ghoul plan --gpus 1 ...`);
 # gpt2-xl at 12, the reference run's
 BATCH = {"tiny": 8, "small": 16, "gpt2": 32, "gpt2-medium": 16, "gpt2-large": 8, "gpt2-xl": 12}
+
+
+def seq_len(preset: str) -> int:
+    """Tokens per sequence of the runs: 1024, or the tiny preset's whole context."""
+    return min(1024, PRESETS[preset].get("block_size", 1024))
 
 
 def synthetic_shards(directory: Path, tokens: int = 4_000_000) -> Path:
@@ -72,8 +78,7 @@ def pretrain(preset: str, shards: Path, out: Path, device: str, steps: int, comp
 
     name = f"{preset}{'-compile' if compile else ''}{'-checkpointing' if activation_checkpointing else ''}"
     cfg = TrainConfig(dataset=str(shards), output_dir=out / name, model=preset, batch_size=BATCH[preset],
-                      seq_len=None if preset == "tiny" else 1024, max_steps=steps, eval_every=0,
-                      dtype="bfloat16" if device.startswith("cuda") else "float32", compile=compile, device=device,
+                      seq_len=seq_len(preset), max_steps=steps, eval_every=0, compile=compile, device=device,
                       activation_checkpointing=activation_checkpointing)
     started = time.perf_counter()
     # the runs measure speed and memory: their checkpoints (18 GB for gpt2-xl with AdamW's state) are not written
@@ -93,10 +98,10 @@ def pretrain(preset: str, shards: Path, out: Path, device: str, steps: int, comp
 
 def plan_gib(preset: str, device: str, activation_checkpointing: bool) -> float:
     """What `ghoul plan` says one GPU needs for this preset's micro-batch, in GiB."""
-    seq_len = 1024 if preset != "tiny" else 128  # as `pretrain` runs it: the preset's context
-    dtype = "bfloat16" if device.startswith("cuda") else "float32"
-    cfg = PlanConfig(model=preset, gpus=1, total_batch_size=BATCH[preset] * seq_len, batch_size=BATCH[preset],
-                     seq_len=seq_len, max_steps=1, dtype=dtype, activation_checkpointing=activation_checkpointing)
+    tokens = seq_len(preset)
+    cfg = PlanConfig(model=preset, gpus=1, total_batch_size=BATCH[preset] * tokens, batch_size=BATCH[preset],
+                     seq_len=tokens, max_steps=1, dtype=dist.resolve_dtype("auto", device),  # as `pretrain` runs
+                     activation_checkpointing=activation_checkpointing)
     return estimate(cfg)["memory_total"] / GiB
 
 

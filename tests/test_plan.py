@@ -107,9 +107,9 @@ def test_memory_estimate_against_a_ddp_training_step():
     assert 0.98 * peak <= planned <= 1.05 * peak, (planned / GiB, peak / GiB)
 
 
-def plan_total(preset: str, gpus: int, batch: int, seq_len: int, **kw) -> int:
+def plan_total(preset: str, gpus: int, batch: int, seq_len: int, dtype: str = "float32", **kw) -> int:
     return estimate(PlanConfig(model=preset, gpus=gpus, total_batch_size=batch * seq_len * gpus, batch_size=batch,
-                               seq_len=seq_len, max_steps=1, dtype=kw.pop("dtype", "float32"), **kw))["memory_total"]
+                               seq_len=seq_len, max_steps=1, dtype=dtype, **kw))["memory_total"]
 
 
 def test_cli_prints_the_plan(capsys):
