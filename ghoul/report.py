@@ -44,8 +44,11 @@ def stage_summary(run_dir: Path) -> dict[str, dict[str, Any]]:
         val = [r["val_loss"] for r in log if "val_loss" in r]
         evaluation = run_dir / "eval" / f"{name}.json"
         rates = [r["tokens_per_s"] for r in steps if "tokens_per_s" in r]  # on-policy RL logs rewards, not tokens
+        mfu = [r["mfu"] for r in steps if "mfu" in r]  # these two are logged on GPUs only
+        memory = [r["peak_memory_gib"] for r in steps if "peak_memory_gib" in r]
         out[name] = {"steps": steps[-1]["step"], "tokens": steps[-1].get("tokens"), "seconds": steps[-1]["elapsed"],
                      "tokens_per_s": statistics.median(rates) if rates else None, "loss": steps[-1]["loss"],
+                     "mfu": statistics.median(mfu) if mfu else None, "peak_memory_gib": max(memory, default=None),
                      "val_loss_log": val[-1] if val else None, "log": log,
                      "eval": json.loads(evaluation.read_text()) if evaluation.is_file() else {}}
     return out
@@ -158,17 +161,28 @@ def _fmt(value: Any, spec: str = ".4f") -> str:
     return "—" if value is None else format(value, spec)
 
 
-def render_markdown(run_dir: Path, stages: dict, judge: dict | None, winrate: dict | None, prompts: list[str],
-                    samples: dict, config: dict, env: dict) -> str:
-    lines = [f"# ghoul run report: {run_dir.name}", "", "## Stages", "",
-             "| stage | steps | tokens | time (s) | tokens/s | train loss | val loss | HellaSwag acc_norm |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+def stage_table(stages: dict[str, dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """The stages table's header and rows, shared by both formats; MFU and peak memory only when a stage logged them."""
+    gpu = any(s["mfu"] is not None or s["peak_memory_gib"] is not None for s in stages.values())
+    header = ["stage", "steps", "tokens", "time (s)", "tokens/s", *(["MFU", "peak memory (GiB)"] if gpu else []),
+              "train loss", "val loss", "HellaSwag acc_norm"]
+    rows = []
     for name, s in stages.items():
         e = s["eval"]
-        lines.append(f"| {name} | {s['steps']} | {_fmt(s['tokens'], ',')} | {s['seconds']:.0f} | "
-                     f"{_fmt(s['tokens_per_s'], ',.0f')} | "
-                     f"{s['loss']:.4f} | {_fmt(e.get('val_loss'))} | {_fmt(e.get('hellaswag_acc'), '.1%')} "
-                     f"(n={e.get('hellaswag_n', 0)}) |")
+        rows.append([name, str(s["steps"]), _fmt(s["tokens"], ","), f"{s['seconds']:.0f}",
+                     _fmt(s["tokens_per_s"], ",.0f"),
+                     *([_fmt(s["mfu"], ".1%"), _fmt(s["peak_memory_gib"], ".1f")] if gpu else []),
+                     f"{s['loss']:.4f}", _fmt(e.get("val_loss")),
+                     f"{_fmt(e.get('hellaswag_acc'), '.1%')} (n={e.get('hellaswag_n', 0)})"])
+    return header, rows
+
+
+def render_markdown(run_dir: Path, stages: dict, judge: dict | None, winrate: dict | None, prompts: list[str],
+                    samples: dict, config: dict, env: dict) -> str:
+    header, rows = stage_table(stages)
+    lines = [f"# ghoul run report: {run_dir.name}", "", "## Stages", "", "| " + " | ".join(header) + " |",
+             "|" + " --- |" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
     lines += ["", "![losses](loss.png)", "", "![HellaSwag](hellaswag.png)", ""]
     refs = ", ".join(f"{REFERENCES[r].label} {REFERENCES[r].hellaswag:.1%}" for r in REFERENCE_LINES)
     lines += [f"References (HellaSwag acc_norm, zero-shot): {refs}; chance 25%.", ""]
@@ -197,14 +211,10 @@ def render_html(markdown_parts: dict[str, Any], images: dict[str, bytes]) -> str
     def img(name: str) -> str:
         return f'<img alt="{name}" src="data:image/png;base64,{base64.b64encode(images[name]).decode()}">'
 
-    rows = "".join(
-        f"<tr><td>{n}</td><td>{s['steps']}</td><td>{_fmt(s['tokens'], ',')}</td><td>{s['seconds']:.0f}</td>"
-        f"<td>{_fmt(s['tokens_per_s'], ',.0f')}</td><td>{s['loss']:.4f}</td><td>{_fmt(s['eval'].get('val_loss'))}</td>"
-        f"<td>{_fmt(s['eval'].get('hellaswag_acc'), '.1%')} (n={s['eval'].get('hellaswag_n', 0)})</td></tr>"
-        for n, s in stages.items())
-    parts = [f"<h1>{esc(title)}</h1>", "<h2>Stages</h2>",
-             "<table><tr><th>stage</th><th>steps</th><th>tokens</th><th>time (s)</th><th>tokens/s</th>"
-             f"<th>train loss</th><th>val loss</th><th>HellaSwag acc_norm</th></tr>{rows}</table>",
+    header, rows = stage_table(stages)
+    table = "".join("<tr>" + "".join(f"<{tag}>{esc(cell)}</{tag}>" for cell in row) + "</tr>"
+                    for tag, row in [("th", header), *(("td", row) for row in rows)])
+    parts = [f"<h1>{esc(title)}</h1>", "<h2>Stages</h2>", f"<table>{table}</table>",
              img("loss.png"), img("hellaswag.png")]
     if judge:  # the sentence holds no user text but the judge's name, escaped here
         name = f"<code>{esc(judge['judge'])}</code>"

@@ -1,0 +1,39 @@
+"""The report's stage table: what each training stage logged, and the GPU columns only where a GPU logged them."""
+
+import json
+
+from ghoul.report import write_report
+
+
+def write_log(path, records):
+    path.mkdir(parents=True)
+    (path / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def step(n, loss, tokens_per_s, **gpu):
+    return {"step": n, "loss": loss, "lr": 6e-4, "tokens": n * 4096, "tokens_per_s": tokens_per_s,
+            "elapsed": n * 0.5, **gpu}
+
+
+def test_stage_table_shows_mfu_and_peak_memory_when_a_gpu_logged_them(tmp_path):
+    # as the trainer logs on a CUDA GPU: MFU and peak memory on every record, beside a validation record
+    write_log(tmp_path / "pretrain", [step(10, 6.5, 8_000.0, mfu=0.40, peak_memory_gib=61.2),
+                                      {"step": 10, "val_loss": 6.7},
+                                      step(20, 5.9, 9_000.0, mfu=0.44, peak_memory_gib=61.9),
+                                      step(30, 5.5, 9_500.0, mfu=0.46, peak_memory_gib=61.7)])
+    write_log(tmp_path / "finetune", [step(5, 4.2, 7_000.0), step(10, 4.0, 7_200.0)])  # resumed on a CPU, say
+    write_report(tmp_path)
+    md, html = (tmp_path / "report.md").read_text(), (tmp_path / "report.html").read_text()
+    assert "| stage | steps | tokens | time (s) | tokens/s | MFU | peak memory (GiB) | train loss |" in md
+    assert "| pretrain | 30 | 122,880 | 15 | 9,000 | 44.0% | 61.9 | 5.5000 |" in md  # median MFU, largest peak
+    assert "| finetune | 10 | 40,960 | 5 | 7,100 | — | — | 4.0000 |" in md
+    assert "<th>MFU</th>" in html and "<td>44.0%</td><td>61.9</td>" in html
+
+
+def test_stage_table_leaves_out_the_gpu_columns_for_cpu_runs(tmp_path):
+    write_log(tmp_path / "pretrain", [step(10, 6.5, 800.0), step(20, 6.1, 820.0)])
+    write_report(tmp_path)
+    md, html = (tmp_path / "report.md").read_text(), (tmp_path / "report.html").read_text()
+    assert "| stage | steps | tokens | time (s) | tokens/s | train loss | val loss | HellaSwag acc_norm |" in md
+    assert "| pretrain | 20 | 81,920 | 10 | 810 | 6.1000 | — | — (n=0) |" in md
+    assert "<th>tokens/s</th><th>train loss</th>" in html and "MFU" not in md and "MFU" not in html
