@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 from dataclasses import dataclass
 
@@ -101,6 +102,23 @@ def cli_reference() -> str:
             os.environ["COLUMNS"] = width
 
 
+def optional_extra(module: str) -> str | None:
+    """The extra of ghoul's package metadata (`pip install 'ghoul[EXTRA]'`) that installs `module`, if any."""
+    from importlib import metadata
+
+    root = module.split(".")[0].replace("_", "-").lower()
+    try:
+        requirements = metadata.requires("ghoul") or []
+    except metadata.PackageNotFoundError:
+        return None
+    for line in requirements:
+        name, _, marker = line.partition(";")
+        extra = marker.split("extra ==")[-1].strip().strip("'\"") if "extra ==" in marker else None
+        if extra not in (None, "dev") and re.split(r"[<>=!~\[ ]", name.strip(), maxsplit=1)[0].lower() == root:
+            return extra
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -128,6 +146,18 @@ def main(argv: list[str] | None = None) -> int:
         fn(config_from_args(cls, args))
     except GhoulError as e:
         print(f"ghoul {cmd.name}: error: {e}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:
+        extra = optional_extra(e.name or "")
+        if extra is None:
+            raise
+        print(f"ghoul {cmd.name}: error: this command needs {e.name}: pip install 'ghoul[{extra}]'", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.filename is None:  # not about a path the user gave (a network or device error): keep the traceback
+            raise
+        target = f" -> {e.filename2}" if e.filename2 is not None else ""
+        print(f"ghoul {cmd.name}: error: {e.strerror or e}: {e.filename}{target}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"ghoul {cmd.name}: interrupted", file=sys.stderr)

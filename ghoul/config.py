@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import tomllib
 import types
 import typing
@@ -17,6 +18,10 @@ from ghoul.errors import GhoulError
 
 C = TypeVar("C")
 
+# The value argparse leaves for an optional positional that was not given: not a string, so argparse never runs the
+# field's type on it (it would turn argparse.SUPPRESS into Path("==SUPPRESS==")); config_from_args skips it.
+_OMITTED = object()
+
 
 def option(default: Any = dataclasses.MISSING, help: str = "", *, choices: list[Any] | None = None,
            positional: bool = False, metavar: str | None = None, const: Any = None) -> Any:
@@ -25,6 +30,12 @@ def option(default: Any = dataclasses.MISSING, help: str = "", *, choices: list[
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
+
+
+def check_port(port: int) -> None:
+    """A TCP port for a local page (0: any free one), checked when the options are read rather than at bind time."""
+    if not 0 <= port < 65536:
+        raise GhoulError(f"--port must be in 0..65535 (0: any free port), got {port}")
 
 
 def flag(name: str) -> str:
@@ -68,7 +79,7 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, config_file: boo
         if kind is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
-            kwargs["type"] = _parser_for(kind)
+            kwargs["type"] = kind  # int() accepts 100_000_000 as people write it in TOML; argparse names it in errors
             if meta.get("choices"):
                 kwargs["choices"] = meta["choices"]
             if is_list:
@@ -79,24 +90,23 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, config_file: boo
             required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
             if not required:
                 kwargs["nargs"] = "?" if not is_list else "*"
+                kwargs["default"] = _OMITTED
             parser.add_argument(f.name, **kwargs)
         else:
             parser.add_argument(flag(f.name), dest=f.name, **kwargs)
 
 
-def _parser_for(kind: type) -> Any:
-    if kind is int:
-        return lambda s: int(s.replace("_", ""))  # accept 100_000_000 as people write it in TOML
-    return kind
-
-
 def read_toml(path: str | Path, what: str = "config file") -> dict[str, Any]:
     """A TOML file's contents, with a one-line error when it is missing or malformed."""
     path = Path(path)
+    if path.is_dir():
+        raise GhoulError(f"{what} {path} is a directory: give the path of a TOML file")
     if not path.is_file():
         raise GhoulError(f"{what} {path} does not exist: give the path of a TOML file")
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise GhoulError(f"{what} {path} is not UTF-8 text: give the path of a TOML file") from None
     except tomllib.TOMLDecodeError as e:
         raise GhoulError(f"{what} {path} is not valid TOML: {e}") from None
 
@@ -110,22 +120,62 @@ def load_toml(path: str | Path, cls: type, section: str | None = None) -> dict[s
 
 
 def _check_keys(data: dict[str, Any], cls: type, where: str) -> dict[str, Any]:
-    names = {f.name for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = _field_types(cls)
     values = {}
     for key, value in data.items():
         name = key.replace("-", "_")
         if isinstance(value, dict):
             continue  # a [section] for another stage
-        if name not in names:
-            raise GhoulError(f"{where}: unknown key '{key}'; valid keys are: {', '.join(sorted(names))}")
-        kind, _ = _scalar_type(hints[name])
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if kind is Path and isinstance(value, str):
-            value = Path(value)
-        values[name] = value
+        if name not in fields:
+            raise GhoulError(f"{where}: unknown key '{key}'; valid keys are: {', '.join(sorted(fields))}")
+        values[name] = _check_value(value, hints[name], f"{where}: key '{key}'")
+        choices = fields[name].metadata.get("choices")
+        if choices and any(v not in choices for v in (value if isinstance(value, list) else [value])):
+            raise GhoulError(f"{where}: key '{key}' must be one of {', '.join(map(str, choices))}, not "
+                             f"{_toml_text(value)}")
     return values
+
+
+# what a TOML value of each field type must be, in words: (one value, a list of them)
+_TYPE_WORDS = {int: ("an integer", "integers"), float: ("a number", "numbers"), str: ("a string", "strings"),
+               Path: ("a path (a string)", "paths (strings)"), bool: ("true or false", "true/false values")}
+
+
+def _check_value(value: Any, annotation: Any, what: str) -> Any:
+    """`value` from a TOML file converted to the field's type (int -> float, str -> Path), or a one-line error."""
+    kind, is_list = _scalar_type(annotation)
+    if kind not in _TYPE_WORDS:
+        return value  # a type we do not describe: the config class checks it
+    one, many = _TYPE_WORDS[kind]
+    if is_list:
+        if not isinstance(value, list) or not all(_is(kind, v) for v in value):
+            raise GhoulError(f"{what} must be a list of {many}, not {_toml_text(value)}")
+        return [_convert(kind, v) for v in value]
+    if not _is(kind, value):
+        raise GhoulError(f"{what} must be {one}, not {_toml_text(value)}")
+    return _convert(kind, value)
+
+
+def _is(kind: type, value: Any) -> bool:
+    if kind is bool:
+        return isinstance(value, bool)
+    if isinstance(value, bool):  # bool is a subclass of int in Python, but `true` is no number in a config
+        return False
+    if kind is int:
+        return isinstance(value, int)
+    if kind is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, str)  # str and Path
+
+
+def _convert(kind: type, value: Any) -> Any:
+    return float(value) if kind is float else Path(value) if kind is Path else value
+
+
+def _toml_text(value: Any) -> str:
+    """A value as it is written in TOML (true, "5", [1, 2]), for error messages."""
+    return json.dumps(value, default=str)
 
 
 def config_from_args(cls: type[C], args: argparse.Namespace, section: str | None = None) -> C:
@@ -134,7 +184,7 @@ def config_from_args(cls: type[C], args: argparse.Namespace, section: str | None
     if getattr(args, "config", None):
         values.update(load_toml(args.config, cls, section))
     for f in dataclasses.fields(cls):
-        if hasattr(args, f.name):
+        if getattr(args, f.name, _OMITTED) is not _OMITTED:
             values[f.name] = getattr(args, f.name)
     missing = [f.name for f in dataclasses.fields(cls) if f.name not in values
                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]

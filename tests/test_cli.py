@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from ghoul.cli import main
@@ -98,3 +99,90 @@ def test_commands_that_compute_allow_tf32(capsys):
         assert cuda.allow_tf32 and cudnn.allow_tf32
     finally:
         cuda.allow_tf32, cudnn.allow_tf32 = before
+
+
+def test_config_values_of_the_wrong_type_are_one_line_errors(tmp_path, capsys):
+    cases = [
+        ('max_new_tokens = "5"', "key 'max_new_tokens' must be an integer, not \"5\""),
+        ("num_samples = 2.5", "key 'num_samples' must be an integer, not 2.5"),
+        ("top-k = true", "key 'top-k' must be an integer, not true"),
+        ("temperature = \"hot\"", "key 'temperature' must be a number, not \"hot\""),
+        ("prompt = 5", "key 'prompt' must be a string, not 5"),
+        ("print_samples = 1", "key 'print_samples' must be true or false, not 1"),
+        ("out = [\"a.jsonl\"]", "key 'out' must be a path (a string), not [\"a.jsonl\"]"),
+    ]
+    for line, message in cases:
+        (tmp_path / "gen.toml").write_text(line + "\n")
+        code, err = run_error(["generate", "--config", str(tmp_path / "gen.toml")], capsys)
+        assert code == 2, line
+        assert f"{tmp_path / 'gen.toml'}: {message}" in err and len(err.splitlines()) == 1, err
+    (tmp_path / "tok.toml").write_text('input = ["a.txt", 3]\n')
+    code, err = run_error(["tokenizer", "train", "--config", str(tmp_path / "tok.toml")], capsys)
+    assert code == 2 and "key 'input' must be a list of paths (strings), not [\"a.txt\", 3]" in err, err
+
+
+def test_unreadable_config_files_are_one_line_errors(tmp_path, capsys):
+    (tmp_path / "binary.toml").write_bytes(b"\xff\xfe\x00\x01prompt")
+    (tmp_path / "folder.toml").mkdir()
+    cases = [("binary.toml", "is not UTF-8 text"), ("folder.toml", "is a directory: give the path of a TOML file")]
+    for name, message in cases:
+        code, err = run_error(["generate", "--config", str(tmp_path / name)], capsys)
+        assert code == 2 and message in err and len(err.splitlines()) == 1, err
+
+
+def test_omitted_optional_positional_takes_its_default(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # `ghoul export winners` reads rankings.jsonl from here when not given one
+    (tmp_path / "stories.jsonl").write_text('{"id": 1, "prompt": "The door ", "text": "opened."}\n')
+    (tmp_path / "rankings.jsonl").write_text('{"group": 0, "shown": [1], "chosen": 1}\n')
+    assert main(["export", "winners", "--out", "w.txt"]) == 0
+    assert (tmp_path / "w.txt").read_text() == "The door opened.\n"
+    (tmp_path / "rankings.jsonl").rename(tmp_path / "judged.jsonl")  # a --config file gives it when the flag does not
+    (tmp_path / "w.toml").write_text('rankings = "judged.jsonl"\n')
+    assert main(["export", "winners", "--config", "w.toml", "--out", "w2.txt"]) == 0
+    assert (tmp_path / "w2.txt").read_text() == "The door opened.\n"
+
+
+def test_bad_int_flag_names_the_type(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "--num-samples", "abc"])
+    assert e.value.code == 2
+    assert "argument --num-samples: invalid int value: 'abc'" in capsys.readouterr().err
+
+
+def test_os_errors_on_user_paths_are_one_line(tmp_path, monkeypatch, capsys):
+    (tmp_path / "in.txt").write_text("the house was dark\n")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file").write_text("")
+    train = ["tokenizer", "train", "--input", str(tmp_path / "in.txt"), "--kind", "char", "--no-progress", "--out"]
+    cases = [  # (--out, the start of the message, its end)
+        (tmp_path / "folder", "is a directory, not a file: ", str(tmp_path / "folder")),
+        (tmp_path / "file" / "tok.json", "File exists: ", str(tmp_path / "file")),
+    ]
+    for out, start, end in cases:
+        code, err = run_error(train + [str(out)], capsys)
+        assert code == 2 and err.startswith(f"ghoul tokenizer train: error: {start}") and err.endswith(end), err
+        assert len(err.splitlines()) == 1, err
+
+    def fail(cfg):
+        raise OSError("no filename: not about a path the user gave")
+
+    monkeypatch.setattr("ghoul.tokenizer.cli.train", fail)
+    with pytest.raises(OSError, match="no filename"):
+        main(train + [str(tmp_path / "tok.json")])
+
+
+def test_a_missing_optional_package_names_its_extra(monkeypatch, capsys):
+    for module in ("ghoul.web.playground", "ghoul.web.server"):
+        monkeypatch.delitem(sys.modules, module, raising=False)
+    monkeypatch.setitem(sys.modules, "fastapi", None)  # as if `pip install -e .` without [align]
+    code, err = run_error(["serve"], capsys)
+    assert code == 2 and err == "ghoul serve: error: this command needs fastapi: pip install 'ghoul[align]'", err
+
+
+@pytest.mark.parametrize("args", [["rank", "--judge", "web", "--port", "99999"], ["serve", "--port", "-1"],
+                                  ["rlhf", "--base-model", "m", "--judge", "web", "--port", "70000"]])
+def test_ports_out_of_range_are_refused_when_the_options_are_read(args, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    GPT(GPTConfig.from_name("tiny")).save_pretrained(tmp_path / "m")
+    code, err = run_error(args, capsys)
+    assert code == 2 and "--port must be in 0..65535" in err and not (tmp_path / "runs").exists(), err
