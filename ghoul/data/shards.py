@@ -17,6 +17,7 @@ import numpy as np
 
 from ghoul.errors import GhoulError
 from ghoul.files import atomic_write_text
+from ghoul.tokenizer import Tokenizer, load_tokenizer
 
 MAGIC = 20240520  # llm.c's dev/data/data_common.py
 HEADER_INTS = 256
@@ -149,3 +150,23 @@ def find_shards(spec: str | Path, split: str = "train") -> list[Path]:
         raise GhoulError(f"{directory} holds no {split} shards" +
                          (": prepare with --val-tokens N to make a validation split" if split == "val" else ""))
     return files
+
+
+def dataset_tokenizer(dataset: str | Path) -> Tokenizer:
+    """The tokenizer a shard directory was made with (GPT-2's for shards without meta.json, as llm.c's)."""
+    path = Path(dataset)
+    meta = read_meta(path) if path.is_dir() else None
+    spec = (meta or {}).get("tokenizer", "gpt2")
+    if spec != "gpt2" and not Path(spec).is_absolute():
+        spec = str(path / spec) if (path / spec).exists() else spec
+    return load_tokenizer(spec)
+
+
+def check_data_tokenizer(dataset: str | Path, tokenizer: Tokenizer, model: str | Path) -> None:
+    """Shards made with another tokenizer than the model's are an error: their ids name other tokens, so a loss
+    on them (or training on them) looks plausible and means nothing. Training and evaluation both call this."""
+    data_tokenizer = dataset_tokenizer(dataset)
+    if data_tokenizer.vocab_size != tokenizer.vocab_size or data_tokenizer.eot_id != tokenizer.eot_id:
+        raise GhoulError(f"{dataset} was tokenized with {data_tokenizer.name} ({data_tokenizer.vocab_size:,} "
+                         f"tokens) but {model} uses {tokenizer.name} ({tokenizer.vocab_size:,}): prepare the "
+                         "data with the model's tokenizer (--tokenizer)")

@@ -12,12 +12,14 @@ from typing import Any
 
 from ghoul import checkpoint
 from ghoul.config import option
+from ghoul.data.shards import check_data_tokenizer
 from ghoul.dist import DTYPES, setup
 from ghoul.errors import GhoulError
 from ghoul.eval.curves import REFERENCES, dataset_of, plot_run
 from ghoul.eval.hellaswag import default_data_path, evaluate_hellaswag, load_hellaswag
 from ghoul.eval.loss import evaluate_loss, read_split
 from ghoul.files import append_jsonl, read_jsonl
+from ghoul.model import WEIGHTS_FILE
 
 EVAL_FILE = "eval.jsonl"
 LOG_FILE = "log.jsonl"
@@ -52,7 +54,11 @@ def step_dirs(run_dir: Path) -> list[tuple[int, Path]]:
     """(step, directory) of the run's complete checkpoints, by step (temporary `.step_*` folders are not matched)."""
     if not run_dir.is_dir():
         raise GhoulError(f"run directory {run_dir} does not exist: give the --out directory of a training run")
-    return [(int(p.name.removeprefix("step_")), p) for p in checkpoint.step_dirs(run_dir)]
+    found = [(int(p.name.removeprefix("step_")), p) for p in checkpoint.step_dirs(run_dir)]
+    if not found:
+        raise GhoulError(f"{run_dir} holds no checkpoints: it should contain step_* directories (each with "
+                         f"{WEIGHTS_FILE}), as a training run saves them (--checkpoint-every)")
+    return found
 
 
 def _merged(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -81,50 +87,63 @@ def _tokens_at(step: int, directory: Path, log: list[dict[str, Any]]) -> int | N
 
 @dataclass
 class _Work:
-    """What one call evaluates: the loaded inputs shared by every checkpoint."""
+    """What one call evaluates: the loaded inputs shared by every checkpoint, and the settings that decide each
+    metric (recorded beside it as `*_key`, so that a result is reused only for the same settings)."""
 
     examples: list[dict[str, Any]] | None
     shards: list | None
     dataset: str | None
+    hellaswag_key: dict[str, Any] | None
+    val_loss_key: dict[str, Any] | None
 
 
 def _prepare(cfg: CheckpointsConfig) -> _Work:
-    examples = None
+    examples, hellaswag_key = None, None
     if cfg.hellaswag:
-        examples = load_hellaswag(cfg.data_path or default_data_path(), cfg.limit)
-    shards, dataset = None, None
+        path = cfg.data_path or default_data_path()
+        examples = load_hellaswag(path, cfg.limit)
+        # the count, not --limit: a limit past the end of the file scores the same examples as none
+        hellaswag_key = {"file": str(Path(path).resolve()), "n": len(examples), "dtype": cfg.dtype}
+    shards, dataset, val_loss_key = None, None, None
     if cfg.val_loss:
         shards = read_split(cfg.data, "val")
         meta = cfg.data / "meta.json"
         if meta.is_file():
             dataset = dataset_of(str(json.loads(meta.read_text(encoding="utf-8")).get("source", "")))
-    return _Work(examples, shards, dataset)
+        # seq_len None is the checkpoint's own block size, fixed for a given checkpoint
+        val_loss_key = {"data": str(Path(cfg.data).resolve()), "split": "val", "tokens": cfg.tokens,
+                        "seq_len": cfg.seq_len, "dtype": cfg.dtype}
+    return _Work(examples, shards, dataset, hellaswag_key, val_loss_key)
 
 
-def _todo(cfg: CheckpointsConfig, done: dict[str, Any], work: _Work) -> list[str]:
-    """The metrics still missing for a checkpoint (a HellaSwag score on a different number of examples is redone)."""
+def _todo(done: dict[str, Any], work: _Work) -> list[str]:
+    """The metrics still missing for a checkpoint: those not recorded with the settings of this call (a record
+    without a key, as older eval.jsonl files hold, is redone)."""
     todo = []
-    if work.examples is not None and done.get("hellaswag_n") != len(work.examples):
+    if work.examples is not None and done.get("hellaswag_key") != work.hellaswag_key:
         todo.append("hellaswag")
-    if work.shards is not None and "val_loss" not in done:
+    if work.shards is not None and done.get("val_loss_key") != work.val_loss_key:
         todo.append("val_loss")
     return todo
 
 
 def evaluate_checkpoint(directory: Path, todo: list[str], work: _Work, cfg: CheckpointsConfig, device: str,
                         rank: int, world_size: int) -> dict[str, Any]:
-    """The metrics in `todo` for one checkpoint, as eval.jsonl fields."""
+    """The metrics in `todo` for one checkpoint, as eval.jsonl fields, each with the key it was computed under."""
     model, tokenizer = checkpoint.load_model_and_tokenizer(directory, device)
+    if "val_loss" in todo:  # before any scoring, so a mismatch costs nothing
+        check_data_tokenizer(cfg.data, tokenizer, directory)
     record: dict[str, Any] = {}
     if "hellaswag" in todo:
         r = evaluate_hellaswag(model, tokenizer, work.examples, device, cfg.batch_size, rank, world_size,
                                dtype=cfg.dtype, progress=True)
-        record.update(hellaswag_acc=r["acc_norm"], hellaswag_acc_sum=r["acc"], hellaswag_n=r["n"])
+        record.update(hellaswag_acc=r["acc_norm"], hellaswag_acc_sum=r["acc"], hellaswag_n=r["n"],
+                      hellaswag_key=work.hellaswag_key)
     if "val_loss" in todo:
         seq_len = cfg.seq_len or model.config.block_size
         r = evaluate_loss(model, work.shards, device, seq_len, cfg.batch_size, cfg.tokens, rank, world_size,
                           dtype=cfg.dtype, progress=True)
-        record.update(val_loss=r["loss"], val_tokens=r["tokens"])
+        record.update(val_loss=r["loss"], val_tokens=r["tokens"], val_loss_key=work.val_loss_key)
     return record
 
 
@@ -138,7 +157,7 @@ def run(cfg: CheckpointsConfig) -> list[dict[str, Any]]:
     done = _merged(read_jsonl(eval_path, missing_ok=True))
     new: list[dict[str, Any]] = []
     for step, directory in checkpoints:
-        todo = _todo(cfg, done.get(directory.name, {}), work)
+        todo = _todo(done.get(directory.name, {}), work)
         if not todo:
             continue
         metrics = evaluate_checkpoint(directory, todo, work, cfg, device, rank, world_size)

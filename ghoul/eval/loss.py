@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from ghoul.checkpoint import load_model_and_tokenizer
 from ghoul.config import option
+from ghoul.data.shards import check_data_tokenizer
 from ghoul.dist import DTYPES, all_reduce_sum, autocast, setup
 from ghoul.errors import GhoulError
 from ghoul.eval import unwrap
@@ -98,7 +99,8 @@ def evaluate_loss(model: torch.nn.Module, shards: list[np.ndarray], device: str 
 def run(cfg: LossConfig) -> dict[str, Any]:
     d = setup(cfg.device)
     rank, world_size, device = d.rank, d.world_size, d.device
-    model, _ = load_model_and_tokenizer(cfg.checkpoint, device)
+    model, tokenizer = load_model_and_tokenizer(cfg.checkpoint, device)
+    check_data_tokenizer(cfg.data, tokenizer, cfg.checkpoint)
     seq_len = cfg.seq_len or model.config.block_size
     shards = read_split(cfg.data, cfg.split)
     result = evaluate_loss(model, shards, device, seq_len, cfg.batch_size, cfg.tokens, rank, world_size,

@@ -14,7 +14,7 @@ import torch
 from ghoul import dist
 from ghoul.checkpoint import LATEST, STATE_FILE, resolve_checkpoint
 from ghoul.config import option
-from ghoul.data.shards import read_meta
+from ghoul.data.shards import check_data_tokenizer, dataset_tokenizer
 from ghoul.errors import GhoulError
 from ghoul.model import GPT, GPTConfig, vocab_padding
 from ghoul.tokenizer import Tokenizer, load_tokenizer
@@ -35,26 +35,12 @@ class FinetuneConfig(TrainConfig):
             raise GhoulError("--base-model is required: the model directory to fine-tune (e.g. a pretraining run)")
 
 
-def dataset_tokenizer(dataset: str) -> Tokenizer:
-    """The tokenizer a shard directory was made with (GPT-2's for shards without meta.json, as llm.c's)."""
-    path = Path(dataset)
-    meta = read_meta(path) if path.is_dir() else None
-    spec = (meta or {}).get("tokenizer", "gpt2")
-    if spec != "gpt2" and not Path(spec).is_absolute():
-        spec = str(path / spec) if (path / spec).exists() else spec
-    return load_tokenizer(spec)
-
-
 def start_model(cfg: TrainConfig, resume_from: Path | None) -> tuple[GPT, Tokenizer]:
     """The model to train: the checkpoint resumed, the base model fine-tuned, or a fresh preset."""
     source = resume_from or cfg.base_model
     if source is not None:
         model, tokenizer = GPT.from_pretrained(source), load_tokenizer(source)
-        data_tokenizer = dataset_tokenizer(cfg.dataset)
-        if data_tokenizer.vocab_size != tokenizer.vocab_size or data_tokenizer.eot_id != tokenizer.eot_id:
-            raise GhoulError(f"{cfg.dataset} was tokenized with {data_tokenizer.name} ({data_tokenizer.vocab_size:,} "
-                             f"tokens) but {source} uses {tokenizer.name} ({tokenizer.vocab_size:,}): prepare the "
-                             "data with the model's tokenizer (--tokenizer)")
+        check_data_tokenizer(cfg.dataset, tokenizer, source)
         return model, tokenizer
     tokenizer = dataset_tokenizer(cfg.dataset)
     config = GPTConfig.from_name(cfg.model, vocab_size=tokenizer.vocab_size, vocab_padding=vocab_padding(cfg.pad_vocab),

@@ -79,3 +79,19 @@ def shard_dir(tmp_path_factory: pytest.TempPathFactory, data: Path) -> Path:
             "shards": {"train": [split], "val": [len(tokens) - split]}}
     (path / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
     return path
+
+
+@pytest.fixture(scope="session")
+def char_shard_dir(tmp_path_factory: pytest.TempPathFactory, data: Path) -> Path:
+    """Val shards of tiny shakespeare in characters, as `ghoul prepare --tokenizer FILE` leaves them: ids that a
+    GPT-2 model would take for other tokens without complaint."""
+    text = (data / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")[:5_000]
+    tokenizer = CharTokenizer.train([text])
+    path = tmp_path_factory.mktemp("char_shards")
+    tokenizer.save(path / "tokenizer.json")
+    tokens = tokenizer.encode(text)
+    write_llmc_shard(path / "val_000000.bin", tokens)
+    meta = {"source": "text", "tokenizer": "tokenizer.json", "vocab_size": tokenizer.vocab_size,
+            "eot_id": tokenizer.eot_id, "shards": {"train": [], "val": [len(tokens)]}}
+    (path / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+    return path

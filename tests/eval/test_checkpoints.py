@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,8 +14,10 @@ import torch
 from ghoul.cli import main
 from ghoul.eval.checkpoints import CheckpointsConfig, run
 from ghoul.eval.curves import REFERENCES, dataset_of, plot_metric, series
+from ghoul.eval.loss import read_split
 from ghoul.files import read_jsonl
 from ghoul.model import GPT, GPTConfig
+from tests.eval.conftest import write_llmc_shard
 
 PNG = b"\x89PNG\r\n\x1a\n"
 TOKENS_PER_STEP = 4096
@@ -78,6 +83,81 @@ def test_cli_and_bad_input(tiny_run: Path, shard_dir: Path, hellaswag_100: Path,
     with pytest.raises(SystemExit) as exit_info:  # argparse rejects an unknown choice itself
         main(["eval", "checkpoints", str(tiny_run), "--reference", "gpt5"])
     assert exit_info.value.code == 2
+
+
+def _other_data(shard_dir: Path, tmp_path: Path) -> Path:
+    """Another GPT-2 shard directory: the same meta.json, the val tokens reversed (other text, other losses)."""
+    other = tmp_path / "other_shards"
+    shutil.copytree(shard_dir, other)
+    tokens = read_split(shard_dir, "val")[0]
+    write_llmc_shard(other / "val_000000.bin", [int(t) for t in tokens[::-1]])
+    return other
+
+
+def test_a_cached_val_loss_is_reused_only_for_the_same_settings(tmp_path: Path, shard_dir: Path) -> None:
+    run_dir = tmp_path / "run"
+    _save_step(run_dir, 10)
+    cfg = CheckpointsConfig(run_dir, hellaswag=False, val_loss=True, data=shard_dir, tokens=256, seq_len=32,
+                            device="cpu", plot=False)
+    first = run(cfg)[0]
+    assert run(cfg) == []  # unchanged settings: the cached result stands
+    assert run(replace(cfg, data=Path(os.path.relpath(shard_dir)))) == []  # the same directory, named otherwise
+
+    other = run(replace(cfg, data=_other_data(shard_dir, tmp_path)))  # another dataset: recomputed, not reprinted
+    assert len(other) == 1 and other[0]["val_loss"] != pytest.approx(first["val_loss"])
+    assert other[0]["val_loss_key"]["data"] == str((tmp_path / "other_shards").resolve())
+    assert run(replace(cfg, tokens=128))[0]["val_tokens"] == 128
+    assert run(replace(cfg, tokens=128, seq_len=16))[0]["val_loss_key"]["seq_len"] == 16
+    again = run(cfg)  # back to the first settings: their own numbers again
+    assert again[0]["val_loss"] == pytest.approx(first["val_loss"]) and again[0]["val_tokens"] == 256
+
+
+def test_a_cached_hellaswag_score_is_reused_only_for_the_same_file_and_count(tmp_path: Path,
+                                                                             hellaswag_100: Path) -> None:
+    run_dir = tmp_path / "run"
+    _save_step(run_dir, 10)
+    cfg = CheckpointsConfig(run_dir, limit=2, data_path=hellaswag_100, batch_size=8, device="cpu", plot=False)
+    assert len(run(cfg)) == 1 and run(cfg) == []
+    copy = tmp_path / "other_hellaswag.jsonl"  # the same number of examples, from another file
+    copy.write_text("".join(hellaswag_100.read_text(encoding="utf-8").splitlines(keepends=True)[50:52]),
+                    encoding="utf-8")
+    assert run(replace(cfg, data_path=copy))[0]["hellaswag_key"] == {"file": str(copy.resolve()), "n": 2,
+                                                                      "dtype": "float32"}
+    assert run(replace(cfg, data_path=copy)) == []
+    assert run(replace(cfg, data_path=copy, limit=5)) == []  # a limit past the end of the file: the same 2 examples
+    assert len(run(replace(cfg, data_path=copy, limit=1))) == 1
+
+
+def test_records_without_a_key_are_recomputed(tmp_path: Path, shard_dir: Path) -> None:
+    """eval.jsonl as older versions wrote it: metrics, no record of the settings they came from."""
+    run_dir = tmp_path / "run"
+    _save_step(run_dir, 10)
+    old = {"checkpoint": "step_000010", "step": 10, "tokens": None, "val_loss": 1.5, "val_tokens": 256}
+    (run_dir / "eval.jsonl").write_text(json.dumps(old) + "\n", encoding="utf-8")
+    cfg = CheckpointsConfig(run_dir, hellaswag=False, val_loss=True, data=shard_dir, tokens=256, seq_len=32,
+                            device="cpu", plot=False)
+    new = run(cfg)
+    assert len(new) == 1 and new[0]["val_loss"] > 9  # a random model, not the recorded 1.5
+    assert read_jsonl(run_dir / "eval.jsonl") == [old] + new  # the old line is kept, the new one follows it
+    assert run(cfg) == []
+
+
+def test_val_loss_on_data_of_another_tokenizer_is_refused(tiny_run: Path, char_shard_dir: Path,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    code = main(["eval", "checkpoints", str(tiny_run), "--no-hellaswag", "--val-loss", "--data", str(char_shard_dir),
+                 "--tokens", "256", "--seq-len", "32"])
+    assert code == 2 and "was tokenized with char" in capsys.readouterr().err
+    assert not (tiny_run / "eval.jsonl").exists()
+
+
+def test_a_directory_without_checkpoints_is_an_error(tmp_path: Path, hellaswag_100: Path,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    empty = tmp_path / "empty"
+    (empty / ".step_000010").mkdir(parents=True)  # a half-written checkpoint does not count
+    assert main(["eval", "checkpoints", str(empty), "--data-path", str(hellaswag_100), "--limit", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(empty) in err and "step_*" in err
+    assert not (empty / "eval.jsonl").exists()
 
 
 def test_references_and_curves(tmp_path: Path) -> None:

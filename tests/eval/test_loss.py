@@ -11,6 +11,8 @@ import torch
 
 from ghoul.checkpoint import load_model_and_tokenizer as load_checkpoint
 from ghoul.cli import main
+from ghoul.data.shards import check_data_tokenizer
+from ghoul.errors import GhoulError
 from ghoul.eval.loss import evaluate_loss, read_split, windows
 
 
@@ -46,3 +48,18 @@ def test_cli_errors_exit_2(tiny_gpt2: Path, shard_dir: Path, tmp_path: Path, cap
     assert "does not exist" in capsys.readouterr().err
     assert main(["eval", "loss", "--checkpoint", str(tiny_gpt2), "--data", str(shard_dir), "--seq-len", "999"]) == 2
     assert "exceeds the model's block size" in capsys.readouterr().err
+
+
+def test_data_of_another_tokenizer_is_refused(tiny_gpt2: Path, shard_dir: Path, char_shard_dir: Path,
+                                              capsys: pytest.CaptureFixture) -> None:
+    _, gpt2 = load_checkpoint(tiny_gpt2, "cpu")
+    check_data_tokenizer(shard_dir, gpt2, tiny_gpt2)  # the same tokenizer: no complaint
+    with pytest.raises(GhoulError, match="was tokenized with char"):
+        check_data_tokenizer(char_shard_dir, gpt2, tiny_gpt2)
+    # every char id is a valid GPT-2 id, so without the check this printed a plausible loss and exited 0
+    code = main(["eval", "loss", "--checkpoint", str(tiny_gpt2), "--data", str(char_shard_dir), "--tokens", "256",
+                 "--seq-len", "32"])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""
+    err = captured.err.strip()
+    assert len(err.splitlines()) == 1 and str(char_shard_dir) in err and "the model's tokenizer" in err
