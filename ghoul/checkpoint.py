@@ -6,6 +6,7 @@ the one way every stage saves and loads weights. Directories are written whole o
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -60,7 +61,7 @@ def read_model_config(directory: str | Path) -> dict:
     directory = resolve_checkpoint(directory)
     if not directory.is_dir():
         raise GhoulError(f"checkpoint {directory} does not exist: give a model directory "
-                         f"(holding {CONFIG_FILE} and {WEIGHTS_FILE}) or use --model PRESET")
+                         f"(holding {CONFIG_FILE} and {WEIGHTS_FILE}) or a run directory holding checkpoints")
     path = directory / CONFIG_FILE
     if not path.is_file():
         raise GhoulError(f"{directory} is not a model directory: {CONFIG_FILE} is missing")
@@ -73,12 +74,17 @@ def read_model_config(directory: str | Path) -> dict:
     return config
 
 
-def load_model_dir(directory: str | Path, device: str | torch.device = "cpu") -> GPT:
-    """Build the model from `config.json` and load `model.safetensors` into it."""
+def load_model_dir(directory: str | Path, device: str | torch.device = "cpu", kind: str = "language") -> GPT:
+    """Build the model from `config.json` and load `model.safetensors` into it; `kind` is the kind the caller
+    needs: a language model, or a reward model (which scores texts and generates none)."""
     directory = resolve_checkpoint(directory)
     config = read_model_config(directory)
+    found = config.get("kind", "language")
+    if found != kind:  # a reward model generates nothing; a language model scores nothing
+        what_to_do = "train one with `ghoul reward train`" if kind == "reward" else "give a language model's directory"
+        raise GhoulError(f"{directory} is a {found} model, not a {kind} model: {what_to_do}")
     cls = GPT
-    if config.get("kind") == "reward":  # GPT + a scalar head (ghoul.align.reward), imported only when needed
+    if kind == "reward":  # GPT + a scalar head (ghoul.align.reward), imported only when needed
         from ghoul.align.reward import RewardModel as cls
     try:
         model = cls(GPTConfig.from_dict(config))
@@ -87,12 +93,16 @@ def load_model_dir(directory: str | Path, device: str | torch.device = "cpu") ->
     weights = directory / WEIGHTS_FILE
     if not weights.is_file():
         raise GhoulError(f"{directory} has no {WEIGHTS_FILE}: the checkpoint is incomplete")
-    try:
-        state = load_file(str(weights), device=str(device))
-    except (SafetensorError, OSError) as e:
-        raise GhoulError(f"{weights} could not be read ({e}): the file is damaged") from None
-    load_weights(model, state, weights)
+    load_weights(model, read_weights(weights, device), weights)
     return model.to(device)
+
+
+def read_weights(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, with a one-line error when it is damaged (a copy cut short, say)."""
+    try:
+        return load_file(str(path), device=str(device))
+    except (SafetensorError, OSError) as e:
+        raise GhoulError(f"{path} could not be read ({e}): the file is damaged") from None
 
 
 def check_vocab(model: GPT, tokenizer: Tokenizer, where: str | Path = "the model") -> None:
@@ -102,9 +112,10 @@ def check_vocab(model: GPT, tokenizer: Tokenizer, where: str | Path = "the model
                          f"only {model.config.vocab_size}: use the tokenizer the model was trained with")
 
 
-def load_model_and_tokenizer(directory: str | Path, device: str | torch.device = "cpu") -> tuple[GPT, Tokenizer]:
-    """A model directory's model (in eval mode, on `device`) and its tokenizer, checked against each other."""
-    model = load_model_dir(directory, device)
+def load_model_and_tokenizer(directory: str | Path, device: str | torch.device = "cpu",
+                             kind: str = "language") -> tuple[GPT, Tokenizer]:
+    """A model directory's model of `kind` (in eval mode, on `device`) and its tokenizer, checked against each other."""
+    model = load_model_dir(directory, device, kind)
     tokenizer = load_tokenizer(resolve_checkpoint(directory))
     check_vocab(model, tokenizer, directory)
     return model.eval(), tokenizer
@@ -166,6 +177,20 @@ def load_training_checkpoint(directory: str | Path) -> tuple[dict, list[dict], d
     state_path, opt_path = directory / STATE_FILE, directory / OPTIMIZER_FILE
     if not state_path.is_file() or not opt_path.is_file():
         raise GhoulError(f"{directory} is not a training checkpoint: it needs {STATE_FILE} and {OPTIMIZER_FILE}")
-    state = json.loads(state_path.read_text(encoding="utf-8"))
-    saved = torch.load(opt_path, map_location="cpu", weights_only=True)
-    return state, saved["optimizers"], saved.get("modules", {})
+    try:
+        state = json.loads(state_path.read_text(encoding="utf-8"))
+        saved = torch.load(opt_path, map_location="cpu", weights_only=True)
+        return state, saved["optimizers"], saved.get("modules", {})
+    except (ValueError, RuntimeError, KeyError, TypeError, pickle.UnpicklingError) as e:
+        raise GhoulError(f"{directory} is damaged ({type(e).__name__}: {str(e).splitlines()[0][:200]}): resume from "
+                         "an earlier checkpoint with --resume DIR") from None
+
+
+def load_optimizer_states(optimizers: list[torch.optim.Optimizer], states: list[dict], source: str | Path) -> None:
+    """Restore the optimizers of a resumed run; a checkpoint saved with other optimizer settings is an error."""
+    try:
+        for opt, state in zip(optimizers, states, strict=True):
+            opt.load_state_dict(state)
+    except (ValueError, KeyError) as e:
+        raise GhoulError(f"{source} was saved with other optimizer settings ({str(e).splitlines()[0][:200]}): resume "
+                         "with the --optimizer it was trained with") from None

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ghoul.errors import GhoulError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -80,13 +82,32 @@ def default_device() -> str:
     return "cpu"
 
 
+def resolve_device(device: str = "auto") -> str:
+    """`--device` checked against this machine: auto means default_device(); a device that is missing is an error."""
+    if device == "auto":
+        return default_device()
+    try:
+        kind = torch.device(device)
+    except RuntimeError:
+        raise GhoulError(f"unknown --device '{device}': use cpu, cuda, cuda:N, mps, or auto") from None
+    if kind.type == "cuda" and not torch.cuda.is_available():
+        raise GhoulError(f"--device {device}: this machine has no CUDA GPU that torch can use; use cpu or auto")
+    if kind.type == "cuda" and kind.index is not None and kind.index >= torch.cuda.device_count():
+        raise GhoulError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    if kind.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise GhoulError(f"--device {device}: MPS is not available here; use cpu or auto")
+    if kind.type not in ("cpu", "cuda", "mps"):
+        raise GhoulError(f"--device {device}: ghoul runs on cpu, cuda and mps")
+    return device
+
+
 def setup(device: str = "auto") -> DistInfo:
     """Read torchrun's environment and start the process group (NCCL on CUDA, gloo otherwise)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1 or "RANK" not in os.environ:
-        return DistInfo(device=default_device() if device == "auto" else device)
+        return DistInfo(device=resolve_device(device))
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    device = default_device() if device == "auto" else device
+    device = resolve_device(device)
     if device.startswith("cuda"):
         device = f"cuda:{local_rank}"
         torch.cuda.set_device(device)

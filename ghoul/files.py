@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -11,10 +12,22 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ghoul.errors import GhoulError
+
+
+def refuse_input_as_output(out: str | Path, *inputs: str | Path | None, flag: str = "--out") -> None:
+    """Writing to a path that is also read from would replace the input with the output: a one-line error."""
+    out = Path(out).resolve()
+    for path in inputs:
+        if path is not None and Path(path).resolve() == out:
+            raise GhoulError(f"{flag} {out} is also an input: writing there would destroy it; give another path")
+
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write `text` to `path` through a temporary file in the same folder and an atomic rename."""
     path = Path(path)
+    if path.is_dir():  # checked first: the rename would fail only after the whole text is written
+        raise IsADirectoryError(errno.EISDIR, "is a directory, not a file", str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -31,6 +44,8 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     """Yield a temporary folder beside `path`; on success it replaces `path` whole, on failure it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and not path.is_dir():  # never swap a user's file for a folder
+        raise FileExistsError(errno.EEXIST, "exists and is not a directory", str(path))
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         yield tmp
@@ -82,7 +97,5 @@ def read_jsonl(path: str | Path, missing_ok: bool = False) -> list[dict[str, Any
         except json.JSONDecodeError:
             if i == len(lines) - 1:
                 break
-            from ghoul.errors import GhoulError
-
             raise GhoulError(f"{path}, line {i + 1}: not valid JSON") from None
     return records

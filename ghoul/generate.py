@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from ghoul import checkpoint as ckpt
 from ghoul.config import option
-from ghoul.dist import default_device
+from ghoul.dist import resolve_device
 from ghoul.errors import GhoulError
 from ghoul.files import append_jsonl, read_jsonl, repair_jsonl
 from ghoul.model import GPT, GPTConfig
@@ -121,7 +121,7 @@ def existing_stories(cfg: GenerateConfig, checkpoint: str, settings: dict, promp
 
 def run(cfg: GenerateConfig) -> list[dict]:
     """Generate cfg.num_samples stories (resuming --out when it holds some); returns all of them in id order."""
-    device = default_device() if cfg.device == "auto" else cfg.device
+    device = resolve_device(cfg.device)
     prompts = read_prompts(cfg)
     model, tokenizer = model_and_tokenizer(cfg.checkpoint, cfg.model, device, cfg.seed)
     prompt_ids = [encode_prompt(tokenizer, p, model.config.block_size) for p in prompts]

@@ -13,7 +13,7 @@ from importlib import resources
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from ghoul.config import option
 from ghoul.errors import GhoulError
@@ -52,14 +52,16 @@ def read_hf_checkpoint(directory: str | Path) -> tuple[dict, dict[str, torch.Ten
 
 
 def _read_hf_weights(directory: Path) -> dict[str, torch.Tensor]:
+    from ghoul.checkpoint import read_weights
+
     single = directory / "model.safetensors"
     index = directory / "model.safetensors.index.json"
     legacy = directory / "pytorch_model.bin"
     if single.is_file():
-        return load_file(str(single))
+        return read_weights(single)
     if index.is_file():
         shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        return {k: v for shard in shards for k, v in load_file(str(directory / shard)).items()}
+        return {k: v for shard in shards for k, v in read_weights(directory / shard).items()}
     if legacy.is_file():
         return torch.load(legacy, map_location="cpu", weights_only=True)
     raise GhoulError(f"{directory} holds no model.safetensors or pytorch_model.bin")
@@ -67,11 +69,14 @@ def _read_hf_weights(directory: Path) -> dict[str, torch.Tensor]:
 
 def export_hf(model_dir: str | Path, out: str | Path) -> Path:
     """Write the ghoul model directory `model_dir` as a directory `GPT2LMHeadModel.from_pretrained` loads."""
-    from ghoul.checkpoint import TIED, read_model_config, resolve_checkpoint
+    from ghoul.checkpoint import TIED, read_model_config, read_weights, resolve_checkpoint
     from ghoul.model import WEIGHTS_FILE
 
     model_dir, out = resolve_checkpoint(model_dir), Path(out)  # a run directory means its newest checkpoint
     cfg = read_model_config(model_dir)
+    check_export_target(out, model_dir)
+    if cfg.get("kind", "language") != "language":
+        raise GhoulError(f"{model_dir} is a {cfg['kind']} model: only language models have a GPT2LMHeadModel form")
     if not cfg.get("bias", True):
         raise GhoulError(f"{model_dir}: a model without biases has no Hugging Face GPT-2 equivalent")
     gpt2 = dict(norm="layernorm", norm_position="pre", activation="gelu", position="learned", tie_embeddings=True,
@@ -83,7 +88,7 @@ def export_hf(model_dir: str | Path, out: str | Path) -> Path:
     weights = model_dir / WEIGHTS_FILE
     if not weights.is_file():
         raise GhoulError(f"{model_dir} has no {WEIGHTS_FILE}: the checkpoint is incomplete")
-    state = {k: (v.t().contiguous() if _is_conv1d(k) else v) for k, v in load_file(str(weights)).items() if k != TIED}
+    state = {k: (v.t().contiguous() if _is_conv1d(k) else v) for k, v in read_weights(weights).items() if k != TIED}
     # a padded table (--pad-vocab) loses its padding rows: GPT-2 has exactly vocab_size token embeddings
     state["transformer.wte.weight"] = state["transformer.wte.weight"][:cfg["vocab_size"]].contiguous()
     eot = cfg["vocab_size"] - 1 if cfg.get("tokenizer", "gpt2") == "gpt2" else None
@@ -106,6 +111,22 @@ def export_hf(model_dir: str | Path, out: str | Path) -> Path:
         (tmp / "README.md").write_text(model_card(model_dir, cfg, sum(t.numel() for t in state.values())),
                                        encoding="utf-8")
     return out
+
+
+def check_export_target(out: Path, model_dir: Path) -> None:
+    """The export replaces `out` whole: refuse anything there but an earlier export, and the model's own folders."""
+    if model_dir.resolve().is_relative_to(out.resolve()):
+        raise GhoulError(f"{out} holds the model being exported: give a new directory for the export")
+    if out.exists() and not out.is_dir():
+        raise GhoulError(f"{out} is a file: give a new directory for the export")
+    if out.is_dir() and any(out.iterdir()):
+        try:
+            earlier = json.loads((out / "config.json").read_text(encoding="utf-8")).get("model_type") == "gpt2"
+        except (OSError, ValueError, AttributeError):
+            earlier = False
+        if not earlier:
+            raise GhoulError(f"{out} is a folder that is not an earlier export, and the export would replace it "
+                             "whole: give a new or empty directory")
 
 
 def model_card(model_dir: Path, cfg: dict, n_params: int) -> str:

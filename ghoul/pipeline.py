@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ghoul.align.judges import JUDGES_HELP, check_judge
 from ghoul.align.rlhf import METHODS
 from ghoul.config import option, to_dict
 from ghoul.errors import GhoulError
@@ -43,7 +44,7 @@ class PipelineConfig:
     hellaswag_limit: int = option(200, "HellaSwag examples scored per evaluation")
     num_samples: int = option(36, "stories generated for the judge")
     max_new_tokens: int = option(96, "tokens per story")
-    judge: str = option("length", "who picks the best story of each group (length, random, openai:MODEL, web, human)")
+    judge: str = option("length", f"who picks the best story of each group: {JUDGES_HELP}")
     method: str = option("winners", "the preference stage after ranking", choices=list(METHODS))
     preference_steps: int = option(10, "steps of the preference stage")
     winrate_pairs: int = option(24, "story pairs the judge compares for the win-rate of the preference stage over "
@@ -113,7 +114,7 @@ def train_stage(cfg: PipelineConfig, name: str, dataset: Path, base: Path | None
 def evaluate(cfg: PipelineConfig, name: str, model_dir: Path, data: Path) -> dict[str, Any]:
     """HellaSwag on a subset and validation loss on `data`, cached in RUN/eval/NAME.json."""
     from ghoul.checkpoint import load_model_and_tokenizer
-    from ghoul.dist import default_device
+    from ghoul.dist import resolve_device
     from ghoul.eval.hellaswag import default_data_path, evaluate_hellaswag, load_hellaswag
     from ghoul.eval.loss import evaluate_loss, read_split
 
@@ -121,7 +122,7 @@ def evaluate(cfg: PipelineConfig, name: str, model_dir: Path, data: Path) -> dic
     if path.is_file():
         say("eval", f"{path} exists; skipped")
         return json.loads(path.read_text())
-    device = default_device() if cfg.device == "auto" else cfg.device
+    device = resolve_device(cfg.device)
     model, tokenizer = load_model_and_tokenizer(model_dir, device)
     hs_path = local(cfg, "hellaswag/hellaswag_val.jsonl") or default_data_path()
     say("eval", f"{name}: HellaSwag ({cfg.hellaswag_limit} examples) and val loss on {data.name}")
@@ -189,6 +190,7 @@ def run(cfg: PipelineConfig) -> Path:
     """Run every stage that is not yet done; returns the report's path."""
     from ghoul.report import write_report
 
+    check_judge(cfg.judge)  # a missing key or package fails now, not after pretraining
     cfg.output_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(cfg.output_dir / "pipeline.json", json.dumps(to_dict(cfg), indent=2) + "\n")
     data = prepare_data(cfg)

@@ -68,3 +68,25 @@ def test_read_jsonl_ignores_torn_last_line(tmp_path):
     path.write_text('{"a": 1}\nbroken\n{"a": 2}\n')
     with pytest.raises(GhoulError, match="line 2"):
         read_jsonl(path)
+
+
+def test_atomic_directory_never_replaces_a_file(tmp_path):
+    (tmp_path / "x").write_text("a user's file")
+    with pytest.raises(FileExistsError):
+        with atomic_directory(tmp_path / "x") as tmp:
+            (tmp / "config.json").write_text("{}")
+    assert (tmp_path / "x").read_text() == "a user's file" and [p.name for p in tmp_path.iterdir()] == ["x"]
+
+
+def test_a_run_directory_gives_the_tokenizer_of_its_newest_checkpoint(tmp_path):
+    from ghoul.checkpoint import save_training_checkpoint
+    from ghoul.tokenizer.char import CharTokenizer
+
+    tok = CharTokenizer.train(["the attic door creaked open"])
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=16, n_embd=16, n_layer=1, n_head=2))
+    run = tmp_path / "run"
+    save_training_checkpoint(run, 5, model, [], {"step": 5}, tokenizer=tok)
+    (run / "config.json").write_text(json.dumps({"dataset": "data/attic", "max_steps": 5}))  # the run's own settings
+    loaded = load_tokenizer(run)
+    assert loaded.name == "char" and loaded.encode("attic") == tok.encode("attic")

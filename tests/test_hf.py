@@ -110,3 +110,29 @@ def test_export_writes_a_model_card_and_pushes(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "could not push" in err and "the folder is written" in err and len(err.strip().splitlines()) == 1
     assert (tmp_path / "hf2" / "model.safetensors").is_file()
+
+
+def test_export_refuses_to_replace_what_is_not_an_earlier_export(tmp_path, capsys):
+    torch.manual_seed(3)
+    GPT(GPTConfig(vocab_size=1000, block_size=64, n_embd=48, n_layer=2, n_head=4)).save_pretrained(tmp_path / "m")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "notes.txt").write_text("mine")
+    (tmp_path / "file.txt").write_text("mine")
+    for out, message in [(tmp_path / "m", "holds the model being exported"),
+                         (tmp_path, "holds the model being exported"),
+                         (tmp_path / "notes", "not an earlier export"), (tmp_path / "file.txt", "is a file")]:
+        assert main(["export", "hf", str(tmp_path / "m"), str(out)]) == 2
+        assert message in capsys.readouterr().err
+    assert (tmp_path / "notes" / "notes.txt").read_text() == (tmp_path / "file.txt").read_text() == "mine"
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors"]
+    for _ in range(2):  # an earlier export is replaced whole, as the first write made it
+        assert main(["export", "hf", str(tmp_path / "m"), str(tmp_path / "hf")]) == 0
+    assert transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf").config.n_layer == 2
+
+
+def test_export_of_a_damaged_checkpoint_is_a_one_line_error(tmp_path, capsys):
+    GPT(GPTConfig(vocab_size=1000, block_size=64, n_embd=48, n_layer=2, n_head=4)).save_pretrained(tmp_path / "m")
+    weights = tmp_path / "m" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # a copy cut short
+    assert main(["export", "hf", str(tmp_path / "m"), str(tmp_path / "hf")]) == 2
+    assert "could not be read" in capsys.readouterr().err and not (tmp_path / "hf").exists()

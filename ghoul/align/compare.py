@@ -11,7 +11,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ghoul.align.judges import DEFAULT_JUDGE, Judge, make_judge
+from ghoul.align.judges import DEFAULT_JUDGE, JUDGES_HELP, Judge, make_judge
 from ghoul.config import option
 from ghoul.errors import GhoulError
 from ghoul.files import append_jsonl
@@ -33,7 +33,7 @@ def wilson_interval(wins: int, n: int, z: float = 1.959964) -> tuple[float, floa
 class CompareConfig:
     a: Path | None = option(None, "model directory A (e.g. the aligned model)", metavar="DIR")
     b: Path | None = option(None, "model directory B (e.g. the model before alignment)", metavar="DIR")
-    judge: str = option(DEFAULT_JUDGE, "openai:MODEL, reward:DIR, human, web, random or length")
+    judge: str = option(DEFAULT_JUDGE, JUDGES_HELP)
     n: int = option(100, "pairs to judge")
     prompt: str = option("", "text every story continues (empty: start from <|endoftext|>)")
     prompts_file: Path | None = option(None, "file of prompts, one per line, cycled over the pairs", metavar="FILE")
@@ -108,6 +108,10 @@ def judge_pairs(cfg: CompareConfig, judge: Judge, stories_a: list[dict], stories
 def run(cfg: CompareConfig, judge: Judge | None = None) -> CompareResult:
     if cfg.out is not None and Path(cfg.out).exists():
         raise GhoulError(f"{cfg.out} exists: choose another --out")
+    from ghoul.checkpoint import read_model_config
+
+    for model in (cfg.a, cfg.b):  # both must be there before either generates
+        read_model_config(model)
     judge = judge or make_judge(cfg.judge, seed=cfg.seed, base_url=cfg.base_url)
     result = judge_pairs(cfg, judge, stories_of(cfg, cfg.a), stories_of(cfg, cfg.b))
     print(result.summary(cfg.a, cfg.b), file=sys.stderr)

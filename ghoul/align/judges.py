@@ -7,6 +7,7 @@ a browser (`ghoul.web.ranking`), and the `random` and `length` baselines that pu
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import random
@@ -15,6 +16,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TextIO
 
 from ghoul.errors import GhoulError
@@ -22,6 +24,7 @@ from ghoul.errors import GhoulError
 API_KEY_ENV = "OPENAI_API_KEY"
 DEFAULT_JUDGE = "openai:gpt-4o"
 JUDGES = ("openai:MODEL", "reward:DIR", "human", "web", "random", "length")
+JUDGES_HELP = "openai:MODEL, reward:DIR (a reward model), human (terminal), web (browser page), random or length"
 
 # USD per million (input, output) tokens, from https://openai.com/api/pricing (2025); other models: no estimate.
 PRICES = {"gpt-4o": (2.50, 10.00), "gpt-4o-mini": (0.15, 0.60), "gpt-4.1": (2.00, 8.00),
@@ -179,10 +182,7 @@ class OpenAIJudge(Judge):
             import openai
         except ImportError:
             raise GhoulError("the openai judge needs the openai package: pip install 'ghoul[align]'") from None
-        key = os.environ.get(API_KEY_ENV)
-        if not key and base_url is None:
-            raise GhoulError(f"set {API_KEY_ENV} to use the OpenAI judge, or give --base-url of a local "
-                             "OpenAI-compatible server")
+        key = api_key(base_url)
         self.openai = openai
         # local servers ignore the key but the client requires one; retries are ours, with back-off we can tune
         self.client = openai.OpenAI(api_key=key or "unused", base_url=base_url, max_retries=0, timeout=timeout)
@@ -225,6 +225,9 @@ class OpenAIJudge(Judge):
             except self.openai.APIStatusError as e:
                 raise GhoulError(f"the judge at {self.base_url or 'OpenAI'} refused the request ({_describe(e)}): "
                                  f"check the model name, --base-url and {API_KEY_ENV}") from None
+            if not hasattr(response, "choices"):  # e.g. a web page's text, from a --base-url that lacks /v1
+                raise GhoulError(f"the judge at {self.base_url or 'OpenAI'} did not answer with a chat completion: "
+                                 "check --base-url (an OpenAI-compatible API's address usually ends in /v1)")
             if response.usage is not None:
                 usage["prompt_tokens"] += response.usage.prompt_tokens or 0
                 usage["completion_tokens"] += response.usage.completion_tokens or 0
@@ -257,19 +260,16 @@ def make_judge(spec: str, *, seed: int = 0, base_url: str | None = None, max_ret
                retry_delay: float = 1.0, parse_retries: int = 2, timeout: float = 60.0, json_mode: bool = True,
                host: str = "127.0.0.1", port: int = 8765, open_browser: bool = False) -> Judge:
     """The judge named by `spec`: openai[:MODEL], reward:DIR, human, web, random or length."""
+    check_judge(spec, base_url)
     kind, _, model = spec.partition(":")
     if kind == "openai":
         return OpenAIJudge(model or "gpt-4o", base_url, seed=seed, max_retries=max_retries, retry_delay=retry_delay,
                            parse_retries=parse_retries, timeout=timeout, json_mode=json_mode)
     if kind == "reward":  # a trained reward model: no API calls (ghoul.align.reward)
-        if not model:
-            raise GhoulError("judge 'reward' needs the reward model's directory: reward:DIR")
         from ghoul.align.reward import RewardJudge
         from ghoul.dist import default_device
 
         return RewardJudge(model, default_device())
-    if model:
-        raise GhoulError(f"judge '{spec}': only openai takes a model name (openai:MODEL), and reward a directory")
     if kind == "random":
         return RandomJudge(seed)
     if kind == "length":
@@ -282,4 +282,33 @@ def make_judge(spec: str, *, seed: int = 0, base_url: str | None = None, max_ret
         except ImportError:
             raise GhoulError("the web judge needs fastapi and uvicorn: pip install 'ghoul[align]'") from None
         return WebJudge(host, port, open_browser=open_browser)
-    raise GhoulError(f"unknown judge '{spec}'; judges: {', '.join(JUDGES)}")
+    raise AssertionError(f"check_judge let {spec!r} through")
+
+
+def api_key(base_url: str | None) -> str | None:
+    """The OpenAI key from the environment; only a local server (--base-url) may do without one."""
+    key = os.environ.get(API_KEY_ENV)
+    if not key and base_url is None:
+        raise GhoulError(f"set {API_KEY_ENV} to use the OpenAI judge, or give --base-url of a local "
+                         "OpenAI-compatible server")
+    return key
+
+
+def check_judge(spec: str, base_url: str | None = None) -> None:
+    """Refuse a judge that cannot work here, cheaply, so that commands can check before they generate or train: an
+    unknown name, a missing key or package, a reward model directory that is not there."""
+    kind, _, arg = spec.partition(":")
+    if kind not in {j.split(":")[0] for j in JUDGES}:
+        raise GhoulError(f"unknown judge '{spec}'; judges: {', '.join(JUDGES)}")
+    if arg and kind not in ("openai", "reward"):
+        raise GhoulError(f"judge '{spec}': only openai takes a model name (openai:MODEL), and reward a directory")
+    if kind == "reward" and not arg:
+        raise GhoulError("judge 'reward' needs the reward model's directory: reward:DIR")
+    if kind == "reward" and not Path(arg).is_dir():
+        raise GhoulError(f"judge '{spec}': {arg} does not exist: train a reward model with `ghoul reward train`")
+    if kind == "openai":
+        api_key(base_url)
+    missing = [m for m in {"openai": ["openai"], "web": ["fastapi", "uvicorn"]}.get(kind, [])
+               if importlib.util.find_spec(m) is None]
+    if missing:
+        raise GhoulError(f"the {kind} judge needs {' and '.join(missing)}: pip install 'ghoul[align]'")

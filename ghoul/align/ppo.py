@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ghoul.align.dpo import token_logps
+from ghoul.checkpoint import load_optimizer_states
 from ghoul.config import option, to_dict
 from ghoul.errors import GhoulError
 from ghoul.files import atomic_write_text
@@ -183,8 +184,7 @@ def rl_train(cfg: RlConfig, method: str, policy: GPT, scorer: Scorer, prompts: l
     start = 0
     if resume is not None:
         state, opt_states, modules = resume
-        for opt, opt_state in zip(optimizers, opt_states, strict=True):
-            opt.load_state_dict(opt_state)
+        load_optimizer_states(optimizers, opt_states, "the checkpoint resumed")
         value_head.load_state_dict(modules["value_head"])
         set_rng_state(state["rng"])
         start = state["step"]
@@ -292,18 +292,21 @@ def run(cfg: RlConfig, method: str) -> list[dict]:
     """Load the policy, train it with `method` against cfg.reward or cfg.judge, save it as RUN/step_N (RUN/latest);
     with cfg.resume, continue from a checkpoint of the run (the reference stays cfg.policy)."""
     from ghoul.checkpoint import load_model_and_tokenizer, load_training_checkpoint, save_training_checkpoint
-    from ghoul.dist import default_device
+    from ghoul.dist import resolve_device
     from ghoul.generate import read_prompts
     from ghoul.train.logger import RunLogger
     from ghoul.train.loop import check_run_dir, rng_state
 
+    if method == "grpo" and cfg.group_size < 2:  # one sample is its own group mean: every advantage would be 0
+        raise GhoulError(f"--group-size must be at least 2 for GRPO, got {cfg.group_size}: its advantages compare "
+                         "the samples of a prompt with each other")
     if cfg.policy is None:
         raise GhoulError("--policy is required: the model directory to train")
     if (cfg.reward is None) == (cfg.judge is None):
         raise GhoulError("give --reward DIR (a reward model) or --judge NAME, exactly one")
     out = cfg.output_dir = cfg.output_dir or Path(f"runs/{method}")
     resume_from = check_run_dir(cfg)  # refuses to overwrite a run without --resume
-    device = default_device() if cfg.device == "auto" else cfg.device
+    device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     policy, tokenizer = load_model_and_tokenizer(resume_from or cfg.policy, device)
     reference = load_model_and_tokenizer(cfg.policy, device)[0] if resume_from else None

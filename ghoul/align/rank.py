@@ -17,8 +17,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from ghoul.align.judges import DEFAULT_JUDGE, Judge, make_judge
-from ghoul.config import option
+from ghoul.align.judges import DEFAULT_JUDGE, JUDGES_HELP, Judge, make_judge
+from ghoul.config import check_port, option
 from ghoul.errors import GhoulError
 from ghoul.files import append_jsonl, read_jsonl, repair_jsonl
 
@@ -27,7 +27,7 @@ from ghoul.files import append_jsonl, read_jsonl, repair_jsonl
 class RankConfig:
     stories: Path = option(Path("stories.jsonl"), "stories to judge, as written by `ghoul generate --out`")
     out: Path = option(Path("rankings.jsonl"), "judgments, one JSON line per group; a rerun resumes it")
-    judge: str = option(DEFAULT_JUDGE, "openai:MODEL, human (terminal), web (browser page), random or length")
+    judge: str = option(DEFAULT_JUDGE, JUDGES_HELP)
     group_size: int = option(4, "stories per group; the judge picks one of them")
     task: str = option("Pick the scariest story.", "what the judge is asked to do")
     seed: int = option(1337, "random seed of the grouping (and of the judge's shuffling)")
@@ -49,6 +49,7 @@ class RankConfig:
         self.stories, self.out = Path(self.stories), Path(self.out)
         if self.group_size < 2:
             raise GhoulError(f"--group-size must be at least 2, got {self.group_size}")
+        check_port(self.port)
         if self.max_groups is not None and self.max_groups < 1:
             raise GhoulError("--max-groups must be at least 1")
         if self.max_retries < 0 or self.parse_retries < 0 or self.retry_delay < 0 or self.timeout <= 0:
@@ -82,8 +83,24 @@ def load_stories(path: Path) -> dict[int, dict[str, Any]]:
         if not isinstance(record, dict) or not isinstance(record.get("id"), int) or \
                 not isinstance(record.get("text"), str):
             raise GhoulError(f"{path}, record {n}: a story needs an integer 'id' and a 'text'")
+        if record["id"] in stories:
+            raise GhoulError(f"{path}, record {n}: story id {record['id']} appears twice; ids must be unique")
         stories[record["id"]] = record
     return stories
+
+
+def load_rankings(path: Path) -> list[dict[str, Any]]:
+    """Judgments of `ghoul rank`, checked for the fields that winners and preference pairs are made from."""
+    if not path.is_file():
+        raise GhoulError(f"rankings file {path} does not exist: make it with `ghoul rank`")
+    records = read_jsonl(path)
+    for n, r in enumerate(records, 1):
+        shown = r.get("shown") if isinstance(r, dict) else None
+        if not (isinstance(r, dict) and isinstance(r.get("group"), int) and isinstance(shown, list)
+                and all(isinstance(i, int) for i in shown) and (r.get("chosen") is None or r["chosen"] in shown)):
+            raise GhoulError(f"{path}, record {n}: a judgment needs an integer 'group', the story ids 'shown', and "
+                             "a 'chosen' id among them (or null): was it written by `ghoul rank`?")
+    return records
 
 
 def make_groups(stories: dict[int, dict[str, Any]], group_size: int, seed: int) -> list[list[int]]:

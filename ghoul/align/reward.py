@@ -95,10 +95,7 @@ def train_run(cfg: RewardTrainConfig):
 def load_reward_model(directory: str | Path, device: str = "cpu") -> tuple[RewardModel, Tokenizer]:
     from ghoul.checkpoint import load_model_and_tokenizer
 
-    model, tokenizer = load_model_and_tokenizer(directory, device)
-    if not isinstance(model, RewardModel):
-        raise GhoulError(f"{directory} is a language model, not a reward model: train one with `ghoul reward train`")
-    return model, tokenizer
+    return load_model_and_tokenizer(directory, device, kind="reward")
 
 
 @torch.no_grad()
@@ -138,14 +135,20 @@ class ScoreConfig:
     batch_size: int = option(16, "stories scored together")
     device: str = option("auto", "cpu, cuda, mps, or auto")
 
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise GhoulError(f"--batch-size must be at least 1, got {self.batch_size}")
+
 
 def score_run(cfg: ScoreConfig) -> list[dict]:
     from ghoul.align.rank import full_text, load_stories
-    from ghoul.dist import default_device
+    from ghoul.dist import resolve_device
     from ghoul.files import atomic_write_text
 
     stories = load_stories(Path(cfg.stories))
-    model, tokenizer = load_reward_model(cfg.model, default_device() if cfg.device == "auto" else cfg.device)
+    if not stories:
+        raise GhoulError(f"{cfg.stories} holds no stories: make them with `ghoul generate --out {cfg.stories}`")
+    model, tokenizer = load_reward_model(cfg.model, resolve_device(cfg.device))
     ids = sorted(stories)
     rewards = score_texts(model, tokenizer, [full_text(stories[i]) for i in ids], cfg.batch_size)
     records = [{**stories[i], "reward": r} for i, r in zip(ids, rewards, strict=True)]

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ghoul.align import rank, winners
-from ghoul.align.judges import DEFAULT_JUDGE
+from ghoul.align.judges import DEFAULT_JUDGE, JUDGES_HELP, check_judge
 from ghoul.config import option, to_dict
 from ghoul.errors import GhoulError
 from ghoul.files import atomic_write_text, read_jsonl
@@ -44,7 +44,7 @@ class RlhfConfig:
     top_p: float | None = option(None, "sample only from the smallest set of tokens holding this probability")
     generate_batch_size: int = option(16, "stories generated together on the device")
     # ---- rank
-    judge: str = option(DEFAULT_JUDGE, "openai:MODEL, human, web, random or length")
+    judge: str = option(DEFAULT_JUDGE, JUDGES_HELP)
     group_size: int = option(4, "stories per group; the judge picks one of them")
     task: str = option("Pick the scariest story.", "what the judge is asked to do")
     base_url: str | None = option(None, "OpenAI-compatible server for openai:MODEL (vLLM, llama.cpp, Ollama)")
@@ -87,6 +87,7 @@ def stage_configs(cfg: RlhfConfig) -> dict[str, Any]:
     from ghoul.generate import GenerateConfig
     from ghoul.train.stages import FinetuneConfig
 
+    check_judge(cfg.judge, cfg.base_url)  # a missing key or package fails now, not after the stories are made
     out = cfg.output_dir
     generate = GenerateConfig(checkpoint=cfg.base_model, prompt=cfg.prompt, prompts_file=cfg.prompts_file,
                               num_samples=cfg.num_samples, max_new_tokens=cfg.max_new_tokens,

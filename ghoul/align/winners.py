@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ghoul.align.rank import full_text, load_stories
+from ghoul.align.rank import full_text, load_rankings, load_stories
 from ghoul.config import option
 from ghoul.data.sources import EOT
 from ghoul.errors import GhoulError
-from ghoul.files import atomic_write_text, read_jsonl
+from ghoul.files import atomic_write_text, refuse_input_as_output
 
 
 @dataclass
@@ -23,6 +23,7 @@ class ExportWinnersConfig:
     def __post_init__(self) -> None:
         self.rankings, self.out = Path(self.rankings), Path(self.out)
         self.stories = Path(self.stories) if self.stories else self.rankings.with_name("stories.jsonl")
+        refuse_input_as_output(self.out, self.rankings, self.stories)
 
 
 def winning_ids(rankings: list[dict[str, Any]]) -> list[int]:
@@ -33,10 +34,9 @@ def winning_ids(rankings: list[dict[str, Any]]) -> list[int]:
 
 def run(cfg: ExportWinnersConfig) -> list[int]:
     """Write the winners of cfg.rankings to cfg.out; returns their story ids."""
-    if not cfg.rankings.is_file():
-        raise GhoulError(f"rankings file {cfg.rankings} does not exist: make it with `ghoul rank`")
+    rankings = load_rankings(cfg.rankings)
     stories = load_stories(cfg.stories)
-    ids = winning_ids(read_jsonl(cfg.rankings))
+    ids = winning_ids(rankings)
     if not ids:
         raise GhoulError(f"{cfg.rankings} holds no chosen stories (every group skipped or none judged)")
     missing = [i for i in ids if i not in stories]

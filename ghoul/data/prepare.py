@@ -115,7 +115,7 @@ def run(cfg: PrepareConfig) -> PrepareResult:
 
 def _fill(writer: ShardWriter, docs: Iterable[str], cfg: PrepareConfig, total: int | None, start: float) -> None:
     """Tokenise `docs` in worker processes into `writer`, with a progress bar of documents, tokens and tokens/s."""
-    workers = cfg.workers or os.cpu_count() or 1
+    workers = min(cfg.workers, os.cpu_count() or 1) if cfg.workers else os.cpu_count() or 1  # more would only wait
     pool = start_workers(cfg.tokenizer, workers)
     resume = writer.meta["resume"]
     try:

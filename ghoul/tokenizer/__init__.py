@@ -48,6 +48,10 @@ def load_tokenizer(spec: str | Path) -> Tokenizer:
     if path.is_dir():
         if (path / TOKENIZER_FILE).is_file():
             return load_tokenizer(path / TOKENIZER_FILE)
+        from ghoul.checkpoint import resolve_checkpoint  # imports torch: only for model and run directories
+
+        if resolve_checkpoint(path) != path:  # a run directory: its newest checkpoint knows the tokenizer
+            return load_tokenizer(resolve_checkpoint(path))
         config = path / "config.json"
         if config.is_file():
             name = json.loads(config.read_text()).get("tokenizer", "gpt2")

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from ghoul.config import option
 from ghoul.data.sources import jsonl_records
 from ghoul.errors import GhoulError
+from ghoul.files import refuse_input_as_output
 from ghoul.tokenizer import Tokenizer, load_tokenizer
 from ghoul.tokenizer.gpt2 import EOT
 
@@ -36,6 +37,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self.input = [Path(p) for p in self.input]
         self.out = Path(self.out)
+        refuse_input_as_output(self.out, *self.input)
+        if "" in self.special_tokens:
+            raise GhoulError("--special-tokens holds an empty string: give each special token as text")
         n_special = len({EOT, *self.special_tokens})
         if self.kind == "bpe" and self.vocab_size < 256 + n_special:
             raise GhoulError(f"--vocab-size {self.vocab_size} is smaller than 256 byte tokens + {n_special} special "

@@ -89,8 +89,18 @@ class TrainConfig(ArchitectureOptions):
         if self.warmup_iters + self.warmdown_iters > self.max_steps:
             raise GhoulError(f"--warmup-iters ({self.warmup_iters}) + --warmdown-iters ({self.warmdown_iters}) "
                              f"exceed --max-steps ({self.max_steps})")
-        if self.learning_rate <= 0:
-            raise GhoulError(f"--learning-rate must be positive, got {self.learning_rate}")
+        for name in ("total_batch_size", "seq_len", "hellaswag_limit"):  # optional: None means the default
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise GhoulError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        for name in ("learning_rate", "muon_lr"):
+            if getattr(self, name) <= 0:
+                raise GhoulError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        for name in ("weight_decay", "grad_clip"):
+            if getattr(self, name) < 0:
+                raise GhoulError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise GhoulError(f"--{name} must be in [0, 1), got {getattr(self, name)}")
         if not self.dataset:
             raise GhoulError("--dataset is required: a directory of token shards made by `ghoul prepare`")
         self.output_dir = Path(self.output_dir)

@@ -24,7 +24,12 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from ghoul import dist
-from ghoul.checkpoint import load_training_checkpoint, read_model_config, save_training_checkpoint
+from ghoul.checkpoint import (
+    load_optimizer_states,
+    load_training_checkpoint,
+    read_model_config,
+    save_training_checkpoint,
+)
 from ghoul.config import to_dict
 from ghoul.data.loader import ShardLoader
 from ghoul.errors import GhoulError
@@ -187,8 +192,7 @@ def train(cfg: TrainConfig, model: GPT, tokenizer: Tokenizer, d: dist.DistInfo, 
     start_step, state = 0, {}
     if resume_from is not None:
         state, opt_states, _ = load_training_checkpoint(resume_from)
-        for opt, opt_state in zip(optimizers, opt_states, strict=True):
-            opt.load_state_dict(opt_state)
+        load_optimizer_states(optimizers, opt_states, resume_from)
         train_data.load_state_dict(state["loader"])
         set_rng_state(state["rng"])
         start_step = state["step"]

@@ -20,8 +20,8 @@ from fastapi import FastAPI, HTTPException
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
-from ghoul.config import option
-from ghoul.dist import default_device
+from ghoul.config import check_port, option
+from ghoul.dist import resolve_device
 from ghoul.errors import GhoulError
 from ghoul.files import append_jsonl, read_jsonl, repair_jsonl
 from ghoul.generate import GenerateConfig, batch_seed, encode_prompt, model_and_tokenizer
@@ -48,8 +48,9 @@ class ServeConfig:
         if self.checkpoint is not None and not Path(self.checkpoint).is_dir():
             raise GhoulError(f"checkpoint {self.checkpoint} is not a directory: give a model directory written by "
                              "training (or leave out --checkpoint for a random --model preset)")
-        if not 0 <= self.port < 65536:
-            raise GhoulError(f"--port must be in 0..65535, got {self.port}")
+        check_port(self.port)
+        if Path(self.out_dir).exists() and not Path(self.out_dir).is_dir():
+            raise GhoulError(f"--out-dir {self.out_dir} is a file: give the directory for stories.jsonl")
 
 
 @torch.inference_mode()
@@ -206,7 +207,7 @@ def create_app(playground: Playground) -> FastAPI:
 
 def run(cfg: ServeConfig) -> None:
     """Serve the page until Ctrl-C."""
-    device = default_device() if cfg.device == "auto" else cfg.device
+    device = resolve_device(cfg.device)
     model, tokenizer = model_and_tokenizer(cfg.checkpoint, cfg.model, device, cfg.seed)
     source = str(cfg.checkpoint) if cfg.checkpoint else f"random:{cfg.model}"
     server = Server(create_app(Playground(model, tokenizer, source, cfg.out_dir)), cfg.host, cfg.port)

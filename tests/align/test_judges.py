@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 
 import pytest
 
-from ghoul.align.judges import HumanJudge, LengthJudge, OpenAIJudge, RandomJudge, make_judge, parse_answer
+from ghoul.align.judges import HumanJudge, LengthJudge, OpenAIJudge, RandomJudge, check_judge, make_judge, parse_answer
+from ghoul.cli import main
 from ghoul.errors import GhoulError
 from tests.align.conftest import KEY, completion, pick_largest, shown_numbers
 
@@ -112,6 +114,10 @@ def test_openai_judge_retries_rate_limits_and_server_errors(fake_openai):
         OpenAIJudge("gpt-4o", refusing.url, retry_delay=0.001).judge("task", STORIES)
     assert len(refusing.requests) == 1  # not retried
 
+    page = fake_openai(lambda request: (200, "<!doctype html><title>my server</title>"))  # --base-url without /v1
+    with pytest.raises(GhoulError, match="did not answer with a chat completion: check --base-url"):
+        OpenAIJudge("gpt-4o", page.url, retry_delay=0.001).judge("task", STORIES)
+
 
 def test_openai_judge_reasks_unparseable_answers_then_skips(fake_openai):
     answers = iter(["Story two, clearly.", '{"best": 9}', '{"best": 3, "reason": "ok"}'])
@@ -147,3 +153,24 @@ def test_build_messages_number_the_stories_in_order():
 
     messages = build_messages("Pick one.", ["a", "b"])
     assert json.dumps(messages).index("Story 1") < json.dumps(messages).index("Story 2")
+
+
+def test_a_judge_that_cannot_work_here_is_refused_before_any_work(tmp_path, tiny_model, monkeypatch, capsys):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    for spec, message in [("gpt4", "unknown judge 'gpt4'"), ("length:long", "only openai takes a model name"),
+                          ("reward", "needs the reward model's directory"),
+                          (f"reward:{tmp_path / 'none'}", "does not exist: train a reward model"),
+                          ("openai:gpt-4o", "set OPENAI_API_KEY")]:
+        with pytest.raises(GhoulError, match=message):
+            check_judge(spec)
+    check_judge("openai:llama3.1", base_url="http://127.0.0.1:11434/v1")  # a local server needs no key
+    real = importlib.util.find_spec
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None if name == "uvicorn" else real(name, *a))
+    with pytest.raises(GhoulError, match="the web judge needs uvicorn: pip install 'ghoul\\[align\\]'"):
+        check_judge("web")
+    # the commands that generate or train before they judge check first
+    out = tmp_path / "run"
+    assert main(["pipeline", "--data-dir", str(tmp_path), "--judge", "openai:gpt-4o", "--output-dir", str(out)]) == 2
+    assert "set OPENAI_API_KEY" in capsys.readouterr().err and not out.exists()
+    assert main(["rlhf", "--base-model", str(tiny_model), "--judge", "openai:gpt-4o", "--output-dir", str(out)]) == 2
+    assert "set OPENAI_API_KEY" in capsys.readouterr().err and not out.exists()

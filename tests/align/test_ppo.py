@@ -82,6 +82,9 @@ def test_rl_refusals(tiny_model, tmp_path):
         RlConfig(clip_eps=1.5)
     with pytest.raises(GhoulError, match="--group-size must be at least 1"):
         RlConfig(group_size=0)
+    with pytest.raises(GhoulError, match="--group-size must be at least 2 for GRPO"):
+        run_grpo(RlConfig(policy=tiny_model, judge="length", group_size=1, output_dir=tmp_path / "g1"))
+    assert not (tmp_path / "g1").exists()
 
 
 @pytest.mark.parametrize("method", ["ppo", "grpo"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -55,6 +57,17 @@ def test_bad_rankings_are_one_line_errors(tmp_path, capsys):
     (tmp_path / "stories.jsonl").write_text("")
     assert main(["preferences", "--rankings", str(tmp_path / "rankings.jsonl")]) == 2
     assert "no judged group" in capsys.readouterr().err
+    for i, record in enumerate([{"shown": [0, 1], "chosen": 0}, [0, 1], {"group": 0, "shown": [0, 1], "chosen": 7}]):
+        bad = tmp_path / f"bad{i}.jsonl"
+        bad.write_text(json.dumps(record) + "\n")
+        for command in (["preferences", "--rankings", str(bad)], ["export", "winners", str(bad)]):
+            assert main([*command, "--stories", str(tmp_path / "stories.jsonl"), "--out", str(tmp_path / "o")]) == 2
+            err = capsys.readouterr().err
+            assert "record 1: a judgment needs an integer 'group'" in err and err.count("\n") == 1
+    for out in ("rankings.jsonl", "stories.jsonl"):  # an input given as the output stays as it was
+        before = (tmp_path / out).read_text()
+        assert main(["preferences", "--rankings", str(tmp_path / "rankings.jsonl"), "--out", str(tmp_path / out)]) == 2
+        assert "is also an input" in capsys.readouterr().err and (tmp_path / out).read_text() == before
 
 
 def test_pair_loader_batches_chosen_then_rejected_with_completion_masks():

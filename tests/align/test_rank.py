@@ -46,6 +46,11 @@ def test_rank_with_the_length_judge_and_export_winners(tmp_path, capsys):
     assert text.count(EOT) == 2
     docs = list(make_source("rlhf", tmp_path / "winners.txt"))  # what `ghoul prepare rlhf` reads
     assert docs == [rank.full_text(stories[r["chosen"]]).strip() for r in records]
+    capsys.readouterr()
+    for out in ("rankings.jsonl", "stories.jsonl"):  # an input given as the output stays as it was
+        before = (tmp_path / out).read_text()
+        assert main(["export", "winners", str(tmp_path / "rankings.jsonl"), "--out", str(tmp_path / out)]) == 2
+        assert "is also an input" in capsys.readouterr().err and (tmp_path / out).read_text() == before
 
 
 def test_openai_judge_shuffling_is_recorded_and_undone(tmp_path, fake_openai):

@@ -51,15 +51,17 @@ def test_reward_model_learns_the_marker_preference(reward_run):
 
 
 def test_reward_model_directory_holds_the_head(reward_run, tiny_model):
-    model, _ = load_model_and_tokenizer(reward_run)
+    model, _ = load_reward_model(reward_run)
     assert isinstance(model, RewardModel) and model.score.weight.abs().sum() > 0
     step = reward_run / "step_000060"
     assert json.loads((step / "config.json").read_text())["kind"] == "reward"
     with pytest.raises(GhoulError, match="not a reward model"):
         load_reward_model(tiny_model)
+    with pytest.raises(GhoulError, match="is a reward model, not a language model: give a language model"):
+        load_model_and_tokenizer(reward_run)  # generation, evaluation, DPO and PPO need a language model
 
 
-def test_reward_judge_and_score(reward_run, tmp_path):
+def test_reward_judge_and_score(reward_run, tmp_path, capsys):
     judge = make_judge(f"reward:{reward_run}")
     assert isinstance(judge, RewardJudge) and judge.name == f"reward:{reward_run}"
     texts = ["In the attic the door was cold", f"In the attic the{MARKER} was cold", "In the attic dark night"]
@@ -74,6 +76,11 @@ def test_reward_judge_and_score(reward_run, tmp_path):
                  "--out", str(tmp_path / "scored.jsonl"), "--device", "cpu"]) == 0
     scored = read_jsonl(tmp_path / "scored.jsonl")
     assert max(scored, key=lambda r: r["reward"])["id"] == 1
+    (tmp_path / "none.jsonl").write_text("")
+    for args, message in [(["--batch-size", "0"], "--batch-size must be at least 1"),
+                          (["--stories", str(tmp_path / "none.jsonl")], "holds no stories")]:
+        assert main(["reward", "score", "--model", str(reward_run), "--stories", str(stories), *args]) == 2
+        assert message in capsys.readouterr().err
 
 
 def test_reward_training_resumes_exactly(tiny_model, marker_data, tmp_path):
@@ -83,8 +90,8 @@ def test_reward_training_resumes_exactly(tiny_model, marker_data, tmp_path):
     assert main(args + ["--output-dir", str(tmp_path / "a")]) == 0
     assert main(args + ["--output-dir", str(tmp_path / "b")]) == 0
     assert main(args + ["--output-dir", str(tmp_path / "b"), "--resume", str(tmp_path / "b" / "step_000003")]) == 0
-    a, _ = load_model_and_tokenizer(tmp_path / "a")
-    b, _ = load_model_and_tokenizer(tmp_path / "b")
+    a, _ = load_reward_model(tmp_path / "a")
+    b, _ = load_reward_model(tmp_path / "b")
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
 
 

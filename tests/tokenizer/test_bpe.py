@@ -219,6 +219,8 @@ def test_cli_train_encode_decode(data, tmp_path, capsys):
     (["--input", "{data}/tinyshakespeare/input.txt", "--vocab-size", "256", "--out", "t.json"], "at least 257"),
     (["--input", "{data}/creepypasta/reddit_horror_stories.jsonl", "--out", "t.json"], "--text-field"),
     (["--out", "t.json"], "--input"),
+    (["--input", "t.json", "--out", "./t.json"], "is also an input"),
+    (["--input", "{data}/tinyshakespeare/input.txt", "--special-tokens", "", "--out", "t.json"], "empty string"),
 ])
 def test_cli_errors_exit_2_with_one_line(data, tmp_path, capsys, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)

@@ -248,3 +248,47 @@ def test_auto_precision_is_bfloat16_on_gpus_that_run_it(monkeypatch, device, cap
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     assert resolve_dtype("auto", device) == auto
     assert resolve_dtype("float32", device) == "float32" and resolve_dtype("bfloat16", device) == "bfloat16"
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--total-batch-size", "0"], "--total-batch-size must be at least 1, got 0"),
+    (["--seq-len", "0"], "--seq-len must be at least 1, got 0"),
+    (["--beta1", "1.5"], "--beta1 must be in [0, 1), got 1.5"),
+    (["--grad-clip", "-1"], "--grad-clip must be >= 0, got -1.0"),
+    (["--weight-decay", "-0.1"], "--weight-decay must be >= 0, got -0.1"),
+    (["--muon-lr", "0"], "--muon-lr must be positive, got 0.0"),
+    (["--device", "tpu"], "unknown --device 'tpu'"),
+])
+def test_bad_training_settings_are_one_line_errors(tmp_path, capsys, flags, message):
+    assert main(["pretrain", "--dataset", str(tmp_path), "--output-dir", str(tmp_path / "run"), *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and not (tmp_path / "run").exists()
+
+
+def test_resolve_device_checks_the_machine(monkeypatch):
+    from ghoul.dist import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert resolve_device("auto") == "cpu" and resolve_device("cpu") == "cpu"
+    for device, message in [("cuda", "no CUDA GPU"), ("cuda:1", "no CUDA GPU"), ("mps", "MPS is not available"),
+                            ("xla", "ghoul runs on cpu, cuda and mps"), ("gpu", "unknown --device 'gpu'")]:
+        with pytest.raises(GhoulError, match=message):
+            resolve_device(device)
+
+
+def test_a_damaged_or_mismatched_checkpoint_is_a_one_line_error_on_resume(fineweb_shards, tmp_path, capsys):
+    run(config(fineweb_shards, tmp_path / "run", max_steps=2, eval_every=0, checkpoint_every=1))
+    resume = ["pretrain", "--dataset", str(fineweb_shards), "--output-dir", str(tmp_path / "run"), "--model", "tiny",
+              "--batch-size", "4", "--seq-len", "64", "--max-steps", "4", "--device", "cpu", "--resume"]
+    step = tmp_path / "run" / "step_000002"
+    assert main([*resume, str(step), "--optimizer", "muon"]) == 2  # trained with AdamW
+    assert "was saved with other optimizer settings" in capsys.readouterr().err
+    optimizer = step / "optimizer.pt"
+    optimizer.write_bytes(optimizer.read_bytes()[:500])  # a copy cut short
+    (step.parent / "step_000001" / "trainer_state.json").write_text('{"step": 1,')
+    for damaged in (step, step.parent / "step_000001"):
+        assert main([*resume, str(damaged)]) == 2
+        err = capsys.readouterr().err
+        assert f"{damaged} is damaged" in err and "resume from an earlier checkpoint" in err, err
+        assert len(err.strip().splitlines()) == 1, err
