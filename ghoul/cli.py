@@ -153,6 +153,10 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"ghoul {cmd.name}: error: this command needs {e.name}: pip install 'ghoul[{extra}]'", file=sys.stderr)
         return 2
+    except UnicodeDecodeError as e:  # a binary or otherwise encoded file where text was expected
+        print(f"ghoul {cmd.name}: error: an input file is not UTF-8 text ({e.reason} at byte {e.start}): give a "
+              "UTF-8 text file", file=sys.stderr)
+        return 2
     except OSError as e:
         if e.filename is None:  # not about a path the user gave (a network or device error): keep the traceback
             raise

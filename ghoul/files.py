@@ -81,6 +81,17 @@ def repair_jsonl(path: str | Path) -> None:
             os.fsync(f.fileno())
 
 
+def read_json(path: str | Path, default: Any = None) -> Any:
+    """A JSON file's value (`default` when the file does not exist), with a one-line error when it is damaged."""
+    path = Path(path)
+    if not path.is_file():
+        return default
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise GhoulError(f"{path} is not valid JSON ({e}): remove it to have it written again") from None
+
+
 def read_jsonl(path: str | Path, missing_ok: bool = False) -> list[dict[str, Any]]:
     """Records of a JSON-lines file; a torn last line (a crash mid-append) is ignored. With `missing_ok`, a file
     that does not exist (yet) has no records."""

@@ -19,14 +19,14 @@ from ghoul.config import option
 from ghoul.dist import resolve_device
 from ghoul.errors import GhoulError
 from ghoul.files import append_jsonl, read_jsonl, repair_jsonl
-from ghoul.model import GPT, GPTConfig
+from ghoul.model import GPT, PRESETS, GPTConfig
 from ghoul.tokenizer import Tokenizer, load_tokenizer
 
 
 @dataclass
 class GenerateConfig:
     checkpoint: Path | None = option(None, "model directory to sample from (default: a random --model preset)")
-    model: str = option("tiny", "preset to initialise randomly when no --checkpoint is given")
+    model: str = option("tiny", "preset to initialise randomly when no --checkpoint is given", choices=list(PRESETS))
     prompt: str = option("", "text to continue (empty: start from <|endoftext|>)")
     prompts_file: Path | None = option(None, "file of prompts, one per line, cycled over the samples "
                                        "(instead of --prompt)", metavar="FILE")

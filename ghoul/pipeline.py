@@ -19,6 +19,7 @@ from ghoul.align.rlhf import METHODS
 from ghoul.config import option, to_dict
 from ghoul.errors import GhoulError
 from ghoul.files import atomic_write_text
+from ghoul.model import PRESETS
 
 GROUP_SIZE = 4  # stories the judge compares at once, as the seed did
 # The before/after samples in the report are for reading, so they leave out the unlikeliest tokens. The stories the
@@ -34,7 +35,7 @@ class PipelineConfig:
     output_dir: Path = option(Path("runs/pipeline"), "run directory holding every stage's output")
     data_dir: Path | None = option(None, "local copies of the data, laid out as shared/data (default: $GHOUL_DATA_DIR; "
                                          "without either, the small public files are downloaded into the cache)")
-    model: str = option("tiny", "model preset to pretrain")
+    model: str = option("tiny", "model preset to pretrain", choices=list(PRESETS))
     seq_len: int = option(128, "tokens per training row")
     batch_size: int = option(8, "rows per micro-batch")
     pretrain_steps: int = option(200, "pretraining steps")

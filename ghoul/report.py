@@ -20,7 +20,7 @@ from typing import Any
 from ghoul.config import option
 from ghoul.errors import GhoulError
 from ghoul.eval.curves import CHANCE, REFERENCES
-from ghoul.files import atomic_write_text, read_jsonl
+from ghoul.files import atomic_write_text, read_json, read_jsonl
 
 STAGES = ("pretrain", "finetune", "preference")
 PREFERENCE_DIRS = ("rlhf/finetune", "rlhf/dpo", "rlhf/ppo", "rlhf/grpo")  # where `ghoul rlhf --method` trains
@@ -50,7 +50,7 @@ def stage_summary(run_dir: Path) -> dict[str, dict[str, Any]]:
                      "tokens_per_s": statistics.median(rates) if rates else None, "loss": steps[-1]["loss"],
                      "mfu": statistics.median(mfu) if mfu else None, "peak_memory_gib": max(memory, default=None),
                      "val_loss_log": val[-1] if val else None, "log": log,
-                     "eval": json.loads(evaluation.read_text()) if evaluation.is_file() else {}}
+                     "eval": read_json(evaluation, {})}
     return out
 
 
@@ -73,8 +73,7 @@ def judge_summary(run_dir: Path) -> dict[str, Any] | None:
 
 def winrate_summary(run_dir: Path) -> dict[str, Any] | None:
     """The pipeline's win-rate of the preference stage over the fine-tuned model (RUN/eval/winrate.json)."""
-    path = run_dir / "eval" / "winrate.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    return read_json(run_dir / "eval" / "winrate.json")
 
 
 def judge_sentence(j: dict[str, Any], name: str) -> str:
@@ -248,8 +247,7 @@ def write_report(run_dir: str | Path) -> Path:
         raise GhoulError(f"{run_dir} holds no training logs: give the run directory of `ghoul pipeline`")
     judge, winrate = judge_summary(run_dir), winrate_summary(run_dir)
     prompts, samples = samples_table(run_dir)
-    config_path = run_dir / "pipeline.json"
-    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    config = read_json(run_dir / "pipeline.json", {})
     images = {"loss.png": loss_figure(stages), "hellaswag.png": hellaswag_figure(stages)}
     for name, data in images.items():
         (run_dir / name).write_bytes(data)

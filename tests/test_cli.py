@@ -55,7 +55,6 @@ def test_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
     cases = [
         (["generate", "--checkpoint", str(tmp_path / "missing")], "does not exist"),
         (["generate", "--checkpoint", str(tmp_path / "broken")], "not valid JSON"),
-        (["generate", "--model", "gpt7"], "unknown model preset 'gpt7'"),
         (["generate", "--prompt", "word " * 200], "the prompt is 201 tokens but the model's context is 128"),
         (["generate", "--top-p", "1.5"], "--top-p must be in (0, 1]"),
         (["generate", "--config", str(tmp_path / "none.toml")], "does not exist"),
@@ -65,6 +64,9 @@ def test_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
         code, err = run_error(args, capsys)
         assert code == 2, args
         assert message in err and len(err.splitlines()) == 1, err
+    with pytest.raises(SystemExit) as e:  # argparse's own usage error, with the presets to choose from
+        main(["generate", "--model", "gpt7"])
+    assert e.value.code == 2 and "invalid choice: 'gpt7' (choose from 'tiny', 'small'" in capsys.readouterr().err
 
 
 def test_config_file_and_flags_override(tmp_path, capsys):
@@ -186,3 +188,10 @@ def test_ports_out_of_range_are_refused_when_the_options_are_read(args, tmp_path
     GPT(GPTConfig.from_name("tiny")).save_pretrained(tmp_path / "m")
     code, err = run_error(args, capsys)
     assert code == 2 and "--port must be in 0..65535" in err and not (tmp_path / "runs").exists(), err
+
+
+def test_a_file_that_is_not_utf8_text_is_a_one_line_error(tmp_path, capsys):
+    (tmp_path / "rankings.jsonl").write_bytes(bytes(range(128, 256)) * 4)  # say, a zip given by mistake
+    code, err = run_error(["preferences", "--rankings", str(tmp_path / "rankings.jsonl")], capsys)
+    assert code == 2 and err.startswith("ghoul preferences: error: an input file is not UTF-8 text"), err
+    assert len(err.splitlines()) == 1

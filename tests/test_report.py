@@ -2,6 +2,7 @@
 
 import json
 
+from ghoul.cli import main
 from ghoul.report import write_report
 
 
@@ -37,3 +38,11 @@ def test_stage_table_leaves_out_the_gpu_columns_for_cpu_runs(tmp_path):
     assert "| stage | steps | tokens | time (s) | tokens/s | train loss | val loss | HellaSwag acc_norm |" in md
     assert "| pretrain | 20 | 81,920 | 10 | 810 | 6.1000 | — | — (n=0) |" in md
     assert "<th>tokens/s</th><th>train loss</th>" in html and "MFU" not in md and "MFU" not in html
+
+
+def test_a_damaged_file_in_the_run_is_a_one_line_error(tmp_path, capsys):
+    write_log(tmp_path / "pretrain", [step(10, 6.5, 800.0)])
+    (tmp_path / "pipeline.json").write_text('{"seed": 13')  # cut short
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'pipeline.json'} is not valid JSON" in err and len(err.strip().splitlines()) == 1

@@ -71,8 +71,10 @@ class RlConfig:
                 raise GhoulError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.checkpoint_every < 0:
             raise GhoulError(f"--checkpoint-every must be >= 0, got {self.checkpoint_every}")
-        if self.temperature <= 0 or self.learning_rate <= 0 or self.kl_coef < 0 or not 0 < self.clip_eps < 1:
-            raise GhoulError("--temperature and --learning-rate must be positive, --kl-coef >= 0, --clip-eps in (0, 1)")
+        if min(self.temperature, self.learning_rate, self.value_lr) <= 0 or self.kl_coef < 0 or \
+                not 0 < self.clip_eps < 1:
+            raise GhoulError("--temperature, --learning-rate and --value-lr must be positive, --kl-coef >= 0, "
+                             "--clip-eps in (0, 1)")
         self.output_dir = Path(self.output_dir) if self.output_dir is not None else None
 
 

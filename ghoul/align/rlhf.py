@@ -69,6 +69,12 @@ class RlhfConfig:
             raise GhoulError(f"--method must be one of {', '.join(METHODS)}, got {self.method}")
         if self.base_model is None:
             raise GhoulError("--base-model is required: the model directory to generate from and fine-tune")
+        for name in ("num_samples", "max_new_tokens", "generate_batch_size", "max_steps", "batch_size", "seq_len",
+                     "total_batch_size", "reward_steps"):  # named here, not by the step's own flag they become
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise GhoulError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.num_samples < self.group_size:
+            raise GhoulError(f"--num-samples {self.num_samples} makes no group of --group-size {self.group_size}")
         self.base_model, self.output_dir = Path(self.base_model), Path(self.output_dir)
 
 
@@ -83,11 +89,15 @@ class RlhfResult:
 
 def stage_configs(cfg: RlhfConfig) -> dict[str, Any]:
     """The configs of the steps, built (and so checked) before any step runs."""
+    from ghoul.checkpoint import read_model_config
     from ghoul.data.prepare import PrepareConfig
     from ghoul.generate import GenerateConfig
     from ghoul.train.stages import FinetuneConfig
 
     check_judge(cfg.judge, cfg.base_url)  # a missing key or package fails now, not after the stories are made
+    block = read_model_config(cfg.base_model)["block_size"]
+    if cfg.seq_len is not None and cfg.seq_len > block:
+        raise GhoulError(f"--seq-len {cfg.seq_len} exceeds the block size of {cfg.base_model} ({block})")
     out = cfg.output_dir
     generate = GenerateConfig(checkpoint=cfg.base_model, prompt=cfg.prompt, prompts_file=cfg.prompts_file,
                               num_samples=cfg.num_samples, max_new_tokens=cfg.max_new_tokens,

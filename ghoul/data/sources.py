@@ -169,7 +169,11 @@ def _csv(path: Path) -> Iterator[dict[str, Any]]:
 
 def _parquet(path: Path) -> Iterator[dict[str, Any]]:
     pq = _optional("pyarrow.parquet", "pyarrow", path)
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+    try:
+        parquet = pq.ParquetFile(path)
+    except (ValueError, OSError) as e:  # pyarrow's ArrowInvalid is a ValueError
+        raise GhoulError(f"{path} could not be read as parquet ({e}): the file is damaged or not parquet") from None
+    for batch in parquet.iter_batches(batch_size=1024):
         yield from batch.to_pylist()
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ghoul.config import option
 from ghoul.errors import GhoulError
-from ghoul.model import ACTIVATIONS, NORM_POSITIONS, NORMS, POSITIONS, VOCAB_PADDING
+from ghoul.model import ACTIVATIONS, NORM_POSITIONS, NORMS, POSITIONS, PRESETS, VOCAB_PADDING
 
 
 @dataclass
@@ -35,7 +35,7 @@ class ArchitectureOptions:
 class TrainConfig(ArchitectureOptions):
     dataset: str = option("", "prepared token shards: a directory made by `ghoul prepare`", metavar="DIR")
     output_dir: Path = option(Path("runs/pretrain"), "run directory: log, samples, checkpoints")
-    model: str = option("tiny", "model preset for a fresh model (tiny, small, gpt2, gpt2-medium, gpt2-large, gpt2-xl)")
+    model: str = option("tiny", "model preset for a fresh model", choices=list(PRESETS))
     base_model: Path | None = option(None, "model directory to start from (fine-tuning)")
     pad_vocab: bool = option(True, f"a fresh model's embedding and output tables get rows up to a multiple of "
                                    f"{VOCAB_PADDING} (faster GPU matmuls; never predicted, cropped on export)")

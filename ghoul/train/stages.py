@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -13,12 +13,12 @@ import torch
 
 from ghoul import dist
 from ghoul.checkpoint import LATEST, STATE_FILE, resolve_checkpoint
-from ghoul.config import option
+from ghoul.config import flag, option
 from ghoul.data.shards import check_data_tokenizer, dataset_tokenizer
 from ghoul.errors import GhoulError
 from ghoul.model import GPT, GPTConfig, vocab_padding
 from ghoul.tokenizer import Tokenizer, load_tokenizer
-from ghoul.train.config import TrainConfig
+from ghoul.train.config import ArchitectureOptions, TrainConfig
 from ghoul.train.loop import TrainResult, check_run_dir, train
 
 
@@ -33,6 +33,10 @@ class FinetuneConfig(TrainConfig):
         super().__post_init__()
         if self.base_model is None and self.resume is None:
             raise GhoulError("--base-model is required: the model directory to fine-tune (e.g. a pretraining run)")
+        changed = [flag(f.name) for f in fields(ArchitectureOptions) if getattr(self, f.name) != f.default]
+        if changed:  # the model comes whole from its directory: these would be silently ignored
+            raise GhoulError(f"{', '.join(changed)} shape a fresh model only; a fine-tune keeps the architecture of "
+                             "--base-model: leave them out")
 
 
 def start_model(cfg: TrainConfig, resume_from: Path | None) -> tuple[GPT, Tokenizer]:

@@ -25,7 +25,7 @@ from ghoul.dist import resolve_device
 from ghoul.errors import GhoulError
 from ghoul.files import append_jsonl, read_jsonl, repair_jsonl
 from ghoul.generate import GenerateConfig, batch_seed, encode_prompt, model_and_tokenizer
-from ghoul.model import GPT, KVCache, sample_next
+from ghoul.model import GPT, PRESETS, KVCache, sample_next
 from ghoul.tokenizer import Tokenizer
 from ghoul.web.server import Server, page_app
 
@@ -36,7 +36,7 @@ MAX_NEW_TOKENS = 4096
 @dataclass
 class ServeConfig:
     checkpoint: Path | None = option(None, "model directory to sample from (default: a random --model preset)")
-    model: str = option("tiny", "preset to initialise randomly when no --checkpoint is given")
+    model: str = option("tiny", "preset to initialise randomly when no --checkpoint is given", choices=list(PRESETS))
     out_dir: Path = option(Path("."), "directory whose stories.jsonl the page's 'send to ranking' appends to")
     host: str = option("127.0.0.1", "address to serve the page on (127.0.0.1: this machine only)")
     port: int = option(8766, "port of the page (0: any free port)")

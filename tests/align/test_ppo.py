@@ -80,6 +80,8 @@ def test_rl_refusals(tiny_model, tmp_path):
         run_grpo(RlConfig(policy=tiny_model, output_dir=tmp_path / "g"))
     with pytest.raises(GhoulError, match="--clip-eps"):
         RlConfig(clip_eps=1.5)
+    with pytest.raises(GhoulError, match="--value-lr must be positive"):
+        RlConfig(value_lr=-1.0)
     with pytest.raises(GhoulError, match="--group-size must be at least 1"):
         RlConfig(group_size=0)
     with pytest.raises(GhoulError, match="--group-size must be at least 2 for GRPO"):

@@ -90,3 +90,10 @@ def test_rlhf_refusals(tiny_model, tmp_path, capsys):
     assert "invalid choice: 'sft'" in capsys.readouterr().err
     with pytest.raises(GhoulError, match="--base-model is required"):
         RlhfConfig()
+    out = tmp_path / "r"
+    for args, message in [(["--method", "ppo", "--reward-steps", "0"], "--reward-steps must be at least 1, got 0"),
+                          (["--num-samples", "3"], "--num-samples 3 makes no group of --group-size 4"),
+                          (["--seq-len", "4096"], "--seq-len 4096 exceeds the block size")]:
+        assert main(["rlhf", "--config", str(CONFIG), "--base-model", str(tiny_model), "--judge", "length",
+                     "--output-dir", str(out), *args]) == 2
+        assert message in capsys.readouterr().err and not out.exists()  # refused before any story is generated

@@ -136,7 +136,7 @@ def test_missing_and_empty_sources_name_the_file(tmp_path: Path) -> None:
         list(make_source("text"))
 
 
-def test_bad_records_and_options(tmp_path: Path) -> None:
+def test_bad_records_and_options(data: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "fine"}\n{not json\n', encoding="utf-8")
     with pytest.raises(GhoulError, match=r"bad.jsonl:2: not valid JSON"):
@@ -147,6 +147,10 @@ def test_bad_records_and_options(tmp_path: Path) -> None:
     text.write_text("x", encoding="utf-8")
     with pytest.raises(GhoulError, match=r"notes.txt: unsupported file type; this source reads .parquet"):
         list(make_source("fineweb", text))
+    cut = tmp_path / "cut.parquet"  # a download cut short
+    cut.write_bytes((data / "fineweb" / "fineweb_subset.parquet").read_bytes()[:4096])
+    with pytest.raises(GhoulError, match=r"cut.parquet could not be read as parquet"):
+        list(make_source("fineweb", cut))
 
 
 def test_download_caches_under_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

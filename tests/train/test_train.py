@@ -292,3 +292,10 @@ def test_a_damaged_or_mismatched_checkpoint_is_a_one_line_error_on_resume(finewe
         err = capsys.readouterr().err
         assert f"{damaged} is damaged" in err and "resume from an earlier checkpoint" in err, err
         assert len(err.strip().splitlines()) == 1, err
+
+
+def test_a_finetune_refuses_architecture_switches_it_would_ignore(tmp_path, capsys):
+    args = ["finetune", "--dataset", str(tmp_path), "--base-model", str(tmp_path / "m")]
+    assert main([*args, "--activation", "swiglu", "--position", "rotary"]) == 2
+    err = capsys.readouterr().err
+    assert "--activation, --position shape a fresh model only; a fine-tune keeps the architecture" in err, err
