@@ -6,6 +6,7 @@ peak is known (see ghoul.dist.GPUS), and the ratio measured in this one run. gho
 pretrain` builds it, its vocabulary padded to a multiple of 64 (`--no-pad-vocab`: the exact 50,257 rows).
 Run: python -m benchmarks.bench_train [--presets small gpt2 --batch 4 --seq-len 256 --dtypes float32 bfloat16]
      python -m benchmarks.bench_train --presets small --compile
+     python -m benchmarks.bench_train --presets small --profile [--compile]   (where the step's time goes)
 """
 
 from __future__ import annotations
@@ -105,6 +106,34 @@ def run_own(variant: str, preset: str = "small", batch: int = 4, seq_len: int = 
                   f"--{variant} --repeats {repeats}", **details(fast, seq_len, tokens, t_fast, device, dtype))
 
 
+MATMULS = ("aten::mm", "aten::addmm", "aten::bmm")
+
+
+def profile(preset: str = "small", batch: int = 4, seq_len: int = 256, compile: bool = False, steps: int = 3,
+            device: str | None = None, pad_vocab: bool = True, top: int = 12) -> str:
+    """Where ghoul's float32 training step spends its time: each operator's share of the self time of `steps` steps
+    (after two warm-up steps), the matrix products summed first; what `--compile` can and cannot speed up."""
+    from torch.profiler import profile as torch_profile
+
+    device, config, seq_len, x, y = setup(preset, batch, seq_len, device, pad_vocab)
+    torch.manual_seed(0)
+    step = step_fn(GPT(config).to(device), x, y, "float32", device, compile=compile)
+    for _ in range(2):
+        step()
+    with torch_profile() as prof:
+        for _ in range(steps):
+            step()
+    ops = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+    total = sum(e.self_cpu_time_total for e in ops)
+    matmul = sum(e.self_cpu_time_total for e in ops if e.key in MATMULS)
+    per_step = total / steps / 1e3  # profiler times are in microseconds
+    lines = [f"{preset}, batch {batch} x {seq_len}, {'compiled' if compile else 'eager'}: {per_step:,.0f} ms of "
+             f"operator time per step, matrix products {matmul / total:.1%} ({per_step * matmul / total:,.0f} ms), "
+             f"everything else {1 - matmul / total:.1%} ({per_step * (1 - matmul / total):,.0f} ms)"]
+    lines += [f"  {e.self_cpu_time_total / total:6.1%}  {e.key[:70]} (x{e.count})" for e in ops[:top]]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--presets", nargs="+", default=["small", "gpt2"])
@@ -116,7 +145,14 @@ def main() -> None:
     parser.add_argument("--pad-vocab", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default=dist.default_device())
+    parser.add_argument("--profile", action="store_true", help="instead: each operator's share of ghoul's step "
+                        "(with --compile: of the compiled step)")
     args = parser.parse_args()
+    if args.profile:
+        for preset in args.presets:
+            print(profile(preset, args.batch, args.seq_len, args.compile, device=args.device,
+                          pad_vocab=args.pad_vocab))
+        return
     print(f"device {args.device}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
           f"transformers {transformers.__version__}")
     variants = [v for v in ("bfloat16", "compile") if getattr(args, v)]
