@@ -18,7 +18,7 @@ from ghoul.align.judges import JUDGES_HELP, check_judge
 from ghoul.align.rlhf import METHODS
 from ghoul.config import option, to_dict
 from ghoul.errors import GhoulError
-from ghoul.files import atomic_write_text
+from ghoul.files import atomic_write_text, read_json
 from ghoul.model import PRESETS
 
 GROUP_SIZE = 4  # stories the judge compares at once, as the seed did
@@ -113,16 +113,20 @@ def train_stage(cfg: PipelineConfig, name: str, dataset: Path, base: Path | None
 
 
 def evaluate(cfg: PipelineConfig, name: str, model_dir: Path, data: Path) -> dict[str, Any]:
-    """HellaSwag on a subset and validation loss on `data`, cached in RUN/eval/NAME.json."""
-    from ghoul.checkpoint import load_model_and_tokenizer
+    """HellaSwag on a subset and validation loss on `data`, cached in RUN/eval/NAME.json for the same checkpoint and
+    settings (a stage trained further, or another --hellaswag-limit or --seq-len, is evaluated again)."""
+    from ghoul.checkpoint import load_model_and_tokenizer, resolve_checkpoint
     from ghoul.dist import resolve_device
     from ghoul.eval.hellaswag import default_data_path, evaluate_hellaswag, load_hellaswag
     from ghoul.eval.loss import evaluate_loss, read_split
 
     path = cfg.output_dir / "eval" / f"{name}.json"
-    if path.is_file():
+    key = {"checkpoint": str(resolve_checkpoint(model_dir)), "hellaswag_limit": cfg.hellaswag_limit,
+           "seq_len": cfg.seq_len, "val_data": str(data)}
+    cached = read_json(path)
+    if cached is not None and cached.get("key") == key:
         say("eval", f"{path} exists; skipped")
-        return json.loads(path.read_text())
+        return cached
     device = resolve_device(cfg.device)
     model, tokenizer = load_model_and_tokenizer(model_dir, device)
     hs_path = local(cfg, "hellaswag/hellaswag_val.jsonl") or default_data_path()
@@ -130,7 +134,8 @@ def evaluate(cfg: PipelineConfig, name: str, model_dir: Path, data: Path) -> dic
     hs = evaluate_hellaswag(model, tokenizer, load_hellaswag(hs_path, cfg.hellaswag_limit), device, progress=True)
     loss = evaluate_loss(model, read_split(data), device, cfg.seq_len, max_tokens=20_000)
     result = {"model": str(model_dir), "hellaswag_acc": hs["acc_norm"], "hellaswag_acc_sum": hs["acc"],
-              "hellaswag_n": hs["n"], "val_loss": loss["loss"], "val_tokens": loss["tokens"], "val_data": data.name}
+              "hellaswag_n": hs["n"], "val_loss": loss["loss"], "val_tokens": loss["tokens"], "val_data": data.name,
+              "key": key}
     atomic_write_text(path, json.dumps(result, indent=2) + "\n")
     return result
 

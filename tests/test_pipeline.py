@@ -58,3 +58,23 @@ def test_pipeline_refuses_bad_settings(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["pipeline", "--data-dir", str(tmp_path), "--num-samples", "4"]) == 2
     assert "give at least 12" in capsys.readouterr().err
+
+
+def test_an_evaluation_is_reused_only_for_the_same_checkpoint_and_settings(data, tmp_path, monkeypatch):
+    from ghoul.data.prepare import PrepareConfig
+    from ghoul.data.prepare import run as prepare
+    from ghoul.model import GPT, GPTConfig
+    from ghoul.pipeline import PipelineConfig, evaluate
+
+    shards = tmp_path / "fineweb"
+    prepare(PrepareConfig(source="fineweb", source_path=str(data / "fineweb" / "fineweb_subset.jsonl"), out=shards,
+                          val_tokens=4096, workers=1, limit_docs=40, progress=False))
+    GPT(GPTConfig.from_name("tiny")).save_pretrained(tmp_path / "model")
+    cfg = dict(output_dir=tmp_path / "run", data_dir=data, seq_len=64, device="cpu")
+    first = evaluate(PipelineConfig(**cfg, hellaswag_limit=4), "pretrain", tmp_path / "model", shards)
+    assert first["hellaswag_n"] == 4
+    monkeypatch.setattr("ghoul.eval.hellaswag.evaluate_hellaswag", None)  # reuse must not evaluate at all
+    assert evaluate(PipelineConfig(**cfg, hellaswag_limit=4), "pretrain", tmp_path / "model", shards) == first
+    monkeypatch.undo()
+    again = evaluate(PipelineConfig(**cfg, hellaswag_limit=6), "pretrain", tmp_path / "model", shards)
+    assert again["hellaswag_n"] == 6 and again["val_loss"] == first["val_loss"]

@@ -65,6 +65,7 @@ class LearnConfig:
         for name in ("steps", "batch_size", "block_size", "eval_iters"):
             if getattr(self, name) < 1:
                 raise GhoulError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        self.train_config(Path("data"), self.output_dir)  # the trainer's checks now, before the tokenizer and data
 
     def train_config(self, data_dir: Path, run_dir: Path) -> TrainConfig:
         """The trainer's settings for one run on `data_dir` (validated there: schedule lengths, learning rate)."""

@@ -192,6 +192,9 @@ def train(cfg: TrainConfig, model: GPT, tokenizer: Tokenizer, d: dist.DistInfo, 
     start_step, state = 0, {}
     if resume_from is not None:
         state, opt_states, _ = load_training_checkpoint(resume_from)
+        if state["step"] >= cfg.max_steps:
+            raise GhoulError(f"{resume_from} is at step {state['step']}, and --max-steps is {cfg.max_steps}: nothing "
+                             "to train; raise --max-steps to go on")
         load_optimizer_states(optimizers, opt_states, resume_from)
         train_data.load_state_dict(state["loader"])
         set_rng_state(state["rng"])

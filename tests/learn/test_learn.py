@@ -100,3 +100,12 @@ def test_compare_refuses_bad_variant_files_before_training(tmp_path, toml, match
     variants.write_text(toml)
     with pytest.raises(GhoulError, match=match):
         compare(CompareConfig(source_path="unused", output_dir=tmp_path / "cmp", variants=variants))
+
+
+@pytest.mark.parametrize("args, message", [(["--learning-rate", "-1"], "--learning-rate must be positive"),
+                                           (["--steps", "2", "--warmup-iters", "5"], "exceed --max-steps (2)")])
+def test_training_settings_are_checked_before_the_tokenizer_and_data(tmp_path, capsys, args, message):
+    out = tmp_path / "bigram"
+    assert main(["learn", "bigram", "--source-path", str(tmp_path / "unused.txt"), "--output-dir", str(out),
+                 *args]) == 2
+    assert message in capsys.readouterr().err and not out.exists()

@@ -282,6 +282,8 @@ def test_a_damaged_or_mismatched_checkpoint_is_a_one_line_error_on_resume(finewe
     resume = ["pretrain", "--dataset", str(fineweb_shards), "--output-dir", str(tmp_path / "run"), "--model", "tiny",
               "--batch-size", "4", "--seq-len", "64", "--max-steps", "4", "--device", "cpu", "--resume"]
     step = tmp_path / "run" / "step_000002"
+    assert main([*resume, str(step), "--max-steps", "2"]) == 2  # later flags win: 2 steps, all done
+    assert "is at step 2, and --max-steps is 2: nothing to train" in capsys.readouterr().err
     assert main([*resume, str(step), "--optimizer", "muon"]) == 2  # trained with AdamW
     assert "was saved with other optimizer settings" in capsys.readouterr().err
     optimizer = step / "optimizer.pt"
