@@ -119,6 +119,20 @@ def optional_extra(module: str) -> str | None:
     return None
 
 
+def usage_error(e: Exception) -> str | None:
+    """The one-line message of an error the user can fix, or None for one that is a bug or the machine's."""
+    if isinstance(e, GhoulError):
+        return str(e)
+    if isinstance(e, ModuleNotFoundError):
+        extra = optional_extra(e.name or "")
+        return f"this command needs {e.name}: pip install 'ghoul[{extra}]'" if extra else None
+    if isinstance(e, UnicodeDecodeError):  # a binary or otherwise encoded file where text was expected
+        return f"an input file is not UTF-8 text ({e.reason} at byte {e.start}): give a UTF-8 text file"
+    if isinstance(e, OSError) and e.filename is not None:  # without a path it is a network or device error
+        return f"{e.strerror or e}: {e.filename}" + (f" -> {e.filename2}" if e.filename2 is not None else "")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -144,24 +158,11 @@ def main(argv: list[str] | None = None) -> int:
 
             dist.allow_tf32()  # training, evaluation and sampling alike
         fn(config_from_args(cls, args))
-    except GhoulError as e:
-        print(f"ghoul {cmd.name}: error: {e}", file=sys.stderr)
-        return 2
-    except ModuleNotFoundError as e:
-        extra = optional_extra(e.name or "")
-        if extra is None:
+    except (GhoulError, ModuleNotFoundError, UnicodeDecodeError, OSError) as e:
+        message = usage_error(e)
+        if message is None:
             raise
-        print(f"ghoul {cmd.name}: error: this command needs {e.name}: pip install 'ghoul[{extra}]'", file=sys.stderr)
-        return 2
-    except UnicodeDecodeError as e:  # a binary or otherwise encoded file where text was expected
-        print(f"ghoul {cmd.name}: error: an input file is not UTF-8 text ({e.reason} at byte {e.start}): give a "
-              "UTF-8 text file", file=sys.stderr)
-        return 2
-    except OSError as e:
-        if e.filename is None:  # not about a path the user gave (a network or device error): keep the traceback
-            raise
-        target = f" -> {e.filename2}" if e.filename2 is not None else ""
-        print(f"ghoul {cmd.name}: error: {e.strerror or e}: {e.filename}{target}", file=sys.stderr)
+        print(f"ghoul {cmd.name}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"ghoul {cmd.name}: interrupted", file=sys.stderr)

@@ -11,6 +11,7 @@ import json
 import tomllib
 import types
 import typing
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -32,14 +33,17 @@ def option(default: Any = dataclasses.MISSING, help: str = "", *, choices: list[
     return dataclasses.field(default=default, metadata=meta)
 
 
-def check_port(port: int) -> None:
-    """A TCP port for a local page (0: any free one), checked when the options are read rather than at bind time."""
-    if not 0 <= port < 65536:
-        raise GhoulError(f"--port must be in 0..65535 (0: any free port), got {port}")
-
-
 def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+
+def require(cfg: Any, names: Iterable[str], ok: Callable[[Any], bool], what: str) -> None:
+    """A one-line error for the first option in `names` whose value fails `ok` ("--NAME must be WHAT, got VALUE");
+    an optional option left unset (None) passes."""
+    for name in names:
+        value = getattr(cfg, name)
+        if value is not None and not ok(value):
+            raise GhoulError(f"{flag(name)} must be {what}, got {value}")
 
 
 def _field_types(cls: type) -> dict[str, Any]:

@@ -73,11 +73,15 @@ def peak_flops(device: str, dtype: str = "bfloat16") -> float | None:
     return None
 
 
+def mps_available() -> bool:
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+
+
 def default_device() -> str:
     """The best device this machine has: cuda, then mps, then cpu."""
     if torch.cuda.is_available():
         return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+    if mps_available():
         return "mps"
     return "cpu"
 
@@ -94,7 +98,7 @@ def resolve_device(device: str = "auto") -> str:
         raise GhoulError(f"--device {device}: this machine has no CUDA GPU that torch can use; use cpu or auto")
     if kind.type == "cuda" and kind.index is not None and kind.index >= torch.cuda.device_count():
         raise GhoulError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
-    if kind.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+    if kind.type == "mps" and not mps_available():
         raise GhoulError(f"--device {device}: MPS is not available here; use cpu or auto")
     if kind.type not in ("cpu", "cuda", "mps"):
         raise GhoulError(f"--device {device}: ghoul runs on cpu, cuda and mps")

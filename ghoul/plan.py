@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from ghoul.config import option
+from ghoul.config import option, require
 from ghoul.dist import GPUS
 from ghoul.errors import GhoulError
 from ghoul.model import PRESETS, VOCAB_PADDING, GPTConfig, vocab_padding
@@ -52,9 +52,7 @@ class PlanConfig:
             raise GhoulError(f"unknown dtype '{self.dtype}'; choices: {', '.join(DTYPES)}")
         if self.optimizer not in OPTIMIZERS:
             raise GhoulError(f"unknown optimizer '{self.optimizer}'; choices: {', '.join(OPTIMIZERS)}")
-        for name in ("gpus", "total_batch_size", "batch_size", "seq_len", "max_steps"):
-            if getattr(self, name) <= 0:
-                raise GhoulError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        require(self, ("gpus", "total_batch_size", "batch_size", "seq_len", "max_steps"), lambda v: v > 0, "positive")
         if not 0 < self.mfu <= 1:
             raise GhoulError(f"--mfu is a fraction of the peak in (0, 1], got {self.mfu}")
         if self.price_per_gpu_hour is not None and self.price_per_gpu_hour < 0:

@@ -106,10 +106,10 @@ def judge_pairs(cfg: CompareConfig, judge: Judge, stories_a: list[dict], stories
 
 
 def run(cfg: CompareConfig, judge: Judge | None = None) -> CompareResult:
-    if cfg.out is not None and Path(cfg.out).exists():
-        raise GhoulError(f"{cfg.out} exists: choose another --out")
     from ghoul.checkpoint import read_model_config
 
+    if cfg.out is not None and Path(cfg.out).exists():
+        raise GhoulError(f"{cfg.out} exists: choose another --out")
     for model in (cfg.a, cfg.b):  # both must be there before either generates
         read_model_config(model)
     judge = judge or make_judge(cfg.judge, seed=cfg.seed, base_url=cfg.base_url)

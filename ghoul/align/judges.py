@@ -276,11 +276,9 @@ def make_judge(spec: str, *, seed: int = 0, base_url: str | None = None, max_ret
         return LengthJudge()
     if kind == "human":
         return HumanJudge()
-    if kind == "web":
-        try:
-            from ghoul.web.ranking import WebJudge
-        except ImportError:
-            raise GhoulError("the web judge needs fastapi and uvicorn: pip install 'ghoul[align]'") from None
+    if kind == "web":  # check_judge has found fastapi and uvicorn
+        from ghoul.web.ranking import WebJudge
+
         return WebJudge(host, port, open_browser=open_browser)
     raise AssertionError(f"check_judge let {spec!r} through")
 

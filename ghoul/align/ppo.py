@@ -25,7 +25,7 @@ from torch import nn
 
 from ghoul.align.dpo import token_logps
 from ghoul.checkpoint import load_optimizer_states
-from ghoul.config import option, to_dict
+from ghoul.config import option, require, to_dict
 from ghoul.errors import GhoulError
 from ghoul.files import atomic_write_text
 from ghoul.model import GPT
@@ -66,11 +66,9 @@ class RlConfig:
     device: str = option("auto", "cpu, cuda, mps, or auto")
 
     def __post_init__(self) -> None:
-        for name in ("max_steps", "prompts_per_step", "group_size", "max_new_tokens", "ppo_epochs"):
-            if getattr(self, name) < 1:
-                raise GhoulError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.checkpoint_every < 0:
-            raise GhoulError(f"--checkpoint-every must be >= 0, got {self.checkpoint_every}")
+        require(self, ("max_steps", "prompts_per_step", "group_size", "max_new_tokens", "ppo_epochs"),
+                lambda v: v >= 1, "at least 1")
+        require(self, ("checkpoint_every",), lambda v: v >= 0, ">= 0")
         if min(self.temperature, self.learning_rate, self.value_lr) <= 0 or self.kl_coef < 0 or \
                 not 0 < self.clip_eps < 1:
             raise GhoulError("--temperature, --learning-rate and --value-lr must be positive, --kl-coef >= 0, "

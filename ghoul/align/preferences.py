@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from ghoul.align.rank import load_rankings, load_stories, stories_judged
 from ghoul.config import option
 from ghoul.data.loader import EpochLoader
 from ghoul.errors import GhoulError
@@ -60,11 +61,8 @@ def split_by_group(pairs: list[dict[str, Any]], val_fraction: float, seed: int) 
 
 def build_preferences(rankings: Path, stories: Path | None, val_fraction: float, seed: int) -> list[dict[str, Any]]:
     """The split pairs of a rankings file (stories default to stories.jsonl beside it)."""
-    from ghoul.align.rank import load_rankings, load_stories
-
     judgments = load_rankings(Path(rankings))
-    stories = Path(stories) if stories else Path(rankings).with_name("stories.jsonl")
-    pairs = pairs_from_rankings(judgments, load_stories(stories))
+    pairs = pairs_from_rankings(judgments, load_stories(stories_judged(rankings, stories)))
     if not pairs:
         raise GhoulError(f"{rankings} holds no judged group: rank some stories first")
     return split_by_group(pairs, val_fraction, seed)
@@ -103,7 +101,7 @@ class PreferencesConfig:
         if not 0 <= self.val_fraction < 1:
             raise GhoulError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
         self.rankings, self.out = Path(self.rankings), Path(self.out)
-        refuse_input_as_output(self.out, self.rankings, self.stories or self.rankings.with_name("stories.jsonl"))
+        refuse_input_as_output(self.out, self.rankings, stories_judged(self.rankings, self.stories))
 
 
 def run(cfg: PreferencesConfig) -> list[dict[str, Any]]:

@@ -18,7 +18,7 @@ from typing import Any
 from tqdm import tqdm
 
 from ghoul.align.judges import DEFAULT_JUDGE, JUDGES_HELP, Judge, make_judge
-from ghoul.config import check_port, option
+from ghoul.config import option, require
 from ghoul.errors import GhoulError
 from ghoul.files import append_jsonl, read_jsonl, repair_jsonl
 
@@ -49,7 +49,7 @@ class RankConfig:
         self.stories, self.out = Path(self.stories), Path(self.out)
         if self.group_size < 2:
             raise GhoulError(f"--group-size must be at least 2, got {self.group_size}")
-        check_port(self.port)
+        require(self, ("port",), lambda v: 0 <= v < 65536, "in 0..65535 (0: any free port)")
         if self.max_groups is not None and self.max_groups < 1:
             raise GhoulError("--max-groups must be at least 1")
         if self.max_retries < 0 or self.parse_retries < 0 or self.retry_delay < 0 or self.timeout <= 0:
@@ -87,6 +87,11 @@ def load_stories(path: Path) -> dict[int, dict[str, Any]]:
             raise GhoulError(f"{path}, record {n}: story id {record['id']} appears twice; ids must be unique")
         stories[record["id"]] = record
     return stories
+
+
+def stories_judged(rankings: str | Path, stories: str | Path | None = None) -> Path:
+    """The stories file a rankings file judged: `stories` when given, else the stories.jsonl beside it."""
+    return Path(stories) if stories else Path(rankings).with_name("stories.jsonl")
 
 
 def load_rankings(path: Path) -> list[dict[str, Any]]:

@@ -18,7 +18,7 @@ from typing import Any
 
 from ghoul.align import rank, winners
 from ghoul.align.judges import DEFAULT_JUDGE, JUDGES_HELP, check_judge
-from ghoul.config import option, to_dict
+from ghoul.config import option, require, to_dict
 from ghoul.errors import GhoulError
 from ghoul.files import atomic_write_text, read_jsonl
 
@@ -69,10 +69,8 @@ class RlhfConfig:
             raise GhoulError(f"--method must be one of {', '.join(METHODS)}, got {self.method}")
         if self.base_model is None:
             raise GhoulError("--base-model is required: the model directory to generate from and fine-tune")
-        for name in ("num_samples", "max_new_tokens", "generate_batch_size", "max_steps", "batch_size", "seq_len",
-                     "total_batch_size", "reward_steps"):  # named here, not by the step's own flag they become
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise GhoulError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        require(self, ("num_samples", "max_new_tokens", "generate_batch_size", "max_steps", "batch_size", "seq_len",
+                       "total_batch_size", "reward_steps"), lambda v: v >= 1, "at least 1")  # not the steps' flags
         if self.num_samples < self.group_size:
             raise GhoulError(f"--num-samples {self.num_samples} makes no group of --group-size {self.group_size}")
         self.base_model, self.output_dir = Path(self.base_model), Path(self.output_dir)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ghoul.align.rank import full_text, load_rankings, load_stories
+from ghoul.align.rank import full_text, load_rankings, load_stories, stories_judged
 from ghoul.config import option
 from ghoul.data.sources import EOT
 from ghoul.errors import GhoulError
@@ -22,7 +22,7 @@ class ExportWinnersConfig:
 
     def __post_init__(self) -> None:
         self.rankings, self.out = Path(self.rankings), Path(self.out)
-        self.stories = Path(self.stories) if self.stories else self.rankings.with_name("stories.jsonl")
+        self.stories = stories_judged(self.rankings, self.stories)
         refuse_input_as_output(self.out, self.rankings, self.stories)
 
 

@@ -115,7 +115,8 @@ def run(cfg: PrepareConfig) -> PrepareResult:
 
 def _fill(writer: ShardWriter, docs: Iterable[str], cfg: PrepareConfig, total: int | None, start: float) -> None:
     """Tokenise `docs` in worker processes into `writer`, with a progress bar of documents, tokens and tokens/s."""
-    workers = min(cfg.workers, os.cpu_count() or 1) if cfg.workers else os.cpu_count() or 1  # more would only wait
+    cores = os.cpu_count() or 1
+    workers = min(cfg.workers or cores, cores)  # more processes than cores would only wait
     pool = start_workers(cfg.tokenizer, workers)
     resume = writer.meta["resume"]
     try:

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from ghoul import dist
-from ghoul.config import option
+from ghoul.config import option, require
 from ghoul.data.prepare import PrepareConfig
 from ghoul.data.prepare import run as prepare
 from ghoul.data.sources import SOURCES, make_source
@@ -62,9 +62,7 @@ class LearnConfig:
         self.output_dir = Path(self.output_dir)
         if not 0.0 < self.val_fraction < 1.0:
             raise GhoulError(f"--val-fraction must be between 0 and 1, got {self.val_fraction}")
-        for name in ("steps", "batch_size", "block_size", "eval_iters"):
-            if getattr(self, name) < 1:
-                raise GhoulError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        require(self, ("steps", "batch_size", "block_size", "eval_iters"), lambda v: v >= 1, "at least 1")
         self.train_config(Path("data"), self.output_dir)  # the trainer's checks now, before the tokenizer and data
 
     def train_config(self, data_dir: Path, run_dir: Path) -> TrainConfig:

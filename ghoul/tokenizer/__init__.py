@@ -50,8 +50,9 @@ def load_tokenizer(spec: str | Path) -> Tokenizer:
             return load_tokenizer(path / TOKENIZER_FILE)
         from ghoul.checkpoint import resolve_checkpoint  # imports torch: only for model and run directories
 
-        if resolve_checkpoint(path) != path:  # a run directory: its newest checkpoint knows the tokenizer
-            return load_tokenizer(resolve_checkpoint(path))
+        checkpoint = resolve_checkpoint(path)
+        if checkpoint != path:  # a run directory: its newest checkpoint knows the tokenizer
+            return load_tokenizer(checkpoint)
         config = path / "config.json"
         if config.is_file():
             name = json.loads(config.read_text()).get("tokenizer", "gpt2")

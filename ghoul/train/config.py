@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from ghoul.config import option
+from ghoul.config import option, require
 from ghoul.errors import GhoulError
 from ghoul.model import ACTIVATIONS, NORM_POSITIONS, NORMS, POSITIONS, PRESETS, VOCAB_PADDING
 
@@ -78,29 +78,15 @@ class TrainConfig(ArchitectureOptions):
     wandb_project: str = option("ghoul", "W&B project name")
 
     def __post_init__(self) -> None:
-        positive = ("batch_size", "max_steps", "eval_iters", "sample_tokens", "log_every")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise GhoulError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        for name in ("eval_every", "hellaswag_every", "sample_every", "checkpoint_every", "keep_last",
-                     "warmup_iters", "warmdown_iters"):
-            if getattr(self, name) < 0:
-                raise GhoulError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        require(self, ("batch_size", "max_steps", "eval_iters", "sample_tokens", "log_every", "total_batch_size",
+                       "seq_len", "hellaswag_limit"), lambda v: v >= 1, "at least 1")
+        require(self, ("eval_every", "hellaswag_every", "sample_every", "checkpoint_every", "keep_last",
+                       "warmup_iters", "warmdown_iters", "weight_decay", "grad_clip"), lambda v: v >= 0, ">= 0")
+        require(self, ("learning_rate", "muon_lr"), lambda v: v > 0, "positive")
+        require(self, ("beta1", "beta2"), lambda v: 0 <= v < 1, "in [0, 1)")
         if self.warmup_iters + self.warmdown_iters > self.max_steps:
             raise GhoulError(f"--warmup-iters ({self.warmup_iters}) + --warmdown-iters ({self.warmdown_iters}) "
                              f"exceed --max-steps ({self.max_steps})")
-        for name in ("total_batch_size", "seq_len", "hellaswag_limit"):  # optional: None means the default
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise GhoulError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        for name in ("learning_rate", "muon_lr"):
-            if getattr(self, name) <= 0:
-                raise GhoulError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        for name in ("weight_decay", "grad_clip"):
-            if getattr(self, name) < 0:
-                raise GhoulError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
-        for name in ("beta1", "beta2"):
-            if not 0 <= getattr(self, name) < 1:
-                raise GhoulError(f"--{name} must be in [0, 1), got {getattr(self, name)}")
         if not self.dataset:
             raise GhoulError("--dataset is required: a directory of token shards made by `ghoul prepare`")
         self.output_dir = Path(self.output_dir)

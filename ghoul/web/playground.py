@@ -20,7 +20,7 @@ from fastapi import FastAPI, HTTPException
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
-from ghoul.config import check_port, option
+from ghoul.config import option, require
 from ghoul.dist import resolve_device
 from ghoul.errors import GhoulError
 from ghoul.files import append_jsonl, read_jsonl, repair_jsonl
@@ -48,7 +48,7 @@ class ServeConfig:
         if self.checkpoint is not None and not Path(self.checkpoint).is_dir():
             raise GhoulError(f"checkpoint {self.checkpoint} is not a directory: give a model directory written by "
                              "training (or leave out --checkpoint for a random --model preset)")
-        check_port(self.port)
+        require(self, ("port",), lambda v: 0 <= v < 65536, "in 0..65535 (0: any free port)")
         if Path(self.out_dir).exists() and not Path(self.out_dir).is_dir():
             raise GhoulError(f"--out-dir {self.out_dir} is a file: give the directory for stories.jsonl")
 
