@@ -1,11 +1,13 @@
 """Training-step throughput: ghoul's GPT against `transformers`' `GPT2LMHeadModel`, same config, batch and dtype,
-and ghoul's bfloat16 and compiled steps against its own float32 eager step.
+and ghoul's bfloat16 and compiled steps against its own float32 eager step, and the default run's step on the CPU
+against its linear layers' matrix products run alone (`cpu-default`).
 
 A step is forward, backward and a fused AdamW update. Reports tokens/s, achieved TFLOP/s and MFU where the device's
 peak is known (see ghoul.dist.GPUS), and the ratio measured in this one run. ghoul's model is built as `ghoul
 pretrain` builds it, its vocabulary padded to a multiple of 64 (`--no-pad-vocab`: the exact 50,257 rows).
 Run: python -m benchmarks.bench_train [--presets small gpt2 --batch 4 --seq-len 256 --dtypes float32 bfloat16]
      python -m benchmarks.bench_train --presets small --compile
+     python -m benchmarks.bench_train --cpu-default   (the default run's step against its matrix products alone)
      python -m benchmarks.bench_train --presets small --profile [--compile]   (where the step's time goes)
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+from collections.abc import Callable
 
 import torch
 import transformers
@@ -20,6 +23,7 @@ import transformers
 from benchmarks.timing import Unsupported, describe, measure_each, result, side
 from ghoul import dist
 from ghoul.model import GPT, GPTConfig, vocab_padding
+from ghoul.pipeline import PipelineConfig
 
 
 def hf_model(config: GPTConfig) -> torch.nn.Module:
@@ -45,9 +49,10 @@ def step_fn(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, dtype: str
     return step
 
 
-def setup(preset: str, batch: int, seq_len: int, device: str | None, pad_vocab: bool):
+def setup(preset: str, batch: int, seq_len: int, device: str | None, pad_vocab: bool, vocab_size: int | None = None):
     device = device or dist.default_device()
-    config = GPTConfig.from_name(preset, vocab_padding=vocab_padding(pad_vocab))
+    vocab = {"vocab_size": vocab_size} if vocab_size else {}
+    config = GPTConfig.from_name(preset, vocab_padding=vocab_padding(pad_vocab), **vocab)
     seq_len = min(seq_len, config.block_size)
     torch.manual_seed(0)
     x = torch.randint(0, config.vocab_size, (batch, seq_len), device=device)
@@ -106,6 +111,57 @@ def run_own(variant: str, preset: str = "small", batch: int = 4, seq_len: int = 
                   f"--{variant} --repeats {repeats}", **details(fast, seq_len, tokens, t_fast, device, dtype))
 
 
+def linear_products(model: torch.nn.Module, rows: int, dtype: str, device: str) -> tuple[Callable[[], None], float]:
+    """The matrix products of a training step's linear layers alone, in `dtype`, and their FLOPs: for every layer
+    (rows, in) x (in, out) forward, then the input's and the weight's gradients, as backward computes them."""
+    shapes = [(m.in_features, m.out_features) for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    kind = dist.DTYPES[dtype]
+    tensors = {(k, n): [torch.randn(*size, dtype=kind, device=device) for size in ((rows, k), (k, n), (rows, n))]
+               for k, n in set(shapes)}
+
+    def products() -> None:
+        for shape in shapes:
+            x, w, dy = tensors[shape]
+            x @ w, dy @ w.T, x.T @ dy  # (rows, out), (rows, in), (in, out)
+        dist.synchronize(device)
+    return products, 3 * 2 * rows * sum(k * n for k, n in shapes)
+
+
+def run_default(repeats: int = 5, warmup: int = 2, batch: int | None = None, seq_len: int | None = None,
+                device: str = "cpu") -> dict:
+    """The default run's training step (`ghoul pipeline`'s model preset, own vocabulary, batch and rows; fused AdamW)
+    in float32 and, where the CPU has it natively, bfloat16 autocast, each against its linear layers' matrix products
+    alone in the same dtype: the share of the matmul rate the whole step reaches, and what bfloat16 gains."""
+    default = PipelineConfig
+    device, config, seq_len, x, y = setup(default.model, batch or default.batch_size, seq_len or default.seq_len,
+                                          device, True, default.vocab_size)
+    batch, tokens = x.size(0), x.numel()
+    dtypes = ["float32", "bfloat16"] if dist.fast_bfloat16(device) else ["float32"]
+    torch.manual_seed(0)
+    base = GPT(config).to(device)
+    fns, sides = [], []
+    for dtype in dtypes:
+        model = copy.deepcopy(base)
+        products, flops = linear_products(model, tokens, dtype, device)
+        fns += [step_fn(model, x, y, dtype, device), products]
+        sides += [(f"training step, {dtype}", model.flops_per_token(seq_len) * tokens / 1e9),
+                  (f"its matrix products alone, {dtype}", flops / 1e9)]
+    timings = measure_each(fns, repeats, warmup)
+    (step, matmul, *bf16) = [side(name, work, t) for (name, work), t in zip(sides, timings, strict=True)]
+    more = {"tokens_per_s": tokens / step["median_s"], "target_share": 0.7}  # issue 17: >= 70% of the matmul rate
+    if bf16:
+        step16, matmul16 = bf16
+        more.update(bfloat16_tokens_per_s=tokens / step16["median_s"], bfloat16_gflops=step16["rate"],
+                    bfloat16_matmul_gflops=matmul16["rate"], bfloat16_share=step16["rate"] / matmul16["rate"],
+                    bfloat16_speedup=step["median_s"] / step16["median_s"], target_speedup=2.0)  # issue 17
+    return result("cpu-default", f"training step of the default run, {default.model} ({base.num_params() / 1e6:.1f}M, "
+                  f"vocab {config.vocab_size:,}), batch {batch} x {seq_len}, fused AdamW, against its linear layers' "
+                  f"matrix products alone", "GFLOP/s", step, matmul,
+                  f"python -m benchmarks.bench_train --cpu-default --batch {batch} --seq-len {seq_len} "
+                  f"--repeats {repeats}", device=device, threads=torch.get_num_threads(),
+                  cpu_bfloat16=dist.fast_bfloat16(device), **more)
+
+
 MATMULS = ("aten::mm", "aten::addmm", "aten::bmm")
 
 
@@ -137,8 +193,10 @@ def profile(preset: str = "small", batch: int = 4, seq_len: int = 256, compile: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--presets", nargs="+", default=["small", "gpt2"])
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=None, help="rows per step (default: 4; with --cpu-default, the "
+                        "default run's)")
+    parser.add_argument("--seq-len", type=int, default=None, help="tokens per row (default: 256; with --cpu-default, "
+                        "the default run's)")
     parser.add_argument("--dtypes", nargs="+", default=["float32"], help="steps against transformers")
     parser.add_argument("--bfloat16", action="store_true", help="instead: bfloat16 against ghoul's float32")
     parser.add_argument("--compile", action="store_true", help="instead: torch.compile against ghoul's eager step")
@@ -147,7 +205,13 @@ def main() -> None:
     parser.add_argument("--device", default=dist.default_device())
     parser.add_argument("--profile", action="store_true", help="instead: each operator's share of ghoul's step "
                         "(with --compile: of the compiled step)")
+    parser.add_argument("--cpu-default", action="store_true", help="instead: the default run's step on the CPU "
+                        "against its matrix products alone, float32 and (where native) bfloat16")
     args = parser.parse_args()
+    if args.cpu_default:
+        print(describe(run_default(args.repeats, batch=args.batch, seq_len=args.seq_len)))
+        return
+    args.batch, args.seq_len = args.batch or 4, args.seq_len or 256
     if args.profile:
         for preset in args.presets:
             print(profile(preset, args.batch, args.seq_len, args.compile, device=args.device,

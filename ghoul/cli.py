@@ -27,7 +27,7 @@ class Command:
 # The subcommand table. Add a stage by adding a line.
 COMMANDS = [
     Command("generate", "ghoul.generate:GenerateConfig:run", "sample text from a checkpoint or a fresh preset"),
-    Command("export hf", "ghoul.hf:ExportConfig:run", "write a checkpoint as a Hugging Face GPT-2 directory"),
+    Command("export hf", "ghoul.hf:ExportConfig:run", "a checkpoint as a transformers directory (GPT-2, LLaMA, Qwen3)"),
     Command("eval hellaswag", "ghoul.eval.hellaswag:HellaswagConfig:run", "HellaSwag accuracy of a checkpoint"),
     Command("eval loss", "ghoul.eval.loss:LossConfig:run", "validation loss of a checkpoint on token shards"),
     Command("eval checkpoints", "ghoul.eval.checkpoints:CheckpointsConfig:run", "score and plot a run's checkpoints"),

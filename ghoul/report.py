@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ghoul.align.judges import judge_measures
 from ghoul.config import option
 from ghoul.errors import GhoulError
 from ghoul.eval.curves import CHANCE, REFERENCES
@@ -79,7 +80,8 @@ def winrate_summary(run_dir: Path) -> dict[str, Any] | None:
 def judge_sentence(j: dict[str, Any], name: str) -> str:
     """The judge summary in words; `name` is the judge's name as the format marks code."""
     wins = ", ".join(f"position {p}: {n}" for p, n in j["position_wins"].items())
-    return (f"Judge {name}: {j['judged']} groups of {j['group_size']} judged, {j['skipped']} skipped. Wins by position "
+    return (f"Judge {name} ({judge_measures(j['judge'])}): {j['judged']} groups of {j['group_size']} judged, "
+            f"{j['skipped']} skipped. Wins by position "
             f"shown: {wins}. Agreement with the length baseline: {_fmt(j['agrees_with_length'], '.0%')} (a random "
             f"judge agrees {j['chance']:.0%} of the time).")
 
@@ -89,7 +91,20 @@ def winrate_sentence(w: dict[str, Any]) -> str:
     skipped = f"; {w['skipped']} pairs skipped" if w["skipped"] else ""
     return (f"The {w['a']} model beats the {w['b']} model in {w['wins_a']} of {n} pairs of stories for the same "
             f"prompts and seeds, judged by {w['judge']}: win-rate {_fmt(w['win_rate'], '.1%')}, 95% Wilson interval "
-            f"[{w['low']:.1%}, {w['high']:.1%}]{skipped}. An interval that holds 50% means no measurable difference.")
+            f"[{w['low']:.1%}, {w['high']:.1%}]{skipped}. An interval that holds 50% means no measurable difference. "
+            + circularity(w))
+
+
+def circularity(w: dict[str, Any]) -> str:
+    """Whether the win-rate's judge is the one whose picks were trained on, in words."""
+    trained_on = w.get("training_judge", w["judge"])  # runs before --winrate-judge used the training judge
+    if trained_on == w["judge"]:
+        return (f"The stories trained on were picked by the same judge, so this figure is circular: it shows that the "
+                f"preference stage learned what {w['judge']} rewards ({judge_measures(w['judge'])}), not that the "
+                "stories got better. Give --winrate-judge another judge (a person: web; an LLM: openai:MODEL) for an "
+                "independent figure.")
+    return (f"The stories trained on were picked by {trained_on}; this figure comes from another judge, "
+            f"{w['judge']} ({judge_measures(w['judge'])}).")
 
 
 def samples_table(run_dir: Path) -> tuple[list[str], dict[str, list[str]]]:
@@ -112,18 +127,28 @@ def _figure_png(draw) -> bytes:
     return buf.getvalue()
 
 
+def loss_curves(log: list[dict[str, Any]]) -> tuple[str, dict[str, list[tuple[int, float]]]]:
+    """The y-axis label and the (step, value) curves of one stage's loss plot: validation bits per byte, which compare
+    across tokenizers, when the log has them (the training batches' bytes are not counted, so no training curve);
+    otherwise, as older runs and pair losses log, training and validation loss in nats per token."""
+    bpb = [(r["step"], r["val_bpb"]) for r in log if "val_bpb" in r]
+    if bpb:
+        return "validation loss (bits/byte)", {"validation": bpb}
+    return "loss (nats/token)", {"train": [(r["step"], r["loss"]) for r in log if "loss" in r],
+                                 "validation": [(r["step"], r["val_loss"]) for r in log if "val_loss" in r]}
+
+
 def loss_figure(stages: dict[str, dict[str, Any]]) -> bytes:
     def draw(fig) -> None:
         for i, (name, s) in enumerate(stages.items()):
             ax = fig.add_subplot(1, len(stages), i + 1)
-            train = [(r["step"], r["loss"]) for r in s["log"] if "loss" in r]
-            val = [(r["step"], r["val_loss"]) for r in s["log"] if "val_loss" in r]
-            ax.plot(*zip(*train, strict=True), label="train", linewidth=1)
-            if val:
-                ax.plot(*zip(*val, strict=True), "o-", label="validation")
+            ylabel, curves = loss_curves(s["log"])
+            for label, points in curves.items():
+                if points:
+                    ax.plot(*zip(*points, strict=True), "-" if label == "train" else "o-", label=label)
             ax.set_title(name)
             ax.set_xlabel("step")
-            ax.set_ylabel("loss (nats/token)")
+            ax.set_ylabel(ylabel)
             ax.grid(alpha=0.3)
             ax.legend(fontsize="small")
     return _figure_png(draw)
@@ -164,14 +189,14 @@ def stage_table(stages: dict[str, dict[str, Any]]) -> tuple[list[str], list[list
     """The stages table's header and rows, shared by both formats; MFU and peak memory only when a stage logged them."""
     gpu = any(s["mfu"] is not None or s["peak_memory_gib"] is not None for s in stages.values())
     header = ["stage", "steps", "tokens", "time (s)", "tokens/s", *(["MFU", "peak memory (GiB)"] if gpu else []),
-              "train loss", "val loss", "HellaSwag acc_norm"]
+              "train loss", "val loss", "val bpb", "HellaSwag acc_norm"]
     rows = []
     for name, s in stages.items():
         e = s["eval"]
         rows.append([name, str(s["steps"]), _fmt(s["tokens"], ","), f"{s['seconds']:.0f}",
                      _fmt(s["tokens_per_s"], ",.0f"),
                      *([_fmt(s["mfu"], ".1%"), _fmt(s["peak_memory_gib"], ".1f")] if gpu else []),
-                     f"{s['loss']:.4f}", _fmt(e.get("val_loss")),
+                     f"{s['loss']:.4f}", _fmt(e.get("val_loss")), _fmt(e.get("val_bpb")),
                      f"{_fmt(e.get('hellaswag_acc'), '.1%')} (n={e.get('hellaswag_n', 0)})"])
     return header, rows
 

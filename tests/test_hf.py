@@ -1,16 +1,23 @@
-"""Hugging Face interop: both directions give the same logits on the same weights."""
+"""Hugging Face interop: both directions give the same logits on the same weights; exports with own BPE tokenizers
+and LLaMA-style models load with AutoModelForCausalLM and AutoTokenizer and give ghoul's ids, logits and greedy ids."""
 
 import json
+import shutil
+from itertools import islice
 from pathlib import Path
 
 import pytest
+import regex
 import torch
 import transformers
 
 from ghoul.cli import main
 from ghoul.errors import GhoulError
 from ghoul.hf import export_hf
+from ghoul.hf_tokenizer import HF_PATTERNS
 from ghoul.model import GPT, GPTConfig
+from ghoul.tokenizer.bpe import BPETokenizer
+from ghoul.tokenizer.char import CharTokenizer
 
 
 def hf_model(seed=0):
@@ -100,7 +107,8 @@ def test_export_writes_a_model_card_and_pushes(tmp_path, monkeypatch, capsys):
     GPT(GPTConfig.from_name("tiny")).save_pretrained(tmp_path / "m", tokenizer="gpt2")
     monkeypatch.setitem(sys.modules, "huggingface_hub", types.SimpleNamespace(HfApi=FakeHub))
     assert main(["export", "hf", str(tmp_path / "m"), str(tmp_path / "hf"), "--push", "me/ghoul-tiny"]) == 0
-    files = ["README.md", "config.json", "merges.txt", "model.safetensors", "vocab.json"]
+    files = ["README.md", "config.json", "generation_config.json", "merges.txt", "model.safetensors",
+             "special_tokens_map.json", "tokenizer_config.json", "vocab.json"]
     assert FakeHub.calls == [("create", "me/ghoul-tiny"), ("upload", "me/ghoul-tiny", files)]
     card = (tmp_path / "hf" / "README.md").read_text()
     assert "2 layers, 2 heads, width 16" in card and f"{GPT(GPTConfig.from_name('tiny')).num_params():,}" in card
@@ -136,3 +144,117 @@ def test_export_of_a_damaged_checkpoint_is_a_one_line_error(tmp_path, capsys):
     weights.write_bytes(weights.read_bytes()[:1000])  # a copy cut short
     assert main(["export", "hf", str(tmp_path / "m"), str(tmp_path / "hf")]) == 2
     assert "could not be read" in capsys.readouterr().err and not (tmp_path / "hf").exists()
+
+
+LLAMA = dict(norm="rmsnorm", activation="swiglu", position="rotary", bias=False)
+
+
+@pytest.fixture(scope="module")
+def stories(data) -> list[str]:
+    """400 Reddit horror stories: the first 300 train the tokenizers, the other 100 are held out."""
+    with open(data / "creepypasta" / "reddit_horror_stories.jsonl", encoding="utf-8") as f:
+        return [json.loads(line)["selftext"] for line in islice(f, 400)]
+
+
+@pytest.fixture(scope="module")
+def bpe(stories) -> dict[str, BPETokenizer]:
+    # 500 tokens: the models' tables pad to 512 rows, which the export must crop
+    return {pattern: BPETokenizer.train(stories[:300], 500, pattern=pattern) for pattern in ("gpt2", "gpt4")}
+
+
+def perturbed(model: GPT, scale: float = 0.2) -> GPT:
+    """`model` with noise on every weight, gains and padding rows included: a swapped or misnamed weight cannot hide,
+    and greedy decoding does not settle on one repeated token as it does after a few training steps."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * scale)
+    return model.eval()
+
+
+def check_export(tmp_path: Path, model: GPT, tok: BPETokenizer, stories: list[str], hf_class: str) -> Path:
+    """Export `model` with `tok`: transformers loads it as `hf_class` and gives ghoul's ids, logits and greedy ids."""
+    model.save_pretrained(tmp_path / "ghoul", tokenizer=tok)
+    assert main(["export", "hf", str(tmp_path / "ghoul"), str(tmp_path / "hf")]) == 0
+    ref = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    assert type(ref).__name__ == hf_class and hf_tok.eos_token_id == hf_tok.pad_token_id == tok.eot_id
+    held_out = stories[300:]
+    for feature in ("\n\n", "0123456789", "!?;:\"'()-", "’“”…é"):  # the held-out text holds all of these
+        assert any(c in text for text in held_out for c in feature)
+    for text in [*held_out, "Ünïcödé 👻 in the 1990s—\r\n\tI'M sure you'll SEE it 1234567...  \n\n  "]:
+        ids = tok.encode(text)
+        assert hf_tok(text)["input_ids"] == ids
+        assert hf_tok.decode(ids) == text
+    idx = torch.tensor([tok.encode(text)[:100] for text in held_out[:4]])
+    with torch.no_grad():
+        expected, got = model(idx)[0], ref(idx).logits
+    # float32 keeps ~7 digits; both sides add the same products in another order (split or fused matmuls, rotary
+    # tables computed apart), which moves the logits by ~1e-6 of their scale; a wrong weight moves them by O(1)
+    assert (got - expected).abs().max() <= 1e-4 * expected.abs().max()
+    for text in held_out[:3]:
+        prompt = torch.tensor([tok.encode(text)[:16]])
+        ours = model.generate(prompt, 40, temperature=0, eos_id=tok.eot_id)
+        theirs = ref.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=40, do_sample=False)
+        assert theirs.tolist() == ours.tolist()
+        assert ours.size(1) - 16 >= 32 and len(set(ours[0, 16:].tolist())) >= 8  # long and varied
+    return tmp_path / "hf"
+
+
+def test_gpt2_model_with_own_bpe_exports_exactly(tmp_path, stories, bpe):
+    torch.manual_seed(5)
+    model = perturbed(GPT(GPTConfig(vocab_size=500, vocab_padding=64, block_size=128, n_layer=2, n_head=4, n_embd=64)))
+    out = check_export(tmp_path, model, bpe["gpt2"], stories, "GPT2LMHeadModel")
+    shutil.copytree(out, tmp_path / "slow", ignore=shutil.ignore_patterns("tokenizer*"))
+    gpt2_style = transformers.GPT2TokenizerFast.from_pretrained(tmp_path / "slow")  # from vocab.json, merges.txt
+    assert gpt2_style(stories[-1])["input_ids"] == bpe["gpt2"].encode(stories[-1])
+    assert "own byte-level BPE (500 tokens, gpt2 pattern)" in (out / "README.md").read_text()
+
+
+@pytest.mark.parametrize("tie, qk_norm, hf_class", [(True, False, "LlamaForCausalLM"),
+                                                    (False, False, "LlamaForCausalLM"),
+                                                    (False, True, "Qwen3ForCausalLM")])
+def test_llama_model_with_own_bpe_exports_exactly(tmp_path, stories, bpe, tie, qk_norm, hf_class):
+    torch.manual_seed(6)
+    model = perturbed(GPT(GPTConfig(vocab_size=500, vocab_padding=64, block_size=128, n_layer=2, n_head=4, n_embd=64,
+                                    tie_embeddings=tie, qk_norm=qk_norm, rope_theta=500.0, layer_norm_eps=1e-6,
+                                    **LLAMA)))
+    out = check_export(tmp_path, model, bpe["gpt4"], stories, hf_class)
+    assert not (out / "vocab.json").exists()  # GPT2Tokenizer would split these files with GPT-2's pattern
+    assert main(["export", "hf", str(tmp_path / "ghoul"), str(out)]) == 0  # an earlier export is replaced
+
+
+@pytest.mark.parametrize("pattern", ["gpt2", "gpt4"])
+def test_hf_split_matches_ghouls_on_real_text(stories, pattern):
+    from tokenizers import Regex, pre_tokenizers
+
+    from ghoul.tokenizer.bpe import PATTERNS
+
+    split = pre_tokenizers.Split(Regex(HF_PATTERNS[PATTERNS[pattern]]), behavior="isolated")
+    for text in stories:
+        assert [piece for piece, _ in split.pre_tokenize_str(text)] == regex.findall(PATTERNS[pattern], text)
+
+
+@pytest.mark.parametrize("overrides, switch", [
+    (dict(activation="relu2"), "activation = 'relu2'"),
+    (dict(moe_experts=2), "moe_experts = 2"),
+    ({**LLAMA, "activation": "relu2"}, "activation = 'relu2'"),
+    ({**LLAMA, "norm_position": "post"}, "norm_position = 'post'"),
+    ({**LLAMA, "position": "learned"}, "position = 'learned'"),
+])
+def test_export_refuses_other_architectures_in_one_line(tmp_path, capsys, overrides, switch):
+    GPT(GPTConfig(vocab_size=300, block_size=32, n_layer=1, n_head=2, n_embd=16, **overrides)).save_pretrained(
+        tmp_path / "m")
+    assert main(["export", "hf", str(tmp_path / "m"), str(tmp_path / "hf")]) == 2
+    err = capsys.readouterr().err
+    assert switch in err and "exportable are GPT-2" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "hf").exists()
+
+
+def test_export_refuses_a_char_tokenizer_in_one_line(tmp_path, capsys, stories):
+    tok = CharTokenizer.train(stories[:20])
+    GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=32, n_layer=1, n_head=2, n_embd=16)).save_pretrained(
+        tmp_path / "m", tokenizer=tok)
+    assert main(["export", "hf", str(tmp_path / "m"), str(tmp_path / "hf")]) == 2
+    err = capsys.readouterr().err
+    assert "char tokenizer has no Hugging Face equivalent" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "hf").exists()

@@ -4,9 +4,12 @@ that redoes nothing."""
 import json
 
 import torch
+import transformers
 
 from ghoul.cli import main
 from ghoul.files import read_jsonl
+from ghoul.model import GPT
+from ghoul.tokenizer import load_tokenizer
 
 
 def test_reduced_pipeline_end_to_end_and_rerun(data, tmp_path, capsys):
@@ -15,6 +18,7 @@ def test_reduced_pipeline_end_to_end_and_rerun(data, tmp_path, capsys):
     args = ["pipeline", "--output-dir", str(out), "--data-dir", str(data), "--pretrain-steps", "12",
             "--finetune-steps", "4", "--preference-steps", "2", "--num-samples", "8", "--max-new-tokens", "48",
             "--hellaswag-limit", "12", "--seq-len", "64", "--batch-size", "4", "--winrate-pairs", "6",
+            "--vocab-size", "512",
             "--device", "cpu",
             "--prompts", "I heard something in the attic", "The well behind the house"]
     assert main(args) == 0
@@ -27,7 +31,13 @@ def test_reduced_pipeline_end_to_end_and_rerun(data, tmp_path, capsys):
     finetune_eval = json.loads((out / "eval" / "finetune.json").read_text())
     assert f"| pretrain | 12 | {last['tokens']:,} |" in report and f"{last['loss']:.4f}" in report
     assert f"{finetune_eval['val_loss']:.4f}" in report and f"{finetune_eval['val_loss']:.4f}" in html
-    assert "Judge `length`: 2 groups of 4 judged, 0 skipped" in report
+    assert "Judge `length` (picks the longest story: a baseline that measures length, not quality): 2 groups of 4 " \
+        "judged, 0 skipped" in report
+    assert "this figure is circular" in report  # the win-rate's judge is the one whose picks were trained on
+    tokenizer = load_tokenizer(out / "finetune")  # the run's own BPE, trained on its text, in every checkpoint
+    assert tokenizer.name == "bpe" and tokenizer.vocab_size == 512
+    assert (out / "data" / "tokenizer.json").read_text() == (out / "pretrain" / "step_000012" / "tokenizer.json"
+                                                              ).read_text()
     # the judged stories come from the whole distribution (a fine-tune on them would learn a truncation); the
     # report's samples, for reading, leave out the unlikeliest tokens
     assert all(s["sampling"]["top_k"] is None for s in read_jsonl(out / "rlhf" / "stories.jsonl"))
@@ -43,6 +53,17 @@ def test_reduced_pipeline_end_to_end_and_rerun(data, tmp_path, capsys):
     story = read_jsonl(out / "samples" / "finetune.jsonl")[0]["text"]
     assert " ".join(story.split()) in report
     assert html.count("data:image/png;base64,") == 2 and "http" not in html.split("<pre>")[0]  # self-contained
+    # the run's model runs in transformers as it is: its architecture without custom code, its own tokenizer
+    assert main(["export", "hf", str(out / "finetune"), str(tmp_path / "hf")]) == 0
+    hf_model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    model = GPT.from_pretrained(out / "finetune").eval()
+    prompt = torch.tensor([tokenizer.encode("I heard something in the attic")])
+    assert hf_tokenizer("I heard something in the attic")["input_ids"] == prompt[0].tolist()
+    ours = model.generate(prompt, 32, temperature=0)
+    theirs = hf_model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=32, do_sample=False,
+                               eos_token_id=None)
+    assert theirs.tolist() == ours.tolist()
     checkpoint = out / "pretrain" / "step_000012" / "model.safetensors"
     before = checkpoint.stat().st_mtime_ns
     capsys.readouterr()
@@ -51,6 +72,13 @@ def test_reduced_pipeline_end_to_end_and_rerun(data, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "pretrain has finished; skipped" in err and "eval/pretrain.json exists; skipped" in err
     assert "eval/winrate.json exists; skipped" in err
+    # another judge for the win-rate: measured again, and the report says the figure is not circular
+    assert main([*args, "--winrate-judge", "random"]) == 0
+    winrate = json.loads((out / "eval" / "winrate.json").read_text())
+    assert (winrate["judge"], winrate["training_judge"]) == ("random", "length")
+    report = (out / "report.md").read_text()
+    assert "picked by length; this figure comes from another judge, random (picks at random" in report
+    assert "circular" not in report
 
 
 def test_pipeline_refuses_bad_settings(tmp_path, capsys):
@@ -58,6 +86,9 @@ def test_pipeline_refuses_bad_settings(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["pipeline", "--data-dir", str(tmp_path), "--num-samples", "4"]) == 2
     assert "give at least 12" in capsys.readouterr().err
+    assert main(["pipeline", "--data-dir", str(tmp_path), "--output-dir", str(tmp_path / "run"),
+                 "--winrate-judge", "nosuch"]) == 2
+    assert "unknown judge 'nosuch'" in capsys.readouterr().err and not (tmp_path / "run").exists()
 
 
 def test_an_evaluation_is_reused_only_for_the_same_checkpoint_and_settings(data, tmp_path, monkeypatch):

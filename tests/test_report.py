@@ -1,9 +1,10 @@
-"""The report's stage table: what each training stage logged, and the GPU columns only where a GPU logged them."""
+"""The report's stage table: what each training stage logged, and the GPU columns only where a GPU logged them;
+losses in bits per byte where the run has them."""
 
 import json
 
 from ghoul.cli import main
-from ghoul.report import write_report
+from ghoul.report import loss_curves, write_report
 
 
 def write_log(path, records):
@@ -35,9 +36,30 @@ def test_stage_table_leaves_out_the_gpu_columns_for_cpu_runs(tmp_path):
     write_log(tmp_path / "pretrain", [step(10, 6.5, 800.0), step(20, 6.1, 820.0)])
     write_report(tmp_path)
     md, html = (tmp_path / "report.md").read_text(), (tmp_path / "report.html").read_text()
-    assert "| stage | steps | tokens | time (s) | tokens/s | train loss | val loss | HellaSwag acc_norm |" in md
-    assert "| pretrain | 20 | 81,920 | 10 | 810 | 6.1000 | — | — (n=0) |" in md
+    assert ("| stage | steps | tokens | time (s) | tokens/s | train loss | val loss | val bpb | HellaSwag acc_norm |"
+            in md)
+    assert "| pretrain | 20 | 81,920 | 10 | 810 | 6.1000 | — | — | — (n=0) |" in md
     assert "<th>tokens/s</th><th>train loss</th>" in html and "MFU" not in md and "MFU" not in html
+
+
+def test_losses_in_bits_per_byte_where_the_run_has_them_and_in_nats_otherwise(tmp_path):
+    bpb = [step(10, 6.5, 800.0), {"step": 10, "val_loss": 6.7, "val_bpb": 2.4, "val_bytes_per_token": 4.03},
+           step(20, 6.1, 820.0), {"step": 20, "val_loss": 6.3, "val_bpb": 2.25, "val_bytes_per_token": 4.03}]
+    older = [step(5, 4.2, 700.0), {"step": 5, "val_loss": 4.4}]  # logged before bits per byte
+    write_log(tmp_path / "pretrain", bpb)
+    write_log(tmp_path / "finetune", older)
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "pretrain.json").write_text(json.dumps({"val_loss": 6.3, "val_bpb": 2.2551,
+                                                                 "hellaswag_acc": 0.25, "hellaswag_n": 8}))
+    (tmp_path / "eval" / "finetune.json").write_text(json.dumps({"val_loss": 4.4, "hellaswag_n": 0}))
+    write_report(tmp_path)
+    md, html = (tmp_path / "report.md").read_text(), (tmp_path / "report.html").read_text()
+    assert "| pretrain | 20 | 81,920 | 10 | 810 | 6.1000 | 6.3000 | 2.2551 | 25.0% (n=8) |" in md
+    assert "| finetune | 5 | 20,480 | 2 | 700 | 4.2000 | 4.4000 | — | — (n=0) |" in md
+    assert "<th>val bpb</th>" in html and "<td>2.2551</td>" in html
+    assert loss_curves(bpb) == ("validation loss (bits/byte)", {"validation": [(10, 2.4), (20, 2.25)]})
+    assert loss_curves(older) == ("loss (nats/token)", {"train": [(5, 4.2)], "validation": [(5, 4.4)]})
+    assert (tmp_path / "loss.png").read_bytes().startswith(b"\x89PNG")
 
 
 def test_a_damaged_file_in_the_run_is_a_one_line_error(tmp_path, capsys):

@@ -25,6 +25,20 @@ API_KEY_ENV = "OPENAI_API_KEY"
 DEFAULT_JUDGE = "openai:gpt-4o"
 JUDGES = ("openai:MODEL", "reward:DIR", "human", "web", "random", "length")
 JUDGES_HELP = "openai:MODEL, reward:DIR (a reward model), human (terminal), web (browser page), random or length"
+# What each kind of judge measures, in plain words, for the report: a win-rate means no more than its judge.
+JUDGE_MEASURES = {
+    "length": "picks the longest story: a baseline that measures length, not quality",
+    "random": "picks at random: the chance level any judge should beat",
+    "openai": "a language model reading the stories and picking the one that best answers the task",
+    "reward": "a reward model trained on earlier judgments, standing in for the judge it learned from",
+    "human": "a person reading the stories in a terminal",
+    "web": "a person reading the stories in a browser",
+}
+
+
+def judge_measures(spec: str) -> str:
+    """What the judge `spec` (e.g. openai:gpt-4o) measures, in words."""
+    return JUDGE_MEASURES[spec.partition(":")[0]]
 
 # USD per million (input, output) tokens, from https://openai.com/api/pricing (2025); other models: no estimate.
 PRICES = {"gpt-4o": (2.50, 10.00), "gpt-4o-mini": (0.15, 0.60), "gpt-4.1": (2.00, 8.00),

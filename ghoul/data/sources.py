@@ -315,6 +315,81 @@ class CreepypastaSource(TextSource):
         return str(self.path) if self.path is not None else "Reddit r/creepypasta + r/shortscarystories (download)"
 
 
+class DownloadedTextSource(TextSource):
+    """A plain-text corpus with one public home: a local .txt/.txt.gz, else downloaded once and checked."""
+
+    suffixes = (".txt", ".txt.gz")
+    url: ClassVar[str]
+    sha256: ClassVar[str]
+
+    def files(self) -> list[Path]:
+        if self.path is None:
+            return [download(self.url, cache_dir() / self.name / self.url.rsplit("/", 1)[1], self.sha256,
+                             hint="download it yourself and give --source-path")]
+        return super().files()
+
+    def iter_documents(self) -> Iterator[str]:
+        for path in self.files():
+            with open_text(path) as f:
+                yield from self.split(f.read())
+
+    @staticmethod
+    @abstractmethod
+    def split(text: str) -> Iterator[str]:
+        """The corpus cut into documents (a story or a scene each), so that a shuffle can interleave them."""
+
+    def describe(self) -> str:
+        return str(self.path) if self.path is not None else f"{self.url} (download)"
+
+
+@register
+class LovecraftSource(DownloadedTextSource):
+    """H.P. Lovecraft's complete fiction (CthulhuChick.com's compilation): horror prose, one document per section,
+    its hard-wrapped lines joined back into paragraphs."""
+
+    name = "lovecraft"
+    licence = "the compilation: CC BY-NC 3.0; the stories are widely held to be public domain"
+    url = ("https://raw.githubusercontent.com/arpitingle/lovecraft-gpt/a9d54eb4323ec5c19b64476d6c92c252ee4c7131/"
+           "lovecraft.txt")
+    sha256 = "69b95b69f5435fc95610397934173321a48e62a9a00a602a44f13356464f4d3b"
+
+    @staticmethod
+    def split(text: str) -> Iterator[str]:
+        for block in text.split("\n\n"):
+            lines = [line.strip() for line in block.splitlines()
+                     if line.strip() and line.strip() != "Return to Table of Contents"]  # the e-book's links
+            if not lines or any("....." in line for line in lines):  # the table of contents
+                continue
+            width = max(map(len, lines))
+            paragraphs, current = [], []
+            for line in lines:
+                current.append(line)
+                # a line that stops well short of the wrap width and ends a sentence ends its paragraph
+                if len(line) < 0.75 * width and line.endswith((".", "!", "?", '"', "\u201d", "'", "\u2019")):
+                    paragraphs.append(" ".join(current))
+                    current = []
+            yield "\n\n".join(paragraphs + ([" ".join(current)] if current else []))
+
+
+@register
+class TinyShakespeareSource(DownloadedTextSource):
+    """Tiny Shakespeare (char-rnn's 1 MB of the plays): general English text, one document per 40 speeches."""
+
+    name = "tinyshakespeare"
+    licence = "the text is public domain; the char-rnn repository is MIT"
+    url = ("https://raw.githubusercontent.com/karpathy/char-rnn/6f9487a6fe5b420b7ca9afb0d7c078e37c1d1b4e/data/"
+           "tinyshakespeare/input.txt")
+    sha256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+    speeches = 40
+
+    @staticmethod
+    def split(text: str) -> Iterator[str]:
+        speeches = text.strip().split("\n\n")
+        n = TinyShakespeareSource.speeches
+        for i in range(0, len(speeches), n):
+            yield "\n\n".join(speeches[i:i + n])
+
+
 @register
 class TextFileSource(TextSource):
     """Plain text files (.txt, .txt.gz): one document per file, or split on `separator`."""

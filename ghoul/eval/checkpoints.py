@@ -39,7 +39,7 @@ class CheckpointsConfig:
     reference: list[str] = option(["gpt2-124m"], "reference lines to draw", choices=list(REFERENCES))
     dtype: str = option("float32", "forward-pass precision", choices=list(DTYPES))
     device: str = option("auto", "cpu, cuda, mps, or auto")
-    plot: bool = option(True, "draw val_loss.png and hellaswag_acc.png in the run directory")
+    plot: bool = option(True, "draw val_loss.png, val_bpb.png and hellaswag_acc.png in the run directory")
 
     def __post_init__(self) -> None:
         if self.val_loss and self.data is None:
@@ -118,11 +118,11 @@ def _prepare(cfg: CheckpointsConfig) -> _Work:
 
 def _todo(done: dict[str, Any], work: _Work) -> list[str]:
     """The metrics still missing for a checkpoint: those not recorded with the settings of this call (a record
-    without a key, as older eval.jsonl files hold, is redone)."""
+    without a key, or a validation loss without bits per byte, as older eval.jsonl files hold, is redone)."""
     todo = []
     if work.examples is not None and done.get("hellaswag_key") != work.hellaswag_key:
         todo.append("hellaswag")
-    if work.shards is not None and done.get("val_loss_key") != work.val_loss_key:
+    if work.shards is not None and (done.get("val_loss_key") != work.val_loss_key or "val_bpb" not in done):
         todo.append("val_loss")
     return todo
 
@@ -142,8 +142,9 @@ def evaluate_checkpoint(directory: Path, todo: list[str], work: _Work, cfg: Chec
     if "val_loss" in todo:
         seq_len = cfg.seq_len or model.config.block_size
         r = evaluate_loss(model, work.shards, device, seq_len, cfg.batch_size, cfg.tokens, rank, world_size,
-                          dtype=cfg.dtype, progress=True)
-        record.update(val_loss=r["loss"], val_tokens=r["tokens"], val_loss_key=work.val_loss_key)
+                          dtype=cfg.dtype, progress=True, tokenizer=tokenizer)
+        record.update(val_loss=r["loss"], val_bpb=r["bpb"], val_bytes_per_token=r["bytes_per_token"],
+                      val_tokens=r["tokens"], val_loss_key=work.val_loss_key)
     return record
 
 

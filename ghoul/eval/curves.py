@@ -1,4 +1,5 @@
-"""Curves of a run (validation loss and HellaSwag against step or tokens), drawn with public GPT-2/GPT-3 baselines.
+"""Curves of a run (validation loss, in nats per token and in bits per byte, and HellaSwag against step or tokens),
+drawn with public GPT-2/GPT-3 baselines.
 
 The reference figures are data (REFERENCES); each one's source is in the comment beside it.
 """
@@ -42,7 +43,8 @@ REFERENCES: dict[str, Reference] = {
 }
 
 METRICS = {  # metric key -> (file name, y-axis label, scale applied to the values)
-    "val_loss": ("val_loss.png", "validation loss", 1.0),
+    "val_loss": ("val_loss.png", "validation loss (nats/token)", 1.0),
+    "val_bpb": ("val_bpb.png", "validation loss (bits/byte)", 1.0),  # no reference: theirs are in nats/token
     "hellaswag_acc": ("hellaswag_acc.png", "HellaSwag acc_norm (%)", 100.0),
 }
 CHANCE = 0.25  # 4 endings
@@ -104,13 +106,13 @@ def plot_metric(path: Path, metric: str, curves: dict[str, list[tuple[int, int |
 def _reference_value(ref: Reference, metric: str, dataset: str | None) -> float | None:
     if metric == "hellaswag_acc":
         return ref.hellaswag
-    return ref.val_loss.get(dataset) if dataset else None
+    return ref.val_loss.get(dataset) if metric == "val_loss" and dataset else None
 
 
 def plot_run(run_dir: Path, evals: list[dict[str, Any]], log: list[dict[str, Any]], references: list[str],
              dataset: str | None = None) -> list[Path]:
-    """Write `val_loss.png` and `hellaswag_acc.png` into `run_dir` from its eval records and training log;
-    returns the files written (a metric with no points at all gets no figure)."""
+    """Write `val_loss.png`, `val_bpb.png` and `hellaswag_acc.png` into `run_dir` from its eval records and training
+    log; returns the files written (a metric with no points at all gets no figure)."""
     written = []
     for metric, (name, _, _) in METRICS.items():
         curves = {"checkpoints (ghoul eval)": series(evals, metric), "training log": series(log, metric)}

@@ -1,4 +1,5 @@
-"""`ghoul eval loss`: the mean next-token loss of a checkpoint on the validation shards of a prepared data directory.
+"""`ghoul eval loss`: the mean next-token loss of a checkpoint on the validation shards of a prepared data directory,
+in nats per token and in bits per byte (which compare across tokenizers).
 
 The split is cut into consecutive, non-overlapping windows of `seq_len + 1` tokens (inputs and shifted targets),
 as training reads it; under torchrun the windows are dealt out to the ranks and the sums all-reduced.
@@ -22,6 +23,7 @@ from ghoul.data.shards import check_data_tokenizer
 from ghoul.dist import DTYPES, all_reduce_sum, autocast, setup
 from ghoul.errors import GhoulError
 from ghoul.eval import unwrap
+from ghoul.tokenizer import Tokenizer
 
 
 @dataclass
@@ -61,10 +63,27 @@ def windows(shards: list[np.ndarray], seq_len: int, max_tokens: int | None) -> l
     return out
 
 
+def target_bytes(byte_lengths: np.ndarray, targets: np.ndarray | torch.Tensor) -> int:
+    """UTF-8 bytes of the text that `targets` spell, special tokens none (`byte_lengths`: the tokenizer's
+    `token_byte_lengths()`)."""
+    if isinstance(targets, torch.Tensor):
+        targets = targets.cpu().numpy()
+    return int(byte_lengths[targets].sum())
+
+
+def bits_per_byte(loss: float, bytes_per_token: float) -> float:
+    """A mean loss in nats per token as bits per byte of the text the tokens spell: unlike nats per token it does
+    not depend on how finely the tokenizer cuts the text (nanochat reports its validation loss so, as did the Pile
+    paper, Gao et al. 2020)."""
+    return loss / math.log(2) / bytes_per_token
+
+
 def evaluate_loss(model: torch.nn.Module, shards: list[np.ndarray], device: str | torch.device, seq_len: int,
                   batch_size: int = 8, max_tokens: int | None = None, rank: int = 0, world_size: int = 1,
-                  dtype: str = "float32", progress: bool = False) -> dict[str, Any]:
-    """Mean cross-entropy over up to `max_tokens` predicted tokens of `shards`: `{"loss", "tokens"}`."""
+                  dtype: str = "float32", progress: bool = False, tokenizer: Tokenizer | None = None
+                  ) -> dict[str, Any]:
+    """Mean cross-entropy over up to `max_tokens` predicted tokens of `shards`: `{"loss", "tokens"}`, and with the
+    shards' `tokenizer` also `"bpb"` (bits per byte) and `"bytes_per_token"` of those tokens."""
     gpt = unwrap(model)
     if seq_len > gpt.config.block_size:
         raise GhoulError(f"--seq-len {seq_len} exceeds the model's block size {gpt.config.block_size}")
@@ -73,7 +92,8 @@ def evaluate_loss(model: torch.nn.Module, shards: list[np.ndarray], device: str 
         raise GhoulError(f"the split holds {sum(len(s) for s in shards)} tokens: too few for one window of "
                          f"{seq_len + 1}; lower --seq-len")
     mine = spans[rank::world_size]
-    total, count = 0.0, 0
+    lengths = tokenizer.token_byte_lengths() if tokenizer is not None else None
+    total, count, n_bytes = 0.0, 0, 0
     was_training = gpt.training
     gpt.eval()
     bar = tqdm(total=len(mine) * seq_len, desc="val loss", unit="tok", unit_scale=True,
@@ -89,11 +109,16 @@ def evaluate_loss(model: torch.nn.Module, shards: list[np.ndarray], device: str 
             _, loss = gpt(x, y)
         total += loss.item() * y.numel()  # .item() syncs, once per batch
         count += y.numel()
+        if lengths is not None:
+            n_bytes += target_bytes(lengths, batch[:, 1:])
         bar.update(y.numel())
     bar.close()
     gpt.train(was_training)
-    total, count = all_reduce_sum([total, count], device)
-    return {"loss": total / count, "tokens": int(count)}
+    total, count, n_bytes = all_reduce_sum([total, count, n_bytes], device)
+    result = {"loss": total / count, "tokens": int(count)}
+    if lengths is not None:
+        result.update(bpb=bits_per_byte(result["loss"], n_bytes / count), bytes_per_token=n_bytes / count)
+    return result
 
 
 def run(cfg: LossConfig) -> dict[str, Any]:
@@ -104,8 +129,9 @@ def run(cfg: LossConfig) -> dict[str, Any]:
     seq_len = cfg.seq_len or model.config.block_size
     shards = read_split(cfg.data, cfg.split)
     result = evaluate_loss(model, shards, device, seq_len, cfg.batch_size, cfg.tokens, rank, world_size,
-                           dtype=cfg.dtype, progress=True)
+                           dtype=cfg.dtype, progress=True, tokenizer=tokenizer)
     if rank == 0:
-        print(f"{cfg.split} loss {cfg.checkpoint}: {result['loss']:.4f} (perplexity {math.exp(result['loss']):.2f}) "
+        print(f"{cfg.split} loss {cfg.checkpoint}: {result['loss']:.4f} (perplexity {math.exp(result['loss']):.2f}), "
+              f"{result['bpb']:.4f} bits per byte ({result['bytes_per_token']:.2f} bytes per token) "
               f"over {result['tokens']:,} tokens of {cfg.data}")
     return result

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from itertools import islice
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -24,6 +25,12 @@ from ghoul.train.logger import LOG_FILE
 from ghoul.train.loop import train
 
 DATA_DIR = "data"  # the token shards, inside the output directory
+
+
+def train_option(name: str) -> Any:
+    """TrainConfig's option `name` as a field of another config: its default, help and choices declared once."""
+    f = next(f for f in fields(TrainConfig) if f.name == name)
+    return option(f.default, f.metadata["help"], choices=f.metadata["choices"])
 
 
 @dataclass
@@ -57,6 +64,8 @@ class LearnConfig:
     sample_prompt: str = option("", "prompt of the sample (empty: start a new document)")
     seed: int = option(1337, "random seed")
     device: str = option("auto", "cpu, cuda, mps, or auto")
+    dtype: str = train_option("dtype")
+    compile: bool = train_option("compile")
 
     def __post_init__(self) -> None:
         self.output_dir = Path(self.output_dir)
@@ -73,7 +82,8 @@ class LearnConfig:
                            learning_rate=self.learning_rate, muon_lr=self.muon_lr,
                            weight_decay=self.weight_decay, warmup_iters=self.warmup_iters, warmdown_iters=warmdown,
                            eval_every=self.eval_every or self.steps, eval_iters=self.eval_iters, seed=self.seed,
-                           device=self.device, log_every=max(1, min(10, self.steps // 10)))
+                           device=self.device, dtype=self.dtype, compile=self.compile,
+                           log_every=max(1, min(10, self.steps // 10)))
 
 
 @dataclass
@@ -82,6 +92,7 @@ class LearnResult:
     params: int
     train_loss: float
     val_loss: float | None
+    val_bpb: float | None  # bits per byte: compares across tokenizers, as nats per token do not
     tokens_per_s: float  # the median over the logged steps (evaluation time left out)
     sample: str
 
@@ -138,7 +149,7 @@ def train_model(cfg: LearnConfig, make_model: Callable[[int], torch.nn.Module], 
     text = sample(model, tokenizer, cfg) if cfg.sample_tokens else ""
     if text:
         print(f"--- sample ---\n{text}\n---")
-    return LearnResult(run_dir, model.num_params(), result.final_loss, result.val_loss,
+    return LearnResult(run_dir, model.num_params(), result.final_loss, result.val_loss, result.val_bpb,
                        statistics.median(rates) if rates else 0.0, text)
 
 

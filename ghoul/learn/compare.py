@@ -1,5 +1,5 @@
 """`ghoul learn compare`: train a few GPT variants on the same tokens for the same number of steps and print one
-table (variant, parameters, final val loss, tokens/s), also written as `comparison.md`."""
+table (variant, parameters, final val loss and bits per byte, tokens/s), also written as `comparison.md`."""
 
 from __future__ import annotations
 
@@ -51,11 +51,12 @@ def read_variants(path: Path, base: LearnGPTConfig) -> dict[str, dict[str, Any]]
 
 
 def markdown_table(rows: list[tuple[str, dict[str, Any], LearnResult]]) -> str:
-    lines = ["| variant | changes | params | val loss | tokens/s |", "| --- | --- | ---: | ---: | ---: |"]
+    lines = ["| variant | changes | params | val loss | val bpb | tokens/s |",
+             "| --- | --- | ---: | ---: | ---: | ---: |"]
     for name, overrides, r in rows:
         changes = ", ".join(f"{k}={v}" for k, v in overrides.items()) or "-"
-        val = f"{r.val_loss:.4f}" if r.val_loss is not None else "-"
-        lines.append(f"| {name} | {changes} | {r.params:,} | {val} | {r.tokens_per_s:,.0f} |")
+        val, bpb = ("-" if v is None else f"{v:.4f}" for v in (r.val_loss, r.val_bpb))
+        lines.append(f"| {name} | {changes} | {r.params:,} | {val} | {bpb} | {r.tokens_per_s:,.0f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -36,7 +36,7 @@ class LearnGPTConfig(LearnConfig, ArchitectureOptions):
 
 def model_config(cfg: LearnGPTConfig, vocab_size: int, overrides: dict[str, Any] | None = None) -> GPTConfig:
     """The GPTConfig of `cfg`'s architecture flags and block size, with a variant's `overrides` on top."""
-    values = {f.name: getattr(cfg, f.name) for f in fields(GPTConfig) if hasattr(cfg, f.name)}
+    values = {f.name: getattr(cfg, f.name) for f in fields(GPTConfig) if getattr(cfg, f.name, None) is not None}
     return GPTConfig(**{**values, **(overrides or {}), "vocab_size": vocab_size})
 
 

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from ghoul.errors import GhoulError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 TOKENIZER_FILE = "tokenizer.json"
 
@@ -34,6 +37,10 @@ class Tokenizer(Protocol):
 
     def save(self, path: str | Path) -> None:
         """Write the tokenizer as one JSON file that `load_tokenizer(path)` reads back."""
+        ...
+
+    def token_byte_lengths(self) -> np.ndarray:
+        """UTF-8 bytes of each token id (int64, indexed by id), special tokens 0: the denominator of bits per byte."""
         ...
 
 

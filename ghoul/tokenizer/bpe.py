@@ -14,6 +14,7 @@ from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+import numpy as np
 import regex
 
 from ghoul.errors import GhoulError
@@ -255,6 +256,9 @@ class BPETokenizer:
             raise GhoulError(f"token id {bad} is out of range for this BPE tokenizer (vocab size {self.vocab_size})")
         return b"".join([self._id_bytes[t] for t in ids]).decode("utf-8", errors="replace")
 
+    def token_byte_lengths(self) -> np.ndarray:
+        return np.array([len(t) for t in self.vocab] + [0] * len(self.special_tokens), dtype=np.int64)
+
     def to_dict(self) -> dict:
         return {"type": "bpe", "version": FORMAT_VERSION, "pattern": self.pattern, "pat_str": self.pat_str,
                 "vocab_size": self.vocab_size, "special_tokens": self.special_tokens,
@@ -278,6 +282,13 @@ class BPETokenizer:
             if saved[2] != ours[2]:  # the readable text and the ids were edited apart
                 raise GhoulError(f"BPE tokenizer file: merge {i} reads {saved[2]!r} but its ids make {ours[2]!r}")
         return tok
+
+    def gpt2_vocab_and_merges(self) -> tuple[dict[str, int], list[tuple[str, str]]]:
+        """The vocabulary (special tokens included) and the merges in training order, in the form of GPT-2's
+        vocab.json and merges.txt: each token's bytes as printable characters (a space is Ġ). Two tokens with
+        the same bytes make the vocabulary shorter than `vocab_size`."""
+        vocab = {_readable(token): i for i, token in enumerate(self.vocab)} | self.special_tokens
+        return vocab, [(_readable(self.vocab[a]), _readable(self.vocab[b])) for a, b in self.merges]
 
     def save(self, path: str | Path) -> None:
         """Write the tokenizer as one JSON file, one merge per line, atomically."""

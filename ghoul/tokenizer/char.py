@@ -10,6 +10,8 @@ from collections.abc import Collection, Iterable
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
+
 from ghoul.errors import GhoulError
 from ghoul.tokenizer.bpe import atomic_write_text, clean_text
 from ghoul.tokenizer.gpt2 import EOT
@@ -81,6 +83,9 @@ class CharTokenizer:
             else:
                 raise GhoulError(f"token id {t} is out of range for this char tokenizer (vocab size {self.vocab_size})")
         return "".join(out)
+
+    def token_byte_lengths(self) -> np.ndarray:
+        return np.array([len(c.encode("utf-8")) for c in self.chars] + [0], dtype=np.int64)  # eot last: 0 bytes
 
     def to_dict(self) -> dict:
         return {"type": "char", "version": FORMAT_VERSION, "vocab_size": self.vocab_size,

@@ -11,6 +11,7 @@ import json
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 import tiktoken
 
 # The pre-split pattern of GPT-2 (as in tiktoken_ext.openai_public.gpt2).
@@ -60,6 +61,12 @@ class GPT2Tokenizer:
 
     def decode(self, ids: list[int]) -> str:
         return self.encoding.decode(list(ids), errors="replace")
+
+    def token_byte_lengths(self) -> np.ndarray:
+        lengths = np.array([len(self.encoding.decode_single_token_bytes(i)) for i in range(self.vocab_size)],
+                           dtype=np.int64)
+        lengths[self.eot_id] = 0  # GPT-2's one special token: a document boundary, not text
+        return lengths
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps({"type": "gpt2"}) + "\n", encoding="utf-8")

@@ -6,29 +6,32 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from ghoul.config import option, require
+from ghoul.dist import CPU_BF16_MIN_WIDTH
 from ghoul.errors import GhoulError
 from ghoul.model import ACTIVATIONS, NORM_POSITIONS, NORMS, POSITIONS, PRESETS, VOCAB_PADDING
 
 
 @dataclass
 class ArchitectureOptions:
-    """The architecture switches of `GPTConfig` as options (defaults: GPT-2), for any stage that builds a model."""
+    """The architecture switches of `GPTConfig` as options, for any stage that builds a model. Unset, a switch takes
+    the preset's value (`laptop` has its own), else GPT-2's."""
 
-    norm: str = option("layernorm", "normalisation", choices=list(NORMS))
-    norm_position: str = option("pre", "normalise each sublayer's input (pre, GPT-2) or its residual sum (post)",
-                                choices=list(NORM_POSITIONS))
-    activation: str = option("gelu", "MLP nonlinearity", choices=list(ACTIVATIONS))
-    position: str = option("learned", "position information: a learned table, rotary, or none",
-                           choices=list(POSITIONS))
-    tie_embeddings: bool = option(True, "share the token embedding with the output layer (GPT-2)")
-    qk_norm: bool = option(False, "RMSNorm of the queries and keys of every head")
-    moe_experts: int = option(0, "experts per MLP (0: a dense MLP)")
-    moe_top_k: int = option(1, "experts each token is sent to")
-    moe_aux_weight: float = option(0.01, "weight of the MoE load-balancing loss")
+    norm: str | None = option(None, "normalisation (GPT-2: layernorm)", choices=list(NORMS))
+    norm_position: str | None = option(None, "normalise each sublayer's input (pre, GPT-2) or its residual sum "
+                                             "(post)", choices=list(NORM_POSITIONS))
+    activation: str | None = option(None, "MLP nonlinearity (GPT-2: gelu)", choices=list(ACTIVATIONS))
+    position: str | None = option(None, "position information: a learned table (GPT-2), rotary, or none",
+                                  choices=list(POSITIONS))
+    bias: bool | None = option(None, "biases in the linear layers and norms (GPT-2)")
+    tie_embeddings: bool | None = option(None, "share the token embedding with the output layer (GPT-2)")
+    qk_norm: bool | None = option(None, "RMSNorm of the queries and keys of every head (GPT-2: none)")
+    moe_experts: int | None = option(None, "experts per MLP (GPT-2: 0, a dense MLP)")
+    moe_top_k: int | None = option(None, "experts each token is sent to (default 1)")
+    moe_aux_weight: float | None = option(None, "weight of the MoE load-balancing loss (default 0.01)")
 
     def architecture(self) -> dict:
-        """The switches as GPTConfig keyword arguments."""
-        return {f.name: getattr(self, f.name) for f in fields(ArchitectureOptions)}
+        """The switches that were set, as GPTConfig keyword arguments."""
+        return {f.name: getattr(self, f.name) for f in fields(ArchitectureOptions) if getattr(self, f.name) is not None}
 
 
 @dataclass
@@ -67,8 +70,10 @@ class TrainConfig(ArchitectureOptions):
     resume: str | None = option(None, "continue a run: --resume (its latest checkpoint) or --resume CHECKPOINT_DIR",
                                 const="latest", metavar="DIR")
     seed: int = option(1337, "random seed")
-    dtype: str = option("auto", "compute dtype: bfloat16 (under autocast), float32, or auto: bfloat16 on CUDA GPUs "
-                                "from Ampere on, float32 elsewhere", choices=["auto", "float32", "bfloat16"])
+    dtype: str = option("auto", f"compute dtype: bfloat16 (under autocast), float32, or auto: bfloat16 on CUDA GPUs "
+                                f"from Ampere on, and on CPUs with native bfloat16 (AVX512-BF16, AMX) for models of "
+                                f"width (n_embd) {CPU_BF16_MIN_WIDTH} and more, where it measured faster; float32 "
+                                f"elsewhere", choices=["auto", "float32", "bfloat16"])
     compile: bool = option(False, "torch.compile the model")
     activation_checkpointing: bool = option(False, "recompute each block's activations in the backward pass: "
                                                    "about a third more compute for far less memory")

@@ -33,6 +33,7 @@ from ghoul.checkpoint import (
 from ghoul.config import to_dict
 from ghoul.data.loader import ShardLoader
 from ghoul.errors import GhoulError
+from ghoul.eval.loss import bits_per_byte, target_bytes
 from ghoul.files import atomic_write_text
 from ghoul.model import GPT
 from ghoul.optim.build import build_optimizers
@@ -81,6 +82,7 @@ class TrainResult:
     final_loss: float
     val_loss: float | None
     checkpoint: Path
+    val_bpb: float | None = None  # bits per byte, for the LM loss on token shards
 
 
 # ---- run directory and resume ----------------------------------------------------------------------------------
@@ -142,6 +144,15 @@ def estimate_loss(model: torch.nn.Module, loader: Loader, iters: int, loss_fn: L
     return dist.all_reduce_mean(total / max(n, 1)).item()
 
 
+def bytes_per_token(loader: Loader, iters: int, tokenizer: Tokenizer, device: str) -> float:
+    """UTF-8 bytes per target token of the batches `estimate_loss` reads, over all ranks: each rank reads as many
+    tokens, so the mean of the ranks' losses is per token of this total, and bits per byte follow from it."""
+    lengths = tokenizer.token_byte_lengths()
+    counts = [(target_bytes(lengths, y), y.numel()) for _, y in loader.one_epoch(iters)]
+    n_bytes, n_tokens = dist.all_reduce_sum([sum(b for b, _ in counts), sum(n for _, n in counts)], device)
+    return n_bytes / max(n_tokens, 1)
+
+
 def write_sample(model: GPT, tokenizer: Tokenizer, cfg: TrainConfig, step: int, device: str,
                  logger: RunLogger) -> None:
     prompt = tokenizer.encode(cfg.sample_prompt) if cfg.sample_prompt else [tokenizer.eot_id]
@@ -171,11 +182,13 @@ def train(cfg: TrainConfig, model: GPT, tokenizer: Tokenizer, d: dist.DistInfo, 
           ) -> TrainResult:
     """Train `model` (already on `d.device`) as `cfg` says, on `train_data` (default: token shards of
     `cfg.dataset`, with its val split as `val_data`); rank 0 writes the run directory."""
-    cfg.dtype = dist.resolve_dtype(cfg.dtype, d.device)  # config.json records the precision the run used
+    # config.json records the precision the run used; the bigram model has no width (and stays float32)
+    cfg.dtype = dist.resolve_dtype(cfg.dtype, d.device, getattr(model.config, "n_embd", None))
     seq_len = cfg.seq_len or model.config.block_size
     if seq_len > model.config.block_size:
         raise GhoulError(f"--seq-len {seq_len} exceeds the model's block size {model.config.block_size}")
     accum = accumulation_steps(cfg.total_batch_size, cfg.batch_size, seq_len, d.world_size)
+    val_bpt = None  # bytes per validation token: bits per byte for the LM loss on token shards, not for pair losses
     if train_data is None:
         train_data = ShardLoader(cfg.dataset, cfg.batch_size, seq_len, rank=d.rank, world_size=d.world_size,
                                  device=d.device)
@@ -183,6 +196,8 @@ def train(cfg: TrainConfig, model: GPT, tokenizer: Tokenizer, d: dist.DistInfo, 
             raise GhoulError(f"{cfg.dataset} was made with a {train_data.vocab_size:,}-token vocabulary but the model "
                              f"has {model.config.vocab_size:,}: prepare the data with the model's tokenizer")
         val_data = _val_loader(cfg, seq_len, d) if cfg.eval_every else None
+        if val_data is not None and loss_fn is lm_loss:  # the same batches at every evaluation: counted once
+            val_bpt = bytes_per_token(val_data, cfg.eval_iters, tokenizer, d.device)
     elif not cfg.eval_every:
         val_data = None
 
@@ -239,6 +254,8 @@ def train(cfg: TrainConfig, model: GPT, tokenizer: Tokenizer, d: dist.DistInfo, 
             metrics: dict[str, float] = {}
             record["val_loss"] = estimate_loss(model, val_data, cfg.eval_iters, loss_fn, cfg, d.device_type, metrics)
             record.update({f"val_{k}": v for k, v in metrics.items()})
+            if val_bpt:
+                record.update(val_bpb=bits_per_byte(record["val_loss"], val_bpt), val_bytes_per_token=val_bpt)
         if cfg.hellaswag_every and (step % cfg.hellaswag_every == 0 or step == cfg.max_steps):
             record["hellaswag_acc"] = hellaswag_accuracy(raw_model, tokenizer, cfg, d)
         if d.is_main and cfg.sample_every and (step % cfg.sample_every == 0 or step == cfg.max_steps):
@@ -247,7 +264,7 @@ def train(cfg: TrainConfig, model: GPT, tokenizer: Tokenizer, d: dist.DistInfo, 
     model.train()
     bar = tqdm(total=cfg.max_steps, initial=start_step, desc="training", unit="step", disable=not d.is_main,
                file=sys.stderr, dynamic_ncols=True)
-    step, loss_value, val_loss, last_checkpoint = start_step, float("nan"), None, None
+    step, loss_value, val_loss, val_bpb, last_checkpoint = start_step, float("nan"), None, None, None
     started = time.perf_counter()
     if start_step == 0:
         record = {"step": 0}
@@ -310,7 +327,7 @@ def train(cfg: TrainConfig, model: GPT, tokenizer: Tokenizer, d: dist.DistInfo, 
                     record["peak_memory_gib"] = memory
                 record.update({k: dist.all_reduce_mean(v).item() for k, v in sorted(metric_sums.items())})
                 evaluate(step, record)
-                val_loss = record.get("val_loss", val_loss)
+                val_loss, val_bpb = record.get("val_loss", val_loss), record.get("val_bpb", val_bpb)
                 logger.log(record)
                 bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{record['tokens_per_s']:,.0f}", refresh=False)
             bar.update(1)
@@ -331,8 +348,8 @@ def train(cfg: TrainConfig, model: GPT, tokenizer: Tokenizer, d: dist.DistInfo, 
     last_checkpoint = checkpoint(step)
     logger.close()
     dist.print0(f"done: {step} steps, loss {loss_value:.4f}" + (f", val loss {val_loss:.4f}" if val_loss else "")
-                + f"; checkpoint {last_checkpoint}")
-    return TrainResult(cfg.output_dir, step, loss_value, val_loss, last_checkpoint)
+                + (f" ({val_bpb:.4f} bits per byte)" if val_bpb else "") + f"; checkpoint {last_checkpoint}")
+    return TrainResult(cfg.output_dir, step, loss_value, val_loss, last_checkpoint, val_bpb)
 
 
 def _val_loader(cfg: TrainConfig, seq_len: int, d: dist.DistInfo) -> ShardLoader | None:

@@ -52,6 +52,7 @@ def test_dpo_on_the_marker_preference_raises_the_margin(tiny_model, tmp_path):
     assert [r["step"] for r in val] == [0, 10]
     assert val[0]["val_reward_margin"] == pytest.approx(0.0, abs=1e-6)  # policy == reference at the start
     assert val[-1]["val_reward_margin"] > 0.02 and val[-1]["val_loss"] < math.log(2)
+    assert "val_bpb" not in val[-1]  # a loss over pairs, not nats per token: no bits per byte
     assert log[-1]["reward_margin"] > val[0]["val_reward_margin"] and log[-1]["reward_accuracy"] > 0.5
     assert {"chosen_reward", "rejected_reward", "val_reward_accuracy"} <= set(log[-1])
     assert (run / "latest").read_text().strip() == "step_000010"

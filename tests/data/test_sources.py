@@ -202,3 +202,43 @@ def test_fineweb_without_a_path_streams_from_the_hub(data: Path, monkeypatch: py
         list(make_source("fineweb"))
     with pytest.raises(GhoulError, match="--subset picks a Hub subset"):
         list(make_source("fineweb", data / "fineweb" / "fineweb_subset.json", subset="sample-10BT"))
+
+
+def test_lovecraft_joins_hard_wrapped_lines_into_paragraphs(data: Path) -> None:
+    docs = list(make_source("lovecraft", data / "lovecraft" / "lovecraft.txt.gz"))
+    text = "\n\n".join(docs)
+    assert "Table of Contents" not in text and "....." not in text  # the contents pages are left out
+    assert "The year after I first beheld the tomb, I stumbled upon a worm-eaten translation of Plutarch" in text
+    paragraphs = [p for doc in docs for p in doc.split("\n\n")]
+    assert all("\n" not in p for p in paragraphs)  # no hard wraps left inside a paragraph
+    assert sorted(map(len, paragraphs))[len(paragraphs) // 2] > 300  # prose paragraphs, not 90-character lines
+    assert 500 < len(docs) and sum(map(len, docs)) > 2_500_000  # the whole works, cut into sections
+
+
+def test_tinyshakespeare_is_cut_into_scenes_of_speeches(data: Path) -> None:
+    path = data / "tinyshakespeare" / "input.txt"
+    docs = list(make_source("tinyshakespeare", path))
+    assert docs[0].startswith("First Citizen:\nBefore we proceed any further, hear me speak.")
+    assert all(doc.count("\n\n") <= 39 for doc in docs) and len(docs) > 100
+    assert "\n\n".join(docs) == path.read_text(encoding="utf-8").strip()  # nothing lost or reordered
+
+
+@pytest.mark.parametrize("name", ["lovecraft", "tinyshakespeare"])
+def test_small_corpora_without_a_path_download_once_into_the_cache(name: str, data: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import gzip
+
+    source = SOURCES[name]
+    local = {"lovecraft": data / "lovecraft" / "lovecraft.txt.gz", "tinyshakespeare": data / "tinyshakespeare" /
+             "input.txt"}[name]
+    served = tmp_path / "served" / source.url.rsplit("/", 1)[1]  # the file as its public home serves it: plain text
+    served.parent.mkdir()
+    served.write_bytes(gzip.decompress(local.read_bytes()) if local.suffix == ".gz" else local.read_bytes())
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(source, "url", served.as_uri())  # file:// stands in for GitHub: no network in tests
+    assert list(make_source(name)) == list(make_source(name, local))  # checked against the pinned sha256
+    assert (tmp_path / "cache" / "ghoul" / name / served.name).is_file()
+    served.write_text("changed")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "other"))
+    with pytest.raises(GhoulError, match="the download is damaged"):
+        list(make_source(name))

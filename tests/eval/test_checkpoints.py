@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from dataclasses import replace
@@ -12,7 +13,7 @@ import pytest
 import torch
 
 from ghoul.cli import main
-from ghoul.eval.checkpoints import CheckpointsConfig, run
+from ghoul.eval.checkpoints import CheckpointsConfig, _todo, _Work, run
 from ghoul.eval.curves import REFERENCES, dataset_of, plot_metric, series
 from ghoul.eval.loss import read_split
 from ghoul.files import read_jsonl
@@ -60,7 +61,9 @@ def test_evaluates_each_checkpoint_once_and_draws_both_curves(tiny_run: Path, sh
         assert r["tokens"] == r["step"] * TOKENS_PER_STEP  # taken from the training log
         assert r["hellaswag_n"] == 12 and 0 <= r["hellaswag_acc"] <= 1 and r["val_tokens"] == 512
         assert 9 < r["val_loss"] < 12
-    for name in ("val_loss.png", "hellaswag_acc.png"):
+        assert r["val_bpb"] == pytest.approx(r["val_loss"] / math.log(2) / r["val_bytes_per_token"])
+        assert 3 < r["val_bytes_per_token"] < 5  # English in GPT-2 tokens: about 4 bytes each
+    for name in ("val_loss.png", "val_bpb.png", "hellaswag_acc.png"):
         assert (tiny_run / name).read_bytes().startswith(PNG)
 
     assert run(cfg) == []  # nothing new: nothing re-evaluated
@@ -140,6 +143,12 @@ def test_records_without_a_key_are_recomputed(tmp_path: Path, shard_dir: Path) -
     assert len(new) == 1 and new[0]["val_loss"] > 9  # a random model, not the recorded 1.5
     assert read_jsonl(run_dir / "eval.jsonl") == [old] + new  # the old line is kept, the new one follows it
     assert run(cfg) == []
+
+
+def test_a_val_loss_without_bits_per_byte_is_recomputed() -> None:
+    work = _Work(None, [], None, None, {"data": "d"})
+    assert _todo({"val_loss_key": {"data": "d"}, "val_loss": 1.5}, work) == ["val_loss"]  # as written before bpb
+    assert _todo({"val_loss_key": {"data": "d"}, "val_loss": 1.5, "val_bpb": 0.5}, work) == []
 
 
 def test_val_loss_on_data_of_another_tokenizer_is_refused(tiny_run: Path, char_shard_dir: Path,

@@ -1,8 +1,10 @@
-"""Validation loss on token shards: the windows, agreement with a plain per-window computation, the CLI, errors."""
+"""Validation loss on token shards: the windows, agreement with a plain per-window computation, bits per byte, the
+CLI, errors."""
 
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +15,7 @@ from ghoul.checkpoint import load_model_and_tokenizer as load_checkpoint
 from ghoul.cli import main
 from ghoul.data.shards import check_data_tokenizer
 from ghoul.errors import GhoulError
-from ghoul.eval.loss import evaluate_loss, read_split, windows
+from ghoul.eval.loss import bits_per_byte, evaluate_loss, read_split, target_bytes, windows
 
 
 def test_windows_do_not_overlap_and_respect_the_token_budget() -> None:
@@ -23,11 +25,24 @@ def test_windows_do_not_overlap_and_respect_the_token_budget() -> None:
     assert len(windows(shards, seq_len=10, max_tokens=35)) == 3
 
 
+def test_bits_per_byte_of_a_known_loss() -> None:
+    # 2 ln 2 nats per token is 2 bits per token; at 4 bytes per token that is half a bit per byte
+    assert bits_per_byte(2 * math.log(2), 4.0) == pytest.approx(0.5)
+    assert bits_per_byte(math.log(50257), 1.0) == pytest.approx(math.log2(50257))
+    lengths = np.array([1, 3, 0])  # a byte, a 3-byte character, a special token
+    assert target_bytes(lengths, np.array([[0, 1], [2, 1]])) == 7 == target_bytes(lengths, torch.tensor([0, 1, 2, 1]))
+
+
 def test_loss_matches_a_plain_computation(tiny_gpt2: Path, shard_dir: Path) -> None:
-    model, _ = load_checkpoint(tiny_gpt2, "cpu")
+    model, tokenizer = load_checkpoint(tiny_gpt2, "cpu")
     shards = read_split(shard_dir, "val")
-    result = evaluate_loss(model, shards, "cpu", seq_len=32, batch_size=3, max_tokens=32 * 10)
+    result = evaluate_loss(model, shards, "cpu", seq_len=32, batch_size=3, max_tokens=32 * 10, tokenizer=tokenizer)
     assert result["tokens"] == 320
+    # the targets are tokens 1..320 of the shard, English text (no <|endoftext|>): their decoded bytes per token
+    n_bytes = len(tokenizer.decode(shards[0][1:321]).encode("utf-8"))
+    assert result["bytes_per_token"] == pytest.approx(n_bytes / 320)
+    assert result["bpb"] == pytest.approx(result["loss"] / math.log(2) / (n_bytes / 320))
+    assert "bpb" not in evaluate_loss(model, shards, "cpu", seq_len=32, max_tokens=64)  # no tokenizer, no bytes
     val = torch.from_numpy(np.asarray(shards[0][:32 * 10 + 1], dtype=np.int64))
     with torch.no_grad():
         losses = [model(val[i:i + 32][None], val[i + 1:i + 33][None])[1].item() for i in range(0, 320, 32)]
@@ -41,6 +56,7 @@ def test_cli_prints_the_loss(tiny_gpt2: Path, shard_dir: Path, capsys: pytest.Ca
     assert code == 0
     out = capsys.readouterr().out
     assert "val loss" in out and "960 tokens" in out  # 15 whole windows of 64
+    assert re.search(r"\d\.\d{4} bits per byte \(\d\.\d\d bytes per token\)", out)
 
 
 def test_cli_errors_exit_2(tiny_gpt2: Path, shard_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

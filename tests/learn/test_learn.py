@@ -2,6 +2,7 @@
 
 import json
 import math
+from dataclasses import fields
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from ghoul.learn.compare import TABLE_FILE, CompareConfig
 from ghoul.learn.compare import run as compare
 from ghoul.learn.gpt import LearnGPTConfig
 from ghoul.learn.gpt import run as learn_gpt
+from ghoul.train.config import TrainConfig
 from ghoul.train.logger import LOG_FILE
 
 # The same slice, tokenizer kind, rows and validation batches for every run, so that val losses compare.
@@ -73,6 +75,21 @@ def test_learn_gpt_cli_takes_the_architecture_switches(horror, tmp_path):
     assert main(["learn", "gpt", "--position", "rotary", "--n-embd", "30", "--n-head", "2"]) == 2  # odd head size
 
 
+def test_learn_takes_the_trainers_dtype_and_compile_options(horror, tmp_path):
+    """--dtype and --compile are the trainer's own options (one declaration: default, help, choices), passed on."""
+    ours, theirs = ({f.name: f for f in fields(c)} for c in (LearnGPTConfig, TrainConfig))
+    for name in ("dtype", "compile"):
+        assert (ours[name].default, ours[name].metadata) == (theirs[name].default, theirs[name].metadata)
+    tc = LearnGPTConfig(dtype="bfloat16", compile=True).train_config(tmp_path / "data", tmp_path / "run")
+    assert (tc.dtype, tc.compile) == ("bfloat16", True)
+    argv = ["learn", "gpt", "--source-path", horror, "--output-dir", str(tmp_path / "run"), "--limit-docs", "10",
+            "--tokenizer-kind", "char", "--steps", "2", "--batch-size", "2", "--block-size", "32", "--eval-iters",
+            "1", "--n-layer", "1", "--n-embd", "32", "--sample-tokens", "0", "--warmup-iters", "0", "--device", "cpu",
+            "--dtype", "bfloat16"]
+    assert main(argv) == 0
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["dtype"] == "bfloat16"
+
+
 def test_compare_writes_one_table_of_the_variants(horror, tmp_path, capsys):
     variants = tmp_path / "variants.toml"
     variants.write_text('[baseline]\n\n[rms-relu2]\nnorm = "rmsnorm"\nactivation = "relu2"\n\n'
@@ -81,9 +98,12 @@ def test_compare_writes_one_table_of_the_variants(horror, tmp_path, capsys):
                                  warmup_iters=0, **{**SLICE, "sample_tokens": 0}, n_layer=1, n_head=2, n_embd=32))
     assert [name for name, _, _ in rows] == ["baseline", "rms-relu2", "moe"]
     table = (tmp_path / "cmp" / TABLE_FILE).read_text()
-    assert "| variant | changes | params | val loss | tokens/s |" in table
+    assert "| variant | changes | params | val loss | val bpb | tokens/s |" in table
     for name, _, result in rows:
-        assert f"| {name} |" in table and f"{result.params:,}" in table and f"{result.val_loss:.4f}" in table
+        assert f"| {name} |" in table and f"{result.params:,}" in table
+        # characters of English text are mostly one byte each: bits per byte close to bits per token
+        assert result.val_bpb == pytest.approx(result.val_loss / math.log(2), rel=0.05)
+        assert f"| {result.val_loss:.4f} | {result.val_bpb:.4f} |" in table
     assert "norm=rmsnorm, activation=relu2" in table
     assert rows[2][2].params > rows[0][2].params  # two experts hold more weights than one MLP
     assert "| baseline |" in capsys.readouterr().out

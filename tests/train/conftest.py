@@ -6,6 +6,16 @@ import pytest
 
 from ghoul.data.prepare import PrepareConfig
 from ghoul.data.prepare import run as prepare
+from ghoul.eval.loss import read_split
+from ghoul.tokenizer import load_tokenizer
+
+
+def val_bytes_per_token(shards: Path, n: int) -> float:
+    """UTF-8 bytes per token of the first `n` validation targets of GPT-2 shards (tokens 1..n: the batches' targets
+    are their inputs shifted by one), decoded by tiktoken; <|endoftext|> stands for no text."""
+    tok = load_tokenizer("gpt2")
+    targets = [int(t) for t in read_split(shards, "val")[0][1:n + 1]]
+    return len(tok.encoding.decode_bytes([t for t in targets if t != tok.eot_id])) / n
 
 
 @pytest.fixture(scope="session")

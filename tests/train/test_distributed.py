@@ -1,10 +1,12 @@
 """Two processes under torchrun (gloo, CPU) train exactly as one process with twice the accumulation."""
 
 import json
+import math
 
 import pytest
 
 from tests.torchrun import one_and_two_ranks
+from tests.train.conftest import val_bytes_per_token
 
 
 def losses(run_dir):
@@ -23,3 +25,8 @@ def test_two_ranks_match_one_rank_with_double_accumulation(fineweb_shards, tmp_p
     assert len(one) == len(two) == 5
     assert max(abs(a - b) for a, b in zip(one, two, strict=True)) < 1e-4
     assert one[-1] < one[0]
+    # bits per byte: each rank counts the bytes of its own validation targets, summed over the ranks
+    for run_dir, n in ((tmp_path / "one", 2 * 2 * 64), (tmp_path / "two", 2 * 2 * 2 * 64)):
+        val = [json.loads(line) for line in (run_dir / "log.jsonl").open() if '"val_bpb"' in line][-1]
+        assert val["val_bytes_per_token"] == pytest.approx(val_bytes_per_token(fineweb_shards, n))
+        assert val["val_bpb"] == pytest.approx(val["val_loss"] / math.log(2) / val["val_bytes_per_token"])

@@ -18,6 +18,7 @@ from ghoul.tokenizer import load_tokenizer
 from ghoul.train import loop
 from ghoul.train.loop import train
 from ghoul.train.stages import FinetuneConfig, TrainConfig, run
+from tests.train.conftest import val_bytes_per_token
 
 
 def log(run_dir):
@@ -37,6 +38,11 @@ def test_pretrain_lowers_val_loss_and_writes_a_run(fineweb_shards, tmp_path):
     val = [r["val_loss"] for r in records if "val_loss" in r]
     assert abs(val[0] - math.log(50257)) < 0.2  # at step 0: near uniform
     assert val[-1] < val[0] - 1.0 and result.val_loss == val[-1]
+    bpt = val_bytes_per_token(fineweb_shards, 2 * 4 * 64)  # eval_iters x batch_size x seq_len targets
+    for r in (r for r in records if "val_loss" in r):
+        assert r["val_bytes_per_token"] == pytest.approx(bpt)
+        assert r["val_bpb"] == pytest.approx(r["val_loss"] / math.log(2) / bpt)
+    assert result.val_bpb == records[-1]["val_bpb"]
     assert [r["step"] for r in records if "loss" in r] == list(range(1, 41))
     assert {"loss", "lr", "tokens", "tokens_per_s", "grad_norm", "elapsed"} <= set(records[-1])
     assert records[-1]["lr"] == pytest.approx(3e-3 / 10)  # the last step of the warmdown

@@ -1,0 +1,73 @@
+"""Where the code runs: the precision `--dtype auto` picks on CPUs, from the CPU's flags and the model's width."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from ghoul import dist
+from ghoul.dist import CPU_BF16_MIN_WIDTH, cpu_flags, fast_bfloat16, resolve_dtype
+from ghoul.model import PRESETS
+
+LAPTOP = PRESETS.get("laptop", {}).get("n_embd", 192)  # the default run's model (6 layers, width 192)
+
+
+@pytest.fixture
+def cpu(monkeypatch):
+    """Pretend the CPU has these flags, and oneDNN may or may not use its bfloat16 instructions."""
+    def set_cpu(flags: set[str], onednn: bool = True) -> None:
+        monkeypatch.setattr(dist, "cpu_flags", lambda: frozenset(flags))
+        monkeypatch.setattr(dist, "onednn_bfloat16", lambda: onednn)
+    return set_cpu
+
+
+@pytest.mark.parametrize("flags, onednn, native", [
+    ({"avx2", "avx512_f", "avx512_bf16"}, True, True),  # Zen 4, Cooper Lake
+    ({"avx2", "avx512_f", "amx_bf16", "amx_tile"}, True, True),  # Sapphire Rapids
+    ({"avx2", "avx512_f", "avx512_bf16"}, False, False),  # oneDNN held to AVX2 (ONEDNN_MAX_CPU_ISA)
+    ({"avx2", "avx512_f"}, True, False),  # Skylake-X: oneDNN says yes, but it emulates bfloat16
+    ({"avx2"}, False, False),  # AVX2 only
+    (set(), False, False),  # flags unknown
+])
+def test_auto_precision_on_cpus_is_bfloat16_only_where_native(cpu, flags, onednn, native):
+    cpu(flags, onednn)
+    assert fast_bfloat16("cpu") == native
+    assert resolve_dtype("auto", "cpu", LAPTOP) == ("bfloat16" if native else "float32")
+    assert resolve_dtype("float32", "cpu", LAPTOP) == "float32" and resolve_dtype("bfloat16", "cpu") == "bfloat16"
+
+
+@pytest.mark.parametrize("width, auto", [(LAPTOP, "bfloat16"), (CPU_BF16_MIN_WIDTH, "bfloat16"),
+                                         (CPU_BF16_MIN_WIDTH - 1, "float32"), (None, "float32")])
+def test_auto_precision_on_native_cpus_needs_a_wide_enough_model(cpu, width, auto):
+    """Narrow models gain nothing from bfloat16 on a CPU (measured); a caller that gives no width keeps float32."""
+    cpu({"avx2", "avx512_f", "avx512_bf16"})
+    assert resolve_dtype("auto", "cpu", width) == auto
+
+
+def test_default_model_is_wide_enough_for_bfloat16_on_native_cpus():
+    assert LAPTOP >= CPU_BF16_MIN_WIDTH and PRESETS["tiny"]["n_embd"] < CPU_BF16_MIN_WIDTH
+
+
+def test_auto_precision_is_float32_on_mps_whatever_the_width(cpu):
+    cpu({"avx512_bf16"})
+    assert resolve_dtype("auto", "mps", 4096) == "float32"
+
+
+def test_cpu_flags_come_from_proc_cpuinfo_without_torch_capabilities(monkeypatch, tmp_path):
+    monkeypatch.delattr(torch.cpu, "get_capabilities", raising=False)
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx2 avx512f avx512_bf16\n\n"
+                    "processor\t: 1\nflags\t\t: fpu avx2 avx512f avx512_bf16\n")
+    assert cpu_flags(str(info)) == {"fpu", "avx2", "avx512f", "avx512_bf16"}
+    assert cpu_flags(str(tmp_path / "missing")) == frozenset()
+
+
+def test_avx2_only_cpu_trains_in_float32():
+    """The setting that makes this CPU (if it has native bfloat16) work as one with AVX2 only: auto is float32."""
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "OMP_NUM_THREADS": "1"}
+    code = "from ghoul.dist import fast_bfloat16, resolve_dtype; print(fast_bfloat16('cpu'), " \
+           "resolve_dtype('auto', 'cpu', 768))"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "float32"]
