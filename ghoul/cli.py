@@ -50,7 +50,7 @@ COMMANDS = [
     Command("grpo", "ghoul.align.ppo:RlConfig:run_grpo", "align a model with GRPO against a reward model or a judge"),
     Command("compare", "ghoul.align.compare:CompareConfig:run", "win-rate of model A over model B, judged in pairs"),
     Command("rlhf", "ghoul.align.rlhf:RlhfConfig:run", "the feedback loop: generate, rank, then winners/DPO/PPO/GRPO"),
-    Command("pipeline", "ghoul.pipeline:PipelineConfig:run", "every stage in order, then the report (tiny CPU run)"),
+    Command("pipeline", "ghoul.pipeline:PipelineConfig:run", "every stage in order, then the report (laptop-sized)"),
     Command("report", "ghoul.report:ReportConfig:run", "write report.html and report.md for a pipeline run"),
     Command("plan", "ghoul.plan:PlanConfig:run", "memory, time and cost of a training run before you rent GPUs"),
     Command("serve", "ghoul.web.playground:ServeConfig:run", "a local page to write prompts and watch stories stream"),

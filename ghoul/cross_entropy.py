@@ -16,7 +16,7 @@ import torch
 class _HeadCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, vocab_size: int,
-                dtype: torch.dtype) -> torch.Tensor:
+                dtype: torch.dtype, grad_needed: bool) -> torch.Tensor:
         xc, wc = x.to(dtype), weight.to(dtype)
         logits = (xc @ wc.t()).float()  # (N, Vp); float32 for the softmax over 50k classes (a copy under bf16)
         if vocab_size < logits.size(1):
@@ -26,7 +26,7 @@ class _HeadCrossEntropy(torch.autograd.Function):
         safe = targets.clamp(min=0)[:, None]  # (N, 1)
         count = valid.sum()
         loss = ((lse - logits.gather(1, safe).squeeze(1)) * valid).sum() / count
-        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+        if grad_needed:
             grad = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits: (N, Vp)
             weights = valid.float() / count  # d(mean loss) / d(each row's loss); 0 for ignored rows
             grad.scatter_add_(1, safe, -torch.ones_like(grad[:, :1]))  # minus the one-hot of the target
@@ -45,7 +45,7 @@ class _HeadCrossEntropy(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             grad_w = grad.t() @ (xc * grad_loss.to(xc.dtype))  # (Vp, C): the scalar folded into the small side
             grad_w = grad_w.to(w_dtype)
-        return grad_x, grad_w, None, None, None
+        return grad_x, grad_w, None, None, None, None
 
 
 def head_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
@@ -58,5 +58,8 @@ def head_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.Ten
     """
     device = x.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
+    # only where autograd will call backward: ctx.needs_input_grad says requires_grad even under no_grad (evaluation),
+    # and the forward runs with gradients off, so the grad mode is read here
+    grad_needed = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
     with torch.autocast(device, enabled=False):  # the casts are explicit inside
-        return _HeadCrossEntropy.apply(x, weight, targets, vocab_size or weight.size(0), dtype)
+        return _HeadCrossEntropy.apply(x, weight, targets, vocab_size or weight.size(0), dtype, grad_needed)

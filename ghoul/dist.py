@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 from ghoul.errors import GhoulError
 
@@ -21,15 +25,14 @@ class DistInfo:
     local_rank: int = 0
     world_size: int = 1
     device: str = "cpu"
+    # a process group runs: torchrun started this process, even as its only rank; the trainer then wraps the model
+    # in DDP, so that one GPU under torchrun runs NCCL, DDP and its collectives as eight do
+    distributed: bool = False
 
     @property
     def is_main(self) -> bool:
         """Rank 0 writes logs, samples and checkpoints."""
         return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
 
     @property
     def device_type(self) -> str:
@@ -47,30 +50,42 @@ class GPU:
 # vendors' data sheets; "dense" is half the "with sparsity" figure those sheets lead with.
 GPUS: dict[str, GPU] = {
     "h200": GPU("H200", 989e12, 141),  # H200 SXM data sheet: BF16 1,979 TFLOPS sparse, 141 GB HBM3e
+    "h200-nvl": GPU("H200 NVL", 835e12, 141),  # H200 NVL (same data sheet): BF16 1,671 TFLOPS sparse, 141 GB
     "h100": GPU("H100", 989e12, 80),  # H100 SXM data sheet: BF16 1,979 TFLOPS sparse, 80 GB HBM3
+    "h100-pcie": GPU("H100 PCIe", 756e12, 80),  # H100 PCIe (same data sheet): BF16 1,513 TFLOPS sparse, 80 GB HBM2e
+    "h100-nvl": GPU("H100 NVL", 835e12, 94),  # H100 NVL (same data sheet): BF16 1,671 TFLOPS sparse, 94 GB HBM3
+    "gh200": GPU("GH200", 989e12, 96),  # GH200 data sheet: the H100 SXM's BF16 1,979 TFLOPS sparse, 96 GB HBM3
     "a100-80gb": GPU("A100", 312e12, 80),  # A100 data sheet: BF16 312 TFLOPS dense, 40 or 80 GB HBM2e
     "a100-40gb": GPU("A100", 312e12, 40),  # same chip; get_device_name does not tell the two apart for MFU
     "l40s": GPU("L40S", 362e12, 48),  # L40S data sheet: BF16 733 TFLOPS sparse, 48 GB GDDR6
-    "a10g": GPU("A10G", 125e12, 24),  # NVIDIA A10 data sheet (BF16 125 dense, 24 GB); AWS's A10G variant is
-    #                                   not published by NVIDIA and may run lower clocks
+    "l40": GPU("L40", 181e12, 48),  # L40 data sheet: BF16 362.1 TFLOPS sparse, 48 GB GDDR6
+    "a10": GPU("A10", 125e12, 24),  # A10 data sheet: BF16 125 TFLOPS dense, 24 GB GDDR6
+    "a10g": GPU("A10G", 125e12, 24),  # the A10's figures; AWS's A10G variant is not published by NVIDIA and may run
+    #                                   lower clocks
     "l4": GPU("L4", 121e12, 24),  # L4 data sheet: BF16 242 TFLOPS sparse, 24 GB GDDR6
     "4090": GPU("4090", 165e12, 24),  # Ada Lovelace whitepaper, RTX 4090: BF16/FP32-accumulate 165.2 dense, 24 GB
     "3090": GPU("3090", 71e12, 24),  # Ampere GA102 whitepaper, RTX 3090: BF16/FP32-accumulate 71 dense, 24 GB
 }
-# Peak by device-name substring, first match wins: "L40S" is listed before "L4" so an L40S is not taken for an L4.
-PEAK_BF16_FLOPS = {gpu.match: gpu.bf16_flops for gpu in GPUS.values()}
+
+
+def gpu_named(name: str) -> GPU | None:
+    """The GPU of the table that a device name (`torch.cuda.get_device_name`) is: of the `match` strings found in it
+    as whole words, the longest, so that an "H100 PCIe" is not taken for an SXM "H100", nor an "L40" for an "L4"
+    or an "A100" for an "A10"; None when none is."""
+    found = [gpu for gpu in GPUS.values()
+             if re.search(rf"(?<![a-z0-9]){re.escape(gpu.match)}(?![a-z0-9])", name, re.IGNORECASE)]
+    return max(found, key=lambda gpu: len(gpu.match), default=None)
 
 
 def peak_flops(device: str, dtype: str = "bfloat16") -> float | None:
     """Peak FLOP/s of a CUDA device when its name is known (for MFU); None on CPUs and unknown GPUs."""
     if torch.device(device).type != "cuda":
         return None
-    name = torch.cuda.get_device_name(device)
-    for key, flops in PEAK_BF16_FLOPS.items():
-        if key in name:
-            # float16 runs at the bf16 rate; float32 training uses TF32 at half of it
-            return flops if dtype in ("bfloat16", "float16") else flops / 2
-    return None
+    gpu = gpu_named(torch.cuda.get_device_name(device))
+    if gpu is None:
+        return None
+    # float16 runs at the bf16 rate; float32 training uses TF32 at half of it
+    return gpu.bf16_flops if dtype in ("bfloat16", "float16") else gpu.bf16_flops / 2
 
 
 def mps_available() -> bool:
@@ -105,19 +120,27 @@ def resolve_device(device: str = "auto") -> str:
     return device
 
 
-def setup(device: str = "auto") -> DistInfo:
-    """Read torchrun's environment and start the process group (NCCL on CUDA, gloo otherwise)."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size == 1 or "RANK" not in os.environ:
-        return DistInfo(device=resolve_device(device))
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+# torchrun (torch.distributed.run) sets these for every process it starts, a single one included
+TORCHRUN_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE")
+
+
+def setup(device: str = "auto", timeout_minutes: float | None = None) -> DistInfo:
+    """Read torchrun's environment and start the process group (NCCL on CUDA, gloo otherwise) whenever torchrun
+    started this process; `timeout_minutes` is how long a collective waits for the other ranks before it fails
+    (None: torch's default, 10 minutes for NCCL). Without torchrun: one process, no process group."""
     device = resolve_device(device)
+    if not all(name in os.environ for name in TORCHRUN_ENV):
+        if device.startswith("cuda:"):
+            torch.cuda.set_device(device)  # the current device is the one trained on: the RNG state it saves
+        return DistInfo(device=device)
+    rank, local_rank, world_size = (int(os.environ[name]) for name in TORCHRUN_ENV)
     if device.startswith("cuda"):
         device = f"cuda:{local_rank}"
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
-    return DistInfo(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
+        timeout = None if timeout_minutes is None else timedelta(minutes=timeout_minutes)
+        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo", timeout=timeout)
+    return DistInfo(rank=rank, local_rank=local_rank, world_size=world_size, device=device, distributed=True)
 
 
 def teardown() -> None:
@@ -220,6 +243,14 @@ def peak_memory_gib(device: str | torch.device) -> float | None:
     return peak
 
 
+def grads_to_none(model: torch.nn.Module) -> bool:
+    """Whether `zero_grad` may free the gradients (set them to None): yes, except in a model wrapped in DDP, whose
+    gradients are views of its communication buckets (gradient_as_bucket_view). Freed, they come back during the
+    `no_sync` micro-steps of gradient accumulation as new full-size tensors beside the buckets, a second copy, as
+    DistributedDataParallel's docstring warns; zeroed in place they stay in the buckets."""
+    return not isinstance(model, DistributedDataParallel)
+
+
 def barrier() -> None:
     """Wait for every rank (nothing to wait for in one process)."""
     if dist.is_available() and dist.is_initialized():
@@ -233,6 +264,20 @@ def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(value, op=dist.ReduceOp.SUM)
         value /= dist.get_world_size()
     return value
+
+
+def process_rank() -> int:
+    """This process's rank in the running process group; 0 without one."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def all_gather_objects(obj: Any) -> list[Any]:
+    """`obj` of every rank, in rank order (`[obj]` in one process); every rank must call it."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    parts: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, obj)
+    return parts
 
 
 def all_reduce_sum(values: list[float], device: str | torch.device) -> list[float]:

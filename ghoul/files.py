@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import errno
 import json
 import os
+import secrets
 import shutil
-import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ghoul.errors import GhoulError
+
+T = TypeVar("T")
 
 
 def refuse_input_as_output(out: str | Path, *inputs: str | Path | None, flag: str = "--out") -> None:
@@ -29,13 +32,15 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     if path.is_dir():  # checked first: the rename would fail only after the whole text is written
         raise IsADirectoryError(errno.EISDIR, "is a directory, not a file", str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp, fd = create_beside(path, lambda p: os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename is None:  # a failed write (a full disk) names no file: name it
+            raise OSError(e.errno, e.strerror, str(path)) from e
         raise
 
 
@@ -46,7 +51,7 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists() and not path.is_dir():  # never swap a user's file for a folder
         raise FileExistsError(errno.EEXIST, "exists and is not a directory", str(path))
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    tmp, _ = create_beside(path, lambda p: os.mkdir(p, 0o777))
     try:
         yield tmp
         if path.exists():  # a directory cannot be renamed over a non-empty one: move the old one aside first
@@ -62,23 +67,89 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
         raise
 
 
+def create_beside(path: Path, create: Callable[[Path], T]) -> tuple[Path, T]:
+    """Create a hidden temporary beside `path` (`.NAME.RANDOM.tmp`) with `create`, which makes it with the mode of an
+    ordinary write (0o666 or 0o777, less the umask: tempfile's are 0600 and 0700, unreadable to the group)."""
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        with contextlib.suppress(FileExistsError):
+            return tmp, create(tmp)
+    raise FileExistsError(errno.EEXIST, "no free temporary name beside it", str(path))
+
+
+def clean_temporaries(directory: str | Path) -> list[Path]:
+    """Remove what atomic writes into `directory` left when killed (hidden `.NAME.*.tmp` files and folders), and put
+    back an old copy (`.NAME.old`) whose replacement never arrived; returns what was removed."""
+    directory, removed = Path(directory), []
+    for old in (p for p in directory.glob(".*.old") if p.is_dir()):  # atomic_directory's; never a user's file
+        target = directory / old.name[1:-len(".old")]
+        if target.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            removed.append(old)
+        else:
+            os.replace(old, target)
+    for tmp in directory.glob(".*.tmp"):
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed
+
+
+@contextlib.contextmanager
+def disk_full_is_an_error(path: str | Path) -> Iterator[None]:
+    """Turn a full disk (or quota) met while writing under `path` into a one-line error; the writers keep what was
+    complete before (appends are cut back, shards and JSON files are renamed into place only once whole)."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise GhoulError(f"no space left on the device of {path} ({e.strerror}): free some space and run the same "
+                         "command again to go on from what is saved") from None
+
+
 def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
-    """Append one JSON object as a line and flush it to disk, so records that arrive one at a time survive a crash."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    """Append one JSON object as a line and flush it to disk, so records that arrive one at a time survive a crash.
+    A write that fails (a full disk) is cut back, so the file never keeps half a line."""
+    path = Path(path)
+    data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+    with disk_full_is_an_error(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # os-level writes: a buffered file would retry its buffer on close, after the cut
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            end = os.lseek(fd, 0, os.SEEK_END)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            except BaseException:
+                os.ftruncate(fd, end)
+                raise
+        finally:
+            os.close(fd)
 
 
-def repair_jsonl(path: str | Path) -> None:
-    """Cut a torn last line (a crash mid-append), so that the next append starts on a line of its own."""
+def repair_jsonl(path: str | Path, first_key: str) -> None:
+    """Cut a torn last line (a crash mid-append), so that the next append starts on a line of its own.
+
+    Call it once the complete lines are checked to be ours: it cuts only a line that begins as our records do
+    (`{"first_key": ...`, json.dumps keeps the keys in order), so a file that is not ours is never shortened."""
     with open(path, "rb+") as f:
         data = f.read()
-        if data and not data.endswith(b"\n"):
-            f.truncate(data.rfind(b"\n") + 1)
-            f.flush()
-            os.fsync(f.fileno())
+        if not data or data.endswith(b"\n"):
+            return
+        start = data.rfind(b"\n") + 1
+        tail, ours = data[start:], ("{" + json.dumps(first_key) + ": ").encode()
+        if tail[:len(ours)] != ours[:len(tail)]:
+            raise GhoulError(f"{path} ends in a line that this command did not write: it is not our output; "
+                             "give another output path")
+        f.truncate(start)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def read_json(path: str | Path, default: Any = None) -> Any:
@@ -98,15 +169,18 @@ def read_jsonl(path: str | Path, missing_ok: bool = False) -> list[dict[str, Any
     if missing_ok and not Path(path).is_file():
         return []
     records = []
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().split("\n")
+    lines = Path(path).read_bytes().split(b"\n")
     for i, line in enumerate(lines):
         if not line.strip():
             continue
+        last = i == len(lines) - 1
+        # UnicodeDecodeError for bytes that are no UTF-8 (a binary file); only a torn last line may end in the
+        # middle of a character
+        text = codecs.getincrementaldecoder("utf-8")().decode(line, final=not last)
         try:
-            records.append(json.loads(line))
+            records.append(json.loads(text))
         except json.JSONDecodeError:
-            if i == len(lines) - 1:
+            if last:
                 break
             raise GhoulError(f"{path}, line {i + 1}: not valid JSON") from None
     return records

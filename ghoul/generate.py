@@ -7,7 +7,9 @@ every batch draws from its own generator seeded by (seed, batch index), so resum
 from __future__ import annotations
 
 import hashlib
+import math
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,9 +20,12 @@ from ghoul import checkpoint as ckpt
 from ghoul.config import option
 from ghoul.dist import resolve_device
 from ghoul.errors import GhoulError
-from ghoul.files import append_jsonl, read_jsonl, repair_jsonl
-from ghoul.model import GPT, PRESETS, GPTConfig
+from ghoul.files import append_jsonl, read_jsonl, refuse_input_as_output, repair_jsonl
+from ghoul.model import GPT, PRESETS, WEIGHTS_FILE, GPTConfig
 from ghoul.tokenizer import Tokenizer, load_tokenizer
+
+# Every story is kept in memory until the run returns them all (about a kilobyte each): past this, split the work
+MAX_SAMPLES = 1_000_000
 
 
 @dataclass
@@ -44,14 +49,25 @@ class GenerateConfig:
     def __post_init__(self) -> None:
         if self.num_samples < 1 or self.max_new_tokens < 1 or self.batch_size < 1:
             raise GhoulError("--num-samples, --max-new-tokens and --batch-size must be at least 1")
-        if self.temperature < 0:
-            raise GhoulError(f"--temperature must be >= 0, got {self.temperature}")
-        if self.top_k is not None and self.top_k < 1:
-            raise GhoulError(f"--top-k must be at least 1, got {self.top_k}")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise GhoulError(f"--top-p must be in (0, 1], got {self.top_p}")
+        if self.num_samples > MAX_SAMPLES:
+            raise GhoulError(f"--num-samples {self.num_samples:,} is more than one run makes ({MAX_SAMPLES:,}): "
+                             "split the work into runs with other --seed and --out")
+        check_sampling(self.temperature, self.top_k, self.top_p)
         if self.prompts_file is not None and self.prompt:
             raise GhoulError("give --prompt or --prompts-file, not both")
+        if self.out is not None:
+            refuse_input_as_output(self.out, self.prompts_file)
+
+
+def check_sampling(temperature: float, top_k: int | None = None, top_p: float | None = None) -> None:
+    """The sampling options' one check, for every command that samples (generate, compare, rlhf, the playground
+    through GenerateConfig): a one-line error for a value the sampler cannot use."""
+    if not math.isfinite(temperature) or temperature < 0:  # nan passes `< 0`, then sampling fails midway
+        raise GhoulError(f"--temperature must be a finite number >= 0, got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise GhoulError(f"--top-k must be at least 1, got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise GhoulError(f"--top-p must be in (0, 1], got {top_p}")
 
 
 def model_and_tokenizer(checkpoint: Path | None, preset: str, device: str, seed: int = 0
@@ -85,15 +101,15 @@ def read_prompts(cfg: GenerateConfig) -> list[str]:
     return prompts
 
 
-def plan_batches(num_samples: int, num_prompts: int, batch_size: int) -> list[list[int]]:
-    """Sample ids per batch. Sample i continues prompt i mod P; a batch holds samples of one prompt only, because
-    the sampler needs rows of equal prompt length. The plan depends only on its arguments, so a resumed run
-    regenerates exactly the batches an uninterrupted one would."""
-    batches = []
+def plan_batches(num_samples: int, num_prompts: int, batch_size: int) -> Iterator[range]:
+    """Sample ids per batch, made as they are needed (memory does not grow with num_samples). Sample i continues
+    prompt i mod P; a batch holds samples of one prompt only, because the sampler needs rows of equal prompt length.
+    The plan depends only on its arguments, so a resumed run regenerates exactly the batches an uninterrupted one
+    would."""
     for p in range(num_prompts):
-        ids = list(range(p, num_samples, num_prompts))
-        batches += [ids[i:i + batch_size] for i in range(0, len(ids), batch_size)]
-    return batches
+        ids = range(p, num_samples, num_prompts)
+        for i in range(0, len(ids), batch_size):
+            yield ids[i:i + batch_size]
 
 
 def batch_seed(seed: int, batch: int) -> int:
@@ -102,20 +118,37 @@ def batch_seed(seed: int, batch: int) -> int:
     return int.from_bytes(digest[:8], "little") >> 1  # manual_seed takes a non-negative 63-bit int
 
 
-def existing_stories(cfg: GenerateConfig, checkpoint: str, settings: dict, prompts: list[str]) -> dict[int, dict]:
-    """The stories an earlier run of these settings left in --out, by id; an error for other settings."""
+def model_source(checkpoint: Path | None, preset: str) -> dict[str, str]:
+    """What the stories come from, by what it is rather than how it was named: the model directory resolved (a run
+    directory's `latest` followed, the path made absolute) and the SHA-256 of its weights; `random:PRESET` for a
+    random preset, whose weights the seed decides."""
+    if checkpoint is None:
+        return {"checkpoint": f"random:{preset}"}
+    directory = ckpt.resolve_checkpoint(checkpoint).resolve()
+    digest = hashlib.sha256()
+    with open(directory / WEIGHTS_FILE, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            digest.update(chunk)
+    return {"checkpoint": str(directory), "weights_sha256": digest.hexdigest()}
+
+
+def existing_stories(cfg: GenerateConfig, source: dict[str, str], settings: dict, prompts: list[str]
+                     ) -> dict[int, dict]:
+    """The stories an earlier run of these settings left in --out, by id; an error for other settings, or for a file
+    that is not a stories file. Every complete line is checked before a torn last one is cut."""
     if cfg.out is None or not Path(cfg.out).exists():
         return {}
-    repair_jsonl(Path(cfg.out))
     done = {}
     for r in read_jsonl(cfg.out):
-        expected = dict(prompt=prompts[r.get("id", 0) % len(prompts)], checkpoint=checkpoint, sampling=settings,
-                        seed=cfg.seed)
+        if not isinstance(r, dict) or not isinstance(r.get("id"), int) or isinstance(r["id"], bool):
+            raise GhoulError(f"{cfg.out} holds lines that are not stories of `ghoul generate`: give another --out")
+        expected = dict(prompt=prompts[r["id"] % len(prompts)], **source, sampling=settings, seed=cfg.seed)
         changed = [k for k, v in expected.items() if r.get(k) != v]
         if changed:
-            raise GhoulError(f"{cfg.out} holds stories made with another {', '.join(changed)} (story {r.get('id')}): "
+            raise GhoulError(f"{cfg.out} holds stories made with another {', '.join(changed)} (story {r['id']}): "
                              "use another --out, or delete it to start over")
         done[r["id"]] = r
+    repair_jsonl(cfg.out, "id")
     return done
 
 
@@ -123,36 +156,40 @@ def run(cfg: GenerateConfig) -> list[dict]:
     """Generate cfg.num_samples stories (resuming --out when it holds some); returns all of them in id order."""
     device = resolve_device(cfg.device)
     prompts = read_prompts(cfg)
-    model, tokenizer = model_and_tokenizer(cfg.checkpoint, cfg.model, device, cfg.seed)
+    # loaded and labelled from the resolved directory: a `latest` that moves meanwhile changes neither
+    directory = ckpt.resolve_checkpoint(cfg.checkpoint).resolve() if cfg.checkpoint is not None else None
+    model, tokenizer = model_and_tokenizer(directory, cfg.model, device, cfg.seed)
+    source = model_source(directory, cfg.model)
     prompt_ids = [encode_prompt(tokenizer, p, model.config.block_size) for p in prompts]
     settings = dict(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens)
-    source = str(cfg.checkpoint) if cfg.checkpoint else f"random:{cfg.model}"
     records = existing_stories(cfg, source, settings, prompts)
     if records:
         print(f"{cfg.out} already holds {len(records)} of {cfg.num_samples} stories; resuming", file=sys.stderr)
     bar = tqdm(total=cfg.num_samples, initial=min(len(records), cfg.num_samples), desc="generating", unit="story",
                disable=cfg.num_samples < 2, file=sys.stderr, dynamic_ncols=True)
-    for b, ids in enumerate(plan_batches(cfg.num_samples, len(prompts), cfg.batch_size)):
-        if all(i in records for i in ids):
-            continue
-        p = ids[0] % len(prompts)
-        generator = torch.Generator(device=device).manual_seed(batch_seed(cfg.seed, b))
-        idx = torch.tensor([prompt_ids[p]] * len(ids), dtype=torch.long, device=device)  # (B, T)
-        out = model.generate(idx, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p,
-                             eos_id=tokenizer.eot_id, generator=generator)
-        for i, row in zip(ids, out[:, len(prompt_ids[p]):].tolist(), strict=True):
-            if i in records:  # written before the interruption: the regenerated one is identical
+    try:
+        for b, ids in enumerate(plan_batches(cfg.num_samples, len(prompts), cfg.batch_size)):
+            if all(i in records for i in ids):
                 continue
-            if tokenizer.eot_id in row:
-                row = row[:row.index(tokenizer.eot_id)]
-            records[i] = dict(id=i, prompt=prompts[p], text=tokenizer.decode(row), checkpoint=source,
-                              sampling=settings, seed=cfg.seed)
-            if cfg.out is not None:
-                append_jsonl(cfg.out, records[i])  # flushed one by one: a crash loses at most the story being written
-            if cfg.print_samples:
-                tqdm.write(f"--- sample {i} ---\n{prompts[p]}{records[i]['text']}", file=sys.stdout)
-            bar.update(1)
-    bar.close()
+            p = ids[0] % len(prompts)
+            generator = torch.Generator(device=device).manual_seed(batch_seed(cfg.seed, b))
+            idx = torch.tensor([prompt_ids[p]] * len(ids), dtype=torch.long, device=device)  # (B, T)
+            out = model.generate(idx, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p,
+                                 eos_id=tokenizer.eot_id, generator=generator)
+            for i, row in zip(ids, out[:, len(prompt_ids[p]):].tolist(), strict=True):
+                if i in records:  # written before the interruption: the regenerated one is identical
+                    continue
+                if tokenizer.eot_id in row:
+                    row = row[:row.index(tokenizer.eot_id)]
+                records[i] = dict(id=i, prompt=prompts[p], text=tokenizer.decode(row), **source, sampling=settings,
+                                  seed=cfg.seed)
+                if cfg.out is not None:
+                    append_jsonl(cfg.out, records[i])  # flushed one by one: a crash loses at most one story
+                if cfg.print_samples:
+                    tqdm.write(f"--- sample {i} ---\n{prompts[p]}{records[i]['text']}", file=sys.stdout)
+                bar.update(1)
+    finally:
+        bar.close()  # before an error's message, not after it
     if cfg.out is not None:
         print(f"{cfg.out} holds {len(records)} stories", file=sys.stderr)
     return [records[i] for i in sorted(records)]

@@ -107,7 +107,8 @@ class GPTConfig:
 PRESETS: dict[str, dict] = {
     "tiny": dict(n_layer=2, n_head=2, n_embd=16, block_size=128),
     "small": dict(n_layer=6, n_head=6, n_embd=384, block_size=256),
-    "laptop": dict(n_layer=6, n_head=6, n_embd=192, block_size=256),
+    "laptop": dict(n_layer=6, n_head=6, n_embd=192, block_size=256, norm="rmsnorm", position="rotary",
+                   activation="swiglu", bias=False, qk_norm=True),
     "gpt2": dict(n_layer=12, n_head=12, n_embd=768),
     "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),
     "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),

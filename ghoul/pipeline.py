@@ -2,7 +2,8 @@
 
 prepare -> pretrain -> evaluate -> fine-tune on horror -> evaluate -> generate, rank, preference stage -> evaluate
 -> win-rate of the preference stage over the fine-tuned model -> samples -> report.
-The defaults are the tiny CPU run; a config file with a larger preset and real data is the full-scale one.
+The defaults are a laptop CPU run (the README says how they were chosen); a config file with a larger preset,
+`tokenizer = "gpt2"` and more steps is a GPU one.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from ghoul.errors import GhoulError
 from ghoul.files import atomic_write_text, read_json
 from ghoul.model import PRESETS
 from ghoul.tokenizer import TOKENIZER_FILE, load_tokenizer
+from ghoul.train.config import train_option
 
 GROUP_SIZE = 4  # stories the judge compares at once, as the seed did
 # The before/after samples in the report are for reading, so they leave out the unlikeliest tokens. The stories the
@@ -40,23 +42,23 @@ class PipelineConfig:
     tokenizer: str = option("bpe", "bpe: train the run's own byte-level BPE on its training text; gpt2: GPT-2's",
                             choices=["bpe", "gpt2"])
     vocab_size: int = option(4096, "vocabulary of the run's own BPE tokenizer")
-    pretrain_data: str = option("horror", f"text to pretrain on ({CORPUS_HELP})", choices=list(CORPORA))
+    pretrain_data: str = option("stories", f"text to pretrain on ({CORPUS_HELP})", choices=list(CORPORA))
     finetune_data: str = option("stories", "text to fine-tune on; its held-out Reddit stories are the validation "
                                            "text of both stages", choices=list(CORPORA))
     model: str = option("laptop", "model preset to pretrain", choices=list(PRESETS))
     seq_len: int = option(256, "tokens per training row")
-    batch_size: int = option(16, "rows per micro-batch")
+    batch_size: int = option(8, "rows per micro-batch")
     optimizer: str = option("muon", "Muon for the hidden matrices and AdamW for the rest, or AdamW for everything",
                             choices=["muon", "adamw"])
-    pretrain_steps: int = option(300, "pretraining steps")
+    pretrain_steps: int = option(640, "pretraining steps")
     pretrain_lr: float = option(0.02, "pretraining peak learning rate (with Muon: of the embeddings and gains)")
-    finetune_steps: int = option(150, "fine-tuning steps")
+    finetune_steps: int = option(300, "fine-tuning steps")
     finetune_lr: float = option(0.006, "fine-tuning peak learning rate (with Muon: of the embeddings and gains)")
     muon_lr: float = option(0.02, "pretraining peak learning rate of Muon's hidden matrices (fine-tuning: "
                                   "the same fraction of it as --finetune-lr is of --pretrain-lr)")
     hellaswag_limit: int = option(200, "HellaSwag examples scored per evaluation")
     num_samples: int = option(36, "stories generated for the judge")
-    max_new_tokens: int = option(96, "tokens per story")
+    max_new_tokens: int = option(128, "tokens per story")
     judge: str = option("length", f"who picks the best story of each group: {JUDGES_HELP}")
     winrate_judge: str | None = option(None, "who judges the win-rate of the preference stage over the fine-tuned "
                                              "model (default: --judge, which makes the figure circular)")
@@ -68,9 +70,8 @@ class PipelineConfig:
     prompts: list[str] = option(PROMPTS, "prompts for the stories and the before/after samples")
     seed: int = option(1337, "random seed of every stage")
     device: str = option("auto", "cpu, cuda, mps, or auto")
-    dtype: str = option("auto", "compute dtype of the training stages: bfloat16 (under autocast), float32, or auto "
-                                "(as `ghoul pretrain --dtype auto`)", choices=["auto", "float32", "bfloat16"])
-    compile: bool = option(False, "torch.compile the model in pretraining and fine-tuning")
+    dtype: str = train_option("dtype")  # of every training stage
+    compile: bool = train_option("compile")
 
     def __post_init__(self) -> None:
         self.output_dir = Path(self.output_dir)
@@ -178,7 +179,7 @@ def evaluate(cfg: PipelineConfig, name: str, model_dir: Path, data: Path) -> dic
     hs_path = local(cfg, "hellaswag/hellaswag_val.jsonl") or default_data_path()
     say("eval", f"{name}: HellaSwag ({cfg.hellaswag_limit} examples) and val loss on {data.name}")
     hs = evaluate_hellaswag(model, tokenizer, load_hellaswag(hs_path, cfg.hellaswag_limit), device, progress=True)
-    loss = evaluate_loss(model, read_split(data), device, cfg.seq_len, max_tokens=20_000, tokenizer=tokenizer)
+    loss = evaluate_loss(model, read_split(data), device, cfg.seq_len, tokenizer=tokenizer)  # every held-out story
     result = {"model": str(model_dir), "hellaswag_acc": hs["acc_norm"], "hellaswag_acc_sum": hs["acc"],
               "hellaswag_n": hs["n"], "val_loss": loss["loss"], "val_bpb": loss["bpb"], "val_tokens": loss["tokens"],
               "val_data": data.name, "key": key}

@@ -71,12 +71,15 @@ def param_counts(c: GPTConfig) -> dict[str, int]:
     """Parameters of a GPT-2-style model by role, as ghoul.optim.build.split_params groups them:
     `matrices` (Muon's), `embeddings` (token and position tables, an untied head), `gains` (norm gains, biases)."""
     C, L = c.n_embd, c.n_layer
-    matrices = L * 12 * C * C  # per layer: c_attn C x 3C, attn c_proj C x C, c_fc C x 4C, mlp c_proj 4C x C
+    hidden = 2 * (4 * C) // 3 if c.activation == "swiglu" else 4 * C  # as model.MLP: SwiGLU keeps 8C^2 weights
+    fc_out = 2 * hidden if c.activation == "swiglu" else hidden  # SwiGLU's c_fc holds the gate and the up half
+    matrices = L * (4 * C * C + C * fc_out + hidden * C)  # c_attn C x 3C, attn c_proj C x C, c_fc, mlp c_proj
     embeddings = c.padded_vocab_size * C * (1 if c.tie_embeddings else 2)  # wte, and lm_head when untied
     embeddings += c.block_size * C if c.position == "learned" else 0  # wpe
-    norm = 2 * C if c.bias else C  # a LayerNorm's gain and bias
-    biases = 3 * C + C + 4 * C + C if c.bias else 0  # c_attn, attn c_proj, c_fc, mlp c_proj
-    gains = L * (2 * norm + biases) + norm  # two norms per layer, and ln_f
+    norm = 2 * C if c.bias and c.norm == "layernorm" else C  # a LayerNorm's gain and bias; RMSNorm has a gain only
+    biases = 3 * C + C + fc_out + C if c.bias else 0  # c_attn, attn c_proj, c_fc, mlp c_proj
+    qk_norms = 2 * (C // c.n_head) if c.qk_norm else 0  # one RMSNorm gain over the head size for q, one for k
+    gains = L * (2 * norm + biases + qk_norms) + norm  # two norms per layer, and ln_f
     return {"matrices": matrices, "embeddings": embeddings, "gains": gains,
             "total": matrices + embeddings + gains}
 
@@ -114,6 +117,7 @@ def estimate(cfg: PlanConfig) -> dict:
     params = param_counts(c)
     n, act = params["total"], DTYPES[cfg.dtype]
     tokens_micro = cfg.batch_size * cfg.seq_len  # tokens in one GPU's forward
+    accum = cfg.total_batch_size // (tokens_micro * cfg.gpus)
     memory = {
         "weights": 4 * n,  # float32 master weights, also under autocast
         # autocast casts each weight once per forward and caches the copy; matmuls save it for backward
@@ -138,11 +142,13 @@ def estimate(cfg: PlanConfig) -> dict:
     # backward's first product: the output layer's weight gradient, held until the token embedding (tied to it)
     # adds its share at the very end
     memory["output-layer gradient"] = 4 * c.padded_vocab_size * c.n_embd
-    if cfg.gpus > 1:
-        total = sum(memory.values())  # DDP's buckets hold the gradients from start to end, beside the activations
+    if cfg.gpus > 1 or accum > 1:
+        # DDP's buckets hold the gradients from start to end, beside the activations; so does gradient accumulation
+        # from its second micro-step on
+        total = sum(memory.values())
     else:
-        # one process: backward allocates the gradients as it frees the activations, so the peak is the larger of
-        # its start and its end
+        # one process, one micro-step: backward allocates the gradients as it frees the activations, so the peak is
+        # the larger of its start and its end
         start = memory["activations"] + memory["logits"] + memory["output-layer gradient"]
         kept = sum(memory.values()) - start - memory["gradients"]
         total = kept + max(start, memory["gradients"])
@@ -157,7 +163,7 @@ def estimate(cfg: PlanConfig) -> dict:
         "model": cfg.model, "gpu": cfg.gpu, "gpus": cfg.gpus, "params": params, "vocab_rows": c.padded_vocab_size,
         "memory": memory,
         "memory_total": total, "gpu_memory": gpu.memory_gb * GiB, "usable_memory": usable, "fits": total <= usable,
-        "grad_accum_steps": cfg.total_batch_size // (tokens_micro * cfg.gpus),
+        "grad_accum_steps": accum,
         "flops_per_token": fpt, "flops_per_step": fpt * cfg.total_batch_size, "total_flops": fpt * steps_tokens,
         "tokens": steps_tokens, "peak_flops": peak, "seconds": seconds, "hours": hours,
         "seconds_per_step": seconds / cfg.max_steps, "tokens_per_second": steps_tokens / seconds,
@@ -170,13 +176,14 @@ def largest_batch_sizes(cfg: PlanConfig) -> tuple[int, int]:
     """(the largest --batch-size that fits, up to BATCH_SEARCH_LIMIT, and the largest that also divides
     --total-batch-size into whole accumulation steps); 0 where none does. Memory grows with the micro-batch, so the
     search stops at the first that does not fit."""
-    fitting = 0
+    fitting, per_sequence = 0, cfg.seq_len * cfg.gpus
     for batch in range(1, BATCH_SEARCH_LIMIT + 1):
-        trial = replace(cfg, batch_size=batch, total_batch_size=batch * cfg.seq_len * cfg.gpus)
+        # as many accumulation steps as the batch leaves room for (at least one): accumulating holds more
+        trial = replace(cfg, batch_size=batch,
+                        total_batch_size=batch * per_sequence * max(1, cfg.total_batch_size // (batch * per_sequence)))
         if not estimate(trial)["fits"]:
             break
         fitting = batch
-    per_sequence = cfg.seq_len * cfg.gpus
     dividing = max((b for b in range(1, fitting + 1) if cfg.total_batch_size % (b * per_sequence) == 0), default=0)
     return fitting, dividing
 

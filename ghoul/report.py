@@ -219,8 +219,9 @@ def render_markdown(run_dir: Path, stages: dict, judge: dict | None, winrate: di
         for i, prompt in enumerate(prompts):
             lines += [f"### {prompt}", ""]
             for name, texts in samples.items():
-                text = " ".join(texts[i].split()) if i < len(texts) else ""
-                lines += [f"**{name}**: {prompt}{text}", ""]
+                # the story as it reads: the prompt, then its continuation, which usually starts with a space
+                story = " ".join((prompt + texts[i]).split()) if i < len(texts) else ""
+                lines += [f"**{name}**: {story}", ""]
     lines += ["## Config", "", "```json", json.dumps(config, indent=2), "```", "", "## Environment", ""]
     lines += [f"- {k}: {v}" for k, v in env.items()]
     return "\n".join(lines) + "\n"

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -22,3 +25,43 @@ def data_dir() -> Path:
 @pytest.fixture(scope="session")
 def data() -> Path:
     return data_dir()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Callable[[int, int], Path]]:
+    """A real full disk: `small_disk(size, free)` mounts a tmpfs of `size` bytes and fills all but `free` of them with
+    a file `filler` (delete it to make room). Skipped with the reason where mounting is not allowed; the
+    fault-injecting tests cover those machines."""
+    mounts: list[Path] = []
+
+    def mount(size: int, free: int) -> Path:
+        if os.geteuid() != 0:
+            pytest.skip("mounting a small tmpfs for a real full disk needs root")
+        path = tmp_path / f"disk{len(mounts)}"
+        path.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip()}")
+        mounts.append(path)
+        (path / "filler").write_bytes(b"\0" * (size - free))
+        return path
+
+    yield mount
+    for path in mounts:
+        subprocess.run(["umount", str(path)], check=False)
+
+
+def fail_writes_after(n: int) -> Callable[[int, bytes], int]:
+    """An os.write that behaves like a disk filling up: `n` writes succeed, then half a write lands and the rest
+    fails with ENOSPC (monkeypatch it over os.write)."""
+    real, calls = os.write, [0]
+
+    def write(fd: int, data: bytes) -> int:
+        calls[0] += 1
+        if calls[0] <= n:
+            return real(fd, data)
+        real(fd, bytes(data[:len(data) // 2]))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    return write

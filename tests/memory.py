@@ -3,10 +3,12 @@ on a GPU, for checking `ghoul plan` without one (tests/test_plan.py; tests/ddp_m
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 from collections.abc import Callable
 
 import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
@@ -47,10 +49,11 @@ class LiveTensorBytes(TorchDispatchMode):
 
 
 def training_peak(preset: str, batch: int, seq_len: int, dtype: str = "float32", optimizer: str = "adamw",
-                  checkpointing: bool = False, wrap: Callable[[torch.nn.Module], torch.nn.Module] | None = None
-                  ) -> int:
-    """Peak bytes over two training steps as the trainer runs them (the first makes the optimizer's state), counted
-    from the model's creation; `wrap` adds DDP and its buckets."""
+                  checkpointing: bool = False, wrap: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
+                  accum: int = 1) -> int:
+    """Peak bytes over two training steps of `accum` micro-steps as the trainer runs them (the first makes the
+    optimizer's state), counted from the model's creation; `wrap` adds DDP and its buckets (synchronised on the
+    last micro-step only, as the trainer does)."""
     torch.manual_seed(0)
     memory = LiveTensorBytes()
     with memory:
@@ -60,10 +63,13 @@ def training_peak(preset: str, batch: int, seq_len: int, dtype: str = "float32",
         trained = wrap(model) if wrap else model
         x = torch.randint(0, model.config.vocab_size, (batch, seq_len))
         for _ in range(2):
-            with dist.autocast("cpu", dtype):
-                loss = lm_loss(trained, x, torch.roll(x, -1, 1))
-            loss.backward()
+            for micro in range(accum):
+                sync = not isinstance(trained, DDP) or micro == accum - 1
+                with contextlib.nullcontext() if sync else trained.no_sync():
+                    with dist.autocast("cpu", dtype):
+                        loss = lm_loss(trained, x, torch.roll(x, -1, 1)) / accum
+                    loss.backward()
             for opt in optimizers:
                 opt.step()
-                opt.zero_grad(set_to_none=True)
+                opt.zero_grad(set_to_none=dist.grads_to_none(trained))
     return memory.peak

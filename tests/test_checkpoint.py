@@ -90,3 +90,48 @@ def test_a_run_directory_gives_the_tokenizer_of_its_newest_checkpoint(tmp_path):
     (run / "config.json").write_text(json.dumps({"dataset": "data/attic", "max_steps": 5}))  # the run's own settings
     loaded = load_tokenizer(run)
     assert loaded.name == "char" and loaded.encode("attic") == tok.encode("attic")
+
+
+@pytest.mark.parametrize("umask, file_mode, dir_mode", [(0o022, 0o644, 0o755), (0o027, 0o640, 0o750)])
+def test_atomic_writes_follow_the_umask(tmp_path, umask, file_mode, dir_mode):
+    import os
+    import stat
+
+    from ghoul.files import atomic_write_text
+
+    old = os.umask(umask)
+    try:
+        atomic_write_text(tmp_path / "meta.json", "{}")
+        save_model_dir(tiny(), tmp_path / "m")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "meta.json").stat().st_mode) == file_mode  # as open(..., "w") would make it
+    assert stat.S_IMODE((tmp_path / "m").stat().st_mode) == dir_mode
+    assert stat.S_IMODE((tmp_path / "m" / "config.json").stat().st_mode) == file_mode
+
+
+def test_clean_temporaries_removes_leftovers_and_puts_back_an_old_copy(tmp_path):
+    from ghoul.files import clean_temporaries
+
+    (tmp_path / ".step_000004.1a2b3c4d.tmp").mkdir()
+    (tmp_path / ".latest.5e6f7a8b.tmp").write_text("step_")
+    (tmp_path / ".step_000002.old").mkdir()  # killed between moving the old copy aside and renaming the new one in
+    (tmp_path / ".step_000002.old" / "model.safetensors").write_text("weights")
+    (tmp_path / "step_000003").mkdir()
+    (tmp_path / ".step_000003.old").mkdir()  # killed after the new one was in: the old copy is stale
+    removed = clean_temporaries(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_000002", "step_000003"]
+    assert (tmp_path / "step_000002" / "model.safetensors").read_text() == "weights"
+    assert len(removed) == 3
+
+
+def test_keep_last_prunes_only_checkpoints_older_than_the_new_one(tmp_path):
+    from ghoul.checkpoint import save_training_checkpoint, step_dirs
+
+    model = tiny()
+    for step in (1, 2, 10):
+        save_training_checkpoint(tmp_path, step, model, [], {"step": step})
+    save_training_checkpoint(tmp_path, 3, model, [], {"step": 3}, keep_last=2)  # a run branched at step 2
+    assert [p.name for p in step_dirs(tmp_path)] == ["step_000002", "step_000003", "step_000010"]
+    assert (tmp_path / "latest").read_text().strip() == "step_000003"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

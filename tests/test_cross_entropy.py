@@ -4,6 +4,7 @@ and, where there is one, on the GPU (`python -m benchmarks.device_check` runs th
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from ghoul.cross_entropy import head_cross_entropy
 
@@ -62,6 +63,31 @@ def test_without_gradients_only_the_loss_is_computed():
     x, w, y = inputs()
     with torch.no_grad():
         assert torch.allclose(head_cross_entropy(x, w, y), reference(x, w, y), atol=1e-6)
+
+
+class OpNames(TorchDispatchMode):
+    """The names of the operations run inside it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
+def test_no_gradient_is_computed_when_autograd_will_not_use_it(mode):
+    """Evaluation (inputs that require gradients, under no_grad) computes the loss alone: the gradient of the logits,
+    a full-vocabulary pass, is made only in training. `scatter_add_` subtracts the one-hot of the targets from it."""
+    x, w, y = inputs()
+    with OpNames() as training:
+        head_cross_entropy(x, w, y)
+    with mode(), OpNames() as evaluation:
+        head_cross_entropy(x, w, y)
+    assert "aten.scatter_add_.default" in training.names
+    assert "aten.scatter_add_.default" not in evaluation.names and "aten.exp_.default" not in evaluation.names
 
 
 def test_bfloat16_autocast_matches_the_autocast_reference(device):

@@ -1,8 +1,10 @@
-"""Where the code runs: the precision `--dtype auto` picks on CPUs, from the CPU's flags and the model's width."""
+"""Where the code runs: the precision `--dtype auto` picks on CPUs, from the CPU's flags and the model's width;
+the peak FLOP/s of GPUs by name; the process group torchrun's processes start, with its timeout."""
 
 import os
 import subprocess
 import sys
+from datetime import timedelta
 
 import pytest
 import torch
@@ -71,3 +73,64 @@ def test_avx2_only_cpu_trains_in_float32():
            "resolve_dtype('auto', 'cpu', 768))"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "float32"]
+
+
+@pytest.mark.parametrize("name, tflops", [
+    # names as torch.cuda.get_device_name() gives them; figures: dense BF16 of the vendors' data sheets
+    ("NVIDIA H100 80GB HBM3", 989), ("NVIDIA H100 PCIe", 756), ("NVIDIA H100 NVL", 835),
+    ("NVIDIA H200", 989), ("NVIDIA H200 NVL", 835),
+    ("NVIDIA A100-SXM4-80GB", 312), ("NVIDIA A100-PCIE-40GB", 312), ("NVIDIA A100 80GB PCIe", 312),
+    ("NVIDIA L40S", 362), ("NVIDIA L40", 181), ("NVIDIA L4", 121), ("NVIDIA A10G", 125), ("NVIDIA A10", 125),
+    ("NVIDIA GeForce RTX 4090", 165), ("NVIDIA GeForce RTX 3090", 71),
+    ("NVIDIA GH200 480GB", 989), ("Tesla T4", None), ("NVIDIA RTX A4000", None),  # unknown: no MFU, not a guess
+])
+def test_peak_flops_match_the_specific_name_first(monkeypatch, name, tflops):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *_: name)
+    peak = dist.peak_flops("cuda:0", "bfloat16")
+    assert (peak is None) if tflops is None else peak == pytest.approx(tflops * 1e12, rel=0.002), (name, peak)
+    assert dist.peak_flops("cuda:0", "float32") == (None if peak is None else peak / 2)
+    assert dist.peak_flops("cpu") is None
+
+
+class Started(Exception):
+    """Raised by the fake init_process_group: the test has seen what it needed."""
+
+
+@pytest.fixture
+def torchrun_env(monkeypatch):
+    """This process as torchrun's only rank; init_process_group records its arguments and stops the caller."""
+    for name, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):
+        monkeypatch.setenv(name, value)
+    calls: list[dict] = []
+
+    def init(**kwargs) -> None:
+        calls.append(kwargs)
+        raise Started
+    monkeypatch.setattr(torch.distributed, "init_process_group", init)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
+    return calls
+
+
+def test_torchrun_with_one_process_starts_the_process_group(torchrun_env, monkeypatch):
+    """One rank under torchrun runs what eight do (the device check's NCCL/DDP stage on one GPU): a process group."""
+    with pytest.raises(Started):
+        dist.setup("cpu", timeout_minutes=7)
+    assert torchrun_env == [{"backend": "gloo", "timeout": timedelta(minutes=7)}]
+    monkeypatch.setattr(torch.distributed, "init_process_group", lambda **kwargs: None)
+    assert dist.setup("cpu").distributed
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(name)
+    assert not dist.setup("cpu").distributed  # no torchrun: one process, no process group
+
+
+def test_dist_timeout_option_reaches_init_process_group(torchrun_env, tmp_path):
+    from ghoul.cli import main
+
+    with pytest.raises(Started):
+        main(["pretrain", "--dataset", str(tmp_path), "--output-dir", str(tmp_path / "run"), "--device", "cpu",
+              "--dist-timeout-minutes", "45"])
+    assert torchrun_env[-1]["timeout"] == timedelta(minutes=45)
+    with pytest.raises(Started):  # the default: longer than NCCL's 10 minutes, for slow checkpoint writes
+        main(["pretrain", "--dataset", str(tmp_path), "--output-dir", str(tmp_path / "run"), "--device", "cpu"])
+    assert torchrun_env[-1]["timeout"] == timedelta(minutes=30)
+    assert main(["pretrain", "--dataset", str(tmp_path), "--dist-timeout-minutes", "0"]) == 2

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import tracemalloc
+from pathlib import Path
+
 import pytest
 import torch
 
 import ghoul.generate as gen
+from ghoul.cli import main
 from ghoul.errors import GhoulError
 from ghoul.files import read_jsonl
 from ghoul.model import GPT, GPTConfig
+from tests.conftest import fail_writes_after
 
 
 @pytest.fixture(autouse=True)
@@ -88,3 +94,125 @@ def test_other_settings_do_not_mix_into_a_stories_file(model_dir, tmp_path):
         gen.run(config(model_dir, tmp_path / "s.jsonl", num_samples=4, temperature=0.5))
     with pytest.raises(GhoulError, match="another seed"):
         gen.run(config(model_dir, tmp_path / "s.jsonl", num_samples=4, seed=8))
+
+
+def test_an_output_that_is_an_input_or_not_ours_is_never_cut(model_dir, tmp_path):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("The door creaked\nIn the cellar")  # no final newline: looks like a torn line
+    with pytest.raises(GhoulError, match="is also an input"):
+        gen.run(config(model_dir, prompts, prompts_file=prompts))
+    assert prompts.read_text() == "The door creaked\nIn the cellar"
+    for name, content in [("image.png", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe\x00"),
+                          ("blob.bin", b"\x00\x01\xfe\xff" * 64),  # binary without a newline
+                          ("notes.txt", b"remember the milk"),
+                          ("mine.jsonl", b'{"text": "my own"}\n{"text": "torn'),
+                          ("one.jsonl", b'{"id": 0, "text": "a story of another model"}\n{"id": 1, "te')]:
+        path = tmp_path / name
+        path.write_bytes(content)
+        with pytest.raises((GhoulError, UnicodeDecodeError)):  # each a one-line error of the CLI
+            gen.run(config(model_dir, path, num_samples=2))
+        assert path.read_bytes() == content, name
+
+
+def test_a_torn_line_ending_inside_a_character_is_repaired(model_dir, tmp_path):
+    full = gen.run(config(model_dir, tmp_path / "full.jsonl", prompt="Le cœur"))
+    data = (tmp_path / "full.jsonl").read_bytes()
+    cut = data.index("œ".encode(), data.rstrip(b"\n").rfind(b"\n")) + 1  # killed inside a character of the last line
+    (tmp_path / "part.jsonl").write_bytes(data[:cut])
+    assert gen.run(config(model_dir, tmp_path / "part.jsonl", prompt="Le cœur")) == full
+
+
+def save_model(path, seed):
+    torch.manual_seed(seed)
+    GPT(GPTConfig.from_name("tiny")).save_pretrained(path)
+    return path
+
+
+def test_resume_identifies_the_model_not_how_it_was_named(model_dir, tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    save_model(run_dir / "step_000001", 1), save_model(run_dir / "step_000002", 2)
+    (run_dir / "latest").write_text("step_000001\n")
+    first = gen.run(config(run_dir, tmp_path / "s.jsonl", num_samples=4))
+    assert first[0]["checkpoint"] == str((run_dir / "step_000001").resolve()) and first[0]["weights_sha256"]
+    (run_dir / "latest").write_text("step_000002\n")  # training went on between the two calls
+    with pytest.raises(GhoulError, match="another checkpoint, weights_sha256"):
+        gen.run(config(run_dir, tmp_path / "s.jsonl", num_samples=10))
+    # the same directory with other weights written into it
+    save_model(tmp_path / "m", 1)
+    gen.run(config(tmp_path / "m", tmp_path / "m.jsonl", num_samples=4))
+    save_model(tmp_path / "m", 2)
+    with pytest.raises(GhoulError, match="another weights_sha256"):
+        gen.run(config(tmp_path / "m", tmp_path / "m.jsonl", num_samples=10))
+    # the same model, named by a relative path and then by an absolute one, resumes
+    monkeypatch.chdir(model_dir.parent)
+    full = gen.run(config(Path(model_dir.name), tmp_path / "r.jsonl"))
+    assert gen.run(config(model_dir, tmp_path / "r.jsonl")) == full
+    lines = (tmp_path / "r.jsonl").read_text().splitlines(keepends=True)
+    (tmp_path / "r.jsonl").write_text("".join(lines[:4]))  # as if interrupted after four stories
+    assert gen.run(config(model_dir, tmp_path / "r.jsonl")) == full
+
+
+def test_a_huge_request_is_refused_early_and_the_plan_is_streamed(capsys):
+    with pytest.raises(GhoulError, match="more than one run makes"):
+        gen.GenerateConfig(num_samples=10**9)
+    assert main(["generate", "--num-samples", "1000000000", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "--num-samples 1,000,000,000 is more than one run makes" in err and len(err.strip().splitlines()) == 1
+    tracemalloc.start()
+    try:
+        first = next(iter(gen.plan_batches(gen.MAX_SAMPLES, 3, 8)))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert list(first) == list(range(0, 24, 3)) and peak < 1 << 16  # no list of a million ids
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_a_temperature_that_is_no_number_is_refused_by_every_sampling_command(value, model_dir, tmp_path, capsys):
+    common = [f"--temperature={value}", "--device", "cpu"]
+    for argv in (["generate", "--checkpoint", str(model_dir), "--max-new-tokens", "2", *common],
+                 ["rlhf", "--base-model", str(model_dir), "--judge", "length", "--num-samples", "4",
+                  "--output-dir", str(tmp_path / "rlhf"), *common],
+                 ["compare", "--a", str(model_dir), "--b", str(model_dir), "--judge", "length", "--n", "2", *common]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert "--temperature must be a finite number >= 0" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "rlhf").exists()
+
+
+def generate_argv(model_dir, out) -> list[str]:
+    return ["generate", "--checkpoint", str(model_dir), "--num-samples", "40", "--max-new-tokens", "8",
+            "--batch-size", "3", "--device", "cpu", "--seed", "7", "--no-print-samples", "--out", str(out)]
+
+
+def check_disk_full(capsys, out, expected) -> int:
+    """The one-line error of a full disk, and only complete stories, each as an uninterrupted run made it."""
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("ghoul generate: error: no space left on the device of") and "Traceback" not in err
+    data = out.read_bytes()
+    assert data.endswith(b"\n")
+    kept = read_jsonl(out)
+    assert kept == expected[:len(kept)]
+    return len(kept)
+
+
+def test_a_full_disk_is_a_one_line_error_and_keeps_the_stories(model_dir, tmp_path, monkeypatch, capsys):
+    assert main(generate_argv(model_dir, tmp_path / "full.jsonl")) == 0
+    expected = sorted(read_jsonl(tmp_path / "full.jsonl"), key=lambda s: s["id"])
+    monkeypatch.setattr(os, "write", fail_writes_after(5))
+    assert main(generate_argv(model_dir, tmp_path / "s.jsonl")) == 2
+    monkeypatch.undo()
+    assert check_disk_full(capsys, tmp_path / "s.jsonl", expected) == 5
+    assert main(generate_argv(model_dir, tmp_path / "s.jsonl")) == 0
+    assert sorted(read_jsonl(tmp_path / "s.jsonl"), key=lambda s: s["id"]) == expected
+
+
+def test_a_real_full_disk_keeps_the_stories(model_dir, tmp_path, small_disk, capsys):
+    assert main(generate_argv(model_dir, tmp_path / "full.jsonl")) == 0
+    expected = sorted(read_jsonl(tmp_path / "full.jsonl"), key=lambda s: s["id"])
+    disk = small_disk(64 * 1024, 4096)
+    assert main(generate_argv(model_dir, disk / "s.jsonl")) == 2
+    assert 0 < check_disk_full(capsys, disk / "s.jsonl", expected) < 40
+    (disk / "filler").unlink()
+    assert main(generate_argv(model_dir, disk / "s.jsonl")) == 0
+    assert sorted(read_jsonl(disk / "s.jsonl"), key=lambda s: s["id"]) == expected

@@ -50,8 +50,8 @@ def test_reduced_pipeline_end_to_end_and_rerun(data, tmp_path, capsys):
     assert longer_wins == sum(len(p["a"]) != len(p["b"]) for p in pairs)  # the length judge picked the longer story
     sentence = f"beats the finetune model in {winrate['wins_a']} of {winrate['wins_a'] + winrate['wins_b']} pairs"
     assert sentence in report and sentence in html
-    story = read_jsonl(out / "samples" / "finetune.jsonl")[0]["text"]
-    assert " ".join(story.split()) in report
+    sample = read_jsonl(out / "samples" / "finetune.jsonl")[0]
+    assert f"**finetune**: {' '.join((sample['prompt'] + sample['text']).split())}" in report  # no word glued
     assert html.count("data:image/png;base64,") == 2 and "http" not in html.split("<pre>")[0]  # self-contained
     # the run's model runs in transformers as it is: its architecture without custom code, its own tokenizer
     assert main(["export", "hf", str(out / "finetune"), str(tmp_path / "hf")]) == 0

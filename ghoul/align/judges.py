@@ -226,10 +226,9 @@ class OpenAIJudge(Judge):
         """One answer's text, retrying rate limits, server errors and dropped connections with back-off."""
         extra: dict[str, Any] = {"response_format": {"type": "json_object"}} if self.json_mode else {}
         for attempt in range(self.max_retries + 1):
-            try:
-                response = self.client.chat.completions.create(model=self.model, messages=messages,
-                                                               temperature=temperature, max_tokens=self.max_tokens,
-                                                               **extra)
+            try:  # the raw body, read by read_completion: the client trusts a server's JSON and fails deep inside
+                response = self.client.chat.completions.with_raw_response.create(
+                    model=self.model, messages=messages, temperature=temperature, max_tokens=self.max_tokens, **extra)
             except (self.openai.RateLimitError, self.openai.InternalServerError, self.openai.APIConnectionError) as e:
                 if attempt == self.max_retries:
                     raise GhoulError(f"the judge at {self.base_url or 'OpenAI'} still fails after {attempt + 1} tries "
@@ -239,13 +238,15 @@ class OpenAIJudge(Judge):
             except self.openai.APIStatusError as e:
                 raise GhoulError(f"the judge at {self.base_url or 'OpenAI'} refused the request ({_describe(e)}): "
                                  f"check the model name, --base-url and {API_KEY_ENV}") from None
-            if not hasattr(response, "choices"):  # e.g. a web page's text, from a --base-url that lacks /v1
+            try:
+                text, counts = read_completion(response.text)
+            except ValueError as e:  # e.g. a web page, from a --base-url that lacks /v1, or a broken server
                 raise GhoulError(f"the judge at {self.base_url or 'OpenAI'} did not answer with a chat completion: "
-                                 "check --base-url (an OpenAI-compatible API's address usually ends in /v1)")
-            if response.usage is not None:
-                usage["prompt_tokens"] += response.usage.prompt_tokens or 0
-                usage["completion_tokens"] += response.usage.completion_tokens or 0
-            return (response.choices[0].message.content or "") if response.choices else ""
+                                 f"check --base-url (an OpenAI-compatible API's address usually ends in /v1); "
+                                 f"its answer {e}") from None
+            for key, n in counts.items():
+                usage[key] += n
+            return text
         raise AssertionError("unreachable")
 
     def _delay(self, attempt: int, error: Exception) -> float:
@@ -262,6 +263,31 @@ class OpenAIJudge(Judge):
         if price is None:
             return None
         return (usage.get("prompt_tokens", 0) * price[0] + usage.get("completion_tokens", 0) * price[1]) / 1e6
+
+
+def read_completion(body: str) -> tuple[str, dict[str, int]]:
+    """The answer's text and its token counts from a chat completion's JSON body; ValueError saying what is wrong.
+    No choice, or a message without content (a refusal), is an empty answer: re-asked, then skipped."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        raise ValueError("is not valid JSON") from None
+    choices = data.get("choices") if isinstance(data, dict) else None
+    if not isinstance(choices, list):
+        raise ValueError('has no "choices" list')
+    text = ""
+    if choices:
+        message = choices[0].get("message") if isinstance(choices[0], dict) else None
+        if not isinstance(message, dict):
+            raise ValueError('has a choice without a "message"')
+        text = message.get("content") or ""
+        if not isinstance(text, str):
+            raise ValueError('has a message whose "content" is not text')
+    usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+    # a count that is no whole number (a string, a float) is left out: it would only spoil the cost estimate
+    counts = {key: n for key in ("prompt_tokens", "completion_tokens")
+              if isinstance(n := usage.get(key), int) and not isinstance(n, bool) and n >= 0}
+    return text, counts
 
 
 def _describe(error: Exception) -> str:

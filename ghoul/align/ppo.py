@@ -28,6 +28,7 @@ from ghoul.checkpoint import load_optimizer_states
 from ghoul.config import option, require, to_dict
 from ghoul.errors import GhoulError
 from ghoul.files import atomic_write_text
+from ghoul.generate import check_sampling
 from ghoul.model import GPT
 from ghoul.optim.build import build_optimizers
 
@@ -69,6 +70,7 @@ class RlConfig:
         require(self, ("max_steps", "prompts_per_step", "group_size", "max_new_tokens", "ppo_epochs"),
                 lambda v: v >= 1, "at least 1")
         require(self, ("checkpoint_every",), lambda v: v >= 0, ">= 0")
+        check_sampling(self.temperature)  # nan or inf would stop the rollouts midway
         if min(self.temperature, self.learning_rate, self.value_lr) <= 0 or self.kl_coef < 0 or \
                 not 0 < self.clip_eps < 1:
             raise GhoulError("--temperature, --learning-rate and --value-lr must be positive, --kl-coef >= 0, "

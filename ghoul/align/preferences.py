@@ -250,7 +250,7 @@ def train_on_pairs(cfg: PairTrainConfig, build: Callable[[Path | None, str], tup
     from ghoul import dist
     from ghoul.train.loop import check_run_dir, train
 
-    d = dist.setup(cfg.device)
+    d = dist.setup(cfg.device, cfg.dist_timeout_minutes)
     try:
         resume_from = check_run_dir(cfg)
         dist.barrier()  # every rank has checked the run directory before rank 0 writes into it

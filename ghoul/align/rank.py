@@ -20,7 +20,11 @@ from tqdm import tqdm
 from ghoul.align.judges import DEFAULT_JUDGE, JUDGES_HELP, Judge, make_judge
 from ghoul.config import option, require
 from ghoul.errors import GhoulError
-from ghoul.files import append_jsonl, read_jsonl, repair_jsonl
+from ghoul.files import append_jsonl, read_jsonl, refuse_input_as_output, repair_jsonl
+
+# Characters of a judge's raw answer and reason kept in rankings.jsonl: a broken server's 30 MB answer must not
+# become a 60 MB rankings file (an answer within the judge's max_tokens is far shorter)
+RAW_LIMIT = 2000
 
 
 @dataclass
@@ -47,6 +51,7 @@ class RankConfig:
 
     def __post_init__(self) -> None:
         self.stories, self.out = Path(self.stories), Path(self.out)
+        refuse_input_as_output(self.out, self.stories)
         if self.group_size < 2:
             raise GhoulError(f"--group-size must be at least 2, got {self.group_size}")
         require(self, ("port",), lambda v: 0 <= v < 65536, "in 0..65535 (0: any free port)")
@@ -125,14 +130,14 @@ def earlier_judgments(cfg: RankConfig, groups: list[list[int]]) -> dict[int, dic
     """The last judgment of each group already in --out, checked against the groups formed now."""
     if not cfg.out.exists():
         return {}
-    repair_jsonl(cfg.out)
     done = {}
-    for record in read_jsonl(cfg.out):
-        g = record.get("group")
-        if not isinstance(g, int) or g >= len(groups) or sorted(record.get("shown", [])) != sorted(groups[g]):
+    for record in load_rankings(cfg.out):  # every complete line is checked before a torn last one is cut
+        g = record["group"]
+        if not 0 <= g < len(groups) or sorted(record["shown"]) != sorted(groups[g]):
             raise GhoulError(f"{cfg.out} holds judgments of other groups (group {g}): it was made from other "
                              "stories, --group-size or --seed; use another --out")
         done[g] = record
+    repair_jsonl(cfg.out, "group")
     return done
 
 
@@ -146,12 +151,17 @@ def judgment_record(group: int, ids: list[int], judge: Judge, judgment: Any, tas
     chosen = None if judgment.best is None else ids[judgment.best]
     record = {"group": group, "shown": [ids[i] for i in shown], "chosen": chosen,
               "position": None if chosen is None else shown.index(judgment.best) + 1, "judge": judge.name,
-              "task": task, "reason": judgment.reason, "raw": judgment.raw,
+              "task": task, "reason": excerpt(judgment.reason), "raw": excerpt(judgment.raw),
               "time": datetime.now(UTC).isoformat(timespec="seconds"), "seconds": round(seconds, 3),
               "skipped": chosen is None}
     if judgment.usage:
         record["usage"] = judgment.usage
     return record
+
+
+def excerpt(text: str, limit: int = RAW_LIMIT) -> str:
+    """`text`, or its first `limit` characters and how many more there were."""
+    return text if len(text) <= limit else f"{text[:limit]} [... {len(text) - limit:,} more characters cut]"
 
 
 def run(cfg: RankConfig, judge: Judge | None = None) -> RankResult:

@@ -39,17 +39,25 @@ class RewardModel(GPT):
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__(config)
+        # no language-model head: an untied one would get no gradient, which DDP refuses ("Expected to have
+        # finished reduction in the prior iteration"); the language model's head is dropped when loading
+        del self.lm_head
+        self.register_load_state_dict_pre_hook(_drop_lm_head)
         self.score = nn.Linear(config.n_embd, 1)
         nn.init.zeros_(self.score.weight)  # every text starts at reward 0: a loss of log 2 at step 0
         nn.init.zeros_(self.score.bias)
 
     @classmethod
     def from_gpt(cls, gpt: GPT) -> RewardModel:
-        """A reward model whose backbone is `gpt`'s (its language-model head stays, tied and unused)."""
+        """A reward model whose backbone is `gpt`'s (its language-model head left behind)."""
         model = cls(gpt.config)
         missing, unexpected = model.load_state_dict(gpt.state_dict(), strict=False)
         assert not unexpected and set(missing) <= {"score.weight", "score.bias"}, (missing, unexpected)
         return model
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """GPT's count without the output layer: the token table, tied or not, is only a lookup here."""
+        return super().flops_per_token(seq_len) - (6 * self._numel("wte") if self.config.tie_embeddings else 0)
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         """Rewards (B,) of `tokens` (B, T) whose `mask` (B, T) marks the completion; read at its last token.
@@ -58,6 +66,12 @@ class RewardModel(GPT):
         T = mask.size(1)
         last = T - 1 - mask.flip(1).int().argmax(dim=1)  # (B,) index of each row's last completion token
         return self.score(h[torch.arange(h.size(0), device=h.device), last]).squeeze(-1).float()  # (B,)
+
+
+def _drop_lm_head(module: nn.Module, state_dict: dict, prefix: str, *_) -> None:
+    """A language model's head (and that of reward models saved before it was dropped) is not part of a reward
+    model."""
+    state_dict.pop(prefix + "lm_head.weight", None)
 
 
 def reward_loss(model: nn.Module, tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, dict]:

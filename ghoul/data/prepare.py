@@ -35,6 +35,7 @@ from ghoul.data.shards import (
 )
 from ghoul.data.sources import SOURCES, make_source
 from ghoul.errors import GhoulError
+from ghoul.files import disk_full_is_an_error
 from ghoul.tokenizer import TOKENIZER_FILE, Tokenizer, load_tokenizer
 
 BATCH_CHARS = 1 << 18  # text per worker task: ~60k GPT-2 tokens, tens of ms, so task overhead stays negligible
@@ -96,17 +97,18 @@ def run(cfg: PrepareConfig) -> PrepareResult:
                          separator=cfg.separator)
     stream = iter(source)
     first = next(stream)  # a missing file, an unknown field or an empty source fails here, before any output
-    if meta is None:
-        meta = _new_output(cfg, tokenizer, dtype, source.licence)
-    else:
-        shards = sum(map(len, meta["shards"].values()))
-        print(f"resuming {cfg.out} after {shards} complete shards ({meta['resume']['documents']:,} documents)")
-    resumed = meta["resume"]["documents"]
-    docs = islice(chain([first], stream), resumed, cfg.limit_docs)
-    total = min(filter(None, (source.size_estimate(), cfg.limit_docs)), default=None)
-    writer = ShardWriter(cfg.out, meta, dtype)
-    _fill(writer, docs, cfg, total, start)
-    writer.finish()
+    with disk_full_is_an_error(cfg.out):  # meta.json names only complete shards: a rerun goes on from the last
+        if meta is None:
+            meta = _new_output(cfg, tokenizer, dtype, source.licence)
+        else:
+            shards = sum(map(len, meta["shards"].values()))
+            print(f"resuming {cfg.out} after {shards} complete shards ({meta['resume']['documents']:,} documents)")
+        resumed = meta["resume"]["documents"]
+        docs = islice(chain([first], stream), resumed, cfg.limit_docs)
+        total = min(filter(None, (source.size_estimate(), cfg.limit_docs)), default=None)
+        writer = ShardWriter(cfg.out, meta, dtype)
+        _fill(writer, docs, cfg, total, start)
+        writer.finish()
     seconds = time.perf_counter() - start
     print(f"wrote {writer.position:,} tokens ({', '.join(f'{s} {n:,}' for s, n in _split_tokens(meta).items())}) "
           f"from {meta['documents']:,} documents to {cfg.out} in {seconds:.1f}s")

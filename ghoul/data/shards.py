@@ -67,12 +67,16 @@ def write_shard(path: str | Path, tokens: np.ndarray, dtype: np.dtype | type | N
     header = np.zeros(HEADER_INTS, dtype=np.int32)
     header[:3] = MAGIC, versions[dtype], len(tokens)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(header.tobytes())
-        f.write(np.ascontiguousarray(tokens, dtype=dtype).tobytes())
-        f.flush()
-        os.fsync(f.fileno())  # the rename below must not land before the data
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(header.tobytes())
+            f.write(np.ascontiguousarray(tokens, dtype=dtype).tobytes())
+            f.flush()
+            os.fsync(f.fileno())  # the rename below must not land before the data
+        os.replace(tmp, path)
+    except BaseException:  # a full disk or an interrupt: no half-written shard left beside the complete ones
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def read_header(path: str | Path) -> ShardHeader:
@@ -124,7 +128,25 @@ def read_meta(directory: str | Path) -> dict[str, Any] | None:
         raise GhoulError(f"{path} is not valid JSON ({e})") from None
     if not isinstance(meta, dict):
         raise GhoulError(f"{path}: expected a JSON object")
+    for key, ok, what in META_FIELDS:
+        if key in meta and not ok(meta[key]):
+            raise GhoulError(f"{path}: \"{key}\" is {json.dumps(meta[key])[:40]}, not {what}: the file was edited or "
+                             "damaged; prepare the data again")
     return meta
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+# the fields of meta.json that readers use, checked when it is read: (key, check, what it must be)
+META_FIELDS = (
+    ("vocab_size", lambda v: _count(v) and v > 0, "a positive token count"),
+    ("eot_id", _count, "a token id"),
+    ("tokenizer", lambda v: isinstance(v, str), "a tokenizer name or path"),
+    ("shards", lambda v: isinstance(v, dict) and all(isinstance(c, list) and all(map(_count, c)) for c in v.values()),
+     "an object of token counts per split, e.g. {\"train\": [100000], \"val\": [20000]}"),
+)
 
 
 def find_shards(spec: str | Path, split: str = "train") -> list[Path]:

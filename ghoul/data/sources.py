@@ -12,6 +12,7 @@ import gzip
 import html
 import json
 import os
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -404,6 +405,10 @@ class TextFileSource(TextSource):
         for path in self.files():
             with open_text(path) as f:
                 text = f.read()
+            if "\0" in text:  # text files hold no NUL bytes (git's test); binary ones and UTF-16 text do
+                print(f"warning: {path} holds NUL bytes, so it is binary (or UTF-16), not UTF-8 text: skipped",
+                      file=sys.stderr)
+                continue
             if separator is None:
                 yield text
             else:

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from ghoul.checkpoint import check_vocab, load_model_and_tokenizer
 from ghoul.config import option
-from ghoul.dist import DTYPES, all_reduce_sum, autocast, setup
+from ghoul.dist import DTYPES, all_gather_objects, all_reduce_sum, autocast, barrier, setup
 from ghoul.download import cache_dir, download
 from ghoul.errors import GhoulError
 from ghoul.eval import unwrap
@@ -54,11 +54,24 @@ class HellaswagConfig:
 # ---- the data file -------------------------------------------------------------------------------------------------
 
 def default_data_path() -> Path:
-    """$GHOUL_DATA_DIR/hellaswag/hellaswag_val.jsonl when that exists, else the user's cache (downloaded if missing)."""
+    """$GHOUL_DATA_DIR/hellaswag/hellaswag_val.jsonl when that exists, else the user's cache (downloaded if missing).
+    Under torchrun every rank calls it: local rank 0 of each node downloads while the others wait, then all read."""
     env = os.environ.get("GHOUL_DATA_DIR")
     if env and (Path(env) / "hellaswag" / FILE_NAME).is_file():
         return Path(env) / "hellaswag" / FILE_NAME
-    return download(URL, cache_dir() / "hellaswag" / FILE_NAME, SHA256, hint="download it and pass --data-path FILE")
+    dest, hint = cache_dir() / "hellaswag" / FILE_NAME, "download it and pass --data-path FILE"
+    failed = None
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        try:
+            download(URL, dest, SHA256, hint)
+        except GhoulError as e:  # reach the barrier all the same: the others must not wait for a file never coming
+            failed = e
+    barrier()
+    if failed is not None:
+        raise failed
+    if not dest.is_file():
+        raise GhoulError(f"{dest} is missing: local rank 0 could not download it; {hint}")
+    return dest
 
 
 def load_hellaswag(path: str | Path, limit: int | None = None) -> list[dict[str, Any]]:
@@ -172,13 +185,7 @@ def evaluate_hellaswag(model: torch.nn.Module, tokenizer: Tokenizer, examples: l
 
 
 def _gather_examples(scored: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        return scored
-    parts: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(parts, scored)
-    return sorted((r for part in parts for r in part), key=lambda r: r["index"])
+    return sorted((r for part in all_gather_objects(scored) for r in part), key=lambda r: r["index"])
 
 
 def run(cfg: HellaswagConfig) -> dict[str, Any]:

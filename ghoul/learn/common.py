@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -20,17 +19,11 @@ from ghoul.data.sources import SOURCES, make_source
 from ghoul.errors import GhoulError
 from ghoul.files import read_jsonl
 from ghoul.tokenizer import TOKENIZER_FILE, Tokenizer, load_tokenizer
-from ghoul.train.config import TrainConfig
+from ghoul.train.config import TrainConfig, train_option
 from ghoul.train.logger import LOG_FILE
 from ghoul.train.loop import train
 
 DATA_DIR = "data"  # the token shards, inside the output directory
-
-
-def train_option(name: str) -> Any:
-    """TrainConfig's option `name` as a field of another config: its default, help and choices declared once."""
-    f = next(f for f in fields(TrainConfig) if f.name == name)
-    return option(f.default, f.metadata["help"], choices=f.metadata["choices"])
 
 
 @dataclass

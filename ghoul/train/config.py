@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 from ghoul.config import option, require
 from ghoul.dist import CPU_BF16_MIN_WIDTH
@@ -78,6 +79,10 @@ class TrainConfig(ArchitectureOptions):
     activation_checkpointing: bool = option(False, "recompute each block's activations in the backward pass: "
                                                    "about a third more compute for far less memory")
     device: str = option("auto", "cpu, cuda, mps, or auto")
+    # NCCL's default of 10 minutes stops a run whose rank 0 writes a multi-GB checkpoint to slow storage while the
+    # other ranks wait in the next collective
+    dist_timeout_minutes: float = option(30.0, "under torchrun: minutes a rank waits for the others in a collective "
+                                               "(while rank 0 writes a checkpoint, say) before the run fails")
     log_every: int = option(1, "steps between log records and progress updates")
     wandb: bool = option(False, "also log to Weights & Biases (needs `pip install wandb`)")
     wandb_project: str = option("ghoul", "W&B project name")
@@ -87,7 +92,7 @@ class TrainConfig(ArchitectureOptions):
                        "seq_len", "hellaswag_limit"), lambda v: v >= 1, "at least 1")
         require(self, ("eval_every", "hellaswag_every", "sample_every", "checkpoint_every", "keep_last",
                        "warmup_iters", "warmdown_iters", "weight_decay", "grad_clip"), lambda v: v >= 0, ">= 0")
-        require(self, ("learning_rate", "muon_lr"), lambda v: v > 0, "positive")
+        require(self, ("learning_rate", "muon_lr", "dist_timeout_minutes"), lambda v: v > 0, "positive")
         require(self, ("beta1", "beta2"), lambda v: 0 <= v < 1, "in [0, 1)")
         if self.warmup_iters + self.warmdown_iters > self.max_steps:
             raise GhoulError(f"--warmup-iters ({self.warmup_iters}) + --warmdown-iters ({self.warmdown_iters}) "
@@ -106,3 +111,10 @@ def accumulation_steps(total_batch_size: int | None, batch_size: int, seq_len: i
         raise GhoulError(f"--total-batch-size {total_batch_size:,} is not a multiple of batch_size * seq_len * "
                          f"world_size = {batch_size} * {seq_len} * {world_size} = {per_step:,}: change one of them")
     return total_batch_size // per_step
+
+
+def train_option(name: str) -> Any:
+    """TrainConfig's option `name` as a field of another stage's config (learn, pipeline): its default, help and
+    choices declared once."""
+    f = next(f for f in fields(TrainConfig) if f.name == name)
+    return option(f.default, f.metadata["help"], choices=f.metadata["choices"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import json
 import math
 import random
@@ -27,20 +28,24 @@ from ghoul import dist
 from ghoul.checkpoint import (
     load_optimizer_states,
     load_training_checkpoint,
+    newest_checkpoint,
     read_model_config,
+    resolve_checkpoint,
     save_training_checkpoint,
+    set_aside_later,
 )
 from ghoul.config import to_dict
 from ghoul.data.loader import ShardLoader
 from ghoul.errors import GhoulError
 from ghoul.eval.loss import bits_per_byte, target_bytes
-from ghoul.files import atomic_write_text
+from ghoul.files import atomic_write_text, clean_temporaries
 from ghoul.model import GPT
 from ghoul.optim.build import build_optimizers
 from ghoul.optim.schedule import lr_multiplier
 from ghoul.tokenizer import Tokenizer
 from ghoul.train.config import TrainConfig, accumulation_steps
-from ghoul.train.logger import LOG_FILE, RunLogger
+from ghoul.train.interrupt import StepInterrupt
+from ghoul.train.logger import LOG_FILE, SAMPLES_FILE, RunLogger
 
 LossFn = Callable[..., torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
@@ -89,36 +94,63 @@ class TrainResult:
 
 def check_run_dir(cfg: Any) -> Path | None:
     """The checkpoint to resume from (None for a fresh run); refuse to overwrite an existing run. `cfg` is any
-    stage's config with `output_dir` and `resume` (training, PPO/GRPO)."""
+    stage's config with `output_dir` and `resume` (training, PPO/GRPO). `--resume` continues the run's newest
+    checkpoint; a run stopped before its first one (killed, or a NaN loss) has nothing to continue and starts over."""
     out = cfg.output_dir
+    newest, has_log = newest_checkpoint(out), (out / LOG_FILE).exists()
     if cfg.resume is None:
-        if (out / LOG_FILE).exists() or any(out.glob("step_*")):
+        if newest is not None:
             raise GhoulError(f"{out} already holds a run: pass --resume to continue it, or choose another "
                              "--output-dir")
+        if has_log:
+            raise GhoulError(f"{out} holds a run that stopped before its first checkpoint: pass --resume to start it "
+                             "over, or choose another --output-dir")
         return None
-    checkpoint = out if cfg.resume == "latest" else Path(cfg.resume)
-    if cfg.resume == "latest" and not (out / "latest").is_file():
-        raise GhoulError(f"nothing to resume in {out}: it has no checkpoint (no 'latest' file)")
-    read_model_config(checkpoint)  # a clear error if it is not a checkpoint
-    return checkpoint
+    if cfg.resume != "latest":
+        read_model_config(cfg.resume)  # a clear error if it is not a checkpoint
+        return resolve_checkpoint(cfg.resume)
+    if newest is None:
+        if not has_log:
+            raise GhoulError(f"nothing to resume in {out}: it holds no run; leave out --resume to start one")
+        dist.print0(f"{out} stopped before its first checkpoint: nothing to resume, starting it over")
+        return None
+    read_model_config(newest)
+    return newest
 
 
 def rng_state() -> dict:
-    state = {"torch": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode(),
-             "python": random.getstate()[1]}
-    if torch.cuda.is_available():
-        state["cuda"] = [base64.b64encode(s.numpy().tobytes()).decode() for s in torch.cuda.get_rng_state_all()]
-    return state
+    """Every rank's random state, `{"ranks": [...]}` in rank order: the CPU generator, Python's, and the generator of
+    the rank's own GPU (the one its dropout draws from; dist.setup makes it the current device). Under torchrun a
+    collective: every rank calls it, rank 0 stores the result."""
+    def text(state: torch.Tensor) -> str:
+        return base64.b64encode(state.numpy().tobytes()).decode()
+
+    mine = {"torch": text(torch.get_rng_state()), "python": random.getstate()[1]}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # a CPU run on a GPU machine starts no CUDA
+        mine["cuda"] = text(torch.cuda.get_rng_state(torch.cuda.current_device()))
+    return {"ranks": dist.all_gather_objects(mine)}
 
 
 def set_rng_state(state: dict) -> None:
+    """Restore this rank's own random state from `rng_state()`'s record. A rank the record has no state for (a run
+    resumed on more ranks) keeps its own; only the current GPU's generator is set, so a machine with fewer GPUs
+    resumes too. Records of one process with one state per visible GPU (older checkpoints) are read as rank 0's."""
     def tensor(text: str) -> torch.Tensor:
         return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
 
-    torch.set_rng_state(tensor(state["torch"]))
-    random.setstate((3, tuple(state["python"]), None))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([tensor(s) for s in state["cuda"]])
+    ranks, rank = state.get("ranks", [state]), dist.process_rank()
+    if rank >= len(ranks):
+        return
+    mine = ranks[rank]
+    torch.set_rng_state(tensor(mine["torch"]))
+    random.setstate((3, tuple(mine["python"]), None))
+    if "cuda" in mine and torch.cuda.is_available():
+        device = torch.cuda.current_device()
+        cuda = mine["cuda"]
+        if isinstance(cuda, list):  # an older record: rank 0's state of every GPU it could see
+            cuda = cuda[device] if device < len(cuda) else None
+        if cuda is not None:
+            torch.cuda.set_rng_state(tensor(cuda), device)
 
 
 # ---- evaluation during training --------------------------------------------------------------------------------
@@ -191,11 +223,11 @@ def train(cfg: TrainConfig, model: GPT, tokenizer: Tokenizer, d: dist.DistInfo, 
     val_bpt = None  # bytes per validation token: bits per byte for the LM loss on token shards, not for pair losses
     if train_data is None:
         train_data = ShardLoader(cfg.dataset, cfg.batch_size, seq_len, rank=d.rank, world_size=d.world_size,
-                                 device=d.device)
+                                 device=d.device, vocab_size=model.config.vocab_size)
         if train_data.vocab_size is not None and train_data.vocab_size > model.config.vocab_size:
             raise GhoulError(f"{cfg.dataset} was made with a {train_data.vocab_size:,}-token vocabulary but the model "
                              f"has {model.config.vocab_size:,}: prepare the data with the model's tokenizer")
-        val_data = _val_loader(cfg, seq_len, d) if cfg.eval_every else None
+        val_data = _val_loader(cfg, seq_len, d, model.config.vocab_size) if cfg.eval_every else None
         if val_data is not None and loss_fn is lm_loss:  # the same batches at every evaluation: counted once
             val_bpt = bytes_per_token(val_data, cfg.eval_iters, tokenizer, d.device)
     elif not cfg.eval_every:
@@ -206,13 +238,17 @@ def train(cfg: TrainConfig, model: GPT, tokenizer: Tokenizer, d: dist.DistInfo, 
                                   (cfg.beta1, cfg.beta2), cfg.muon_lr, d.device_type)
     start_step, state = 0, {}
     if resume_from is not None:
-        state, opt_states, _ = load_training_checkpoint(resume_from)
+        state, opt_states, _ = load_training_checkpoint(resume_from, required=("step", "loader", "rng"))
         if state["step"] >= cfg.max_steps:
             raise GhoulError(f"{resume_from} is at step {state['step']}, and --max-steps is {cfg.max_steps}: nothing "
                              "to train; raise --max-steps to go on")
         load_optimizer_states(optimizers, opt_states, resume_from)
-        train_data.load_state_dict(state["loader"])
-        set_rng_state(state["rng"])
+        try:
+            train_data.load_state_dict(state["loader"])
+            set_rng_state(state["rng"])
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:  # an edited trainer_state.json
+            raise GhoulError(f"{resume_from} is damaged (its loader or random state: {type(e).__name__}: "
+                             f"{str(e)[:100]}): resume from an earlier checkpoint with --resume DIR") from None
         start_step = state["step"]
     # wrapping is applied from outside the model, in one fixed order: activation checkpointing, compile, then DDP
     raw_model.checkpoint_blocks = cfg.activation_checkpointing
@@ -227,8 +263,15 @@ def train(cfg: TrainConfig, model: GPT, tokenizer: Tokenizer, d: dist.DistInfo, 
     logger = RunLogger(cfg.output_dir, d.is_main, cfg.wandb_project if cfg.wandb else None, to_dict(cfg))
     if d.is_main:
         cfg.output_dir.mkdir(parents=True, exist_ok=True)
+        clean_temporaries(cfg.output_dir)  # what a killed run left half-written (a hidden .step_*.tmp is GBs)
+        if resume_from is not None:  # from an earlier checkpoint: a new branch; the later ones are kept aside
+            aside = set_aside_later(cfg.output_dir, start_step, copied=(LOG_FILE, SAMPLES_FILE),
+                                    moved=("eval.jsonl",))  # `ghoul eval checkpoints`' records of the moved ones
+            if aside is not None:
+                dist.print0(f"resuming from step {start_step}: the run's later checkpoints and its log as it was "
+                            f"are kept in {aside}")
         atomic_write_text(cfg.output_dir / "config.json", json.dumps(to_dict(cfg), indent=2) + "\n")
-        logger.truncate_after(start_step)
+        logger.truncate_after(start_step if resume_from is not None else -1)  # a run started over keeps no record
     tokens_per_step = cfg.batch_size * seq_len * d.world_size * accum  # of token shards; pairs vary in length
     flops_per_token = raw_model.flops_per_token(seq_len)
     # tokens the model has read: counted from the batches (rows of pairs are as long as their longest), summed over
@@ -274,6 +317,7 @@ def train(cfg: TrainConfig, model: GPT, tokenizer: Tokenizer, d: dist.DistInfo, 
     # throughput is measured over the steps since the last log record, from one host-device sync (the loss's .item())
     # to the next: timing one step would count the queued work of the steps before it when log_every > 1
     interval_start = time.perf_counter()
+    interrupt, stopped, saved_step = StepInterrupt(d).install(), False, None
     try:
         while step < cfg.max_steps:
             # ---- forward/backward over the micro-batches; gradients are all-reduced only on the last
@@ -300,7 +344,7 @@ def train(cfg: TrainConfig, model: GPT, tokenizer: Tokenizer, d: dist.DistInfo, 
                     group["lr"] = group["initial_lr"] * lr_mult
                 opt.step()
             for opt in optimizers:
-                opt.zero_grad(set_to_none=True)
+                opt.zero_grad(set_to_none=dist.grads_to_none(model))  # under DDP: kept in its buckets
             step += 1
             tokens_unlogged += step_tokens
             # ---- log (the .item() calls are the step's only host-device syncs)
@@ -311,10 +355,11 @@ def train(cfg: TrainConfig, model: GPT, tokenizer: Tokenizer, d: dist.DistInfo, 
                 loss_value = dist.all_reduce_mean(loss_sum).item()
                 dt = time.perf_counter() - interval_start
                 if not math.isfinite(loss_value):
-                    last = (cfg.output_dir / "latest").read_text().strip() if (cfg.output_dir / "latest").exists() \
-                        else "none"
-                    raise GhoulError(f"the loss became {loss_value} at step {step}; the last good checkpoint is "
-                                     f"{last}: lower --learning-rate or raise --warmup-iters and --resume")
+                    last = newest_checkpoint(cfg.output_dir)
+                    raise GhoulError(f"the loss became {loss_value} at step {step}; " + (
+                        f"the last good checkpoint is {last.name}: lower --learning-rate or raise --warmup-iters and "
+                        "--resume" if last else "no checkpoint was written yet: lower --learning-rate or raise "
+                        "--warmup-iters and start the run over with --resume"))
                 record = {"step": step, "loss": loss_value, "lr": cfg.learning_rate * lr_mult,
                           "tokens": tokens_seen, "tokens_per_s": unlogged / dt,
                           "elapsed": time.perf_counter() - started}
@@ -334,28 +379,46 @@ def train(cfg: TrainConfig, model: GPT, tokenizer: Tokenizer, d: dist.DistInfo, 
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.max_steps:
                 dist.synchronize(d.device)  # the step's queued work belongs to the interval, not to the pause
                 paused = time.perf_counter()
-                last_checkpoint = checkpoint(step)
+                last_checkpoint, saved_step = checkpoint(step), step
                 interval_start += time.perf_counter() - paused
             if logged:  # evaluation, samples and checkpoints are left out of the next interval
                 interval_start = time.perf_counter()
-    except KeyboardInterrupt:
-        bar.close()
-        if step > start_step:
-            path = checkpoint(step)
-            dist.print0(f"\ninterrupted: saved {path}; continue with --resume")
+            if step < cfg.max_steps and interrupt.agreed():  # Ctrl-C: the weights, optimizer, data position and RNG
+                # all stand at the end of this step
+                stopped = True
+                break
+        if saved_step != step:  # the end of the run, or of an interrupted one
+            last_checkpoint = checkpoint(step)
+        if stopped:
+            dist.barrier()  # no rank exits (which has torchrun stop the others) before rank 0 has saved
+    except KeyboardInterrupt:  # a second Ctrl-C: mid-step, so nothing is saved that could not resume exactly
+        last = newest_checkpoint(cfg.output_dir)
+        dist.print0("\nstopped at once, saving nothing: " + (f"continue from {last} with --resume" if last else
+                                                              "no checkpoint was written yet"))
         raise
-    bar.close()
-    last_checkpoint = checkpoint(step)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        last = newest_checkpoint(cfg.output_dir)
+        raise GhoulError(f"no space left on the device of {cfg.output_dir} ({e.filename or 'a run file'}): the "
+                         f"checkpoints before it are intact ({last.name if last else 'none yet'}); free some space "
+                         "and continue with --resume") from None
+    finally:
+        interrupt.remove()
+        bar.close()
+    if stopped:
+        dist.print0(f"\ninterrupted after step {step}: saved {last_checkpoint}; continue with --resume")
+        raise KeyboardInterrupt
     logger.close()
     dist.print0(f"done: {step} steps, loss {loss_value:.4f}" + (f", val loss {val_loss:.4f}" if val_loss else "")
                 + (f" ({val_bpb:.4f} bits per byte)" if val_bpb else "") + f"; checkpoint {last_checkpoint}")
     return TrainResult(cfg.output_dir, step, loss_value, val_loss, last_checkpoint, val_bpb)
 
 
-def _val_loader(cfg: TrainConfig, seq_len: int, d: dist.DistInfo) -> ShardLoader | None:
+def _val_loader(cfg: TrainConfig, seq_len: int, d: dist.DistInfo, vocab_size: int) -> ShardLoader | None:
     try:
         return ShardLoader(cfg.dataset, cfg.batch_size, seq_len, split="val", rank=d.rank, world_size=d.world_size,
-                           device=d.device)
+                           device=d.device, vocab_size=vocab_size)
     except GhoulError as e:
         dist.print0(f"no validation loss: {e}")
         return None

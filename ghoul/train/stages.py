@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -12,7 +11,7 @@ from typing import Any
 import torch
 
 from ghoul import dist
-from ghoul.checkpoint import LATEST, STATE_FILE, resolve_checkpoint
+from ghoul.checkpoint import newest_checkpoint, read_trainer_state
 from ghoul.config import flag, option
 from ghoul.data.shards import check_data_tokenizer, dataset_tokenizer
 from ghoul.errors import GhoulError
@@ -54,7 +53,7 @@ def start_model(cfg: TrainConfig, resume_from: Path | None) -> tuple[GPT, Tokeni
 
 def run(cfg: TrainConfig) -> TrainResult:
     """Pretrain or fine-tune as `cfg` says, on one process or as one rank under torchrun."""
-    d = dist.setup(cfg.device)
+    d = dist.setup(cfg.device, cfg.dist_timeout_minutes)
     try:
         resume_from = check_run_dir(cfg)
         dist.barrier()  # every rank has checked the run directory before rank 0 writes into it
@@ -71,9 +70,9 @@ def run_or_resume(cfg: Any, train: Callable[[Any], Any] | None = None) -> Any:
     its checkpoint, start over one with nothing to resume (stopped before its first checkpoint).
     Returns None when there was nothing left to do, so pipelines rerun this freely."""
     run_dir = cfg.output_dir
-    if (run_dir / LATEST).is_file():
-        state = json.loads((resolve_checkpoint(run_dir) / STATE_FILE).read_text(encoding="utf-8"))
-        if state["step"] >= cfg.max_steps:
+    newest = newest_checkpoint(run_dir)
+    if newest is not None:
+        if read_trainer_state(newest)["step"] >= cfg.max_steps:
             return None
         cfg.resume = "latest"
     elif run_dir.exists():

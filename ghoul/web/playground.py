@@ -18,7 +18,6 @@ from typing import Any
 import torch
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel
 
 from ghoul.config import option, require
 from ghoul.dist import resolve_device
@@ -27,7 +26,7 @@ from ghoul.files import append_jsonl, read_jsonl, repair_jsonl
 from ghoul.generate import GenerateConfig, batch_seed, encode_prompt, model_and_tokenizer
 from ghoul.model import GPT, PRESETS, KVCache, sample_next
 from ghoul.tokenizer import Tokenizer
-from ghoul.web.server import Server, page_app
+from ghoul.web.server import ApiBody, Server, page_app
 
 MAX_STORIES = 16  # stories per group the page may ask for; each is generated in turn
 MAX_NEW_TOKENS = 4096
@@ -95,7 +94,7 @@ def stream_text(tokenizer: Tokenizer, tokens: Iterator[int], ids: list[int], eos
             sent = text
 
 
-class Settings(BaseModel):
+class Settings(ApiBody):
     prompt: str = ""
     temperature: float = 1.0
     top_k: int | None = None
@@ -105,7 +104,7 @@ class Settings(BaseModel):
     num_stories: int = 1
 
 
-class SendGroup(BaseModel):
+class SendGroup(ApiBody):
     group: int
 
 
@@ -159,10 +158,14 @@ class Playground:
             if group not in self.groups:
                 raise KeyError(group)
             self.stories_path.parent.mkdir(parents=True, exist_ok=True)
-            if self.stories_path.exists():
-                repair_jsonl(self.stories_path)
-            taken = [r.get("id", -1) for r in read_jsonl(self.stories_path, missing_ok=True)]
-            first = max([i for i in taken if isinstance(i, int)], default=-1) + 1
+            taken = [r.get("id") if isinstance(r, dict) else None
+                     for r in read_jsonl(self.stories_path, missing_ok=True)]
+            if not all(isinstance(i, int) for i in taken):
+                raise GhoulError(f"{self.stories_path} holds lines that are not stories (each has an integer id): "
+                                 "serve with another --out-dir")
+            if self.stories_path.exists():  # a torn last line is cut only once the complete ones are known ours
+                repair_jsonl(self.stories_path, "id")
+            first = max(taken, default=-1) + 1
             ids = []
             for k, record in enumerate(self.groups[group]):
                 append_jsonl(self.stories_path, dict(id=first + k, **record))

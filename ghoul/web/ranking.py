@@ -12,10 +12,9 @@ import webbrowser
 from typing import Any
 
 from fastapi import FastAPI, HTTPException
-from pydantic import BaseModel
 
 from ghoul.align.judges import Judge, Judgment
-from ghoul.web.server import Server, page_app
+from ghoul.web.server import ApiBody, Server, page_app
 
 
 class RankingSession:
@@ -73,7 +72,7 @@ class RankingSession:
             self.cond.notify_all()
 
 
-class Choice(BaseModel):
+class Choice(ApiBody):
     group: int
     choice: int | None = None  # 0-based index as shown; None: skip
     reason: str = ""

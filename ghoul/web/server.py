@@ -5,20 +5,61 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import uvicorn
-from fastapi import FastAPI
-from fastapi.responses import HTMLResponse, Response
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from pydantic import BaseModel, ConfigDict
 
 from ghoul.errors import GhoulError
 
 STATIC = Path(__file__).parent / "static"
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
+
+
+class ApiBody(BaseModel):
+    """A JSON body of the pages' API, checked strictly: `true` is no story number, "1" no temperature, and numbers
+    are finite; unknown keys are refused rather than ignored."""
+
+    model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="forbid")
+
+
+def host_allowed(host: str, server: tuple[str, int] | None) -> bool:
+    """Whether a request's Host header names this server: a loopback name or the address the request came in on,
+    with the port it came in on. A page on the internet reaching us through DNS rebinding sends its own name."""
+    if server is None:
+        return False
+    address, port = server
+    host = host.lower()
+    if host.startswith("["):  # an IPv6 address: [::1]:8766
+        name, _, given = host.partition("]")
+        name, given = name + "]", given.removeprefix(":")
+    else:
+        name, _, given = host.partition(":")
+    local = f"[{address}]" if ":" in address else address
+    return name in (*LOOPBACK_NAMES, local) and (given or "80") == str(port)
 
 
 def page_app(title: str, page: str) -> FastAPI:
     """An app serving the page static/`page` at / and the pages' shared stylesheet; no API docs (local tools)."""
     app = FastAPI(title=title, docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.middleware("http")
+    async def only_this_host(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        if not host_allowed(request.headers.get("host", ""), request.scope.get("server")):
+            return JSONResponse({"detail": "this page answers only at its own address, e.g. http://127.0.0.1:PORT/ "
+                                           "or http://localhost:PORT/, not at another site's name"}, status_code=403)
+        return await call_next(request)
+
+    @app.exception_handler(RequestValidationError)
+    async def one_line(request: Request, error: RequestValidationError) -> JSONResponse:
+        # FastAPI's own answer echoes the input, and fails to render an infinite number (1e400) as JSON: a 500
+        detail = "; ".join(f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'the request'}: {e['msg']}"
+                           for e in error.errors())
+        return JSONResponse({"detail": detail}, status_code=422)
 
     @app.get("/", response_class=HTMLResponse)
     def index() -> str:

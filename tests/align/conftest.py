@@ -60,7 +60,8 @@ def completion(content: str, model: str = "gpt-4o") -> dict[str, Any]:
 
 
 class FakeServer:
-    """Speaks POST /v1/chat/completions; `reply(request) -> (status, body)` decides each answer."""
+    """Speaks POST /v1/chat/completions; `reply(request) -> (status, body)` decides each answer (a body of bytes is
+    sent as it is, as JSON)."""
 
     def __init__(self, reply: Callable[[dict[str, Any]], tuple[int, dict[str, Any]]]) -> None:
         self.reply = reply
@@ -73,7 +74,7 @@ class FakeServer:
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 server.requests.append({"path": self.path, "headers": headers, "body": body})
                 status, answer = server.reply(body)
-                data = json.dumps(answer).encode()
+                data = answer if isinstance(answer, bytes) else json.dumps(answer).encode()  # bytes: sent as they are
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))

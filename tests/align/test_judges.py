@@ -11,7 +11,7 @@ import pytest
 from ghoul.align.judges import HumanJudge, LengthJudge, OpenAIJudge, RandomJudge, check_judge, make_judge, parse_answer
 from ghoul.cli import main
 from ghoul.errors import GhoulError
-from tests.align.conftest import KEY, completion, pick_largest, shown_numbers
+from tests.align.conftest import KEY, completion, pick_largest, shown_numbers, write_stories
 
 STORIES = [f" story number {n} " for n in (3, 11, 7, 5)]
 
@@ -174,3 +174,34 @@ def test_a_judge_that_cannot_work_here_is_refused_before_any_work(tmp_path, tiny
     assert "set OPENAI_API_KEY" in capsys.readouterr().err and not out.exists()
     assert main(["rlhf", "--base-model", str(tiny_model), "--judge", "openai:gpt-4o", "--output-dir", str(out)]) == 2
     assert "set OPENAI_API_KEY" in capsys.readouterr().err and not out.exists()
+
+
+def with_usage(usage: object) -> dict:
+    return {**completion('{"best": 2, "reason": "ok"}'), "usage": usage}
+
+
+@pytest.mark.parametrize("body, why", [
+    (b'{"choices": [{"message": {"content": "{\\"best\\": 2', "not valid JSON"),
+    ({"choices": [{"index": 0, "finish_reason": "stop"}]}, 'a choice without a "message"'),
+    ({"choices": [{"message": "story 2"}]}, 'a choice without a "message"'),
+    ({"choices": "story 2"}, 'no "choices" list'),
+    ({"choices": [{"message": {"content": 2}}]}, '"content" is not text'),
+])
+def test_a_broken_server_answer_is_a_one_line_error(fake_openai, tmp_path, capsys, body, why):
+    server = fake_openai(lambda request: (200, body))
+    with pytest.raises(GhoulError, match=f"did not answer with a chat completion.*{why}"):
+        OpenAIJudge("gpt-4o", server.url, retry_delay=0.001).judge("task", STORIES)
+    write_stories(tmp_path / "stories.jsonl", 4)
+    assert main(["rank", "--stories", str(tmp_path / "stories.jsonl"), "--out", str(tmp_path / "r.jsonl"),
+                 "--judge", "openai:gpt-4o", "--base-url", server.url]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert why in err[-1] and "Traceback" not in err
+
+
+@pytest.mark.parametrize("usage, prompt_tokens", [({"prompt_tokens": "100", "completion_tokens": "many"}, 0),
+                                                  ("lots", 0), ({"prompt_tokens": 1.5, "completion_tokens": True}, 0),
+                                                  (None, 0), ({"prompt_tokens": 7, "completion_tokens": "x"}, 7)])
+def test_token_counts_that_are_no_numbers_are_left_out(fake_openai, usage, prompt_tokens):
+    server = fake_openai(lambda request: (200, with_usage(usage)))
+    j = OpenAIJudge("gpt-4o", server.url).judge("task", STORIES)
+    assert j.best == j.shown[1] and j.usage == {"prompt_tokens": prompt_tokens, "completion_tokens": 0}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -13,6 +14,7 @@ from ghoul.data.sources import EOT, make_source
 from ghoul.errors import GhoulError
 from ghoul.files import read_jsonl
 from tests.align.conftest import KEY, completion, files_under, pick_largest, shown_numbers, write_stories
+from tests.conftest import fail_writes_after
 
 
 def rank_cfg(tmp_path, **kw) -> rank.RankConfig:
@@ -172,3 +174,75 @@ def test_rankings_of_other_groups_are_refused(tmp_path):
     (tmp_path / "other.jsonl").write_text(json.dumps({"id": 0, "prompt": "", "text": "x"}) + "\n")
     with pytest.raises(GhoulError, match="does not hold"):
         winners.run(winners.ExportWinnersConfig(tmp_path / "rankings.jsonl", tmp_path / "other.jsonl"))
+
+
+def test_an_output_that_is_an_input_or_not_ours_is_never_cut(tmp_path):
+    stories = write_stories(tmp_path / "stories.jsonl", 8)
+    stories.write_bytes(stories.read_bytes().rstrip(b"\n"))  # a last story without its newline looks torn
+    before = stories.read_bytes()
+    with pytest.raises(GhoulError, match="is also an input"):
+        rank.run(rank_cfg(tmp_path, judge="length", out=stories))
+    assert stories.read_bytes() == before and len(rank.load_stories(stories)) == 8
+    for name, content in [("image.png", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe\x00"),
+                          ("blob.bin", b"\x00\x01\xfe\xff" * 64),
+                          ("other.jsonl", before)]:  # another stories file: not judgments
+        path = tmp_path / name
+        path.write_bytes(content)
+        with pytest.raises((GhoulError, UnicodeDecodeError)):  # each a one-line error of the CLI
+            rank.run(rank_cfg(tmp_path, judge="length", out=path))
+        assert path.read_bytes() == content, name
+
+
+def rank_argv(tmp_path, out) -> list[str]:
+    return ["rank", "--stories", str(tmp_path / "stories.jsonl"), "--out", str(out), "--judge", "length",
+            "--group-size", "2"]
+
+
+def without_times(path) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in ("time", "seconds")} for r in read_jsonl(path)]
+
+
+def check_rankings_kept(capsys, out, expected) -> int:
+    """The one-line error of a full disk, and only complete judgments, each as an uninterrupted run made it."""
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("ghoul rank: error: no space left on the device of") and "Traceback" not in err
+    assert out.read_bytes().endswith(b"\n")
+    kept = without_times(out)
+    assert kept == expected[:len(kept)]
+    return len(kept)
+
+
+def test_a_full_disk_is_a_one_line_error_and_keeps_the_judgments(tmp_path, monkeypatch, capsys):
+    write_stories(tmp_path / "stories.jsonl", 60)
+    assert main(rank_argv(tmp_path, tmp_path / "full.jsonl")) == 0
+    expected = without_times(tmp_path / "full.jsonl")
+    monkeypatch.setattr(os, "write", fail_writes_after(4))
+    assert main(rank_argv(tmp_path, tmp_path / "r.jsonl")) == 2
+    monkeypatch.undo()
+    assert check_rankings_kept(capsys, tmp_path / "r.jsonl", expected) == 4
+    assert main(rank_argv(tmp_path, tmp_path / "r.jsonl")) == 0
+    assert without_times(tmp_path / "r.jsonl") == expected
+
+
+def test_a_real_full_disk_keeps_the_judgments(tmp_path, small_disk, capsys):
+    write_stories(tmp_path / "stories.jsonl", 60)
+    assert main(rank_argv(tmp_path, tmp_path / "full.jsonl")) == 0
+    expected = without_times(tmp_path / "full.jsonl")
+    disk = small_disk(64 * 1024, 4096)
+    assert main(rank_argv(tmp_path, disk / "r.jsonl")) == 2
+    assert 0 < check_rankings_kept(capsys, disk / "r.jsonl", expected) < 30
+    (disk / "filler").unlink()
+    assert main(rank_argv(tmp_path, disk / "r.jsonl")) == 0
+    assert without_times(disk / "r.jsonl") == expected
+
+
+def test_a_huge_skipped_answer_is_stored_as_an_excerpt(tmp_path, fake_openai):
+    write_stories(tmp_path / "stories.jsonl", 4)
+    answer = "I cannot decide. " * 200_000  # 3.4 MB that is no answer
+    server = fake_openai(lambda request: (200, completion(answer)))
+    result = rank.run(rank_cfg(tmp_path, judge="openai:gpt-4o", base_url=server.url, parse_retries=0))
+    assert result.skipped == 1
+    record = read_jsonl(tmp_path / "rankings.jsonl")[0]
+    assert record["skipped"] and record["raw"].startswith("I cannot decide.") and len(record["raw"]) < 2100
+    assert record["raw"].endswith(f"[... {len(answer) - rank.RAW_LIMIT:,} more characters cut]")
+    assert (tmp_path / "rankings.jsonl").stat().st_size < 5000

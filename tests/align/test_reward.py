@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -15,6 +18,7 @@ from ghoul.checkpoint import load_model_and_tokenizer
 from ghoul.cli import main
 from ghoul.errors import GhoulError
 from ghoul.files import read_jsonl
+from ghoul.model import GPT, GPTConfig
 from tests.align.prefdata import MARKER, write_marker_rankings
 
 
@@ -100,3 +104,31 @@ def test_reward_train_needs_pairs_and_a_base_model(tmp_path, capsys):
     assert "--preferences FILE" in capsys.readouterr().err
     assert main(["reward", "train", "--rankings", "r.jsonl"]) == 2
     assert "--base-model is required" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_reward_model_has_no_language_model_head(tied):
+    """The head it would not use is not there: its backbone's weights are all it takes from the language model."""
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig.from_name("tiny", tie_embeddings=tied))
+    model = RewardModel.from_gpt(gpt)
+    assert not any(name.startswith("lm_head") for name, _ in model.named_parameters())
+    assert torch.equal(model.transformer.wte.weight, gpt.transformer.wte.weight)
+    trunk = model.num_params() - model.score.weight.numel() - model.score.bias.numel()
+    assert trunk == gpt.num_params() - (0 if tied else gpt.lm_head.weight.numel())
+
+
+def test_untied_base_trains_under_two_torchrun_ranks(marker_data, tmp_path):
+    """Every parameter gets a gradient, as DDP requires: with an unused lm_head the second step stopped ("Expected
+    to have finished reduction in the prior iteration")."""
+    base, run = tmp_path / "untied", tmp_path / "run"
+    torch.manual_seed(0)
+    GPT(GPTConfig.from_name("tiny", tie_embeddings=False)).save_pretrained(base)
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+                           "ghoul", "reward", "train", "--base-model", str(base), "--rankings", str(marker_data),
+                           "--max-steps", "4", "--batch-size", "2", "--eval-every", "0", "--device", "cpu",
+                           "--output-dir", str(run)],
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    model, _ = load_reward_model(run)
+    assert "lm_head.weight" not in model.state_dict() and model.score.weight.abs().sum() > 0

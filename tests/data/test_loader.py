@@ -134,3 +134,20 @@ def test_loader_errors(tmp_path: Path) -> None:
     path.write_bytes(path.read_bytes()[:-20])
     with pytest.raises(GhoulError, match="train_000000.bin: truncated shard"):
         ShardLoader(tmp_path, 1, 8)
+
+
+def test_token_ids_outside_the_models_vocabulary_are_refused(tmp_path: Path) -> None:
+    arange_shards(tmp_path, [1000])  # ids 0..999
+    loader = ShardLoader(tmp_path, 2, 16, vocab_size=40)
+    next(loader)  # ids 0..32 (x and y's last target)
+    with pytest.raises(GhoulError, match=r"holds token id 64, outside the model's vocabulary of 40 \(at token 32 of"):
+        next(loader)
+
+
+@pytest.mark.parametrize("state", [{"position": "x", "epoch": 0}, {"position": None}, {"position": 10**9, "epoch": 0},
+                                   {"position": 0, "epoch": -1}])
+def test_a_damaged_loader_state_is_a_value_error(tmp_path: Path, state: dict) -> None:
+    arange_shards(tmp_path, [1000])
+    loader = ShardLoader(tmp_path, 2, 16)
+    with pytest.raises(ValueError, match="no stream position"):
+        loader.load_state_dict({**loader.state_dict(), **state})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import html
 import json
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 from ghoul.cli import main
 from ghoul.data import prepare as prepare_module
 from ghoul.data.prepare import PrepareConfig, run
-from ghoul.data.shards import find_shards, read_meta, read_shard
+from ghoul.data.shards import find_shards, read_meta, read_shard, write_shard
 from ghoul.errors import GhoulError
 from ghoul.tokenizer.gpt2 import gpt2_encoding
 
@@ -171,3 +172,61 @@ def test_own_tokenizer_file_is_kept_with_the_shards(data: Path, tmp_path: Path) 
     meta = read_meta(cfg.out)
     assert meta["tokenizer"] == "tokenizer.json" and meta["vocab_size"] == tokenizer.vocab_size == 66
     assert stream(cfg.out).tolist() == [*tokenizer.encode(text), tokenizer.eot_id]
+
+
+def prepare_argv(data: Path, out: Path) -> list[str]:
+    return ["prepare", "fineweb", "--source-path", str(data / "fineweb" / "fineweb_subset.jsonl"), "--out", str(out),
+            "--shard-tokens", "17_000", "--val-tokens", "30_000", "--limit-docs", "200", "--workers", "1",
+            "--no-progress"]
+
+
+def check_full_disk(capsys: pytest.CaptureFixture, out: Path, reference: Path) -> int:
+    """The one-line error of a full disk; meta.json lists only complete shards, each as an uninterrupted run made it."""
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("ghoul prepare: error: no space left on the device of") and "Traceback" not in err
+    meta = read_meta(out)
+    assert not meta["complete"]
+    for split, counts in meta["shards"].items():
+        for i, _ in enumerate(counts):
+            name = f"{split}_{i:06d}.bin"
+            assert (out / name).read_bytes() == (reference / name).read_bytes(), name
+    return sum(map(len, meta["shards"].values()))
+
+
+def check_same_shards(out: Path, reference: Path) -> None:
+    names = sorted(p.name for p in reference.glob("*.bin"))
+    assert names == sorted(p.name for p in out.glob("*.bin"))
+    assert all((out / n).read_bytes() == (reference / n).read_bytes() for n in names)
+    assert read_meta(out)["complete"] and read_meta(out)["shards"] == read_meta(reference)["shards"]
+
+
+def test_a_full_disk_is_a_one_line_error_and_keeps_the_shards(data: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture) -> None:
+    assert main(prepare_argv(data, tmp_path / "whole")) == 0
+    written = []
+
+    def fill_up(path: Path, tokens: np.ndarray, dtype: np.dtype) -> None:
+        if len(written) == 3:
+            Path(f"{path}.tmp").write_bytes(b"\0" * 100)  # as far as it got
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written.append(path)
+        write_shard(path, tokens, dtype)
+
+    monkeypatch.setattr(prepare_module, "write_shard", fill_up)
+    assert main(prepare_argv(data, tmp_path / "fw")) == 2
+    monkeypatch.undo()
+    assert check_full_disk(capsys, tmp_path / "fw", tmp_path / "whole") == 3
+    assert main(prepare_argv(data, tmp_path / "fw")) == 0
+    check_same_shards(tmp_path / "fw", tmp_path / "whole")
+
+
+def test_a_real_full_disk_keeps_the_shards(data: Path, tmp_path: Path, small_disk,
+                                           capsys: pytest.CaptureFixture) -> None:
+    assert main(prepare_argv(data, tmp_path / "whole")) == 0
+    disk = small_disk(1 << 20, 100 * 1024)
+    assert main(prepare_argv(data, disk / "fw")) == 2
+    assert 0 < check_full_disk(capsys, disk / "fw", tmp_path / "whole") < len(list((tmp_path / "whole").glob("*.bin")))
+    (disk / "filler").unlink()
+    assert main(prepare_argv(data, disk / "fw")) == 0
+    check_same_shards(disk / "fw", tmp_path / "whole")

@@ -125,3 +125,17 @@ def test_workers_modules_do_not_import_torch() -> None:
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+@pytest.mark.parametrize("edit, message", [
+    ({"shards": "x"}, '"shards" is "x", not an object of token counts per split'),
+    ({"shards": {"train": ["many"]}}, '"shards" is {"train": \\["many"\\]}'),
+    ({"vocab_size": "lots"}, '"vocab_size" is "lots", not a positive token count'),
+    ({"vocab_size": True}, '"vocab_size" is true'),
+    ({"eot_id": -1}, '"eot_id" is -1, not a token id'),
+    ({"tokenizer": 3}, '"tokenizer" is 3, not a tokenizer name'),
+])
+def test_a_damaged_meta_json_is_an_error_naming_the_field(tmp_path: Path, edit: dict, message: str) -> None:
+    write_json(tmp_path / "meta.json", {"vocab_size": 50257, "eot_id": 50256, "shards": {"train": [10]}, **edit})
+    with pytest.raises(GhoulError, match=f"meta.json: {message}.*prepare the data again"):
+        read_meta(tmp_path)

@@ -242,3 +242,15 @@ def test_small_corpora_without_a_path_download_once_into_the_cache(name: str, da
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "other"))
     with pytest.raises(GhoulError, match="the download is damaged"):
         list(make_source(name))
+
+
+def test_binary_files_given_as_text_are_skipped_with_a_warning(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "a.txt").write_text("The door creaked open.", encoding="utf-8")
+    (tmp_path / "b.txt").write_bytes(b"\x7fELF\x02\x01\x01" + b"\x00" * 71_745)  # a program named .txt
+    (tmp_path / "c.txt").write_text("The cellar was dark.".encode("utf-16").decode("latin-1"), encoding="latin-1")
+    assert list(make_source("text", tmp_path)) == ["The door creaked open."]
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and all("holds NUL bytes" in line and "skipped" in line for line in err)
+    assert "b.txt" in err[0] and "c.txt" in err[1]
+    with pytest.raises(GhoulError, match="found no documents"):
+        list(make_source("text", tmp_path / "b.txt"))

@@ -1,10 +1,19 @@
 """HellaSwag: reading the official file, rendering rows, batch-size invariance, chance on a random model, the CLI,
-bad input, the download check, and two gloo ranks giving the one-process answer."""
+bad input, the download (its checksum, concurrent fetches, one per node under torchrun), and two gloo ranks giving the
+one-process answer."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -128,7 +137,7 @@ def test_download_checks_sha256(hellaswag_100: Path, tmp_path: Path, monkeypatch
     assert target.read_bytes() == hellaswag_100.read_bytes()
     with pytest.raises(GhoulError, match="sha256"):
         download(hellaswag_100.as_uri(), tmp_path / "other.jsonl", "0" * 64)
-    assert not (tmp_path / "other.jsonl").exists() and not list(tmp_path.glob("*.part"))
+    assert not (tmp_path / "other.jsonl").exists() and not list(tmp_path.glob(".*.tmp"))
     monkeypatch.setenv("GHOUL_DATA_DIR", str(data))
     assert default_data_path() == data / "hellaswag" / "hellaswag_val.jsonl"
 
@@ -159,3 +168,74 @@ def test_two_gloo_ranks_match_one_process(char_model: Path, hellaswag_100: Path,
     for rank in (0, 1):
         sharded = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert sharded == single  # counts all-reduced, examples gathered from both ranks
+
+
+@pytest.fixture
+def slow_server(hellaswag_100: Path) -> Iterator[tuple[str, list[str]]]:
+    """The 100-example file over HTTP on 127.0.0.1, sent in 8 parts 50 ms apart so that downloads overlap; the URL
+    and the paths requested."""
+    body, requests = hellaswag_100.read_bytes(), []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            requests.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            step = len(body) // 8 + 1
+            for i in range(0, len(body), step):
+                self.wfile.write(body[i:i + step])
+                self.wfile.flush()
+                time.sleep(0.05)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/hellaswag_val.jsonl", requests
+    server.shutdown()
+    server.server_close()
+
+
+def test_concurrent_downloads_of_one_file_all_succeed(slow_server, hellaswag_100: Path, tmp_path: Path) -> None:
+    """Processes fetching the same file at once (nodes sharing a cache) each write their own temporary file; the
+    renames leave the whole file, and none fails for the file another one moved away."""
+    url, requests = slow_server
+    sha = hashlib.sha256(hellaswag_100.read_bytes()).hexdigest()
+    target = tmp_path / "cache" / "hs.jsonl"
+    with ThreadPoolExecutor(3) as pool:
+        paths = list(pool.map(lambda _: download(url, target, sha), range(3)))
+    assert paths == [target] * 3 and len(requests) == 3
+    assert target.read_bytes() == hellaswag_100.read_bytes() and not list(target.parent.glob(".*.tmp"))
+
+
+HELLASWAG_PROBE = """
+import sys
+from ghoul.cli import main
+from ghoul.eval import hellaswag
+
+hellaswag.URL, hellaswag.SHA256 = sys.argv[1], sys.argv[2]  # the local server stands in for GitHub
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+def test_two_torchrun_ranks_download_once(slow_server, hellaswag_100: Path, char_model: Path,
+                                          tmp_path: Path) -> None:
+    """`ghoul eval hellaswag` under torchrun with nothing cached: local rank 0 downloads, the other waits and reads
+    the same file (both wrote one `.part` name before, and the second rename failed)."""
+    url, requests = slow_server
+    probe = tmp_path / "probe.py"
+    probe.write_text(HELLASWAG_PROBE)
+    env = {k: v for k, v in os.environ.items() if k != "GHOUL_DATA_DIR"}
+    env.update(XDG_CACHE_HOME=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
+    sha = hashlib.sha256(hellaswag_100.read_bytes()).hexdigest()
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(probe), url, sha, "eval", "hellaswag", "--checkpoint", str(char_model),
+                           "--limit", "8", "--batch-size", "4", "--device", "cpu"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "n=8" in done.stdout and len(requests) == 1
+    cached = tmp_path / "cache" / "ghoul" / "hellaswag"
+    assert (cached / "hellaswag_val.jsonl").read_bytes() == hellaswag_100.read_bytes()
+    assert not list(cached.glob(".*.tmp"))

@@ -1,5 +1,6 @@
-"""Token shards made once per session from the real FineWeb sample and horror stories."""
+"""Token shards made once per session from the real FineWeb sample and horror stories, and a tiny run's settings."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,22 @@ from ghoul.data.prepare import PrepareConfig
 from ghoul.data.prepare import run as prepare
 from ghoul.eval.loss import read_split
 from ghoul.tokenizer import load_tokenizer
+from ghoul.train.config import TrainConfig
+
+
+def log(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "log.jsonl").open()]
+
+
+def losses(run_dir: Path) -> list[float]:
+    return [r["loss"] for r in log(run_dir) if "loss" in r]
+
+
+def config(shards: Path, out: Path, **kw) -> TrainConfig:
+    """The tiny model on CPU, a few steps: what most training tests run."""
+    base = dict(dataset=str(shards), output_dir=out, model="tiny", batch_size=4, seq_len=64, max_steps=8,
+                learning_rate=3e-3, eval_every=4, eval_iters=2, device="cpu")
+    return TrainConfig(**{**base, **kw})
 
 
 def val_bytes_per_token(shards: Path, n: int) -> float:

@@ -17,18 +17,8 @@ from ghoul.model import GPT, GPTConfig
 from ghoul.tokenizer import load_tokenizer
 from ghoul.train import loop
 from ghoul.train.loop import train
-from ghoul.train.stages import FinetuneConfig, TrainConfig, run
-from tests.train.conftest import val_bytes_per_token
-
-
-def log(run_dir):
-    return [json.loads(line) for line in (run_dir / "log.jsonl").open()]
-
-
-def config(shards, out, **kw):
-    base = dict(dataset=str(shards), output_dir=out, model="tiny", batch_size=4, seq_len=64, max_steps=8,
-                learning_rate=3e-3, eval_every=4, eval_iters=2, device="cpu")
-    return TrainConfig(**{**base, **kw})
+from ghoul.train.stages import FinetuneConfig, run
+from tests.train.conftest import config, log, val_bytes_per_token
 
 
 def test_pretrain_lowers_val_loss_and_writes_a_run(fineweb_shards, tmp_path):
@@ -171,22 +161,6 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(fineweb_shar
     with pytest.raises(GhoulError, match="loss became nan at step 3; the last good checkpoint is step_000002"):
         train(cfg, model, tok, d, loss_fn=loss_fn)
     assert [p.name for p in step_dirs(tmp_path / "run")] == ["step_000002"]
-
-
-def test_ctrl_c_saves_a_checkpoint(fineweb_shards, tmp_path):
-    cfg, model, tok, d = tiny_setup(fineweb_shards, tmp_path / "run")
-    calls = []
-
-    def loss_fn(m, x, y):
-        calls.append(1)
-        if len(calls) == 4:
-            raise KeyboardInterrupt
-        return m(x, y)[1]
-
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, model, tok, d, loss_fn=loss_fn)
-    assert [p.name for p in step_dirs(tmp_path / "run")] == ["step_000002", "step_000003"]
-    assert (tmp_path / "run" / "latest").read_text().strip() == "step_000003"
 
 
 def test_hellaswag_during_training_is_logged(fineweb_shards, data, tmp_path):

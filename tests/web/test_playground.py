@@ -133,3 +133,32 @@ def test_a_person_reads_streamed_stories_and_sends_them_to_ranking(served):
     records = read_jsonl(playground.stories_path)
     assert [(r["id"], r["prompt"], r["text"]) for r in records] == [(0, prompt, expected), (1, prompt, expected)]
     assert all(r["seed"] == 1337 and r["checkpoint"] == playground.source for r in records)
+
+
+@pytest.mark.parametrize("body, field", [
+    ('{"temperature": NaN, "max_new_tokens": 2}', "temperature: Input should be a finite number"),
+    ('{"temperature": Infinity, "max_new_tokens": 2}', "temperature: Input should be a finite number"),
+    ('{"seed": 1e400, "max_new_tokens": 2}', "seed: Input should be a valid integer"),
+    ('{"num_stories": true, "max_new_tokens": 2}', "num_stories: Input should be a valid integer"),
+    ('{"temperature": "0.5", "max_new_tokens": 2}', "temperature: Input should be a valid number"),
+    ('{"max_new_tokens": 2, "tempreature": 0.5}', "tempreature: Extra inputs are not permitted"),
+])
+def test_a_request_is_validated_before_the_stream_starts(served, body, field):
+    url, playground = served
+    with httpx.Client(base_url=url, timeout=30) as client:
+        response = client.post("/api/generate", content=body, headers={"Content-Type": "application/json"})
+        assert response.status_code == 422 and response.json() == {"detail": field}
+        assert client.post("/api/send", json={"group": True}).status_code == 422
+
+
+def test_only_requests_for_this_server_are_answered(served):
+    url, playground = served
+    port = httpx.URL(url).port
+    with httpx.Client(base_url=url, timeout=30) as client:
+        for host in ("evil.example", f"evil.example:{port}", "127.0.0.1:1", f"localhost.evil.example:{port}"):
+            response = client.get("/api/info", headers={"Host": host})  # what a DNS-rebound page sends
+            assert response.status_code == 403 and "own address" in response.json()["detail"], host
+            assert client.post("/api/generate", json={"max_new_tokens": 2}, headers={"Host": host}).status_code == 403
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"LOCALHOST:{port}"):
+            assert client.get("/api/info", headers={"Host": host}).status_code == 200, host
+    assert not playground.stories_path.exists()

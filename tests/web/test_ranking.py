@@ -128,3 +128,20 @@ def test_a_person_ranks_in_a_headless_browser(tmp_path):
     assert result.judged == 3 and result.skipped == 0
     records = ranking.records()
     assert [r["group"] for r in records] == [0, 1, 2] and all(r["judge"] == "web" for r in records)
+
+
+def test_the_page_api_checks_types_and_hosts(tmp_path):
+    ranking = Ranking(tmp_path, stories=8)
+    port = httpx.URL(ranking.url).port
+    with httpx.Client(base_url=ranking.url, timeout=30) as client:
+        for answer in ({"group": 1, "choice": True}, {"group": 1, "choice": 1.0}, {"group": "1", "choice": 1},
+                       {"group": 1, "choice": 1, "reason": 5}):
+            response = client.post("/api/choose", json=answer)
+            assert response.status_code == 422 and isinstance(response.json()["detail"], str), answer
+        response = client.post("/api/choose", json={"group": 1, "choice": 1}, headers={"Host": f"evil.example:{port}"})
+        assert response.status_code == 403
+        assert ranking.records() == []  # nothing was recorded: no story 2 for `true`
+        assert client.post("/api/choose", json={"group": 1, "choice": 1}).json()["group"] == 2
+        assert client.post("/api/choose", json={"group": 2, "choice": None}).json()["done"]
+    ranking.finish()
+    assert [r["skipped"] for r in ranking.records()] == [False, True]
