@@ -97,6 +97,11 @@ def clean_temporaries(directory: str | Path) -> list[Path]:
     return removed
 
 
+def is_disk_full(e: OSError) -> bool:
+    """Whether a failed write ran out of space: a full disk or a quota."""
+    return e.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
 @contextlib.contextmanager
 def disk_full_is_an_error(path: str | Path) -> Iterator[None]:
     """Turn a full disk (or quota) met while writing under `path` into a one-line error; the writers keep what was
@@ -104,7 +109,7 @@ def disk_full_is_an_error(path: str | Path) -> Iterator[None]:
     try:
         yield
     except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+        if not is_disk_full(e):
             raise
         raise GhoulError(f"no space left on the device of {path} ({e.strerror}): free some space and run the same "
                          "command again to go on from what is saved") from None

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import errno
 import json
 import math
 import random
@@ -38,7 +37,7 @@ from ghoul.config import to_dict
 from ghoul.data.loader import ShardLoader
 from ghoul.errors import GhoulError
 from ghoul.eval.loss import bits_per_byte, target_bytes
-from ghoul.files import atomic_write_text, clean_temporaries
+from ghoul.files import atomic_write_text, clean_temporaries, is_disk_full
 from ghoul.model import GPT
 from ghoul.optim.build import build_optimizers
 from ghoul.optim.schedule import lr_multiplier
@@ -397,7 +396,7 @@ def train(cfg: TrainConfig, model: GPT, tokenizer: Tokenizer, d: dist.DistInfo, 
                                                               "no checkpoint was written yet"))
         raise
     except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+        if not is_disk_full(e):
             raise
         last = newest_checkpoint(cfg.output_dir)
         raise GhoulError(f"no space left on the device of {cfg.output_dir} ({e.filename or 'a run file'}): the "
