@@ -13,7 +13,7 @@ from ghoul import dist
 
 
 class StepInterrupt:
-    """Catches SIGINT while installed; `agreed()` at each step boundary says, alike on every rank, whether to stop."""
+    """Catches SIGINT while installed; `agreed()` at a step boundary says, alike on every rank, whether to stop."""
 
     def __init__(self, d: dist.DistInfo) -> None:
         self.d, self.requested, self._previous = d, False, None
@@ -37,10 +37,11 @@ class StepInterrupt:
             os.write(2, b"\ninterrupt: stopping after this step, with a checkpoint (Ctrl-C again: stop now, "
                         b"saving nothing)\n")
 
-    def agreed(self) -> bool:
+    def agreed(self, synced: bool) -> bool:
         """Whether to stop after this step. Under torchrun one rank's Ctrl-C stops them all at the same step: its
-        flag is summed over the ranks once per step (a one-number all-reduce), so every rank saves, or exits,
-        together and none is left waiting in a collective."""
+        flag is summed over the ranks (a one-number all-reduce), so every rank saves, or exits, together and none is
+        left waiting in a collective. That sum waits for the device, so it is taken only at steps where the loop
+        syncs anyway (`synced`: a logged step), never adding a sync to the steps between."""
         if not self.d.distributed:
             return self.requested
-        return dist.all_reduce_sum([float(self.requested)], self.d.device)[0] > 0
+        return synced and dist.all_reduce_sum([float(self.requested)], self.d.device)[0] > 0

@@ -382,8 +382,8 @@ def train(cfg: TrainConfig, model: GPT, tokenizer: Tokenizer, d: dist.DistInfo, 
                 interval_start += time.perf_counter() - paused
             if logged:  # evaluation, samples and checkpoints are left out of the next interval
                 interval_start = time.perf_counter()
-            if step < cfg.max_steps and interrupt.agreed():  # Ctrl-C: the weights, optimizer, data position and RNG
-                # all stand at the end of this step
+            # Ctrl-C: the weights, optimizer, data position and RNG all stand at the end of this step
+            if step < cfg.max_steps and interrupt.agreed(logged):
                 stopped = True
                 break
         if saved_step != step:  # the end of the run, or of an interrupted one
