@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import transformers
 
-from benchmarks import bench_bpe, bench_generate, bench_hellaswag, bench_prepare, bench_train
+from benchmarks import bench_bpe, bench_generate, bench_gguf, bench_hellaswag, bench_prepare, bench_train
 from benchmarks.timing import Unsupported, describe
 from ghoul.files import atomic_write_text
 
@@ -45,6 +45,9 @@ CASES: dict[str, tuple[Callable[..., dict], dict, dict]] = {
     # the quick run keeps 16 + 128 tokens: generation is fast, and the figure stays comparable to the full one
     "generate": (bench_generate.run, dict(preset="small", prompt_tokens=16, new_tokens=128, repeats=3),
                  dict(preset="small", prompt_tokens=16, new_tokens=128, repeats=1)),
+    # the default model as a GGUF: file sizes per dtype, and llama.cpp's greedy tokens/s against ghoul's cached sampling
+    "gguf": (bench_gguf.run, dict(preset="laptop", vocab_size=4096, prompt_tokens=16, new_tokens=128, repeats=3),
+             dict(preset="laptop", vocab_size=512, prompt_tokens=16, new_tokens=64, repeats=1)),
     "prepare": (bench_prepare.run, dict(repeat=20, repeats=3), dict(repeat=2, repeats=1, warmup=0)),
     "hellaswag": (bench_hellaswag.run, dict(preset="small", examples=32, batch_size=16, repeats=3),
                   dict(preset="small", examples=8, batch_size=8, repeats=1)),

@@ -94,14 +94,15 @@ def pretrain(preset: str, shards: Path, out: Path, device: str, steps: int, comp
     """`ghoul pretrain` for `steps` steps of `accum` micro-batches into a run directory of its own under `out`; the
     medians of the logged rate and MFU over the second half (the first steps compile and warm the allocator), and
     the largest logged peak memory."""
+    from ghoul.config import build
     from ghoul.train.stages import TrainConfig, run
 
     name = (f"{preset}{'-compile' if compile else ''}{'-checkpointing' if activation_checkpointing else ''}"
             f"{f'-accum{accum}' if accum > 1 else ''}")
-    cfg = TrainConfig(dataset=str(shards), output_dir=out / name, model=preset, batch_size=BATCH[preset],
-                      seq_len=seq_len(preset), max_steps=steps, eval_every=0, compile=compile, device=device,
-                      activation_checkpointing=activation_checkpointing,
-                      total_batch_size=BATCH[preset] * seq_len(preset) * accum)
+    cfg = build(TrainConfig, dataset=str(shards), output_dir=out / name, model=preset, batch_size=BATCH[preset],
+                seq_len=seq_len(preset), max_steps=steps, eval_every=0, compile=compile, device=device,
+                activation_checkpointing=activation_checkpointing,
+                total_batch_size=BATCH[preset] * seq_len(preset) * accum)
     started = time.perf_counter()
     # the runs measure speed and memory: their checkpoints (18 GB for gpt2-xl with AdamW's state) are not written
     with mock.patch("ghoul.train.loop.save_training_checkpoint", lambda directory, step, *_: directory / str(step)):

@@ -28,6 +28,7 @@ class Command:
 COMMANDS = [
     Command("generate", "ghoul.generate:GenerateConfig:run", "sample text from a checkpoint or a fresh preset"),
     Command("export hf", "ghoul.hf:ExportConfig:run", "a checkpoint as a transformers directory (GPT-2, LLaMA, Qwen3)"),
+    Command("export gguf", "ghoul.gguf:GgufConfig:run", "a checkpoint as a GGUF file for llama.cpp, Ollama, LM Studio"),
     Command("eval hellaswag", "ghoul.eval.hellaswag:HellaswagConfig:run", "HellaSwag accuracy of a checkpoint"),
     Command("eval loss", "ghoul.eval.loss:LossConfig:run", "validation loss of a checkpoint on token shards"),
     Command("eval checkpoints", "ghoul.eval.checkpoints:CheckpointsConfig:run", "score and plot a run's checkpoints"),
@@ -46,7 +47,7 @@ COMMANDS = [
     Command("reward train", "ghoul.align.reward:RewardTrainConfig:train_run", "train a reward model on rankings"),
     Command("reward score", "ghoul.align.reward:ScoreConfig:score_run", "score stories with a reward model"),
     Command("dpo", "ghoul.align.dpo:DpoConfig:run", "align a model on preference pairs with DPO"),
-    Command("ppo", "ghoul.align.ppo:RlConfig:run_ppo", "align a model with PPO against a reward model or a judge"),
+    Command("ppo", "ghoul.align.ppo:PpoConfig:run_ppo", "align a model with PPO against a reward model or a judge"),
     Command("grpo", "ghoul.align.ppo:RlConfig:run_grpo", "align a model with GRPO against a reward model or a judge"),
     Command("compare", "ghoul.align.compare:CompareConfig:run", "win-rate of model A over model B, judged in pairs"),
     Command("rlhf", "ghoul.align.rlhf:RlhfConfig:run", "the feedback loop: generate, rank, then winners/DPO/PPO/GRPO"),
@@ -78,7 +79,8 @@ def build_parser(cmd: Command) -> tuple[argparse.ArgumentParser, type, object]:
     module_name, cls_name, fn_name = cmd.target.split(":")
     module = importlib.import_module(module_name)
     cls, fn = getattr(module, cls_name), getattr(module, fn_name)
-    parser = argparse.ArgumentParser(prog=f"ghoul {cmd.name}", description=cmd.help)
+    # no abbreviations: `finetune --activation swiglu` would otherwise be read as --activation-checkpointing
+    parser = argparse.ArgumentParser(prog=f"ghoul {cmd.name}", description=cmd.help, allow_abbrev=False)
     add_config_args(parser, cls)
     return parser, cls, fn
 

@@ -1,5 +1,8 @@
 """One way to configure every stage: a dataclass whose fields are the CLI flags and the keys of a TOML file.
 
+A stage's config holds groups of options it shares with other stages (`optim: OptimOptions = group(OptimOptions)`)
+as members: their flags are as flat as the stage's own, a TOML file may set them at the top level or in a table named
+for the group (`[optim]`), and a command offers exactly the groups its config holds.
 Precedence: dataclass defaults < `--config FILE.toml` < flags given on the command line.
 """
 
@@ -33,6 +36,27 @@ def option(default: Any = dataclasses.MISSING, help: str = "", *, choices: list[
     return dataclasses.field(default=default, metadata=meta)
 
 
+def group(cls: type, **defaults: Any) -> Any:
+    """A member holding the options of `cls`, with this stage's own `defaults` for some of them."""
+    return dataclasses.field(default_factory=lambda: cls(**defaults), metadata={"group": cls, "defaults": defaults})
+
+
+def groups(cls: type) -> dict[str, type]:
+    """The groups `cls` holds, by member name."""
+    return {f.name: f.metadata["group"] for f in dataclasses.fields(cls) if "group" in f.metadata}
+
+
+def option_owners(cls: type) -> dict[str, str | None]:
+    """Every option of `cls` (its own fields and those of its groups) -> the group holding it (None: its own)."""
+    owners: dict[str, str | None] = {}
+    for f in dataclasses.fields(cls):
+        for name in ([g.name for g in dataclasses.fields(f.metadata["group"])] if "group" in f.metadata else [f.name]):
+            if name in owners:
+                raise TypeError(f"{cls.__name__}: option {name} is declared twice")  # one flag, one meaning
+            owners[name] = f.name if "group" in f.metadata else None
+    return owners
+
+
 def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -64,15 +88,30 @@ def _scalar_type(annotation: Any) -> tuple[type, bool]:
 
 
 def add_config_args(parser: argparse.ArgumentParser, cls: type, config_file: bool = True) -> None:
-    """Add one flag per field of the dataclass `cls` (plus `--config FILE.toml`)."""
+    """Add one flag per option of the dataclass `cls`, its groups' under their own headings (plus `--config`)."""
     if config_file:
+        tables = [f"[{t}]" for t in [*groups(cls), *_variants(cls)]]
         parser.add_argument("--config", type=Path, default=argparse.SUPPRESS, metavar="FILE.toml",
-                            help="read options from a TOML file with the same keys; flags given here override it")
+                            help="read options from a TOML file with the same keys" + (
+                                f" (or in the tables {', '.join(tables)})" if tables else "") +
+                                 "; flags given here override it")
+    option_owners(cls)  # no option declared twice
+    _add_flags(parser, cls, {})
+    for f in dataclasses.fields(cls):
+        if "group" in f.metadata:
+            cls_group = f.metadata["group"]
+            heading = parser.add_argument_group(f"{f.name} options", (cls_group.__doc__ or "").split("\n")[0])
+            _add_flags(heading, cls_group, f.metadata["defaults"])
+
+
+def _add_flags(parser: Any, cls: type, defaults: dict[str, Any]) -> None:
     hints = _field_types(cls)
     for f in dataclasses.fields(cls):
+        if "group" in f.metadata:
+            continue
         kind, is_list = _scalar_type(hints[f.name])
         meta = f.metadata
-        default = f.default if f.default is not dataclasses.MISSING else (
+        default = defaults[f.name] if f.name in defaults else f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # type: ignore[misc]
         help_text = meta.get("help", "")
         if default not in (None, "", []) and kind is not bool:
@@ -115,24 +154,55 @@ def read_toml(path: str | Path, what: str = "config file") -> dict[str, Any]:
         raise GhoulError(f"{what} {path} is not valid TOML: {e}") from None
 
 
-def load_toml(path: str | Path, cls: type, section: str | None = None) -> dict[str, Any]:
-    """Read the keys of `cls` from a TOML file (optionally from one `[section]`), with a clear error otherwise."""
-    data = read_toml(path)
-    if section is not None:
-        data = data.get(section, {})
-    return _check_keys(data, cls, str(path))
+def load_toml(path: str | Path, cls: type) -> dict[str, Any]:
+    """The options of `cls` in a TOML file, those of a group under its name (`{"optim": {...}}`), checked against
+    their types; an unknown key or table is a one-line error naming it."""
+    where, owners, tables = str(path), option_owners(cls), groups(cls)
+    per = _variants(cls)
+    values: dict[str, Any] = {}
+    for key, value in read_toml(path).items():
+        name = key.replace("-", "_")
+        if isinstance(value, dict) and key in per:
+            values.setdefault(_VARIANTS, {})[key] = _check_keys(value, cls, f"{where}: [{key}]")
+        elif isinstance(value, dict) and name not in owners:
+            if name not in tables:
+                known = [*tables, *per]
+                raise GhoulError(f"{where}: unknown table [{key}]; " + (
+                    f"tables are: {', '.join(f'[{t}]' for t in known)}" if known else "this command has none"))
+            values.setdefault(name, {}).update(_check_keys(value, tables[name], f"{where}: [{key}]"))
+        elif owners.get(name) is not None:
+            values.setdefault(owners[name], {}).update(_check_keys({key: value}, tables[owners[name]], where))
+        else:
+            values.update(_check_keys({key: value}, cls, where, sorted(owners)))
+    return values
 
 
-def _check_keys(data: dict[str, Any], cls: type, where: str) -> dict[str, Any]:
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+_VARIANTS = "[variants]"  # where load_toml keeps the tables of `TABLE_PER` (no option has this name)
+
+
+def _variants(cls: type) -> list[str]:
+    """The values of the option that `cls.TABLE_PER` names (e.g. "method"): a file's [VALUE] table holds the options
+    for that value, applied when it is chosen (rlhf's [dpo] and [ppo] hold what only those methods read)."""
+    per = getattr(cls, "TABLE_PER", None)
+    return [] if per is None else list(next(f for f in dataclasses.fields(cls) if f.name == per).metadata["choices"])
+
+
+def _apply_variant(cls: type, values: dict[str, Any], chosen: Any) -> None:
+    """Replace the tables of `values` with the options of the chosen one (default: the file's or the class's)."""
+    per = cls.TABLE_PER  # type: ignore[attr-defined]
+    if chosen is None:
+        chosen = values.get(per, next(f.default for f in dataclasses.fields(cls) if f.name == per))
+    values.update(values.pop(_VARIANTS).get(chosen, {}))
+
+
+def _check_keys(data: dict[str, Any], cls: type, where: str, valid: list[str] | None = None) -> dict[str, Any]:
+    fields = {f.name: f for f in dataclasses.fields(cls) if "group" not in f.metadata}
     hints = _field_types(cls)
     values = {}
     for key, value in data.items():
         name = key.replace("-", "_")
-        if isinstance(value, dict):
-            continue  # a [section] for another stage
         if name not in fields:
-            raise GhoulError(f"{where}: unknown key '{key}'; valid keys are: {', '.join(sorted(fields))}")
+            raise GhoulError(f"{where}: unknown key '{key}'; valid keys are: {', '.join(valid or sorted(fields))}")
         values[name] = _check_value(value, hints[name], f"{where}: key '{key}'")
         choices = fields[name].metadata.get("choices")
         if choices and any(v not in choices for v in (value if isinstance(value, list) else [value])):
@@ -182,21 +252,49 @@ def _toml_text(value: Any) -> str:
     return json.dumps(value, default=str)
 
 
-def config_from_args(cls: type[C], args: argparse.Namespace, section: str | None = None) -> C:
+def config_from_args(cls: type[C], args: argparse.Namespace) -> C:
     """Build `cls` from defaults, then the `--config` file, then the flags that were given."""
-    values: dict[str, Any] = {}
-    if getattr(args, "config", None):
-        values.update(load_toml(args.config, cls, section))
+    values = load_toml(args.config, cls) if getattr(args, "config", None) else {}
+    if _VARIANTS in values:  # the chosen value's table, whether the flag or the file chose it
+        _apply_variant(cls, values, getattr(args, cls.TABLE_PER, None))  # type: ignore[attr-defined]
+    for name, owner in option_owners(cls).items():
+        if getattr(args, name, _OMITTED) is not _OMITTED:
+            (values if owner is None else values.setdefault(owner, {}))[name] = getattr(args, name)
+    return make_config(cls, values)
+
+
+def build(cls: type[C], **options: Any) -> C:
+    """`cls` from options named as their flags are, whichever group holds them: `build(FinetuneConfig, max_steps=9)`.
+    An option `cls` does not have is a TypeError, as a wrong keyword is."""
+    owners, values = option_owners(cls), {}
+    for name, value in options.items():
+        if name not in owners:
+            raise TypeError(f"{cls.__name__} has no option {name}")
+        (values if owners[name] is None else values.setdefault(owners[name], {}))[name] = value
+    return make_config(cls, values)
+
+
+def make_config(cls: type[C], values: dict[str, Any]) -> C:
+    """`cls` from option values as `load_toml` gives them: each group's under its name, on top of this stage's
+    defaults for the group."""
+    if _VARIANTS in values:
+        _apply_variant(cls, values, None)
+    members = {}
     for f in dataclasses.fields(cls):
-        if getattr(args, f.name, _OMITTED) is not _OMITTED:
-            values[f.name] = getattr(args, f.name)
+        if "group" in f.metadata and f.name in values:
+            members[f.name] = f.metadata["group"](**{**f.metadata["defaults"], **values[f.name]})
     missing = [f.name for f in dataclasses.fields(cls) if f.name not in values
                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     if missing:
         raise GhoulError(f"missing required option(s): {', '.join(flag(m) for m in missing)}")
-    return cls(**values)
+    return cls(**{**values, **members})
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
-    """A JSON-friendly dict of a config (paths as strings), for saving next to a run."""
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()}
+    """A JSON-friendly dict of a config's options, its groups' among them, as flat as its flags (paths as strings),
+    for saving next to a run."""
+    flat: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        flat.update(to_dict(value) if "group" in f.metadata else {f.name: value})
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in flat.items()}

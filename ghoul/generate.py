@@ -53,10 +53,14 @@ class GenerateConfig:
             raise GhoulError(f"--num-samples {self.num_samples:,} is more than one run makes ({MAX_SAMPLES:,}): "
                              "split the work into runs with other --seed and --out")
         check_sampling(self.temperature, self.top_k, self.top_p)
-        if self.prompts_file is not None and self.prompt:
-            raise GhoulError("give --prompt or --prompts-file, not both")
+        check_prompt_source(self.prompt, self.prompts_file)
         if self.out is not None:
             refuse_input_as_output(self.out, self.prompts_file)
+
+
+def check_prompt_source(prompt: str, prompts_file: Path | None) -> None:
+    if prompts_file is not None and prompt:
+        raise GhoulError("give --prompt or --prompts-file, not both")
 
 
 def check_sampling(temperature: float, top_k: int | None = None, top_p: float | None = None) -> None:

@@ -93,25 +93,16 @@ def _read_hf_weights(directory: Path) -> dict[str, torch.Tensor]:
 def export_hf(model_dir: str | Path, out: str | Path) -> Path:
     """Write the ghoul model directory `model_dir` as a directory that transformers' `AutoModelForCausalLM` and
     `AutoTokenizer` load without custom code: a GPT2LMHeadModel, LlamaForCausalLM or Qwen3ForCausalLM."""
-    from ghoul.checkpoint import TIED, read_model_config, read_weights, resolve_checkpoint
+    from ghoul.checkpoint import read_model_config, resolve_checkpoint
     from ghoul.hf_tokenizer import export_tokenizer, write_tokenizer_files
-    from ghoul.model import WEIGHTS_FILE, GPTConfig
 
     model_dir, out = resolve_checkpoint(model_dir), Path(out)  # a run directory means its newest checkpoint
     cfg = read_model_config(model_dir)
     check_export_target(out, model_dir)
-    if cfg.get("kind", "language") != "language":
-        raise GhoulError(f"{model_dir} is a {cfg['kind']} model: only language models have a causal LM form")
-    config = GPTConfig.from_dict(cfg)
+    config = language_config(model_dir, cfg)
     family = hf_family(config, model_dir)
     tokenizer = export_tokenizer(model_dir, config.vocab_size)
-    weights = model_dir / WEIGHTS_FILE
-    if not weights.is_file():
-        raise GhoulError(f"{model_dir} has no {WEIGHTS_FILE}: the checkpoint is incomplete")
-    state = {k: v for k, v in read_weights(weights).items() if k != TIED or not config.tie_embeddings}
-    for key in ("transformer.wte.weight", TIED):  # padding rows (--pad-vocab) go: HF has exactly vocab_size rows
-        if key in state:
-            state[key] = state[key][:config.vocab_size].contiguous()
+    state = exported_weights(model_dir, config)
     if family == "gpt2":
         hf_config, state = gpt2_config(config), {k: (v.t().contiguous() if _is_conv1d(k) else v)
                                                  for k, v in state.items()}
@@ -131,16 +122,50 @@ def export_hf(model_dir: str | Path, out: str | Path) -> Path:
     return out
 
 
+def language_config(model_dir: Path, cfg: dict) -> GPTConfig:
+    """The GPTConfig of the model directory whose config.json is `cfg`; a one-line error unless a language model."""
+    from ghoul.model import GPTConfig
+
+    if cfg.get("kind", "language") != "language":
+        raise GhoulError(f"{model_dir} is a {cfg['kind']} model: only language models have a causal LM form")
+    return GPTConfig.from_dict(cfg)
+
+
+def exported_weights(model_dir: Path, config: GPTConfig) -> dict[str, torch.Tensor]:
+    """The model's weights in ghoul's names as exports hold them: a tied head once (as the embedding), and exactly
+    `vocab_size` rows in the embedding and head (the padding rows of --pad-vocab cropped)."""
+    from ghoul.checkpoint import TIED, read_weights
+    from ghoul.model import WEIGHTS_FILE
+
+    weights = model_dir / WEIGHTS_FILE
+    if not weights.is_file():
+        raise GhoulError(f"{model_dir} has no {WEIGHTS_FILE}: the checkpoint is incomplete")
+    state = {k: v for k, v in read_weights(weights).items() if k != TIED or not config.tie_embeddings}
+    for key in ("transformer.wte.weight", TIED):
+        if key in state:
+            state[key] = state[key][:config.vocab_size].contiguous()
+    return state
+
+
+def switch_family(config: GPTConfig, gpt2: dict = GPT2) -> tuple[str | None, list[str]]:
+    """("gpt2", "llama" or "qwen3", []) for a model with the `gpt2` or LLAMA switches; else (None, the switches that
+    keep the nearer family out, as "name = value")."""
+    off = {name: [f"{k} = {getattr(config, k)!r}" for k, v in switches.items() if getattr(config, k) != v]
+           for name, switches in (("gpt2", gpt2), ("llama", LLAMA))}
+    if not off["gpt2"]:
+        return "gpt2", []
+    if not off["llama"]:
+        return ("qwen3" if config.qk_norm else "llama"), []
+    return None, min(off.values(), key=len)
+
+
 def hf_family(config: GPTConfig, model_dir: Path) -> str:
     """The model_type ("gpt2", "llama" or "qwen3") of the Hugging Face model that computes what `config` does."""
-    off = {name: [f"{k} = {getattr(config, k)!r}" for k, v in switches.items() if getattr(config, k) != v]
-           for name, switches in (("gpt2", GPT2), ("llama", LLAMA))}
-    if not off["gpt2"]:
-        return "gpt2"
-    if not off["llama"]:
-        return "qwen3" if config.qk_norm else "llama"
-    nearest = ", ".join(min(off.values(), key=len))  # name what keeps the nearer family from exporting
-    raise GhoulError(f"{model_dir}: {nearest} has no Hugging Face GPT-2 equivalent, nor a LLaMA one; {EXPORTABLE}")
+    family, off = switch_family(config)
+    if family is None:
+        raise GhoulError(f"{model_dir}: {', '.join(off)} has no Hugging Face GPT-2 equivalent, nor a LLaMA one; "
+                         f"{EXPORTABLE}")
+    return family
 
 
 def gpt2_config(config: GPTConfig) -> dict:
@@ -241,7 +266,8 @@ def model_card(model_dir: Path, cfg: dict, n_params: int, hf_config: dict, token
     lines = ["---", "library_name: transformers", "pipeline_tag: text-generation", f"tags: [{model_type}, ghoul]",
              "---", "", f"# {model_dir.parent.name if state else model_dir.name}", "",
              f"A {ARCHITECTURES[model_type]} model trained with ghoul; it loads with "
-             f"`transformers.AutoModelForCausalLM.from_pretrained` (a `{cls}`).", "",
+             f"`transformers.AutoModelForCausalLM.from_pretrained` (a `{cls}`). For llama.cpp, Ollama or LM Studio, "
+             f"`ghoul export gguf {model_dir} model.gguf` writes it as a GGUF file.", "",
              f"- architecture: {ARCHITECTURES[model_type]}, {cfg['n_layer']} layers, {cfg['n_head']} heads, width "
              f"{cfg['n_embd']}, context {cfg['block_size']} tokens, {n_params:,} parameters, tokenizer {words}"]
     if state:

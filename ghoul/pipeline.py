@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from ghoul.align.judges import JUDGES_HELP, check_judge
-from ghoul.align.rlhf import METHODS
-from ghoul.config import option, to_dict
+from ghoul.align.rlhf import METHOD_OPTIONS, METHODS
+from ghoul.config import build, option, to_dict
 from ghoul.data.corpus import CORPORA, CORPUS_HELP
 from ghoul.errors import GhoulError
 from ghoul.files import atomic_write_text, read_json
@@ -146,17 +146,17 @@ def run_tokenizer(cfg: PipelineConfig, out: Path, docs: list[str]) -> str:
 def train_stage(cfg: PipelineConfig, name: str, dataset: Path, base: Path | None, steps: int, lr: float) -> Path:
     from ghoul.train.stages import FinetuneConfig, TrainConfig, run_or_resume
 
-    kind = TrainConfig if base is None else FinetuneConfig
-    stage = kind(dataset=str(dataset), output_dir=cfg.output_dir / name, model=cfg.model, base_model=base,
-                 batch_size=cfg.batch_size, seq_len=cfg.seq_len, max_steps=steps, optimizer=cfg.optimizer,
-                 learning_rate=lr, muon_lr=cfg.muon_lr * lr / cfg.pretrain_lr, warmup_iters=min(10, steps // 10),
-                 warmdown_iters=steps // 4, eval_every=max(1, steps // 4), eval_iters=10, sample_every=steps,
-                 sample_prompt=cfg.prompts[0], seed=cfg.seed, device=cfg.device, dtype=cfg.dtype,
-                 compile=cfg.compile)
+    kind, start = (TrainConfig, {"model": cfg.model}) if base is None else (FinetuneConfig, {"base_model": base})
+    stage = build(kind, dataset=str(dataset), output_dir=cfg.output_dir / name, **start,
+                  batch_size=cfg.batch_size, seq_len=cfg.seq_len, max_steps=steps, optimizer=cfg.optimizer,
+                  learning_rate=lr, muon_lr=cfg.muon_lr * lr / cfg.pretrain_lr, warmup_iters=min(10, steps // 10),
+                  warmdown_iters=steps // 4, eval_every=max(1, steps // 4), eval_iters=10, sample_every=steps,
+                  sample_prompt=cfg.prompts[0], seed=cfg.seed, device=cfg.device, dtype=cfg.dtype,
+                  compile=cfg.compile)
     say(name, f"{steps} steps on {dataset.name}")
     if run_or_resume(stage) is None:
-        say(name, f"{stage.output_dir} has finished; skipped")
-    return stage.output_dir
+        say(name, f"{stage.run.output_dir} has finished; skipped")
+    return stage.run.output_dir
 
 
 def evaluate(cfg: PipelineConfig, name: str, model_dir: Path, data: Path) -> dict[str, Any]:
@@ -193,12 +193,12 @@ def feedback(cfg: PipelineConfig, base: Path) -> Path:
 
     prompts_file = cfg.output_dir / "prompts.txt"
     atomic_write_text(prompts_file, "\n".join(cfg.prompts) + "\n")
+    training = dict(max_steps=cfg.preference_steps, learning_rate=cfg.preference_lr, batch_size=1, prompts_per_step=1,
+                    seq_len=cfg.seq_len, warmdown_iters=cfg.preference_steps // 4, dtype=cfg.dtype)
     result = rlhf(RlhfConfig(base_model=base, output_dir=cfg.output_dir / "rlhf", method=cfg.method,
                              seed=cfg.seed, device=cfg.device, prompts_file=prompts_file,
                              num_samples=cfg.num_samples, max_new_tokens=cfg.max_new_tokens, generate_batch_size=8,
-                             judge=cfg.judge, max_steps=cfg.preference_steps,
-                             batch_size=1, seq_len=cfg.seq_len, learning_rate=cfg.preference_lr,
-                             warmdown_iters=cfg.preference_steps // 4, dtype=cfg.dtype))
+                             judge=cfg.judge, **{k: v for k, v in training.items() if k in METHOD_OPTIONS[cfg.method]}))
     return result.model
 
 

@@ -16,6 +16,7 @@ from ghoul.config import option, require
 from ghoul.dist import GPUS
 from ghoul.errors import GhoulError
 from ghoul.model import PRESETS, VOCAB_PADDING, GPTConfig, vocab_padding
+from ghoul.train.config import accumulation_steps
 
 GiB = 2**30
 DTYPES = {"float32": 4, "bfloat16": 2, "float16": 2}  # bytes of one activation element
@@ -60,11 +61,7 @@ class PlanConfig:
         block = PRESETS[self.model].get("block_size", GPTConfig.block_size)
         if self.seq_len > block:
             raise GhoulError(f"--seq-len {self.seq_len} exceeds {self.model}'s context of {block} tokens")
-        per_micro_step = self.batch_size * self.seq_len * self.gpus
-        if self.total_batch_size % per_micro_step:
-            raise GhoulError(f"--total-batch-size {self.total_batch_size} is not a multiple of batch size x seq len x "
-                             f"gpus = {self.batch_size} x {self.seq_len} x {self.gpus} = {per_micro_step}; "
-                             f"try {max(1, round(self.total_batch_size / per_micro_step)) * per_micro_step}")
+        accumulation_steps(self.total_batch_size, self.batch_size, self.seq_len, self.gpus)  # as the trainer checks
 
 
 def param_counts(c: GPTConfig) -> dict[str, int]:
@@ -117,7 +114,7 @@ def estimate(cfg: PlanConfig) -> dict:
     params = param_counts(c)
     n, act = params["total"], DTYPES[cfg.dtype]
     tokens_micro = cfg.batch_size * cfg.seq_len  # tokens in one GPU's forward
-    accum = cfg.total_batch_size // (tokens_micro * cfg.gpus)
+    accum = accumulation_steps(cfg.total_batch_size, cfg.batch_size, cfg.seq_len, cfg.gpus)
     memory = {
         "weights": 4 * n,  # float32 master weights, also under autocast
         # autocast casts each weight once per forward and caches the copy; matmuls save it for backward

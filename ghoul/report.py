@@ -222,6 +222,9 @@ def render_markdown(run_dir: Path, stages: dict, judge: dict | None, winrate: di
                 # the story as it reads: the prompt, then its continuation, which usually starts with a space
                 story = " ".join((prompt + texts[i]).split()) if i < len(texts) else ""
                 lines += [f"**{name}**: {story}", ""]
+    final = next((d for d in (*PREFERENCE_DIRS, "finetune", "pretrain") if (run_dir / d / "latest").is_file()), None)
+    if final:  # the last stage that saved a model
+        lines += [f"Run the final model in llama.cpp or Ollama: `ghoul export gguf {run_dir / final} model.gguf`", ""]
     lines += ["## Config", "", "```json", json.dumps(config, indent=2), "```", "", "## Environment", ""]
     lines += [f"- {k}: {v}" for k, v in env.items()]
     return "\n".join(lines) + "\n"

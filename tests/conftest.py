@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import subprocess
 from collections.abc import Callable, Iterator
+from itertools import islice
 from pathlib import Path
 
 import pytest
+
+from ghoul.tokenizer.bpe import BPETokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,6 +29,19 @@ def data_dir() -> Path:
 @pytest.fixture(scope="session")
 def data() -> Path:
     return data_dir()
+
+
+@pytest.fixture(scope="session")
+def stories(data) -> list[str]:
+    """400 Reddit horror stories: the first 300 train the tokenizers of the export tests, the other 100 are held out."""
+    with open(data / "creepypasta" / "reddit_horror_stories.jsonl", encoding="utf-8") as f:
+        return [json.loads(line)["selftext"] for line in islice(f, 400)]
+
+
+@pytest.fixture(scope="session")
+def bpe(stories) -> dict[str, BPETokenizer]:
+    # 500 tokens: the models' tables pad to 512 rows, which the exports must crop
+    return {pattern: BPETokenizer.train(stories[:300], 500, pattern=pattern) for pattern in ("gpt2", "gpt4")}
 
 
 @pytest.fixture

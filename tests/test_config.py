@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from ghoul.cli import COMMANDS, build_parser
-from ghoul.config import load_toml, option
+from ghoul.config import build, group, load_toml, make_config, option
 from ghoul.errors import GhoulError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -30,7 +30,7 @@ def test_every_config_in_configs_loads_into_its_command():
     for command, path in pairs:
         _, cls, _ = build_parser(commands[command])
         # an unknown key or a value of the wrong type fails in load_toml, settings that disagree in the config class
-        cls(**load_toml(path, cls))
+        make_config(cls, load_toml(path, cls))
 
 
 @dataclasses.dataclass
@@ -48,7 +48,7 @@ class Example:
 
 def test_values_are_converted_to_the_field_type(tmp_path):
     (tmp_path / "c.toml").write_text('steps = 3\nrate = 1\nname = "b"\nout = "o"\nfast = true\nids = [1, 2]\n'
-                                     'inputs = ["a", "b"]\ntop_k = 5\n[other-stage]\nsteps = "not ours"\n')
+                                     'inputs = ["a", "b"]\ntop_k = 5\n')
     values = load_toml(tmp_path / "c.toml", Example)
     assert values == {"steps": 3, "rate": 1.0, "name": "b", "out": Path("o"), "fast": True, "ids": [1, 2],
                       "inputs": [Path("a"), Path("b")], "top_k": 5}
@@ -72,3 +72,46 @@ def test_values_of_the_wrong_type_are_one_line_errors(tmp_path, line, message):
     with pytest.raises(GhoulError) as e:
         load_toml(tmp_path / "c.toml", Example)
     assert str(e.value) == f"{tmp_path / 'c.toml'}: {message}"
+
+
+@dataclasses.dataclass
+class Schedule:
+    """When to stop."""
+
+    max_steps: int = option(10, "steps")
+    warmup: int = option(0, "warmup steps")
+
+
+@dataclasses.dataclass
+class Staged:
+    name: str = option("a")
+    schedule: Schedule = group(Schedule, max_steps=50)  # this stage's own default
+
+
+def test_a_group_is_set_at_the_top_level_or_in_its_table_over_the_stages_defaults(tmp_path):
+    (tmp_path / "top.toml").write_text('name = "b"\nwarmup = 2\n')
+    (tmp_path / "table.toml").write_text('name = "b"\n[schedule]\nwarmup = 2\n')
+    for path in (tmp_path / "top.toml", tmp_path / "table.toml"):
+        cfg = make_config(Staged, load_toml(path, Staged))
+        assert (cfg.name, cfg.schedule.max_steps, cfg.schedule.warmup) == ("b", 50, 2)
+    assert build(Staged, warmup=3).schedule == Schedule(max_steps=50, warmup=3)
+    with pytest.raises(TypeError, match="Staged has no option steps"):
+        build(Staged, steps=3)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[shedule]\nwarmup = 2\n", "unknown table [shedule]; tables are: [schedule]"),
+    ("[schedule]\nname = \"b\"\n", "[schedule]: unknown key 'name'; valid keys are: max_steps, warmup"),
+    ("warmpu = 2\n", "unknown key 'warmpu'; valid keys are: max_steps, name, warmup"),
+])
+def test_an_unknown_table_or_key_is_a_one_line_error_naming_it(tmp_path, text, message):
+    (tmp_path / "c.toml").write_text(text)
+    with pytest.raises(GhoulError) as e:
+        load_toml(tmp_path / "c.toml", Staged)
+    assert str(e.value) == f"{tmp_path / 'c.toml'}: {message}"
+
+
+def test_a_command_without_groups_has_no_tables(tmp_path):
+    (tmp_path / "c.toml").write_text("[trian]\nsteps = 3\n")
+    with pytest.raises(GhoulError, match=r"unknown table \[trian\]; this command has none"):
+        load_toml(tmp_path / "c.toml", Example)

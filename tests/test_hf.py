@@ -3,7 +3,6 @@ and LLaMA-style models load with AutoModelForCausalLM and AutoTokenizer and give
 
 import json
 import shutil
-from itertools import islice
 from pathlib import Path
 
 import pytest
@@ -147,19 +146,6 @@ def test_export_of_a_damaged_checkpoint_is_a_one_line_error(tmp_path, capsys):
 
 
 LLAMA = dict(norm="rmsnorm", activation="swiglu", position="rotary", bias=False)
-
-
-@pytest.fixture(scope="module")
-def stories(data) -> list[str]:
-    """400 Reddit horror stories: the first 300 train the tokenizers, the other 100 are held out."""
-    with open(data / "creepypasta" / "reddit_horror_stories.jsonl", encoding="utf-8") as f:
-        return [json.loads(line)["selftext"] for line in islice(f, 400)]
-
-
-@pytest.fixture(scope="module")
-def bpe(stories) -> dict[str, BPETokenizer]:
-    # 500 tokens: the models' tables pad to 512 rows, which the export must crop
-    return {pattern: BPETokenizer.train(stories[:300], 500, pattern=pattern) for pattern in ("gpt2", "gpt4")}
 
 
 def perturbed(model: GPT, scale: float = 0.2) -> GPT:

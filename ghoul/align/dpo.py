@@ -13,11 +13,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ghoul.align.preferences import PairTrainConfig, train_on_pairs
-from ghoul.config import option
+from ghoul.align.preferences import PairBatchOptions, PairOptions, train_on_pairs
+from ghoul.config import group, option
 from ghoul.errors import GhoulError
 from ghoul.model import GPT
 from ghoul.tokenizer import Tokenizer, load_tokenizer
+from ghoul.train.config import LoopOptions, OptimOptions, RunOptions, check_schedule
 
 
 def token_logps(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
@@ -65,12 +66,16 @@ class DpoLoss:
 
 
 @dataclass
-class DpoConfig(PairTrainConfig):
+class DpoConfig:
+    """`ghoul dpo`: a model aligned on preference pairs."""
+
     policy: Path | None = option(None, "the model directory to align; also the frozen reference", metavar="DIR")
-    output_dir: Path = option(Path("runs/dpo"), "run directory: log, checkpoints (RUN/latest is the aligned model)")
     beta: float = option(0.1, "DPO's beta: how far the policy may move from the reference (higher: less far)")
-    learning_rate: float = option(5e-6, "peak learning rate (DPO wants small ones)")
-    max_steps: int = option(100, "optimizer steps")
+    pairs: PairOptions = group(PairOptions)
+    run: RunOptions = group(RunOptions, output_dir=Path("runs/dpo"))
+    optim: OptimOptions = group(OptimOptions, learning_rate=5e-6)  # DPO wants small ones
+    batch: PairBatchOptions = group(PairBatchOptions)
+    loop: LoopOptions = group(LoopOptions, eval_every=10)
 
     def __post_init__(self) -> None:
         if self.policy is None:
@@ -78,8 +83,7 @@ class DpoConfig(PairTrainConfig):
         if self.beta <= 0:
             raise GhoulError(f"--beta must be positive, got {self.beta}")
         self.policy = Path(self.policy)
-        self.base_model = self.base_model or self.policy
-        super().__post_init__()
+        check_schedule(self.optim, self.loop)
 
 
 def run(cfg: DpoConfig):

@@ -28,7 +28,7 @@ from ghoul.checkpoint import load_optimizer_states
 from ghoul.config import option, require, to_dict
 from ghoul.errors import GhoulError
 from ghoul.files import atomic_write_text
-from ghoul.generate import check_sampling
+from ghoul.generate import check_prompt_source, check_sampling
 from ghoul.model import GPT
 from ghoul.optim.build import build_optimizers
 
@@ -37,8 +37,13 @@ from ghoul.optim.build import build_optimizers
 Scorer = Callable[[list[list[int]], list[int], list[int]], list[float]]
 
 
+VALUE_LR = 1e-3  # of PPO's value head
+
+
 @dataclass
 class RlConfig:
+    """The options of GRPO, and of PPO but its value head."""
+
     policy: Path | None = option(None, "the model directory to train; also the frozen reference", metavar="DIR")
     reward: Path | None = option(None, "reward model directory (`ghoul reward train`) that scores the samples")
     judge: str | None = option(None, "or: a judge (reward:DIR, openai:MODEL, length, ...); the sample it picks "
@@ -53,7 +58,6 @@ class RlConfig:
     max_new_tokens: int = option(48, "tokens per sample")
     temperature: float = option(1.0, "sampling temperature of the rollouts")
     learning_rate: float = option(1e-5, "learning rate of the policy (AdamW)")
-    value_lr: float = option(1e-3, "learning rate of PPO's value head")
     kl_coef: float = option(0.05, "weight of the KL penalty against the reference")
     clip_eps: float = option(0.2, "PPO's clipping range of the probability ratio (Schulman et al. 2017: 0.2)")
     ppo_epochs: int = option(2, "updates on each step's rollouts")
@@ -71,11 +75,23 @@ class RlConfig:
                 lambda v: v >= 1, "at least 1")
         require(self, ("checkpoint_every",), lambda v: v >= 0, ">= 0")
         check_sampling(self.temperature)  # nan or inf would stop the rollouts midway
-        if min(self.temperature, self.learning_rate, self.value_lr) <= 0 or self.kl_coef < 0 or \
-                not 0 < self.clip_eps < 1:
-            raise GhoulError("--temperature, --learning-rate and --value-lr must be positive, --kl-coef >= 0, "
-                             "--clip-eps in (0, 1)")
+        check_prompt_source(self.prompt, self.prompts_file)
+        if min(self.temperature, self.learning_rate) <= 0 or self.kl_coef < 0 or not 0 < self.clip_eps < 1:
+            raise GhoulError("--temperature and --learning-rate must be positive, --kl-coef >= 0, --clip-eps in "
+                             "(0, 1)")
         self.output_dir = Path(self.output_dir) if self.output_dir is not None else None
+
+
+@dataclass
+class PpoConfig(RlConfig):
+    """GRPO's options and PPO's value head: GRPO's baseline is the group's mean reward, PPO's a learned value."""
+
+    value_lr: float = option(VALUE_LR, "learning rate of PPO's value head")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.value_lr <= 0:
+            raise GhoulError(f"--value-lr must be positive, got {self.value_lr}")
 
 
 # ---- the pieces: pure functions, tested against hand-computed values -------------------------------------------
@@ -182,7 +198,9 @@ def rl_train(cfg: RlConfig, method: str, policy: GPT, scorer: Scorer, prompts: l
     reference = (reference or copy.deepcopy(policy)).eval().requires_grad_(False)
     value_head = nn.Linear(policy.config.n_embd, 1).to(device)  # PPO's baseline, on the policy's hidden states
     optimizers = build_optimizers(policy, "adamw", cfg.learning_rate, 0.0, device_type=device.type)
-    optimizers.append(torch.optim.AdamW(value_head.parameters(), lr=cfg.value_lr))
+    # GRPO leaves the value head untrained (no loss reaches it), but keeps it and its optimizer so that its
+    # checkpoints hold what PPO's do
+    optimizers.append(torch.optim.AdamW(value_head.parameters(), lr=getattr(cfg, "value_lr", VALUE_LR)))
     start = 0
     if resume is not None:
         state, opt_states, modules = resume
@@ -345,7 +363,7 @@ def run(cfg: RlConfig, method: str) -> list[dict]:
     return records
 
 
-def run_ppo(cfg: RlConfig) -> list[dict]:
+def run_ppo(cfg: PpoConfig) -> list[dict]:
     return run(cfg, "ppo")
 
 

@@ -15,12 +15,12 @@ from typing import Any
 import torch
 
 from ghoul.align.rank import load_rankings, load_stories, stories_judged
-from ghoul.config import option
+from ghoul.config import option, require
 from ghoul.data.loader import EpochLoader
 from ghoul.errors import GhoulError
 from ghoul.files import atomic_write_text, read_jsonl, refuse_input_as_output
 from ghoul.tokenizer import Tokenizer
-from ghoul.train.config import TrainConfig
+from ghoul.train.config import accumulation_steps
 
 
 def pairs_from_rankings(rankings: list[dict[str, Any]], stories: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -224,14 +224,13 @@ def pair_loaders(records: list[dict[str, Any]], tokenizer: Tokenizer, batch_size
 # ---- the stages that train on pairs (reward model, DPO): one start, then the one training loop ------------------
 
 @dataclass
-class PairTrainConfig(TrainConfig):
-    dataset: str = option("", "(set from --preferences or --rankings)")
+class PairOptions:
+    """The preference pairs to train on, from `ghoul preferences` or straight from rankings."""
+
     preferences: Path | None = option(None, "preference pairs from `ghoul preferences` (its split is kept)")
     rankings: Path | None = option(None, "or: judgments from `ghoul rank`, turned into pairs here")
     stories: Path | None = option(None, "the stories the rankings judge (default: stories.jsonl beside them)")
     val_fraction: float = option(0.1, "fraction of the ranked groups held out for validation (with --rankings)")
-    batch_size: int = option(8, "preference pairs per micro-batch on each rank")
-    eval_every: int = option(10, "steps between validation evaluations (0: never)")
 
     def __post_init__(self) -> None:
         if self.preferences is None and self.rankings is None:
@@ -239,29 +238,45 @@ class PairTrainConfig(TrainConfig):
                              "(from `ghoul rank`)")
         if not 0 <= self.val_fraction < 1:
             raise GhoulError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
-        self.dataset = str(self.preferences or self.rankings)
-        super().__post_init__()
 
 
-def train_on_pairs(cfg: PairTrainConfig, build: Callable[[Path | None, str], tuple[Any, Tokenizer, Any]],
+@dataclass
+class PairBatchOptions:
+    """What one optimizer step reads: pairs per micro-batch, and pairs per step over all ranks."""
+
+    batch_size: int = option(8, "preference pairs per micro-batch on each rank")
+    total_batch_size: int | None = option(None, "preference pairs per optimizer step over all ranks (default: one "
+                                                "micro-batch per rank); reached by gradient accumulation")
+    seq_len = None  # a pair's rows are as long as its longest side, up to the model's block size
+
+    def __post_init__(self) -> None:
+        require(self, ("batch_size", "total_batch_size"), lambda v: v >= 1, "at least 1")
+
+    def accumulation(self, seq_len: int, world_size: int) -> int:
+        """Micro-steps per optimizer step (`seq_len` plays no part: the total counts pairs)."""
+        return accumulation_steps(self.total_batch_size, self.batch_size, 1, world_size)
+
+
+def train_on_pairs(cfg: Any, build: Callable[[Path | None, str], tuple[Any, Tokenizer, Any]],
                    join: bool = False) -> Any:
     """Set up (one process or a torchrun rank), build (model, tokenizer, loss) and run the one training loop on the
     pairs; `build(resume_from, device)` starts from the checkpoint when resuming."""
     from ghoul import dist
     from ghoul.train.loop import check_run_dir, train
 
-    d = dist.setup(cfg.device, cfg.dist_timeout_minutes)
+    run, pairs = cfg.run, cfg.pairs
+    d = dist.setup(run.device, run.dist_timeout_minutes)
     try:
-        resume_from = check_run_dir(cfg)
+        resume_from = check_run_dir(run)
         dist.barrier()  # every rank has checked the run directory before rank 0 writes into it
-        torch.manual_seed(cfg.seed)
-        records = preference_records(cfg.preferences, cfg.rankings, cfg.stories, cfg.val_fraction, cfg.seed)
+        torch.manual_seed(run.seed)
+        records = preference_records(pairs.preferences, pairs.rankings, pairs.stories, pairs.val_fraction, run.seed)
         model, tokenizer, loss_fn = build(resume_from, d.device)
-        train_data, val_data = pair_loaders(records, tokenizer, cfg.batch_size, model.config.block_size, d,
-                                            cfg.seed, join)
+        train_data, val_data = pair_loaders(records, tokenizer, cfg.batch.batch_size, model.config.block_size, d,
+                                            run.seed, join)
         if d.is_main:
-            cfg.output_dir.mkdir(parents=True, exist_ok=True)
-            write_preferences(cfg.output_dir / "preferences.jsonl", records)  # the exact pairs, for inspection
+            run.output_dir.mkdir(parents=True, exist_ok=True)
+            write_preferences(run.output_dir / "preferences.jsonl", records)  # the exact pairs, for inspection
         val = sum(r.get("split") == "val" for r in records)
         dist.print0(f"{len(records) - val} training pairs, {val} validation pairs")
         return train(cfg, model.to(d.device), tokenizer, d, loss_fn, resume_from, train_data, val_data)

@@ -18,11 +18,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ghoul.align.judges import Judge, Judgment
-from ghoul.align.preferences import PairTrainConfig, collate, encode_pair_side, train_on_pairs
-from ghoul.config import option
+from ghoul.align.preferences import PairBatchOptions, PairOptions, collate, encode_pair_side, train_on_pairs
+from ghoul.config import group, option
 from ghoul.errors import GhoulError
 from ghoul.model import GPT, GPTConfig
 from ghoul.tokenizer import Tokenizer, load_tokenizer
+from ghoul.train.config import LoopOptions, OptimOptions, RunOptions, check_schedule
 
 
 def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
@@ -85,15 +86,20 @@ def reward_loss(model: nn.Module, tokens: torch.Tensor, mask: torch.Tensor) -> t
 # ---- ghoul reward train --------------------------------------------------------------------------------------
 
 @dataclass
-class RewardTrainConfig(PairTrainConfig):
-    output_dir: Path = option(Path("runs/reward"), "run directory: log, checkpoints (RUN/latest is the reward model)")
-    learning_rate: float = option(3e-5, "peak learning rate")
-    max_steps: int = option(100, "optimizer steps")
+class RewardTrainConfig:
+    """`ghoul reward train`: a reward model on preference pairs."""
+
+    base_model: Path | None = option(None, "model directory whose backbone the reward model starts from")
+    pairs: PairOptions = group(PairOptions)
+    run: RunOptions = group(RunOptions, output_dir=Path("runs/reward"))
+    optim: OptimOptions = group(OptimOptions, learning_rate=3e-5)
+    batch: PairBatchOptions = group(PairBatchOptions)
+    loop: LoopOptions = group(LoopOptions, eval_every=10)
 
     def __post_init__(self) -> None:
-        if self.base_model is None and self.resume is None:
+        if self.base_model is None and self.run.resume is None:
             raise GhoulError("--base-model is required: the model directory whose backbone the reward model uses")
-        super().__post_init__()
+        check_schedule(self.optim, self.loop)
 
 
 def train_run(cfg: RewardTrainConfig):

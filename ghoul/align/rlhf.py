@@ -14,20 +14,27 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from ghoul.align import rank, winners
 from ghoul.align.judges import DEFAULT_JUDGE, JUDGES_HELP, check_judge
-from ghoul.config import option, require, to_dict
+from ghoul.config import build, flag, option, require, to_dict
 from ghoul.errors import GhoulError
 from ghoul.files import atomic_write_text, read_jsonl
 
 # What to learn from the judgments; see docs/feedback.md for what each needs and costs.
 METHODS = ("winners", "dpo", "ppo", "grpo")
+_TRAIN = {"max_steps", "learning_rate", "batch_size", "total_batch_size", "warmdown_iters", "dtype"}
+_RL = {"max_steps", "learning_rate", "prompts_per_step", "kl_coef", "reward_steps", "reward_learning_rate"}
+# the options of the training step each method reads: given for another method, they are refused, not ignored
+METHOD_OPTIONS = {"winners": _TRAIN | {"seq_len"}, "dpo": _TRAIN | {"beta"}, "ppo": _RL, "grpo": _RL}
+FINAL_DIRS = {"winners": "finetune", "dpo": "dpo", "ppo": "ppo", "grpo": "grpo"}  # the new model's run, in RUN/
 
 
 @dataclass
 class RlhfConfig:
+    TABLE_PER: ClassVar[str] = "method"  # a config file's [dpo] table holds the options of --method dpo, etc.
+
     base_model: Path | None = option(None, "model directory to generate stories from and to train")
     output_dir: Path = option(Path("runs/rlhf"), "run directory holding every step's output")
     method: str = option("winners", "what to learn from the judgments: winners (fine-tune on the chosen stories), "
@@ -50,19 +57,21 @@ class RlhfConfig:
     base_url: str | None = option(None, "OpenAI-compatible server for openai:MODEL (vLLM, llama.cpp, Ollama)")
     host: str = option("127.0.0.1", "address of the web judge's page")
     port: int = option(8765, "port of the web judge's page (0: any free port)")
-    # ---- winners fine-tune (unset: `ghoul finetune`'s defaults)
-    max_steps: int | None = option(None, "optimizer steps of the fine-tune on the winners")
-    learning_rate: float | None = option(None, "peak learning rate of the fine-tune")
-    batch_size: int | None = option(None, "rows per micro-batch of the fine-tune")
-    seq_len: int | None = option(None, "tokens per row (default: the model's block size)")
-    total_batch_size: int | None = option(None, "tokens per optimizer step (gradient accumulation)")
-    warmdown_iters: int | None = option(None, "steps of linear decay to zero at the end")
-    dtype: str | None = option(None, "compute dtype of the fine-tune", choices=["auto", "float32", "bfloat16"])
-    # ---- preference methods (unset: the defaults of `ghoul dpo`, `ghoul reward train`, `ghoul ppo`)
+    # ---- the training step (unset: the defaults of `ghoul finetune`, `ghoul dpo`, `ghoul reward train`, `ghoul ppo`)
+    max_steps: int | None = option(None, "optimizer steps of the training step")
+    learning_rate: float | None = option(None, "peak learning rate of the training step")
+    batch_size: int | None = option(None, "rows (winners) or preference pairs (dpo) per micro-batch")
+    total_batch_size: int | None = option(None, "tokens (winners) or pairs (dpo) per optimizer step, reached by "
+                                                "gradient accumulation")
+    seq_len: int | None = option(None, "tokens per row of the winners fine-tune (default: the model's block size)")
+    warmdown_iters: int | None = option(None, "steps of linear decay to zero at the end (winners, dpo)")
+    dtype: str | None = option(None, "compute dtype of the training step (winners, dpo)",
+                               choices=["auto", "float32", "bfloat16"])
     beta: float | None = option(None, "DPO's beta")
+    prompts_per_step: int | None = option(None, "prompts sampled at each step of PPO and GRPO")
     kl_coef: float | None = option(None, "PPO's and GRPO's KL penalty weight")
     reward_steps: int | None = option(None, "optimizer steps of the reward model (ppo, grpo)")
-    reward_learning_rate: float | None = option(None, "peak learning rate of the reward model")
+    reward_learning_rate: float | None = option(None, "peak learning rate of the reward model (ppo, grpo)")
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -70,7 +79,14 @@ class RlhfConfig:
         if self.base_model is None:
             raise GhoulError("--base-model is required: the model directory to generate from and fine-tune")
         require(self, ("num_samples", "max_new_tokens", "generate_batch_size", "max_steps", "batch_size", "seq_len",
-                       "total_batch_size", "reward_steps"), lambda v: v >= 1, "at least 1")  # not the steps' flags
+                       "total_batch_size", "reward_steps", "prompts_per_step"), lambda v: v >= 1,
+                "at least 1")  # not the steps' flags
+        unused = [name for name in set().union(*METHOD_OPTIONS.values()) - METHOD_OPTIONS[self.method]
+                  if getattr(self, name) is not None]
+        if unused:
+            users = sorted(m for m in METHODS if unused[0] in METHOD_OPTIONS[m])
+            raise GhoulError(f"{flag(unused[0])} is not used by --method {self.method} (only by "
+                             f"{' and '.join(users)}): leave it out")
         if self.num_samples < self.group_size:
             raise GhoulError(f"--num-samples {self.num_samples} makes no group of --group-size {self.group_size}")
         self.base_model, self.output_dir = Path(self.base_model), Path(self.output_dir)
@@ -108,40 +124,37 @@ def stage_configs(cfg: RlhfConfig) -> dict[str, Any]:
     export = winners.ExportWinnersConfig(out / "rankings.jsonl", out / "stories.jsonl", out / "winners.txt")
     prepare = PrepareConfig("rlhf", out / "data" / "winners", tokenizer=model_tokenizer(cfg.base_model),
                             source_path=str(out / "winners.txt"), workers=1, progress=False)
-    overrides = {k: getattr(cfg, k) for k in ("max_steps", "learning_rate", "batch_size", "seq_len",
-                                              "total_batch_size", "warmdown_iters", "dtype")
-                 if getattr(cfg, k) is not None}
+    given = {k: getattr(cfg, k) for k in METHOD_OPTIONS[cfg.method] if getattr(cfg, k) is not None}
     steps: dict[str, Any] = dict(generate=generate, rank=ranking)
     if cfg.method == "winners":
         steps["export"], steps["prepare"] = export, prepare
-        steps["final"] = FinetuneConfig(dataset=str(out / "data" / "winners"), base_model=cfg.base_model,
-                                        output_dir=out / "finetune", eval_every=0, seed=cfg.seed, device=cfg.device,
-                                        **overrides)
+        steps["final"] = build(FinetuneConfig, dataset=str(out / "data" / "winners"), base_model=cfg.base_model,
+                               output_dir=out / FINAL_DIRS["winners"], eval_every=0, seed=cfg.seed,
+                               device=cfg.device, **given)
     else:
-        steps.update(preference_configs(cfg, overrides))
+        steps.update(preference_configs(cfg, given))
     return steps
 
 
-def preference_configs(cfg: RlhfConfig, overrides: dict[str, Any]) -> dict[str, Any]:
+def preference_configs(cfg: RlhfConfig, given: dict[str, Any]) -> dict[str, Any]:
     """The steps after ranking of dpo (its trainer) and ppo/grpo (a reward model, then the policy against it)."""
     from ghoul.align.dpo import DpoConfig
-    from ghoul.align.ppo import RlConfig
+    from ghoul.align.ppo import PpoConfig, RlConfig
     from ghoul.align.reward import RewardTrainConfig
 
     out = cfg.output_dir
     pairs = dict(rankings=out / "rankings.jsonl", stories=out / "stories.jsonl", seed=cfg.seed, device=cfg.device)
     if cfg.method == "dpo":
-        beta = {"beta": cfg.beta} if cfg.beta is not None else {}
-        return {"final": DpoConfig(policy=cfg.base_model, output_dir=out / "dpo", **pairs, **beta, **overrides)}
-    reward = {k: v for k, v in (("max_steps", cfg.reward_steps), ("learning_rate", cfg.reward_learning_rate))
-              if v is not None}
-    rl = {k: v for k, v in (("max_steps", cfg.max_steps), ("learning_rate", cfg.learning_rate),
-                            ("prompts_per_step", cfg.batch_size), ("kl_coef", cfg.kl_coef)) if v is not None}
-    return {"reward": RewardTrainConfig(base_model=cfg.base_model, output_dir=out / "reward", **pairs, **reward),
-            "final": RlConfig(policy=cfg.base_model, reward=out / "reward", output_dir=out / cfg.method,
-                              prompt=cfg.prompt, prompts_file=cfg.prompts_file, group_size=cfg.group_size,
-                              max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed,
-                              device=cfg.device, **rl)}
+        return {"final": build(DpoConfig, policy=cfg.base_model, output_dir=out / FINAL_DIRS["dpo"], **pairs, **given)}
+    reward = {key: given.pop(name) for name, key in (("reward_steps", "max_steps"),
+                                                     ("reward_learning_rate", "learning_rate")) if name in given}
+    return {"reward": build(RewardTrainConfig, base_model=cfg.base_model, output_dir=out / "reward", **pairs,
+                            **reward),
+            "final": (PpoConfig if cfg.method == "ppo" else RlConfig)(
+                policy=cfg.base_model, reward=out / "reward", output_dir=out / FINAL_DIRS[cfg.method],
+                prompt=cfg.prompt, prompts_file=cfg.prompts_file, group_size=cfg.group_size,
+                max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed, device=cfg.device,
+                **given)}
 
 
 def sampling_truncation(cfg: RlhfConfig) -> str:
@@ -213,7 +226,7 @@ def run(cfg: RlhfConfig) -> RlhfResult:
         _train_step(train_reward, steps["reward"])
         _say(f"4/4 {cfg.method.upper()} against the reward model")
         _train_step(lambda c: reinforce(c, cfg.method), steps["final"])
-    model = steps["final"].output_dir
+    model = out / FINAL_DIRS[cfg.method]
     _say(f"done: the new model is {model} (ghoul generate --checkpoint {model}; ghoul compare --a {model} "
          f"--b {cfg.base_model})")
     return RlhfResult(out, stories, rankings, winners_txt if cfg.method == "winners" else None, model)
@@ -221,10 +234,11 @@ def run(cfg: RlhfConfig) -> RlhfResult:
 
 def _train_step(train: Any, step_cfg: Any) -> None:
     """Run a training step unless it has finished; resume it from its checkpoint when it can."""
-    from ghoul.train.stages import run_or_resume
+    from ghoul.train.stages import run_and_steps, run_or_resume
 
     if run_or_resume(step_cfg, train) is None:
-        _say(f"{step_cfg.output_dir} has finished its {step_cfg.max_steps} steps; skipped")
+        run, steps = run_and_steps(step_cfg)
+        _say(f"{run.output_dir} has finished its {steps} steps; skipped")
 
 
 def _say(message: str) -> None:

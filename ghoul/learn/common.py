@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from ghoul import dist
-from ghoul.config import option, require
+from ghoul.config import build, option, require
 from ghoul.data.prepare import PrepareConfig
 from ghoul.data.prepare import run as prepare
 from ghoul.data.sources import SOURCES, make_source
@@ -70,7 +70,7 @@ class LearnConfig:
     def train_config(self, data_dir: Path, run_dir: Path) -> TrainConfig:
         """The trainer's settings for one run on `data_dir` (validated there: schedule lengths, learning rate)."""
         warmdown = self.steps // 5 if self.warmdown_iters is None else self.warmdown_iters
-        return TrainConfig(dataset=str(data_dir), output_dir=run_dir, batch_size=self.batch_size,
+        return build(TrainConfig, dataset=str(data_dir), output_dir=run_dir, batch_size=self.batch_size,
                            seq_len=self.block_size, max_steps=self.steps, optimizer=self.optimizer,
                            learning_rate=self.learning_rate, muon_lr=self.muon_lr,
                            weight_decay=self.weight_decay, warmup_iters=self.warmup_iters, warmdown_iters=warmdown,

@@ -1,4 +1,4 @@
-"""The options of a training run, shared by `ghoul pretrain` and `ghoul finetune` (nanoGPT-style names)."""
+"""The options of the stages that train, in groups each stage holds as members (nanoGPT-style names)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from ghoul.config import option, require
+from ghoul.config import group, option, require
 from ghoul.dist import CPU_BF16_MIN_WIDTH
 from ghoul.errors import GhoulError
 from ghoul.model import ACTIVATIONS, NORM_POSITIONS, NORMS, POSITIONS, PRESETS, VOCAB_PADDING
@@ -36,18 +36,38 @@ class ArchitectureOptions:
 
 
 @dataclass
-class TrainConfig(ArchitectureOptions):
-    dataset: str = option("", "prepared token shards: a directory made by `ghoul prepare`", metavar="DIR")
-    output_dir: Path = option(Path("runs/pretrain"), "run directory: log, samples, checkpoints")
+class ModelOptions(ArchitectureOptions):
+    """The model a fresh run builds: a preset, its architecture switches, its vocabulary padding."""
+
     model: str = option("tiny", "model preset for a fresh model", choices=list(PRESETS))
-    base_model: Path | None = option(None, "model directory to start from (fine-tuning)")
     pad_vocab: bool = option(True, f"a fresh model's embedding and output tables get rows up to a multiple of "
                                    f"{VOCAB_PADDING} (faster GPU matmuls; never predicted, cropped on export)")
-    total_batch_size: int | None = option(None, "tokens per optimizer step over all ranks (default: one micro-batch "
-                                          "per rank); reached by gradient accumulation")
-    batch_size: int = option(8, "rows per micro-batch on each rank")
-    seq_len: int | None = option(None, "tokens per row (default: the model's block size)")
-    max_steps: int = option(100, "optimizer steps")
+
+
+@dataclass
+class RunOptions:
+    """Where a training run writes and how it starts: run directory, resume, seed, device."""
+
+    output_dir: Path = option(Path("runs/pretrain"), "run directory: log, samples, checkpoints")
+    resume: str | None = option(None, "continue a run: --resume (its latest checkpoint) or --resume CHECKPOINT_DIR",
+                                const="latest", metavar="DIR")
+    seed: int = option(1337, "random seed")
+    device: str = option("auto", "cpu, cuda, mps, or auto")
+    # NCCL's default of 10 minutes stops a run whose rank 0 writes a multi-GB checkpoint to slow storage while the
+    # other ranks wait in the next collective
+    dist_timeout_minutes: float = option(30.0, "under torchrun: minutes a rank waits for the others in a collective "
+                                               "(while rank 0 writes a checkpoint, say) before the run fails")
+
+    def __post_init__(self) -> None:
+        require(self, ("dist_timeout_minutes",), lambda v: v > 0, "positive")
+        self.output_dir = Path(self.output_dir)
+
+
+@dataclass
+class OptimOptions:
+    """How the weights move: optimizer, learning rates and their schedule, weight decay, clipping."""
+
+    optimizer: str = option("adamw", "optimizer", choices=["adamw", "muon"])
     learning_rate: float = option(6e-4, "peak learning rate (AdamW; for Muon, of the embeddings, head and gains)")
     muon_lr: float = option(0.02, "peak learning rate of Muon's hidden matrices")
     warmup_iters: int = option(0, "steps of linear warmup")
@@ -57,20 +77,40 @@ class TrainConfig(ArchitectureOptions):
     beta1: float = option(0.9, "AdamW beta1")
     beta2: float = option(0.95, "AdamW beta2")
     grad_clip: float = option(1.0, "clip the gradient norm to this (0: no clipping)")
-    optimizer: str = option("adamw", "optimizer", choices=["adamw", "muon"])
+
+    def __post_init__(self) -> None:
+        require(self, ("warmup_iters", "warmdown_iters", "weight_decay", "grad_clip"), lambda v: v >= 0, ">= 0")
+        require(self, ("learning_rate", "muon_lr"), lambda v: v > 0, "positive")
+        require(self, ("beta1", "beta2"), lambda v: 0 <= v < 1, "in [0, 1)")
+
+
+@dataclass
+class BatchOptions:
+    """What one optimizer step reads: rows per micro-batch, tokens per row, and tokens per step over all ranks."""
+
+    batch_size: int = option(8, "rows per micro-batch on each rank")
+    seq_len: int | None = option(None, "tokens per row (default: the model's block size)")
+    total_batch_size: int | None = option(None, "tokens per optimizer step over all ranks (default: one micro-batch "
+                                          "per rank); reached by gradient accumulation")
+
+    def __post_init__(self) -> None:
+        require(self, ("batch_size", "seq_len", "total_batch_size"), lambda v: v >= 1, "at least 1")
+
+    def accumulation(self, seq_len: int, world_size: int) -> int:
+        """Micro-steps per optimizer step on rows of `seq_len` tokens."""
+        return accumulation_steps(self.total_batch_size, self.batch_size, seq_len, world_size)
+
+
+@dataclass
+class LoopOptions:
+    """How long the loop runs and what it does on the way: steps, evaluations, checkpoints, logs, precision."""
+
+    max_steps: int = option(100, "optimizer steps")
     eval_every: int = option(50, "steps between validation-loss evaluations (0: never)")
     eval_iters: int = option(20, "validation batches per evaluation")
-    hellaswag_every: int = option(0, "steps between HellaSwag evaluations (0: never)")
-    hellaswag_limit: int | None = option(None, "score only the first N HellaSwag examples")
-    hellaswag_path: Path | None = option(None, "HellaSwag jsonl file (default: the cache or GHOUL_DATA_DIR)")
-    sample_every: int = option(0, "steps between samples written to samples.jsonl (0: never)")
-    sample_prompt: str = option("", "prompt for the samples (empty: start from <|endoftext|>)")
-    sample_tokens: int = option(64, "tokens per sample")
     checkpoint_every: int = option(0, "steps between checkpoints (0: only at the end)")
     keep_last: int = option(0, "keep only the newest N checkpoints (0: keep all)")
-    resume: str | None = option(None, "continue a run: --resume (its latest checkpoint) or --resume CHECKPOINT_DIR",
-                                const="latest", metavar="DIR")
-    seed: int = option(1337, "random seed")
+    log_every: int = option(1, "steps between log records and progress updates")
     dtype: str = option("auto", f"compute dtype: bfloat16 (under autocast), float32, or auto: bfloat16 on CUDA GPUs "
                                 f"from Ampere on, and on CPUs with native bfloat16 (AVX512-BF16, AMX) for models of "
                                 f"width (n_embd) {CPU_BF16_MIN_WIDTH} and more, where it measured faster; float32 "
@@ -78,28 +118,71 @@ class TrainConfig(ArchitectureOptions):
     compile: bool = option(False, "torch.compile the model")
     activation_checkpointing: bool = option(False, "recompute each block's activations in the backward pass: "
                                                    "about a third more compute for far less memory")
-    device: str = option("auto", "cpu, cuda, mps, or auto")
-    # NCCL's default of 10 minutes stops a run whose rank 0 writes a multi-GB checkpoint to slow storage while the
-    # other ranks wait in the next collective
-    dist_timeout_minutes: float = option(30.0, "under torchrun: minutes a rank waits for the others in a collective "
-                                               "(while rank 0 writes a checkpoint, say) before the run fails")
-    log_every: int = option(1, "steps between log records and progress updates")
     wandb: bool = option(False, "also log to Weights & Biases (needs `pip install wandb`)")
     wandb_project: str = option("ghoul", "W&B project name")
 
     def __post_init__(self) -> None:
-        require(self, ("batch_size", "max_steps", "eval_iters", "sample_tokens", "log_every", "total_batch_size",
-                       "seq_len", "hellaswag_limit"), lambda v: v >= 1, "at least 1")
-        require(self, ("eval_every", "hellaswag_every", "sample_every", "checkpoint_every", "keep_last",
-                       "warmup_iters", "warmdown_iters", "weight_decay", "grad_clip"), lambda v: v >= 0, ">= 0")
-        require(self, ("learning_rate", "muon_lr", "dist_timeout_minutes"), lambda v: v > 0, "positive")
-        require(self, ("beta1", "beta2"), lambda v: 0 <= v < 1, "in [0, 1)")
-        if self.warmup_iters + self.warmdown_iters > self.max_steps:
-            raise GhoulError(f"--warmup-iters ({self.warmup_iters}) + --warmdown-iters ({self.warmdown_iters}) "
-                             f"exceed --max-steps ({self.max_steps})")
-        if not self.dataset:
-            raise GhoulError("--dataset is required: a directory of token shards made by `ghoul prepare`")
-        self.output_dir = Path(self.output_dir)
+        require(self, ("max_steps", "eval_iters", "log_every"), lambda v: v >= 1, "at least 1")
+        require(self, ("eval_every", "checkpoint_every", "keep_last"), lambda v: v >= 0, ">= 0")
+
+
+@dataclass
+class HellaswagOptions:
+    """HellaSwag accuracy during training."""
+
+    hellaswag_every: int = option(0, "steps between HellaSwag evaluations (0: never)")
+    hellaswag_limit: int | None = option(None, "score only the first N HellaSwag examples")
+    hellaswag_path: Path | None = option(None, "HellaSwag jsonl file (default: the cache or GHOUL_DATA_DIR)")
+
+    def __post_init__(self) -> None:
+        require(self, ("hellaswag_limit",), lambda v: v >= 1, "at least 1")
+        require(self, ("hellaswag_every",), lambda v: v >= 0, ">= 0")
+
+
+@dataclass
+class SampleOptions:
+    """Samples written to samples.jsonl during training."""
+
+    sample_every: int = option(0, "steps between samples written to samples.jsonl (0: never)")
+    sample_prompt: str = option("", "prompt for the samples (empty: start from <|endoftext|>)")
+    sample_tokens: int = option(64, "tokens per sample")
+
+    def __post_init__(self) -> None:
+        require(self, ("sample_tokens",), lambda v: v >= 1, "at least 1")
+        require(self, ("sample_every",), lambda v: v >= 0, ">= 0")
+
+
+def check_schedule(optim: OptimOptions, loop: LoopOptions) -> None:
+    if optim.warmup_iters + optim.warmdown_iters > loop.max_steps:
+        raise GhoulError(f"--warmup-iters ({optim.warmup_iters}) + --warmdown-iters ({optim.warmdown_iters}) "
+                         f"exceed --max-steps ({loop.max_steps})")
+
+
+def dataset_option() -> Any:
+    return option("", "prepared token shards: a directory made by `ghoul prepare`", metavar="DIR")
+
+
+def check_dataset(dataset: str) -> None:
+    if not dataset:
+        raise GhoulError("--dataset is required: a directory of token shards made by `ghoul prepare`")
+
+
+@dataclass
+class TrainConfig:
+    """`ghoul pretrain`: a fresh model on token shards."""
+
+    dataset: str = dataset_option()
+    run: RunOptions = group(RunOptions)
+    arch: ModelOptions = group(ModelOptions)
+    optim: OptimOptions = group(OptimOptions)
+    batch: BatchOptions = group(BatchOptions)
+    loop: LoopOptions = group(LoopOptions)
+    hellaswag: HellaswagOptions = group(HellaswagOptions)
+    sample: SampleOptions = group(SampleOptions)
+
+    def __post_init__(self) -> None:
+        check_schedule(self.optim, self.loop)
+        check_dataset(self.dataset)
 
 
 def accumulation_steps(total_batch_size: int | None, batch_size: int, seq_len: int, world_size: int) -> int:
@@ -109,12 +192,13 @@ def accumulation_steps(total_batch_size: int | None, batch_size: int, seq_len: i
         return 1
     if total_batch_size % per_step != 0:
         raise GhoulError(f"--total-batch-size {total_batch_size:,} is not a multiple of batch_size * seq_len * "
-                         f"world_size = {batch_size} * {seq_len} * {world_size} = {per_step:,}: change one of them")
+                         f"world_size = {batch_size} * {seq_len} * {world_size} = {per_step:,}: change one of them "
+                         f"(e.g. --total-batch-size {max(1, round(total_batch_size / per_step)) * per_step})")
     return total_batch_size // per_step
 
 
 def train_option(name: str) -> Any:
-    """TrainConfig's option `name` as a field of another stage's config (learn, pipeline): its default, help and
-    choices declared once."""
-    f = next(f for f in fields(TrainConfig) if f.name == name)
+    """The training loop's option `name` as a field of another stage's config (learn, pipeline): its default, help
+    and choices declared once."""
+    f = next(f for f in fields(LoopOptions) if f.name == name)
     return option(f.default, f.metadata["help"], choices=f.metadata["choices"])

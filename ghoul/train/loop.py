@@ -42,7 +42,7 @@ from ghoul.model import GPT
 from ghoul.optim.build import build_optimizers
 from ghoul.optim.schedule import lr_multiplier
 from ghoul.tokenizer import Tokenizer
-from ghoul.train.config import TrainConfig, accumulation_steps
+from ghoul.train.config import HellaswagOptions, SampleOptions
 from ghoul.train.interrupt import StepInterrupt
 from ghoul.train.logger import LOG_FILE, SAMPLES_FILE, RunLogger
 
@@ -92,8 +92,8 @@ class TrainResult:
 # ---- run directory and resume ----------------------------------------------------------------------------------
 
 def check_run_dir(cfg: Any) -> Path | None:
-    """The checkpoint to resume from (None for a fresh run); refuse to overwrite an existing run. `cfg` is any
-    stage's config with `output_dir` and `resume` (training, PPO/GRPO). `--resume` continues the run's newest
+    """The checkpoint to resume from (None for a fresh run); refuse to overwrite an existing run. `cfg` holds a
+    stage's `output_dir` and `resume` (RunOptions, PPO's and GRPO's config). `--resume` continues the run's newest
     checkpoint; a run stopped before its first one (killed, or a NaN loss) has nothing to continue and starts over."""
     out = cfg.output_dir
     newest, has_log = newest_checkpoint(out), (out / LOG_FILE).exists()
@@ -155,7 +155,7 @@ def set_rng_state(state: dict) -> None:
 # ---- evaluation during training --------------------------------------------------------------------------------
 
 @torch.no_grad()
-def estimate_loss(model: torch.nn.Module, loader: Loader, iters: int, loss_fn: LossFn, cfg: TrainConfig,
+def estimate_loss(model: torch.nn.Module, loader: Loader, iters: int, loss_fn: LossFn, dtype: str,
                   device_type: str, metrics: dict[str, float] | None = None) -> float:
     """Mean loss over the first `iters` batches of `loader` (the same batches every time), over all ranks; the
     loss function's metrics, averaged alike, go into `metrics`."""
@@ -164,7 +164,7 @@ def estimate_loss(model: torch.nn.Module, loader: Loader, iters: int, loss_fn: L
     sums: dict[str, torch.Tensor] = {}
     n = 0
     for batch in loader.one_epoch(iters):
-        with dist.autocast(device_type, cfg.dtype):
+        with dist.autocast(device_type, dtype):
             loss, batch_metrics = call_loss(loss_fn, model, batch)
         total += loss.float()
         add_metrics(sums, batch_metrics, 1.0)
@@ -184,62 +184,67 @@ def bytes_per_token(loader: Loader, iters: int, tokenizer: Tokenizer, device: st
     return n_bytes / max(n_tokens, 1)
 
 
-def write_sample(model: GPT, tokenizer: Tokenizer, cfg: TrainConfig, step: int, device: str,
+def write_sample(model: GPT, tokenizer: Tokenizer, sample: SampleOptions, seed: int, step: int, device: str,
                  logger: RunLogger) -> None:
-    prompt = tokenizer.encode(cfg.sample_prompt) if cfg.sample_prompt else [tokenizer.eot_id]
+    prompt = tokenizer.encode(sample.sample_prompt) if sample.sample_prompt else [tokenizer.eot_id]
     idx = torch.tensor([prompt[-(model.config.block_size - 1):]], device=device)
-    generator = torch.Generator(device=device).manual_seed(cfg.seed + step)  # leaves the training RNG untouched
+    generator = torch.Generator(device=device).manual_seed(seed + step)  # leaves the training RNG untouched
     model.eval()
-    out = model.generate(idx, cfg.sample_tokens, temperature=1.0, top_k=200, eos_id=tokenizer.eot_id,
+    out = model.generate(idx, sample.sample_tokens, temperature=1.0, top_k=200, eos_id=tokenizer.eot_id,
                          generator=generator)[0, idx.size(1):].tolist()
     model.train()
     text = tokenizer.decode(out[:out.index(tokenizer.eot_id)] if tokenizer.eot_id in out else out)
-    logger.sample({"step": step, "prompt": cfg.sample_prompt, "text": text})
+    logger.sample({"step": step, "prompt": sample.sample_prompt, "text": text})
 
 
-def hellaswag_accuracy(model: GPT, tokenizer: Tokenizer, cfg: TrainConfig, d: dist.DistInfo) -> float:
+def hellaswag_accuracy(model: GPT, tokenizer: Tokenizer, hellaswag: HellaswagOptions, dtype: str,
+                       d: dist.DistInfo) -> float:
     from ghoul.eval.hellaswag import default_data_path, evaluate_hellaswag, load_hellaswag
 
-    examples = load_hellaswag(cfg.hellaswag_path or default_data_path(), cfg.hellaswag_limit)
+    examples = load_hellaswag(hellaswag.hellaswag_path or default_data_path(), hellaswag.hellaswag_limit)
     result = evaluate_hellaswag(model, tokenizer, examples, d.device, rank=d.rank, world_size=d.world_size,
-                                dtype=cfg.dtype, progress=False)  # restores train mode itself
+                                dtype=dtype, progress=False)  # restores train mode itself
     return result["acc_norm"]  # length-normalised: the figure GPT-2 and GPT-3 are quoted at
 
 
 # ---- the loop --------------------------------------------------------------------------------------------------
 
-def train(cfg: TrainConfig, model: GPT, tokenizer: Tokenizer, d: dist.DistInfo, loss_fn: LossFn = lm_loss,
+def train(cfg: Any, model: GPT, tokenizer: Tokenizer, d: dist.DistInfo, loss_fn: LossFn = lm_loss,
           resume_from: Path | None = None, train_data: Loader | None = None, val_data: Loader | None = None
           ) -> TrainResult:
     """Train `model` (already on `d.device`) as `cfg` says, on `train_data` (default: token shards of
-    `cfg.dataset`, with its val split as `val_data`); rank 0 writes the run directory."""
+    `cfg.dataset`, with its val split as `val_data`); rank 0 writes the run directory. `cfg` is a training stage's
+    config: its groups `run`, `optim`, `batch` and `loop`, and `hellaswag` and `sample` where it has them."""
+    run, optim, batch, loop = cfg.run, cfg.optim, cfg.batch, cfg.loop
+    hellaswag, sample = getattr(cfg, "hellaswag", HellaswagOptions()), getattr(cfg, "sample", SampleOptions())
     # config.json records the precision the run used; the bigram model has no width (and stays float32)
-    cfg.dtype = dist.resolve_dtype(cfg.dtype, d.device, getattr(model.config, "n_embd", None))
-    seq_len = cfg.seq_len or model.config.block_size
+    loop.dtype = dist.resolve_dtype(loop.dtype, d.device, getattr(model.config, "n_embd", None))
+    seq_len = batch.seq_len or model.config.block_size
     if seq_len > model.config.block_size:
         raise GhoulError(f"--seq-len {seq_len} exceeds the model's block size {model.config.block_size}")
-    accum = accumulation_steps(cfg.total_batch_size, cfg.batch_size, seq_len, d.world_size)
+    accum = batch.accumulation(seq_len, d.world_size)
     val_bpt = None  # bytes per validation token: bits per byte for the LM loss on token shards, not for pair losses
     if train_data is None:
-        train_data = ShardLoader(cfg.dataset, cfg.batch_size, seq_len, rank=d.rank, world_size=d.world_size,
+        train_data = ShardLoader(cfg.dataset, batch.batch_size, seq_len, rank=d.rank, world_size=d.world_size,
                                  device=d.device, vocab_size=model.config.vocab_size)
         if train_data.vocab_size is not None and train_data.vocab_size > model.config.vocab_size:
             raise GhoulError(f"{cfg.dataset} was made with a {train_data.vocab_size:,}-token vocabulary but the model "
                              f"has {model.config.vocab_size:,}: prepare the data with the model's tokenizer")
-        val_data = _val_loader(cfg, seq_len, d, model.config.vocab_size) if cfg.eval_every else None
+        val_data = (_val_loader(cfg.dataset, batch.batch_size, seq_len, d, model.config.vocab_size)
+                    if loop.eval_every else None)
         if val_data is not None and loss_fn is lm_loss:  # the same batches at every evaluation: counted once
-            val_bpt = bytes_per_token(val_data, cfg.eval_iters, tokenizer, d.device)
-    elif not cfg.eval_every:
+            val_bpt = bytes_per_token(val_data, loop.eval_iters, tokenizer, d.device)
+    elif not loop.eval_every:
         val_data = None
 
     raw_model = model
-    optimizers = build_optimizers(raw_model, cfg.optimizer, cfg.learning_rate, cfg.weight_decay,
-                                  (cfg.beta1, cfg.beta2), cfg.muon_lr, d.device_type)
+    optimizers = build_optimizers(raw_model, optim.optimizer, optim.learning_rate, optim.weight_decay,
+                                  (optim.beta1, optim.beta2), optim.muon_lr, d.device_type)
     start_step, state = 0, {}
     if resume_from is not None:
         state, opt_states, _ = load_training_checkpoint(resume_from, required=("step", "loader", "rng"))
-        if state["step"] >= cfg.max_steps:
-            raise GhoulError(f"{resume_from} is at step {state['step']}, and --max-steps is {cfg.max_steps}: nothing "
+        if state["step"] >= loop.max_steps:
+            raise GhoulError(f"{resume_from} is at step {state['step']}, and --max-steps is {loop.max_steps}: nothing "
                              "to train; raise --max-steps to go on")
         load_optimizer_states(optimizers, opt_states, resume_from)
         try:
@@ -250,8 +255,8 @@ def train(cfg: TrainConfig, model: GPT, tokenizer: Tokenizer, d: dist.DistInfo, 
                              f"{str(e)[:100]}): resume from an earlier checkpoint with --resume DIR") from None
         start_step = state["step"]
     # wrapping is applied from outside the model, in one fixed order: activation checkpointing, compile, then DDP
-    raw_model.checkpoint_blocks = cfg.activation_checkpointing
-    if cfg.compile:
+    raw_model.checkpoint_blocks = loop.activation_checkpointing
+    if loop.compile:
         model = torch.compile(model)
     if d.distributed:
         # the gradients live in DDP's communication buckets instead of being copied there: one gradient-sized
@@ -259,52 +264,53 @@ def train(cfg: TrainConfig, model: GPT, tokenizer: Tokenizer, d: dist.DistInfo, 
         model = DDP(model, device_ids=[d.local_rank] if d.device_type == "cuda" else None,
                     gradient_as_bucket_view=True)
 
-    logger = RunLogger(cfg.output_dir, d.is_main, cfg.wandb_project if cfg.wandb else None, to_dict(cfg))
+    logger = RunLogger(run.output_dir, d.is_main, loop.wandb_project if loop.wandb else None, to_dict(cfg))
     if d.is_main:
-        cfg.output_dir.mkdir(parents=True, exist_ok=True)
-        clean_temporaries(cfg.output_dir)  # what a killed run left half-written (a hidden .step_*.tmp is GBs)
+        run.output_dir.mkdir(parents=True, exist_ok=True)
+        clean_temporaries(run.output_dir)  # what a killed run left half-written (a hidden .step_*.tmp is GBs)
         if resume_from is not None:  # from an earlier checkpoint: a new branch; the later ones are kept aside
-            aside = set_aside_later(cfg.output_dir, start_step, copied=(LOG_FILE, SAMPLES_FILE),
+            aside = set_aside_later(run.output_dir, start_step, copied=(LOG_FILE, SAMPLES_FILE),
                                     moved=("eval.jsonl",))  # `ghoul eval checkpoints`' records of the moved ones
             if aside is not None:
                 dist.print0(f"resuming from step {start_step}: the run's later checkpoints and its log as it was "
                             f"are kept in {aside}")
-        atomic_write_text(cfg.output_dir / "config.json", json.dumps(to_dict(cfg), indent=2) + "\n")
+        atomic_write_text(run.output_dir / "config.json", json.dumps(to_dict(cfg), indent=2) + "\n")
         logger.truncate_after(start_step if resume_from is not None else -1)  # a run started over keeps no record
-    tokens_per_step = cfg.batch_size * seq_len * d.world_size * accum  # of token shards; pairs vary in length
+    tokens_per_step = batch.batch_size * seq_len * d.world_size * accum  # of token shards; pairs vary in length
     flops_per_token = raw_model.flops_per_token(seq_len)
     # tokens the model has read: counted from the batches (rows of pairs are as long as their longest), summed over
     # the ranks at each log record, and kept in the checkpoint
     tokens_seen, tokens_unlogged = state.get("tokens", start_step * tokens_per_step), 0
-    peak = dist.peak_flops(d.device, cfg.dtype)
-    if cfg.dtype == "bfloat16" and not dist.fast_bfloat16(d.device):
+    peak = dist.peak_flops(d.device, loop.dtype)
+    if loop.dtype == "bfloat16" and not dist.fast_bfloat16(d.device):
         dist.print0(f"warning: this {d.device_type} has no native bfloat16 matmuls; --dtype float32 will be faster")
     dist.print0(f"training {raw_model.num_params():,} parameters on {d.world_size} x {d.device}: {tokens_per_step:,} "
-                f"tokens per step ({accum} accumulation steps), steps {start_step}..{cfg.max_steps}")
+                f"tokens per step ({accum} accumulation steps), steps {start_step}..{loop.max_steps}")
 
     def checkpoint(step: int) -> Path:
         state = {"step": step, "loader": train_data.state_dict(), "rng": rng_state(), "config": to_dict(cfg),
                  "tokens": tokens_seen + tokens_unlogged * d.world_size}  # this rank's share stands for all
-        path = cfg.output_dir / f"step_{step:06d}"
+        path = run.output_dir / f"step_{step:06d}"
         if d.is_main:
-            path = save_training_checkpoint(cfg.output_dir, step, raw_model, optimizers, state, tokenizer,
-                                            cfg.keep_last)
+            path = save_training_checkpoint(run.output_dir, step, raw_model, optimizers, state, tokenizer,
+                                            loop.keep_last)
         return path
 
     def evaluate(step: int, record: dict) -> None:
-        if val_data is not None and (step % cfg.eval_every == 0 or step == cfg.max_steps):
+        if val_data is not None and (step % loop.eval_every == 0 or step == loop.max_steps):
             metrics: dict[str, float] = {}
-            record["val_loss"] = estimate_loss(model, val_data, cfg.eval_iters, loss_fn, cfg, d.device_type, metrics)
+            record["val_loss"] = estimate_loss(model, val_data, loop.eval_iters, loss_fn, loop.dtype, d.device_type,
+                                               metrics)
             record.update({f"val_{k}": v for k, v in metrics.items()})
             if val_bpt:
                 record.update(val_bpb=bits_per_byte(record["val_loss"], val_bpt), val_bytes_per_token=val_bpt)
-        if cfg.hellaswag_every and (step % cfg.hellaswag_every == 0 or step == cfg.max_steps):
-            record["hellaswag_acc"] = hellaswag_accuracy(raw_model, tokenizer, cfg, d)
-        if d.is_main and cfg.sample_every and (step % cfg.sample_every == 0 or step == cfg.max_steps):
-            write_sample(raw_model, tokenizer, cfg, step, d.device, logger)
+        if hellaswag.hellaswag_every and (step % hellaswag.hellaswag_every == 0 or step == loop.max_steps):
+            record["hellaswag_acc"] = hellaswag_accuracy(raw_model, tokenizer, hellaswag, loop.dtype, d)
+        if d.is_main and sample.sample_every and (step % sample.sample_every == 0 or step == loop.max_steps):
+            write_sample(raw_model, tokenizer, sample, run.seed, step, d.device, logger)
 
     model.train()
-    bar = tqdm(total=cfg.max_steps, initial=start_step, desc="training", unit="step", disable=not d.is_main,
+    bar = tqdm(total=loop.max_steps, initial=start_step, desc="training", unit="step", disable=not d.is_main,
                file=sys.stderr, dynamic_ncols=True)
     step, loss_value, val_loss, val_bpb, last_checkpoint = start_step, float("nan"), None, None, None
     started = time.perf_counter()
@@ -318,7 +324,7 @@ def train(cfg: TrainConfig, model: GPT, tokenizer: Tokenizer, d: dist.DistInfo, 
     interval_start = time.perf_counter()
     interrupt, stopped, saved_step = StepInterrupt(d).install(), False, None
     try:
-        while step < cfg.max_steps:
+        while step < loop.max_steps:
             # ---- forward/backward over the micro-batches; gradients are all-reduced only on the last
             loss_sum = torch.zeros((), device=d.device)
             metric_sums: dict[str, torch.Tensor] = {}
@@ -328,16 +334,16 @@ def train(cfg: TrainConfig, model: GPT, tokenizer: Tokenizer, d: dist.DistInfo, 
                 step_tokens += batch[0].numel()  # shape metadata: no device sync
                 sync = not d.distributed or micro == accum - 1
                 with (contextlib.nullcontext() if sync else model.no_sync()):
-                    with dist.autocast(d.device_type, cfg.dtype):
+                    with dist.autocast(d.device_type, loop.dtype):
                         loss, metrics = call_loss(loss_fn, model, batch)
                         loss = loss / accum
                     loss.backward()
                 loss_sum += loss.detach()
                 add_metrics(metric_sums, metrics, 1 / accum)
             # ---- update
-            grad_norm = (torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
-                         if cfg.grad_clip > 0 else None)
-            lr_mult = lr_multiplier(step, cfg.max_steps, cfg.warmup_iters, cfg.warmdown_iters, cfg.schedule)
+            grad_norm = (torch.nn.utils.clip_grad_norm_(raw_model.parameters(), optim.grad_clip)
+                         if optim.grad_clip > 0 else None)
+            lr_mult = lr_multiplier(step, loop.max_steps, optim.warmup_iters, optim.warmdown_iters, optim.schedule)
             for opt in optimizers:
                 for group in opt.param_groups:
                     group["lr"] = group["initial_lr"] * lr_mult
@@ -347,19 +353,19 @@ def train(cfg: TrainConfig, model: GPT, tokenizer: Tokenizer, d: dist.DistInfo, 
             step += 1
             tokens_unlogged += step_tokens
             # ---- log (the .item() calls are the step's only host-device syncs)
-            logged = step % cfg.log_every == 0 or step == cfg.max_steps
+            logged = step % loop.log_every == 0 or step == loop.max_steps
             if logged:
                 (unlogged,) = dist.all_reduce_sum([tokens_unlogged], d.device)
                 tokens_seen, tokens_unlogged = tokens_seen + int(unlogged), 0
                 loss_value = dist.all_reduce_mean(loss_sum).item()
                 dt = time.perf_counter() - interval_start
                 if not math.isfinite(loss_value):
-                    last = newest_checkpoint(cfg.output_dir)
+                    last = newest_checkpoint(run.output_dir)
                     raise GhoulError(f"the loss became {loss_value} at step {step}; " + (
                         f"the last good checkpoint is {last.name}: lower --learning-rate or raise --warmup-iters and "
                         "--resume" if last else "no checkpoint was written yet: lower --learning-rate or raise "
                         "--warmup-iters and start the run over with --resume"))
-                record = {"step": step, "loss": loss_value, "lr": cfg.learning_rate * lr_mult,
+                record = {"step": step, "loss": loss_value, "lr": optim.learning_rate * lr_mult,
                           "tokens": tokens_seen, "tokens_per_s": unlogged / dt,
                           "elapsed": time.perf_counter() - started}
                 if grad_norm is not None:
@@ -375,7 +381,7 @@ def train(cfg: TrainConfig, model: GPT, tokenizer: Tokenizer, d: dist.DistInfo, 
                 logger.log(record)
                 bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{record['tokens_per_s']:,.0f}", refresh=False)
             bar.update(1)
-            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.max_steps:
+            if loop.checkpoint_every and step % loop.checkpoint_every == 0 and step < loop.max_steps:
                 dist.synchronize(d.device)  # the step's queued work belongs to the interval, not to the pause
                 paused = time.perf_counter()
                 last_checkpoint, saved_step = checkpoint(step), step
@@ -383,7 +389,7 @@ def train(cfg: TrainConfig, model: GPT, tokenizer: Tokenizer, d: dist.DistInfo, 
             if logged:  # evaluation, samples and checkpoints are left out of the next interval
                 interval_start = time.perf_counter()
             # Ctrl-C: the weights, optimizer, data position and RNG all stand at the end of this step
-            if step < cfg.max_steps and interrupt.agreed(logged):
+            if step < loop.max_steps and interrupt.agreed(logged):
                 stopped = True
                 break
         if saved_step != step:  # the end of the run, or of an interrupted one
@@ -391,15 +397,15 @@ def train(cfg: TrainConfig, model: GPT, tokenizer: Tokenizer, d: dist.DistInfo, 
         if stopped:
             dist.barrier()  # no rank exits (which has torchrun stop the others) before rank 0 has saved
     except KeyboardInterrupt:  # a second Ctrl-C: mid-step, so nothing is saved that could not resume exactly
-        last = newest_checkpoint(cfg.output_dir)
+        last = newest_checkpoint(run.output_dir)
         dist.print0("\nstopped at once, saving nothing: " + (f"continue from {last} with --resume" if last else
                                                               "no checkpoint was written yet"))
         raise
     except OSError as e:
         if not is_disk_full(e):
             raise
-        last = newest_checkpoint(cfg.output_dir)
-        raise GhoulError(f"no space left on the device of {cfg.output_dir} ({e.filename or 'a run file'}): the "
+        last = newest_checkpoint(run.output_dir)
+        raise GhoulError(f"no space left on the device of {run.output_dir} ({e.filename or 'a run file'}): the "
                          f"checkpoints before it are intact ({last.name if last else 'none yet'}); free some space "
                          "and continue with --resume") from None
     finally:
@@ -411,12 +417,13 @@ def train(cfg: TrainConfig, model: GPT, tokenizer: Tokenizer, d: dist.DistInfo, 
     logger.close()
     dist.print0(f"done: {step} steps, loss {loss_value:.4f}" + (f", val loss {val_loss:.4f}" if val_loss else "")
                 + (f" ({val_bpb:.4f} bits per byte)" if val_bpb else "") + f"; checkpoint {last_checkpoint}")
-    return TrainResult(cfg.output_dir, step, loss_value, val_loss, last_checkpoint, val_bpb)
+    return TrainResult(run.output_dir, step, loss_value, val_loss, last_checkpoint, val_bpb)
 
 
-def _val_loader(cfg: TrainConfig, seq_len: int, d: dist.DistInfo, vocab_size: int) -> ShardLoader | None:
+def _val_loader(dataset: str, batch_size: int, seq_len: int, d: dist.DistInfo, vocab_size: int
+                ) -> ShardLoader | None:
     try:
-        return ShardLoader(cfg.dataset, cfg.batch_size, seq_len, split="val", rank=d.rank, world_size=d.world_size,
+        return ShardLoader(dataset, batch_size, seq_len, split="val", rank=d.rank, world_size=d.world_size,
                            device=d.device, vocab_size=vocab_size)
     except GhoulError as e:
         dist.print0(f"no validation loss: {e}")

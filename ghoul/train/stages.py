@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,52 +12,67 @@ import torch
 
 from ghoul import dist
 from ghoul.checkpoint import newest_checkpoint, read_trainer_state
-from ghoul.config import flag, option
+from ghoul.config import group, option
 from ghoul.data.shards import check_data_tokenizer, dataset_tokenizer
 from ghoul.errors import GhoulError
 from ghoul.model import GPT, GPTConfig, vocab_padding
 from ghoul.tokenizer import Tokenizer, load_tokenizer
-from ghoul.train.config import ArchitectureOptions, TrainConfig
+from ghoul.train.config import (
+    BatchOptions,
+    HellaswagOptions,
+    LoopOptions,
+    OptimOptions,
+    RunOptions,
+    SampleOptions,
+    TrainConfig,
+    check_dataset,
+    check_schedule,
+    dataset_option,
+)
 from ghoul.train.loop import TrainResult, check_run_dir, train
 
 
 @dataclass
-class FinetuneConfig(TrainConfig):
-    output_dir: Path = option(Path("runs/finetune"), "run directory: log, samples, checkpoints")
-    learning_rate: float = option(1.8e-4, "peak learning rate")
-    max_steps: int = option(50, "optimizer steps")
-    warmdown_iters: int = option(10, "steps of linear decay to zero at the end")
+class FinetuneConfig:
+    """`ghoul finetune`: a model directory trained on further token shards; it keeps its architecture."""
+
+    dataset: str = dataset_option()
+    base_model: Path | None = option(None, "model directory to start from (e.g. a pretraining run)")
+    run: RunOptions = group(RunOptions, output_dir=Path("runs/finetune"))
+    optim: OptimOptions = group(OptimOptions, learning_rate=1.8e-4, warmdown_iters=10)
+    batch: BatchOptions = group(BatchOptions)
+    loop: LoopOptions = group(LoopOptions, max_steps=50)
+    hellaswag: HellaswagOptions = group(HellaswagOptions)
+    sample: SampleOptions = group(SampleOptions)
 
     def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.base_model is None and self.resume is None:
+        check_schedule(self.optim, self.loop)
+        check_dataset(self.dataset)
+        if self.base_model is None and self.run.resume is None:
             raise GhoulError("--base-model is required: the model directory to fine-tune (e.g. a pretraining run)")
-        changed = [flag(f.name) for f in fields(ArchitectureOptions) if getattr(self, f.name) != f.default]
-        if changed:  # the model comes whole from its directory: these would be silently ignored
-            raise GhoulError(f"{', '.join(changed)} shape a fresh model only; a fine-tune keeps the architecture of "
-                             "--base-model: leave them out")
 
 
-def start_model(cfg: TrainConfig, resume_from: Path | None) -> tuple[GPT, Tokenizer]:
+def start_model(cfg: TrainConfig | FinetuneConfig, resume_from: Path | None) -> tuple[GPT, Tokenizer]:
     """The model to train: the checkpoint resumed, the base model fine-tuned, or a fresh preset."""
-    source = resume_from or cfg.base_model
+    source = resume_from or getattr(cfg, "base_model", None)
     if source is not None:
         model, tokenizer = GPT.from_pretrained(source), load_tokenizer(source)
         check_data_tokenizer(cfg.dataset, tokenizer, source)
         return model, tokenizer
     tokenizer = dataset_tokenizer(cfg.dataset)
-    config = GPTConfig.from_name(cfg.model, vocab_size=tokenizer.vocab_size, vocab_padding=vocab_padding(cfg.pad_vocab),
-                                 **cfg.architecture())
+    arch = cfg.arch
+    config = GPTConfig.from_name(arch.model, vocab_size=tokenizer.vocab_size,
+                                 vocab_padding=vocab_padding(arch.pad_vocab), **arch.architecture())
     return GPT(config), tokenizer
 
 
-def run(cfg: TrainConfig) -> TrainResult:
+def run(cfg: TrainConfig | FinetuneConfig) -> TrainResult:
     """Pretrain or fine-tune as `cfg` says, on one process or as one rank under torchrun."""
-    d = dist.setup(cfg.device, cfg.dist_timeout_minutes)
+    d = dist.setup(cfg.run.device, cfg.run.dist_timeout_minutes)
     try:
-        resume_from = check_run_dir(cfg)
+        resume_from = check_run_dir(cfg.run)
         dist.barrier()  # every rank has checked the run directory before rank 0 writes into it
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(cfg.run.seed)
         model, tokenizer = start_model(cfg, resume_from)
         dist.allow_tf32()  # also here for callers that train without the CLI
         return train(cfg, model.to(d.device), tokenizer, d, resume_from=resume_from)
@@ -65,16 +80,22 @@ def run(cfg: TrainConfig) -> TrainResult:
         dist.teardown()
 
 
+def run_and_steps(cfg: Any) -> tuple[Any, int]:
+    """A training stage's run options and step count; PPO's and GRPO's config holds both at the top."""
+    return (cfg.run, cfg.loop.max_steps) if hasattr(cfg, "run") else (cfg, cfg.max_steps)
+
+
 def run_or_resume(cfg: Any, train: Callable[[Any], Any] | None = None) -> Any:
     """Run `train(cfg)` (default: pretrain/fine-tune) unless its run already finished: resume an interrupted run from
     its checkpoint, start over one with nothing to resume (stopped before its first checkpoint).
     Returns None when there was nothing left to do, so pipelines rerun this freely."""
-    run_dir = cfg.output_dir
+    where, max_steps = run_and_steps(cfg)
+    run_dir = where.output_dir
     newest = newest_checkpoint(run_dir)
     if newest is not None:
-        if read_trainer_state(newest)["step"] >= cfg.max_steps:
+        if read_trainer_state(newest)["step"] >= max_steps:
             return None
-        cfg.resume = "latest"
+        where.resume = "latest"
     elif run_dir.exists():
         shutil.rmtree(run_dir)
     return (train or run)(cfg)

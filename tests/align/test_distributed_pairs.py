@@ -11,8 +11,8 @@ from tests.torchrun import one_and_two_ranks
 @pytest.mark.parametrize("stage", [["dpo", "--policy"], ["reward", "train", "--base-model"]])
 def test_two_ranks_match_one_rank_with_double_accumulation(tiny_model, tmp_path, stage):
     rankings = write_marker_rankings(tmp_path / "data", groups=12)
-    # a row is the tiny model's 128-token block: 2 pairs x 128 x 2 (ranks or micro-steps) = 512
-    common = [*stage, str(tiny_model), "--rankings", str(rankings), "--batch-size", "2", "--total-batch-size", "512",
+    # pairs per step: 2 per micro-batch x 2 (ranks or micro-steps)
+    common = [*stage, str(tiny_model), "--rankings", str(rankings), "--batch-size", "2", "--total-batch-size", "4",
               "--max-steps", "4", "--learning-rate", "1e-3", "--eval-every", "4", "--eval-iters", "1",
               "--val-fraction", "0.25", "--device", "cpu"]
     single, double = one_and_two_ranks(common, tmp_path / "one", tmp_path / "two")

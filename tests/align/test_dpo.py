@@ -10,6 +10,7 @@ import torch
 
 from ghoul.align.dpo import DpoConfig, completion_logps, dpo_loss
 from ghoul.cli import main
+from ghoul.config import build
 from ghoul.errors import GhoulError
 from ghoul.files import read_jsonl
 from ghoul.model import GPT, GPTConfig
@@ -63,6 +64,6 @@ def test_dpo_on_the_marker_preference_raises_the_margin(tiny_model, tmp_path):
 
 def test_dpo_config_refusals():
     with pytest.raises(GhoulError, match="--policy is required"):
-        DpoConfig(rankings="r.jsonl")
+        build(DpoConfig, rankings="r.jsonl")
     with pytest.raises(GhoulError, match="--beta must be positive"):
-        DpoConfig(policy="p", rankings="r.jsonl", beta=0)
+        build(DpoConfig, policy="p", rankings="r.jsonl", beta=0)

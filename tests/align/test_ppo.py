@@ -9,7 +9,17 @@ import math
 import pytest
 import torch
 
-from ghoul.align.ppo import RlConfig, clipped_policy_loss, group_advantages, kl_k3, rl_train, rollout, run_grpo, whiten
+from ghoul.align.ppo import (
+    PpoConfig,
+    RlConfig,
+    clipped_policy_loss,
+    group_advantages,
+    kl_k3,
+    rl_train,
+    rollout,
+    run_grpo,
+    whiten,
+)
 from ghoul.cli import main
 from ghoul.errors import GhoulError
 from ghoul.files import read_jsonl
@@ -61,8 +71,8 @@ def test_rollout_masks_the_completion_up_to_the_end_of_text():
 
 @pytest.mark.parametrize("method", ["ppo", "grpo"])
 def test_rl_raises_the_reward_on_the_toy_task(method):
-    cfg = RlConfig(max_steps=30, prompts_per_step=2, group_size=8, max_new_tokens=NEW, learning_rate=3e-3,
-                   value_lr=1e-2, kl_coef=0.05, seed=0)
+    cfg = PpoConfig(max_steps=30, prompts_per_step=2, group_size=8, max_new_tokens=NEW, learning_rate=3e-3,
+                    value_lr=1e-2, kl_coef=0.05, seed=0)
     records = rl_train(cfg, method, toy_policy(), share_of_token, [[0], [1]], eos_id=None)[0]
     first, last = records[:5], records[-5:]
     before = sum(r["reward_mean"] for r in first) / 5
@@ -81,7 +91,7 @@ def test_rl_refusals(tiny_model, tmp_path):
     with pytest.raises(GhoulError, match="--clip-eps"):
         RlConfig(clip_eps=1.5)
     with pytest.raises(GhoulError, match="--value-lr must be positive"):
-        RlConfig(value_lr=-1.0)
+        PpoConfig(value_lr=-1.0)
     with pytest.raises(GhoulError, match="--group-size must be at least 1"):
         RlConfig(group_size=0)
     with pytest.raises(GhoulError, match="--group-size must be at least 2 for GRPO"):

@@ -67,7 +67,8 @@ def test_rlhf_method_switches_the_final_stage(method, tiny_model, tmp_path, caps
     run = tmp_path / "run"
     args = ["rlhf", "--config", str(CONFIG), "--method", method, "--judge", "length", "--base-model",
             str(tiny_model), "--output-dir", str(run), "--num-samples", "16", "--max-new-tokens", "16",
-            "--max-steps", "2", "--batch-size", "2", "--reward-steps", "4"]
+            "--max-steps", "2", *(["--batch-size", "2"] if method == "dpo" else
+                                  ["--prompts-per-step", "2", "--reward-steps", "4"])]
     assert main(args) == 0
     assert len(read_jsonl(run / "rankings.jsonl")) == 4 and not (run / "winners.txt").exists()
     final = run / method
@@ -93,7 +94,10 @@ def test_rlhf_refusals(tiny_model, tmp_path, capsys):
     out = tmp_path / "r"
     for args, message in [(["--method", "ppo", "--reward-steps", "0"], "--reward-steps must be at least 1, got 0"),
                           (["--num-samples", "3"], "--num-samples 3 makes no group of --group-size 4"),
-                          (["--seq-len", "4096"], "--seq-len 4096 exceeds the block size")]:
+                          (["--seq-len", "4096"], "--seq-len 4096 exceeds the block size"),
+                          (["--method", "ppo", "--batch-size", "2"],
+                           "--batch-size is not used by --method ppo (only by dpo and winners): leave it out"),
+                          (["--method", "dpo", "--seq-len", "64"], "--seq-len is not used by --method dpo")]:
         assert main(["rlhf", "--config", str(CONFIG), "--base-model", str(tiny_model), "--judge", "length",
                      "--output-dir", str(out), *args]) == 2
         assert message in capsys.readouterr().err and not out.exists()  # refused before any story is generated

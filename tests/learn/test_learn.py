@@ -15,7 +15,7 @@ from ghoul.learn.compare import TABLE_FILE, CompareConfig
 from ghoul.learn.compare import run as compare
 from ghoul.learn.gpt import LearnGPTConfig
 from ghoul.learn.gpt import run as learn_gpt
-from ghoul.train.config import TrainConfig
+from ghoul.train.config import LoopOptions
 from ghoul.train.logger import LOG_FILE
 
 # The same slice, tokenizer kind, rows and validation batches for every run, so that val losses compare.
@@ -77,11 +77,11 @@ def test_learn_gpt_cli_takes_the_architecture_switches(horror, tmp_path):
 
 def test_learn_takes_the_trainers_dtype_and_compile_options(horror, tmp_path):
     """--dtype and --compile are the trainer's own options (one declaration: default, help, choices), passed on."""
-    ours, theirs = ({f.name: f for f in fields(c)} for c in (LearnGPTConfig, TrainConfig))
+    ours, theirs = ({f.name: f for f in fields(c)} for c in (LearnGPTConfig, LoopOptions))
     for name in ("dtype", "compile"):
         assert (ours[name].default, ours[name].metadata) == (theirs[name].default, theirs[name].metadata)
     tc = LearnGPTConfig(dtype="bfloat16", compile=True).train_config(tmp_path / "data", tmp_path / "run")
-    assert (tc.dtype, tc.compile) == ("bfloat16", True)
+    assert (tc.loop.dtype, tc.loop.compile) == ("bfloat16", True)
     argv = ["learn", "gpt", "--source-path", horror, "--output-dir", str(tmp_path / "run"), "--limit-docs", "10",
             "--tokenizer-kind", "char", "--steps", "2", "--batch-size", "2", "--block-size", "32", "--eval-iters",
             "1", "--n-layer", "1", "--n-embd", "32", "--sample-tokens", "0", "--warmup-iters", "0", "--device", "cpu",

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from ghoul.config import build
 from ghoul.data.prepare import PrepareConfig
 from ghoul.data.prepare import run as prepare
 from ghoul.eval.loss import read_split
@@ -24,7 +25,7 @@ def config(shards: Path, out: Path, **kw) -> TrainConfig:
     """The tiny model on CPU, a few steps: what most training tests run."""
     base = dict(dataset=str(shards), output_dir=out, model="tiny", batch_size=4, seq_len=64, max_steps=8,
                 learning_rate=3e-3, eval_every=4, eval_iters=2, device="cpu")
-    return TrainConfig(**{**base, **kw})
+    return build(TrainConfig, **{**base, **kw})
 
 
 def val_bytes_per_token(shards: Path, n: int) -> float:

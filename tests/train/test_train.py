@@ -10,6 +10,7 @@ import transformers
 
 from ghoul.checkpoint import load_training_checkpoint, save_training_checkpoint, step_dirs
 from ghoul.cli import main
+from ghoul.config import build
 from ghoul.dist import DistInfo, resolve_dtype
 from ghoul.errors import GhoulError
 from ghoul.hf import export_hf
@@ -89,9 +90,9 @@ def test_resumed_run_equals_uninterrupted_run(fineweb_shards, tmp_path):
 
 def test_finetune_continues_on_another_dataset(fineweb_shards, horror_shards, tmp_path):
     run(config(fineweb_shards, tmp_path / "pre", max_steps=4, eval_every=0))
-    result = run(FinetuneConfig(dataset=str(horror_shards), output_dir=tmp_path / "ft", base_model=tmp_path / "pre",
-                                batch_size=4, seq_len=64, max_steps=6, warmdown_iters=2, learning_rate=3e-3,
-                                eval_every=3, eval_iters=2, device="cpu"))
+    result = run(build(FinetuneConfig, dataset=str(horror_shards), output_dir=tmp_path / "ft",
+                       base_model=tmp_path / "pre", batch_size=4, seq_len=64, max_steps=6, warmdown_iters=2,
+                       learning_rate=3e-3, eval_every=3, eval_iters=2, device="cpu"))
     records = log(tmp_path / "ft")
     assert records[0]["step"] == 0 and "val_loss" in records[0]
     assert result.val_loss < records[0]["val_loss"]
@@ -276,8 +277,10 @@ def test_a_damaged_or_mismatched_checkpoint_is_a_one_line_error_on_resume(finewe
         assert len(err.strip().splitlines()) == 1, err
 
 
-def test_a_finetune_refuses_architecture_switches_it_would_ignore(tmp_path, capsys):
+def test_a_finetune_offers_no_architecture_switches_it_would_ignore(tmp_path, capsys):
+    """The model comes whole from its directory: `ghoul finetune` has no model options, so argparse refuses them."""
     args = ["finetune", "--dataset", str(tmp_path), "--base-model", str(tmp_path / "m")]
-    assert main([*args, "--activation", "swiglu", "--position", "rotary"]) == 2
-    err = capsys.readouterr().err
-    assert "--activation, --position shape a fresh model only; a fine-tune keeps the architecture" in err, err
+    with pytest.raises(SystemExit) as e:
+        main([*args, "--activation", "swiglu", "--position", "rotary"])
+    assert e.value.code == 2
+    assert "unrecognized arguments: --activation swiglu --position rotary" in capsys.readouterr().err

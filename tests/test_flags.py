@@ -1,0 +1,167 @@
+"""Every command offers exactly what it uses: each of its options is read by a run of the command (passed on to the
+code that acts on it), or refused with a one-line error when given, or on the short list below with the reason."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import typing
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from ghoul import config
+from ghoul.cli import COMMANDS, build_parser, main
+from ghoul.config import flag, groups, option_owners
+from ghoul.data.prepare import PrepareConfig
+from ghoul.data.prepare import run as prepare
+from ghoul.model import GPT, GPTConfig
+from tests.align.prefdata import write_marker_rankings
+
+# options a test run cannot reach, and why
+NOT_REACHED = {
+    "wandb_project": "read only with --wandb, which needs the wandb package and its service",
+}
+SKIPPED_FRAMES = {config.__file__, dataclasses.__file__, "<string>"}  # checks, saving, dataclass methods
+
+
+@contextmanager
+def reads(classes: list[type]) -> Iterator[set[tuple[type, str]]]:
+    """The (class, option) pairs the code reads from configs of `classes` while the block runs, leaving out the
+    reads of ghoul.config (checks, config.json), of dataclass methods and of `__post_init__` (validation)."""
+    seen: set[tuple[type, str]] = set()
+
+    def get(self: Any, name: str) -> Any:
+        if not name.startswith("_"):
+            frame = sys._getframe(1)
+            while frame is not None and frame.f_code.co_filename not in SKIPPED_FRAMES \
+                    and frame.f_code.co_name != "__post_init__":
+                frame = frame.f_back
+            if frame is None:
+                seen.add((type(self), name))
+        return object.__getattribute__(self, name)
+
+    for cls in classes:
+        cls.__getattribute__ = get
+    try:
+        yield seen
+    finally:
+        for cls in classes:
+            del cls.__getattribute__
+
+
+def other_value(cls: type, name: str, default: Any, tmp: Path) -> list[str]:
+    """The flag `name` with a value other than its default, as typed on the command line."""
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    kind = config._scalar_type(typing.get_type_hints(cls)[name])[0]
+    if kind is bool:
+        return [flag(name) if not default else "--no-" + flag(name)[2:]]
+    if f.metadata.get("choices"):
+        return [flag(name), str(next(c for c in f.metadata["choices"] if c != default))]
+    value = {int: "3", float: "0.5", str: "x", Path: str(tmp / "x")}[kind]
+    return [flag(name), value]
+
+
+def check_options_used(argv: list[str], tmp: Path, capsys: pytest.CaptureFixture) -> None:
+    command = next(c for c in COMMANDS if argv[:len(c.name.split())] == c.name.split())
+    _, cls, _ = build_parser(command)
+    owners, members = option_owners(cls), groups(cls)
+    holder = {name: members[owner] if owner else cls for name, owner in owners.items()}
+    with reads([cls, *members.values()]) as seen:
+        assert main(argv) == 0, capsys.readouterr().err
+    unread = [name for name in owners if (holder[name], name) not in seen and name not in NOT_REACHED]
+    for name in unread:  # not read: given, it must be refused
+        capsys.readouterr()
+        given = other_value(holder[name], name, default_of(cls, name), tmp)
+        assert main([*argv, *given]) == 2, f"{' '.join(argv[:2])}: {flag(name)} is neither read nor refused"
+        assert flag(name) in capsys.readouterr().err, f"{' '.join(argv[:2])}: {flag(name)} is not the one refused"
+
+
+def default_of(cls: type, name: str) -> Any:
+    """The default of option `name` of the stage config `cls` (a group's, or the stage's own default for it)."""
+    owner = option_owners(cls)[name]
+    if owner is not None:
+        member = next(f for f in dataclasses.fields(cls) if f.name == owner)
+        if name in member.metadata["defaults"]:
+            return member.metadata["defaults"][name]
+        cls = member.metadata["group"]
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+
+
+@pytest.fixture(scope="module")
+def inputs(data, tmp_path_factory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("flags")
+    shards = root / "shards"
+    prepare(PrepareConfig(source="creepypasta", source_path=str(data / "creepypasta" / "reddit_horror_stories.jsonl"),
+                          out=shards, val_tokens=4096, workers=1, limit_docs=60, progress=False))
+    torch.manual_seed(0)
+    model = root / "tiny"
+    GPT(GPTConfig.from_name("tiny")).save_pretrained(model)
+    rankings = write_marker_rankings(root / "prefs", groups=8)
+    return {"shards": str(shards), "model": str(model), "rankings": str(rankings),
+            "hellaswag": str(data / "hellaswag" / "hellaswag_val_first100.jsonl"),
+            "stories": str(data / "creepypasta" / "reddit_horror_stories.jsonl")}
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+TRAIN = ["--batch-size", "2", "--max-steps", "2", "--warmup-iters", "1", "--warmdown-iters", "1", "--eval-every", "1",
+         "--eval-iters", "1", "--checkpoint-every", "1", "--keep-last", "1", "--device", "cpu"]
+
+
+def test_pretrain_and_finetune_use_every_option(inputs, tmp_path, capsys):
+    shards = ["--dataset", inputs["shards"], "--seq-len", "32", "--total-batch-size", "128", "--hellaswag-every", "2",
+              "--hellaswag-limit", "2", "--hellaswag-path", inputs["hellaswag"], "--sample-every", "2",
+              "--sample-prompt", "The", "--sample-tokens", "4", *TRAIN]
+    check_options_used(["pretrain", "--model", "tiny", "--output-dir", str(tmp_path / "pre"), *shards], tmp_path,
+                       capsys)
+    check_options_used(["finetune", "--base-model", str(tmp_path / "pre"), "--output-dir", str(tmp_path / "ft"),
+                        *shards], tmp_path, capsys)
+
+
+@pytest.mark.parametrize("command", [["dpo", "--policy"], ["reward", "train", "--base-model"]])
+def test_pair_trainers_use_every_option(command, inputs, tmp_path, capsys):
+    check_options_used([*command, inputs["model"], "--rankings", inputs["rankings"], "--total-batch-size", "4",
+                        "--val-fraction", "0.25", "--output-dir", str(tmp_path / "run"), *TRAIN], tmp_path, capsys)
+
+
+@pytest.mark.parametrize("method", ["winners", "dpo", "ppo", "grpo"])
+def test_rlhf_uses_or_refuses_every_option(method, inputs, tmp_path, capsys):
+    training = {
+        "winners": ["--batch-size", "1", "--seq-len", "8", "--total-batch-size", "16", "--warmdown-iters", "1"],
+        "dpo": ["--batch-size", "2", "--total-batch-size", "4", "--beta", "0.2", "--warmdown-iters", "1"],
+    }.get(method, ["--prompts-per-step", "2", "--kl-coef", "0.1", "--reward-steps", "2",
+                   "--reward-learning-rate", "1e-3"])
+    check_options_used(["rlhf", "--method", method, "--base-model", inputs["model"], "--judge", "length",
+                        "--output-dir", str(tmp_path / "run"), "--num-samples", "16", "--max-new-tokens", "8",
+                        "--generate-batch-size", "4", "--max-steps", "2", "--learning-rate", "1e-3",
+                        "--device", "cpu", *training], tmp_path, capsys)
+
+
+@pytest.mark.parametrize("method", ["ppo", "grpo"])
+def test_ppo_and_grpo_use_or_refuse_every_option(method, inputs, tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("The door\nThe night\n")
+    check_options_used([method, "--policy", inputs["model"], "--judge", "length", "--task", "Pick one.",
+                        "--prompts-file", str(prompts), "--max-steps", "2", "--prompts-per-step", "2",
+                        "--group-size", "2", "--max-new-tokens", "4", "--checkpoint-every", "1",
+                        "--output-dir", str(tmp_path / "run"), "--device", "cpu"], tmp_path, capsys)
+
+
+def test_learn_gpt_uses_every_option(data, tmp_path, capsys):
+    check_options_used(["learn", "gpt", "--source-path", str(data / "creepypasta" / "reddit_horror_stories.jsonl"),
+                        "--output-dir", str(tmp_path / "run"), "--limit-docs", "10", "--tokenizer-kind", "char",
+                        "--steps", "2", "--batch-size", "2", "--block-size", "32", "--eval-iters", "1",
+                        "--n-layer", "1", "--n-embd", "32", "--sample-tokens", "2", "--warmup-iters", "0",
+                        "--device", "cpu"], tmp_path, capsys)
