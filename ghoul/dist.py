@@ -144,7 +144,7 @@ def setup(device: str = "auto", timeout_minutes: float | None = None) -> DistInf
 
 
 def teardown() -> None:
-    if dist.is_available() and dist.is_initialized():
+    if in_process_group():
         dist.destroy_process_group()
 
 
@@ -251,29 +251,40 @@ def grads_to_none(model: torch.nn.Module) -> bool:
     return not isinstance(model, DistributedDataParallel)
 
 
+def in_process_group() -> bool:
+    """Whether this process is one rank of a running process group (started by torchrun)."""
+    return dist.is_available() and dist.is_initialized()
+
+
 def barrier() -> None:
     """Wait for every rank (nothing to wait for in one process)."""
-    if dist.is_available() and dist.is_initialized():
+    if in_process_group():
         dist.barrier()
 
 
 def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
     """The mean of `value` over all ranks (itself when there is one process)."""
-    if dist.is_available() and dist.is_initialized():
+    if in_process_group():
+        return all_reduce_total(value) / dist.get_world_size()
+    return value
+
+
+def all_reduce_total(value: torch.Tensor) -> torch.Tensor:
+    """The sum of `value` over all ranks (itself when there is one process)."""
+    if in_process_group():
         value = value.clone()
         dist.all_reduce(value, op=dist.ReduceOp.SUM)
-        value /= dist.get_world_size()
     return value
 
 
 def process_rank() -> int:
     """This process's rank in the running process group; 0 without one."""
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    return dist.get_rank() if in_process_group() else 0
 
 
 def all_gather_objects(obj: Any) -> list[Any]:
     """`obj` of every rank, in rank order (`[obj]` in one process); every rank must call it."""
-    if not (dist.is_available() and dist.is_initialized()):
+    if not in_process_group():
         return [obj]
     parts: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(parts, obj)
@@ -282,7 +293,7 @@ def all_gather_objects(obj: Any) -> list[Any]:
 
 def all_reduce_sum(values: list[float], device: str | torch.device) -> list[float]:
     """Sum `values` over the ranks when torch.distributed is running; unchanged otherwise."""
-    if not (dist.is_available() and dist.is_initialized()):
+    if not in_process_group():
         return values
     # NCCL reduces only CUDA tensors, gloo only CPU ones: the tensor lives on the model's device
     t = torch.tensor(values, dtype=torch.float64, device=device)

@@ -8,14 +8,17 @@ import sys
 from pathlib import Path
 
 
-def one_and_two_ranks(args: list[str], one: Path, two: Path) -> tuple[subprocess.CompletedProcess, ...]:
-    """`ghoul ARGS --output-dir ONE` in one process, then under `torchrun --nproc_per_node=2` into TWO; both must
-    succeed. One OpenMP thread per process: two ranks on two cores."""
+def ghoul_on_ranks(args: list[str], ranks: int) -> subprocess.CompletedProcess:
+    """`ghoul ARGS` in one process (ranks=1) or under `torchrun --nproc_per_node=RANKS`; it must succeed. One OpenMP
+    thread per process: two ranks on two cores."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    runs = []
-    for launcher, out in (([], one), (["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"], two)):
-        done = subprocess.run([sys.executable, *launcher, "-m", "ghoul", *args, "--output-dir", str(out)],
-                              capture_output=True, text=True, env=env, timeout=300)
-        assert done.returncode == 0, done.stderr[-2000:]
-        runs.append(done)
-    return tuple(runs)
+    launcher = [] if ranks == 1 else ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"]
+    done = subprocess.run([sys.executable, *launcher, "-m", "ghoul", *args], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done
+
+
+def one_and_two_ranks(args: list[str], one: Path, two: Path) -> tuple[subprocess.CompletedProcess, ...]:
+    """`ghoul ARGS --output-dir ONE` in one process, then under torchrun with two ranks into TWO."""
+    return ghoul_on_ranks([*args, "--output-dir", str(one)], 1), ghoul_on_ranks([*args, "--output-dir", str(two)], 2)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -23,14 +22,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ghoul import dist
 from ghoul.align.dpo import token_logps
 from ghoul.checkpoint import load_optimizer_states
-from ghoul.config import option, require, to_dict
+from ghoul.config import group, option, require, to_dict
 from ghoul.errors import GhoulError
-from ghoul.files import atomic_write_text
 from ghoul.generate import check_prompt_source, check_sampling
 from ghoul.model import GPT
 from ghoul.optim.build import build_optimizers
+from ghoul.train.config import RunOptions
 
 # rewards of the completions (token ids, up to the end of text) of one step: `groups[i]` is sample i's group (its
 # prompt's place in the step), `prompts[i]` the index of its prompt among all the prompts
@@ -48,8 +48,6 @@ class RlConfig:
     reward: Path | None = option(None, "reward model directory (`ghoul reward train`) that scores the samples")
     judge: str | None = option(None, "or: a judge (reward:DIR, openai:MODEL, length, ...); the sample it picks "
                                "from each group gets reward 1, the others 0")
-    output_dir: Path | None = option(None, "run directory: log.jsonl and the trained policy (RUN/latest); "
-                                     "default runs/ppo or runs/grpo")
     prompt: str = option("", "text every sample continues (empty: start from <|endoftext|>)")
     prompts_file: Path | None = option(None, "file of prompts, one per line, cycled over the steps", metavar="FILE")
     max_steps: int = option(50, "rollout-and-update steps")
@@ -63,12 +61,9 @@ class RlConfig:
     ppo_epochs: int = option(2, "updates on each step's rollouts")
     grad_clip: float = option(1.0, "clip the policy's gradient norm to this (0: no clipping)")
     checkpoint_every: int = option(0, "steps between checkpoints (0: only at the end)")
-    resume: str | None = option(None, "continue a run: --resume (its latest checkpoint) or --resume CHECKPOINT_DIR",
-                                const="latest", metavar="DIR")
     task: str = option("Pick the scariest story.", "what a judge is asked to do")
     base_url: str | None = option(None, "OpenAI-compatible server for --judge openai:MODEL")
-    seed: int = option(1337, "random seed of the rollouts")
-    device: str = option("auto", "cpu, cuda, mps, or auto")
+    run: RunOptions = group(RunOptions, output_dir=Path("runs/grpo"))
 
     def __post_init__(self) -> None:
         require(self, ("max_steps", "prompts_per_step", "group_size", "max_new_tokens", "ppo_epochs"),
@@ -79,7 +74,6 @@ class RlConfig:
         if min(self.temperature, self.learning_rate) <= 0 or self.kl_coef < 0 or not 0 < self.clip_eps < 1:
             raise GhoulError("--temperature and --learning-rate must be positive, --kl-coef >= 0, --clip-eps in "
                              "(0, 1)")
-        self.output_dir = Path(self.output_dir) if self.output_dir is not None else None
 
 
 @dataclass
@@ -87,6 +81,7 @@ class PpoConfig(RlConfig):
     """GRPO's options and PPO's value head: GRPO's baseline is the group's mean reward, PPO's a learned value."""
 
     value_lr: float = option(VALUE_LR, "learning rate of PPO's value head")
+    run: RunOptions = group(RunOptions, output_dir=Path("runs/ppo"))
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -96,18 +91,20 @@ class PpoConfig(RlConfig):
 
 # ---- the pieces: pure functions, tested against hand-computed values -------------------------------------------
 
-def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return (x * mask).sum() / mask.sum().clamp(min=1)
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, count: torch.Tensor | None = None) -> torch.Tensor:
+    """The mean of `x` over the masked entries; with `count`, the entries of every rank's batch (this rank's share of
+    the mean over all of them, which the ranks' gradients then sum to)."""
+    return (x * mask).sum() / (mask.sum() if count is None else count).clamp(min=1)
 
 
 def clipped_policy_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-                        clip_eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+                        clip_eps: float, count: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, clip fraction) of PPO's clipped surrogate, -min(r A, clip(r, 1-eps, 1+eps) A) with r = pi / pi_old,
     the mean over the masked tokens (Schulman et al. 2017, eq. 7). All (B, T)."""
     ratio = torch.exp(logps - old_logps)
     surrogate = torch.min(ratio * advantages, ratio.clamp(1 - clip_eps, 1 + clip_eps) * advantages)
     clipped = ((ratio - 1).abs() > clip_eps).float()
-    return -masked_mean(surrogate, mask), masked_mean(clipped, mask).detach()
+    return -masked_mean(surrogate, mask, count), masked_mean(clipped, mask, count).detach()
 
 
 def kl_k3(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
@@ -128,9 +125,10 @@ def group_advantages(rewards: torch.Tensor, groups: torch.Tensor, eps: float = 1
 
 
 def whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Zero mean and unit variance over the masked entries (PPO's advantage normalisation)."""
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
+    """Zero mean and unit variance over the masked entries of every rank's batch (PPO's advantage normalisation)."""
+    count = dist.all_reduce_total(mask.sum())
+    mean = dist.all_reduce_total((x * mask).sum()) / count.clamp(min=1)
+    var = dist.all_reduce_total((((x - mean) ** 2) * mask).sum()) / count.clamp(min=1)
     return (x - mean) * torch.rsqrt(var + eps)
 
 
@@ -150,13 +148,15 @@ def step_seed(seed: int, step: int, prompt: int) -> int:
 
 
 @torch.no_grad()
-def rollout(policy: GPT, prompts: list[list[int]], cfg: RlConfig, step: int, eos_id: int | None) -> Rollout:
-    """`group_size` samples of each prompt from the policy, with the KV-cache sampler and a generator per prompt."""
+def rollout(policy: GPT, prompts: list[list[int]], cfg: RlConfig, step: int, eos_id: int | None,
+            places: list[int] | None = None) -> Rollout:
+    """`group_size` samples of each prompt from the policy, with the KV-cache sampler and a generator per prompt,
+    seeded by the prompt's place in the step (`places`, default 0, 1, ...: the same samples on any rank)."""
     device = next(policy.parameters()).device
     policy.eval()
     rows, starts, groups, completions = [], [], [], []
-    for g, ids in enumerate(prompts):
-        generator = torch.Generator(device=device).manual_seed(step_seed(cfg.seed, step, g))
+    for g, ids in zip(places or range(len(prompts)), prompts, strict=True):
+        generator = torch.Generator(device=device).manual_seed(step_seed(cfg.run.seed, step, g))
         idx = torch.tensor([ids] * cfg.group_size, device=device)  # (G, P)
         out = policy.generate(idx, cfg.max_new_tokens, cfg.temperature, eos_id=eos_id, generator=generator)
         for row in out.tolist():
@@ -184,16 +184,22 @@ Saver = Callable[[int, list[torch.optim.Optimizer], nn.Module], None]
 
 def rl_train(cfg: RlConfig, method: str, policy: GPT, scorer: Scorer, prompts: list[list[int]], eos_id: int | None,
              log: Callable[[dict], None] = lambda r: None, reference: GPT | None = None,
-             resume: tuple[dict, list[dict], dict[str, dict]] | None = None, save: Saver | None = None
-             ) -> tuple[list[dict], list[torch.optim.Optimizer], nn.Module]:
+             resume: tuple[dict, list[dict], dict[str, dict]] | None = None, save: Saver | None = None,
+             d: dist.DistInfo | None = None) -> tuple[list[dict], list[torch.optim.Optimizer], nn.Module]:
     """Train `policy` in place with PPO or GRPO up to cfg.max_steps; returns the step records, the optimizers and
     the value head. `reference` defaults to a frozen copy of `policy`; `resume` is a checkpoint's
-    (state, optimizer states, modules) to continue from; `save` is called every cfg.checkpoint_every steps and on
-    Ctrl-C."""
-    from ghoul.train.loop import set_rng_state
+    (state, optimizer states, modules) to continue from; `save` is called every cfg.checkpoint_every steps and at a
+    Ctrl-C, which stops every rank after the step in progress (a second one stops at once, saving nothing). Under
+    torchrun (`d`) each rank rolls out its share of the step's prompts and the gradients are summed over the ranks."""
+    from ghoul.train.context import set_rng_state
+    from ghoul.train.interrupt import StepInterrupt
 
     if method not in ("ppo", "grpo"):
         raise ValueError(f"unknown method {method!r}")
+    d = d or dist.DistInfo(device=str(next(policy.parameters()).device))
+    if cfg.prompts_per_step % d.world_size:
+        raise GhoulError(f"--prompts-per-step {cfg.prompts_per_step} does not split over {d.world_size} ranks: "
+                         "make it a multiple of the number of processes")
     device = next(policy.parameters()).device
     reference = (reference or copy.deepcopy(policy)).eval().requires_grad_(False)
     value_head = nn.Linear(policy.config.n_embd, 1).to(device)  # PPO's baseline, on the policy's hidden states
@@ -208,33 +214,44 @@ def rl_train(cfg: RlConfig, method: str, policy: GPT, scorer: Scorer, prompts: l
         value_head.load_state_dict(modules["value_head"])
         set_rng_state(state["rng"])
         start = state["step"]
-    records, started = [], time.perf_counter()
-    step = start
+    records, started, step, stopped = [], time.perf_counter(), start, False
+    interrupt = StepInterrupt(d).install()
     try:
         for step in range(start + 1, cfg.max_steps + 1):
             records.append(rl_step(cfg, method, policy, reference, value_head, optimizers, scorer, prompts, eos_id,
-                                   step, started))
+                                   step, started, d))
             log(records[-1])
+            if step < cfg.max_steps and interrupt.agreed(True):  # a step ends in .item() syncs: no sync added
+                stopped = True
+                break
             if save is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.max_steps:
                 save(step, optimizers, value_head)
-    except KeyboardInterrupt:
-        if save is not None and records:  # the step in progress is lost; the last finished one is kept
-            save(records[-1]["step"], optimizers, value_head)
-            print(f"\ninterrupted: saved step {records[-1]['step']}; continue with --resume", file=sys.stderr)
+        if stopped and save is not None:
+            save(step, optimizers, value_head)
+            dist.barrier()  # no rank exits (which has torchrun stop the others) before rank 0 has saved
+    except KeyboardInterrupt:  # a second Ctrl-C: mid-step, so nothing is saved that could not resume exactly
+        dist.print0("\nstopped at once, saving nothing: continue from the last checkpoint with --resume")
         raise
+    finally:
+        interrupt.remove()
+    if stopped:
+        dist.print0(f"\ninterrupted after step {step}: saved it; continue with --resume")
+        raise KeyboardInterrupt
     return records, optimizers, value_head
 
 
 def rl_step(cfg: RlConfig, method: str, policy: GPT, reference: GPT, value_head: nn.Module,
             optimizers: list[torch.optim.Optimizer], scorer: Scorer, prompts: list[list[int]], eos_id: int | None,
-            step: int, started: float) -> dict:
-    """One step: rollouts, rewards, cfg.ppo_epochs clipped updates; returns the step's record."""
+            step: int, started: float, d: dist.DistInfo) -> dict:
+    """One step: rollouts, rewards, cfg.ppo_epochs clipped updates; returns the step's record (over all ranks)."""
     device = next(policy.parameters()).device
     chosen = [((step - 1) * cfg.prompts_per_step + j) % len(prompts) for j in range(cfg.prompts_per_step)]
-    roll = rollout(policy, [prompts[p] for p in chosen], cfg, step, eos_id)
+    places = list(range(d.rank, cfg.prompts_per_step, d.world_size))  # this rank's share of the step's prompts
+    roll = rollout(policy, [prompts[chosen[j]] for j in places], cfg, step, eos_id, places)
     groups = roll.groups.tolist()
     rewards = torch.tensor(scorer(roll.completions, groups, [chosen[g] for g in groups]), dtype=torch.float32,
                            device=device)
+    count = dist.all_reduce_total(roll.mask.sum())  # the completion tokens of every rank: each loss is a share
     with torch.no_grad():
         old_logps, hidden = policy_forward(policy, roll.tokens)
         ref_logps = token_logps(reference, roll.tokens)
@@ -247,18 +264,20 @@ def rl_step(cfg: RlConfig, method: str, policy: GPT, reference: GPT, value_head:
         advantages = group_advantages(rewards, roll.groups)[:, None].expand_as(old_logps)
     for _ in range(cfg.ppo_epochs):
         logps, hidden = policy_forward(policy, roll.tokens)
-        loss, clip_fraction = clipped_policy_loss(logps, old_logps, advantages, roll.mask, cfg.clip_eps)
+        loss, clip_fraction = clipped_policy_loss(logps, old_logps, advantages, roll.mask, cfg.clip_eps, count)
         if method == "grpo":
-            loss = loss + cfg.kl_coef * masked_mean(kl_k3(logps, ref_logps), roll.mask)
+            loss = loss + cfg.kl_coef * masked_mean(kl_k3(logps, ref_logps), roll.mask, count)
         value_loss = torch.zeros((), device=device)
         if method == "ppo":  # the value head learns on detached states: it does not move the policy
-            value_loss = masked_mean((value_head(hidden.detach()).squeeze(-1) - returns) ** 2, roll.mask)
-        update(policy, optimizers, loss + value_loss, cfg.grad_clip)
-    record = {"step": step, "reward_mean": rewards.mean().item(), "kl": kl.mean().item(),
-              "clip_fraction": clip_fraction.item(), "loss": loss.item(),
-              "length": roll.mask.sum(-1).float().mean().item(), "elapsed": time.perf_counter() - started}
+            value_loss = masked_mean((value_head(hidden.detach()).squeeze(-1) - returns) ** 2, roll.mask, count)
+        update(policy, value_head, optimizers, loss + value_loss, cfg.grad_clip)
+    n, reward, kl_sum, clipped, loss_sum, value, tokens = dist.all_reduce_sum(
+        [len(groups), rewards.sum().item(), kl.sum().item(), clip_fraction.item(), loss.item(), value_loss.item(),
+         roll.mask.sum().item()], device)
+    record = {"step": step, "reward_mean": reward / n, "kl": kl_sum / n, "clip_fraction": clipped, "loss": loss_sum,
+              "length": tokens / n, "elapsed": time.perf_counter() - started}
     if method == "ppo":
-        record["value_loss"] = value_loss.item()
+        record["value_loss"] = value
     return record
 
 
@@ -269,10 +288,18 @@ def policy_forward(policy: GPT, tokens: torch.Tensor) -> tuple[torch.Tensor, tor
     return logps.gather(-1, tokens[:, 1:, None]).squeeze(-1), h
 
 
-def update(policy: GPT, optimizers: list[torch.optim.Optimizer], loss: torch.Tensor, grad_clip: float) -> None:
+def update(policy: GPT, value_head: nn.Module, optimizers: list[torch.optim.Optimizer], loss: torch.Tensor,
+           grad_clip: float) -> None:
+    """One optimizer step on `loss`, this rank's share of the mean over all ranks' tokens: the gradients are summed
+    over the ranks (one all-reduce of them all) before clipping, so every rank takes the same step."""
     for opt in optimizers:
         opt.zero_grad(set_to_none=True)
     loss.backward()
+    params = [p for p in (*policy.parameters(), *value_head.parameters()) if p.grad is not None]
+    if dist.in_process_group():
+        flat = dist.all_reduce_total(torch.cat([p.grad.flatten() for p in params]))
+        for p, g in zip(params, flat.split([p.numel() for p in params]), strict=True):
+            p.grad.copy_(g.view_as(p))
     if grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(policy.parameters(), grad_clip)
     for opt in optimizers:
@@ -294,7 +321,7 @@ def make_scorer(cfg: RlConfig, tokenizer, prompt_texts: list[str], device: str) 
 
     from ghoul.align.judges import make_judge
 
-    judge = make_judge(cfg.judge, seed=cfg.seed, base_url=cfg.base_url)
+    judge = make_judge(cfg.judge, seed=cfg.run.seed, base_url=cfg.base_url)
 
     def by_judge(completions: list[list[int]], groups: list[int], prompts: list[int]) -> list[float]:
         all_texts, rewards = texts(completions, prompts), [0.0] * len(completions)
@@ -310,12 +337,11 @@ def make_scorer(cfg: RlConfig, tokenizer, prompt_texts: list[str], device: str) 
 
 def run(cfg: RlConfig, method: str) -> list[dict]:
     """Load the policy, train it with `method` against cfg.reward or cfg.judge, save it as RUN/step_N (RUN/latest);
-    with cfg.resume, continue from a checkpoint of the run (the reference stays cfg.policy)."""
+    with --resume, continue from a checkpoint of the run (the reference stays cfg.policy). One process, or one rank
+    under torchrun."""
     from ghoul.checkpoint import load_model_and_tokenizer, load_training_checkpoint, save_training_checkpoint
-    from ghoul.dist import resolve_device
     from ghoul.generate import read_prompts
-    from ghoul.train.logger import RunLogger
-    from ghoul.train.loop import check_run_dir, rng_state
+    from ghoul.train.context import open_run_dir, rng_state, training_run
 
     if method == "grpo" and cfg.group_size < 2:  # one sample is its own group mean: every advantage would be 0
         raise GhoulError(f"--group-size must be at least 2 for GRPO, got {cfg.group_size}: its advantages compare "
@@ -324,43 +350,40 @@ def run(cfg: RlConfig, method: str) -> list[dict]:
         raise GhoulError("--policy is required: the model directory to train")
     if (cfg.reward is None) == (cfg.judge is None):
         raise GhoulError("give --reward DIR (a reward model) or --judge NAME, exactly one")
-    out = cfg.output_dir = cfg.output_dir or Path(f"runs/{method}")
-    resume_from = check_run_dir(cfg)  # refuses to overwrite a run without --resume
-    device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    policy, tokenizer = load_model_and_tokenizer(resume_from or cfg.policy, device)
-    reference = load_model_and_tokenizer(cfg.policy, device)[0] if resume_from else None
-    resume = load_training_checkpoint(resume_from) if resume_from else None
-    prompt_texts = read_prompts(cfg)  # type: ignore[arg-type]  # the same fields as GenerateConfig's
-    prompts = [tokenizer.encode(p) if p else [tokenizer.eot_id] for p in prompt_texts]
-    if max(map(len, prompts)) + cfg.max_new_tokens > policy.config.block_size:
-        raise GhoulError(f"prompt + --max-new-tokens exceed the model's context of {policy.config.block_size}")
-    scorer = make_scorer(cfg, tokenizer, prompt_texts, device)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.json", json.dumps({**to_dict(cfg), "method": method}, indent=2) + "\n")
-    logger = RunLogger(out, True)
-    start = resume[0]["step"] if resume else 0
-    logger.truncate_after(start)
-    print(f"{method}: steps {start}..{cfg.max_steps} of {cfg.prompts_per_step} x {cfg.group_size} samples",
-          file=sys.stderr)
+    out = cfg.run.output_dir
+    with training_run(cfg.run) as (d, resume_from):
+        policy, tokenizer = load_model_and_tokenizer(resume_from or cfg.policy, d.device)
+        reference = load_model_and_tokenizer(cfg.policy, d.device)[0] if resume_from else None
+        resume = load_training_checkpoint(resume_from) if resume_from else None
+        prompt_texts = read_prompts(cfg)  # type: ignore[arg-type]  # the same fields as GenerateConfig's
+        prompts = [tokenizer.encode(p) if p else [tokenizer.eot_id] for p in prompt_texts]
+        if max(map(len, prompts)) + cfg.max_new_tokens > policy.config.block_size:
+            raise GhoulError(f"prompt + --max-new-tokens exceed the model's context of {policy.config.block_size}")
+        scorer = make_scorer(cfg, tokenizer, prompt_texts, d.device)
+        start = resume[0]["step"] if resume else 0
+        logger = open_run_dir(out, d, {**to_dict(cfg), "method": method}, start if resume else None)
+        dist.print0(f"{method}: steps {start}..{cfg.max_steps} of {cfg.prompts_per_step} x {cfg.group_size} samples"
+                    f" on {d.world_size} x {d.device}", file=sys.stderr)
 
-    def log(record: dict) -> None:
-        logger.log(record)
-        print(f"step {record['step']}: reward {record['reward_mean']:.4f}, kl {record['kl']:.4f}, "
-              f"clip {record['clip_fraction']:.3f}", file=sys.stderr)
+        def log(record: dict) -> None:
+            logger.log(record)
+            dist.print0(f"step {record['step']}: reward {record['reward_mean']:.4f}, kl {record['kl']:.4f}, "
+                        f"clip {record['clip_fraction']:.3f}", file=sys.stderr)
 
-    def save(step: int, optimizers: list[torch.optim.Optimizer], value_head: nn.Module) -> Path:
-        state = {"step": step, "rng": rng_state(), "config": to_dict(cfg), "method": method}
-        return save_training_checkpoint(out, step, policy, optimizers, state, tokenizer,
-                                        modules={"value_head": value_head})
+        def save(step: int, optimizers: list[torch.optim.Optimizer], value_head: nn.Module) -> Path:
+            state = {"step": step, "rng": rng_state(), "config": to_dict(cfg), "method": method}  # rng: collective
+            if not d.is_main:
+                return out / f"step_{step:06d}"
+            return save_training_checkpoint(out, step, policy, optimizers, state, tokenizer,
+                                            modules={"value_head": value_head})
 
-    records, optimizers, value_head = rl_train(cfg, method, policy, scorer, prompts, tokenizer.eot_id, log,
-                                               reference, resume, save)
-    path = save(cfg.max_steps, optimizers, value_head)
-    if records:
-        print(f"done: reward {records[0]['reward_mean']:.4f} -> {records[-1]['reward_mean']:.4f}; {path}",
-              file=sys.stderr)
-    return records
+        records, optimizers, value_head = rl_train(cfg, method, policy, scorer, prompts, tokenizer.eot_id, log,
+                                                   reference, resume, save, d)
+        path = save(cfg.max_steps, optimizers, value_head)
+        if records:
+            dist.print0(f"done: reward {records[0]['reward_mean']:.4f} -> {records[-1]['reward_mean']:.4f}; {path}",
+                        file=sys.stderr)
+        return records
 
 
 def run_ppo(cfg: PpoConfig) -> list[dict]:

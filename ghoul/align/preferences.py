@@ -262,14 +262,11 @@ def train_on_pairs(cfg: Any, build: Callable[[Path | None, str], tuple[Any, Toke
     """Set up (one process or a torchrun rank), build (model, tokenizer, loss) and run the one training loop on the
     pairs; `build(resume_from, device)` starts from the checkpoint when resuming."""
     from ghoul import dist
-    from ghoul.train.loop import check_run_dir, train
+    from ghoul.train.context import training_run
+    from ghoul.train.loop import train
 
     run, pairs = cfg.run, cfg.pairs
-    d = dist.setup(run.device, run.dist_timeout_minutes)
-    try:
-        resume_from = check_run_dir(run)
-        dist.barrier()  # every rank has checked the run directory before rank 0 writes into it
-        torch.manual_seed(run.seed)
+    with training_run(run) as (d, resume_from):
         records = preference_records(pairs.preferences, pairs.rankings, pairs.stories, pairs.val_fraction, run.seed)
         model, tokenizer, loss_fn = build(resume_from, d.device)
         train_data, val_data = pair_loaders(records, tokenizer, cfg.batch.batch_size, model.config.block_size, d,
@@ -280,5 +277,3 @@ def train_on_pairs(cfg: Any, build: Callable[[Path | None, str], tuple[Any, Toke
         val = sum(r.get("split") == "val" for r in records)
         dist.print0(f"{len(records) - val} training pairs, {val} validation pairs")
         return train(cfg, model.to(d.device), tokenizer, d, loss_fn, resume_from, train_data, val_data)
-    finally:
-        dist.teardown()

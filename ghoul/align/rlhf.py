@@ -150,7 +150,7 @@ def preference_configs(cfg: RlhfConfig, given: dict[str, Any]) -> dict[str, Any]
                                                      ("reward_learning_rate", "learning_rate")) if name in given}
     return {"reward": build(RewardTrainConfig, base_model=cfg.base_model, output_dir=out / "reward", **pairs,
                             **reward),
-            "final": (PpoConfig if cfg.method == "ppo" else RlConfig)(
+            "final": build(PpoConfig if cfg.method == "ppo" else RlConfig,
                 policy=cfg.base_model, reward=out / "reward", output_dir=out / FINAL_DIRS[cfg.method],
                 prompt=cfg.prompt, prompts_file=cfg.prompts_file, group_size=cfg.group_size,
                 max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed, device=cfg.device,
@@ -234,11 +234,10 @@ def run(cfg: RlhfConfig) -> RlhfResult:
 
 def _train_step(train: Any, step_cfg: Any) -> None:
     """Run a training step unless it has finished; resume it from its checkpoint when it can."""
-    from ghoul.train.stages import run_and_steps, run_or_resume
+    from ghoul.train.stages import max_steps, run_or_resume
 
     if run_or_resume(step_cfg, train) is None:
-        run, steps = run_and_steps(step_cfg)
-        _say(f"{run.output_dir} has finished its {steps} steps; skipped")
+        _say(f"{step_cfg.run.output_dir} has finished its {max_steps(step_cfg)} steps; skipped")
 
 
 def _say(message: str) -> None:

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import torch
 
-from ghoul import dist
 from ghoul.config import build, option, require
 from ghoul.data.prepare import PrepareConfig
 from ghoul.data.prepare import run as prepare
@@ -20,6 +19,7 @@ from ghoul.errors import GhoulError
 from ghoul.files import read_jsonl
 from ghoul.tokenizer import TOKENIZER_FILE, Tokenizer, load_tokenizer
 from ghoul.train.config import TrainConfig, train_option
+from ghoul.train.context import training_run
 from ghoul.train.logger import LOG_FILE
 from ghoul.train.loop import train
 
@@ -131,13 +131,9 @@ def train_model(cfg: LearnConfig, make_model: Callable[[int], torch.nn.Module], 
                 data_dir: Path, run_dir: Path) -> LearnResult:
     """Build `make_model(vocab_size)` and train it with the one training loop; print and return a sample."""
     tc = cfg.train_config(data_dir, run_dir)
-    d = dist.setup(cfg.device)
-    try:
-        torch.manual_seed(cfg.seed)
+    with training_run(tc.run) as (d, _):
         model = make_model(tokenizer.vocab_size).to(d.device)
         result = train(tc, model, tokenizer, d)
-    finally:
-        dist.teardown()
     rates = [r["tokens_per_s"] for r in read_jsonl(run_dir / LOG_FILE) if "tokens_per_s" in r]
     text = sample(model, tokenizer, cfg) if cfg.sample_tokens else ""
     if text:

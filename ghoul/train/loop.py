@@ -7,11 +7,8 @@ A loss function returns the loss, or `(loss, metrics)` whose values are averaged
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import json
 import math
-import random
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -28,23 +25,21 @@ from ghoul.checkpoint import (
     load_optimizer_states,
     load_training_checkpoint,
     newest_checkpoint,
-    read_model_config,
-    resolve_checkpoint,
     save_training_checkpoint,
-    set_aside_later,
 )
 from ghoul.config import to_dict
 from ghoul.data.loader import ShardLoader
 from ghoul.errors import GhoulError
 from ghoul.eval.loss import bits_per_byte, target_bytes
-from ghoul.files import atomic_write_text, clean_temporaries, is_disk_full
+from ghoul.files import is_disk_full
 from ghoul.model import GPT
 from ghoul.optim.build import build_optimizers
 from ghoul.optim.schedule import lr_multiplier
 from ghoul.tokenizer import Tokenizer
 from ghoul.train.config import HellaswagOptions, SampleOptions
+from ghoul.train.context import open_run_dir, rng_state, set_rng_state
 from ghoul.train.interrupt import StepInterrupt
-from ghoul.train.logger import LOG_FILE, SAMPLES_FILE, RunLogger
+from ghoul.train.logger import RunLogger
 
 LossFn = Callable[..., torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
@@ -87,69 +82,6 @@ class TrainResult:
     val_loss: float | None
     checkpoint: Path
     val_bpb: float | None = None  # bits per byte, for the LM loss on token shards
-
-
-# ---- run directory and resume ----------------------------------------------------------------------------------
-
-def check_run_dir(cfg: Any) -> Path | None:
-    """The checkpoint to resume from (None for a fresh run); refuse to overwrite an existing run. `cfg` holds a
-    stage's `output_dir` and `resume` (RunOptions, PPO's and GRPO's config). `--resume` continues the run's newest
-    checkpoint; a run stopped before its first one (killed, or a NaN loss) has nothing to continue and starts over."""
-    out = cfg.output_dir
-    newest, has_log = newest_checkpoint(out), (out / LOG_FILE).exists()
-    if cfg.resume is None:
-        if newest is not None:
-            raise GhoulError(f"{out} already holds a run: pass --resume to continue it, or choose another "
-                             "--output-dir")
-        if has_log:
-            raise GhoulError(f"{out} holds a run that stopped before its first checkpoint: pass --resume to start it "
-                             "over, or choose another --output-dir")
-        return None
-    if cfg.resume != "latest":
-        read_model_config(cfg.resume)  # a clear error if it is not a checkpoint
-        return resolve_checkpoint(cfg.resume)
-    if newest is None:
-        if not has_log:
-            raise GhoulError(f"nothing to resume in {out}: it holds no run; leave out --resume to start one")
-        dist.print0(f"{out} stopped before its first checkpoint: nothing to resume, starting it over")
-        return None
-    read_model_config(newest)
-    return newest
-
-
-def rng_state() -> dict:
-    """Every rank's random state, `{"ranks": [...]}` in rank order: the CPU generator, Python's, and the generator of
-    the rank's own GPU (the one its dropout draws from; dist.setup makes it the current device). Under torchrun a
-    collective: every rank calls it, rank 0 stores the result."""
-    def text(state: torch.Tensor) -> str:
-        return base64.b64encode(state.numpy().tobytes()).decode()
-
-    mine = {"torch": text(torch.get_rng_state()), "python": random.getstate()[1]}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():  # a CPU run on a GPU machine starts no CUDA
-        mine["cuda"] = text(torch.cuda.get_rng_state(torch.cuda.current_device()))
-    return {"ranks": dist.all_gather_objects(mine)}
-
-
-def set_rng_state(state: dict) -> None:
-    """Restore this rank's own random state from `rng_state()`'s record. A rank the record has no state for (a run
-    resumed on more ranks) keeps its own; only the current GPU's generator is set, so a machine with fewer GPUs
-    resumes too. Records of one process with one state per visible GPU (older checkpoints) are read as rank 0's."""
-    def tensor(text: str) -> torch.Tensor:
-        return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
-
-    ranks, rank = state.get("ranks", [state]), dist.process_rank()
-    if rank >= len(ranks):
-        return
-    mine = ranks[rank]
-    torch.set_rng_state(tensor(mine["torch"]))
-    random.setstate((3, tuple(mine["python"]), None))
-    if "cuda" in mine and torch.cuda.is_available():
-        device = torch.cuda.current_device()
-        cuda = mine["cuda"]
-        if isinstance(cuda, list):  # an older record: rank 0's state of every GPU it could see
-            cuda = cuda[device] if device < len(cuda) else None
-        if cuda is not None:
-            torch.cuda.set_rng_state(tensor(cuda), device)
 
 
 # ---- evaluation during training --------------------------------------------------------------------------------
@@ -225,13 +157,8 @@ def train(cfg: Any, model: GPT, tokenizer: Tokenizer, d: dist.DistInfo, loss_fn:
     accum = batch.accumulation(seq_len, d.world_size)
     val_bpt = None  # bytes per validation token: bits per byte for the LM loss on token shards, not for pair losses
     if train_data is None:
-        train_data = ShardLoader(cfg.dataset, batch.batch_size, seq_len, rank=d.rank, world_size=d.world_size,
-                                 device=d.device, vocab_size=model.config.vocab_size)
-        if train_data.vocab_size is not None and train_data.vocab_size > model.config.vocab_size:
-            raise GhoulError(f"{cfg.dataset} was made with a {train_data.vocab_size:,}-token vocabulary but the model "
-                             f"has {model.config.vocab_size:,}: prepare the data with the model's tokenizer")
-        val_data = (_val_loader(cfg.dataset, batch.batch_size, seq_len, d, model.config.vocab_size)
-                    if loop.eval_every else None)
+        train_data, val_data = shard_loaders(cfg.dataset, batch.batch_size, seq_len, d, model.config.vocab_size,
+                                             loop.eval_every > 0)
         if val_data is not None and loss_fn is lm_loss:  # the same batches at every evaluation: counted once
             val_bpt = bytes_per_token(val_data, loop.eval_iters, tokenizer, d.device)
     elif not loop.eval_every:
@@ -242,40 +169,12 @@ def train(cfg: Any, model: GPT, tokenizer: Tokenizer, d: dist.DistInfo, loss_fn:
                                   (optim.beta1, optim.beta2), optim.muon_lr, d.device_type)
     start_step, state = 0, {}
     if resume_from is not None:
-        state, opt_states, _ = load_training_checkpoint(resume_from, required=("step", "loader", "rng"))
-        if state["step"] >= loop.max_steps:
-            raise GhoulError(f"{resume_from} is at step {state['step']}, and --max-steps is {loop.max_steps}: nothing "
-                             "to train; raise --max-steps to go on")
-        load_optimizer_states(optimizers, opt_states, resume_from)
-        try:
-            train_data.load_state_dict(state["loader"])
-            set_rng_state(state["rng"])
-        except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:  # an edited trainer_state.json
-            raise GhoulError(f"{resume_from} is damaged (its loader or random state: {type(e).__name__}: "
-                             f"{str(e)[:100]}): resume from an earlier checkpoint with --resume DIR") from None
+        state = resume_training(resume_from, optimizers, train_data, loop.max_steps)
         start_step = state["step"]
-    # wrapping is applied from outside the model, in one fixed order: activation checkpointing, compile, then DDP
-    raw_model.checkpoint_blocks = loop.activation_checkpointing
-    if loop.compile:
-        model = torch.compile(model)
-    if d.distributed:
-        # the gradients live in DDP's communication buckets instead of being copied there: one gradient-sized
-        # buffer and one copy per step less (5.8 GiB per GPU for gpt2-xl)
-        model = DDP(model, device_ids=[d.local_rank] if d.device_type == "cuda" else None,
-                    gradient_as_bucket_view=True)
+    model = wrap(raw_model, loop, d)
 
-    logger = RunLogger(run.output_dir, d.is_main, loop.wandb_project if loop.wandb else None, to_dict(cfg))
-    if d.is_main:
-        run.output_dir.mkdir(parents=True, exist_ok=True)
-        clean_temporaries(run.output_dir)  # what a killed run left half-written (a hidden .step_*.tmp is GBs)
-        if resume_from is not None:  # from an earlier checkpoint: a new branch; the later ones are kept aside
-            aside = set_aside_later(run.output_dir, start_step, copied=(LOG_FILE, SAMPLES_FILE),
-                                    moved=("eval.jsonl",))  # `ghoul eval checkpoints`' records of the moved ones
-            if aside is not None:
-                dist.print0(f"resuming from step {start_step}: the run's later checkpoints and its log as it was "
-                            f"are kept in {aside}")
-        atomic_write_text(run.output_dir / "config.json", json.dumps(to_dict(cfg), indent=2) + "\n")
-        logger.truncate_after(start_step if resume_from is not None else -1)  # a run started over keeps no record
+    logger = open_run_dir(run.output_dir, d, to_dict(cfg), start_step if resume_from is not None else None,
+                          loop.wandb_project if loop.wandb else None)
     tokens_per_step = batch.batch_size * seq_len * d.world_size * accum  # of token shards; pairs vary in length
     flops_per_token = raw_model.flops_per_token(seq_len)
     # tokens the model has read: counted from the batches (rows of pairs are as long as their longest), summed over
@@ -325,31 +224,9 @@ def train(cfg: Any, model: GPT, tokenizer: Tokenizer, d: dist.DistInfo, loss_fn:
     interrupt, stopped, saved_step = StepInterrupt(d).install(), False, None
     try:
         while step < loop.max_steps:
-            # ---- forward/backward over the micro-batches; gradients are all-reduced only on the last
-            loss_sum = torch.zeros((), device=d.device)
-            metric_sums: dict[str, torch.Tensor] = {}
-            step_tokens = 0
-            for micro in range(accum):
-                batch = next(train_data)
-                step_tokens += batch[0].numel()  # shape metadata: no device sync
-                sync = not d.distributed or micro == accum - 1
-                with (contextlib.nullcontext() if sync else model.no_sync()):
-                    with dist.autocast(d.device_type, loop.dtype):
-                        loss, metrics = call_loss(loss_fn, model, batch)
-                        loss = loss / accum
-                    loss.backward()
-                loss_sum += loss.detach()
-                add_metrics(metric_sums, metrics, 1 / accum)
-            # ---- update
-            grad_norm = (torch.nn.utils.clip_grad_norm_(raw_model.parameters(), optim.grad_clip)
-                         if optim.grad_clip > 0 else None)
+            loss_sum, metric_sums, step_tokens = accumulate_gradients(model, train_data, loss_fn, accum, d, loop.dtype)
             lr_mult = lr_multiplier(step, loop.max_steps, optim.warmup_iters, optim.warmdown_iters, optim.schedule)
-            for opt in optimizers:
-                for group in opt.param_groups:
-                    group["lr"] = group["initial_lr"] * lr_mult
-                opt.step()
-            for opt in optimizers:
-                opt.zero_grad(set_to_none=dist.grads_to_none(model))  # under DDP: kept in its buckets
+            grad_norm = update(model, raw_model, optimizers, lr_mult, optim.grad_clip)
             step += 1
             tokens_unlogged += step_tokens
             # ---- log (the .item() calls are the step's only host-device syncs)
@@ -420,11 +297,86 @@ def train(cfg: Any, model: GPT, tokenizer: Tokenizer, d: dist.DistInfo, loss_fn:
     return TrainResult(run.output_dir, step, loss_value, val_loss, last_checkpoint, val_bpb)
 
 
-def _val_loader(dataset: str, batch_size: int, seq_len: int, d: dist.DistInfo, vocab_size: int
-                ) -> ShardLoader | None:
+# ---- the pieces of a run: its data, its resume, its wrapping, one step ----------------------------------------
+
+def shard_loaders(dataset: str, batch_size: int, seq_len: int, d: dist.DistInfo, vocab_size: int, validate: bool
+                  ) -> tuple[ShardLoader, ShardLoader | None]:
+    """This rank's loaders of the token shards' train split and (when `validate`, and the shards have one) val."""
+    train_data = ShardLoader(dataset, batch_size, seq_len, rank=d.rank, world_size=d.world_size, device=d.device,
+                             vocab_size=vocab_size)
+    if train_data.vocab_size is not None and train_data.vocab_size > vocab_size:
+        raise GhoulError(f"{dataset} was made with a {train_data.vocab_size:,}-token vocabulary but the model has "
+                         f"{vocab_size:,}: prepare the data with the model's tokenizer")
+    if not validate:
+        return train_data, None
     try:
-        return ShardLoader(dataset, batch_size, seq_len, split="val", rank=d.rank, world_size=d.world_size,
-                           device=d.device, vocab_size=vocab_size)
+        return train_data, ShardLoader(dataset, batch_size, seq_len, split="val", rank=d.rank,
+                                       world_size=d.world_size, device=d.device, vocab_size=vocab_size)
     except GhoulError as e:
         dist.print0(f"no validation loss: {e}")
-        return None
+        return train_data, None
+
+
+def resume_training(checkpoint: Path, optimizers: list[torch.optim.Optimizer], train_data: Loader,
+                    max_steps: int) -> dict[str, Any]:
+    """Put the optimizers, the data position and the random state back where `checkpoint` left them; its trainer
+    state (step, tokens read, ...)."""
+    state, opt_states, _ = load_training_checkpoint(checkpoint, required=("step", "loader", "rng"))
+    if state["step"] >= max_steps:
+        raise GhoulError(f"{checkpoint} is at step {state['step']}, and --max-steps is {max_steps}: nothing to train; "
+                         "raise --max-steps to go on")
+    load_optimizer_states(optimizers, opt_states, checkpoint)
+    try:
+        train_data.load_state_dict(state["loader"])
+        set_rng_state(state["rng"])
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:  # an edited trainer_state.json
+        raise GhoulError(f"{checkpoint} is damaged (its loader or random state: {type(e).__name__}: "
+                         f"{str(e)[:100]}): resume from an earlier checkpoint with --resume DIR") from None
+    return state
+
+
+def wrap(model: GPT, loop: Any, d: dist.DistInfo) -> torch.nn.Module:
+    """The model as it trains: wrappers applied from outside it, in one fixed order (activation checkpointing,
+    compile, then DDP)."""
+    model.checkpoint_blocks = loop.activation_checkpointing
+    wrapped: torch.nn.Module = torch.compile(model) if loop.compile else model
+    if d.distributed:
+        # the gradients live in DDP's communication buckets instead of being copied there: one gradient-sized
+        # buffer and one copy per step less (5.8 GiB per GPU for gpt2-xl)
+        wrapped = DDP(wrapped, device_ids=[d.local_rank] if d.device_type == "cuda" else None,
+                      gradient_as_bucket_view=True)
+    return wrapped
+
+
+def accumulate_gradients(model: torch.nn.Module, train_data: Loader, loss_fn: LossFn, accum: int, d: dist.DistInfo,
+                         dtype: str) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
+    """Forward and backward over `accum` micro-batches, the gradients all-reduced only on the last: the step's mean
+    loss and metrics (on the device: no sync) and the tokens read."""
+    loss_sum = torch.zeros((), device=d.device)
+    metric_sums: dict[str, torch.Tensor] = {}
+    step_tokens = 0
+    for micro in range(accum):
+        batch = next(train_data)
+        step_tokens += batch[0].numel()  # shape metadata: no device sync
+        sync = not d.distributed or micro == accum - 1
+        with (contextlib.nullcontext() if sync else model.no_sync()):
+            with dist.autocast(d.device_type, dtype):
+                loss, metrics = call_loss(loss_fn, model, batch)
+                loss = loss / accum
+            loss.backward()
+        loss_sum += loss.detach()
+        add_metrics(metric_sums, metrics, 1 / accum)
+    return loss_sum, metric_sums, step_tokens
+
+
+def update(model: torch.nn.Module, raw_model: GPT, optimizers: list[torch.optim.Optimizer], lr_mult: float,
+           grad_clip: float) -> torch.Tensor | None:
+    """Clip the gradients, step every optimizer at its scheduled rate, clear the gradients; the gradient norm."""
+    grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip) if grad_clip > 0 else None
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["lr"] = group["initial_lr"] * lr_mult
+        opt.step()
+    for opt in optimizers:
+        opt.zero_grad(set_to_none=dist.grads_to_none(model))  # under DDP: kept in its buckets
+    return grad_norm

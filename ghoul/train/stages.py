@@ -8,8 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ghoul import dist
 from ghoul.checkpoint import newest_checkpoint, read_trainer_state
 from ghoul.config import group, option
@@ -29,7 +27,8 @@ from ghoul.train.config import (
     check_schedule,
     dataset_option,
 )
-from ghoul.train.loop import TrainResult, check_run_dir, train
+from ghoul.train.context import training_run
+from ghoul.train.loop import TrainResult, train
 
 
 @dataclass
@@ -68,34 +67,27 @@ def start_model(cfg: TrainConfig | FinetuneConfig, resume_from: Path | None) -> 
 
 def run(cfg: TrainConfig | FinetuneConfig) -> TrainResult:
     """Pretrain or fine-tune as `cfg` says, on one process or as one rank under torchrun."""
-    d = dist.setup(cfg.run.device, cfg.run.dist_timeout_minutes)
-    try:
-        resume_from = check_run_dir(cfg.run)
-        dist.barrier()  # every rank has checked the run directory before rank 0 writes into it
-        torch.manual_seed(cfg.run.seed)
+    with training_run(cfg.run) as (d, resume_from):
         model, tokenizer = start_model(cfg, resume_from)
         dist.allow_tf32()  # also here for callers that train without the CLI
         return train(cfg, model.to(d.device), tokenizer, d, resume_from=resume_from)
-    finally:
-        dist.teardown()
 
 
-def run_and_steps(cfg: Any) -> tuple[Any, int]:
-    """A training stage's run options and step count; PPO's and GRPO's config holds both at the top."""
-    return (cfg.run, cfg.loop.max_steps) if hasattr(cfg, "run") else (cfg, cfg.max_steps)
+def max_steps(cfg: Any) -> int:
+    """A training stage's step count: in its loop options, or (PPO, GRPO) among its own."""
+    return getattr(cfg, "loop", cfg).max_steps
 
 
 def run_or_resume(cfg: Any, train: Callable[[Any], Any] | None = None) -> Any:
     """Run `train(cfg)` (default: pretrain/fine-tune) unless its run already finished: resume an interrupted run from
     its checkpoint, start over one with nothing to resume (stopped before its first checkpoint).
     Returns None when there was nothing left to do, so pipelines rerun this freely."""
-    where, max_steps = run_and_steps(cfg)
-    run_dir = where.output_dir
+    run_dir = cfg.run.output_dir
     newest = newest_checkpoint(run_dir)
     if newest is not None:
-        if read_trainer_state(newest)["step"] >= max_steps:
+        if read_trainer_state(newest)["step"] >= max_steps(cfg):
             return None
-        where.resume = "latest"
+        cfg.run.resume = "latest"
     elif run_dir.exists():
         shutil.rmtree(run_dir)
     return (train or run)(cfg)

@@ -21,6 +21,7 @@ from ghoul.align.ppo import (
     whiten,
 )
 from ghoul.cli import main
+from ghoul.config import build
 from ghoul.errors import GhoulError
 from ghoul.files import read_jsonl
 from ghoul.model import GPT, GPTConfig
@@ -58,7 +59,7 @@ def share_of_token(completions: list[list[int]], groups: list[int], prompts: lis
 
 
 def test_rollout_masks_the_completion_up_to_the_end_of_text():
-    cfg = RlConfig(group_size=3, max_new_tokens=6, seed=0)
+    cfg = build(RlConfig, group_size=3, max_new_tokens=6, seed=0)
     roll = rollout(toy_policy(), [[1, 2], [5]], cfg, step=1, eos_id=7)
     assert roll.tokens.shape[0] == 6 and roll.groups.tolist() == [0, 0, 0, 1, 1, 1]
     for row, mask, completion in zip(roll.tokens.tolist(), roll.mask.tolist(), roll.completions, strict=True):
@@ -71,8 +72,8 @@ def test_rollout_masks_the_completion_up_to_the_end_of_text():
 
 @pytest.mark.parametrize("method", ["ppo", "grpo"])
 def test_rl_raises_the_reward_on_the_toy_task(method):
-    cfg = PpoConfig(max_steps=30, prompts_per_step=2, group_size=8, max_new_tokens=NEW, learning_rate=3e-3,
-                    value_lr=1e-2, kl_coef=0.05, seed=0)
+    cfg = build(PpoConfig, max_steps=30, prompts_per_step=2, group_size=8, max_new_tokens=NEW, learning_rate=3e-3,
+                value_lr=1e-2, kl_coef=0.05, seed=0)
     records = rl_train(cfg, method, toy_policy(), share_of_token, [[0], [1]], eos_id=None)[0]
     first, last = records[:5], records[-5:]
     before = sum(r["reward_mean"] for r in first) / 5
@@ -87,7 +88,7 @@ def test_rl_raises_the_reward_on_the_toy_task(method):
 
 def test_rl_refusals(tiny_model, tmp_path):
     with pytest.raises(GhoulError, match="exactly one"):
-        run_grpo(RlConfig(policy=tiny_model, output_dir=tmp_path / "g"))
+        run_grpo(build(RlConfig, policy=tiny_model, output_dir=tmp_path / "g"))
     with pytest.raises(GhoulError, match="--clip-eps"):
         RlConfig(clip_eps=1.5)
     with pytest.raises(GhoulError, match="--value-lr must be positive"):
@@ -95,7 +96,7 @@ def test_rl_refusals(tiny_model, tmp_path):
     with pytest.raises(GhoulError, match="--group-size must be at least 1"):
         RlConfig(group_size=0)
     with pytest.raises(GhoulError, match="--group-size must be at least 2 for GRPO"):
-        run_grpo(RlConfig(policy=tiny_model, judge="length", group_size=1, output_dir=tmp_path / "g1"))
+        run_grpo(build(RlConfig, policy=tiny_model, judge="length", group_size=1, output_dir=tmp_path / "g1"))
     assert not (tmp_path / "g1").exists()
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from ghoul import dist
-from ghoul.train.loop import rng_state, set_rng_state
+from ghoul.train.context import rng_state, set_rng_state
 from tests.torchrun import one_and_two_ranks
 from tests.train.conftest import val_bytes_per_token
 
