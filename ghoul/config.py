@@ -70,6 +70,15 @@ def require(cfg: Any, names: Iterable[str], ok: Callable[[Any], bool], what: str
             raise GhoulError(f"{flag(name)} must be {what}, got {value}")
 
 
+def refuse_set(cfg: Any, names: Iterable[str], needs: str) -> None:
+    """A one-line error for the first option in `names` set to other than its default: it is only read with `needs`
+    (e.g. "--judge web"), and would otherwise be silently ignored."""
+    defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
+    for name in names:
+        if getattr(cfg, name) != defaults[name]:
+            raise GhoulError(f"{flag(name)} is only read with {needs}: leave it out")
+
+
 def _field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 

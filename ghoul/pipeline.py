@@ -195,10 +195,10 @@ def feedback(cfg: PipelineConfig, base: Path) -> Path:
     atomic_write_text(prompts_file, "\n".join(cfg.prompts) + "\n")
     training = dict(max_steps=cfg.preference_steps, learning_rate=cfg.preference_lr, batch_size=1, prompts_per_step=1,
                     seq_len=cfg.seq_len, warmdown_iters=cfg.preference_steps // 4, dtype=cfg.dtype)
-    result = rlhf(RlhfConfig(base_model=base, output_dir=cfg.output_dir / "rlhf", method=cfg.method,
-                             seed=cfg.seed, device=cfg.device, prompts_file=prompts_file,
-                             num_samples=cfg.num_samples, max_new_tokens=cfg.max_new_tokens, generate_batch_size=8,
-                             judge=cfg.judge, **{k: v for k, v in training.items() if k in METHOD_OPTIONS[cfg.method]}))
+    result = rlhf(build(RlhfConfig, base_model=base, output_dir=cfg.output_dir / "rlhf", method=cfg.method,
+                        seed=cfg.seed, device=cfg.device, prompts_file=prompts_file, num_samples=cfg.num_samples,
+                        max_new_tokens=cfg.max_new_tokens, generate_batch_size=8, judge=cfg.judge,
+                        **{k: v for k, v in training.items() if k in METHOD_OPTIONS[cfg.method]}))
     return result.model
 
 
@@ -219,9 +219,9 @@ def win_rate(cfg: PipelineConfig, a: Path, b: Path) -> dict[str, Any]:
     pairs = path.with_name("winrate-pairs.jsonl")
     pairs.unlink(missing_ok=True)  # an interrupted comparison starts over: its figure needs every pair
     say("win-rate", f"{cfg.winrate_pairs} pairs, preference stage against fine-tuned, judged by {judge}")
-    result = compare(CompareConfig(a=a, b=b, judge=judge, n=cfg.winrate_pairs,
-                                   prompts_file=cfg.output_dir / "prompts.txt", max_new_tokens=cfg.max_new_tokens,
-                                   out=pairs, seed=cfg.seed, device=cfg.device))
+    result = compare(build(CompareConfig, a=a, b=b, judge=judge, n=cfg.winrate_pairs,
+                           prompts_file=cfg.output_dir / "prompts.txt", max_new_tokens=cfg.max_new_tokens,
+                           out=pairs, seed=cfg.seed, device=cfg.device))
     record = {"a": "preference", "b": "finetune", "judge": judge, "training_judge": cfg.judge,
               "pairs": cfg.winrate_pairs, **asdict(result)}
     atomic_write_text(path, json.dumps(record, indent=2) + "\n")

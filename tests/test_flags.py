@@ -238,3 +238,23 @@ def test_feedback_commands_use_every_option(inputs, feedback, tmp_path, capsys):
          "--task", "Pick one.", "--out", str(tmp_path / "c.jsonl"), "--seed", "2", "--device", "cpu"],
     ):
         check_options_used(argv, tmp_path, capsys)
+
+
+@pytest.mark.parametrize("judge, option, needs", [
+    ("length", ["--timeout", "5"], "--timeout is only read with --judge openai:MODEL"),
+    ("random", ["--base-url", "http://127.0.0.1:1/v1"], "--base-url is only read with --judge openai:MODEL"),
+    ("openai:gpt-4o", ["--port", "9000"], "--port is only read with --judge web"),
+    ("length", ["--open-browser"], "--open-browser is only read with --judge web"),
+])
+def test_a_judges_options_are_refused_for_another_judge(judge, option, needs, feedback, tmp_path, capsys):
+    """The judge options are offered together (rank, compare, rlhf, ppo, grpo); each is read by one kind of judge,
+    and given for another it is refused, not ignored."""
+    out = tmp_path / "r.jsonl"
+    assert main(["rank", "--stories", feedback["stories"], "--out", str(out), "--judge", judge, *option]) == 2
+    assert f"{needs}: leave it out" in capsys.readouterr().err and not out.exists()
+
+
+def test_ppo_with_a_reward_model_refuses_the_judges_options(inputs, feedback, tmp_path, capsys):
+    assert main(["ppo", "--policy", inputs["model"], "--reward", feedback["reward"], "--task", "Pick one.",
+                 "--output-dir", str(tmp_path / "run"), "--device", "cpu"]) == 2
+    assert "--task is only read with --judge: leave it out" in capsys.readouterr().err

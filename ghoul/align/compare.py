@@ -11,8 +11,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ghoul.align.judges import DEFAULT_JUDGE, JUDGES_HELP, Judge, make_judge
-from ghoul.config import option
+from ghoul.align.judges import Judge, JudgeOptions
+from ghoul.config import group, option
 from ghoul.errors import GhoulError
 from ghoul.files import append_jsonl
 
@@ -33,7 +33,6 @@ def wilson_interval(wins: int, n: int, z: float = 1.959964) -> tuple[float, floa
 class CompareConfig:
     a: Path | None = option(None, "model directory A (e.g. the aligned model)", metavar="DIR")
     b: Path | None = option(None, "model directory B (e.g. the model before alignment)", metavar="DIR")
-    judge: str = option(DEFAULT_JUDGE, JUDGES_HELP)
     n: int = option(100, "pairs to judge")
     prompt: str = option("", "text every story continues (empty: start from <|endoftext|>)")
     prompts_file: Path | None = option(None, "file of prompts, one per line, cycled over the pairs", metavar="FILE")
@@ -42,11 +41,10 @@ class CompareConfig:
     top_k: int | None = option(None, "sample only from the k most likely tokens")
     top_p: float | None = option(None, "sample only from the smallest set of tokens holding this probability")
     batch_size: int = option(16, "stories generated together on the device")
-    task: str = option("Pick the scariest story.", "what the judge is asked to do")
-    base_url: str | None = option(None, "OpenAI-compatible server for openai:MODEL")
     out: Path | None = option(None, "write each pair's stories and judgment to this JSON-lines file")
     seed: int = option(1337, "seed of the sampling (the same for A and B) and of the order shown")
     device: str = option("auto", "cpu, cuda, mps, or auto")
+    judging: JudgeOptions = group(JudgeOptions)
 
     def __post_init__(self) -> None:
         if self.a is None or self.b is None:
@@ -93,7 +91,7 @@ def judge_pairs(cfg: CompareConfig, judge: Judge, stories_a: list[dict], stories
         for sa, sb in zip(stories_a, stories_b, strict=True):
             a_first = rng.random() < 0.5
             pair = [full_text(sa), full_text(sb)] if a_first else [full_text(sb), full_text(sa)]
-            best = judge.judge(cfg.task, pair).best
+            best = judge.judge(cfg.judging.task, pair).best
             winner = None if best is None else ("a" if (best == 0) == a_first else "b")
             wins_a, wins_b, skipped = wins_a + (winner == "a"), wins_b + (winner == "b"), skipped + (winner is None)
             if cfg.out is not None:
@@ -112,7 +110,7 @@ def run(cfg: CompareConfig, judge: Judge | None = None) -> CompareResult:
         raise GhoulError(f"{cfg.out} exists: choose another --out")
     for model in (cfg.a, cfg.b):  # both must be there before either generates
         read_model_config(model)
-    judge = judge or make_judge(cfg.judge, seed=cfg.seed, base_url=cfg.base_url)
+    judge = judge or cfg.judging.make(cfg.seed)
     result = judge_pairs(cfg, judge, stories_of(cfg, cfg.a), stories_of(cfg, cfg.b))
     print(result.summary(cfg.a, cfg.b), file=sys.stderr)
     return result

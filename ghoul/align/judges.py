@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from ghoul.config import option, refuse_set, require
 from ghoul.errors import GhoulError
 
 API_KEY_ENV = "OPENAI_API_KEY"
@@ -34,6 +35,48 @@ JUDGE_MEASURES = {
     "human": "a person reading the stories in a terminal",
     "web": "a person reading the stories in a browser",
 }
+
+
+API_OPTIONS = ("base_url", "max_retries", "retry_delay", "parse_retries", "timeout", "json_mode")
+WEB_OPTIONS = ("host", "port", "open_browser")
+
+
+@dataclass
+class JudgeOptions:
+    """Who judges and on what task; an API judge's server, retries and time limits; the web judge's page."""
+
+    judge: str | None = option(DEFAULT_JUDGE, JUDGES_HELP)
+    task: str = option("Pick the scariest story.", "what the judge is asked to do")
+    base_url: str | None = option(None, "OpenAI-compatible server for openai:MODEL, e.g. http://127.0.0.1:8000/v1 "
+                                  "(vLLM, llama.cpp, Ollama)")
+    max_retries: int = option(5, "retries of a request after a rate limit or server error")
+    retry_delay: float = option(1.0, "seconds before the first retry; doubled after each")
+    parse_retries: int = option(2, "times an unparseable answer is asked again before the group is skipped")
+    timeout: float = option(60.0, "seconds to wait for one API answer")
+    json_mode: bool = option(True, "ask the server for a JSON object (response_format); turn off for servers "
+                             "that reject it")
+    host: str = option("127.0.0.1", "address of the web judge's page (127.0.0.1: this machine only)")
+    port: int = option(8765, "port of the web judge's page (0: any free port)")
+    open_browser: bool = option(False, "open the web judge's page in a browser")
+
+    def __post_init__(self) -> None:
+        require(self, ("port",), lambda v: 0 <= v < 65536, "in 0..65535 (0: any free port)")
+        if self.max_retries < 0 or self.parse_retries < 0 or self.retry_delay < 0 or self.timeout <= 0:
+            raise GhoulError("--max-retries, --parse-retries and --retry-delay must be >= 0, --timeout positive")
+        kind = (self.judge or "").partition(":")[0]
+        if kind != "openai":
+            refuse_set(self, API_OPTIONS, "--judge openai:MODEL")
+        if kind != "web":
+            refuse_set(self, WEB_OPTIONS, "--judge web")
+
+    def check(self) -> None:
+        """Refuse now a judge that cannot work here (see check_judge)."""
+        check_judge(self.judge, self.base_url)
+
+    def make(self, seed: int) -> Judge:
+        return make_judge(self.judge, seed=seed, base_url=self.base_url, max_retries=self.max_retries,
+                          retry_delay=self.retry_delay, parse_retries=self.parse_retries, timeout=self.timeout,
+                          json_mode=self.json_mode, host=self.host, port=self.port, open_browser=self.open_browser)
 
 
 def judge_measures(spec: str) -> str:

@@ -24,8 +24,9 @@ from torch import nn
 
 from ghoul import dist
 from ghoul.align.dpo import token_logps
+from ghoul.align.judges import API_OPTIONS, WEB_OPTIONS, JudgeOptions
 from ghoul.checkpoint import load_optimizer_states
-from ghoul.config import group, option, require, to_dict
+from ghoul.config import group, option, refuse_set, require, to_dict
 from ghoul.errors import GhoulError
 from ghoul.generate import check_prompt_source, check_sampling
 from ghoul.model import GPT
@@ -46,8 +47,6 @@ class RlConfig:
 
     policy: Path | None = option(None, "the model directory to train; also the frozen reference", metavar="DIR")
     reward: Path | None = option(None, "reward model directory (`ghoul reward train`) that scores the samples")
-    judge: str | None = option(None, "or: a judge (reward:DIR, openai:MODEL, length, ...); the sample it picks "
-                               "from each group gets reward 1, the others 0")
     prompt: str = option("", "text every sample continues (empty: start from <|endoftext|>)")
     prompts_file: Path | None = option(None, "file of prompts, one per line, cycled over the steps", metavar="FILE")
     max_steps: int = option(50, "rollout-and-update steps")
@@ -61,8 +60,8 @@ class RlConfig:
     ppo_epochs: int = option(2, "updates on each step's rollouts")
     grad_clip: float = option(1.0, "clip the policy's gradient norm to this (0: no clipping)")
     checkpoint_every: int = option(0, "steps between checkpoints (0: only at the end)")
-    task: str = option("Pick the scariest story.", "what a judge is asked to do")
-    base_url: str | None = option(None, "OpenAI-compatible server for --judge openai:MODEL")
+    # or a judge instead of --reward: the sample it picks from each group gets reward 1, the others 0
+    judging: JudgeOptions = group(JudgeOptions, judge=None)
     run: RunOptions = group(RunOptions, output_dir=Path("runs/grpo"))
 
     def __post_init__(self) -> None:
@@ -319,15 +318,13 @@ def make_scorer(cfg: RlConfig, tokenizer, prompt_texts: list[str], device: str) 
         model, reward_tokenizer = load_reward_model(cfg.reward, device)
         return lambda completions, groups, prompts: score_texts(model, reward_tokenizer, texts(completions, prompts))
 
-    from ghoul.align.judges import make_judge
-
-    judge = make_judge(cfg.judge, seed=cfg.run.seed, base_url=cfg.base_url)
+    judge = cfg.judging.make(cfg.run.seed)
 
     def by_judge(completions: list[list[int]], groups: list[int], prompts: list[int]) -> list[float]:
         all_texts, rewards = texts(completions, prompts), [0.0] * len(completions)
         for g in sorted(set(groups)):
             members = [i for i, x in enumerate(groups) if x == g]
-            best = judge.judge(cfg.task, [all_texts[i] for i in members]).best
+            best = judge.judge(cfg.judging.task, [all_texts[i] for i in members]).best
             if best is not None:
                 rewards[members[best]] = 1.0
         return rewards
@@ -336,7 +333,7 @@ def make_scorer(cfg: RlConfig, tokenizer, prompt_texts: list[str], device: str) 
 
 
 def run(cfg: RlConfig, method: str) -> list[dict]:
-    """Load the policy, train it with `method` against cfg.reward or cfg.judge, save it as RUN/step_N (RUN/latest);
+    """Load the policy, train it with `method` against cfg.reward or a judge, save it as RUN/step_N (RUN/latest);
     with --resume, continue from a checkpoint of the run (the reference stays cfg.policy). One process, or one rank
     under torchrun."""
     from ghoul.checkpoint import load_model_and_tokenizer, load_training_checkpoint, save_training_checkpoint
@@ -348,8 +345,10 @@ def run(cfg: RlConfig, method: str) -> list[dict]:
                          "the samples of a prompt with each other")
     if cfg.policy is None:
         raise GhoulError("--policy is required: the model directory to train")
-    if (cfg.reward is None) == (cfg.judge is None):
+    if (cfg.reward is None) == (cfg.judging.judge is None):
         raise GhoulError("give --reward DIR (a reward model) or --judge NAME, exactly one")
+    if cfg.reward is not None:
+        refuse_set(cfg.judging, ("task", *API_OPTIONS, *WEB_OPTIONS), "--judge")
     out = cfg.run.output_dir
     with training_run(cfg.run) as (d, resume_from):
         policy, tokenizer = load_model_and_tokenizer(resume_from or cfg.policy, d.device)

@@ -17,8 +17,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from ghoul.align.judges import DEFAULT_JUDGE, JUDGES_HELP, Judge, make_judge
-from ghoul.config import option, require
+from ghoul.align.judges import Judge, JudgeOptions
+from ghoul.config import group, option
 from ghoul.errors import GhoulError
 from ghoul.files import append_jsonl, read_jsonl, refuse_input_as_output, repair_jsonl
 
@@ -31,34 +31,19 @@ RAW_LIMIT = 2000
 class RankConfig:
     stories: Path = option(Path("stories.jsonl"), "stories to judge, as written by `ghoul generate --out`")
     out: Path = option(Path("rankings.jsonl"), "judgments, one JSON line per group; a rerun resumes it")
-    judge: str = option(DEFAULT_JUDGE, JUDGES_HELP)
     group_size: int = option(4, "stories per group; the judge picks one of them")
-    task: str = option("Pick the scariest story.", "what the judge is asked to do")
     seed: int = option(1337, "random seed of the grouping (and of the judge's shuffling)")
     max_groups: int | None = option(None, "judge only the first N groups")
     retry_skipped: bool = option(False, "judge again the groups a judge skipped in an earlier run")
-    base_url: str | None = option(None, "OpenAI-compatible server for openai:MODEL, e.g. http://127.0.0.1:8000/v1 "
-                                  "(vLLM, llama.cpp, Ollama)")
-    max_retries: int = option(5, "retries of a request after a rate limit or server error")
-    retry_delay: float = option(1.0, "seconds before the first retry; doubled after each")
-    parse_retries: int = option(2, "times an unparseable answer is asked again before the group is skipped")
-    timeout: float = option(60.0, "seconds to wait for one API answer")
-    json_mode: bool = option(True, "ask the server for a JSON object (response_format); turn off for servers "
-                             "that reject it")
-    host: str = option("127.0.0.1", "address of the web judge's page (127.0.0.1: this machine only)")
-    port: int = option(8765, "port of the web judge's page (0: any free port)")
-    open_browser: bool = option(False, "open the web judge's page in a browser")
+    judging: JudgeOptions = group(JudgeOptions)
 
     def __post_init__(self) -> None:
         self.stories, self.out = Path(self.stories), Path(self.out)
         refuse_input_as_output(self.out, self.stories)
         if self.group_size < 2:
             raise GhoulError(f"--group-size must be at least 2, got {self.group_size}")
-        require(self, ("port",), lambda v: 0 <= v < 65536, "in 0..65535 (0: any free port)")
         if self.max_groups is not None and self.max_groups < 1:
             raise GhoulError("--max-groups must be at least 1")
-        if self.max_retries < 0 or self.parse_retries < 0 or self.retry_delay < 0 or self.timeout <= 0:
-            raise GhoulError("--max-retries, --parse-retries and --retry-delay must be >= 0, --timeout positive")
 
 
 @dataclass
@@ -165,7 +150,7 @@ def excerpt(text: str, limit: int = RAW_LIMIT) -> str:
 
 
 def run(cfg: RankConfig, judge: Judge | None = None) -> RankResult:
-    """Judge every group not yet in cfg.out (with `judge`, or the one cfg.judge names) and print a summary."""
+    """Judge every group not yet in cfg.out (with `judge`, or the one cfg.judging names) and print a summary."""
     start = time.perf_counter()
     stories = load_stories(cfg.stories)
     groups = make_groups(stories, cfg.group_size, cfg.seed)[:cfg.max_groups]
@@ -181,9 +166,7 @@ def run(cfg: RankConfig, judge: Judge | None = None) -> RankResult:
     left_out = len(stories) - sum(map(len, groups))
     print(f"{len(groups)} groups of {cfg.group_size} from {len(stories)} stories ({left_out} left out), "
           f"{len(todo)} to judge", file=sys.stderr)
-    judge = judge or make_judge(cfg.judge, seed=cfg.seed, base_url=cfg.base_url, max_retries=cfg.max_retries,
-                                retry_delay=cfg.retry_delay, parse_retries=cfg.parse_retries, timeout=cfg.timeout,
-                                json_mode=cfg.json_mode, host=cfg.host, port=cfg.port, open_browser=cfg.open_browser)
+    judge = judge or cfg.judging.make(cfg.seed)
     interactive = getattr(judge, "interactive", False)
     bar = tqdm(todo, desc="judging", unit="group", file=sys.stderr, disable=interactive, dynamic_ncols=True)
     try:
@@ -191,8 +174,8 @@ def run(cfg: RankConfig, judge: Judge | None = None) -> RankResult:
         for g in bar:
             ids = groups[g]
             t0 = time.perf_counter()
-            judgment = judge.judge(cfg.task, [full_text(stories[i]) for i in ids])
-            record = judgment_record(g, ids, judge, judgment, cfg.task, time.perf_counter() - t0)
+            judgment = judge.judge(cfg.judging.task, [full_text(stories[i]) for i in ids])
+            record = judgment_record(g, ids, judge, judgment, cfg.judging.task, time.perf_counter() - t0)
             append_jsonl(cfg.out, record)  # saved before the next group is shown
             _count(result, record)
     except KeyboardInterrupt:

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ghoul.align import rank, winners
-from ghoul.align.judges import DEFAULT_JUDGE, JUDGES_HELP, check_judge
-from ghoul.config import build, flag, option, require, to_dict
+from ghoul.align.judges import JudgeOptions
+from ghoul.config import build, flag, group, option, require, to_dict
 from ghoul.errors import GhoulError
 from ghoul.files import atomic_write_text, read_jsonl
 
@@ -51,12 +51,8 @@ class RlhfConfig:
     top_p: float | None = option(None, "sample only from the smallest set of tokens holding this probability")
     generate_batch_size: int = option(16, "stories generated together on the device")
     # ---- rank
-    judge: str = option(DEFAULT_JUDGE, JUDGES_HELP)
     group_size: int = option(4, "stories per group; the judge picks one of them")
-    task: str = option("Pick the scariest story.", "what the judge is asked to do")
-    base_url: str | None = option(None, "OpenAI-compatible server for openai:MODEL (vLLM, llama.cpp, Ollama)")
-    host: str = option("127.0.0.1", "address of the web judge's page")
-    port: int = option(8765, "port of the web judge's page (0: any free port)")
+    judging: JudgeOptions = group(JudgeOptions)
     # ---- the training step (unset: the defaults of `ghoul finetune`, `ghoul dpo`, `ghoul reward train`, `ghoul ppo`)
     max_steps: int | None = option(None, "optimizer steps of the training step")
     learning_rate: float | None = option(None, "peak learning rate of the training step")
@@ -108,7 +104,7 @@ def stage_configs(cfg: RlhfConfig) -> dict[str, Any]:
     from ghoul.generate import GenerateConfig
     from ghoul.train.stages import FinetuneConfig
 
-    check_judge(cfg.judge, cfg.base_url)  # a missing key or package fails now, not after the stories are made
+    cfg.judging.check()  # a missing key or package fails now, not after the stories are made
     block = read_model_config(cfg.base_model)["block_size"]
     if cfg.seq_len is not None and cfg.seq_len > block:
         raise GhoulError(f"--seq-len {cfg.seq_len} exceeds the block size of {cfg.base_model} ({block})")
@@ -118,9 +114,8 @@ def stage_configs(cfg: RlhfConfig) -> dict[str, Any]:
                               temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, seed=cfg.seed,
                               batch_size=cfg.generate_batch_size, device=cfg.device, out=out / "stories.jsonl",
                               print_samples=False)
-    ranking = rank.RankConfig(stories=out / "stories.jsonl", out=out / "rankings.jsonl", judge=cfg.judge,
-                              group_size=cfg.group_size, task=cfg.task, seed=cfg.seed, base_url=cfg.base_url,
-                              host=cfg.host, port=cfg.port)
+    ranking = rank.RankConfig(stories=out / "stories.jsonl", out=out / "rankings.jsonl", group_size=cfg.group_size,
+                              seed=cfg.seed, judging=cfg.judging)
     export = winners.ExportWinnersConfig(out / "rankings.jsonl", out / "stories.jsonl", out / "winners.txt")
     prepare = PrepareConfig("rlhf", out / "data" / "winners", tokenizer=model_tokenizer(cfg.base_model),
                             source_path=str(out / "winners.txt"), workers=1, progress=False)
@@ -199,7 +194,7 @@ def run(cfg: RlhfConfig) -> RlhfResult:
     else:
         _say(f"1/{total} generate: {cfg.num_samples} stories from {cfg.base_model}")
         generate(steps["generate"])
-    _say(f"2/{total} rank: judge {cfg.judge}, groups of {cfg.group_size}")
+    _say(f"2/{total} rank: judge {cfg.judging.judge}, groups of {cfg.group_size}")
     rank.run(steps["rank"])
     if cfg.method == "winners":
         if winners_txt.is_file() and winners_txt.stat().st_mtime >= rankings.stat().st_mtime:

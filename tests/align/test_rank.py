@@ -10,6 +10,7 @@ import pytest
 from ghoul.align import rank, winners
 from ghoul.align.judges import Judge, Judgment, LengthJudge
 from ghoul.cli import main
+from ghoul.config import build
 from ghoul.data.sources import EOT, make_source
 from ghoul.errors import GhoulError
 from ghoul.files import read_jsonl
@@ -18,7 +19,7 @@ from tests.conftest import fail_writes_after
 
 
 def rank_cfg(tmp_path, **kw) -> rank.RankConfig:
-    return rank.RankConfig(**{"stories": tmp_path / "stories.jsonl", "out": tmp_path / "rankings.jsonl", **kw})
+    return build(rank.RankConfig, **{"stories": tmp_path / "stories.jsonl", "out": tmp_path / "rankings.jsonl", **kw})
 
 
 def test_groups_are_reproducible_and_share_a_prompt(tmp_path):

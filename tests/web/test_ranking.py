@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from ghoul.align import rank
+from ghoul.config import build
 from ghoul.files import read_jsonl
 from ghoul.web.ranking import WebJudge
 from tests.align.conftest import write_stories
@@ -32,7 +33,7 @@ class Ranking:
         self.out = tmp_path / "rankings.jsonl"
         self.stories = rank.load_stories(tmp_path / "stories.jsonl")
         self.judge = WebJudge("127.0.0.1", 0)
-        self.cfg = rank.RankConfig(stories=tmp_path / "stories.jsonl", out=self.out, judge="web")
+        self.cfg = build(rank.RankConfig, stories=tmp_path / "stories.jsonl", out=self.out, judge="web")
         self.outcome: dict[str, Any] = {}
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
