@@ -7,9 +7,13 @@ import torch
 import transformers
 
 from ghoul.cli import main
+from ghoul.config import option_owners
 from ghoul.files import read_jsonl
 from ghoul.model import GPT
+from ghoul.pipeline import PipelineConfig
+from ghoul.report import ReportConfig
 from ghoul.tokenizer import load_tokenizer
+from tests.options import reads
 
 
 def test_reduced_pipeline_end_to_end_and_rerun(data, tmp_path, capsys):
@@ -21,7 +25,12 @@ def test_reduced_pipeline_end_to_end_and_rerun(data, tmp_path, capsys):
             "--vocab-size", "512",
             "--device", "cpu",
             "--prompts", "I heard something in the attic", "The well behind the house"]
-    assert main(args) == 0
+    with reads([PipelineConfig]) as seen:  # every option of the pipeline reaches the stages (tests/test_flags.py)
+        assert main(args) == 0
+    assert {name for _, name in seen} >= set(option_owners(PipelineConfig))
+    with reads([ReportConfig]) as seen:
+        assert main(["report", str(out)]) == 0
+    assert {name for _, name in seen} >= set(option_owners(ReportConfig))
     for name in ("report.html", "report.md", "loss.png", "hellaswag.png", "rlhf/rankings.jsonl",
                  "samples/pretrain.jsonl", "samples/preference.jsonl", "eval/finetune.json"):
         assert (out / name).is_file(), name

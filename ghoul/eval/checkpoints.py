@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ghoul import checkpoint
-from ghoul.config import option
+from ghoul.config import option, refuse_set
 from ghoul.data.shards import check_data_tokenizer
 from ghoul.dist import DTYPES, setup
 from ghoul.errors import GhoulError
@@ -44,6 +44,10 @@ class CheckpointsConfig:
     def __post_init__(self) -> None:
         if self.val_loss and self.data is None:
             raise GhoulError("--val-loss needs --data DIR: the token shard directory whose val split to use")
+        if not self.val_loss:
+            refuse_set(self, ("data", "tokens", "seq_len"), "--val-loss")
+        if not self.hellaswag:
+            refuse_set(self, ("limit", "data_path"), "--hellaswag")
         if self.batch_size < 1:
             raise GhoulError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.limit is not None and self.limit < 1:
