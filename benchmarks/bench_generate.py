@@ -13,6 +13,7 @@ import torch
 import transformers
 
 from benchmarks.timing import describe, measure_each, result, side
+from ghoul.checkpoint import save_model_dir
 from ghoul.hf import export_hf
 from ghoul.model import GPT, GPTConfig
 
@@ -23,7 +24,7 @@ def run(preset: str = "small", prompt_tokens: int = 16, new_tokens: int = 128, b
     torch.manual_seed(0)
     model = GPT(GPTConfig.from_name(preset)).eval()
     with tempfile.TemporaryDirectory() as tmp:
-        model.save_pretrained(f"{tmp}/ghoul")
+        save_model_dir(model, f"{tmp}/ghoul")
         export_hf(f"{tmp}/ghoul", f"{tmp}/hf")
         hf = transformers.GPT2LMHeadModel.from_pretrained(f"{tmp}/hf").eval()
     idx = torch.randint(0, model.config.vocab_size, (batch, prompt_tokens))

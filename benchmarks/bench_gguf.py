@@ -20,6 +20,7 @@ import torch
 
 from benchmarks.bench_bpe import CORPORA, data_dir
 from benchmarks.timing import Unsupported, describe, measure_each, result, side
+from ghoul.checkpoint import save_model_dir
 from ghoul.gguf import DTYPES, export_gguf
 from ghoul.model import GPT, GPTConfig
 from ghoul.tokenizer.bpe import BPETokenizer
@@ -58,7 +59,7 @@ def run(preset: str = "laptop", vocab_size: int = 4096, prompt_tokens: int = 16,
     model = GPT(GPTConfig.from_name(preset, vocab_size=vocab_size)).eval()
     threads = os.cpu_count() or 1
     with tempfile.TemporaryDirectory() as tmp:
-        model.save_pretrained(f"{tmp}/ghoul", tokenizer=tok)
+        save_model_dir(model, f"{tmp}/ghoul", tokenizer=tok)
         sizes = {dtype: export_gguf(f"{tmp}/ghoul", f"{tmp}/{dtype}.gguf", dtype).stat().st_size for dtype in DTYPES}
         sizes["safetensors"] = Path(f"{tmp}/ghoul/model.safetensors").stat().st_size  # ghoul's own, for scale
         llm = llama_cpp.Llama(model_path=f"{tmp}/f32.gguf", n_ctx=prompt_tokens + new_tokens, n_threads=threads,

@@ -21,11 +21,14 @@ from safetensors.torch import load_file, save_file
 from ghoul import __version__
 from ghoul.errors import GhoulError
 from ghoul.files import atomic_directory, atomic_write_text
-from ghoul.model import CONFIG_FILE, GPT, WEIGHTS_FILE, GPTConfig
+from ghoul.layout import CONFIG_FILE, LATEST, WEIGHTS_FILE, resolve_checkpoint, step_dir, step_dirs
+from ghoul.model import GPT, GPTConfig
 from ghoul.tokenizer import TOKENIZER_FILE, Tokenizer, load_tokenizer
 
 TIED = "lm_head.weight"  # the same tensor as transformer.wte.weight; stored once
-LATEST = "latest"
+# the model class of each `kind` a config.json names: a module defining another kind registers it (the reward
+# model, ghoul.align.reward), so that loading builds the class that was saved
+MODEL_KINDS: dict[str, type[GPT]] = {"language": GPT}
 OPTIMIZER_FILE = "optimizer.pt"
 STATE_FILE = "trainer_state.json"
 
@@ -122,9 +125,7 @@ def load_model_dir(directory: str | Path, device: str | torch.device = "cpu", ki
     if found != kind:  # a reward model generates nothing; a language model scores nothing
         what_to_do = "train one with `ghoul reward train`" if kind == "reward" else "give a language model's directory"
         raise GhoulError(f"{directory} is a {found} model, not a {kind} model: {what_to_do}")
-    cls = GPT
-    if kind == "reward":  # GPT + a scalar head (ghoul.align.reward), imported only when needed
-        from ghoul.align.reward import RewardModel as cls
+    cls = MODEL_KINDS[kind]
     try:
         model = cls(GPTConfig.from_dict(config))
     except TypeError as e:
@@ -170,60 +171,6 @@ def load_weights(model: GPT, state: dict[str, torch.Tensor], source: str | Path)
     if missing or unexpected:
         raise GhoulError(f"{source} does not match the model config: "
                          f"missing {missing[:3]}, unexpected {unexpected[:3]}")
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A model directory itself, or the newest checkpoint of a run directory (the one `RUN/latest` names)."""
-    path = Path(path)
-    if not (path / WEIGHTS_FILE).is_file() and (path / LATEST).is_file():
-        return path / (path / LATEST).read_text(encoding="utf-8").strip()
-    return path
-
-
-def step_dir(run_dir: str | Path, step: int) -> Path:
-    return Path(run_dir) / f"step_{step:06d}"
-
-
-def step_dirs(run_dir: str | Path) -> list[Path]:
-    """Complete checkpoints of a run, oldest first (temporary and half-written ones are hidden by their names)."""
-    found = Path(run_dir).glob("step_*")
-    return sorted((p for p in found if p.name[5:].isdigit() and (p / WEIGHTS_FILE).is_file()),
-                  key=lambda p: int(p.name[5:]))
-
-
-def newest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The run's checkpoint of the highest step: what `--resume` continues. Checkpoints appear whole (renamed into
-    place), so it is complete even when a kill came before `latest` was pointed at it."""
-    found = step_dirs(run_dir)
-    return found[-1] if found else None
-
-
-def set_aside_later(run_dir: str | Path, step: int, copied: tuple[str, ...] = (), moved: tuple[str, ...] = ()
-                    ) -> Path | None:
-    """Resuming a run from an earlier checkpoint starts a new branch of it: the checkpoints after `step` move to
-    `RUN/later_than_step_N/` (where nothing prunes or overwrites them) with the run's `moved` files (records of
-    those checkpoints) and a copy of its `copied` ones (its log as it was); `latest` names the newest checkpoint
-    left. Returns that folder, or None when no checkpoint is later."""
-    run_dir = Path(run_dir)
-    later = [p for p in run_dir.glob("step_*") if p.name[5:].isdigit() and int(p.name[5:]) > step]
-    if not later:
-        return None
-    aside, n = run_dir / f"later_than_{step_dir(run_dir, step).name}", 1
-    while aside.exists():
-        n += 1
-        aside = run_dir / f"later_than_{step_dir(run_dir, step).name}_{n}"
-    aside.mkdir()
-    for name in copied:  # first: a kill part-way leaves the history beside whatever moved
-        if (run_dir / name).is_file():
-            shutil.copy2(run_dir / name, aside / name)
-    for path in [*sorted(later), *(run_dir / name for name in moved if (run_dir / name).is_file())]:
-        os.replace(path, aside / path.name)
-    newest = newest_checkpoint(run_dir)
-    if newest is not None:
-        atomic_write_text(run_dir / LATEST, newest.name + "\n")
-    else:
-        (run_dir / LATEST).unlink(missing_ok=True)
-    return aside
 
 
 def save_training_checkpoint(run_dir: str | Path, step: int, model: GPT, optimizers: list[torch.optim.Optimizer],

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import re
 import sys
 from dataclasses import dataclass
+from importlib import metadata
 
 from ghoul import __version__
 from ghoul.config import add_config_args, config_from_args
@@ -87,8 +89,6 @@ def build_parser(cmd: Command) -> tuple[argparse.ArgumentParser, type, object]:
 
 def cli_reference() -> str:
     """Every command's --help as markdown: docs/cli.md is this text, and a test keeps the two equal."""
-    import os
-
     width = os.environ.get("COLUMNS")
     os.environ["COLUMNS"] = "100"  # argparse wraps to the terminal: a fixed width gives the same text everywhere
     try:
@@ -106,8 +106,6 @@ def cli_reference() -> str:
 
 def optional_extra(module: str) -> str | None:
     """The extra of ghoul's package metadata (`pip install 'ghoul[EXTRA]'`) that installs `module`, if any."""
-    from importlib import metadata
-
     root = module.split(".")[0].replace("_", "-").lower()
     try:
         requirements = metadata.requires("ghoul") or []
@@ -156,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         parser, cls, fn = build_parser(cmd)
         args = parser.parse_args(rest)
         if "torch" in sys.modules:  # the command computes with torch (the others never import it: they start fast)
-            from ghoul import dist
+            from ghoul import dist  # imports torch, which the torch-free commands never load
 
             dist.allow_tf32()  # training, evaluation and sampling alike
         fn(config_from_args(cls, args))

@@ -8,6 +8,8 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -146,6 +148,19 @@ def setup(device: str = "auto", timeout_minutes: float | None = None) -> DistInf
 def teardown() -> None:
     if in_process_group():
         dist.destroy_process_group()
+
+
+@contextmanager
+def started(device: str = "auto", timeout_minutes: float | None = None) -> Iterator[DistInfo]:
+    """This process started as `setup` does, and its process group destroyed at the end: a process that exits with
+    one alive may abort in gloo's threads as Python shuts down. On success the ranks first meet, so that none tears
+    the group down while another still talks to it."""
+    d = setup(device, timeout_minutes)
+    try:
+        yield d
+        barrier()
+    finally:
+        teardown()
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -21,7 +21,8 @@ from ghoul.config import option
 from ghoul.dist import resolve_device
 from ghoul.errors import GhoulError
 from ghoul.files import append_jsonl, read_jsonl, refuse_input_as_output, repair_jsonl
-from ghoul.model import GPT, PRESETS, WEIGHTS_FILE, GPTConfig
+from ghoul.layout import WEIGHTS_FILE
+from ghoul.model import GPT, PRESETS, GPTConfig
 from ghoul.tokenizer import Tokenizer, load_tokenizer
 
 # Every story is kept in memory until the run returns them all (about a kilobyte each): past this, split the work

@@ -16,15 +16,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from ghoul.checkpoint import read_model_config
 from ghoul.config import option
 from ghoul.errors import GhoulError
 from ghoul.files import atomic_write_text, create_beside, refuse_input_as_output
 from ghoul.hf import GPT2, exported_weights, gpt2_config, language_config, llama_config, llama_state, switch_family
+from ghoul.layout import WEIGHTS_FILE, resolve_checkpoint
 from ghoul.tokenizer import Tokenizer, load_tokenizer
 from ghoul.tokenizer.bpe import GPT4_PATTERN, BPETokenizer
 from ghoul.tokenizer.gpt2 import EOT, GPT2_PATTERN
@@ -59,10 +61,7 @@ class GgufConfig:
 
 def export_gguf(checkpoint: str | Path, out: str | Path, dtype: str = "f16") -> Path:
     """Write the ghoul model directory `checkpoint` as the GGUF file `out`, and a Modelfile beside it."""
-    import gguf  # the optional extra: a missing one is the one-line "pip install 'ghoul[gguf]'"
-
-    from ghoul.checkpoint import read_model_config, resolve_checkpoint
-    from ghoul.model import WEIGHTS_FILE
+    gguf = _gguf()
 
     if dtype not in DTYPES:
         raise GhoulError(f"unknown GGUF dtype {dtype!r}: use one of {', '.join(DTYPES)}")
@@ -84,6 +83,14 @@ def export_gguf(checkpoint: str | Path, out: str | Path, dtype: str = "f16") -> 
     write_beside(out, lambda tmp: _write_file(writer, tmp))
     atomic_write_text(out.parent / "Modelfile", modelfile(out, config))
     return out
+
+
+def _gguf() -> Any:
+    """The gguf package, imported on use: it is the optional extra ghoul[gguf] (a missing one gives the one-line
+    "pip install 'ghoul[gguf]'"), and `ghoul export gguf --help` works without it."""
+    import gguf  # the optional extra
+
+    return gguf
 
 
 def check_target(out: Path, weights: Path) -> None:
@@ -139,8 +146,7 @@ def vocabulary(tok: Tokenizer) -> tuple[dict[str, int], list[str]]:
 def add_tokenizer(writer: gguf.GGUFWriter, tok: Tokenizer, n_vocab: int) -> None:
     """llama.cpp's byte-level BPE ("gpt2" model): tokens, their types, merges, pre-tokenizer and <|endoftext|> as
     bos and eos, never added to a prompt. Ids past the tokenizer's (a larger model vocabulary) are unused tokens."""
-    import gguf
-
+    gguf = _gguf()
     vocab, merges = vocabulary(tok)
     tokens = [f"[PAD{i}]" for i in range(n_vocab)]
     types = [gguf.TokenType.UNUSED] * n_vocab
@@ -188,8 +194,7 @@ def add_hyperparameters(writer: gguf.GGUFWriter, arch: str, config: GPTConfig, s
 def gguf_tensors(arch: str, config: GPTConfig, state: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
     """The weights as float32 arrays under llama.cpp's names, through their Hugging Face names. Linear weights keep
     PyTorch's (out, in) layout, which is what GGUF stores."""
-    import gguf
-
+    gguf = _gguf()
     hf_state = state if arch == "gpt2" else llama_state(state)  # ghoul's names are GPT-2's Hugging Face names
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[arch.upper()], config.n_layer)
     out = {}
@@ -214,8 +219,7 @@ def interleave_rotary(weight: torch.Tensor, n_head: int) -> torch.Tensor:
 def add_tensor(writer: gguf.GGUFWriter, name: str, tensor: np.ndarray, dtype: str) -> None:
     """Add one weight in `dtype`; vectors (norm gains, biases) stay float32, as llama.cpp's converter keeps them, and
     a q8_0 matrix whose rows do not fill whole 32-value blocks falls back to f16."""
-    import gguf
-
+    gguf = _gguf()
     if tensor.ndim == 1 or dtype == "f32":
         writer.add_tensor(name, tensor.astype(np.float32))
         return

@@ -4,7 +4,6 @@ directory (`ghoul export hf`) with its tokenizer (`ghoul.hf_tokenizer`).
 GPT-2 differs from ghoul only in layout: its Conv1D stores weights as (in, out), nn.Linear as (out, in). LLaMA
 needs no permutation either: ghoul's rotary embedding rotates the pairs (x[i], x[i + hs/2]) as Hugging Face's
 `rotate_half` does, c_attn holds q, k, v in that order, and c_fc holds the SwiGLU gate before the up projection.
-This module does not import the model, so the model can import it.
 """
 
 from __future__ import annotations
@@ -12,18 +11,20 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import save_file
 
+from ghoul.checkpoint import STATE_FILE, TIED, load_weights, read_model_config, read_weights
 from ghoul.config import option
 from ghoul.errors import GhoulError
-from ghoul.files import atomic_directory
-
-if TYPE_CHECKING:
-    from ghoul.model import GPTConfig
-    from ghoul.tokenizer import Tokenizer
+from ghoul.eval.curves import REFERENCES
+from ghoul.files import atomic_directory, read_jsonl
+from ghoul.hf_tokenizer import export_tokenizer, write_tokenizer_files
+from ghoul.layout import WEIGHTS_FILE, resolve_checkpoint
+from ghoul.model import GPT, GPTConfig
+from ghoul.tokenizer import Tokenizer
+from ghoul.tokenizer.bpe import BPETokenizer
 
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 BUFFERS = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers older transformers versions saved
@@ -51,6 +52,14 @@ def _is_conv1d(key: str) -> bool:
     return key.endswith(CONV1D)
 
 
+def load_hf_model(directory: str | Path) -> GPT:
+    """A ghoul GPT with the weights of a directory saved by `transformers`' `GPT2LMHeadModel.save_pretrained`."""
+    config, state = read_hf_checkpoint(directory)
+    model = GPT(GPTConfig.from_dict(config))
+    load_weights(model, state, directory)
+    return model
+
+
 def read_hf_checkpoint(directory: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
     """(GPTConfig fields, state dict in ghoul's layout) of a `GPT2LMHeadModel.save_pretrained` directory."""
     directory = Path(directory)
@@ -75,7 +84,6 @@ def read_hf_checkpoint(directory: str | Path) -> tuple[dict, dict[str, torch.Ten
 
 
 def _read_hf_weights(directory: Path) -> dict[str, torch.Tensor]:
-    from ghoul.checkpoint import read_weights
 
     single = directory / "model.safetensors"
     index = directory / "model.safetensors.index.json"
@@ -93,8 +101,6 @@ def _read_hf_weights(directory: Path) -> dict[str, torch.Tensor]:
 def export_hf(model_dir: str | Path, out: str | Path) -> Path:
     """Write the ghoul model directory `model_dir` as a directory that transformers' `AutoModelForCausalLM` and
     `AutoTokenizer` load without custom code: a GPT2LMHeadModel, LlamaForCausalLM or Qwen3ForCausalLM."""
-    from ghoul.checkpoint import read_model_config, resolve_checkpoint
-    from ghoul.hf_tokenizer import export_tokenizer, write_tokenizer_files
 
     model_dir, out = resolve_checkpoint(model_dir), Path(out)  # a run directory means its newest checkpoint
     cfg = read_model_config(model_dir)
@@ -124,7 +130,6 @@ def export_hf(model_dir: str | Path, out: str | Path) -> Path:
 
 def language_config(model_dir: Path, cfg: dict) -> GPTConfig:
     """The GPTConfig of the model directory whose config.json is `cfg`; a one-line error unless a language model."""
-    from ghoul.model import GPTConfig
 
     if cfg.get("kind", "language") != "language":
         raise GhoulError(f"{model_dir} is a {cfg['kind']} model: only language models have a causal LM form")
@@ -134,8 +139,6 @@ def language_config(model_dir: Path, cfg: dict) -> GPTConfig:
 def exported_weights(model_dir: Path, config: GPTConfig) -> dict[str, torch.Tensor]:
     """The model's weights in ghoul's names as exports hold them: a tied head once (as the embedding), and exactly
     `vocab_size` rows in the embedding and head (the padding rows of --pad-vocab cropped)."""
-    from ghoul.checkpoint import TIED, read_weights
-    from ghoul.model import WEIGHTS_FILE
 
     weights = model_dir / WEIGHTS_FILE
     if not weights.is_file():
@@ -248,10 +251,6 @@ def check_export_target(out: Path, model_dir: Path) -> None:
 
 def model_card(model_dir: Path, cfg: dict, n_params: int, hf_config: dict, tokenizer: Tokenizer | None) -> str:
     """A Hugging Face model card from what the run directory knows: architecture, training, HellaSwag, a sample."""
-    from ghoul.checkpoint import STATE_FILE
-    from ghoul.eval.curves import REFERENCES
-    from ghoul.files import read_jsonl
-    from ghoul.tokenizer.bpe import BPETokenizer
 
     run_dir = model_dir.parent
     state = json.loads((model_dir / STATE_FILE).read_text()) if (model_dir / STATE_FILE).is_file() else {}
@@ -292,7 +291,7 @@ class ExportConfig:
 def push_folder(out: Path, repo_id: str) -> None:
     """Upload an exported folder with huggingface_hub; any failure is one clear line, the folder stays written."""
     try:
-        from huggingface_hub import HfApi
+        from huggingface_hub import HfApi  # the optional extra ghoul[hf]
     except ImportError:
         raise GhoulError(f"--push needs huggingface_hub: pip install 'ghoul[hf]' (the folder {out} is written)"
                          ) from None

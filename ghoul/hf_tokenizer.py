@@ -68,7 +68,7 @@ def write_tokenizer_files(tok: Tokenizer, directory: Path, max_length: int) -> N
 def fast_tokenizer(tok: BPETokenizer) -> tokenizers.Tokenizer:
     """`tok` as a `tokenizers` BPE: ghoul's split, GPT-2's byte-to-character map, merges ranked in training order."""
     try:
-        from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+        from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers  # extra ghoul[hf]
     except ImportError:
         raise GhoulError("exporting an own BPE tokenizer needs the tokenizers library: pip install 'ghoul[hf]'"
                          ) from None

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -18,9 +17,6 @@ from torch.utils.checkpoint import checkpoint
 
 from ghoul.cross_entropy import head_cross_entropy
 from ghoul.errors import GhoulError
-
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
 
 # The architecture switches of the learning stage; the first of each is GPT-2's.
 NORMS = ("layernorm", "rmsnorm")
@@ -418,30 +414,6 @@ class GPT(nn.Module):
             if eos_id is not None and bool(finished.all()):
                 break
         return idx
-
-    def save_pretrained(self, directory: str | Path, tokenizer=None) -> None:
-        """Write `config.json` and `model.safetensors` (and an own tokenizer's file) into `directory`, atomically."""
-        from ghoul.checkpoint import save_model_dir
-
-        save_model_dir(self, directory, tokenizer)
-
-    @classmethod
-    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> GPT:
-        """Load a model directory written by `save_pretrained` (or by training)."""
-        from ghoul.checkpoint import load_model_dir
-
-        return load_model_dir(directory, device)
-
-    @classmethod
-    def from_hf(cls, directory: str | Path) -> GPT:
-        """Load a directory saved by `transformers`' `GPT2LMHeadModel.save_pretrained`."""
-        from ghoul.checkpoint import load_weights
-        from ghoul.hf import read_hf_checkpoint
-
-        config, state = read_hf_checkpoint(directory)
-        model = cls(GPTConfig.from_dict(config))
-        load_weights(model, state, directory)
-        return model
 
 
 def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,

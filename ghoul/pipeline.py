@@ -11,19 +11,34 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ghoul.align.compare import CompareConfig
+from ghoul.align.compare import run as compare
 from ghoul.align.judges import JUDGES_HELP, check_judge
-from ghoul.align.rlhf import METHOD_OPTIONS, METHODS
+from ghoul.align.rlhf import METHOD_OPTIONS, METHODS, RlhfConfig
+from ghoul.align.rlhf import run as rlhf
+from ghoul.checkpoint import load_model_and_tokenizer
 from ghoul.config import build, option, to_dict
-from ghoul.data.corpus import CORPORA, CORPUS_HELP
+from ghoul.data.corpus import CORPORA, CORPUS_HELP, build_corpus, write_corpus
+from ghoul.data.prepare import PrepareConfig
+from ghoul.data.prepare import run as prepare
+from ghoul.dist import resolve_device
 from ghoul.errors import GhoulError
+from ghoul.eval.hellaswag import default_data_path, evaluate_hellaswag, load_hellaswag
+from ghoul.eval.loss import evaluate_loss, read_split
 from ghoul.files import atomic_write_text, read_json
+from ghoul.generate import GenerateConfig
+from ghoul.generate import run as generate
+from ghoul.layout import resolve_checkpoint
 from ghoul.model import PRESETS
+from ghoul.report import write_report
 from ghoul.tokenizer import TOKENIZER_FILE, load_tokenizer
+from ghoul.tokenizer.bpe import BPETokenizer
 from ghoul.train.config import train_option
+from ghoul.train.stages import FinetuneConfig, TrainConfig, run_or_resume
 
 GROUP_SIZE = 4  # stories the judge compares at once, as the seed did
 # The before/after samples in the report are for reading, so they leave out the unlikeliest tokens. The stories the
@@ -106,10 +121,6 @@ def say(step: str, message: str) -> None:
 def prepare_data(cfg: PipelineConfig) -> dict[str, Path]:
     """Token shards of the pretraining and the fine-tuning text in RUN/data/CORPUS, made with the run's tokenizer;
     each corpus is also kept as JSON lines in RUN/data/text, the held-out stories first."""
-    from ghoul.data.corpus import build_corpus, write_corpus
-    from ghoul.data.prepare import PrepareConfig
-    from ghoul.data.prepare import run as prepare
-
     out = cfg.output_dir / "data"
     corpora = {name: build_corpus(name, lambda relative: local(cfg, relative), cfg.seed)
                for name in dict.fromkeys((cfg.pretrain_data, cfg.finetune_data))}
@@ -129,8 +140,6 @@ def prepare_data(cfg: PipelineConfig) -> dict[str, Path]:
 def run_tokenizer(cfg: PipelineConfig, out: Path, docs: list[str]) -> str:
     """The run's tokenizer: GPT-2's, or a byte-level BPE trained on the training documents (never on the held-out
     ones) and kept in RUN/data/tokenizer.json."""
-    from ghoul.tokenizer.bpe import BPETokenizer
-
     if cfg.tokenizer == "gpt2":
         return "gpt2"
     path = out / TOKENIZER_FILE
@@ -144,8 +153,6 @@ def run_tokenizer(cfg: PipelineConfig, out: Path, docs: list[str]) -> str:
 
 
 def train_stage(cfg: PipelineConfig, name: str, dataset: Path, base: Path | None, steps: int, lr: float) -> Path:
-    from ghoul.train.stages import FinetuneConfig, TrainConfig, run_or_resume
-
     kind, start = (TrainConfig, {"model": cfg.model}) if base is None else (FinetuneConfig, {"base_model": base})
     stage = build(kind, dataset=str(dataset), output_dir=cfg.output_dir / name, **start,
                   batch_size=cfg.batch_size, seq_len=cfg.seq_len, max_steps=steps, optimizer=cfg.optimizer,
@@ -162,11 +169,6 @@ def train_stage(cfg: PipelineConfig, name: str, dataset: Path, base: Path | None
 def evaluate(cfg: PipelineConfig, name: str, model_dir: Path, data: Path) -> dict[str, Any]:
     """HellaSwag on a subset and validation loss on `data`, cached in RUN/eval/NAME.json for the same checkpoint and
     settings (a stage trained further, or another --hellaswag-limit or --seq-len, is evaluated again)."""
-    from ghoul.checkpoint import load_model_and_tokenizer, resolve_checkpoint
-    from ghoul.dist import resolve_device
-    from ghoul.eval.hellaswag import default_data_path, evaluate_hellaswag, load_hellaswag
-    from ghoul.eval.loss import evaluate_loss, read_split
-
     path = cfg.output_dir / "eval" / f"{name}.json"
     key = {"checkpoint": str(resolve_checkpoint(model_dir)), "hellaswag_limit": cfg.hellaswag_limit,
            "seq_len": cfg.seq_len, "val_data": str(data)}
@@ -188,9 +190,6 @@ def evaluate(cfg: PipelineConfig, name: str, model_dir: Path, data: Path) -> dic
 
 
 def feedback(cfg: PipelineConfig, base: Path) -> Path:
-    from ghoul.align.rlhf import RlhfConfig
-    from ghoul.align.rlhf import run as rlhf
-
     prompts_file = cfg.output_dir / "prompts.txt"
     atomic_write_text(prompts_file, "\n".join(cfg.prompts) + "\n")
     training = dict(max_steps=cfg.preference_steps, learning_rate=cfg.preference_lr, batch_size=1, prompts_per_step=1,
@@ -205,10 +204,7 @@ def feedback(cfg: PipelineConfig, base: Path) -> Path:
 def win_rate(cfg: PipelineConfig, a: Path, b: Path) -> dict[str, Any]:
     """The judge's win-rate of model `a` over `b` on the pipeline's prompts, cached in RUN/eval/winrate.json (the
     pairs and judgments beside it, in winrate-pairs.jsonl)."""
-    from dataclasses import asdict
 
-    from ghoul.align.compare import CompareConfig
-    from ghoul.align.compare import run as compare
 
     judge = cfg.winrate_judge or cfg.judge
     path = cfg.output_dir / "eval" / "winrate.json"
@@ -230,9 +226,6 @@ def win_rate(cfg: PipelineConfig, a: Path, b: Path) -> dict[str, Any]:
 
 def compare_samples(cfg: PipelineConfig, models: dict[str, Path]) -> Path:
     """The same prompts and seeds through each stage's model, for the report's before/after table."""
-    from ghoul.generate import GenerateConfig
-    from ghoul.generate import run as generate
-
     out = cfg.output_dir / "samples"
     for name, model_dir in models.items():
         prompts_file = cfg.output_dir / "prompts.txt"
@@ -244,8 +237,6 @@ def compare_samples(cfg: PipelineConfig, models: dict[str, Path]) -> Path:
 
 def run(cfg: PipelineConfig) -> Path:
     """Run every stage that is not yet done; returns the report's path."""
-    from ghoul.report import write_report
-
     for judge in dict.fromkeys((cfg.judge, cfg.winrate_judge or cfg.judge)):
         check_judge(judge)  # a missing key or package fails now, not after pretraining
     cfg.output_dir.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from ghoul import __version__
 from ghoul.align.judges import judge_measures
 from ghoul.config import option
 from ghoul.errors import GhoulError
@@ -115,9 +119,6 @@ def samples_table(run_dir: Path) -> tuple[list[str], dict[str, list[str]]]:
 
 
 def _figure_png(draw) -> bytes:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=(9, 3.6), dpi=100)
     FigureCanvasAgg(fig)
     draw(fig)
@@ -171,10 +172,9 @@ def hellaswag_figure(stages: dict[str, dict[str, Any]]) -> bytes:
 
 
 def environment() -> dict[str, str]:
-    import torch
+    import torch  # torch only here: `ghoul report` starts without it
 
-    from ghoul import __version__
-    from ghoul.dist import default_device
+    from ghoul.dist import default_device  # imports torch
 
     return {"ghoul": __version__, "torch": torch.__version__, "python": platform.python_version(),
             "device": default_device(), "world size": "1", "machine": f"{platform.machine()}, {platform.system()}",

@@ -19,11 +19,11 @@ def tiny():
 
 def test_save_and_load_round_trip(tmp_path):
     model = tiny()
-    model.save_pretrained(tmp_path / "m")
+    save_model_dir(model, tmp_path / "m")
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors"]
     config = json.loads((tmp_path / "m" / "config.json").read_text())
     assert config["n_layer"] == 2 and config["tokenizer"] == "gpt2"
-    back = GPT.from_pretrained(tmp_path / "m")
+    back = load_model_dir(tmp_path / "m")
     for (k, a), (_, b) in zip(model.state_dict().items(), back.state_dict().items(), strict=True):
         assert torch.equal(a, b), k
     assert back.lm_head.weight is back.transformer.wte.weight
@@ -32,7 +32,7 @@ def test_save_and_load_round_trip(tmp_path):
 
 def test_failed_write_leaves_previous_checkpoint_intact(tmp_path):
     model = tiny()
-    model.save_pretrained(tmp_path / "m")
+    save_model_dir(model, tmp_path / "m")
     with pytest.raises(RuntimeError):
         with atomic_directory(tmp_path / "m") as tmp:
             (tmp / "config.json").write_text("{}")
@@ -126,7 +126,8 @@ def test_clean_temporaries_removes_leftovers_and_puts_back_an_old_copy(tmp_path)
 
 
 def test_keep_last_prunes_only_checkpoints_older_than_the_new_one(tmp_path):
-    from ghoul.checkpoint import save_training_checkpoint, step_dirs
+    from ghoul.checkpoint import save_training_checkpoint
+    from ghoul.layout import step_dirs
 
     model = tiny()
     for step in (1, 2, 10):

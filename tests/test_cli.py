@@ -7,6 +7,7 @@ import sys
 import pytest
 import torch
 
+from ghoul.checkpoint import save_model_dir
 from ghoul.cli import main
 from ghoul.model import GPT, GPTConfig
 
@@ -36,7 +37,7 @@ def test_generate_writes_reproducible_samples(tmp_path, capsys):
 
 def test_generate_from_checkpoint_greedy(tmp_path, capsys):
     torch.manual_seed(0)
-    GPT(GPTConfig.from_name("tiny")).save_pretrained(tmp_path / "m")
+    save_model_dir(GPT(GPTConfig.from_name("tiny")), tmp_path / "m")
     assert main(["generate", "--checkpoint", str(tmp_path / "m"), "--temperature", "0", "--max-new-tokens", "5",
                  "--num-samples", "2", "--out", str(tmp_path / "s.jsonl")]) == 0
     texts = [json.loads(line)["text"] for line in (tmp_path / "s.jsonl").open()]
@@ -185,7 +186,7 @@ def test_a_missing_optional_package_names_its_extra(monkeypatch, capsys):
                                   ["rlhf", "--base-model", "m", "--judge", "web", "--port", "70000"]])
 def test_ports_out_of_range_are_refused_when_the_options_are_read(args, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    GPT(GPTConfig.from_name("tiny")).save_pretrained(tmp_path / "m")
+    save_model_dir(GPT(GPTConfig.from_name("tiny")), tmp_path / "m")
     code, err = run_error(args, capsys)
     assert code == 2 and "--port must be in 0..65535" in err and not (tmp_path / "runs").exists(), err
 

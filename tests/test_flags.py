@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 import torch
 
+from ghoul.checkpoint import save_model_dir
 from ghoul.cli import COMMANDS, main
 from ghoul.data.prepare import PrepareConfig
 from ghoul.data.prepare import run as prepare
@@ -25,7 +26,7 @@ def inputs(data, tmp_path_factory) -> dict[str, str]:
                           out=shards, val_tokens=4096, workers=1, limit_docs=60, progress=False))
     torch.manual_seed(0)
     model = root / "tiny"
-    GPT(GPTConfig.from_name("tiny")).save_pretrained(model)
+    save_model_dir(GPT(GPTConfig.from_name("tiny")), model)
     rankings = write_marker_rankings(root / "prefs", groups=8)
     return {"shards": str(shards), "model": str(model), "rankings": str(rankings),
             "hellaswag": str(data / "hellaswag" / "hellaswag_val_first100.jsonl"),

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import ghoul.generate as gen
+from ghoul.checkpoint import save_model_dir
 from ghoul.cli import main
 from ghoul.errors import GhoulError
 from ghoul.files import read_jsonl
@@ -31,7 +32,7 @@ def one_thread():
 def model_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("gen") / "m"
     torch.manual_seed(0)
-    GPT(GPTConfig.from_name("tiny")).save_pretrained(path)
+    save_model_dir(GPT(GPTConfig.from_name("tiny")), path)
     return path
 
 
@@ -124,7 +125,7 @@ def test_a_torn_line_ending_inside_a_character_is_repaired(model_dir, tmp_path):
 
 def save_model(path, seed):
     torch.manual_seed(seed)
-    GPT(GPTConfig.from_name("tiny")).save_pretrained(path)
+    save_model_dir(GPT(GPTConfig.from_name("tiny")), path)
     return path
 
 

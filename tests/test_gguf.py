@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from ghoul.checkpoint import load_model_dir, save_model_dir
 from ghoul.cli import main
 from ghoul.gguf import export_gguf
 from ghoul.model import GPT, GPTConfig
@@ -67,7 +68,7 @@ def models(tmp_path_factory, stories, bpe) -> dict[str, Path]:
         "llama": (GPTConfig(**small, tie_embeddings=False, rope_theta=500.0, **LLAMA), bpe["gpt4"], 120, 0.0),
     }
     for seed, (name, (config, tok, steps, noise)) in enumerate(configs.items()):
-        trained(config, tok.encode(stories[0]), steps, seed, noise).save_pretrained(root / name, tokenizer=tok)
+        save_model_dir(trained(config, tok.encode(stories[0]), steps, seed, noise), root / name, tokenizer=tok)
     return {name: root / name for name in configs}
 
 
@@ -94,7 +95,7 @@ def check_in_llama_cpp(model_dir: Path, out: Path, story: str, dtype: str, toler
     `tolerance` of the largest logit, and ghoul's greedy continuation of GREEDY tokens: all of it ("exact"), or
     ("near") every token but where ghoul's two best logits are closer than the tolerance allows llama.cpp to tell."""
     assert main(["export", "gguf", str(model_dir), str(out), "--dtype", dtype]) == 0
-    model, tok = GPT.from_pretrained(model_dir).eval(), load_tokenizer(model_dir)
+    model, tok = load_model_dir(model_dir).eval(), load_tokenizer(model_dir)
     llm = llama(out, model.config.block_size)
     assert llm.n_vocab() == model.config.vocab_size
     for start in (0, 200, 400):
@@ -151,7 +152,7 @@ def test_export_runs_in_llama_cpp_as_in_ghoul(tmp_path, models, stories, name, d
 @pytest.mark.parametrize("pattern", ["gpt2", "gpt4"])
 def test_llama_cpp_tokenizes_real_text_as_ghoul(tmp_path, stories, bpe, pattern):
     tok = bpe[pattern]
-    GPT(GPTConfig(vocab_size=500, block_size=32, n_layer=1, n_head=2, n_embd=32, **LLAMA)).save_pretrained(
+    save_model_dir(GPT(GPTConfig(vocab_size=500, block_size=32, n_layer=1, n_head=2, n_embd=32, **LLAMA)),
         tmp_path / "m", tokenizer=tok)
     export_gguf(tmp_path / "m", tmp_path / "m.gguf", "f32")
     llm = llama(tmp_path / "m.gguf", 32, vocab_only=True)
@@ -184,7 +185,7 @@ def one_line_error(capsys, argv: list[str]) -> str:
     ({**LLAMA, "norm": "layernorm"}, "norm = 'layernorm'"),
 ])
 def test_unsupported_switch_is_refused_in_one_line(tmp_path, capsys, overrides, switch):
-    GPT(GPTConfig(vocab_size=50257, block_size=32, n_layer=1, n_head=2, n_embd=16, **overrides)).save_pretrained(
+    save_model_dir(GPT(GPTConfig(vocab_size=50257, block_size=32, n_layer=1, n_head=2, n_embd=16, **overrides)),
         tmp_path / "m")
     err = one_line_error(capsys, ["export", "gguf", str(tmp_path / "m"), str(tmp_path / "out" / "m.gguf")])
     assert switch in err and "no llama.cpp equivalent" in err

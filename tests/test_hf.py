@@ -10,9 +10,10 @@ import regex
 import torch
 import transformers
 
+from ghoul.checkpoint import save_model_dir
 from ghoul.cli import main
 from ghoul.errors import GhoulError
-from ghoul.hf import export_hf
+from ghoul.hf import export_hf, load_hf_model
 from ghoul.hf_tokenizer import HF_PATTERNS
 from ghoul.model import GPT, GPTConfig
 from ghoul.tokenizer.bpe import BPETokenizer
@@ -33,7 +34,7 @@ def hf_model(seed=0):
 def test_from_hf_gives_same_logits(tmp_path):
     ref = hf_model()
     ref.save_pretrained(tmp_path / "hf")
-    model = GPT.from_hf(tmp_path / "hf").eval()
+    model = load_hf_model(tmp_path / "hf").eval()
     assert model.config.n_layer == 3 and model.config.block_size == 64
     idx = torch.randint(0, 1000, (2, 40))
     with torch.no_grad():
@@ -50,7 +51,7 @@ def test_export_loads_in_transformers_with_same_logits(tmp_path, padding):
     assert model.lm_head.weight.size(0) == (1000 if padding == 1 else 1024)
     with torch.no_grad():
         model.lm_head.weight[1000:] = 1.0  # padding rows: the export must crop them
-    model.save_pretrained(tmp_path / "ghoul")
+    save_model_dir(model, tmp_path / "ghoul")
     assert main(["export", "hf", str(tmp_path / "ghoul"), str(tmp_path / "hf")]) == 0
     ref = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()
     idx = torch.randint(0, 1000, (2, 50))
@@ -61,16 +62,16 @@ def test_export_loads_in_transformers_with_same_logits(tmp_path, padding):
 def test_round_trip_through_hf_keeps_generation(tmp_path):
     torch.manual_seed(2)
     model = GPT(GPTConfig(vocab_size=1000, block_size=64, n_embd=48, n_layer=2, n_head=4)).eval()
-    model.save_pretrained(tmp_path / "a")
+    save_model_dir(model, tmp_path / "a")
     export_hf(tmp_path / "a", tmp_path / "hf")
-    back = GPT.from_hf(tmp_path / "hf").eval()
+    back = load_hf_model(tmp_path / "hf").eval()
     idx = torch.zeros((1, 1), dtype=torch.long)
     assert torch.equal(model.generate(idx, 20, temperature=0), back.generate(idx, 20, temperature=0))
 
 
 def test_exported_gpt2_tokenizer_files_load_in_transformers(tmp_path):
     torch.manual_seed(3)
-    GPT(GPTConfig.from_name("tiny")).save_pretrained(tmp_path / "m", tokenizer="gpt2")
+    save_model_dir(GPT(GPTConfig.from_name("tiny")), tmp_path / "m", tokenizer="gpt2")
     export_hf(tmp_path / "m", tmp_path / "hf")
     tok = transformers.GPT2TokenizerFast.from_pretrained(tmp_path / "hf")
     assert tok("Hello world")["input_ids"] == [15496, 995]
@@ -80,7 +81,7 @@ def test_exported_gpt2_tokenizer_files_load_in_transformers(tmp_path):
 def test_from_hf_rejects_other_architectures(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
     with pytest.raises(GhoulError, match="only GPT-2"):
-        GPT.from_hf(tmp_path)
+        load_hf_model(tmp_path)
 
 
 class FakeHub:
@@ -103,7 +104,7 @@ def test_export_writes_a_model_card_and_pushes(tmp_path, monkeypatch, capsys):
     import types
 
     torch.manual_seed(4)
-    GPT(GPTConfig.from_name("tiny")).save_pretrained(tmp_path / "m", tokenizer="gpt2")
+    save_model_dir(GPT(GPTConfig.from_name("tiny")), tmp_path / "m", tokenizer="gpt2")
     monkeypatch.setitem(sys.modules, "huggingface_hub", types.SimpleNamespace(HfApi=FakeHub))
     assert main(["export", "hf", str(tmp_path / "m"), str(tmp_path / "hf"), "--push", "me/ghoul-tiny"]) == 0
     files = ["README.md", "config.json", "generation_config.json", "merges.txt", "model.safetensors",
@@ -121,7 +122,7 @@ def test_export_writes_a_model_card_and_pushes(tmp_path, monkeypatch, capsys):
 
 def test_export_refuses_to_replace_what_is_not_an_earlier_export(tmp_path, capsys):
     torch.manual_seed(3)
-    GPT(GPTConfig(vocab_size=1000, block_size=64, n_embd=48, n_layer=2, n_head=4)).save_pretrained(tmp_path / "m")
+    save_model_dir(GPT(GPTConfig(vocab_size=1000, block_size=64, n_embd=48, n_layer=2, n_head=4)), tmp_path / "m")
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "notes.txt").write_text("mine")
     (tmp_path / "file.txt").write_text("mine")
@@ -138,7 +139,7 @@ def test_export_refuses_to_replace_what_is_not_an_earlier_export(tmp_path, capsy
 
 
 def test_export_of_a_damaged_checkpoint_is_a_one_line_error(tmp_path, capsys):
-    GPT(GPTConfig(vocab_size=1000, block_size=64, n_embd=48, n_layer=2, n_head=4)).save_pretrained(tmp_path / "m")
+    save_model_dir(GPT(GPTConfig(vocab_size=1000, block_size=64, n_embd=48, n_layer=2, n_head=4)), tmp_path / "m")
     weights = tmp_path / "m" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])  # a copy cut short
     assert main(["export", "hf", str(tmp_path / "m"), str(tmp_path / "hf")]) == 2
@@ -159,7 +160,7 @@ def perturbed(model: GPT, scale: float = 0.2) -> GPT:
 
 def check_export(tmp_path: Path, model: GPT, tok: BPETokenizer, stories: list[str], hf_class: str) -> Path:
     """Export `model` with `tok`: transformers loads it as `hf_class` and gives ghoul's ids, logits and greedy ids."""
-    model.save_pretrained(tmp_path / "ghoul", tokenizer=tok)
+    save_model_dir(model, tmp_path / "ghoul", tokenizer=tok)
     assert main(["export", "hf", str(tmp_path / "ghoul"), str(tmp_path / "hf")]) == 0
     ref = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
     hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
@@ -228,7 +229,7 @@ def test_hf_split_matches_ghouls_on_real_text(stories, pattern):
     ({**LLAMA, "position": "learned"}, "position = 'learned'"),
 ])
 def test_export_refuses_other_architectures_in_one_line(tmp_path, capsys, overrides, switch):
-    GPT(GPTConfig(vocab_size=300, block_size=32, n_layer=1, n_head=2, n_embd=16, **overrides)).save_pretrained(
+    save_model_dir(GPT(GPTConfig(vocab_size=300, block_size=32, n_layer=1, n_head=2, n_embd=16, **overrides)),
         tmp_path / "m")
     assert main(["export", "hf", str(tmp_path / "m"), str(tmp_path / "hf")]) == 2
     err = capsys.readouterr().err
@@ -238,7 +239,7 @@ def test_export_refuses_other_architectures_in_one_line(tmp_path, capsys, overri
 
 def test_export_refuses_a_char_tokenizer_in_one_line(tmp_path, capsys, stories):
     tok = CharTokenizer.train(stories[:20])
-    GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=32, n_layer=1, n_head=2, n_embd=16)).save_pretrained(
+    save_model_dir(GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=32, n_layer=1, n_head=2, n_embd=16)),
         tmp_path / "m", tokenizer=tok)
     assert main(["export", "hf", str(tmp_path / "m"), str(tmp_path / "hf")]) == 2
     err = capsys.readouterr().err

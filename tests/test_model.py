@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from ghoul.checkpoint import load_model_dir, save_model_dir
 from ghoul.errors import GhoulError
 from ghoul.model import GPT, PRESETS, GPTConfig
 
@@ -199,8 +200,8 @@ def test_variant_checkpoints_round_trip_and_export_refuses(tmp_path):
     torch.manual_seed(0)
     for name in ("untied", "modern", "moe-top2"):
         model = GPT(small(**VARIANTS[name])).eval()
-        model.save_pretrained(tmp_path / name)
-        loaded = GPT.from_pretrained(tmp_path / name).eval()
+        save_model_dir(model, tmp_path / name)
+        loaded = load_model_dir(tmp_path / name).eval()
         idx = torch.randint(0, 97, (1, 10))
         assert torch.equal(model(idx)[0], loaded(idx)[0])
         assert (loaded.lm_head.weight is loaded.transformer.wte.weight) == model.config.tie_embeddings
@@ -252,6 +253,6 @@ def test_padded_vocabulary_is_storage_only(tmp_path):
     out = padded.generate(idx[:, :4], 40, temperature=1.0, generator=torch.Generator().manual_seed(0))
     assert out.max() < 97
     assert torch.equal(padded.generate(idx[:, :4], 12, temperature=0), plain.generate(idx[:, :4], 12, temperature=0))
-    padded.save_pretrained(tmp_path / "m")
-    back = GPT.from_pretrained(tmp_path / "m")
+    save_model_dir(padded, tmp_path / "m")
+    back = load_model_dir(tmp_path / "m")
     assert back.config.vocab_padding == 64 and torch.equal(back.lm_head.weight, padded.lm_head.weight)

@@ -6,6 +6,7 @@ import json
 import torch
 import transformers
 
+from ghoul.checkpoint import load_model_dir, save_model_dir
 from ghoul.cli import main
 from ghoul.config import option_owners
 from ghoul.files import read_jsonl
@@ -66,7 +67,7 @@ def test_reduced_pipeline_end_to_end_and_rerun(data, tmp_path, capsys):
     assert main(["export", "hf", str(out / "finetune"), str(tmp_path / "hf")]) == 0
     hf_model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
     hf_tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
-    model = GPT.from_pretrained(out / "finetune").eval()
+    model = load_model_dir(out / "finetune").eval()
     prompt = torch.tensor([tokenizer.encode("I heard something in the attic")])
     assert hf_tokenizer("I heard something in the attic")["input_ids"] == prompt[0].tolist()
     ours = model.generate(prompt, 32, temperature=0)
@@ -103,13 +104,13 @@ def test_pipeline_refuses_bad_settings(tmp_path, capsys):
 def test_an_evaluation_is_reused_only_for_the_same_checkpoint_and_settings(data, tmp_path, monkeypatch):
     from ghoul.data.prepare import PrepareConfig
     from ghoul.data.prepare import run as prepare
-    from ghoul.model import GPT, GPTConfig
+    from ghoul.model import GPTConfig
     from ghoul.pipeline import PipelineConfig, evaluate
 
     shards = tmp_path / "fineweb"
     prepare(PrepareConfig(source="fineweb", source_path=str(data / "fineweb" / "fineweb_subset.jsonl"), out=shards,
                           val_tokens=4096, workers=1, limit_docs=40, progress=False))
-    GPT(GPTConfig.from_name("tiny")).save_pretrained(tmp_path / "model")
+    save_model_dir(GPT(GPTConfig.from_name("tiny")), tmp_path / "model")
     cfg = dict(output_dir=tmp_path / "run", data_dir=data, seq_len=64, device="cpu")
     first = evaluate(PipelineConfig(**cfg, hellaswag_limit=4), "pretrain", tmp_path / "model", shards)
     assert first["hellaswag_n"] == 4

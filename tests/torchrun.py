@@ -15,7 +15,9 @@ def ghoul_on_ranks(args: list[str], ranks: int) -> subprocess.CompletedProcess:
     launcher = [] if ranks == 1 else ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"]
     done = subprocess.run([sys.executable, *launcher, "-m", "ghoul", *args], capture_output=True, text=True, env=env,
                           timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    # a failed rank's own message comes before torchrun's report of the failure: show both
+    clues = [line for line in done.stderr.splitlines() if any(w in line for w in ("what()", "terminate", "Error"))]
+    assert done.returncode == 0, "\n".join(clues[-10:]) + "\n" + done.stderr[-2000:]
     return done
 
 

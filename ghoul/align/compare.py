@@ -12,9 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ghoul.align.judges import Judge, JudgeOptions
+from ghoul.align.rank import full_text
+from ghoul.checkpoint import read_model_config
 from ghoul.config import group, option
 from ghoul.errors import GhoulError
 from ghoul.files import append_jsonl
+from ghoul.generate import GenerateConfig
+from ghoul.generate import run as generate
 
 
 def wilson_interval(wins: int, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -71,9 +75,6 @@ class CompareResult:
 
 def stories_of(cfg: CompareConfig, model: Path) -> list[dict]:
     """cfg.n stories of `model`; `ghoul generate` seeds each batch from (seed, batch), so A and B draw alike."""
-    from ghoul.generate import GenerateConfig
-    from ghoul.generate import run as generate
-
     return generate(GenerateConfig(checkpoint=model, prompt=cfg.prompt, prompts_file=cfg.prompts_file,
                                    num_samples=cfg.n, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                                    top_k=cfg.top_k, top_p=cfg.top_p, seed=cfg.seed, batch_size=cfg.batch_size,
@@ -82,8 +83,6 @@ def stories_of(cfg: CompareConfig, model: Path) -> list[dict]:
 
 def judge_pairs(cfg: CompareConfig, judge: Judge, stories_a: list[dict], stories_b: list[dict]) -> CompareResult:
     """Judge A's story i against B's story i, in a random order (position bias cancels out on average)."""
-    from ghoul.align.rank import full_text
-
     rng = random.Random(f"ghoul-compare:{cfg.seed}")
     wins_a = wins_b = skipped = 0
     judge.start(len(stories_a))
@@ -104,8 +103,6 @@ def judge_pairs(cfg: CompareConfig, judge: Judge, stories_a: list[dict], stories
 
 
 def run(cfg: CompareConfig, judge: Judge | None = None) -> CompareResult:
-    from ghoul.checkpoint import read_model_config
-
     if cfg.out is not None and Path(cfg.out).exists():
         raise GhoulError(f"{cfg.out} exists: choose another --out")
     for model in (cfg.a, cfg.b):  # both must be there before either generates

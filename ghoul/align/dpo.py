@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ghoul.align.preferences import PairBatchOptions, PairOptions, train_on_pairs
+from ghoul.checkpoint import load_model_dir
 from ghoul.config import group, option
 from ghoul.errors import GhoulError
 from ghoul.model import GPT
@@ -89,8 +90,8 @@ class DpoConfig:
 def run(cfg: DpoConfig):
     """Align cfg.policy on the pairs with DPO; RUN/latest is the aligned model."""
     def build(resume_from: Path | None, device: str) -> tuple[GPT, Tokenizer, DpoLoss]:
-        reference = GPT.from_pretrained(cfg.policy, device)
-        policy = GPT.from_pretrained(resume_from, device) if resume_from is not None else copy.deepcopy(reference)
+        reference = load_model_dir(cfg.policy, device)
+        policy = load_model_dir(resume_from, device) if resume_from is not None else copy.deepcopy(reference)
         return policy, load_tokenizer(cfg.policy), DpoLoss(reference, cfg.beta)
 
     return train_on_pairs(cfg, build)

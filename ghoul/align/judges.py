@@ -7,6 +7,7 @@ a browser (`ghoul.web.ranking`), and the `random` and `length` baselines that pu
 from __future__ import annotations
 
 import hashlib
+import importlib
 import importlib.util
 import json
 import os
@@ -236,7 +237,7 @@ class OpenAIJudge(Judge):
                  retry_delay: float = 1.0, parse_retries: int = 2, timeout: float = 60.0, json_mode: bool = True,
                  max_tokens: int = 300) -> None:
         try:
-            import openai
+            import openai  # the optional extra ghoul[align]
         except ImportError:
             raise GhoulError("the openai judge needs the openai package: pip install 'ghoul[align]'") from None
         key = api_key(base_url)
@@ -348,22 +349,21 @@ def make_judge(spec: str, *, seed: int = 0, base_url: str | None = None, max_ret
     if kind == "openai":
         return OpenAIJudge(model or "gpt-4o", base_url, seed=seed, max_retries=max_retries, retry_delay=retry_delay,
                            parse_retries=parse_retries, timeout=timeout, json_mode=json_mode)
-    if kind == "reward":  # a trained reward model: no API calls (ghoul.align.reward)
-        from ghoul.align.reward import RewardJudge
-        from ghoul.dist import default_device
-
-        return RewardJudge(model, default_device())
     if kind == "random":
         return RandomJudge(seed)
     if kind == "length":
         return LengthJudge()
     if kind == "human":
         return HumanJudge()
-    if kind == "web":  # check_judge has found fastapi and uvicorn
-        from ghoul.web.ranking import WebJudge
+    # by name, not by an import statement: those modules stand above this one (the reward model needs torch, the
+    # web page the optional fastapi and uvicorn, which check_judge has found), and register their kind on import
+    importlib.import_module(JUDGE_MODULES[kind])
+    return JUDGE_KINDS[kind](model, host=host, port=port, open_browser=open_browser)
 
-        return WebJudge(host, port, open_browser=open_browser)
-    raise AssertionError(f"check_judge let {spec!r} through")
+
+# judges defined in modules above this one, which register a factory `(argument, **page options) -> Judge` here
+JUDGE_MODULES = {"reward": "ghoul.align.reward", "web": "ghoul.web.ranking"}
+JUDGE_KINDS: dict[str, Callable[..., Judge]] = {}
 
 
 def api_key(base_url: str | None) -> str | None:

@@ -25,13 +25,21 @@ from torch import nn
 from ghoul import dist
 from ghoul.align.dpo import token_logps
 from ghoul.align.judges import API_OPTIONS, WEB_OPTIONS, JudgeOptions
-from ghoul.checkpoint import load_optimizer_states
+from ghoul.align.reward import load_reward_model, score_texts
+from ghoul.checkpoint import (
+    load_model_and_tokenizer,
+    load_optimizer_states,
+    load_training_checkpoint,
+    save_training_checkpoint,
+)
 from ghoul.config import group, option, refuse_set, require, to_dict
 from ghoul.errors import GhoulError
-from ghoul.generate import check_prompt_source, check_sampling
+from ghoul.generate import check_prompt_source, check_sampling, read_prompts
 from ghoul.model import GPT
 from ghoul.optim.build import build_optimizers
 from ghoul.train.config import RunOptions
+from ghoul.train.context import open_run_dir, rng_state, set_rng_state, training_run
+from ghoul.train.interrupt import StepInterrupt
 
 # rewards of the completions (token ids, up to the end of text) of one step: `groups[i]` is sample i's group (its
 # prompt's place in the step), `prompts[i]` the index of its prompt among all the prompts
@@ -190,9 +198,6 @@ def rl_train(cfg: RlConfig, method: str, policy: GPT, scorer: Scorer, prompts: l
     (state, optimizer states, modules) to continue from; `save` is called every cfg.checkpoint_every steps and at a
     Ctrl-C, which stops every rank after the step in progress (a second one stops at once, saving nothing). Under
     torchrun (`d`) each rank rolls out its share of the step's prompts and the gradients are summed over the ranks."""
-    from ghoul.train.context import set_rng_state
-    from ghoul.train.interrupt import StepInterrupt
-
     if method not in ("ppo", "grpo"):
         raise ValueError(f"unknown method {method!r}")
     d = d or dist.DistInfo(device=str(next(policy.parameters()).device))
@@ -309,7 +314,6 @@ def update(policy: GPT, value_head: nn.Module, optimizers: list[torch.optim.Opti
 
 def make_scorer(cfg: RlConfig, tokenizer, prompt_texts: list[str], device: str) -> Scorer:
     """The scorer of --reward DIR (the reward of each sample) or --judge NAME (1 for the pick of each group)."""
-    from ghoul.align.reward import load_reward_model, score_texts
 
     def texts(completions: list[list[int]], prompts: list[int]) -> list[str]:
         return [prompt_texts[p] + tokenizer.decode(c) for c, p in zip(completions, prompts, strict=True)]
@@ -336,10 +340,6 @@ def run(cfg: RlConfig, method: str) -> list[dict]:
     """Load the policy, train it with `method` against cfg.reward or a judge, save it as RUN/step_N (RUN/latest);
     with --resume, continue from a checkpoint of the run (the reference stays cfg.policy). One process, or one rank
     under torchrun."""
-    from ghoul.checkpoint import load_model_and_tokenizer, load_training_checkpoint, save_training_checkpoint
-    from ghoul.generate import read_prompts
-    from ghoul.train.context import open_run_dir, rng_state, training_run
-
     if method == "grpo" and cfg.group_size < 2:  # one sample is its own group mean: every advantage would be 0
         raise GhoulError(f"--group-size must be at least 2 for GRPO, got {cfg.group_size}: its advantages compare "
                          "the samples of a prompt with each other")

@@ -5,6 +5,7 @@ and served to the training loop as padded token batches by `PairLoader`.
 
 from __future__ import annotations
 
+import json
 import random
 import sys
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from typing import Any
 
 import torch
 
+from ghoul import dist
 from ghoul.align.rank import load_rankings, load_stories, stories_judged
 from ghoul.config import option, require
 from ghoul.data.loader import EpochLoader
@@ -21,6 +23,8 @@ from ghoul.errors import GhoulError
 from ghoul.files import atomic_write_text, read_jsonl, refuse_input_as_output
 from ghoul.tokenizer import Tokenizer
 from ghoul.train.config import accumulation_steps
+from ghoul.train.context import training_run
+from ghoul.train.loop import train
 
 
 def pairs_from_rankings(rankings: list[dict[str, Any]], stories: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -84,8 +88,6 @@ def load_preferences(path: Path) -> list[dict[str, Any]]:
 
 
 def write_preferences(path: Path, records: list[dict[str, Any]]) -> None:
-    import json
-
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
@@ -261,10 +263,6 @@ def train_on_pairs(cfg: Any, build: Callable[[Path | None, str], tuple[Any, Toke
                    join: bool = False) -> Any:
     """Set up (one process or a torchrun rank), build (model, tokenizer, loss) and run the one training loop on the
     pairs; `build(resume_from, device)` starts from the checkpoint when resuming."""
-    from ghoul import dist
-    from ghoul.train.context import training_run
-    from ghoul.train.loop import train
-
     run, pairs = cfg.run, cfg.pairs
     with training_run(run) as (d, resume_from):
         records = preference_records(pairs.preferences, pairs.rankings, pairs.stories, pairs.val_fraction, run.seed)

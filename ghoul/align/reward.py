@@ -17,10 +17,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ghoul.align.judges import Judge, Judgment
+from ghoul.align.judges import JUDGE_KINDS, Judge, Judgment
 from ghoul.align.preferences import PairBatchOptions, PairOptions, collate, encode_pair_side, train_on_pairs
+from ghoul.align.rank import full_text, load_stories
+from ghoul.checkpoint import MODEL_KINDS, load_model_and_tokenizer, load_model_dir
 from ghoul.config import group, option
+from ghoul.dist import default_device, resolve_device
 from ghoul.errors import GhoulError
+from ghoul.files import atomic_write_text
 from ghoul.model import GPT, GPTConfig
 from ghoul.tokenizer import Tokenizer, load_tokenizer
 from ghoul.train.config import LoopOptions, OptimOptions, RunOptions, check_schedule
@@ -69,6 +73,9 @@ class RewardModel(GPT):
         return self.score(h[torch.arange(h.size(0), device=h.device), last]).squeeze(-1).float()  # (B,)
 
 
+MODEL_KINDS["reward"] = RewardModel  # load_model_dir(kind="reward") builds this class
+
+
 def _drop_lm_head(module: nn.Module, state_dict: dict, prefix: str, *_) -> None:
     """A language model's head (and that of reward models saved before it was dropped) is not part of a reward
     model."""
@@ -107,13 +114,12 @@ def train_run(cfg: RewardTrainConfig):
     def build(resume_from: Path | None, device: str) -> tuple[RewardModel, Tokenizer, object]:
         if resume_from is not None:
             return load_reward_model(resume_from)[0], load_tokenizer(resume_from), reward_loss
-        return RewardModel.from_gpt(GPT.from_pretrained(cfg.base_model)), load_tokenizer(cfg.base_model), reward_loss
+        return RewardModel.from_gpt(load_model_dir(cfg.base_model)), load_tokenizer(cfg.base_model), reward_loss
 
     return train_on_pairs(cfg, build, join=True)  # joined: the model reads texts as a judge is shown them
 
 
 def load_reward_model(directory: str | Path, device: str = "cpu") -> tuple[RewardModel, Tokenizer]:
-    from ghoul.checkpoint import load_model_and_tokenizer
 
     return load_model_and_tokenizer(directory, device, kind="reward")
 
@@ -145,6 +151,9 @@ class RewardJudge(Judge):
         return Judgment(best, f"reward {rewards[best]:.3f}", json.dumps([round(r, 4) for r in rewards]))
 
 
+JUDGE_KINDS["reward"] = lambda directory, **_: RewardJudge(directory, default_device())  # no API calls
+
+
 # ---- ghoul reward score --------------------------------------------------------------------------------------
 
 @dataclass
@@ -161,9 +170,6 @@ class ScoreConfig:
 
 
 def score_run(cfg: ScoreConfig) -> list[dict]:
-    from ghoul.align.rank import full_text, load_stories
-    from ghoul.dist import resolve_device
-    from ghoul.files import atomic_write_text
 
     stories = load_stories(Path(cfg.stories))
     if not stories:

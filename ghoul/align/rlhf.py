@@ -17,10 +17,25 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ghoul.align import rank, winners
+from ghoul.align.dpo import DpoConfig
+from ghoul.align.dpo import run as dpo
 from ghoul.align.judges import JudgeOptions
+from ghoul.align.ppo import PpoConfig, RlConfig
+from ghoul.align.ppo import run as reinforce
+from ghoul.align.reward import RewardTrainConfig
+from ghoul.align.reward import train_run as train_reward
+from ghoul.checkpoint import read_model_config
 from ghoul.config import build, flag, group, option, require, to_dict
+from ghoul.data.prepare import PrepareConfig
+from ghoul.data.prepare import run as prepare
 from ghoul.errors import GhoulError
 from ghoul.files import atomic_write_text, read_jsonl
+from ghoul.generate import GenerateConfig
+from ghoul.generate import run as generate
+from ghoul.layout import resolve_checkpoint
+from ghoul.tokenizer import TOKENIZER_FILE
+from ghoul.train.stages import FinetuneConfig, max_steps, run_or_resume
+from ghoul.train.stages import run as finetune
 
 # What to learn from the judgments; see docs/feedback.md for what each needs and costs.
 METHODS = ("winners", "dpo", "ppo", "grpo")
@@ -99,11 +114,6 @@ class RlhfResult:
 
 def stage_configs(cfg: RlhfConfig) -> dict[str, Any]:
     """The configs of the steps, built (and so checked) before any step runs."""
-    from ghoul.checkpoint import read_model_config
-    from ghoul.data.prepare import PrepareConfig
-    from ghoul.generate import GenerateConfig
-    from ghoul.train.stages import FinetuneConfig
-
     cfg.judging.check()  # a missing key or package fails now, not after the stories are made
     block = read_model_config(cfg.base_model)["block_size"]
     if cfg.seq_len is not None and cfg.seq_len > block:
@@ -133,10 +143,6 @@ def stage_configs(cfg: RlhfConfig) -> dict[str, Any]:
 
 def preference_configs(cfg: RlhfConfig, given: dict[str, Any]) -> dict[str, Any]:
     """The steps after ranking of dpo (its trainer) and ppo/grpo (a reward model, then the policy against it)."""
-    from ghoul.align.dpo import DpoConfig
-    from ghoul.align.ppo import PpoConfig, RlConfig
-    from ghoul.align.reward import RewardTrainConfig
-
     out = cfg.output_dir
     pairs = dict(rankings=out / "rankings.jsonl", stories=out / "stories.jsonl", seed=cfg.seed, device=cfg.device)
     if cfg.method == "dpo":
@@ -166,9 +172,6 @@ def sampling_truncation(cfg: RlhfConfig) -> str:
 
 def model_tokenizer(model_dir: Path) -> str:
     """The tokenizer spec `ghoul prepare` takes for a model directory: `gpt2`, or the path of its own tokenizer."""
-    from ghoul.checkpoint import read_model_config, resolve_checkpoint
-    from ghoul.tokenizer import TOKENIZER_FILE
-
     directory = resolve_checkpoint(model_dir)
     name = read_model_config(directory).get("tokenizer", "gpt2")
     return "gpt2" if name == "gpt2" else str(directory / TOKENIZER_FILE)
@@ -176,8 +179,6 @@ def model_tokenizer(model_dir: Path) -> str:
 
 def run(cfg: RlhfConfig) -> RlhfResult:
     """Run the steps that are not yet complete in cfg.output_dir, in order."""
-    from ghoul.generate import run as generate
-
     steps = stage_configs(cfg)
     out = cfg.output_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -203,20 +204,13 @@ def run(cfg: RlhfConfig) -> RlhfResult:
             _say("3/4 winners: export the chosen stories")
             winners.run(steps["export"])
         _say("4/4 fine-tune on the winners")
-        from ghoul.data.prepare import run as prepare
-        from ghoul.train.stages import run as finetune
 
         prepare(steps["prepare"])
         _train_step(finetune, steps["final"])
     elif cfg.method == "dpo":
-        from ghoul.align.dpo import run as dpo
-
         _say("3/3 DPO on the preference pairs of the rankings")
         _train_step(dpo, steps["final"])
     else:
-        from ghoul.align.ppo import run as reinforce
-        from ghoul.align.reward import train_run as train_reward
-
         _say("3/4 train a reward model on the rankings")
         _train_step(train_reward, steps["reward"])
         _say(f"4/4 {cfg.method.upper()} against the reward model")
@@ -229,8 +223,6 @@ def run(cfg: RlhfConfig) -> RlhfResult:
 
 def _train_step(train: Any, step_cfg: Any) -> None:
     """Run a training step unless it has finished; resume it from its checkpoint when it can."""
-    from ghoul.train.stages import max_steps, run_or_resume
-
     if run_or_resume(step_cfg, train) is None:
         _say(f"{step_cfg.run.output_dir} has finished its {max_steps(step_cfg)} steps; skipped")
 

@@ -10,6 +10,7 @@ import csv
 import glob
 import gzip
 import html
+import importlib
 import json
 import os
 import sys
@@ -191,8 +192,6 @@ def _xlsx(path: Path) -> Iterator[dict[str, Any]]:
 
 
 def _optional(module: str, package: str, path: Path | str) -> Any:
-    import importlib
-
     try:
         return importlib.import_module(module)
     except ImportError:

@@ -13,13 +13,13 @@ from typing import Any
 from ghoul import checkpoint
 from ghoul.config import option, refuse_set
 from ghoul.data.shards import check_data_tokenizer
-from ghoul.dist import DTYPES, setup
+from ghoul.dist import DTYPES, started
 from ghoul.errors import GhoulError
 from ghoul.eval.curves import REFERENCES, dataset_of, plot_run
 from ghoul.eval.hellaswag import default_data_path, evaluate_hellaswag, load_hellaswag
 from ghoul.eval.loss import evaluate_loss, read_split
 from ghoul.files import append_jsonl, read_jsonl
-from ghoul.model import WEIGHTS_FILE
+from ghoul.layout import WEIGHTS_FILE
 
 EVAL_FILE = "eval.jsonl"
 LOG_FILE = "log.jsonl"
@@ -154,28 +154,29 @@ def evaluate_checkpoint(directory: Path, todo: list[str], work: _Work, cfg: Chec
 
 def run(cfg: CheckpointsConfig) -> list[dict[str, Any]]:
     """Evaluate the run's checkpoints that still need it; returns the records appended to eval.jsonl."""
-    d = setup(cfg.device)
-    rank, world_size, device = d.rank, d.world_size, d.device
-    checkpoints = step_dirs(cfg.run_dir)
-    eval_path, log = cfg.run_dir / EVAL_FILE, read_jsonl(cfg.run_dir / LOG_FILE, missing_ok=True)
-    work = _prepare(cfg)
-    done = _merged(read_jsonl(eval_path, missing_ok=True))
-    new: list[dict[str, Any]] = []
-    for step, directory in checkpoints:
-        todo = _todo(done.get(directory.name, {}), work)
-        if not todo:
-            continue
-        metrics = evaluate_checkpoint(directory, todo, work, cfg, device, rank, world_size)
-        record = {"checkpoint": directory.name, "step": step, "tokens": _tokens_at(step, directory, log), **metrics}
+    with started(cfg.device) as d:
+        rank, world_size, device = d.rank, d.world_size, d.device
+        checkpoints = step_dirs(cfg.run_dir)
+        eval_path, log = cfg.run_dir / EVAL_FILE, read_jsonl(cfg.run_dir / LOG_FILE, missing_ok=True)
+        work = _prepare(cfg)
+        done = _merged(read_jsonl(eval_path, missing_ok=True))
+        new: list[dict[str, Any]] = []
+        for step, directory in checkpoints:
+            todo = _todo(done.get(directory.name, {}), work)
+            if not todo:
+                continue
+            metrics = evaluate_checkpoint(directory, todo, work, cfg, device, rank, world_size)
+            record = {"checkpoint": directory.name, "step": step, "tokens": _tokens_at(step, directory, log), **metrics}
+            if rank == 0:
+                append_jsonl(eval_path, record)  # one line per checkpoint as it finishes: an interrupted call keeps it
+                print(f"{directory.name}: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()
+                                                         if isinstance(v, float)), file=sys.stderr)
+            new.append(record)
         if rank == 0:
-            append_jsonl(eval_path, record)  # one line per checkpoint as it finishes: an interrupted call keeps it
-            print(f"{directory.name}: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()
-                                                     if isinstance(v, float)), file=sys.stderr)
-        new.append(record)
-    if rank == 0:
-        skipped = len(checkpoints) - len(new)
-        print(f"evaluated {len(new)} checkpoint(s), {skipped} already in {eval_path}")
-        if cfg.plot:
-            for path in plot_run(cfg.run_dir, read_jsonl(eval_path, missing_ok=True), log, cfg.reference, work.dataset):
-                print(f"wrote {path}")
-    return new
+            skipped = len(checkpoints) - len(new)
+            print(f"evaluated {len(new)} checkpoint(s), {skipped} already in {eval_path}")
+            if cfg.plot:
+                records = read_jsonl(eval_path, missing_ok=True)
+                for path in plot_run(cfg.run_dir, records, log, cfg.reference, work.dataset):
+                    print(f"wrote {path}")
+        return new

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from ghoul.checkpoint import check_vocab, load_model_and_tokenizer
 from ghoul.config import option
-from ghoul.dist import DTYPES, all_gather_objects, all_reduce_sum, autocast, barrier, setup
+from ghoul.dist import DTYPES, all_gather_objects, all_reduce_sum, autocast, barrier, started
 from ghoul.download import cache_dir, download
 from ghoul.errors import GhoulError
 from ghoul.eval import unwrap
@@ -189,17 +189,17 @@ def _gather_examples(scored: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def run(cfg: HellaswagConfig) -> dict[str, Any]:
-    d = setup(cfg.device)
-    rank, world_size, device = d.rank, d.world_size, d.device
-    model, tokenizer = load_model_and_tokenizer(cfg.checkpoint, device)
-    path = cfg.data_path if cfg.data_path is not None else default_data_path()
-    examples = load_hellaswag(path, cfg.limit)
-    result = evaluate_hellaswag(model, tokenizer, examples, device, cfg.batch_size, rank, world_size,
-                                dtype=cfg.dtype, progress=True)
-    if rank == 0:
-        print(f"hellaswag {cfg.checkpoint}: acc {result['acc']:.4f}  acc_norm {result['acc_norm']:.4f}  "
-              f"(n={result['n']}, {path.name})")
-        if cfg.out is not None:
-            atomic_write_text(cfg.out, json.dumps(result, indent=1) + "\n")
-            print(f"wrote {cfg.out}", file=sys.stderr)
-    return result
+    with started(cfg.device) as d:
+        rank, world_size, device = d.rank, d.world_size, d.device
+        model, tokenizer = load_model_and_tokenizer(cfg.checkpoint, device)
+        path = cfg.data_path if cfg.data_path is not None else default_data_path()
+        examples = load_hellaswag(path, cfg.limit)
+        result = evaluate_hellaswag(model, tokenizer, examples, device, cfg.batch_size, rank, world_size,
+                                    dtype=cfg.dtype, progress=True)
+        if rank == 0:
+            print(f"hellaswag {cfg.checkpoint}: acc {result['acc']:.4f}  acc_norm {result['acc_norm']:.4f}  "
+                  f"(n={result['n']}, {path.name})")
+            if cfg.out is not None:
+                atomic_write_text(cfg.out, json.dumps(result, indent=1) + "\n")
+                print(f"wrote {cfg.out}", file=sys.stderr)
+        return result

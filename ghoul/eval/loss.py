@@ -19,8 +19,8 @@ from tqdm import tqdm
 
 from ghoul.checkpoint import load_model_and_tokenizer
 from ghoul.config import option
-from ghoul.data.shards import check_data_tokenizer
-from ghoul.dist import DTYPES, all_reduce_sum, autocast, setup
+from ghoul.data.shards import check_data_tokenizer, find_shards, read_shard
+from ghoul.dist import DTYPES, all_reduce_sum, autocast, started
 from ghoul.errors import GhoulError
 from ghoul.eval import unwrap
 from ghoul.tokenizer import Tokenizer
@@ -46,8 +46,6 @@ class LossConfig:
 
 def read_split(directory: str | Path, split: str = "val") -> list[np.ndarray]:
     """The token arrays (memory-mapped) of a split's shards: the one place that knows the shard format's reader."""
-    from ghoul.data.shards import find_shards, read_shard
-
     return [read_shard(path) for path in find_shards(directory, split)]
 
 
@@ -122,16 +120,16 @@ def evaluate_loss(model: torch.nn.Module, shards: list[np.ndarray], device: str 
 
 
 def run(cfg: LossConfig) -> dict[str, Any]:
-    d = setup(cfg.device)
-    rank, world_size, device = d.rank, d.world_size, d.device
-    model, tokenizer = load_model_and_tokenizer(cfg.checkpoint, device)
-    check_data_tokenizer(cfg.data, tokenizer, cfg.checkpoint)
-    seq_len = cfg.seq_len or model.config.block_size
-    shards = read_split(cfg.data, cfg.split)
-    result = evaluate_loss(model, shards, device, seq_len, cfg.batch_size, cfg.tokens, rank, world_size,
-                           dtype=cfg.dtype, progress=True, tokenizer=tokenizer)
-    if rank == 0:
-        print(f"{cfg.split} loss {cfg.checkpoint}: {result['loss']:.4f} (perplexity {math.exp(result['loss']):.2f}), "
-              f"{result['bpb']:.4f} bits per byte ({result['bytes_per_token']:.2f} bytes per token) "
-              f"over {result['tokens']:,} tokens of {cfg.data}")
-    return result
+    with started(cfg.device) as d:
+        rank, world_size, device = d.rank, d.world_size, d.device
+        model, tokenizer = load_model_and_tokenizer(cfg.checkpoint, device)
+        check_data_tokenizer(cfg.data, tokenizer, cfg.checkpoint)
+        seq_len = cfg.seq_len or model.config.block_size
+        shards = read_split(cfg.data, cfg.split)
+        result = evaluate_loss(model, shards, device, seq_len, cfg.batch_size, cfg.tokens, rank, world_size,
+                               dtype=cfg.dtype, progress=True, tokenizer=tokenizer)
+        if rank == 0:
+            print(f"{cfg.split} loss {cfg.checkpoint}: {result['loss']:.4f} "
+                  f"(perplexity {math.exp(result['loss']):.2f}), {result['bpb']:.4f} bits per byte "
+                  f"({result['bytes_per_token']:.2f} bytes per token) over {result['tokens']:,} tokens of {cfg.data}")
+        return result

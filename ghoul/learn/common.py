@@ -18,6 +18,8 @@ from ghoul.data.sources import SOURCES, make_source
 from ghoul.errors import GhoulError
 from ghoul.files import read_jsonl
 from ghoul.tokenizer import TOKENIZER_FILE, Tokenizer, load_tokenizer
+from ghoul.tokenizer.bpe import BPETokenizer
+from ghoul.tokenizer.char import CharTokenizer
 from ghoul.train.config import TrainConfig, train_option
 from ghoul.train.context import training_run
 from ghoul.train.logger import LOG_FILE
@@ -119,10 +121,7 @@ def prepare_text(cfg: LearnConfig, out: Path) -> tuple[Path, Tokenizer]:
 
 def train_tokenizer(docs: list[str], kind: str, vocab_size: int) -> Tokenizer:
     if kind == "char":
-        from ghoul.tokenizer.char import CharTokenizer
-
         return CharTokenizer.train(docs)
-    from ghoul.tokenizer.bpe import BPETokenizer
 
     return BPETokenizer.train(docs, vocab_size)
 

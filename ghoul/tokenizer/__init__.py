@@ -10,6 +10,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from ghoul.errors import GhoulError
+from ghoul.layout import resolve_checkpoint
+from ghoul.tokenizer.bpe import BPETokenizer
+from ghoul.tokenizer.char import CharTokenizer
+from ghoul.tokenizer.gpt2 import GPT2Tokenizer
 
 if TYPE_CHECKING:
     import numpy as np
@@ -48,15 +52,11 @@ def load_tokenizer(spec: str | Path) -> Tokenizer:
     """A tokenizer by name (`gpt2`), by JSON file, or from a model directory (its tokenizer.json or config.json)."""
     spec_str = str(spec)
     if spec_str == "gpt2":
-        from ghoul.tokenizer.gpt2 import GPT2Tokenizer
-
         return GPT2Tokenizer()
     path = Path(spec_str)
     if path.is_dir():
         if (path / TOKENIZER_FILE).is_file():
             return load_tokenizer(path / TOKENIZER_FILE)
-        from ghoul.checkpoint import resolve_checkpoint  # imports torch: only for model and run directories
-
         checkpoint = resolve_checkpoint(path)
         if checkpoint != path:  # a run directory: its newest checkpoint knows the tokenizer
             return load_tokenizer(checkpoint)
@@ -85,18 +85,13 @@ def _load_file(path: Path) -> Tokenizer:
 
 def _file_loaders() -> dict:
     """Tokenizer types stored in a JSON file, by their `type` field."""
-    from ghoul.tokenizer.gpt2 import GPT2Tokenizer
-
     loaders = {"gpt2": lambda data: GPT2Tokenizer()}
     try:  # the learning stage's own tokenizers, when present
-        from ghoul.tokenizer.bpe import BPETokenizer
 
         loaders["bpe"] = BPETokenizer.from_dict
     except ImportError:
         pass
     try:
-        from ghoul.tokenizer.char import CharTokenizer
-
         loaders["char"] = CharTokenizer.from_dict
     except ImportError:
         pass

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import regex
+import tiktoken
 
 from ghoul.errors import GhoulError
 from ghoul.files import atomic_write_text
@@ -336,8 +337,6 @@ class _TiktokenEncoder:
     """Encoding in Rust: a tiktoken.Encoding whose ranks are the token ids (merge order)."""
 
     def __init__(self, tok: BPETokenizer) -> None:
-        import tiktoken
-
         ranks = {token: i for i, token in enumerate(tok.vocab)}
         self.encoding = tiktoken.Encoding(name=f"ghoul-bpe-{tok.vocab_size}", pat_str=tok.pat_str,
                                           mergeable_ranks=ranks, special_tokens=tok.special_tokens)

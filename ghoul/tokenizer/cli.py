@@ -11,11 +11,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tqdm import tqdm
+
 from ghoul.config import option
 from ghoul.data.sources import jsonl_records
 from ghoul.errors import GhoulError
 from ghoul.files import refuse_input_as_output
 from ghoul.tokenizer import Tokenizer, load_tokenizer
+from ghoul.tokenizer.bpe import BPETokenizer
+from ghoul.tokenizer.char import CharTokenizer
 from ghoul.tokenizer.gpt2 import EOT
 
 if TYPE_CHECKING:
@@ -91,12 +95,8 @@ def train(cfg: TrainConfig) -> Tokenizer:
     """Learn a tokenizer from the input files and write it to `cfg.out`."""
     texts = read_texts(cfg.input, cfg.text_field)
     if cfg.kind == "char":
-        from ghoul.tokenizer.char import CharTokenizer
-
         tok: Tokenizer = CharTokenizer.train(texts)
     else:
-        from ghoul.tokenizer.bpe import BPETokenizer
-
         n_merges = cfg.vocab_size - 256 - len({EOT, *cfg.special_tokens})
         bar = _progress_bar(n_merges) if cfg.progress else None
         try:
@@ -111,8 +111,6 @@ def train(cfg: TrainConfig) -> Tokenizer:
 
 
 def _progress_bar(total: int) -> tqdm:
-    from tqdm import tqdm  # imported only when shown: it costs a noticeable part of a short run's start-up
-
     return tqdm(total=total, desc="merges", unit="merge", mininterval=0.25)
 
 

@@ -18,9 +18,10 @@ from typing import Any
 import torch
 
 from ghoul import dist
-from ghoul.checkpoint import newest_checkpoint, read_model_config, resolve_checkpoint, set_aside_later
+from ghoul.checkpoint import read_model_config
 from ghoul.errors import GhoulError
 from ghoul.files import atomic_write_text, clean_temporaries
+from ghoul.layout import newest_checkpoint, resolve_checkpoint, set_aside_later
 from ghoul.train.logger import LOG_FILE, SAMPLES_FILE, RunLogger
 
 
@@ -28,14 +29,11 @@ from ghoul.train.logger import LOG_FILE, SAMPLES_FILE, RunLogger
 def training_run(run: Any) -> Iterator[tuple[dist.DistInfo, Path | None]]:
     """Start this process (one, or a torchrun rank), check the run directory and seed the RNG; yields the process's
     DistInfo and the checkpoint to resume from (None: a fresh run). `run` holds RunOptions' fields."""
-    d = dist.setup(run.device, getattr(run, "dist_timeout_minutes", None))
-    try:
+    with dist.started(run.device, getattr(run, "dist_timeout_minutes", None)) as d:
         resume_from = check_run_dir(run)
         dist.barrier()  # every rank has checked the run directory before rank 0 writes into it
         torch.manual_seed(run.seed)
         yield d, resume_from
-    finally:
-        dist.teardown()
 
 
 def open_run_dir(out: Path, d: dist.DistInfo, config: dict[str, Any], resumed_step: int | None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ class RunLogger:
         self.run_dir, self.enabled, self.wandb = run_dir, enabled, None
         if enabled and wandb_project:
             try:
-                import wandb
+                import wandb  # optional: not an extra of ghoul's, installed by who logs to W&B
             except ImportError:
                 raise GhoulError("--wandb needs the wandb package: pip install wandb (or drop --wandb)") from None
             self.wandb = wandb.init(project=wandb_project, name=run_dir.name, config=config, dir=str(run_dir))
@@ -51,6 +52,4 @@ class RunLogger:
 
 
 def _line(record: dict[str, Any]) -> str:
-    import json
-
     return json.dumps(record, ensure_ascii=False) + "\n"

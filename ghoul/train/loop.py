@@ -11,7 +11,7 @@ import contextlib
 import math
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -21,27 +21,31 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from ghoul import dist
-from ghoul.checkpoint import (
-    load_optimizer_states,
-    load_training_checkpoint,
-    newest_checkpoint,
-    save_training_checkpoint,
-)
+from ghoul.checkpoint import load_optimizer_states, load_training_checkpoint, save_training_checkpoint
 from ghoul.config import to_dict
 from ghoul.data.loader import ShardLoader
 from ghoul.errors import GhoulError
 from ghoul.eval.loss import bits_per_byte, target_bytes
 from ghoul.files import is_disk_full
+from ghoul.layout import newest_checkpoint
 from ghoul.model import GPT
 from ghoul.optim.build import build_optimizers
 from ghoul.optim.schedule import lr_multiplier
 from ghoul.tokenizer import Tokenizer
-from ghoul.train.config import HellaswagOptions, SampleOptions
 from ghoul.train.context import open_run_dir, rng_state, set_rng_state
 from ghoul.train.interrupt import StepInterrupt
 from ghoul.train.logger import RunLogger
 
 LossFn = Callable[..., torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+
+class Hook(Protocol):
+    """What the loop runs every `every` steps (0: never) and at the last, given by the stage that trains: it adds
+    to the step's record, or writes through the run's logger."""
+
+    every: int
+
+    def __call__(self, step: int, model: GPT, record: dict[str, Any], logger: RunLogger) -> None: ...
 
 
 class Loader(Protocol):
@@ -116,39 +120,16 @@ def bytes_per_token(loader: Loader, iters: int, tokenizer: Tokenizer, device: st
     return n_bytes / max(n_tokens, 1)
 
 
-def write_sample(model: GPT, tokenizer: Tokenizer, sample: SampleOptions, seed: int, step: int, device: str,
-                 logger: RunLogger) -> None:
-    prompt = tokenizer.encode(sample.sample_prompt) if sample.sample_prompt else [tokenizer.eot_id]
-    idx = torch.tensor([prompt[-(model.config.block_size - 1):]], device=device)
-    generator = torch.Generator(device=device).manual_seed(seed + step)  # leaves the training RNG untouched
-    model.eval()
-    out = model.generate(idx, sample.sample_tokens, temperature=1.0, top_k=200, eos_id=tokenizer.eot_id,
-                         generator=generator)[0, idx.size(1):].tolist()
-    model.train()
-    text = tokenizer.decode(out[:out.index(tokenizer.eot_id)] if tokenizer.eot_id in out else out)
-    logger.sample({"step": step, "prompt": sample.sample_prompt, "text": text})
-
-
-def hellaswag_accuracy(model: GPT, tokenizer: Tokenizer, hellaswag: HellaswagOptions, dtype: str,
-                       d: dist.DistInfo) -> float:
-    from ghoul.eval.hellaswag import default_data_path, evaluate_hellaswag, load_hellaswag
-
-    examples = load_hellaswag(hellaswag.hellaswag_path or default_data_path(), hellaswag.hellaswag_limit)
-    result = evaluate_hellaswag(model, tokenizer, examples, d.device, rank=d.rank, world_size=d.world_size,
-                                dtype=dtype, progress=False)  # restores train mode itself
-    return result["acc_norm"]  # length-normalised: the figure GPT-2 and GPT-3 are quoted at
-
-
 # ---- the loop --------------------------------------------------------------------------------------------------
 
 def train(cfg: Any, model: GPT, tokenizer: Tokenizer, d: dist.DistInfo, loss_fn: LossFn = lm_loss,
-          resume_from: Path | None = None, train_data: Loader | None = None, val_data: Loader | None = None
-          ) -> TrainResult:
+          resume_from: Path | None = None, train_data: Loader | None = None, val_data: Loader | None = None,
+          hooks: Sequence[Hook] = ()) -> TrainResult:
     """Train `model` (already on `d.device`) as `cfg` says, on `train_data` (default: token shards of
     `cfg.dataset`, with its val split as `val_data`); rank 0 writes the run directory. `cfg` is a training stage's
-    config: its groups `run`, `optim`, `batch` and `loop`, and `hellaswag` and `sample` where it has them."""
+    config: its groups `run`, `optim`, `batch` and `loop`. `hooks` run beside the validation loss (HellaSwag,
+    samples: ghoul.train.hooks)."""
     run, optim, batch, loop = cfg.run, cfg.optim, cfg.batch, cfg.loop
-    hellaswag, sample = getattr(cfg, "hellaswag", HellaswagOptions()), getattr(cfg, "sample", SampleOptions())
     # config.json records the precision the run used; the bigram model has no width (and stays float32)
     loop.dtype = dist.resolve_dtype(loop.dtype, d.device, getattr(model.config, "n_embd", None))
     seq_len = batch.seq_len or model.config.block_size
@@ -203,10 +184,9 @@ def train(cfg: Any, model: GPT, tokenizer: Tokenizer, d: dist.DistInfo, loss_fn:
             record.update({f"val_{k}": v for k, v in metrics.items()})
             if val_bpt:
                 record.update(val_bpb=bits_per_byte(record["val_loss"], val_bpt), val_bytes_per_token=val_bpt)
-        if hellaswag.hellaswag_every and (step % hellaswag.hellaswag_every == 0 or step == loop.max_steps):
-            record["hellaswag_acc"] = hellaswag_accuracy(raw_model, tokenizer, hellaswag, loop.dtype, d)
-        if d.is_main and sample.sample_every and (step % sample.sample_every == 0 or step == loop.max_steps):
-            write_sample(raw_model, tokenizer, sample, run.seed, step, d.device, logger)
+        for hook in hooks:
+            if hook.every and (step % hook.every == 0 or step == loop.max_steps):
+                hook(step, raw_model, record, logger)
 
     model.train()
     bar = tqdm(total=loop.max_steps, initial=start_step, desc="training", unit="step", disable=not d.is_main,

@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from ghoul import dist
-from ghoul.checkpoint import newest_checkpoint, read_trainer_state
+from ghoul.checkpoint import load_model_dir, read_trainer_state
 from ghoul.config import group, option
 from ghoul.data.shards import check_data_tokenizer, dataset_tokenizer
 from ghoul.errors import GhoulError
+from ghoul.layout import newest_checkpoint
 from ghoul.model import GPT, GPTConfig, vocab_padding
 from ghoul.tokenizer import Tokenizer, load_tokenizer
 from ghoul.train.config import (
@@ -28,6 +29,7 @@ from ghoul.train.config import (
     dataset_option,
 )
 from ghoul.train.context import training_run
+from ghoul.train.hooks import HellaswagHook, SampleHook
 from ghoul.train.loop import TrainResult, train
 
 
@@ -55,7 +57,7 @@ def start_model(cfg: TrainConfig | FinetuneConfig, resume_from: Path | None) -> 
     """The model to train: the checkpoint resumed, the base model fine-tuned, or a fresh preset."""
     source = resume_from or getattr(cfg, "base_model", None)
     if source is not None:
-        model, tokenizer = GPT.from_pretrained(source), load_tokenizer(source)
+        model, tokenizer = load_model_dir(source), load_tokenizer(source)
         check_data_tokenizer(cfg.dataset, tokenizer, source)
         return model, tokenizer
     tokenizer = dataset_tokenizer(cfg.dataset)
@@ -70,7 +72,9 @@ def run(cfg: TrainConfig | FinetuneConfig) -> TrainResult:
     with training_run(cfg.run) as (d, resume_from):
         model, tokenizer = start_model(cfg, resume_from)
         dist.allow_tf32()  # also here for callers that train without the CLI
-        return train(cfg, model.to(d.device), tokenizer, d, resume_from=resume_from)
+        hooks = [HellaswagHook(cfg.hellaswag, tokenizer, d, cfg.loop),
+                 SampleHook(cfg.sample, tokenizer, cfg.run.seed, d)]
+        return train(cfg, model.to(d.device), tokenizer, d, resume_from=resume_from, hooks=hooks)
 
 
 def max_steps(cfg: Any) -> int:

@@ -13,7 +13,7 @@ from typing import Any
 
 from fastapi import FastAPI, HTTPException
 
-from ghoul.align.judges import Judge, Judgment
+from ghoul.align.judges import JUDGE_KINDS, Judge, Judgment
 from ghoul.web.server import ApiBody, Server, page_app
 
 
@@ -130,3 +130,6 @@ class WebJudge(Judge):
             self.session.finish()  # the page's pending request answers "done"
         if self.server is not None:
             self.server.close()
+
+
+JUDGE_KINDS["web"] = lambda _, host, port, open_browser, **__: WebJudge(host, port, open_browser=open_browser)

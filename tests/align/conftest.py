@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import torch
 
+from ghoul.checkpoint import save_model_dir
 from ghoul.files import append_jsonl
 from ghoul.model import GPT, GPTConfig
 
@@ -34,7 +35,7 @@ def tiny_model(tmp_path_factory) -> Path:
     """A randomly initialised `tiny` model directory with GPT-2's tokenizer."""
     path = tmp_path_factory.mktemp("model") / "tiny"
     torch.manual_seed(0)
-    GPT(GPTConfig.from_name("tiny")).save_pretrained(path)
+    save_model_dir(GPT(GPTConfig.from_name("tiny")), path)
     return path
 
 

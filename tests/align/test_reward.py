@@ -14,7 +14,7 @@ import torch
 
 from ghoul.align.judges import make_judge
 from ghoul.align.reward import RewardJudge, RewardModel, bradley_terry_loss, load_reward_model
-from ghoul.checkpoint import load_model_and_tokenizer
+from ghoul.checkpoint import load_model_and_tokenizer, save_model_dir
 from ghoul.cli import main
 from ghoul.errors import GhoulError
 from ghoul.files import read_jsonl
@@ -123,7 +123,7 @@ def test_untied_base_trains_under_two_torchrun_ranks(marker_data, tmp_path):
     to have finished reduction in the prior iteration")."""
     base, run = tmp_path / "untied", tmp_path / "run"
     torch.manual_seed(0)
-    GPT(GPTConfig.from_name("tiny", tie_embeddings=False)).save_pretrained(base)
+    save_model_dir(GPT(GPTConfig.from_name("tiny", tie_embeddings=False)), base)
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
                            "ghoul", "reward", "train", "--base-model", str(base), "--rankings", str(marker_data),
                            "--max-steps", "4", "--batch-size", "2", "--eval-every", "0", "--device", "cpu",

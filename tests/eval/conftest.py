@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from ghoul.checkpoint import save_model_dir
 from ghoul.model import GPT, GPTConfig
 from ghoul.tokenizer.char import CharTokenizer
 
@@ -38,7 +39,7 @@ def tiny_gpt2(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A randomly initialised `tiny` model with GPT-2's tokenizer."""
     path = tmp_path_factory.mktemp("models") / "tiny_gpt2"
     torch.manual_seed(0)
-    GPT(GPTConfig.from_name("tiny")).save_pretrained(path)
+    save_model_dir(GPT(GPTConfig.from_name("tiny")), path)
     return path
 
 
@@ -53,7 +54,7 @@ def char_model(tmp_path_factory: pytest.TempPathFactory, hellaswag_full: Path) -
     tokenizer = CharTokenizer.train(texts)
     path = tmp_path_factory.mktemp("models") / "char"
     torch.manual_seed(0)
-    GPT(GPTConfig.from_name("tiny", vocab_size=tokenizer.vocab_size, block_size=96)).save_pretrained(path, tokenizer)
+    save_model_dir(GPT(GPTConfig.from_name("tiny", vocab_size=tokenizer.vocab_size, block_size=96)), path, tokenizer)
     return path
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from ghoul.checkpoint import save_model_dir
 from ghoul.cli import main
 from ghoul.eval.checkpoints import CheckpointsConfig, _todo, _Work, run
 from ghoul.eval.curves import REFERENCES, dataset_of, plot_metric, series
@@ -26,7 +27,7 @@ TOKENS_PER_STEP = 4096
 
 def _save_step(run_dir: Path, step: int) -> None:
     torch.manual_seed(step)
-    GPT(GPTConfig.from_name("tiny")).save_pretrained(run_dir / f"step_{step:06d}")
+    save_model_dir(GPT(GPTConfig.from_name("tiny")), run_dir / f"step_{step:06d}")
 
 
 @pytest.fixture

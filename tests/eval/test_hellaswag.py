@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from ghoul.checkpoint import load_model_and_tokenizer as load_checkpoint
+from ghoul.checkpoint import save_model_dir
 from ghoul.cli import main
 from ghoul.download import download
 from ghoul.errors import GhoulError
@@ -122,7 +123,7 @@ def test_cli_errors_exit_2(tiny_gpt2: Path, hellaswag_100: Path, tmp_path: Path,
 
 
 def test_vocabulary_mismatch_is_an_error(hellaswag_100: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    GPT(GPTConfig.from_name("tiny", vocab_size=500)).save_pretrained(tmp_path / "small_vocab")  # says "gpt2"
+    save_model_dir(GPT(GPTConfig.from_name("tiny", vocab_size=500)), tmp_path / "small_vocab")  # says "gpt2"
     code = main(["eval", "hellaswag", "--checkpoint", str(tmp_path / "small_vocab"), "--data-path",
                  str(hellaswag_100), "--limit", "2"])
     assert code == 2

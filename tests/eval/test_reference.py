@@ -11,7 +11,7 @@ import transformers
 from torch.nn import functional as F
 
 from ghoul.eval.hellaswag import ending_losses, evaluate_hellaswag, load_hellaswag, render_example
-from ghoul.model import GPT
+from ghoul.hf import load_hf_model
 from ghoul.tokenizer import load_tokenizer
 
 N_EXAMPLES = 24
@@ -38,7 +38,7 @@ def test_batched_evaluator_matches_one_at_a_time_reference(tmp_path: Path, hella
     config = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=BLOCK, vocab_size=50257)
     hf = transformers.GPT2LMHeadModel(config).eval()
     hf.save_pretrained(tmp_path / "hf")
-    model = GPT.from_hf(tmp_path / "hf").eval()
+    model = load_hf_model(tmp_path / "hf").eval()
     # the reference tokenizes with Hugging Face's own GPT-2 BPE, built from OpenAI's files in the data folder
     (tmp_path / "tok").mkdir()
     shutil.copy(data / "gpt2_tokenizer" / "encoder.json", tmp_path / "tok" / "vocab.json")

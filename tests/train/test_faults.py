@@ -17,12 +17,13 @@ import pytest
 import torch
 
 from ghoul import checkpoint
-from ghoul.checkpoint import load_model_dir, load_training_checkpoint, newest_checkpoint, step_dirs
+from ghoul.checkpoint import load_model_dir, load_training_checkpoint
 from ghoul.cli import main
 from ghoul.data.loader import ShardLoader
 from ghoul.data.shards import shard_name, write_shard
 from ghoul.dist import DistInfo
 from ghoul.errors import GhoulError
+from ghoul.layout import newest_checkpoint, step_dirs
 from ghoul.train.loop import train
 from ghoul.train.stages import run, start_model
 from tests.train.conftest import config, log, losses

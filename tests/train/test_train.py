@@ -8,12 +8,13 @@ import pytest
 import torch
 import transformers
 
-from ghoul.checkpoint import load_training_checkpoint, save_training_checkpoint, step_dirs
+from ghoul.checkpoint import load_model_dir, load_training_checkpoint, save_training_checkpoint
 from ghoul.cli import main
 from ghoul.config import build
 from ghoul.dist import DistInfo, resolve_dtype
 from ghoul.errors import GhoulError
 from ghoul.hf import export_hf
+from ghoul.layout import step_dirs
 from ghoul.model import GPT, GPTConfig
 from ghoul.tokenizer import load_tokenizer
 from ghoul.train import loop
@@ -81,8 +82,8 @@ def test_resumed_run_equals_uninterrupted_run(fineweb_shards, tmp_path):
     a, b = log(tmp_path / "a"), log(tmp_path / "b")
     assert [r["step"] for r in b if "loss" in r] == list(range(1, 9))  # the log was cut back to step 4
     assert [r["loss"] for r in a if "loss" in r] == [r["loss"] for r in b if "loss" in r]  # bitwise equal
-    wa = GPT.from_pretrained(tmp_path / "a").state_dict()
-    wb = GPT.from_pretrained(tmp_path / "b").state_dict()
+    wa = load_model_dir(tmp_path / "a").state_dict()
+    wb = load_model_dir(tmp_path / "b").state_dict()
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     state, _, _ = load_training_checkpoint(tmp_path / "b")
     assert state["step"] == 8 and state["loader"]["position"] == 8 * 512
@@ -96,14 +97,14 @@ def test_finetune_continues_on_another_dataset(fineweb_shards, horror_shards, tm
     records = log(tmp_path / "ft")
     assert records[0]["step"] == 0 and "val_loss" in records[0]
     assert result.val_loss < records[0]["val_loss"]
-    base = GPT.from_pretrained(tmp_path / "pre")
-    tuned = GPT.from_pretrained(tmp_path / "ft")
+    base = load_model_dir(tmp_path / "pre")
+    tuned = load_model_dir(tmp_path / "ft")
     assert not torch.equal(base.transformer.wte.weight, tuned.transformer.wte.weight)
 
 
 def test_checkpoint_loads_in_transformers(fineweb_shards, tmp_path):
     run(config(fineweb_shards, tmp_path / "run", max_steps=2, eval_every=0))
-    model = GPT.from_pretrained(tmp_path / "run" / "step_000002").eval()
+    model = load_model_dir(tmp_path / "run" / "step_000002").eval()
     export_hf(tmp_path / "run" / "step_000002", tmp_path / "hf")
     ref = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()
     idx = torch.randint(0, 50257, (1, 32))
@@ -178,14 +179,14 @@ def test_pretraining_takes_the_architecture_switches(fineweb_shards, tmp_path):
     saved = json.loads((tmp_path / "run" / "step_000002" / "config.json").read_text())
     assert (saved["norm"], saved["activation"], saved["position"], saved["qk_norm"]) == ("rmsnorm", "swiglu",
                                                                                          "rotary", True)
-    model = GPT.from_pretrained(tmp_path / "run")
+    model = load_model_dir(tmp_path / "run")
     assert "wpe" not in model.transformer  # rotary positions need no table
 
 
 def test_vocabulary_is_padded_unless_asked_not_to(fineweb_shards, tmp_path):
     run(config(fineweb_shards, tmp_path / "padded", max_steps=2, eval_every=0))
     run(config(fineweb_shards, tmp_path / "exact", max_steps=2, eval_every=0, pad_vocab=False))
-    padded, exact = GPT.from_pretrained(tmp_path / "padded"), GPT.from_pretrained(tmp_path / "exact")
+    padded, exact = load_model_dir(tmp_path / "padded"), load_model_dir(tmp_path / "exact")
     assert padded.config.vocab_size == exact.config.vocab_size == 50257
     assert padded.transformer.wte.weight.size(0) == 50304 and exact.transformer.wte.weight.size(0) == 50257
     assert padded.lm_head.weight[50257:].abs().max() == 0  # never predicted, so never trained
@@ -206,7 +207,7 @@ def test_compiled_training_matches_eager(fineweb_shards, tmp_path):
     for a, b in zip(eager, compiled, strict=True):  # other kernels, other float32 rounding: close, not bitwise
         assert abs(a["loss"] - b["loss"]) < 1e-4
     # the checkpoint is the plain model's: it loads without any wrapper's prefixes
-    assert set(GPT.from_pretrained(tmp_path / "compiled").state_dict()) == set(GPT.from_pretrained(
+    assert set(load_model_dir(tmp_path / "compiled").state_dict()) == set(load_model_dir(
         tmp_path / "eager").state_dict())
 
 
@@ -218,7 +219,7 @@ def test_bfloat16_autocast_trains_like_float32(fineweb_shards, tmp_path):
         for key in ("loss", "val_loss"):
             if key in a:
                 assert abs(a[key] - b[key]) < 2e-3, (a["step"], key, a[key], b[key])
-    model = GPT.from_pretrained(tmp_path / "bf16")
+    model = load_model_dir(tmp_path / "bf16")
     assert model.lm_head.weight.dtype == torch.float32  # autocast computes in bf16, the weights stay float32
 
 

@@ -11,7 +11,7 @@ import httpx
 import pytest
 import torch
 
-from ghoul.checkpoint import load_model_and_tokenizer
+from ghoul.checkpoint import load_model_and_tokenizer, save_model_dir
 from ghoul.cli import main
 from ghoul.files import read_jsonl
 from ghoul.model import GPT, GPTConfig
@@ -70,7 +70,7 @@ def test_a_missing_checkpoint_is_an_error(tmp_path, capsys):
 @pytest.fixture
 def served(tmp_path: Path):
     """The page of a tiny random model saved to a directory, served on a free port, as `ghoul serve` serves it."""
-    tiny().save_pretrained(tmp_path / "model")
+    save_model_dir(tiny(), tmp_path / "model")
     model, tokenizer = load_model_and_tokenizer(tmp_path / "model")
     playground = Playground(model, tokenizer, str(tmp_path / "model"), tmp_path / "out")
     server = Server(create_app(playground), "127.0.0.1", 0)
