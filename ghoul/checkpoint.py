@@ -27,7 +27,7 @@ from ghoul.tokenizer import TOKENIZER_FILE, Tokenizer, load_tokenizer
 
 TIED = "lm_head.weight"  # the same tensor as transformer.wte.weight; stored once
 # the model class of each `kind` a config.json names: a module defining another kind registers it (the reward
-# model, ghoul.align.reward), so that loading builds the class that was saved
+# model, ghoul.feedback.reward), so that loading builds the class that was saved
 MODEL_KINDS: dict[str, type[GPT]] = {"language": GPT}
 OPTIMIZER_FILE = "optimizer.pt"
 STATE_FILE = "trainer_state.json"

@@ -15,11 +15,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ghoul.align.compare import CompareConfig
-from ghoul.align.compare import run as compare
-from ghoul.align.judges import JUDGES_HELP, check_judge
-from ghoul.align.rlhf import METHOD_OPTIONS, METHODS, RlhfConfig
-from ghoul.align.rlhf import run as rlhf
 from ghoul.checkpoint import load_model_and_tokenizer
 from ghoul.config import build, option, to_dict
 from ghoul.data.corpus import CORPORA, CORPUS_HELP, build_corpus, write_corpus
@@ -29,6 +24,11 @@ from ghoul.dist import resolve_device
 from ghoul.errors import GhoulError
 from ghoul.eval.hellaswag import default_data_path, evaluate_hellaswag, load_hellaswag
 from ghoul.eval.loss import evaluate_loss, read_split
+from ghoul.feedback.compare import CompareConfig
+from ghoul.feedback.compare import run as compare
+from ghoul.feedback.judges import JUDGES_HELP, check_judge
+from ghoul.feedback.rlhf import METHOD_OPTIONS, METHODS, RlhfConfig
+from ghoul.feedback.rlhf import run as rlhf
 from ghoul.files import atomic_write_text, read_json
 from ghoul.generate import GenerateConfig
 from ghoul.generate import run as generate

@@ -21,10 +21,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ghoul import __version__
-from ghoul.align.judges import judge_measures
 from ghoul.config import option
 from ghoul.errors import GhoulError
 from ghoul.eval.curves import CHANCE, REFERENCES
+from ghoul.feedback.judges import judge_measures
 from ghoul.files import atomic_write_text, read_json, read_jsonl
 
 STAGES = ("pretrain", "finetune", "preference")

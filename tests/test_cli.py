@@ -177,9 +177,9 @@ def test_os_errors_on_user_paths_are_one_line(tmp_path, monkeypatch, capsys):
 def test_a_missing_optional_package_names_its_extra(monkeypatch, capsys):
     for module in ("ghoul.web.playground", "ghoul.web.server"):
         monkeypatch.delitem(sys.modules, module, raising=False)
-    monkeypatch.setitem(sys.modules, "fastapi", None)  # as if `pip install -e .` without [align]
+    monkeypatch.setitem(sys.modules, "fastapi", None)  # as if `pip install -e .` without [feedback]
     code, err = run_error(["serve"], capsys)
-    assert code == 2 and err == "ghoul serve: error: this command needs fastapi: pip install 'ghoul[align]'", err
+    assert code == 2 and err == "ghoul serve: error: this command needs fastapi: pip install 'ghoul[feedback]'", err
 
 
 @pytest.mark.parametrize("args", [["rank", "--judge", "web", "--port", "99999"], ["serve", "--port", "-1"],

@@ -14,7 +14,7 @@ from ghoul.cli import COMMANDS, main
 from ghoul.data.prepare import PrepareConfig
 from ghoul.data.prepare import run as prepare
 from ghoul.model import GPT, GPTConfig
-from tests.align.prefdata import write_marker_rankings
+from tests.feedback.prefdata import write_marker_rankings
 from tests.options import check_options_used
 
 

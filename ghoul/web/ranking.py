@@ -13,7 +13,7 @@ from typing import Any
 
 from fastapi import FastAPI, HTTPException
 
-from ghoul.align.judges import JUDGE_KINDS, Judge, Judgment
+from ghoul.feedback.judges import JUDGE_KINDS, Judge, Judgment
 from ghoul.web.server import ApiBody, Server, page_app
 
 

@@ -14,11 +14,11 @@ from typing import Any
 import httpx
 import pytest
 
-from ghoul.align import rank
 from ghoul.config import build
+from ghoul.feedback import rank
 from ghoul.files import read_jsonl
 from ghoul.web.ranking import WebJudge
-from tests.align.conftest import write_stories
+from tests.feedback.conftest import write_stories
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

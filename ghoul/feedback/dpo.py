@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ghoul.align.preferences import PairBatchOptions, PairOptions, train_on_pairs
 from ghoul.checkpoint import load_model_dir
 from ghoul.config import group, option
 from ghoul.errors import GhoulError
+from ghoul.feedback.preferences import PairBatchOptions, PairOptions, train_on_pairs
 from ghoul.model import GPT
 from ghoul.tokenizer import Tokenizer, load_tokenizer
 from ghoul.train.config import LoopOptions, OptimOptions, RunOptions, check_schedule

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from ghoul.align.rlhf import RlhfConfig
 from ghoul.checkpoint import load_model_and_tokenizer
 from ghoul.cli import main
 from ghoul.errors import GhoulError
+from ghoul.feedback.rlhf import RlhfConfig
 from ghoul.files import read_jsonl
 from tests.conftest import REPO
 

@@ -8,13 +8,13 @@ import math
 import pytest
 import torch
 
-from ghoul.align.dpo import DpoConfig, completion_logps, dpo_loss
 from ghoul.cli import main
 from ghoul.config import build
 from ghoul.errors import GhoulError
+from ghoul.feedback.dpo import DpoConfig, completion_logps, dpo_loss
 from ghoul.files import read_jsonl
 from ghoul.model import GPT, GPTConfig
-from tests.align.prefdata import write_marker_rankings
+from tests.feedback.prefdata import write_marker_rankings
 
 
 def test_dpo_loss_equals_the_formula():

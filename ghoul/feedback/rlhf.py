@@ -16,19 +16,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ghoul.align import rank, winners
-from ghoul.align.dpo import DpoConfig
-from ghoul.align.dpo import run as dpo
-from ghoul.align.judges import JudgeOptions
-from ghoul.align.ppo import PpoConfig, RlConfig
-from ghoul.align.ppo import run as reinforce
-from ghoul.align.reward import RewardTrainConfig
-from ghoul.align.reward import train_run as train_reward
 from ghoul.checkpoint import read_model_config
 from ghoul.config import build, flag, group, option, require, to_dict
 from ghoul.data.prepare import PrepareConfig
 from ghoul.data.prepare import run as prepare
 from ghoul.errors import GhoulError
+from ghoul.feedback import rank, winners
+from ghoul.feedback.dpo import DpoConfig
+from ghoul.feedback.dpo import run as dpo
+from ghoul.feedback.judges import JudgeOptions
+from ghoul.feedback.ppo import PpoConfig, RlConfig
+from ghoul.feedback.ppo import run as reinforce
+from ghoul.feedback.reward import RewardTrainConfig
+from ghoul.feedback.reward import train_run as train_reward
 from ghoul.files import atomic_write_text, read_jsonl
 from ghoul.generate import GenerateConfig
 from ghoul.generate import run as generate

@@ -8,10 +8,18 @@ import json
 
 import pytest
 
-from ghoul.align.judges import HumanJudge, LengthJudge, OpenAIJudge, RandomJudge, check_judge, make_judge, parse_answer
 from ghoul.cli import main
 from ghoul.errors import GhoulError
-from tests.align.conftest import KEY, completion, pick_largest, shown_numbers, write_stories
+from ghoul.feedback.judges import (
+    HumanJudge,
+    LengthJudge,
+    OpenAIJudge,
+    RandomJudge,
+    check_judge,
+    make_judge,
+    parse_answer,
+)
+from tests.feedback.conftest import KEY, completion, pick_largest, shown_numbers, write_stories
 
 STORIES = [f" story number {n} " for n in (3, 11, 7, 5)]
 
@@ -149,7 +157,7 @@ def test_openai_judge_needs_a_key_only_for_openai(monkeypatch, fake_openai):
 
 
 def test_build_messages_number_the_stories_in_order():
-    from ghoul.align.judges import build_messages
+    from ghoul.feedback.judges import build_messages
 
     messages = build_messages("Pick one.", ["a", "b"])
     assert json.dumps(messages).index("Story 1") < json.dumps(messages).index("Story 2")
@@ -166,7 +174,7 @@ def test_a_judge_that_cannot_work_here_is_refused_before_any_work(tmp_path, tiny
     check_judge("openai:llama3.1", base_url="http://127.0.0.1:11434/v1")  # a local server needs no key
     real = importlib.util.find_spec
     monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None if name == "uvicorn" else real(name, *a))
-    with pytest.raises(GhoulError, match="the web judge needs uvicorn: pip install 'ghoul\\[align\\]'"):
+    with pytest.raises(GhoulError, match="the web judge needs uvicorn: pip install 'ghoul\\[feedback\\]'"):
         check_judge("web")
     # the commands that generate or train before they judge check first
     out = tmp_path / "run"

@@ -23,9 +23,6 @@ import torch
 from torch import nn
 
 from ghoul import dist
-from ghoul.align.dpo import token_logps
-from ghoul.align.judges import API_OPTIONS, WEB_OPTIONS, JudgeOptions
-from ghoul.align.reward import load_reward_model, score_texts
 from ghoul.checkpoint import (
     load_model_and_tokenizer,
     load_optimizer_states,
@@ -34,6 +31,9 @@ from ghoul.checkpoint import (
 )
 from ghoul.config import group, option, refuse_set, require, to_dict
 from ghoul.errors import GhoulError
+from ghoul.feedback.dpo import token_logps
+from ghoul.feedback.judges import API_OPTIONS, WEB_OPTIONS, JudgeOptions
+from ghoul.feedback.reward import load_reward_model, score_texts
 from ghoul.generate import check_prompt_source, check_sampling, read_prompts
 from ghoul.model import GPT
 from ghoul.optim.build import build_optimizers

@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from ghoul.align.compare import CompareConfig, judge_pairs, wilson_interval
-from ghoul.align.judges import Judge, Judgment
 from ghoul.cli import main
+from ghoul.feedback.compare import CompareConfig, judge_pairs, wilson_interval
+from ghoul.feedback.judges import Judge, Judgment
 from ghoul.files import read_jsonl
 
 

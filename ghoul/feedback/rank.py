@@ -17,9 +17,9 @@ from typing import Any
 
 from tqdm import tqdm
 
-from ghoul.align.judges import Judge, JudgeOptions
 from ghoul.config import group, option
 from ghoul.errors import GhoulError
+from ghoul.feedback.judges import Judge, JudgeOptions
 from ghoul.files import append_jsonl, read_jsonl, refuse_input_as_output, repair_jsonl
 
 # Characters of a judge's raw answer and reason kept in rankings.jsonl: a broken server's 30 MB answer must not

@@ -17,13 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ghoul.align.judges import JUDGE_KINDS, Judge, Judgment
-from ghoul.align.preferences import PairBatchOptions, PairOptions, collate, encode_pair_side, train_on_pairs
-from ghoul.align.rank import full_text, load_stories
 from ghoul.checkpoint import MODEL_KINDS, load_model_and_tokenizer, load_model_dir
 from ghoul.config import group, option
 from ghoul.dist import default_device, resolve_device
 from ghoul.errors import GhoulError
+from ghoul.feedback.judges import JUDGE_KINDS, Judge, Judgment
+from ghoul.feedback.preferences import PairBatchOptions, PairOptions, collate, encode_pair_side, train_on_pairs
+from ghoul.feedback.rank import full_text, load_stories
 from ghoul.files import atomic_write_text
 from ghoul.model import GPT, GPTConfig
 from ghoul.tokenizer import Tokenizer, load_tokenizer

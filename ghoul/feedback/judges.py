@@ -237,9 +237,9 @@ class OpenAIJudge(Judge):
                  retry_delay: float = 1.0, parse_retries: int = 2, timeout: float = 60.0, json_mode: bool = True,
                  max_tokens: int = 300) -> None:
         try:
-            import openai  # the optional extra ghoul[align]
+            import openai  # the optional extra ghoul[feedback]
         except ImportError:
-            raise GhoulError("the openai judge needs the openai package: pip install 'ghoul[align]'") from None
+            raise GhoulError("the openai judge needs the openai package: pip install 'ghoul[feedback]'") from None
         key = api_key(base_url)
         self.openai = openai
         # local servers ignore the key but the client requires one; retries are ours, with back-off we can tune
@@ -362,7 +362,7 @@ def make_judge(spec: str, *, seed: int = 0, base_url: str | None = None, max_ret
 
 
 # judges defined in modules above this one, which register a factory `(argument, **page options) -> Judge` here
-JUDGE_MODULES = {"reward": "ghoul.align.reward", "web": "ghoul.web.ranking"}
+JUDGE_MODULES = {"reward": "ghoul.feedback.reward", "web": "ghoul.web.ranking"}
 JUDGE_KINDS: dict[str, Callable[..., Judge]] = {}
 
 
@@ -392,4 +392,4 @@ def check_judge(spec: str, base_url: str | None = None) -> None:
     missing = [m for m in {"openai": ["openai"], "web": ["fastapi", "uvicorn"]}.get(kind, [])
                if importlib.util.find_spec(m) is None]
     if missing:
-        raise GhoulError(f"the {kind} judge needs {' and '.join(missing)}: pip install 'ghoul[align]'")
+        raise GhoulError(f"the {kind} judge needs {' and '.join(missing)}: pip install 'ghoul[feedback]'")

@@ -7,15 +7,15 @@ import os
 
 import pytest
 
-from ghoul.align import rank, winners
-from ghoul.align.judges import Judge, Judgment, LengthJudge
 from ghoul.cli import main
 from ghoul.config import build
 from ghoul.data.sources import EOT, make_source
 from ghoul.errors import GhoulError
+from ghoul.feedback import rank, winners
+from ghoul.feedback.judges import Judge, Judgment, LengthJudge
 from ghoul.files import read_jsonl
-from tests.align.conftest import KEY, completion, files_under, pick_largest, shown_numbers, write_stories
 from tests.conftest import fail_writes_after
+from tests.feedback.conftest import KEY, completion, files_under, pick_largest, shown_numbers, write_stories
 
 
 def rank_cfg(tmp_path, **kw) -> rank.RankConfig:

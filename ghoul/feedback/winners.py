@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ghoul.align.rank import full_text, load_rankings, load_stories, stories_judged
 from ghoul.config import option
 from ghoul.data.sources import EOT
 from ghoul.errors import GhoulError
+from ghoul.feedback.rank import full_text, load_rankings, load_stories, stories_judged
 from ghoul.files import atomic_write_text, refuse_input_as_output
 
 

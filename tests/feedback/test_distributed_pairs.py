@@ -4,7 +4,7 @@ with twice the accumulation, so each rank reads its own pairs and the gradients 
 import pytest
 
 from ghoul.files import read_jsonl
-from tests.align.prefdata import write_marker_rankings
+from tests.feedback.prefdata import write_marker_rankings
 from tests.torchrun import one_and_two_ranks
 
 

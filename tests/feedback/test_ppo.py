@@ -9,7 +9,11 @@ import math
 import pytest
 import torch
 
-from ghoul.align.ppo import (
+from ghoul.checkpoint import load_model_dir
+from ghoul.cli import main
+from ghoul.config import build
+from ghoul.errors import GhoulError
+from ghoul.feedback.ppo import (
     PpoConfig,
     RlConfig,
     clipped_policy_loss,
@@ -20,10 +24,6 @@ from ghoul.align.ppo import (
     run_grpo,
     whiten,
 )
-from ghoul.checkpoint import load_model_dir
-from ghoul.cli import main
-from ghoul.config import build
-from ghoul.errors import GhoulError
 from ghoul.files import read_jsonl
 from ghoul.model import GPT, GPTConfig
 

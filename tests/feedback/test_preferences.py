@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from ghoul.align.preferences import PairLoader, encode_pair_side, pairs_from_rankings, split_by_group
 from ghoul.cli import main
 from ghoul.errors import GhoulError
+from ghoul.feedback.preferences import PairLoader, encode_pair_side, pairs_from_rankings, split_by_group
 from ghoul.files import append_jsonl, read_jsonl
 from ghoul.tokenizer import load_tokenizer
 

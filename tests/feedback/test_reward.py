@@ -12,14 +12,14 @@ import sys
 import pytest
 import torch
 
-from ghoul.align.judges import make_judge
-from ghoul.align.reward import RewardJudge, RewardModel, bradley_terry_loss, load_reward_model
 from ghoul.checkpoint import load_model_and_tokenizer, save_model_dir
 from ghoul.cli import main
 from ghoul.errors import GhoulError
+from ghoul.feedback.judges import make_judge
+from ghoul.feedback.reward import RewardJudge, RewardModel, bradley_terry_loss, load_reward_model
 from ghoul.files import read_jsonl
 from ghoul.model import GPT, GPTConfig
-from tests.align.prefdata import MARKER, write_marker_rankings
+from tests.feedback.prefdata import MARKER, write_marker_rankings
 
 
 def test_bradley_terry_loss_by_hand():

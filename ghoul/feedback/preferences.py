@@ -16,10 +16,10 @@ from typing import Any
 import torch
 
 from ghoul import dist
-from ghoul.align.rank import load_rankings, load_stories, stories_judged
 from ghoul.config import option, require
 from ghoul.data.loader import EpochLoader
 from ghoul.errors import GhoulError
+from ghoul.feedback.rank import load_rankings, load_stories, stories_judged
 from ghoul.files import atomic_write_text, read_jsonl, refuse_input_as_output
 from ghoul.tokenizer import Tokenizer
 from ghoul.train.config import accumulation_steps
