@@ -27,6 +27,7 @@ from ghoul.eval.loss import evaluate_loss, read_split
 from ghoul.feedback.compare import CompareConfig
 from ghoul.feedback.compare import run as compare
 from ghoul.feedback.judges import JUDGES_HELP, check_judge
+from ghoul.feedback.records import FEEDBACK_DIR
 from ghoul.feedback.rlhf import METHOD_OPTIONS, METHODS, RlhfConfig
 from ghoul.feedback.rlhf import run as rlhf
 from ghoul.files import atomic_write_text, read_json
@@ -194,7 +195,7 @@ def feedback(cfg: PipelineConfig, base: Path) -> Path:
     atomic_write_text(prompts_file, "\n".join(cfg.prompts) + "\n")
     training = dict(max_steps=cfg.preference_steps, learning_rate=cfg.preference_lr, batch_size=1, prompts_per_step=1,
                     seq_len=cfg.seq_len, warmdown_iters=cfg.preference_steps // 4, dtype=cfg.dtype)
-    result = rlhf(build(RlhfConfig, base_model=base, output_dir=cfg.output_dir / "rlhf", method=cfg.method,
+    result = rlhf(build(RlhfConfig, base_model=base, output_dir=cfg.output_dir / FEEDBACK_DIR, method=cfg.method,
                         seed=cfg.seed, device=cfg.device, prompts_file=prompts_file, num_samples=cfg.num_samples,
                         max_new_tokens=cfg.max_new_tokens, generate_batch_size=8, judge=cfg.judge,
                         **{k: v for k, v in training.items() if k in METHOD_OPTIONS[cfg.method]}))

@@ -25,10 +25,12 @@ from ghoul.config import option
 from ghoul.errors import GhoulError
 from ghoul.eval.curves import CHANCE, REFERENCES
 from ghoul.feedback.judges import judge_measures
+from ghoul.feedback.records import FEEDBACK_DIR, FINAL_DIRS, FeedbackRun
 from ghoul.files import atomic_write_text, read_json, read_jsonl
 
 STAGES = ("pretrain", "finetune", "preference")
-PREFERENCE_DIRS = ("rlhf/finetune", "rlhf/dpo", "rlhf/ppo", "rlhf/grpo")  # where `ghoul rlhf --method` trains
+# where the pipeline's `ghoul rlhf` trains the preference stage, by method
+PREFERENCE_DIRS = tuple(f"{FEEDBACK_DIR}/{name}" for name in FINAL_DIRS.values())
 REFERENCE_LINES = ("gpt2-124m", "gpt3-125m", "gpt2-xl")
 
 
@@ -61,8 +63,8 @@ def stage_summary(run_dir: Path) -> dict[str, dict[str, Any]]:
 
 def judge_summary(run_dir: Path) -> dict[str, Any] | None:
     """How the judge chose: groups judged and skipped, which shown position won, agreement with the length baseline."""
-    rankings, stories = (read_jsonl(run_dir / "rlhf" / name, missing_ok=True)
-                         for name in ("rankings.jsonl", "stories.jsonl"))
+    feedback = FeedbackRun(run_dir / FEEDBACK_DIR)
+    rankings, stories = (read_jsonl(path, missing_ok=True) for path in (feedback.rankings, feedback.stories))
     if not rankings:
         return None
     by_id = {s["id"]: s["text"] for s in stories}

@@ -15,7 +15,7 @@ from ghoul.checkpoint import read_model_config
 from ghoul.config import group, option
 from ghoul.errors import GhoulError
 from ghoul.feedback.judges import Judge, JudgeOptions
-from ghoul.feedback.rank import full_text
+from ghoul.feedback.records import full_text
 from ghoul.files import append_jsonl
 from ghoul.generate import GenerateConfig
 from ghoul.generate import run as generate

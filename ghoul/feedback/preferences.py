@@ -19,7 +19,7 @@ from ghoul import dist
 from ghoul.config import option, require
 from ghoul.data.loader import EpochLoader
 from ghoul.errors import GhoulError
-from ghoul.feedback.rank import load_rankings, load_stories, stories_judged
+from ghoul.feedback.records import RANKINGS_FILE, load_rankings, load_stories, stories_judged
 from ghoul.files import atomic_write_text, read_jsonl, refuse_input_as_output
 from ghoul.tokenizer import Tokenizer
 from ghoul.train.config import accumulation_steps
@@ -93,7 +93,7 @@ def write_preferences(path: Path, records: list[dict[str, Any]]) -> None:
 
 @dataclass
 class PreferencesConfig:
-    rankings: Path = option(Path("rankings.jsonl"), "judgments written by `ghoul rank`")
+    rankings: Path = option(Path(RANKINGS_FILE), "judgments written by `ghoul rank`")
     stories: Path | None = option(None, "the stories they judge (default: stories.jsonl beside the rankings)")
     out: Path = option(Path("preferences.jsonl"), "preference pairs: prompt, chosen, rejected, group, split")
     val_fraction: float = option(0.1, "fraction of the groups held out for validation")

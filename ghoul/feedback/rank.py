@@ -11,7 +11,6 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,17 +19,14 @@ from tqdm import tqdm
 from ghoul.config import group, option
 from ghoul.errors import GhoulError
 from ghoul.feedback.judges import Judge, JudgeOptions
-from ghoul.files import append_jsonl, read_jsonl, refuse_input_as_output, repair_jsonl
-
-# Characters of a judge's raw answer and reason kept in rankings.jsonl: a broken server's 30 MB answer must not
-# become a 60 MB rankings file (an answer within the judge's max_tokens is far shorter)
-RAW_LIMIT = 2000
+from ghoul.feedback.records import RANKINGS_FILE, STORIES_FILE, full_text, judgment_record, load_rankings, load_stories
+from ghoul.files import append_jsonl, refuse_input_as_output, repair_jsonl
 
 
 @dataclass
 class RankConfig:
-    stories: Path = option(Path("stories.jsonl"), "stories to judge, as written by `ghoul generate --out`")
-    out: Path = option(Path("rankings.jsonl"), "judgments, one JSON line per group; a rerun resumes it")
+    stories: Path = option(Path(STORIES_FILE), "stories to judge, as written by `ghoul generate --out`")
+    out: Path = option(Path(RANKINGS_FILE), "judgments, one JSON line per group; a rerun resumes it")
     group_size: int = option(4, "stories per group; the judge picks one of them")
     seed: int = option(1337, "random seed of the grouping (and of the judge's shuffling)")
     max_groups: int | None = option(None, "judge only the first N groups")
@@ -59,45 +55,6 @@ class RankResult:
     positions: dict[int, int] = field(default_factory=dict)  # chosen position as shown -> count (position bias)
 
 
-def full_text(story: dict[str, Any]) -> str:
-    """The story as a reader sees it: the prompt and its continuation."""
-    return f"{story.get('prompt', '')}{story['text']}"
-
-
-def load_stories(path: Path) -> dict[int, dict[str, Any]]:
-    """Stories by id, checked for the fields ranking needs."""
-    if not path.is_file():
-        raise GhoulError(f"stories file {path} does not exist: make it with `ghoul generate --out {path}`")
-    stories = {}
-    for n, record in enumerate(read_jsonl(path), 1):
-        if not isinstance(record, dict) or not isinstance(record.get("id"), int) or \
-                not isinstance(record.get("text"), str):
-            raise GhoulError(f"{path}, record {n}: a story needs an integer 'id' and a 'text'")
-        if record["id"] in stories:
-            raise GhoulError(f"{path}, record {n}: story id {record['id']} appears twice; ids must be unique")
-        stories[record["id"]] = record
-    return stories
-
-
-def stories_judged(rankings: str | Path, stories: str | Path | None = None) -> Path:
-    """The stories file a rankings file judged: `stories` when given, else the stories.jsonl beside it."""
-    return Path(stories) if stories else Path(rankings).with_name("stories.jsonl")
-
-
-def load_rankings(path: Path) -> list[dict[str, Any]]:
-    """Judgments of `ghoul rank`, checked for the fields that winners and preference pairs are made from."""
-    if not path.is_file():
-        raise GhoulError(f"rankings file {path} does not exist: make it with `ghoul rank`")
-    records = read_jsonl(path)
-    for n, r in enumerate(records, 1):
-        shown = r.get("shown") if isinstance(r, dict) else None
-        if not (isinstance(r, dict) and isinstance(r.get("group"), int) and isinstance(shown, list)
-                and all(isinstance(i, int) for i in shown) and (r.get("chosen") is None or r["chosen"] in shown)):
-            raise GhoulError(f"{path}, record {n}: a judgment needs an integer 'group', the story ids 'shown', and "
-                             "a 'chosen' id among them (or null): was it written by `ghoul rank`?")
-    return records
-
-
 def make_groups(stories: dict[int, dict[str, Any]], group_size: int, seed: int) -> list[list[int]]:
     """Story ids per group: stories of the same prompt shuffled with the seed and cut into groups; the leftovers
     (fewer than group_size for a prompt) are left out. The same stories and seed always give the same groups."""
@@ -124,29 +81,6 @@ def earlier_judgments(cfg: RankConfig, groups: list[list[int]]) -> dict[int, dic
         done[g] = record
     repair_jsonl(cfg.out, "group")
     return done
-
-
-def judgment_record(group: int, ids: list[int], judge: Judge, judgment: Any, task: str, seconds: float
-                    ) -> dict[str, Any]:
-    """The rankings.jsonl line of one group: the ids in the order shown and the chosen one mapped back to its id."""
-    k = len(ids)
-    shown = judgment.shown or list(range(k))
-    if sorted(shown) != list(range(k)) or (judgment.best is not None and not 0 <= judgment.best < k):
-        raise GhoulError(f"judge {judge.name} returned an impossible answer for group {group}: {judgment}")
-    chosen = None if judgment.best is None else ids[judgment.best]
-    record = {"group": group, "shown": [ids[i] for i in shown], "chosen": chosen,
-              "position": None if chosen is None else shown.index(judgment.best) + 1, "judge": judge.name,
-              "task": task, "reason": excerpt(judgment.reason), "raw": excerpt(judgment.raw),
-              "time": datetime.now(UTC).isoformat(timespec="seconds"), "seconds": round(seconds, 3),
-              "skipped": chosen is None}
-    if judgment.usage:
-        record["usage"] = judgment.usage
-    return record
-
-
-def excerpt(text: str, limit: int = RAW_LIMIT) -> str:
-    """`text`, or its first `limit` characters and how many more there were."""
-    return text if len(text) <= limit else f"{text[:limit]} [... {len(text) - limit:,} more characters cut]"
 
 
 def run(cfg: RankConfig, judge: Judge | None = None) -> RankResult:

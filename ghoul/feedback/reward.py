@@ -23,7 +23,7 @@ from ghoul.dist import default_device, resolve_device
 from ghoul.errors import GhoulError
 from ghoul.feedback.judges import JUDGE_KINDS, Judge, Judgment
 from ghoul.feedback.preferences import PairBatchOptions, PairOptions, collate, encode_pair_side, train_on_pairs
-from ghoul.feedback.rank import full_text, load_stories
+from ghoul.feedback.records import STORIES_FILE, full_text, load_stories
 from ghoul.files import atomic_write_text
 from ghoul.model import GPT, GPTConfig
 from ghoul.tokenizer import Tokenizer, load_tokenizer
@@ -159,7 +159,7 @@ JUDGE_KINDS["reward"] = lambda directory, **_: RewardJudge(directory, default_de
 @dataclass
 class ScoreConfig:
     model: Path = option(Path("runs/reward"), "reward model directory (or its run directory)")
-    stories: Path = option(Path("stories.jsonl"), "stories to score, as written by `ghoul generate --out`")
+    stories: Path = option(Path(STORIES_FILE), "stories to score, as written by `ghoul generate --out`")
     out: Path | None = option(None, "write the stories with a `reward` field to this file (default: print them)")
     batch_size: int = option(16, "stories scored together")
     device: str = option("auto", "cpu, cuda, mps, or auto")

@@ -27,6 +27,7 @@ from ghoul.feedback.dpo import run as dpo
 from ghoul.feedback.judges import JudgeOptions
 from ghoul.feedback.ppo import PpoConfig, RlConfig
 from ghoul.feedback.ppo import run as reinforce
+from ghoul.feedback.records import FeedbackRun
 from ghoul.feedback.reward import RewardTrainConfig
 from ghoul.feedback.reward import train_run as train_reward
 from ghoul.files import atomic_write_text, read_jsonl
@@ -43,7 +44,6 @@ _TRAIN = {"max_steps", "learning_rate", "batch_size", "total_batch_size", "warmd
 _RL = {"max_steps", "learning_rate", "prompts_per_step", "kl_coef", "reward_steps", "reward_learning_rate"}
 # the options of the training step each method reads: given for another method, they are refused, not ignored
 METHOD_OPTIONS = {"winners": _TRAIN | {"seq_len"}, "dpo": _TRAIN | {"beta"}, "ppo": _RL, "grpo": _RL}
-FINAL_DIRS = {"winners": "finetune", "dpo": "dpo", "ppo": "ppo", "grpo": "grpo"}  # the new model's run, in RUN/
 
 
 @dataclass
@@ -118,23 +118,23 @@ def stage_configs(cfg: RlhfConfig) -> dict[str, Any]:
     block = read_model_config(cfg.base_model)["block_size"]
     if cfg.seq_len is not None and cfg.seq_len > block:
         raise GhoulError(f"--seq-len {cfg.seq_len} exceeds the block size of {cfg.base_model} ({block})")
-    out = cfg.output_dir
+    out = FeedbackRun(cfg.output_dir)
     generate = GenerateConfig(checkpoint=cfg.base_model, prompt=cfg.prompt, prompts_file=cfg.prompts_file,
                               num_samples=cfg.num_samples, max_new_tokens=cfg.max_new_tokens,
                               temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, seed=cfg.seed,
-                              batch_size=cfg.generate_batch_size, device=cfg.device, out=out / "stories.jsonl",
+                              batch_size=cfg.generate_batch_size, device=cfg.device, out=out.stories,
                               print_samples=False)
-    ranking = rank.RankConfig(stories=out / "stories.jsonl", out=out / "rankings.jsonl", group_size=cfg.group_size,
+    ranking = rank.RankConfig(stories=out.stories, out=out.rankings, group_size=cfg.group_size,
                               seed=cfg.seed, judging=cfg.judging)
-    export = winners.ExportWinnersConfig(out / "rankings.jsonl", out / "stories.jsonl", out / "winners.txt")
-    prepare = PrepareConfig("rlhf", out / "data" / "winners", tokenizer=model_tokenizer(cfg.base_model),
-                            source_path=str(out / "winners.txt"), workers=1, progress=False)
+    export = winners.ExportWinnersConfig(out.rankings, out.stories, out.winners)
+    prepare = PrepareConfig("rlhf", out.winners_data, tokenizer=model_tokenizer(cfg.base_model),
+                            source_path=str(out.winners), workers=1, progress=False)
     given = {k: getattr(cfg, k) for k in METHOD_OPTIONS[cfg.method] if getattr(cfg, k) is not None}
     steps: dict[str, Any] = dict(generate=generate, rank=ranking)
     if cfg.method == "winners":
         steps["export"], steps["prepare"] = export, prepare
-        steps["final"] = build(FinetuneConfig, dataset=str(out / "data" / "winners"), base_model=cfg.base_model,
-                               output_dir=out / FINAL_DIRS["winners"], eval_every=0, seed=cfg.seed,
+        steps["final"] = build(FinetuneConfig, dataset=str(out.winners_data), base_model=cfg.base_model,
+                               output_dir=out.model("winners"), eval_every=0, seed=cfg.seed,
                                device=cfg.device, **given)
     else:
         steps.update(preference_configs(cfg, given))
@@ -143,16 +143,16 @@ def stage_configs(cfg: RlhfConfig) -> dict[str, Any]:
 
 def preference_configs(cfg: RlhfConfig, given: dict[str, Any]) -> dict[str, Any]:
     """The steps after ranking of dpo (its trainer) and ppo/grpo (a reward model, then the policy against it)."""
-    out = cfg.output_dir
-    pairs = dict(rankings=out / "rankings.jsonl", stories=out / "stories.jsonl", seed=cfg.seed, device=cfg.device)
+    out = FeedbackRun(cfg.output_dir)
+    pairs = dict(rankings=out.rankings, stories=out.stories, seed=cfg.seed, device=cfg.device)
     if cfg.method == "dpo":
-        return {"final": build(DpoConfig, policy=cfg.base_model, output_dir=out / FINAL_DIRS["dpo"], **pairs, **given)}
+        return {"final": build(DpoConfig, policy=cfg.base_model, output_dir=out.model("dpo"), **pairs, **given)}
     reward = {key: given.pop(name) for name, key in (("reward_steps", "max_steps"),
                                                      ("reward_learning_rate", "learning_rate")) if name in given}
-    return {"reward": build(RewardTrainConfig, base_model=cfg.base_model, output_dir=out / "reward", **pairs,
+    return {"reward": build(RewardTrainConfig, base_model=cfg.base_model, output_dir=out.reward, **pairs,
                             **reward),
             "final": build(PpoConfig if cfg.method == "ppo" else RlConfig,
-                policy=cfg.base_model, reward=out / "reward", output_dir=out / FINAL_DIRS[cfg.method],
+                policy=cfg.base_model, reward=out.reward, output_dir=out.model(cfg.method),
                 prompt=cfg.prompt, prompts_file=cfg.prompts_file, group_size=cfg.group_size,
                 max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed, device=cfg.device,
                 **given)}
@@ -183,7 +183,8 @@ def run(cfg: RlhfConfig) -> RlhfResult:
     out = cfg.output_dir
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.json", json.dumps(to_dict(cfg), indent=2) + "\n")
-    stories, rankings, winners_txt = out / "stories.jsonl", out / "rankings.jsonl", out / "winners.txt"
+    layout = FeedbackRun(out)
+    stories, rankings, winners_txt = layout.stories, layout.rankings, layout.winners
     total = 3 if cfg.method == "dpo" else 4  # steps, for the progress messages
     truncation = sampling_truncation(cfg)
     if cfg.method == "winners" and truncation:
@@ -215,7 +216,7 @@ def run(cfg: RlhfConfig) -> RlhfResult:
         _train_step(train_reward, steps["reward"])
         _say(f"4/4 {cfg.method.upper()} against the reward model")
         _train_step(lambda c: reinforce(c, cfg.method), steps["final"])
-    model = out / FINAL_DIRS[cfg.method]
+    model = layout.model(cfg.method)
     _say(f"done: the new model is {model} (ghoul generate --checkpoint {model}; ghoul compare --a {model} "
          f"--b {cfg.base_model})")
     return RlhfResult(out, stories, rankings, winners_txt if cfg.method == "winners" else None, model)

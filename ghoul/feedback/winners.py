@@ -10,13 +10,13 @@ from typing import Any
 from ghoul.config import option
 from ghoul.data.sources import EOT
 from ghoul.errors import GhoulError
-from ghoul.feedback.rank import full_text, load_rankings, load_stories, stories_judged
+from ghoul.feedback.records import RANKINGS_FILE, full_text, load_rankings, load_stories, stories_judged
 from ghoul.files import atomic_write_text, refuse_input_as_output
 
 
 @dataclass
 class ExportWinnersConfig:
-    rankings: Path = option(Path("rankings.jsonl"), "judgments made by `ghoul rank`", positional=True)
+    rankings: Path = option(Path(RANKINGS_FILE), "judgments made by `ghoul rank`", positional=True)
     stories: Path | None = option(None, "the stories they judged (default: stories.jsonl beside the rankings)")
     out: Path = option(Path("winners.txt"), "text file of the winning stories, separated by <|endoftext|>")
 

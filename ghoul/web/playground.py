@@ -22,6 +22,7 @@ from fastapi.responses import StreamingResponse
 from ghoul.config import option, require
 from ghoul.dist import resolve_device
 from ghoul.errors import GhoulError
+from ghoul.feedback.records import STORIES_FILE
 from ghoul.files import append_jsonl, read_jsonl, repair_jsonl
 from ghoul.generate import GenerateConfig, batch_seed, encode_prompt, model_and_tokenizer
 from ghoul.model import GPT, PRESETS, KVCache, sample_next
@@ -113,7 +114,7 @@ class Playground:
 
     def __init__(self, model: GPT, tokenizer: Tokenizer, source: str, out_dir: Path) -> None:
         self.model, self.tokenizer, self.source = model, tokenizer, source
-        self.stories_path = Path(out_dir) / "stories.jsonl"
+        self.stories_path = Path(out_dir) / STORIES_FILE
         self.lock = threading.Lock()
         self.groups: dict[int, list[dict[str, Any]]] = {}
         self.sent: set[int] = set()

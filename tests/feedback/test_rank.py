@@ -13,6 +13,7 @@ from ghoul.data.sources import EOT, make_source
 from ghoul.errors import GhoulError
 from ghoul.feedback import rank, winners
 from ghoul.feedback.judges import Judge, Judgment, LengthJudge
+from ghoul.feedback.records import RAW_LIMIT, full_text, load_stories
 from ghoul.files import read_jsonl
 from tests.conftest import fail_writes_after
 from tests.feedback.conftest import KEY, completion, files_under, pick_largest, shown_numbers, write_stories
@@ -23,7 +24,7 @@ def rank_cfg(tmp_path, **kw) -> rank.RankConfig:
 
 
 def test_groups_are_reproducible_and_share_a_prompt(tmp_path):
-    stories = rank.load_stories(write_stories(tmp_path / "stories.jsonl", 22, prompts=("A", "B")))
+    stories = load_stories(write_stories(tmp_path / "stories.jsonl", 22, prompts=("A", "B")))
     groups = rank.make_groups(stories, 4, seed=3)
     assert groups == rank.make_groups(stories, 4, seed=3)
     assert groups != rank.make_groups(stories, 4, seed=4)
@@ -37,7 +38,7 @@ def test_rank_with_the_length_judge_and_export_winners(tmp_path, capsys):
     result = rank.run(rank_cfg(tmp_path, judge="length"))
     assert (result.groups, result.judged, result.skipped) == (3, 3, 0)
     records = read_jsonl(tmp_path / "rankings.jsonl")
-    stories = rank.load_stories(tmp_path / "stories.jsonl")
+    stories = load_stories(tmp_path / "stories.jsonl")
     for r in records:
         assert set(r) >= {"group", "shown", "chosen", "judge", "reason", "raw", "time", "skipped"}
         assert r["judge"] == "length" and not r["skipped"]
@@ -48,7 +49,7 @@ def test_rank_with_the_length_judge_and_export_winners(tmp_path, capsys):
     text = (tmp_path / "winners.txt").read_text()
     assert text.count(EOT) == 2
     docs = list(make_source("rlhf", tmp_path / "winners.txt"))  # what `ghoul prepare rlhf` reads
-    assert docs == [rank.full_text(stories[r["chosen"]]).strip() for r in records]
+    assert docs == [full_text(stories[r["chosen"]]).strip() for r in records]
     capsys.readouterr()
     for out in ("rankings.jsonl", "stories.jsonl"):  # an input given as the output stays as it was
         before = (tmp_path / out).read_text()
@@ -77,7 +78,7 @@ def test_first_position_bias_is_measurable(tmp_path, fake_openai):
     records = read_jsonl(tmp_path / "rankings.jsonl")
     assert all(r["chosen"] == r["shown"][0] and r["position"] == 1 for r in records)
     assert result.positions == {1: 10}
-    groups = rank.make_groups(rank.load_stories(tmp_path / "stories.jsonl"), 4, 5)
+    groups = rank.make_groups(load_stories(tmp_path / "stories.jsonl"), 4, 5)
     assert any(r["shown"] != groups[r["group"]] for r in records)  # the judge's order is not the group's
 
 
@@ -95,7 +96,7 @@ def test_unparseable_answers_are_recorded_as_skipped(tmp_path, fake_openai):
     assert rank.run(rank_cfg(tmp_path, judge="openai:gpt-4o", base_url=server.url)).judged == 0
     assert rank.run(rank_cfg(tmp_path, judge="openai:gpt-4o", base_url=server.url, retry_skipped=True)).judged == 2
     ids = winners.run(winners.ExportWinnersConfig(tmp_path / "rankings.jsonl", out=tmp_path / "w.txt"))
-    assert ids == [max(g) for g in rank.make_groups(rank.load_stories(tmp_path / "stories.jsonl"), 4, 1337)]
+    assert ids == [max(g) for g in rank.make_groups(load_stories(tmp_path / "stories.jsonl"), 4, 1337)]
 
 
 def test_resume_after_a_crash_in_the_middle_of_ranking(tmp_path, fake_openai):
@@ -183,7 +184,7 @@ def test_an_output_that_is_an_input_or_not_ours_is_never_cut(tmp_path):
     before = stories.read_bytes()
     with pytest.raises(GhoulError, match="is also an input"):
         rank.run(rank_cfg(tmp_path, judge="length", out=stories))
-    assert stories.read_bytes() == before and len(rank.load_stories(stories)) == 8
+    assert stories.read_bytes() == before and len(load_stories(stories)) == 8
     for name, content in [("image.png", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe\x00"),
                           ("blob.bin", b"\x00\x01\xfe\xff" * 64),
                           ("other.jsonl", before)]:  # another stories file: not judgments
@@ -245,5 +246,5 @@ def test_a_huge_skipped_answer_is_stored_as_an_excerpt(tmp_path, fake_openai):
     assert result.skipped == 1
     record = read_jsonl(tmp_path / "rankings.jsonl")[0]
     assert record["skipped"] and record["raw"].startswith("I cannot decide.") and len(record["raw"]) < 2100
-    assert record["raw"].endswith(f"[... {len(answer) - rank.RAW_LIMIT:,} more characters cut]")
+    assert record["raw"].endswith(f"[... {len(answer) - RAW_LIMIT:,} more characters cut]")
     assert (tmp_path / "rankings.jsonl").stat().st_size < 5000

@@ -16,6 +16,7 @@ import pytest
 
 from ghoul.config import build
 from ghoul.feedback import rank
+from ghoul.feedback.records import load_stories
 from ghoul.files import read_jsonl
 from ghoul.web.ranking import WebJudge
 from tests.feedback.conftest import write_stories
@@ -31,7 +32,7 @@ class Ranking:
     def __init__(self, tmp_path: Path, stories: int = 12) -> None:
         write_stories(tmp_path / "stories.jsonl", stories)
         self.out = tmp_path / "rankings.jsonl"
-        self.stories = rank.load_stories(tmp_path / "stories.jsonl")
+        self.stories = load_stories(tmp_path / "stories.jsonl")
         self.judge = WebJudge("127.0.0.1", 0)
         self.cfg = build(rank.RankConfig, stories=tmp_path / "stories.jsonl", out=self.out, judge="web")
         self.outcome: dict[str, Any] = {}
