@@ -26,22 +26,28 @@ def refuse_input_as_output(out: str | Path, *inputs: str | Path | None, flag: st
             raise GhoulError(f"{flag} {out} is also an input: writing there would destroy it; give another path")
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file in the same folder and an atomic rename."""
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
+    """Have `write` fill a hidden temporary file beside `path`, then rename it into place: `path` never holds half a
+    file, and a failed write leaves nothing behind."""
     path = Path(path)
-    if path.is_dir():  # checked first: the rename would fail only after the whole text is written
+    if path.is_dir():  # checked first: the rename would fail only after the whole file is written
         raise IsADirectoryError(errno.EISDIR, "is a directory, not a file", str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp, fd = create_beside(path, lambda p: os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        write(tmp)
         os.replace(tmp, path)
     except BaseException as e:
         tmp.unlink(missing_ok=True)
         if isinstance(e, OSError) and e.filename is None:  # a failed write (a full disk) names no file: name it
             raise OSError(e.errno, e.strerror, str(path)) from e
         raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file in the same folder and an atomic rename."""
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 @contextlib.contextmanager

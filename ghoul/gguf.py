@@ -11,8 +11,6 @@ does; the `qwen3` graph rotates as ghoul does.
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -24,7 +22,7 @@ import torch
 from ghoul.checkpoint import read_model_config
 from ghoul.config import option
 from ghoul.errors import GhoulError
-from ghoul.files import atomic_write_text, create_beside, refuse_input_as_output
+from ghoul.files import atomic_write, atomic_write_text, refuse_input_as_output
 from ghoul.hf import GPT2, exported_weights, gpt2_config, language_config, llama_config, llama_state, switch_family
 from ghoul.layout import WEIGHTS_FILE, resolve_checkpoint
 from ghoul.tokenizer import Tokenizer, load_tokenizer
@@ -80,7 +78,7 @@ def export_gguf(checkpoint: str | Path, out: str | Path, dtype: str = "f16") -> 
     for name, tensor in gguf_tensors(arch, config, state).items():
         add_tensor(writer, name, tensor, dtype)
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_beside(out, lambda tmp: _write_file(writer, tmp))
+    atomic_write(out, lambda tmp: _write_file(writer, tmp))
     atomic_write_text(out.parent / "Modelfile", modelfile(out, config))
     return out
 
@@ -235,19 +233,6 @@ def _write_file(writer: gguf.GGUFWriter, path: Path) -> None:
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-
-
-def write_beside(path: Path, write: Callable[[Path], None]) -> None:
-    """Have `write` make a hidden temporary file beside `path`, then rename it into place: `path` never holds half a
-    file, and a failed write leaves nothing behind."""
-    tmp, fd = create_beside(path, lambda p: os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def modelfile(out: Path, config: GPTConfig) -> str:

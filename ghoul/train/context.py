@@ -22,14 +22,15 @@ from ghoul.checkpoint import read_model_config
 from ghoul.errors import GhoulError
 from ghoul.files import atomic_write_text, clean_temporaries
 from ghoul.layout import newest_checkpoint, resolve_checkpoint, set_aside_later
+from ghoul.train.config import RunOptions
 from ghoul.train.logger import LOG_FILE, SAMPLES_FILE, RunLogger
 
 
 @contextmanager
-def training_run(run: Any) -> Iterator[tuple[dist.DistInfo, Path | None]]:
+def training_run(run: RunOptions) -> Iterator[tuple[dist.DistInfo, Path | None]]:
     """Start this process (one, or a torchrun rank), check the run directory and seed the RNG; yields the process's
-    DistInfo and the checkpoint to resume from (None: a fresh run). `run` holds RunOptions' fields."""
-    with dist.started(run.device, getattr(run, "dist_timeout_minutes", None)) as d:
+    DistInfo and the checkpoint to resume from (None: a fresh run)."""
+    with dist.started(run.device, run.dist_timeout_minutes) as d:
         resume_from = check_run_dir(run)
         dist.barrier()  # every rank has checked the run directory before rank 0 writes into it
         torch.manual_seed(run.seed)
