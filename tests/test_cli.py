@@ -137,12 +137,12 @@ def test_omitted_optional_positional_takes_its_default(tmp_path, monkeypatch, ca
     monkeypatch.chdir(tmp_path)  # `ghoul export winners` reads rankings.jsonl from here when not given one
     (tmp_path / "stories.jsonl").write_text('{"id": 1, "prompt": "The door ", "text": "opened."}\n')
     (tmp_path / "rankings.jsonl").write_text('{"group": 0, "shown": [1], "chosen": 1}\n')
-    assert main(["export", "winners", "--out", "w.txt"]) == 0
-    assert (tmp_path / "w.txt").read_text() == "The door opened.\n"
+    assert main(["export", "winners", "--out", "w.jsonl"]) == 0
+    assert json.loads((tmp_path / "w.jsonl").read_text()) == {"id": 1, "group": 0, "text": "The door opened."}
     (tmp_path / "rankings.jsonl").rename(tmp_path / "judged.jsonl")  # a --config file gives it when the flag does not
     (tmp_path / "w.toml").write_text('rankings = "judged.jsonl"\n')
-    assert main(["export", "winners", "--config", "w.toml", "--out", "w2.txt"]) == 0
-    assert (tmp_path / "w2.txt").read_text() == "The door opened.\n"
+    assert main(["export", "winners", "--config", "w.toml", "--out", "w2.jsonl"]) == 0
+    assert (tmp_path / "w2.jsonl").read_text() == (tmp_path / "w.jsonl").read_text()
 
 
 def test_bad_int_flag_names_the_type(capsys):

@@ -430,22 +430,6 @@ class JsonlSource(TextSource):
                 yield _text(record.get(field))
 
 
-@register
-class RlhfSource(TextSource):
-    """The winners file the feedback loop writes: stories separated by <|endoftext|>."""
-
-    name = "rlhf"
-    licence = "model outputs: those of the model and its training data"
-    suffixes = ()  # the winners file is plain text whatever its name
-    options = frozenset({"separator"})
-
-    def iter_documents(self) -> Iterator[str]:
-        separator = unescape_separator(self.separator) or EOT
-        for path in self.files():
-            with open_text(path) as f:
-                yield from (story.strip() for story in f.read().split(separator))
-
-
 def unescape_separator(separator: str | None) -> str | None:
     """A separator typed on the command line: the escapes \\n and \\t mean newline and tab."""
     if separator is None:

@@ -16,6 +16,7 @@ from ghoul.files import read_jsonl
 
 STORIES_FILE = "stories.jsonl"
 RANKINGS_FILE = "rankings.jsonl"
+WINNERS_FILE = "winners.jsonl"  # read by the jsonl data source: `ghoul prepare jsonl`
 # Characters of a judge's raw answer and reason kept in rankings.jsonl: a broken server's 30 MB answer must not
 # become a 60 MB rankings file (an answer within the judge's max_tokens is far shorter)
 RAW_LIMIT = 2000
@@ -37,7 +38,7 @@ class FeedbackRun:
 
     @property
     def winners(self) -> Path:
-        return self.root / "winners.txt"
+        return self.root / WINNERS_FILE
 
     @property
     def winners_data(self) -> Path:

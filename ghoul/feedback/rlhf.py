@@ -4,7 +4,7 @@ chosen stories, `dpo` runs DPO on the preference pairs, `ppo` and `grpo` train a
 then the policy against it.
 
 Every step writes its own file and is skipped when that file is complete, so the command resumes at any step:
-RUN/stories.jsonl -> RUN/rankings.jsonl -> RUN/winners.txt -> RUN/data/winners/ -> RUN/finetune/ (winners),
+RUN/stories.jsonl -> RUN/rankings.jsonl -> RUN/winners.jsonl -> RUN/data/winners/ -> RUN/finetune/ (winners),
 or -> RUN/dpo/ (dpo), or -> RUN/reward/ -> RUN/ppo/ or RUN/grpo/ (ppo, grpo): the new model is the last of them.
 """
 
@@ -108,7 +108,7 @@ class RlhfResult:
     run_dir: Path
     stories: Path
     rankings: Path
-    winners: Path | None  # winners.txt (method winners only)
+    winners: Path | None  # winners.jsonl (method winners only)
     model: Path  # the trained model (a run directory whose `latest` names the final checkpoint)
 
 
@@ -127,7 +127,7 @@ def stage_configs(cfg: RlhfConfig) -> dict[str, Any]:
     ranking = rank.RankConfig(stories=out.stories, out=out.rankings, group_size=cfg.group_size,
                               seed=cfg.seed, judging=cfg.judging)
     export = winners.ExportWinnersConfig(out.rankings, out.stories, out.winners)
-    prepare = PrepareConfig("rlhf", out.winners_data, tokenizer=model_tokenizer(cfg.base_model),
+    prepare = PrepareConfig("jsonl", out.winners_data, tokenizer=model_tokenizer(cfg.base_model),
                             source_path=str(out.winners), workers=1, progress=False)
     given = {k: getattr(cfg, k) for k in METHOD_OPTIONS[cfg.method] if getattr(cfg, k) is not None}
     steps: dict[str, Any] = dict(generate=generate, rank=ranking)
@@ -184,7 +184,7 @@ def run(cfg: RlhfConfig) -> RlhfResult:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.json", json.dumps(to_dict(cfg), indent=2) + "\n")
     layout = FeedbackRun(out)
-    stories, rankings, winners_txt = layout.stories, layout.rankings, layout.winners
+    stories, rankings, winners_file = layout.stories, layout.rankings, layout.winners
     total = 3 if cfg.method == "dpo" else 4  # steps, for the progress messages
     truncation = sampling_truncation(cfg)
     if cfg.method == "winners" and truncation:
@@ -199,8 +199,8 @@ def run(cfg: RlhfConfig) -> RlhfResult:
     _say(f"2/{total} rank: judge {cfg.judging.judge}, groups of {cfg.group_size}")
     rank.run(steps["rank"])
     if cfg.method == "winners":
-        if winners_txt.is_file() and winners_txt.stat().st_mtime >= rankings.stat().st_mtime:
-            _say(f"3/4 winners: {winners_txt} is up to date; skipped")
+        if winners_file.is_file() and winners_file.stat().st_mtime >= rankings.stat().st_mtime:
+            _say(f"3/4 winners: {winners_file} is up to date; skipped")
         else:
             _say("3/4 winners: export the chosen stories")
             winners.run(steps["export"])
@@ -219,7 +219,7 @@ def run(cfg: RlhfConfig) -> RlhfResult:
     model = layout.model(cfg.method)
     _say(f"done: the new model is {model} (ghoul generate --checkpoint {model}; ghoul compare --a {model} "
          f"--b {cfg.base_model})")
-    return RlhfResult(out, stories, rankings, winners_txt if cfg.method == "winners" else None, model)
+    return RlhfResult(out, stories, rankings, winners_file if cfg.method == "winners" else None, model)
 
 
 def _train_step(train: Any, step_cfg: Any) -> None:

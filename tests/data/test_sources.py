@@ -25,7 +25,7 @@ def reddit_stories(data: Path) -> list[dict]:
 
 
 def test_registry_has_the_built_in_sources() -> None:
-    assert {"fineweb", "fineweb-edu", "creepypasta", "text", "jsonl", "rlhf"} <= set(SOURCES)
+    assert {"fineweb", "fineweb-edu", "creepypasta", "text", "jsonl"} <= set(SOURCES)
     for cls in SOURCES.values():
         assert cls.licence
     with pytest.raises(GhoulError, match="unknown source 'nope'.*fineweb"):
@@ -113,12 +113,6 @@ def test_jsonl_source_with_text_field(data: Path) -> None:
         assert docs == [json.loads(line)["ctx"] for line in f]
     with pytest.raises(GhoulError, match=r"hellaswag_val_first100\.jsonl has no field 'text'.*activity_label"):
         list(make_source("jsonl", path))
-
-
-def test_rlhf_winners_file(tmp_path: Path) -> None:
-    path = tmp_path / "winners.txt"
-    path.write_text("The door.\n<|endoftext|>\nThe cellar.<|endoftext|>\n\n<|endoftext|>The end.\n", encoding="utf-8")
-    assert list(make_source("rlhf", path)) == ["The door.", "The cellar.", "The end."]
 
 
 def test_missing_and_empty_sources_name_the_file(tmp_path: Path) -> None:

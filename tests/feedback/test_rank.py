@@ -9,7 +9,7 @@ import pytest
 
 from ghoul.cli import main
 from ghoul.config import build
-from ghoul.data.sources import EOT, make_source
+from ghoul.data.sources import make_source
 from ghoul.errors import GhoulError
 from ghoul.feedback import rank, winners
 from ghoul.feedback.judges import Judge, Judgment, LengthJudge
@@ -45,10 +45,10 @@ def test_rank_with_the_length_judge_and_export_winners(tmp_path, capsys):
         assert r["chosen"] == max(r["shown"], key=lambda i: (len(stories[i]["text"]), -r["shown"].index(i)))
     assert "judged 3 groups (0 skipped)" in capsys.readouterr().err
 
-    assert main(["export", "winners", str(tmp_path / "rankings.jsonl"), "--out", str(tmp_path / "winners.txt")]) == 0
-    text = (tmp_path / "winners.txt").read_text()
-    assert text.count(EOT) == 2
-    docs = list(make_source("rlhf", tmp_path / "winners.txt"))  # what `ghoul prepare rlhf` reads
+    assert main(["export", "winners", str(tmp_path / "rankings.jsonl"), "--out", str(tmp_path / "winners.jsonl")]) == 0
+    written = read_jsonl(tmp_path / "winners.jsonl")
+    assert [(w["group"], w["id"]) for w in written] == [(r["group"], r["chosen"]) for r in records]
+    docs = list(make_source("jsonl", tmp_path / "winners.jsonl"))  # what `ghoul prepare jsonl` reads
     assert docs == [full_text(stories[r["chosen"]]).strip() for r in records]
     capsys.readouterr()
     for out in ("rankings.jsonl", "stories.jsonl"):  # an input given as the output stays as it was

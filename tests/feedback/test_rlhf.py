@@ -25,7 +25,7 @@ def test_rlhf_runs_end_to_end_and_resumes(tiny_model, tmp_path, capsys):
     assert len(stories) == 32 and len(rankings) == 8
     assert all(s["prompt"] == "I heard something in the attic" for s in stories)
     assert all(r["judge"] == "length" and r["chosen"] in r["shown"] for r in rankings)
-    assert (run / "winners.txt").read_text().count("<|endoftext|>") == 7
+    assert len(read_jsonl(run / "winners.jsonl")) == 8
     assert json.loads((run / "data" / "winners" / "meta.json").read_text())["complete"]
     model, _ = load_model_and_tokenizer(run / "finetune")
     state = json.loads((run / "finetune" / "step_000004" / "trainer_state.json").read_text())
@@ -70,7 +70,7 @@ def test_rlhf_method_switches_the_final_stage(method, tiny_model, tmp_path, caps
             "--max-steps", "2", *(["--batch-size", "2"] if method == "dpo" else
                                   ["--prompts-per-step", "2", "--reward-steps", "4"])]
     assert main(args) == 0
-    assert len(read_jsonl(run / "rankings.jsonl")) == 4 and not (run / "winners.txt").exists()
+    assert len(read_jsonl(run / "rankings.jsonl")) == 4 and not (run / "winners.jsonl").exists()
     final = run / method
     assert (final / "latest").read_text().strip() == "step_000002"
     model, _ = load_model_and_tokenizer(final)
