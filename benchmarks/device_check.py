@@ -10,7 +10,9 @@ short keeps what it measured), and stages after --budget-s seconds skipped:
    eager PyTorch, with and without activation checkpointing (a few steps each);
 3. a one-process torchrun run over NCCL: DDP around the compiled model, `no_sync` accumulation, the default precision
    (auto: bfloat16 on this GPU), Muon, activation checkpointing, in-loop HellaSwag (a made-up file: the machine may
-   have no network) and samples, a checkpoint, and a resume from it;
+   have no network) and samples, a checkpoint, and a resume from it; the same under FSDP on every GPU found (its
+   bfloat16 mixed-precision policy, the sharded checkpoint), then the first preset's rate, MFU and peak memory
+   under FSDP;
 4. MFU of `ghoul pretrain` itself, as a user runs it (bfloat16 autocast, --compile, vocabulary padded), for gpt2
    and gpt2-xl on synthetic GPT-2 token shards: the median of the logged MFU after the compiling steps (targets on
    an H100: 50% and 45%);
@@ -32,6 +34,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -105,7 +108,8 @@ def pretrain(preset: str, shards: Path, out: Path, device: str, steps: int, comp
                 total_batch_size=BATCH[preset] * seq_len(preset) * accum)
     started = time.perf_counter()
     # the runs measure speed and memory: their checkpoints (18 GB for gpt2-xl with AdamW's state) are not written
-    with mock.patch("ghoul.train.loop.save_training_checkpoint", lambda directory, step, *_: directory / str(step)):
+    with mock.patch("ghoul.train.loop.save_training_checkpoint",
+                    lambda directory, step, *_, **__: directory / str(step)):
         run(cfg)
     records = [r for r in read_jsonl(out / name / "log.jsonl") if "loss" in r]
     warm = records[len(records) // 2:]
@@ -142,14 +146,21 @@ def memory_against_plan(preset: str, shards: Path, out: Path, device: str) -> di
     return result
 
 
-def torchrun_run(shards: Path, out: Path, device: str, compile: bool) -> dict:
-    """`ghoul pretrain` as one torchrun process, which starts a process group (NCCL on CUDA) and trains under DDP:
-    the tiny model with 2 accumulation steps (`no_sync`), Muon, activation checkpointing, in-loop HellaSwag and
-    samples, a checkpoint at step 2; then a resume from it, whose losses are compared with the first run's."""
-    run_dir, steps = out / "torchrun", 4
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "-m", "ghoul",
+def ranks(device: str) -> int:
+    """torchrun processes of the multi-rank stages: one per GPU, or two CPU processes."""
+    return torch.cuda.device_count() if device.startswith("cuda") else 2
+
+
+def torchrun_run(shards: Path, out: Path, device: str, compile: bool, parallel: str = "ddp", nproc: int = 1) -> dict:
+    """`ghoul pretrain` as `nproc` torchrun processes, which start a process group (NCCL on CUDA) and train under
+    DDP or FSDP: the tiny model with 2 accumulation steps (`no_sync`, or FSDP's gradient sync off), Muon,
+    activation checkpointing, in-loop HellaSwag and samples, a checkpoint at step 2; then a resume from it, whose
+    losses are compared with the first run's."""
+    run_dir, steps = out / f"torchrun-{parallel}", 4
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "ghoul",
            "pretrain", "--dataset", str(shards), "--model", "tiny", "--batch-size", "4", "--seq-len", "64",
-           "--total-batch-size", str(4 * 64 * 2), "--max-steps", str(steps), "--eval-every", "0", "--optimizer", "muon",
+           "--total-batch-size", str(4 * 64 * 2 * nproc), "--max-steps", str(steps), "--eval-every", "0",
+           "--optimizer", "muon", "--parallel", parallel,
            "--activation-checkpointing", "--hellaswag-every", "2", "--hellaswag-limit", "8",
            "--hellaswag-path", str(synthetic_hellaswag(out / "hellaswag.jsonl")), "--sample-every", "2",
            "--sample-tokens", "16", "--checkpoint-every", "2", "--output-dir", str(run_dir), "--device", device,
@@ -171,6 +182,27 @@ def torchrun_run(shards: Path, out: Path, device: str, compile: bool) -> dict:
             "hellaswag": sum("hellaswag_acc" in r for r in log), "samples": len(read_jsonl(run_dir / "samples.jsonl")),
             # exact on a CPU; on a GPU, atomics in some backward kernels (attention's) may make it differ a little
             "resume_loss_difference": max(abs(after[s] - before[s]) for s in range(3, steps + 1))}
+
+
+def fsdp_speed(preset: str, shards: Path, out: Path, device: str, steps: int, compile: bool, nproc: int) -> dict:
+    """`ghoul pretrain --parallel fsdp` of `preset` on `nproc` ranks as a user runs it (default precision, the
+    preset's micro-batch): the medians of the logged rate and MFU over the second half, and rank 0's peak memory."""
+    run_dir = out / f"fsdp-{preset}"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "ghoul",
+           "pretrain", "--dataset", str(shards), "--model", preset, "--batch-size", str(BATCH[preset]), "--seq-len",
+           str(seq_len(preset)), "--max-steps", str(steps), "--eval-every", "0", "--parallel", "fsdp",
+           "--output-dir", str(run_dir), "--device", device, *(["--compile"] if compile else [])]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        return {"error": (done.stdout + done.stderr)[-1500:]}
+    records = [r for r in read_jsonl(run_dir / "log.jsonl") if "loss" in r]
+    warm = records[len(records) // 2:]
+    mfu = [r["mfu"] for r in warm if "mfu" in r]
+    memory = [r["peak_memory_gib"] for r in records if "peak_memory_gib" in r]
+    shutil.rmtree(run_dir)  # its checkpoint: the disk is for the next stages
+    return {"ranks": nproc, "tokens_per_s": statistics.median(r["tokens_per_s"] for r in warm),
+            "mfu": statistics.median(mfu) if mfu else None, "peak_memory_gib": max(memory) if memory else None,
+            "final_loss": records[-1]["loss"], "batch": BATCH[preset], "steps": steps}
 
 
 def cpu_bfloat16() -> dict:
@@ -228,10 +260,18 @@ def main() -> None:
               lambda r: "; ".join(f"{k}: planned {gib(v['planned_gib'])}, measured {gib(v['measured_gib'])}"
                                   for k, v in r.items()))
         backend = "nccl" if args.device.startswith("cuda") else "gloo"
-        stage(f"torchrun-{backend}", lambda: torchrun_run(shards, Path(tmp), args.device, not args.no_compile),
-              lambda r: f"passed: DDP, --dtype auto ran {r['dtype']}, {r['hellaswag']} HellaSwag evaluations, "
-                        f"{r['samples']} samples, resumed losses within {r['resume_loss_difference']:.2g}"
-                        if r["passed"] else f"FAILED\n{r['tail']}")
+        for parallel, nproc in (("ddp", 1), ("fsdp", ranks(args.device))):
+            stage(f"torchrun-{backend}-{parallel}",
+                  lambda p=parallel, n=nproc: torchrun_run(shards, Path(tmp), args.device, not args.no_compile, p, n),
+                  lambda r, p=parallel, n=nproc: f"passed: {p.upper()} on {n}, --dtype auto ran {r['dtype']}, "
+                  f"{r['hellaswag']} HellaSwag evaluations, {r['samples']} samples, resumed losses within "
+                  f"{r['resume_loss_difference']:.2g}" if r["passed"] else f"FAILED\n{r['tail']}")
+        stage(f"fsdp-{args.presets[0]}",
+              lambda: fsdp_speed(args.presets[0], shards, Path(tmp), args.device, args.steps, not args.no_compile,
+                                 ranks(args.device)),
+              lambda r: f"{r['ranks']} ranks: {r['tokens_per_s']:,.0f} tokens/s, MFU "
+                        f"{'unknown peak' if r['mfu'] is None else format(r['mfu'], '.1%')}, peak memory "
+                        f"{gib(r['peak_memory_gib'])}")
         # last of the GPU stages: compiling gpt2-xl's 48 blocks takes the longest
         for preset in args.presets:
             stage(f"pretrain-{preset}",

@@ -30,18 +30,22 @@ TIED = "lm_head.weight"  # the same tensor as transformer.wte.weight; stored onc
 # model, ghoul.feedback.reward), so that loading builds the class that was saved
 MODEL_KINDS: dict[str, type[GPT]] = {"language": GPT}
 OPTIMIZER_FILE = "optimizer.pt"
+SHARDED_OPTIMIZER = "optimizer"  # instead of optimizer.pt in the checkpoints of FSDP runs: one file per rank
 STATE_FILE = "trainer_state.json"
 
 
-def model_state(model: GPT) -> dict[str, torch.Tensor]:
-    """The weights to store: CPU, contiguous, a tied head left out (safetensors forbids shared tensors)."""
-    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
+def model_state(model: GPT, weights: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """The weights to store (`weights`, or the model's own): CPU, contiguous, a tied head left out (safetensors
+    forbids shared tensors)."""
+    weights = model.state_dict() if weights is None else weights
+    return {k: v.detach().cpu().contiguous() for k, v in weights.items()
             if k != TIED or not model.config.tie_embeddings}
 
 
 def write_model_files(model: GPT, directory: Path, tokenizer: Tokenizer | str | None = None,
-                      extra: dict | None = None) -> None:
-    """Write the model files into an existing `directory` (used inside an atomic directory)."""
+                      extra: dict | None = None, weights: dict[str, torch.Tensor] | None = None) -> None:
+    """Write the model files into an existing `directory` (used inside an atomic directory); `weights` are the
+    model's gathered from the ranks of a sharded (FSDP) run."""
     # a model class other than GPT (a reward model) names itself, so that loading builds the same class
     config = {**asdict(model.config), "ghoul_version": __version__, **getattr(model, "dir_config", {}), **(extra or {})}
     if tokenizer is not None and not isinstance(tokenizer, str):
@@ -54,7 +58,7 @@ def write_model_files(model: GPT, directory: Path, tokenizer: Tokenizer | str | 
     (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     path = directory / WEIGHTS_FILE
     try:
-        save_file(model_state(model), str(path), metadata={"format": "pt"})
+        save_file(model_state(model, weights), str(path), metadata={"format": "pt"})
     except SafetensorError as e:  # a failed write (a full disk) comes as "I/O error: ... (os error 28)"
         code = re.search(r"os error (\d+)", str(e))
         if code is None:
@@ -175,16 +179,23 @@ def load_weights(model: GPT, state: dict[str, torch.Tensor], source: str | Path)
 
 def save_training_checkpoint(run_dir: str | Path, step: int, model: GPT, optimizers: list[torch.optim.Optimizer],
                              state: dict, tokenizer: Tokenizer | str | None = None, keep_last: int = 0,
-                             modules: dict[str, torch.nn.Module] | None = None) -> Path:
+                             modules: dict[str, torch.nn.Module] | None = None,
+                             weights: dict[str, torch.Tensor] | None = None, sharded_optimizer: Path | None = None
+                             ) -> Path:
     """Write `RUN/step_{step}` atomically, point `RUN/latest` at it, and keep only the newest `keep_last`.
     `modules` are trained beside the model but not part of it (PPO's value head): their weights go with the
-    optimizers' state."""
+    optimizers' state. An FSDP run gives its gathered `weights` and the folder its ranks wrote the sharded
+    optimizer state into, which is moved into the checkpoint as `optimizer/`."""
     target = step_dir(run_dir, step)
     try:
         with atomic_directory(target) as tmp:
-            write_model_files(model, tmp, tokenizer)
-            save_torch({"optimizers": [opt.state_dict() for opt in optimizers],
-                        "modules": {name: m.state_dict() for name, m in (modules or {}).items()}}, tmp / OPTIMIZER_FILE)
+            write_model_files(model, tmp, tokenizer, weights=weights)
+            if sharded_optimizer is not None:
+                os.replace(sharded_optimizer, tmp / SHARDED_OPTIMIZER)
+            else:
+                save_torch({"optimizers": [opt.state_dict() for opt in optimizers],
+                            "modules": {name: m.state_dict() for name, m in (modules or {}).items()}},
+                           tmp / OPTIMIZER_FILE)
             (tmp / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
     except OSError as e:  # named after the checkpoint: its temporary folder is gone
         raise OSError(e.errno, e.strerror, str(target)) from None
@@ -203,12 +214,16 @@ def save_training_checkpoint(run_dir: str | Path, step: int, model: GPT, optimiz
 def load_training_checkpoint(directory: str | Path, required: tuple[str, ...] = ("step",)
                              ) -> tuple[dict, list[dict], dict[str, dict]]:
     """(trainer state, optimizer state dicts, modules' state dicts) of a checkpoint written by
-    `save_training_checkpoint`; the state holds the `required` fields."""
+    `save_training_checkpoint`; the state holds the `required` fields. The optimizer states are None when they are
+    sharded (an FSDP run's `optimizer/`, read by ghoul.train.fsdp)."""
     directory = resolve_checkpoint(directory)
     state_path, opt_path = directory / STATE_FILE, directory / OPTIMIZER_FILE
-    if not state_path.is_file() or not opt_path.is_file():
+    sharded = (directory / SHARDED_OPTIMIZER / ".metadata").is_file()
+    if not state_path.is_file() or not (opt_path.is_file() or sharded):
         raise GhoulError(f"{directory} is not a training checkpoint: it needs {STATE_FILE} and {OPTIMIZER_FILE}")
     state = read_trainer_state(directory, required)
+    if sharded:
+        return state, None, {}
     try:
         saved = torch.load(opt_path, map_location="cpu", weights_only=True)
         if not isinstance(saved.get("optimizers"), list) or not isinstance(saved.get("modules", {}), dict):

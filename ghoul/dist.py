@@ -65,8 +65,11 @@ GPUS: dict[str, GPU] = {
     "a10g": GPU("A10G", 125e12, 24),  # the A10's figures; AWS's A10G variant is not published by NVIDIA and may run
     #                                   lower clocks
     "l4": GPU("L4", 121e12, 24),  # L4 data sheet: BF16 242 TFLOPS sparse, 24 GB GDDR6
-    "4090": GPU("4090", 165e12, 24),  # Ada Lovelace whitepaper, RTX 4090: BF16/FP32-accumulate 165.2 dense, 24 GB
-    "3090": GPU("3090", 71e12, 24),  # Ampere GA102 whitepaper, RTX 3090: BF16/FP32-accumulate 71 dense, 24 GB
+    "rtx4090": GPU("4090", 165e12, 24),  # Ada Lovelace whitepaper, RTX 4090: BF16/FP32-accumulate 165.2 dense, 24 GB
+    "rtx3090": GPU("3090", 71e12, 24),  # Ampere GA102 whitepaper, RTX 3090: BF16/FP32-accumulate 71 dense, 24 GB
+    # RTX A6000 data sheet: Tensor Performance 309.7 TFLOPS sparse, 48 GB GDDR6; the GA102 whitepaper gives BF16 at
+    # the full rate with FP32 accumulate (154.8 dense), which the GeForce 3090 halves
+    "a6000": GPU("A6000", 155e12, 48),
 }
 
 

@@ -2,10 +2,13 @@
 
 Everything is closed-form arithmetic on the model preset (tests check the formulas against the model itself), so it
 runs in a blink on any machine. The memory figures are for eager PyTorch as `ghoul pretrain` runs it: DDP (a full
-replica per GPU), optional bf16 autocast, fused AdamW or Muon, PyTorch's SDPA attention. The total is the peak
+replica per GPU) or FSDP2 (parameters, gradients and optimizer state sharded over the GPUs, each block all-gathered
+as it runs), optional bf16 autocast, fused AdamW or Muon, PyTorch's SDPA attention. The total is the peak
 of the tensors a training step holds; measured on the CPU (tiny, small, gpt2-medium; float32 and bfloat16;
 AdamW and Muon; with and without activation checkpointing; see tests/test_plan.py) it came within 0.5% below and
-3.5% above it.
+3.5% above it under DDP; for one rank of a two-rank FSDP run (small), 2-3% above it in float32, 8% with activation
+checkpointing and 10% under bfloat16 autocast (the logits, the prefetched block and the gradient buffers are counted
+at once, where the step holds them one after the other).
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from ghoul.train.config import accumulation_steps
 GiB = 2**30
 DTYPES = {"float32": 4, "bfloat16": 2, "float16": 2}  # bytes of one activation element
 OPTIMIZERS = ("adamw", "muon")
+PARALLEL = ("ddp", "fsdp")
+SHARDED = ("weights", "gradients", "optimizer state")  # the memory terms FSDP divides over the GPUs
 # Room for what no formula here counts: the CUDA context (about 0.5 GiB), cuBLAS and NCCL workspaces, and the
 # allocator's fragmentation; also covers a data-sheet "80 GB" being 79.6 GiB (81,559 MiB in nvidia-smi on an H100).
 RESERVE_GIB = 2.0
@@ -30,7 +35,7 @@ BATCH_SEARCH_LIMIT = 1024  # micro-batches tried for "the largest that fits"
 @dataclass
 class PlanConfig:
     model: str = option("gpt2-xl", f"model preset: {', '.join(PRESETS)}")
-    gpus: int = option(8, "GPUs, each holding a full replica (DDP)")
+    gpus: int = option(8, "GPUs: each holds a full replica (ddp) or a 1/gpus shard of the model (fsdp)")
     gpu: str = option("h100", f"GPU kind: {', '.join(GPUS)}")
     total_batch_size: int = option(491_520, "tokens per optimizer step, over all GPUs and accumulation steps")
     batch_size: int = option(12, "sequences per GPU per forward/backward (micro-batch)")
@@ -38,6 +43,9 @@ class PlanConfig:
     max_steps: int = option(15_258, "optimizer steps")
     dtype: str = option("bfloat16", f"autocast dtype: {', '.join(DTYPES)} (float32: none, TF32 matmuls)")
     optimizer: str = option("adamw", f"optimizer: {', '.join(OPTIMIZERS)}")
+    parallel: str = option("ddp", "ddp: a full replica per GPU; fsdp: parameters, gradients and optimizer state "
+                                  "sharded over the GPUs (FSDP2), as `ghoul pretrain --parallel`",
+                           choices=list(PARALLEL))
     activation_checkpointing: bool = option(False, "keep only each layer's input; recompute the rest in backward")
     pad_vocab: bool = option(True, f"embedding and output tables padded to a multiple of {VOCAB_PADDING} rows, as "
                                    "`ghoul pretrain` does by default")
@@ -54,6 +62,7 @@ class PlanConfig:
         if self.optimizer not in OPTIMIZERS:
             raise GhoulError(f"unknown optimizer '{self.optimizer}'; choices: {', '.join(OPTIMIZERS)}")
         require(self, ("gpus", "total_batch_size", "batch_size", "seq_len", "max_steps"), lambda v: v > 0, "positive")
+        require(self, ("parallel",), lambda v: v in PARALLEL, " or ".join(PARALLEL))  # for callers without the CLI
         if not 0 < self.mfu <= 1:
             raise GhoulError(f"--mfu is a fraction of the peak in (0, 1], got {self.mfu}")
         if self.price_per_gpu_hour is not None and self.price_per_gpu_hour < 0:
@@ -66,7 +75,8 @@ class PlanConfig:
 
 def param_counts(c: GPTConfig) -> dict[str, int]:
     """Parameters of a GPT-2-style model by role, as ghoul.optim.build.split_params groups them:
-    `matrices` (Muon's), `embeddings` (token and position tables, an untied head), `gains` (norm gains, biases)."""
+    `matrices` (Muon's), `embeddings` (token and position tables, an untied head), `gains` (norm gains, biases);
+    and `root`, those outside the blocks (embeddings, ln_f): FSDP's root unit, as ghoul.train.fsdp shards it."""
     C, L = c.n_embd, c.n_layer
     hidden = 2 * (4 * C) // 3 if c.activation == "swiglu" else 4 * C  # as model.MLP: SwiGLU keeps 8C^2 weights
     fc_out = 2 * hidden if c.activation == "swiglu" else hidden  # SwiGLU's c_fc holds the gate and the up half
@@ -78,7 +88,7 @@ def param_counts(c: GPTConfig) -> dict[str, int]:
     qk_norms = 2 * (C // c.n_head) if c.qk_norm else 0  # one RMSNorm gain over the head size for q, one for k
     gains = L * (2 * norm + biases + qk_norms) + norm  # two norms per layer, and ln_f
     return {"matrices": matrices, "embeddings": embeddings, "gains": gains,
-            "total": matrices + embeddings + gains}
+            "total": matrices + embeddings + gains, "root": embeddings + norm}
 
 
 def flops_per_token(c: GPTConfig, seq_len: int) -> int:
@@ -115,17 +125,29 @@ def estimate(cfg: PlanConfig) -> dict:
     n, act = params["total"], DTYPES[cfg.dtype]
     tokens_micro = cfg.batch_size * cfg.seq_len  # tokens in one GPU's forward
     accum = accumulation_steps(cfg.total_batch_size, cfg.batch_size, cfg.seq_len, cfg.gpus)
-    memory = {
-        "weights": 4 * n,  # float32 master weights, also under autocast
+    fsdp = cfg.parallel == "fsdp"
+    # FSDP gathers the parameters in the autocast dtype (ghoul.train.fsdp's MixedPrecisionPolicy), and backward makes
+    # their gradients in it; DDP's weights and gradients stay float32
+    gathered = act if fsdp else 4
+
+    def shard(size: int) -> int:
+        # FSDP: each GPU holds 1/gpus of the rows of every tensor, padded to a multiple of the GPU count: nothing for
+        # GPT-2's sizes on 2, 4 or 8 GPUs, less than a row per tensor otherwise (megabytes), not counted
+        return -(-size // cfg.gpus) if fsdp else size
+    memory = {"weights": shard(4 * n)}  # float32 master weights, also under autocast
+    if not fsdp:
         # autocast casts each weight once per forward and caches the copy; matmuls save it for backward
-        "autocast weight copies": act * n if act < 4 else 0,
+        memory["autocast weight copies"] = act * n if act < 4 else 0
+    memory |= {
         # float32, like the weights they belong to; under DDP they are views into its communication buckets
         # (gradient_as_bucket_view), so the buckets add nothing
-        "gradients": 4 * n,
+        "gradients": shard(4 * n),
         # AdamW: exp_avg and exp_avg_sq in float32; Muon: one momentum buffer for hidden matrices, AdamW for the rest
-        "optimizer state": 8 * n if cfg.optimizer == "adamw" else 4 * params["matrices"] + 8 * (n - params[
-            "matrices"]),
+        "optimizer state": shard(8 * n if cfg.optimizer == "adamw" else 4 * params["matrices"] + 8 * (n - params[
+            "matrices"])),
     }
+    if fsdp:
+        memory |= fsdp_memory(c, params, gathered, accum)
     layer = activation_bytes_per_token(c, act, c.dropout > 0) * tokens_micro
     if cfg.activation_checkpointing:
         # only each layer's float32 input is saved; backward recomputes one layer at a time, holding its activations
@@ -136,10 +158,19 @@ def estimate(cfg: PlanConfig) -> dict:
     # the loss (ghoul.cross_entropy) at its peak holds the float32 logits and, under autocast, the gradient it
     # keeps for backward in the autocast dtype: the logits never stay
     memory["logits"] = (4 + (act if act < 4 else 0)) * c.padded_vocab_size * tokens_micro
-    # backward's first product: the output layer's weight gradient, held until the token embedding (tied to it)
-    # adds its share at the very end
-    memory["output-layer gradient"] = 4 * c.padded_vocab_size * c.n_embd
-    if cfg.gpus > 1 or accum > 1:
+    # backward's first product: the output layer's weight gradient (FSDP: unsharded, in the gathered dtype), held
+    # until the token embedding (tied to it) adds its share at the very end
+    memory["output-layer gradient"] = gathered * c.padded_vocab_size * c.n_embd
+    if fsdp:
+        # at the very end the token embedding's own gradient and (tied) their sum: two tables more, for a moment
+        memory["embedding gradient"] = (2 if c.tie_embeddings else 1) * gathered * c.padded_vocab_size * c.n_embd
+        # the gradient shards arrive as backward frees the activations, so the peak is at its start (the loss's
+        # backward: all activations, the logits, the gradients of accumulation) or at its end (the embedding's
+        # backward: the blocks' gradient shards; the root's comes after it)
+        start = memory["activations"] + memory["logits"] + memory["unsharded gradients"]
+        end = memory["gradients"] * (n - params["root"]) // n + memory["embedding gradient"]
+        total = sum(memory.values()) - start - memory["gradients"] - memory["embedding gradient"] + max(start, end)
+    elif cfg.gpus > 1 or accum > 1:
         # DDP's buckets hold the gradients from start to end, beside the activations; so does gradient accumulation
         # from its second micro-step on
         total = sum(memory.values())
@@ -156,16 +187,44 @@ def estimate(cfg: PlanConfig) -> dict:
     peak = gpu.bf16_flops if act < 4 else gpu.bf16_flops / 2  # float32 trains on TF32 tensor cores, half the rate
     seconds = fpt * steps_tokens / (cfg.gpus * peak * cfg.mfu)
     hours = seconds / 3600
+    # bytes each GPU sends per optimizer step (and receives) in NCCL's ring collectives: (gpus - 1) / gpus of the
+    # buffer for an all-gather or a reduce-scatter, twice that for an all-reduce
+    ring = (cfg.gpus - 1) / cfg.gpus
+    communication = {
+        # one all-reduce of the float32 gradients, on the last micro-step (no_sync before it)
+        "ddp": 2 * ring * 4 * n,
+        # every micro-step all-gathers the blocks for forward and again for backward, the root once (it stays
+        # gathered); the float32 gradients are reduce-scattered on the last micro-step only
+        "fsdp": ring * (accum * act * (2 * n - params["root"]) + 4 * n),
+    }
     return {
         "model": cfg.model, "gpu": cfg.gpu, "gpus": cfg.gpus, "params": params, "vocab_rows": c.padded_vocab_size,
         "memory": memory,
         "memory_total": total, "gpu_memory": gpu.memory_gb * GiB, "usable_memory": usable, "fits": total <= usable,
-        "grad_accum_steps": accum,
+        "grad_accum_steps": accum, "communication": communication,
         "flops_per_token": fpt, "flops_per_step": fpt * cfg.total_batch_size, "total_flops": fpt * steps_tokens,
         "tokens": steps_tokens, "peak_flops": peak, "seconds": seconds, "hours": hours,
         "seconds_per_step": seconds / cfg.max_steps, "tokens_per_second": steps_tokens / seconds,
         "gpu_hours": hours * cfg.gpus,
         "cost": None if cfg.price_per_gpu_hour is None else hours * cfg.gpus * cfg.price_per_gpu_hour,
+    }
+
+
+def fsdp_memory(c: GPTConfig, params: dict[str, int], gathered: int, accum: int) -> dict[str, int]:
+    """What FSDP2 holds per GPU beside the shards, as ghoul.train.fsdp wraps the model (a unit per block, the root
+    for the rest), with the parameters gathered in `gathered` bytes each. Muon's step gathers one whole matrix at a
+    time (41 MB for gpt2-xl): not counted."""
+    block = (params["total"] - params["root"]) // c.n_layer
+    return {
+        # the root (embeddings, ln_f) is gathered at the start of forward and kept until the end of backward
+        "root, all-gathered": gathered * params["root"],
+        # two at a time, in forward and again in backward: the block running and the next one, gathered ahead
+        "blocks, all-gathered": 2 * gathered * block,
+        # a block's gradient as backward makes it, and the float32 buffer it is reduce-scattered from
+        "block gradient + buffer": (gathered + 4) * block,
+        # micro-steps without gradient sync (ghoul.train.fsdp.set_gradient_sync) skip the reduce-scatter: every unit
+        # keeps its whole gradient in float32 (the reduce dtype) from the first micro-step to the last, as DDP does
+        "unsharded gradients": 4 * params["total"] if accum > 1 else 0,
     }
 
 
@@ -193,17 +252,23 @@ def format_plan(cfg: PlanConfig, e: dict) -> str:
     """The plan as a readable table."""
     p = e["params"]
     ckpt = "on" if cfg.activation_checkpointing else "off"
+    fsdp = cfg.parallel == "fsdp"
     lines = [
         f"model {cfg.model}: {p['total']:,} parameters ({p['matrices']:,} in hidden matrices, "
         f"{p['embeddings']:,} in embeddings of {e['vocab_rows']:,} token rows, {p['gains']:,} in gains and biases)",
-        f"run: {cfg.gpus} x {cfg.gpu}, {cfg.dtype}, {cfg.optimizer}, activation checkpointing {ckpt}; "
+        f"run: {cfg.gpus} x {cfg.gpu} ({cfg.parallel}), {cfg.dtype}, {cfg.optimizer}, activation checkpointing {ckpt}; "
         f"{cfg.total_batch_size:,} tokens per step = {cfg.batch_size} x {cfg.seq_len} tokens x {cfg.gpus} GPUs x "
         f"{e['grad_accum_steps']} accumulation steps",
         "",
         "memory per GPU",
     ]
-    lines += [f"  {name:24s} {_gib(value)}" for name, value in e["memory"].items()]
-    if cfg.gpus == 1:
+    share = f" (1/{cfg.gpus})" if fsdp else ""  # each GPU's shard
+    lines += [f"  {name + (share if name in SHARDED else ''):24s} {_gib(value)}" for name, value in e["memory"].items()]
+    if fsdp:
+        lines.append("  (FSDP: the gradient shards arrive as backward frees the activations, and the embedding "
+                     "gradient lasts a moment at its end: the peak is the larger of backward's start and end, less "
+                     "than the sum)")
+    elif cfg.gpus == 1:
         lines.append("  (one GPU, no DDP: the gradients arrive as backward frees the activations, so the peak is less "
                      "than the sum)")
     verdict = "fits" if e["fits"] else "does NOT fit"
@@ -232,13 +297,26 @@ def format_plan(cfg: PlanConfig, e: dict) -> str:
     if cfg.activation_checkpointing:
         lines.append("  (recomputation adds a forward pass, a third more arithmetic not counted in MFU: expect a lower "
                      "--mfu than without it)")
+    comm = e["communication"]
+    lines += [
+        "",
+        "communication per GPU per step (sent, as much received)",
+        f"  fsdp {comm['fsdp'] / 1e9:10.2f} GB: each of the {e['grad_accum_steps']} micro-steps all-gathers the "
+        f"parameters for forward and the blocks' again for backward; one reduce-scatter of the gradients",
+        f"  ddp  {comm['ddp'] / 1e9:10.2f} GB: one all-reduce of the gradients",
+        f"  this run ({cfg.parallel}) needs {comm[cfg.parallel] / e['seconds_per_step'] / 1e9:.1f} GB/s per GPU to "
+        f"hide it behind {e['seconds_per_step']:.2f} s of compute per step",
+    ]
     if not e["fits"]:  # suggest only what makes it fit
         tries = [] if cfg.activation_checkpointing or not estimate(replace(cfg, activation_checkpointing=True))[
             "fits"] else ["--activation-checkpointing"]
         tries += [f"--batch-size {dividing}"] if dividing else []
+        if not fsdp and largest_batch_sizes(replace(cfg, parallel="fsdp", activation_checkpointing=True))[0]:
+            tries.append("--parallel fsdp")
         lines.append(f"\nit does not fit: try {' or '.join(tries)}" if tries else
-                     "\nit does not fit at any --batch-size: every GPU holds a whole replica, so it needs GPUs with "
-                     "more memory")
+                     "\nit does not fit at any --batch-size: " + (
+                         "it needs more GPUs, or GPUs with more memory" if fsdp else
+                         "every GPU holds a whole replica, so it needs GPUs with more memory"))
     return "\n".join(lines)
 
 

@@ -32,8 +32,15 @@ def test_memory_stage_plans_the_reference_runs_memory():
     assert accumulating * GiB == estimate(PlanConfig(dtype="float32"))["memory_total"]  # what runs on a CPU
 
 
-def test_torchrun_stage_trains_resumes_and_evaluates_on_gloo(shards, tmp_path):
-    r = device_check.torchrun_run(shards, tmp_path, "cpu", compile=False)
+@pytest.mark.parametrize("parallel,nproc", [("ddp", 1), ("fsdp", 2)])
+def test_torchrun_stage_trains_resumes_and_evaluates_on_gloo(shards, tmp_path, parallel, nproc):
+    r = device_check.torchrun_run(shards, tmp_path, "cpu", False, parallel, nproc)
     assert r["passed"], r["tail"]
     assert r["dtype"] == "float32" and r["hellaswag"] == 3 and r["samples"] == 3  # steps 0, 2 and 4
     assert r["resume_loss_difference"] == 0  # exact on a CPU
+
+
+def test_fsdp_speed_stage_measures_on_gloo(shards, tmp_path):
+    r = device_check.fsdp_speed("tiny", shards, tmp_path, "cpu", 2, compile=False, nproc=2)
+    assert r["ranks"] == 2 and r["tokens_per_s"] > 0 and r["final_loss"] > 0
+    assert r["mfu"] is None and not (tmp_path / "fsdp-tiny").exists()  # no peak FLOP/s for a CPU

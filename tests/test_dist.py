@@ -81,7 +81,7 @@ def test_avx2_only_cpu_trains_in_float32():
     ("NVIDIA H200", 989), ("NVIDIA H200 NVL", 835),
     ("NVIDIA A100-SXM4-80GB", 312), ("NVIDIA A100-PCIE-40GB", 312), ("NVIDIA A100 80GB PCIe", 312),
     ("NVIDIA L40S", 362), ("NVIDIA L40", 181), ("NVIDIA L4", 121), ("NVIDIA A10G", 125), ("NVIDIA A10", 125),
-    ("NVIDIA GeForce RTX 4090", 165), ("NVIDIA GeForce RTX 3090", 71),
+    ("NVIDIA GeForce RTX 4090", 165), ("NVIDIA GeForce RTX 3090", 71), ("NVIDIA RTX A6000", 155),
     ("NVIDIA GH200 480GB", 989), ("Tesla T4", None), ("NVIDIA RTX A4000", None),  # unknown: no MFU, not a guess
 ])
 def test_peak_flops_match_the_specific_name_first(monkeypatch, name, tflops):

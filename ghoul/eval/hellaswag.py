@@ -7,6 +7,7 @@ tokens is the prediction (`acc_norm`); `acc` uses the summed loss instead. Batch
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -165,7 +166,8 @@ def evaluate_hellaswag(model: torch.nn.Module, tokenizer: Tokenizer, examples: l
     mine.sort(key=lambda item: max(len(tokens) for tokens, _ in item[1]))
     scored: list[dict[str, Any]] = []
     bar = tqdm(total=len(mine), desc="hellaswag", unit="ex", disable=not progress or rank != 0, file=sys.stderr)
-    for chunk in _batches(mine, batch_size):
+    chunks = _batches(mine, batch_size)
+    for chunk in chunks:
         batch = [ex for ex, _ in chunk]
         summed, mean = ending_losses(gpt, [row for _, rows in chunk for row in rows], device, dtype)
         pred_sum = summed.view(-1, N_ENDINGS).argmin(dim=1).tolist()
@@ -174,6 +176,10 @@ def evaluate_hellaswag(model: torch.nn.Module, tokenizer: Tokenizer, examples: l
                    for ex, s, m in zip(batch, pred_sum, pred_norm, strict=True)]
         bar.update(len(batch))
     bar.close()
+    # every rank runs as many forward passes as rank 0, which has the most examples: a sharded (FSDP) model's forward
+    # gathers its parameters from all ranks. The extra passes score the first example again and are dropped.
+    for _ in range(math.ceil(len(examples[::world_size]) / batch_size) - len(chunks)):
+        ending_losses(gpt, render_example(tokenizer, examples[0], gpt.config.block_size), device, dtype)
     scored.sort(key=lambda r: r["index"])
     gpt.train(was_training)
     correct = sum(r["pred_sum"] == r["label"] for r in scored)

@@ -1,12 +1,15 @@
 """Muon: momentum whose update is orthogonalised by a Newton-Schulz iteration, for 2-D hidden weight matrices.
 
 After Keller Jordan's Muon in modded-nanogpt (kellerjordan.github.io/posts/muon). Under DDP every rank holds the
-same averaged gradient, so every rank computes the same update and the replicas stay identical.
+same averaged gradient, so every rank computes the same update and the replicas stay identical. Under FSDP a
+parameter, its gradient and its momentum are shards of rows; the iteration needs the whole matrix, so the
+momentum-corrected gradient is gathered, orthogonalised on every rank alike, and each rank keeps its own rows.
 """
 
 from __future__ import annotations
 
 import torch
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 # Quintic coefficients chosen in modded-nanogpt to push singular values towards 1 fast (they land in ~[0.7, 1.2]).
 NS_COEFFS = (3.4445, -4.7750, 2.0315)
@@ -51,10 +54,19 @@ class Muon(torch.optim.Optimizer):
                 buf = state["momentum_buffer"]
                 buf.mul_(group["momentum"]).add_(p.grad)
                 g = p.grad.add(buf, alpha=group["momentum"]) if group["nesterov"] else buf
-                update = newton_schulz(g, group["ns_steps"])
+                update = orthogonal_update(g, group["ns_steps"])
                 # keep the update's RMS comparable across shapes (modded-nanogpt's aspect-ratio scale)
                 scale = max(1.0, p.size(0) / p.size(1)) ** 0.5
                 if group["weight_decay"]:
                     p.mul_(1 - group["lr"] * group["weight_decay"])
                 p.add_(update, alpha=-group["lr"] * scale)
         return None
+
+
+def orthogonal_update(g: torch.Tensor, steps: int) -> torch.Tensor:
+    """newton_schulz of the whole matrix, for a gradient that is whole or sharded (FSDP: gathered, then split the
+    same way again, without communication)."""
+    if not isinstance(g, DTensor):
+        return newton_schulz(g, steps)
+    whole = newton_schulz(g.full_tensor(), steps)
+    return distribute_tensor(whole, g.device_mesh, g.placements, src_data_rank=None)

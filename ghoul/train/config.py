@@ -116,6 +116,9 @@ class LoopOptions:
                                 f"width (n_embd) {CPU_BF16_MIN_WIDTH} and more, where it measured faster; float32 "
                                 f"elsewhere", choices=["auto", "float32", "bfloat16"])
     compile: bool = option(False, "torch.compile the model")
+    parallel: str = option("ddp", "how torchrun's ranks share the model: ddp (each holds all of it) or fsdp (FSDP2: "
+                                  "parameters, gradients and optimizer state sharded across them, for models whose "
+                                  "training state does not fit one GPU)", choices=["ddp", "fsdp"])
     activation_checkpointing: bool = option(False, "recompute each block's activations in the backward pass: "
                                                    "about a third more compute for far less memory")
     wandb: bool = option(False, "also log to Weights & Biases (needs `pip install wandb`)")

@@ -40,7 +40,8 @@ class HellaswagHook:
 @dataclass
 class SampleHook:
     """A sample of the model, written by rank 0 to samples.jsonl, from a generator of its own (the training RNG
-    stays untouched)."""
+    stays untouched). Every rank draws it: the forward passes of a sharded (FSDP) model gather its parameters from
+    all of them."""
 
     options: SampleOptions
     tokenizer: Tokenizer
@@ -52,8 +53,6 @@ class SampleHook:
         return self.options.sample_every
 
     def __call__(self, step: int, model: GPT, record: dict[str, Any], logger: RunLogger) -> None:
-        if not self.d.is_main:
-            return
         tok, prompt_text = self.tokenizer, self.options.sample_prompt
         prompt = tok.encode(prompt_text) if prompt_text else [tok.eot_id]
         idx = torch.tensor([prompt[-(model.config.block_size - 1):]], device=self.d.device)
@@ -62,5 +61,7 @@ class SampleHook:
         out = model.generate(idx, self.options.sample_tokens, temperature=1.0, top_k=200, eos_id=tok.eot_id,
                              generator=generator)[0, idx.size(1):].tolist()
         model.train()
+        if not self.d.is_main:
+            return
         text = tok.decode(out[:out.index(tok.eot_id)] if tok.eot_id in out else out)
         logger.sample({"step": step, "prompt": prompt_text, "text": text})

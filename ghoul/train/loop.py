@@ -21,17 +21,24 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from ghoul import dist
-from ghoul.checkpoint import load_optimizer_states, load_training_checkpoint, save_training_checkpoint
+from ghoul.checkpoint import (
+    OPTIMIZER_FILE,
+    SHARDED_OPTIMIZER,
+    load_optimizer_states,
+    load_training_checkpoint,
+    save_training_checkpoint,
+)
 from ghoul.config import to_dict
 from ghoul.data.loader import ShardLoader
 from ghoul.errors import GhoulError
 from ghoul.eval.loss import bits_per_byte, target_bytes
 from ghoul.files import is_disk_full
-from ghoul.layout import newest_checkpoint
+from ghoul.layout import newest_checkpoint, resolve_checkpoint
 from ghoul.model import GPT
 from ghoul.optim.build import build_optimizers
 from ghoul.optim.schedule import lr_multiplier
 from ghoul.tokenizer import Tokenizer
+from ghoul.train import fsdp
 from ghoul.train.context import open_run_dir, rng_state, set_rng_state
 from ghoul.train.interrupt import StepInterrupt
 from ghoul.train.logger import RunLogger
@@ -146,13 +153,13 @@ def train(cfg: Any, model: GPT, tokenizer: Tokenizer, d: dist.DistInfo, loss_fn:
         val_data = None
 
     raw_model = model
+    model = wrap(raw_model, loop, d)  # first: FSDP replaces the parameters by their shards
     optimizers = build_optimizers(raw_model, optim.optimizer, optim.learning_rate, optim.weight_decay,
                                   (optim.beta1, optim.beta2), optim.muon_lr, d.device_type)
     start_step, state = 0, {}
     if resume_from is not None:
-        state = resume_training(resume_from, optimizers, train_data, loop.max_steps)
+        state = resume_training(resume_from, raw_model, optimizers, train_data, loop.max_steps)
         start_step = state["step"]
-    model = wrap(raw_model, loop, d)
 
     logger = open_run_dir(run.output_dir, d, to_dict(cfg), start_step if resume_from is not None else None,
                           loop.wandb_project if loop.wandb else None)
@@ -171,9 +178,13 @@ def train(cfg: Any, model: GPT, tokenizer: Tokenizer, d: dist.DistInfo, loss_fn:
         state = {"step": step, "loader": train_data.state_dict(), "rng": rng_state(), "config": to_dict(cfg),
                  "tokens": tokens_seen + tokens_unlogged * d.world_size}  # this rank's share stands for all
         path = run.output_dir / f"step_{step:06d}"
+        weights, sharded = None, None
+        if loop.parallel == "fsdp":  # every rank takes part: the optimizer state stays sharded, the weights gather
+            weights, sharded = fsdp.full_weights(raw_model), run.output_dir / f".{path.name}.optimizer.tmp"
+            fsdp.save_optimizer_states(raw_model, optimizers, sharded)
         if d.is_main:
             path = save_training_checkpoint(run.output_dir, step, raw_model, optimizers, state, tokenizer,
-                                            loop.keep_last)
+                                            loop.keep_last, weights=weights, sharded_optimizer=sharded)
         return path
 
     def evaluate(step: int, record: dict) -> None:
@@ -297,15 +308,21 @@ def shard_loaders(dataset: str, batch_size: int, seq_len: int, d: dist.DistInfo,
         return train_data, None
 
 
-def resume_training(checkpoint: Path, optimizers: list[torch.optim.Optimizer], train_data: Loader,
+def resume_training(checkpoint: Path, model: GPT, optimizers: list[torch.optim.Optimizer], train_data: Loader,
                     max_steps: int) -> dict[str, Any]:
     """Put the optimizers, the data position and the random state back where `checkpoint` left them; its trainer
-    state (step, tokens read, ...)."""
+    state (step, tokens read, ...). The optimizer state of an FSDP run is read sharded, for any number of ranks."""
     state, opt_states, _ = load_training_checkpoint(checkpoint, required=("step", "loader", "rng"))
     if state["step"] >= max_steps:
         raise GhoulError(f"{checkpoint} is at step {state['step']}, and --max-steps is {max_steps}: nothing to train; "
                          "raise --max-steps to go on")
-    load_optimizer_states(optimizers, opt_states, checkpoint)
+    if opt_states is None:
+        fsdp.load_optimizer_states(model, optimizers, resolve_checkpoint(checkpoint) / SHARDED_OPTIMIZER)
+    elif fsdp.is_sharded(model):
+        raise GhoulError(f"{checkpoint} was saved by a --parallel ddp run (its {OPTIMIZER_FILE} holds whole "
+                         "optimizer states): resume it with --parallel ddp")
+    else:
+        load_optimizer_states(optimizers, opt_states, checkpoint)
     try:
         train_data.load_state_dict(state["loader"])
         set_rng_state(state["rng"])
@@ -317,8 +334,11 @@ def resume_training(checkpoint: Path, optimizers: list[torch.optim.Optimizer], t
 
 def wrap(model: GPT, loop: Any, d: dist.DistInfo) -> torch.nn.Module:
     """The model as it trains: wrappers applied from outside it, in one fixed order (activation checkpointing,
-    compile, then DDP)."""
+    compile, then DDP; or FSDP's sharding in place, then compile)."""
     model.checkpoint_blocks = loop.activation_checkpointing
+    if loop.parallel == "fsdp" and d.distributed:
+        fsdp.shard_model(model, d, loop.dtype)
+        return torch.compile(model) if loop.compile else model
     wrapped: torch.nn.Module = torch.compile(model) if loop.compile else model
     if d.distributed:
         # the gradients live in DDP's communication buckets instead of being copied there: one gradient-sized
@@ -335,11 +355,14 @@ def accumulate_gradients(model: torch.nn.Module, train_data: Loader, loss_fn: Lo
     loss_sum = torch.zeros((), device=d.device)
     metric_sums: dict[str, torch.Tensor] = {}
     step_tokens = 0
+    sharded = fsdp.is_sharded(model)
     for micro in range(accum):
         batch = next(train_data)
         step_tokens += batch[0].numel()  # shape metadata: no device sync
         sync = not d.distributed or micro == accum - 1
-        with (contextlib.nullcontext() if sync else model.no_sync()):
+        if sharded:
+            fsdp.set_gradient_sync(model, sync)
+        with (contextlib.nullcontext() if sync or sharded else model.no_sync()):
             with dist.autocast(d.device_type, dtype):
                 loss, metrics = call_loss(loss_fn, model, batch)
                 loss = loss / accum
@@ -352,7 +375,9 @@ def accumulate_gradients(model: torch.nn.Module, train_data: Loader, loss_fn: Lo
 def update(model: torch.nn.Module, raw_model: GPT, optimizers: list[torch.optim.Optimizer], lr_mult: float,
            grad_clip: float) -> torch.Tensor | None:
     """Clip the gradients, step every optimizer at its scheduled rate, clear the gradients; the gradient norm."""
-    grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip) if grad_clip > 0 else None
+    grad_norm = None
+    if grad_clip > 0:  # of the whole model under FSDP too: the shards' norms are combined over the ranks
+        grad_norm = fsdp.local_value(torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip))
     for opt in optimizers:
         for group in opt.param_groups:
             group["lr"] = group["initial_lr"] * lr_mult

@@ -1,5 +1,5 @@
-"""Under torchrun (gloo, CPU): two processes train exactly as one process with twice the accumulation, one process
-trains under DDP too, and each rank resumes its own random state (CUDA's faked)."""
+"""Under torchrun (gloo, CPU): two processes (DDP or FSDP) train exactly as one process with twice the accumulation,
+one process trains under DDP too, and each rank resumes its own random state (CUDA's faked)."""
 
 import base64
 import json
@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from ghoul import dist
+from ghoul.checkpoint import load_model_dir
 from ghoul.train.context import rng_state, set_rng_state
-from tests.torchrun import one_and_two_ranks
+from tests.torchrun import ghoul_on_ranks, one_and_two_ranks
 from tests.train.conftest import val_bytes_per_token
 
 
@@ -23,16 +24,22 @@ def losses(run_dir):
 
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])
 def test_two_ranks_match_one_rank_with_double_accumulation(fineweb_shards, tmp_path, optimizer):
+    """Two DDP ranks, and two FSDP ranks (parameters, gradients and optimizer state sharded; Muon orthogonalising
+    the gathered matrices), train as one process does."""
     common = ["pretrain", "--dataset", str(fineweb_shards), "--model", "tiny", "--batch-size", "2", "--seq-len", "64",
               "--total-batch-size", "512", "--max-steps", "5", "--learning-rate", "3e-3", "--eval-every", "5",
               "--eval-iters", "2", "--optimizer", optimizer, "--device", "cpu"]
     single, double = one_and_two_ranks(common, tmp_path / "one", tmp_path / "two")
+    ghoul_on_ranks([*common, "--parallel", "fsdp", "--output-dir", str(tmp_path / "fsdp")], 2)
     assert "2 x cpu" in double.stdout and "(2 accumulation steps)" in double.stdout
     assert "1 x cpu" in single.stdout and "(4 accumulation steps)" in single.stdout
-    one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
-    assert len(one) == len(two) == 5
+    one, two, fsdp = losses(tmp_path / "one"), losses(tmp_path / "two"), losses(tmp_path / "fsdp")
+    assert len(one) == len(two) == len(fsdp) == 5
     assert max(abs(a - b) for a, b in zip(one, two, strict=True)) < 1e-4
-    assert one[-1] < one[0]
+    assert max(abs(a - b) for a, b in zip(one, fsdp, strict=True)) < 1e-4
+    assert one[-1] < one[0] and len(set(one)) == 5
+    ddp_weights, fsdp_weights = (load_model_dir(tmp_path / run).state_dict() for run in ("two", "fsdp"))
+    assert all(torch.allclose(ddp_weights[k], fsdp_weights[k], atol=1e-5) for k in ddp_weights)
     # bits per byte: each rank counts the bytes of its own validation targets, summed over the ranks
     for run_dir, n in ((tmp_path / "one", 2 * 2 * 64), (tmp_path / "two", 2 * 2 * 2 * 64)):
         val = [json.loads(line) for line in (run_dir / "log.jsonl").open() if '"val_bpb"' in line][-1]
