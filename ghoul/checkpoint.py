@@ -34,18 +34,16 @@ SHARDED_OPTIMIZER = "optimizer"  # instead of optimizer.pt in the checkpoints of
 STATE_FILE = "trainer_state.json"
 
 
-def model_state(model: GPT, weights: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-    """The weights to store (`weights`, or the model's own): CPU, contiguous, a tied head left out (safetensors
-    forbids shared tensors)."""
-    weights = model.state_dict() if weights is None else weights
-    return {k: v.detach().cpu().contiguous() for k, v in weights.items()
+def model_state(model: GPT) -> dict[str, torch.Tensor]:
+    """The weights to store: CPU, contiguous, a tied head left out (safetensors forbids shared tensors)."""
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
             if k != TIED or not model.config.tie_embeddings}
 
 
 def write_model_files(model: GPT, directory: Path, tokenizer: Tokenizer | str | None = None,
-                      extra: dict | None = None, weights: dict[str, torch.Tensor] | None = None) -> None:
-    """Write the model files into an existing `directory` (used inside an atomic directory); `weights` are the
-    model's gathered from the ranks of a sharded (FSDP) run."""
+                      extra: dict | None = None, weights_file: Path | None = None) -> None:
+    """Write the model files into an existing `directory` (used inside an atomic directory); `weights_file`, the
+    weights the ranks of a sharded (FSDP) run wrote together, is moved in instead of writing the model's."""
     # a model class other than GPT (a reward model) names itself, so that loading builds the same class
     config = {**asdict(model.config), "ghoul_version": __version__, **getattr(model, "dir_config", {}), **(extra or {})}
     if tokenizer is not None and not isinstance(tokenizer, str):
@@ -57,8 +55,11 @@ def write_model_files(model: GPT, directory: Path, tokenizer: Tokenizer | str | 
     config["tokenizer"] = tokenizer or config.get("tokenizer", "gpt2")
     (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     path = directory / WEIGHTS_FILE
+    if weights_file is not None:
+        os.replace(weights_file, path)
+        return
     try:
-        save_file(model_state(model, weights), str(path), metadata={"format": "pt"})
+        save_file(model_state(model), str(path), metadata={"format": "pt"})
     except SafetensorError as e:  # a failed write (a full disk) comes as "I/O error: ... (os error 28)"
         code = re.search(r"os error (\d+)", str(e))
         if code is None:
@@ -179,19 +180,19 @@ def load_weights(model: GPT, state: dict[str, torch.Tensor], source: str | Path)
 
 def save_training_checkpoint(run_dir: str | Path, step: int, model: GPT, optimizers: list[torch.optim.Optimizer],
                              state: dict, tokenizer: Tokenizer | str | None = None, keep_last: int = 0,
-                             modules: dict[str, torch.nn.Module] | None = None,
-                             weights: dict[str, torch.Tensor] | None = None, sharded_optimizer: Path | None = None
+                             modules: dict[str, torch.nn.Module] | None = None, written: dict[str, Path] | None = None
                              ) -> Path:
     """Write `RUN/step_{step}` atomically, point `RUN/latest` at it, and keep only the newest `keep_last`.
     `modules` are trained beside the model but not part of it (PPO's value head): their weights go with the
-    optimizers' state. An FSDP run gives its gathered `weights` and the folder its ranks wrote the sharded
-    optimizer state into, which is moved into the checkpoint as `optimizer/`."""
+    optimizers' state. `written` are what the ranks of an FSDP run wrote together, each its own part, moved in by
+    name: the weights (`model.safetensors`) and the sharded optimizer state (`optimizer/`)."""
     target = step_dir(run_dir, step)
+    written = written or {}
     try:
         with atomic_directory(target) as tmp:
-            write_model_files(model, tmp, tokenizer, weights=weights)
-            if sharded_optimizer is not None:
-                os.replace(sharded_optimizer, tmp / SHARDED_OPTIMIZER)
+            write_model_files(model, tmp, tokenizer, weights_file=written.get(WEIGHTS_FILE))
+            if SHARDED_OPTIMIZER in written:
+                os.replace(written[SHARDED_OPTIMIZER], tmp / SHARDED_OPTIMIZER)
             else:
                 save_torch({"optimizers": [opt.state_dict() for opt in optimizers],
                             "modules": {name: m.state_dict() for name, m in (modules or {}).items()}},

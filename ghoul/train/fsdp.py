@@ -4,28 +4,27 @@ for models whose replica, gradients and AdamW state do not fit one GPU.
 Applied from outside the model, as DDP is: each transformer block is one unit (its parameters are all-gathered
 just before its forward and backward and freed after), the root holds the rest (embeddings, final norm, head).
 A parameter becomes a DTensor sharded by rows; the optimizers work on the shards as they are, Muon on whole
-matrices (ghoul.optim.muon). Training checkpoints keep the optimizer state sharded (torch.distributed.checkpoint:
-each rank writes its own part, and any number of ranks reads it back); the model's weights are gathered one tensor
-at a time into rank 0's CPU memory for `model.safetensors`, so a checkpoint is the same model directory as under DDP.
+matrices (ghoul.optim.muon). Nothing is gathered onto one rank to save a checkpoint: each rank writes its own rows
+of every weight into the one `model.safetensors`, so a checkpoint is the same model directory as under DDP, and its
+own part of the optimizer state (torch.distributed.checkpoint, which any number of ranks reads back).
 """
 
 from __future__ import annotations
 
+import json
 import shutil
+import struct
 from pathlib import Path
 
 import torch
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    set_optimizer_state_dict,
-)
+from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 from torch.distributed.tensor import DTensor
 
+from ghoul import dist
+from ghoul.checkpoint import TIED
 from ghoul.dist import DTYPES, DistInfo
 from ghoul.model import GPT
 
@@ -58,9 +57,41 @@ def set_gradient_sync(model: torch.nn.Module, sync: bool) -> None:
     getattr(model, "_orig_mod", model).set_requires_gradient_sync(sync)
 
 
-def full_weights(model: GPT) -> dict[str, torch.Tensor]:
-    """The whole model's weights on rank 0's CPU (empty elsewhere): a collective, every rank calls it."""
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+# safetensors' names of the dtypes a model holds
+SAFETENSORS_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16", torch.int64: "I64"}
+
+
+def save_weights(model: GPT, path: Path, d: DistInfo) -> None:
+    """Write the model's weights to the safetensors file `path` from every rank at once (a collective): rank 0
+    writes the header, then each rank its own rows of each tensor. FSDP shards by rows, so a rank's part of a tensor
+    is one run of bytes in the file, and no rank ever holds more than its shard. A plain model's rank 0 writes all."""
+    weights = {k: v.detach() for k, v in model.state_dict().items() if k != TIED or not model.config.tie_embeddings}
+    header: dict = {"__metadata__": {"format": "pt"}}
+    end = 0
+    for name, t in weights.items():
+        size = t.numel() * t.element_size()
+        header[name] = {"dtype": SAFETENSORS_DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [end, end + size]}
+        end += size
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+    data = 8 + len(text)
+    if d.is_main:
+        with open(path, "wb") as f:
+            f.write(struct.pack("<Q", len(text)) + text)
+            f.truncate(data + end)
+    dist.barrier()
+    with open(path, "r+b") as f:
+        for name, t in weights.items():
+            if isinstance(t, DTensor):
+                local, first_row = t.to_local(), min(d.rank * -(-t.size(0) // d.world_size), t.size(0))  # as chunk
+            elif d.is_main:
+                local, first_row = t, 0
+            else:
+                continue
+            row_bytes = t[0].numel() * t.element_size() if t.ndim else 0
+            f.seek(data + header[name]["data_offsets"][0] + first_row * row_bytes)
+            f.write(local.contiguous().cpu().view(torch.uint8).numpy().tobytes())
+    dist.barrier()  # every rank's rows are in before rank 0 moves the file into the checkpoint
 
 
 def local_value(t: torch.Tensor) -> torch.Tensor:

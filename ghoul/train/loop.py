@@ -33,7 +33,7 @@ from ghoul.data.loader import ShardLoader
 from ghoul.errors import GhoulError
 from ghoul.eval.loss import bits_per_byte, target_bytes
 from ghoul.files import is_disk_full
-from ghoul.layout import newest_checkpoint, resolve_checkpoint
+from ghoul.layout import WEIGHTS_FILE, newest_checkpoint, resolve_checkpoint
 from ghoul.model import GPT
 from ghoul.optim.build import build_optimizers
 from ghoul.optim.schedule import lr_multiplier
@@ -178,13 +178,14 @@ def train(cfg: Any, model: GPT, tokenizer: Tokenizer, d: dist.DistInfo, loss_fn:
         state = {"step": step, "loader": train_data.state_dict(), "rng": rng_state(), "config": to_dict(cfg),
                  "tokens": tokens_seen + tokens_unlogged * d.world_size}  # this rank's share stands for all
         path = run.output_dir / f"step_{step:06d}"
-        weights, sharded = None, None
-        if loop.parallel == "fsdp":  # every rank takes part: the optimizer state stays sharded, the weights gather
-            weights, sharded = fsdp.full_weights(raw_model), run.output_dir / f".{path.name}.optimizer.tmp"
-            fsdp.save_optimizer_states(raw_model, optimizers, sharded)
+        written = {}
+        if loop.parallel == "fsdp":  # every rank writes its own part of the weights and the optimizer state
+            written = {name: run.output_dir / f".{path.name}.{name}.tmp" for name in (WEIGHTS_FILE, SHARDED_OPTIMIZER)}
+            fsdp.save_weights(raw_model, written[WEIGHTS_FILE], d)
+            fsdp.save_optimizer_states(raw_model, optimizers, written[SHARDED_OPTIMIZER])
         if d.is_main:
             path = save_training_checkpoint(run.output_dir, step, raw_model, optimizers, state, tokenizer,
-                                            loop.keep_last, weights=weights, sharded_optimizer=sharded)
+                                            loop.keep_last, written=written)
         return path
 
     def evaluate(step: int, record: dict) -> None:

@@ -70,14 +70,17 @@ def test_the_model_directory_exports_and_generates_as_its_twin(runs, tmp_path):
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])
-def test_each_rank_holds_half_of_the_parameters_and_optimizer_state(optimizer):
+def test_each_rank_holds_half_of_the_state_and_writes_its_rows_of_the_weights(optimizer, tmp_path):
+    """Parameters and optimizer state measured from the tensors; the weights file written by both ranks, each its
+    own rows (50,257 of them: one rank has a row more), holds every weight of the unsharded model, bit for bit."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           "-m", "tests.fsdp_shards", "tiny", optimizer], capture_output=True, text=True, env=env,
-                          timeout=300)
+                           "-m", "tests.fsdp_shards", "tiny", optimizer, str(tmp_path / "model.safetensors")],
+                          capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    sharded, whole = map(int, done.stdout.split()[-2:])
+    sharded, whole, same = map(int, done.stdout.split()[-3:])
     assert 0.49 * whole <= sharded <= 0.51 * whole, (sharded, whole)
+    assert same == 1
 
 
 def test_bfloat16_shards_train_as_float32_and_a_ddp_checkpoint_is_refused(fineweb_shards, tmp_path):
