@@ -88,7 +88,7 @@ def save_weights(model: GPT, path: Path, d: DistInfo) -> None:
                 local, first_row = t, 0
             else:
                 continue
-            row_bytes = t[0].numel() * t.element_size() if t.ndim else 0
+            row_bytes = t.numel() // max(t.size(0), 1) * t.element_size() if t.ndim else 0  # shape only: no gather
             f.seek(data + header[name]["data_offsets"][0] + first_row * row_bytes)
             f.write(local.contiguous().cpu().view(torch.uint8).numpy().tobytes())
     dist.barrier()  # every rank's rows are in before rank 0 moves the file into the checkpoint
