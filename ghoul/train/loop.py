@@ -33,7 +33,7 @@ from ghoul.data.loader import ShardLoader
 from ghoul.errors import GhoulError
 from ghoul.eval.loss import bits_per_byte, target_bytes
 from ghoul.files import is_disk_full
-from ghoul.layout import WEIGHTS_FILE, newest_checkpoint, resolve_checkpoint
+from ghoul.layout import WEIGHTS_FILE, newest_checkpoint, resolve_checkpoint, step_dir
 from ghoul.model import GPT
 from ghoul.optim.build import build_optimizers
 from ghoul.optim.schedule import lr_multiplier
@@ -177,16 +177,7 @@ def train(cfg: Any, model: GPT, tokenizer: Tokenizer, d: dist.DistInfo, loss_fn:
     def checkpoint(step: int) -> Path:
         state = {"step": step, "loader": train_data.state_dict(), "rng": rng_state(), "config": to_dict(cfg),
                  "tokens": tokens_seen + tokens_unlogged * d.world_size}  # this rank's share stands for all
-        path = run.output_dir / f"step_{step:06d}"
-        written = {}
-        if loop.parallel == "fsdp":  # every rank writes its own part of the weights and the optimizer state
-            written = {name: run.output_dir / f".{path.name}.{name}.tmp" for name in (WEIGHTS_FILE, SHARDED_OPTIMIZER)}
-            fsdp.save_weights(raw_model, written[WEIGHTS_FILE], d)
-            fsdp.save_optimizer_states(raw_model, optimizers, written[SHARDED_OPTIMIZER])
-        if d.is_main:
-            path = save_training_checkpoint(run.output_dir, step, raw_model, optimizers, state, tokenizer,
-                                            loop.keep_last, written=written)
-        return path
+        return save_checkpoint(run.output_dir, step, raw_model, optimizers, state, tokenizer, loop, d)
 
     def evaluate(step: int, record: dict) -> None:
         if val_data is not None and (step % loop.eval_every == 0 or step == loop.max_steps):
@@ -331,6 +322,22 @@ def resume_training(checkpoint: Path, model: GPT, optimizers: list[torch.optim.O
         raise GhoulError(f"{checkpoint} is damaged (its loader or random state: {type(e).__name__}: "
                          f"{str(e)[:100]}): resume from an earlier checkpoint with --resume DIR") from None
     return state
+
+
+def save_checkpoint(run_dir: Path, step: int, model: GPT, optimizers: list[torch.optim.Optimizer], state: dict,
+                    tokenizer: Tokenizer, loop: Any, d: dist.DistInfo) -> Path:
+    """`RUN/step_N`, written by rank 0; under FSDP every rank first writes its own part of the weights and of the
+    optimizer state, which rank 0 moves in."""
+    written = {}
+    if loop.parallel == "fsdp":
+        written = {name: run_dir / f".{step_dir(run_dir, step).name}.{name}.tmp"
+                   for name in (WEIGHTS_FILE, SHARDED_OPTIMIZER)}
+        fsdp.save_weights(model, written[WEIGHTS_FILE], d)
+        fsdp.save_optimizer_states(model, optimizers, written[SHARDED_OPTIMIZER])
+    if not d.is_main:
+        return step_dir(run_dir, step)
+    return save_training_checkpoint(run_dir, step, model, optimizers, state, tokenizer, loop.keep_last,
+                                    written=written)
 
 
 def wrap(model: GPT, loop: Any, d: dist.DistInfo) -> torch.nn.Module:
