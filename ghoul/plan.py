@@ -164,22 +164,7 @@ def estimate(cfg: PlanConfig) -> dict:
     if fsdp:
         # at the very end the token embedding's own gradient and (tied) their sum: two tables more, for a moment
         memory["embedding gradient"] = (2 if c.tie_embeddings else 1) * gathered * c.padded_vocab_size * c.n_embd
-        # the gradient shards arrive as backward frees the activations, so the peak is at its start (the loss's
-        # backward: all activations, the logits, the gradients of accumulation) or at its end (the embedding's
-        # backward: the blocks' gradient shards; the root's comes after it)
-        start = memory["activations"] + memory["logits"] + memory["unsharded gradients"]
-        end = memory["gradients"] * (n - params["root"]) // n + memory["embedding gradient"]
-        total = sum(memory.values()) - start - memory["gradients"] - memory["embedding gradient"] + max(start, end)
-    elif cfg.gpus > 1 or accum > 1:
-        # DDP's buckets hold the gradients from start to end, beside the activations; so does gradient accumulation
-        # from its second micro-step on
-        total = sum(memory.values())
-    else:
-        # one process, one micro-step: backward allocates the gradients as it frees the activations, so the peak is
-        # the larger of its start and its end
-        start = memory["activations"] + memory["logits"] + memory["output-layer gradient"]
-        kept = sum(memory.values()) - start - memory["gradients"]
-        total = kept + max(start, memory["gradients"])
+    total = peak_memory(memory, params, cfg, accum)
     usable = gpu.memory_gb * GiB - RESERVE_GIB * GiB
 
     fpt = flops_per_token(c, cfg.seq_len)
@@ -187,26 +172,50 @@ def estimate(cfg: PlanConfig) -> dict:
     peak = gpu.bf16_flops if act < 4 else gpu.bf16_flops / 2  # float32 trains on TF32 tensor cores, half the rate
     seconds = fpt * steps_tokens / (cfg.gpus * peak * cfg.mfu)
     hours = seconds / 3600
-    # bytes each GPU sends per optimizer step (and receives) in NCCL's ring collectives: (gpus - 1) / gpus of the
-    # buffer for an all-gather or a reduce-scatter, twice that for an all-reduce
-    ring = (cfg.gpus - 1) / cfg.gpus
-    communication = {
-        # one all-reduce of the float32 gradients, on the last micro-step (no_sync before it)
-        "ddp": 2 * ring * 4 * n,
-        # every micro-step all-gathers the blocks for forward and again for backward, the root once (it stays
-        # gathered); the float32 gradients are reduce-scattered on the last micro-step only
-        "fsdp": ring * (accum * act * (2 * n - params["root"]) + 4 * n),
-    }
     return {
         "model": cfg.model, "gpu": cfg.gpu, "gpus": cfg.gpus, "params": params, "vocab_rows": c.padded_vocab_size,
         "memory": memory,
         "memory_total": total, "gpu_memory": gpu.memory_gb * GiB, "usable_memory": usable, "fits": total <= usable,
-        "grad_accum_steps": accum, "communication": communication,
+        "grad_accum_steps": accum, "communication": communication(params, act, cfg.gpus, accum),
         "flops_per_token": fpt, "flops_per_step": fpt * cfg.total_batch_size, "total_flops": fpt * steps_tokens,
         "tokens": steps_tokens, "peak_flops": peak, "seconds": seconds, "hours": hours,
         "seconds_per_step": seconds / cfg.max_steps, "tokens_per_second": steps_tokens / seconds,
         "gpu_hours": hours * cfg.gpus,
         "cost": None if cfg.price_per_gpu_hour is None else hours * cfg.gpus * cfg.price_per_gpu_hour,
+    }
+
+
+def peak_memory(memory: dict[str, int], params: dict[str, int], cfg: PlanConfig, accum: int) -> int:
+    """The peak of the terms in `memory` over a step: less than their sum where backward frees the activations as it
+    makes the gradients."""
+    n = params["total"]
+    if cfg.parallel == "fsdp":
+        # the gradient shards arrive as backward frees the activations, so the peak is at its start (the loss's
+        # backward: all activations, the logits, the gradients of accumulation) or at its end (the embedding's
+        # backward: the blocks' gradient shards; the root's comes after it)
+        start = memory["activations"] + memory["logits"] + memory["unsharded gradients"]
+        end = memory["gradients"] * (n - params["root"]) // n + memory["embedding gradient"]
+        return sum(memory.values()) - start - memory["gradients"] - memory["embedding gradient"] + max(start, end)
+    if cfg.gpus > 1 or accum > 1:
+        # DDP's buckets hold the gradients from start to end, beside the activations; so does gradient accumulation
+        # from its second micro-step on
+        return sum(memory.values())
+    # one process, one micro-step: backward allocates the gradients as it frees the activations, so the peak is the
+    # larger of its start and its end
+    start = memory["activations"] + memory["logits"] + memory["output-layer gradient"]
+    return sum(memory.values()) - start - memory["gradients"] + max(start, memory["gradients"])
+
+
+def communication(params: dict[str, int], act: int, gpus: int, accum: int) -> dict[str, float]:
+    """Bytes each GPU sends per optimizer step (and receives) in NCCL's ring collectives: (gpus - 1) / gpus of the
+    buffer for an all-gather or a reduce-scatter, twice that for an all-reduce."""
+    n, ring = params["total"], (gpus - 1) / gpus
+    return {
+        # one all-reduce of the float32 gradients, on the last micro-step (no_sync before it)
+        "ddp": 2 * ring * 4 * n,
+        # every micro-step all-gathers the blocks for forward and again for backward, the root once (it stays
+        # gathered); the float32 gradients are reduce-scattered on the last micro-step only
+        "fsdp": ring * (accum * act * (2 * n - params["root"]) + 4 * n),
     }
 
 
