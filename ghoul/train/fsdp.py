@@ -26,6 +26,7 @@ from torch.distributed.tensor import DTensor
 from ghoul import dist
 from ghoul.checkpoint import TIED
 from ghoul.dist import DTYPES, DistInfo
+from ghoul.errors import GhoulError
 from ghoul.model import GPT
 
 
@@ -109,5 +110,13 @@ def load_optimizer_states(model: torch.nn.Module, optimizers: list[torch.optim.O
     """Read the optimizers' state saved by `save_optimizer_states` into these ones, resharded for this run's ranks
     (one process reads the shards of many, and the other way round)."""
     state = {"optimizers": get_optimizer_state_dict(model, optimizers)}
-    dcp.load(state, checkpoint_id=folder)
+    try:
+        dcp.load(state, checkpoint_id=folder)
+    except (dcp.CheckpointException, OSError, RuntimeError, ValueError, KeyError) as e:  # a file missing or cut short
+        cause = e
+        if isinstance(e, dcp.CheckpointException):  # each failed rank's (exception, stack)
+            cause = next(iter(e.failures.values()), (e,))[0]
+        first = f"{type(cause).__name__}: {(str(cause).strip().splitlines() or [''])[0][:200]}"
+        raise GhoulError(f"{folder} could not be read ({first}): the checkpoint is damaged or was saved with other "
+                         "optimizer settings; resume from an earlier checkpoint with --resume DIR") from None
     set_optimizer_state_dict(model, optimizers, state["optimizers"])

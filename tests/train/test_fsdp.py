@@ -102,3 +102,16 @@ def test_bfloat16_shards_train_as_float32_and_a_ddp_checkpoint_is_refused(finewe
                            str(tmp_path / "ddp")], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode != 0
     assert "was saved by a --parallel ddp run" in done.stderr and "resume it with --parallel ddp" in done.stderr
+
+
+def test_a_damaged_sharded_optimizer_state_is_a_one_line_error(fineweb_shards, tmp_path, capsys):
+    """One process writes the sharded form too under --parallel fsdp; a rank's file gone stops the resume in a line."""
+    args = ["pretrain", "--dataset", str(fineweb_shards), "--model", "tiny", "--batch-size", "2", "--seq-len", "64",
+            "--eval-every", "0", "--parallel", "fsdp", "--device", "cpu", "--output-dir", str(tmp_path / "run")]
+    assert main([*args, "--max-steps", "2"]) == 0
+    (shard,) = (tmp_path / "run" / "step_000002" / "optimizer").glob("*.distcp")
+    shard.unlink()
+    capsys.readouterr()
+    assert main([*args, "--max-steps", "3", "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "could not be read" in err and "resume from an earlier checkpoint" in err and len(err.splitlines()) == 1
