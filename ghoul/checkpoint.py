@@ -34,10 +34,15 @@ SHARDED_OPTIMIZER = "optimizer"  # instead of optimizer.pt in the checkpoints of
 STATE_FILE = "trainer_state.json"
 
 
+def stored_weights(model: GPT) -> dict[str, torch.Tensor]:
+    """The weights a model directory stores, as the model holds them (whole, or a sharded model's shards): a tied
+    head left out (safetensors forbids shared tensors)."""
+    return {k: v.detach() for k, v in model.state_dict().items() if k != TIED or not model.config.tie_embeddings}
+
+
 def model_state(model: GPT) -> dict[str, torch.Tensor]:
-    """The weights to store: CPU, contiguous, a tied head left out (safetensors forbids shared tensors)."""
-    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
-            if k != TIED or not model.config.tie_embeddings}
+    """The weights to store, on the CPU and contiguous."""
+    return {k: v.cpu().contiguous() for k, v in stored_weights(model).items()}
 
 
 def write_model_files(model: GPT, directory: Path, tokenizer: Tokenizer | str | None = None,

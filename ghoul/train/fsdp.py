@@ -24,7 +24,7 @@ from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
 from ghoul import dist
-from ghoul.checkpoint import TIED
+from ghoul.checkpoint import stored_weights
 from ghoul.dist import DTYPES, DistInfo
 from ghoul.errors import GhoulError
 from ghoul.model import GPT
@@ -66,7 +66,7 @@ def save_weights(model: GPT, path: Path, d: DistInfo) -> None:
     """Write the model's weights to the safetensors file `path` from every rank at once (a collective): rank 0
     writes the header, then each rank its own rows of each tensor. FSDP shards by rows, so a rank's part of a tensor
     is one run of bytes in the file, and no rank ever holds more than its shard. A plain model's rank 0 writes all."""
-    weights = {k: v.detach() for k, v in model.state_dict().items() if k != TIED or not model.config.tie_embeddings}
+    weights = stored_weights(model)
     header: dict = {"__metadata__": {"format": "pt"}}
     end = 0
     for name, t in weights.items():
