@@ -69,9 +69,10 @@ class PipelineConfig:
     pretrain_steps: int = option(640, "pretraining steps")
     pretrain_lr: float = option(0.02, "pretraining peak learning rate (with Muon: of the embeddings and gains)")
     finetune_steps: int = option(300, "fine-tuning steps")
-    finetune_lr: float = option(0.006, "fine-tuning peak learning rate (with Muon: of the embeddings and gains)")
-    muon_lr: float = option(0.02, "pretraining peak learning rate of Muon's hidden matrices (fine-tuning: "
-                                  "the same fraction of it as --finetune-lr is of --pretrain-lr)")
+    finetune_lr: float = option(0.02, "fine-tuning learning rate at its start, decayed linearly to zero (with Muon: "
+                                      "of the embeddings and gains)")
+    muon_lr: float = option(0.013, "pretraining peak learning rate of Muon's hidden matrices (fine-tuning: "
+                                   "the same fraction of it as --finetune-lr is of --pretrain-lr)")
     hellaswag_limit: int = option(200, "HellaSwag examples scored per evaluation")
     num_samples: int = option(36, "stories generated for the judge")
     max_new_tokens: int = option(128, "tokens per story")
@@ -154,11 +155,16 @@ def run_tokenizer(cfg: PipelineConfig, out: Path, docs: list[str]) -> str:
 
 
 def train_stage(cfg: PipelineConfig, name: str, dataset: Path, base: Path | None, steps: int, lr: float) -> Path:
-    kind, start = (TrainConfig, {"model": cfg.model}) if base is None else (FinetuneConfig, {"base_model": base})
-    stage = build(kind, dataset=str(dataset), output_dir=cfg.output_dir / name, **start,
+    """Pretraining (no `base`) or fine-tuning `base`: together one warmup-stable-decay schedule, pretraining warming
+    up and holding its rate, the fine-tune stage decaying its own to zero (the README has the measurement)."""
+    if base is None:
+        kind, start, schedule = TrainConfig, {"model": cfg.model}, dict(warmup_iters=min(10, steps // 10))
+    else:
+        kind, start, schedule = FinetuneConfig, {"base_model": base}, dict(warmup_iters=0, warmdown_iters=steps)
+    stage = build(kind, dataset=str(dataset), output_dir=cfg.output_dir / name, **start, **schedule,
                   batch_size=cfg.batch_size, seq_len=cfg.seq_len, max_steps=steps, optimizer=cfg.optimizer,
-                  learning_rate=lr, muon_lr=cfg.muon_lr * lr / cfg.pretrain_lr, warmup_iters=min(10, steps // 10),
-                  warmdown_iters=steps // 4, eval_every=max(1, steps // 4), eval_iters=10, sample_every=steps,
+                  learning_rate=lr, muon_lr=cfg.muon_lr * lr / cfg.pretrain_lr,
+                  eval_every=max(1, steps // 4), eval_iters=10, sample_every=steps,
                   sample_prompt=cfg.prompts[0], seed=cfg.seed, device=cfg.device, dtype=cfg.dtype,
                   compile=cfg.compile)
     say(name, f"{steps} steps on {dataset.name}")
