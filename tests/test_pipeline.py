@@ -2,7 +2,9 @@
 that redoes nothing."""
 
 import json
+from itertools import pairwise
 
+import pytest
 import torch
 import transformers
 
@@ -39,6 +41,11 @@ def test_reduced_pipeline_end_to_end_and_rerun(data, tmp_path, capsys):
     html = (out / "report.html").read_text()
     last = [r for r in read_jsonl(out / "pretrain" / "log.jsonl") if "loss" in r][-1]
     finetune_eval = json.loads((out / "eval" / "finetune.json").read_text())
+    # one warmup-stable-decay schedule across the stages: pretraining holds its peak rate to the end, the fine-tune
+    # stage starts there without a warmup and decays to zero
+    finetune_lrs = [r["lr"] for r in read_jsonl(out / "finetune" / "log.jsonl") if "lr" in r]
+    assert last["lr"] == pytest.approx(0.02) and finetune_lrs[0] == pytest.approx(0.02)
+    assert all(a > b for a, b in pairwise(finetune_lrs)) and finetune_lrs[-1] < 0.02 / 3
     assert f"| pretrain | 12 | {last['tokens']:,} |" in report and f"{last['loss']:.4f}" in report
     assert f"{finetune_eval['val_loss']:.4f}" in report and f"{finetune_eval['val_loss']:.4f}" in html
     assert "Judge `length` (picks the longest story: a baseline that measures length, not quality): 2 groups of 4 " \
