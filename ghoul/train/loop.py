@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Protocol
 
 import torch
@@ -38,7 +39,6 @@ from ghoul.model import GPT
 from ghoul.optim.build import build_optimizers
 from ghoul.optim.schedule import lr_multiplier
 from ghoul.tokenizer import Tokenizer
-from ghoul.train import fsdp
 from ghoul.train.context import open_run_dir, rng_state, set_rng_state
 from ghoul.train.interrupt import StepInterrupt
 from ghoul.train.logger import RunLogger
@@ -309,8 +309,8 @@ def resume_training(checkpoint: Path, model: GPT, optimizers: list[torch.optim.O
         raise GhoulError(f"{checkpoint} is at step {state['step']}, and --max-steps is {max_steps}: nothing to train; "
                          "raise --max-steps to go on")
     if opt_states is None:
-        fsdp.load_optimizer_states(model, optimizers, resolve_checkpoint(checkpoint) / SHARDED_OPTIMIZER)
-    elif fsdp.is_sharded(model):
+        sharding().load_optimizer_states(model, optimizers, resolve_checkpoint(checkpoint) / SHARDED_OPTIMIZER)
+    elif is_sharded(model):
         raise GhoulError(f"{checkpoint} was saved by a --parallel ddp run (its {OPTIMIZER_FILE} holds whole "
                          "optimizer states): resume it with --parallel ddp")
     else:
@@ -332,12 +332,25 @@ def save_checkpoint(run_dir: Path, step: int, model: GPT, optimizers: list[torch
     if loop.parallel == "fsdp":
         written = {name: run_dir / f".{step_dir(run_dir, step).name}.{name}.tmp"
                    for name in (WEIGHTS_FILE, SHARDED_OPTIMIZER)}
-        fsdp.save_weights(model, written[WEIGHTS_FILE], d)
-        fsdp.save_optimizer_states(model, optimizers, written[SHARDED_OPTIMIZER])
+        sharding().save_weights(model, written[WEIGHTS_FILE], d)
+        sharding().save_optimizer_states(model, optimizers, written[SHARDED_OPTIMIZER])
     if not d.is_main:
         return step_dir(run_dir, step)
     return save_training_checkpoint(run_dir, step, model, optimizers, state, tokenizer, loop.keep_last,
                                     written=written)
+
+
+def sharding() -> ModuleType:
+    """ghoul.train.fsdp, imported by the runs that shard: it brings torch's FSDP and DTensor, a second of start-up
+    that every other run is spared."""
+    from ghoul.train import fsdp  # start-up free of torch.distributed.fsdp and .tensor without --parallel fsdp
+
+    return fsdp
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    """Whether FSDP shards `model`: never before a run imported FSDP (sharding())."""
+    return "ghoul.train.fsdp" in sys.modules and sharding().is_sharded(model)
 
 
 def wrap(model: GPT, loop: Any, d: dist.DistInfo) -> torch.nn.Module:
@@ -345,7 +358,7 @@ def wrap(model: GPT, loop: Any, d: dist.DistInfo) -> torch.nn.Module:
     compile, then DDP; or FSDP's sharding in place, then compile)."""
     model.checkpoint_blocks = loop.activation_checkpointing
     if loop.parallel == "fsdp" and d.distributed:
-        fsdp.shard_model(model, d, loop.dtype)
+        sharding().shard_model(model, d, loop.dtype)
         return torch.compile(model) if loop.compile else model
     wrapped: torch.nn.Module = torch.compile(model) if loop.compile else model
     if d.distributed:
@@ -363,13 +376,13 @@ def accumulate_gradients(model: torch.nn.Module, train_data: Loader, loss_fn: Lo
     loss_sum = torch.zeros((), device=d.device)
     metric_sums: dict[str, torch.Tensor] = {}
     step_tokens = 0
-    sharded = fsdp.is_sharded(model)
+    sharded = is_sharded(model)
     for micro in range(accum):
         batch = next(train_data)
         step_tokens += batch[0].numel()  # shape metadata: no device sync
         sync = not d.distributed or micro == accum - 1
         if sharded:
-            fsdp.set_gradient_sync(model, sync)
+            sharding().set_gradient_sync(model, sync)
         with (contextlib.nullcontext() if sync or sharded else model.no_sync()):
             with dist.autocast(d.device_type, dtype):
                 loss, metrics = call_loss(loss_fn, model, batch)
@@ -385,7 +398,9 @@ def update(model: torch.nn.Module, raw_model: GPT, optimizers: list[torch.optim.
     """Clip the gradients, step every optimizer at its scheduled rate, clear the gradients; the gradient norm."""
     grad_norm = None
     if grad_clip > 0:  # of the whole model under FSDP too: the shards' norms are combined over the ranks
-        grad_norm = fsdp.local_value(torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip))
+        grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip)
+        if is_sharded(model):
+            grad_norm = sharding().local_value(grad_norm)
     for opt in optimizers:
         for group in opt.param_groups:
             group["lr"] = group["initial_lr"] * lr_mult
