@@ -74,6 +74,8 @@ class PipelineConfig:
     muon_lr: float = option(0.013, "pretraining peak learning rate of Muon's hidden matrices (fine-tuning: "
                                    "the same fraction of it as --finetune-lr is of --pretrain-lr)")
     hellaswag_limit: int = option(200, "HellaSwag examples scored per evaluation")
+    eval_tokens: int | None = option(None, "held-out tokens each stage's evaluation scores (default: every held-out "
+                                           "story)")
     num_samples: int = option(36, "stories generated for the judge")
     max_new_tokens: int = option(128, "tokens per story")
     judge: str = option("length", f"who picks the best story of each group: {JUDGES_HELP}")
@@ -98,8 +100,8 @@ class PipelineConfig:
         if self.data_dir is not None and not Path(self.data_dir).is_dir():
             raise GhoulError(f"--data-dir {self.data_dir} does not exist: give a folder laid out as shared/data")
         for name in ("pretrain_steps", "finetune_steps", "num_samples", "preference_steps", "hellaswag_limit",
-                     "winrate_pairs"):
-            if getattr(self, name) < 1:
+                     "winrate_pairs", "eval_tokens"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise GhoulError(f"--{name.replace('_', '-')} must be at least 1")
         if self.num_samples < GROUP_SIZE * len(self.prompts):
             raise GhoulError(f"--num-samples {self.num_samples} leaves some of the {len(self.prompts)} prompts without "
@@ -175,10 +177,11 @@ def train_stage(cfg: PipelineConfig, name: str, dataset: Path, base: Path | None
 
 def evaluate(cfg: PipelineConfig, name: str, model_dir: Path, data: Path) -> dict[str, Any]:
     """HellaSwag on a subset and validation loss on `data`, cached in RUN/eval/NAME.json for the same checkpoint and
-    settings (a stage trained further, or another --hellaswag-limit or --seq-len, is evaluated again)."""
+    settings (a stage trained further, or another --hellaswag-limit, --eval-tokens or --seq-len, is evaluated
+    again)."""
     path = cfg.output_dir / "eval" / f"{name}.json"
     key = {"checkpoint": str(resolve_checkpoint(model_dir)), "hellaswag_limit": cfg.hellaswag_limit,
-           "seq_len": cfg.seq_len, "val_data": str(data)}
+           "eval_tokens": cfg.eval_tokens, "seq_len": cfg.seq_len, "val_data": str(data)}
     cached = read_json(path)
     if cached is not None and cached.get("key") == key:
         say("eval", f"{path} exists; skipped")
@@ -188,7 +191,8 @@ def evaluate(cfg: PipelineConfig, name: str, model_dir: Path, data: Path) -> dic
     hs_path = local(cfg, "hellaswag/hellaswag_val.jsonl") or default_data_path()
     say("eval", f"{name}: HellaSwag ({cfg.hellaswag_limit} examples) and val loss on {data.name}")
     hs = evaluate_hellaswag(model, tokenizer, load_hellaswag(hs_path, cfg.hellaswag_limit), device, progress=True)
-    loss = evaluate_loss(model, read_split(data), device, cfg.seq_len, tokenizer=tokenizer)  # every held-out story
+    loss = evaluate_loss(model, read_split(data), device, cfg.seq_len, max_tokens=cfg.eval_tokens,
+                         tokenizer=tokenizer)
     result = {"model": str(model_dir), "hellaswag_acc": hs["acc_norm"], "hellaswag_acc_sum": hs["acc"],
               "hellaswag_n": hs["n"], "val_loss": loss["loss"], "val_bpb": loss["bpb"], "val_tokens": loss["tokens"],
               "val_data": data.name, "key": key}

@@ -29,14 +29,15 @@ def reads(classes: list[type]) -> Iterator[set[tuple[type, str]]]:
     """The (class, option) pairs the code reads from configs of `classes` while the block runs, leaving out the
     reads of ghoul.config (checks, config.json), of dataclass methods and of `__post_init__` (validation)."""
     seen: set[tuple[type, str]] = set()
+    block = sys._getframe(2)  # the `with` statement's frame, above contextmanager's __enter__: where the walk stops
 
     def get(self: Any, name: str) -> Any:
         if not name.startswith("_"):
             frame = sys._getframe(1)
-            while frame is not None and frame.f_code.co_filename not in SKIPPED_FRAMES \
+            while frame not in (block, None) and frame.f_code.co_filename not in SKIPPED_FRAMES \
                     and frame.f_code.co_name != "__post_init__":
                 frame = frame.f_back
-            if frame is None:
+            if frame in (block, None):  # None: a read in another thread (a server's)
                 seen.add((type(self), name))
         return object.__getattribute__(self, name)
 

@@ -25,8 +25,7 @@ def test_reduced_pipeline_end_to_end_and_rerun(data, tmp_path, capsys):
     args = ["pipeline", "--output-dir", str(out), "--data-dir", str(data), "--pretrain-steps", "12",
             "--finetune-steps", "4", "--preference-steps", "2", "--num-samples", "8", "--max-new-tokens", "48",
             "--hellaswag-limit", "12", "--seq-len", "64", "--batch-size", "4", "--winrate-pairs", "6",
-            "--vocab-size", "512",
-            "--device", "cpu",
+            "--vocab-size", "512", "--eval-tokens", "2048", "--device", "cpu",
             "--prompts", "I heard something in the attic", "The well behind the house"]
     with reads([PipelineConfig]) as seen:  # every option of the pipeline reaches the stages (tests/test_flags.py)
         assert main(args) == 0
@@ -41,6 +40,7 @@ def test_reduced_pipeline_end_to_end_and_rerun(data, tmp_path, capsys):
     html = (out / "report.html").read_text()
     last = [r for r in read_jsonl(out / "pretrain" / "log.jsonl") if "loss" in r][-1]
     finetune_eval = json.loads((out / "eval" / "finetune.json").read_text())
+    assert finetune_eval["val_tokens"] == 2048  # 32 windows of 64 held-out tokens
     # one warmup-stable-decay schedule across the stages: pretraining holds its peak rate to the end, the fine-tune
     # stage starts there without a warmup and decays to zero
     finetune_lrs = [r["lr"] for r in read_jsonl(out / "finetune" / "log.jsonl") if "lr" in r]
@@ -126,3 +126,5 @@ def test_an_evaluation_is_reused_only_for_the_same_checkpoint_and_settings(data,
     monkeypatch.undo()
     again = evaluate(PipelineConfig(**cfg, hellaswag_limit=6), "pretrain", tmp_path / "model", shards)
     assert again["hellaswag_n"] == 6 and again["val_loss"] == first["val_loss"]
+    fewer = evaluate(PipelineConfig(**cfg, hellaswag_limit=6, eval_tokens=640), "pretrain", tmp_path / "model", shards)
+    assert fewer["val_tokens"] == 640 < first["val_tokens"] and fewer["val_loss"] != first["val_loss"]

@@ -99,15 +99,15 @@ def test_memory_estimate_against_a_training_step(preset, batch, seq_len, dtype, 
 
 def test_memory_estimate_against_a_ddp_training_step():
     """Under DDP the gradients stay in its buckets beside the activations, through the `no_sync` micro-steps of
-    gradient accumulation too (3 here, as the reference run's 5): one rank of two (gloo) against the plan for two
+    gradient accumulation too (2 here, 5 in the reference run): one rank of two (gloo) against the plan for two
     GPUs, within the same bounds. Gradients set to None between steps came back beside the buckets: a copy more."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           "-m", "tests.ddp_memory", "small", "4", "256", "3"], capture_output=True, text=True,
+                           "-m", "tests.ddp_memory", "small", "4", "256", "2"], capture_output=True, text=True,
                           env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     peak = int(done.stdout.split()[-1])
-    planned = plan_total("small", 2, 4, 256, 3)
+    planned = plan_total("small", 2, 4, 256, 2)
     assert planned == plan_total("small", 2, 4, 256) > plan_total("small", 1, 4, 256)
     assert 0.98 * peak <= planned <= 1.05 * peak, (planned / GiB, peak / GiB)
 
