@@ -25,9 +25,9 @@ def newton_schulz(g: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch.T
     if transposed:  # iterate on the smaller Gram matrix
         x = x.T
     x = x / (x.norm() + eps)  # spectral norm <= Frobenius norm <= 1: inside the iteration's basin
-    for _ in range(steps):
+    for _ in range(steps):  # x <- a x + (b gram + c gram^2) x, the scalings folded into the products
         gram = x @ x.T
-        x = a * x + (b * gram + c * gram @ gram) @ x
+        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
     return (x.T if transposed else x).to(g.dtype)
 
 
