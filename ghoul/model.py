@@ -98,12 +98,12 @@ class GPTConfig:
 
 # Presets are data. The four GPT-2 sizes are OpenAI's (Radford et al. 2019, table 2); `tiny` and `small` are
 # CPU sizes for tests and demos (about 0.8M and 30M parameters with the GPT-2 vocabulary); `laptop` is the default
-# run's model, what 2 CPU cores train well in minutes with a 4,096-token vocabulary (3.5M parameters; its shape and
-# switches were chosen by `ghoul learn compare`, see the README).
+# run's model, what 2 CPU cores train well in minutes with a 4,096-token vocabulary (1.7M parameters; its switches
+# were chosen by `ghoul learn compare`, its width by training runs of equal time, see the README).
 PRESETS: dict[str, dict] = {
     "tiny": dict(n_layer=2, n_head=2, n_embd=16, block_size=128),
     "small": dict(n_layer=6, n_head=6, n_embd=384, block_size=256),
-    "laptop": dict(n_layer=6, n_head=6, n_embd=192, block_size=256, norm="rmsnorm", position="rotary",
+    "laptop": dict(n_layer=6, n_head=4, n_embd=128, block_size=256, norm="rmsnorm", position="rotary",
                    activation="swiglu", bias=False, qk_norm=True),
     "gpt2": dict(n_layer=12, n_head=12, n_embd=768),
     "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),

@@ -66,9 +66,9 @@ class PipelineConfig:
     batch_size: int = option(8, "rows per micro-batch")
     optimizer: str = option("muon", "Muon for the hidden matrices and AdamW for the rest, or AdamW for everything",
                             choices=["muon", "adamw"])
-    pretrain_steps: int = option(640, "pretraining steps")
+    pretrain_steps: int = option(1280, "pretraining steps")
     pretrain_lr: float = option(0.02, "pretraining peak learning rate (with Muon: of the embeddings and gains)")
-    finetune_steps: int = option(300, "fine-tuning steps")
+    finetune_steps: int = option(580, "fine-tuning steps")
     finetune_lr: float = option(0.02, "fine-tuning learning rate at its start, decayed linearly to zero (with Muon: "
                                       "of the embeddings and gains)")
     muon_lr: float = option(0.013, "pretraining peak learning rate of Muon's hidden matrices (fine-tuning: "

@@ -13,7 +13,7 @@ from ghoul import dist
 from ghoul.dist import CPU_BF16_MIN_WIDTH, cpu_flags, fast_bfloat16, resolve_dtype
 from ghoul.model import PRESETS
 
-LAPTOP = PRESETS.get("laptop", {}).get("n_embd", 192)  # the default run's model (6 layers, width 192)
+LAPTOP = PRESETS.get("laptop", {}).get("n_embd", 128)  # the default run's model (6 layers, width 128)
 
 
 @pytest.fixture
