@@ -3,8 +3,9 @@
 The usual path (`F.cross_entropy(x @ W.T, y)`) writes the logits, a log-softmax of the same size, a zero-filled
 gradient and then the softmax gradient: four passes over N x V numbers, with V = 50,257 the largest tensors of a
 GPT-2 step. Here the gradient of the logits is computed in place during the forward pass (softmax minus one-hot,
-already divided by the token count), so the step keeps one N x V tensor and touches it twice. On CPUs, where those
-passes are memory-bound, this is what makes the training step faster than `transformers`' (benchmarks/RESULTS.md).
+already divided by the token count, from the exponentials the loss needs anyway), so the step writes one N x V
+tensor, in place. On CPUs, where those passes are memory-bound, this is what makes the training step faster than
+`transformers`' (benchmarks/RESULTS.md).
 The idea is that of Liger Kernel's fused linear cross-entropy (Hsu et al. 2024), without the chunking.
 """
 
@@ -21,16 +22,19 @@ class _HeadCrossEntropy(torch.autograd.Function):
         logits = (xc @ wc.t()).float()  # (N, Vp); float32 for the softmax over 50k classes (a copy under bf16)
         if vocab_size < logits.size(1):
             logits[:, vocab_size:] = float("-inf")  # padding rows of the table are never predicted
-        lse = torch.logsumexp(logits, dim=1)  # (N,)
         valid = targets != -1  # -1: ignore, as the rest of ghoul
         safe = targets.clamp(min=0)[:, None]  # (N, 1)
         count = valid.sum()
-        loss = ((lse - logits.gather(1, safe).squeeze(1)) * valid).sum() / count
+        target_logits = logits.gather(1, safe).squeeze(1)  # (N,), before the logits are overwritten
+        # the log-sum-exp and the softmax from one exponential, in place of the logits: (N, Vp) unnormalised
+        top = logits.amax(dim=1, keepdim=True)  # (N, 1)
+        probs = logits.sub_(top).exp_()
+        total = probs.sum(dim=1, keepdim=True)  # (N, 1)
+        loss = ((top + total.log()).squeeze(1) - target_logits).mul(valid).sum() / count
         if grad_needed:
-            grad = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits: (N, Vp)
-            weights = valid.float() / count  # d(mean loss) / d(each row's loss); 0 for ignored rows
-            grad.scatter_add_(1, safe, -torch.ones_like(grad[:, :1]))  # minus the one-hot of the target
-            grad.mul_(weights[:, None])
+            weights = valid.float()[:, None] / count  # d(mean loss) / d(each row's loss); 0 for ignored rows
+            grad = probs.mul_(weights / total)  # the softmax, weighted
+            grad.scatter_add_(1, safe, -weights)  # minus the one-hot of the target
             ctx.save_for_backward(grad.to(dtype), xc, wc)  # bf16 under autocast: backward matmuls as autocast's
             ctx.dtypes = x.dtype, weight.dtype
         return loss

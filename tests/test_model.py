@@ -113,6 +113,17 @@ VARIANTS = {
 }
 
 
+def test_qk_norm_keeps_the_fused_kernel_under_bfloat16_autocast():
+    """Under autocast q and k arrive in bfloat16: their norm must run rms_norm's fused kernel like the float32 norms
+    of the residual stream, not the unfused path (and its warning) that a float32 gain sends it to."""
+    model = GPT(small(**VARIANTS["modern"]))
+    idx = torch.randint(0, 97, (2, 16))
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.profiler.profile() as prof:
+        model(idx)
+    fused = sum(e.count for e in prof.key_averages() if e.key == "aten::_fused_rms_norm")
+    assert fused == 2 * 2 + 1 + 2 * 2  # two per block, the final one, and q's and k's in each block
+
+
 def small(**overrides):
     return GPTConfig(**{**dict(n_layer=2, n_head=2, n_embd=32, vocab_size=97, block_size=32), **overrides})
 
