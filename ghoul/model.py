@@ -161,6 +161,17 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return torch.addcmul(x * cos, x.roll(x.size(-1) // 2, dims=-1), sin)  # (B, nh, T, hs)
 
 
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs) -> torch.Tensor:
+    """Scaled dot-product attention (PyTorch's SDPA kernels). On the CPU, bfloat16 that will be trained through runs
+    it in float32: the CPU flash kernel's backward took 96 ms in bfloat16 against 29 ms in float32 for the default
+    run's six layers (Sapphire Rapids, AMX), and the casts cost little beside it. Inference keeps bfloat16, where
+    casting a long key/value cache at every token would cost more than the forward saves."""
+    if q.device.type == "cpu" and q.dtype == torch.bfloat16 and q.requires_grad:
+        with torch.autocast("cpu", enabled=False):  # autocast would cast the inputs back to bfloat16
+            return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), **kwargs).to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, **kwargs)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
@@ -195,8 +206,8 @@ class CausalSelfAttention(nn.Module):
         if past > 0 and T > 1:
             raise ValueError("the KV cache takes a multi-token chunk only as the first (prefill) call")
         # A prefill (or plain forward) is causal; a single new token attends to everything before it.
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=past == 0 and T > 1,
-                                           dropout_p=self.dropout if self.training else 0.0)  # (B, nh, T, hs)
+        y = attention(q, k, v, is_causal=past == 0 and T > 1,
+                      dropout_p=self.dropout if self.training else 0.0)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 

@@ -122,9 +122,34 @@ def estimate(cfg: PlanConfig) -> dict:
     c = GPTConfig.from_name(cfg.model, vocab_padding=vocab_padding(cfg.pad_vocab))
     gpu = GPUS[cfg.gpu]
     params = param_counts(c)
+    act = DTYPES[cfg.dtype]
+    accum = accumulation_steps(cfg.total_batch_size, cfg.batch_size, cfg.seq_len, cfg.gpus)
+    memory = memory_terms(cfg, c, params, accum)
+    total = peak_memory(memory, params, cfg, accum)
+    usable = gpu.memory_gb * GiB - RESERVE_GIB * GiB
+
+    fpt = flops_per_token(c, cfg.seq_len)
+    steps_tokens = cfg.max_steps * cfg.total_batch_size
+    peak = gpu.bf16_flops if act < 4 else gpu.bf16_flops / 2  # float32 trains on TF32 tensor cores, half the rate
+    seconds = fpt * steps_tokens / (cfg.gpus * peak * cfg.mfu)
+    hours = seconds / 3600
+    return {
+        "model": cfg.model, "gpu": cfg.gpu, "gpus": cfg.gpus, "params": params, "vocab_rows": c.padded_vocab_size,
+        "memory": memory,
+        "memory_total": total, "gpu_memory": gpu.memory_gb * GiB, "usable_memory": usable, "fits": total <= usable,
+        "grad_accum_steps": accum, "communication": communication(params, act, cfg.gpus, accum),
+        "flops_per_token": fpt, "flops_per_step": fpt * cfg.total_batch_size, "total_flops": fpt * steps_tokens,
+        "tokens": steps_tokens, "peak_flops": peak, "seconds": seconds, "hours": hours,
+        "seconds_per_step": seconds / cfg.max_steps, "tokens_per_second": steps_tokens / seconds,
+        "gpu_hours": hours * cfg.gpus,
+        "cost": None if cfg.price_per_gpu_hour is None else hours * cfg.gpus * cfg.price_per_gpu_hour,
+    }
+
+
+def memory_terms(cfg: PlanConfig, c: GPTConfig, params: dict[str, int], accum: int) -> dict[str, int]:
+    """What one GPU holds during a step, term by term, in bytes (peak_memory says which of them coexist)."""
     n, act = params["total"], DTYPES[cfg.dtype]
     tokens_micro = cfg.batch_size * cfg.seq_len  # tokens in one GPU's forward
-    accum = accumulation_steps(cfg.total_batch_size, cfg.batch_size, cfg.seq_len, cfg.gpus)
     fsdp = cfg.parallel == "fsdp"
     # FSDP gathers the parameters in the autocast dtype (ghoul.train.fsdp's MixedPrecisionPolicy), and backward makes
     # their gradients in it; DDP's weights and gradients stay float32
@@ -164,25 +189,7 @@ def estimate(cfg: PlanConfig) -> dict:
     if fsdp:
         # at the very end the token embedding's own gradient and (tied) their sum: two tables more, for a moment
         memory["embedding gradient"] = (2 if c.tie_embeddings else 1) * gathered * c.padded_vocab_size * c.n_embd
-    total = peak_memory(memory, params, cfg, accum)
-    usable = gpu.memory_gb * GiB - RESERVE_GIB * GiB
-
-    fpt = flops_per_token(c, cfg.seq_len)
-    steps_tokens = cfg.max_steps * cfg.total_batch_size
-    peak = gpu.bf16_flops if act < 4 else gpu.bf16_flops / 2  # float32 trains on TF32 tensor cores, half the rate
-    seconds = fpt * steps_tokens / (cfg.gpus * peak * cfg.mfu)
-    hours = seconds / 3600
-    return {
-        "model": cfg.model, "gpu": cfg.gpu, "gpus": cfg.gpus, "params": params, "vocab_rows": c.padded_vocab_size,
-        "memory": memory,
-        "memory_total": total, "gpu_memory": gpu.memory_gb * GiB, "usable_memory": usable, "fits": total <= usable,
-        "grad_accum_steps": accum, "communication": communication(params, act, cfg.gpus, accum),
-        "flops_per_token": fpt, "flops_per_step": fpt * cfg.total_batch_size, "total_flops": fpt * steps_tokens,
-        "tokens": steps_tokens, "peak_flops": peak, "seconds": seconds, "hours": hours,
-        "seconds_per_step": seconds / cfg.max_steps, "tokens_per_second": steps_tokens / seconds,
-        "gpu_hours": hours * cfg.gpus,
-        "cost": None if cfg.price_per_gpu_hour is None else hours * cfg.gpus * cfg.price_per_gpu_hour,
-    }
+    return memory
 
 
 def peak_memory(memory: dict[str, int], params: dict[str, int], cfg: PlanConfig, accum: int) -> int:
@@ -258,22 +265,33 @@ def _gib(n: float) -> str:
 
 
 def format_plan(cfg: PlanConfig, e: dict) -> str:
-    """The plan as a readable table."""
+    """The plan as a readable table: the run, memory per GPU, compute, communication, and what to change where it
+    does not fit."""
+    fitting, dividing = largest_batch_sizes(cfg)
+    lines = [*_run_lines(cfg, e), "", *_memory_lines(cfg, e, fitting, dividing), "", *_compute_lines(cfg, e), "",
+             *_communication_lines(cfg, e)]
+    if not e["fits"]:
+        lines.append(_advice(cfg, dividing))
+    return "\n".join(lines)
+
+
+def _run_lines(cfg: PlanConfig, e: dict) -> list[str]:
     p = e["params"]
     ckpt = "on" if cfg.activation_checkpointing else "off"
-    fsdp = cfg.parallel == "fsdp"
-    lines = [
+    return [
         f"model {cfg.model}: {p['total']:,} parameters ({p['matrices']:,} in hidden matrices, "
         f"{p['embeddings']:,} in embeddings of {e['vocab_rows']:,} token rows, {p['gains']:,} in gains and biases)",
         f"run: {cfg.gpus} x {cfg.gpu} ({cfg.parallel}), {cfg.dtype}, {cfg.optimizer}, activation checkpointing {ckpt}; "
         f"{cfg.total_batch_size:,} tokens per step = {cfg.batch_size} x {cfg.seq_len} tokens x {cfg.gpus} GPUs x "
         f"{e['grad_accum_steps']} accumulation steps",
-        "",
-        "memory per GPU",
     ]
-    share = f" (1/{cfg.gpus})" if fsdp else ""  # each GPU's shard
+
+
+def _memory_lines(cfg: PlanConfig, e: dict, fitting: int, dividing: int) -> list[str]:
+    share = f" (1/{cfg.gpus})" if cfg.parallel == "fsdp" else ""  # each GPU's shard
+    lines = ["memory per GPU"]
     lines += [f"  {name + (share if name in SHARDED else ''):24s} {_gib(value)}" for name, value in e["memory"].items()]
-    if fsdp:
+    if cfg.parallel == "fsdp":
         lines.append("  (FSDP: the gradient shards arrive as backward frees the activations, and the embedding "
                      "gradient lasts a moment at its end: the peak is the larger of backward's start and end, less "
                      "than the sum)")
@@ -281,15 +299,20 @@ def format_plan(cfg: PlanConfig, e: dict) -> str:
         lines.append("  (one GPU, no DDP: the gradients arrive as backward frees the activations, so the peak is less "
                      "than the sum)")
     verdict = "fits" if e["fits"] else "does NOT fit"
-    fitting, dividing = largest_batch_sizes(cfg)
-    lines += [
+    return lines + [
         f"  {'total':24s} {_gib(e['memory_total'])}   {verdict}: {cfg.gpu} has {e['gpu_memory'] / GiB:.0f} GiB, "
         f"{e['usable_memory'] / GiB:.0f} usable after a {RESERVE_GIB:.0f} GiB reserve "
         f"({e['memory_total'] / e['usable_memory']:.0%} of it)",
         (f"  largest --batch-size that fits: {fitting}{'+' if fitting == BATCH_SEARCH_LIMIT else ''}; the largest "
          f"that divides --total-batch-size into whole accumulation steps: {dividing}" if fitting
          else "  no --batch-size fits, not even 1"),
-        "",
+    ]
+
+
+def _compute_lines(cfg: PlanConfig, e: dict) -> list[str]:
+    cost = ("give --price-per-gpu-hour" if e["cost"] is None else
+            f"{e['cost']:10,.2f} at {cfg.price_per_gpu_hour} per GPU-hour")
+    lines = [
         "compute",
         f"  FLOPs per token          {e['flops_per_token'] / 1e9:10.2f} GFLOP (6N + 12 L T C)",
         f"  FLOPs per step           {e['flops_per_step'] / 1e15:10.2f} PFLOP",
@@ -298,17 +321,17 @@ def format_plan(cfg: PlanConfig, e: dict) -> str:
         f"  at {cfg.mfu:.0%} MFU of {e['peak_flops'] / 1e12:.0f} TFLOP/s per GPU: {e['seconds_per_step']:.2f} s per "
         f"step, {e['tokens_per_second']:,.0f} tokens/s",
         f"  time                     {e['hours']:10.2f} hours ({e['gpu_hours']:,.1f} GPU-hours)",
+        f"  cost                     {cost}",
     ]
-    if e["cost"] is None:
-        lines.append("  cost                     give --price-per-gpu-hour")
-    else:
-        lines.append(f"  cost                     {e['cost']:10,.2f} at {cfg.price_per_gpu_hour} per GPU-hour")
     if cfg.activation_checkpointing:
         lines.append("  (recomputation adds a forward pass, a third more arithmetic not counted in MFU: expect a lower "
                      "--mfu than without it)")
+    return lines
+
+
+def _communication_lines(cfg: PlanConfig, e: dict) -> list[str]:
     comm = e["communication"]
-    lines += [
-        "",
+    return [
         "communication per GPU per step (sent, as much received)",
         f"  fsdp {comm['fsdp'] / 1e9:10.2f} GB: each of the {e['grad_accum_steps']} micro-steps all-gathers the "
         f"parameters for forward and the blocks' again for backward; one reduce-scatter of the gradients",
@@ -316,17 +339,21 @@ def format_plan(cfg: PlanConfig, e: dict) -> str:
         f"  this run ({cfg.parallel}) needs {comm[cfg.parallel] / e['seconds_per_step'] / 1e9:.1f} GB/s per GPU to "
         f"hide it behind {e['seconds_per_step']:.2f} s of compute per step",
     ]
-    if not e["fits"]:  # suggest only what makes it fit
-        tries = [] if cfg.activation_checkpointing or not estimate(replace(cfg, activation_checkpointing=True))[
-            "fits"] else ["--activation-checkpointing"]
-        tries += [f"--batch-size {dividing}"] if dividing else []
-        if not fsdp and largest_batch_sizes(replace(cfg, parallel="fsdp", activation_checkpointing=True))[0]:
-            tries.append("--parallel fsdp")
-        lines.append(f"\nit does not fit: try {' or '.join(tries)}" if tries else
-                     "\nit does not fit at any --batch-size: " + (
-                         "it needs more GPUs, or GPUs with more memory" if fsdp else
-                         "every GPU holds a whole replica, so it needs GPUs with more memory"))
-    return "\n".join(lines)
+
+
+def _advice(cfg: PlanConfig, dividing: int) -> str:
+    """What makes a run that does not fit fit: only suggestions that do."""
+    fsdp = cfg.parallel == "fsdp"
+    tries = [] if cfg.activation_checkpointing or not estimate(replace(cfg, activation_checkpointing=True))[
+        "fits"] else ["--activation-checkpointing"]
+    tries += [f"--batch-size {dividing}"] if dividing else []
+    if not fsdp and largest_batch_sizes(replace(cfg, parallel="fsdp", activation_checkpointing=True))[0]:
+        tries.append("--parallel fsdp")
+    if tries:
+        return f"\nit does not fit: try {' or '.join(tries)}"
+    return "\nit does not fit at any --batch-size: " + (
+        "it needs more GPUs, or GPUs with more memory" if fsdp else
+        "every GPU holds a whole replica, so it needs GPUs with more memory")
 
 
 def run(cfg: PlanConfig) -> dict:

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from ghoul.checkpoint import load_model_dir, save_model_dir
 from ghoul.errors import GhoulError
@@ -122,6 +123,35 @@ def test_qk_norm_keeps_the_fused_kernel_under_bfloat16_autocast():
         model(idx)
     fused = sum(e.count for e in prof.key_averages() if e.key == "aten::_fused_rms_norm")
     assert fused == 2 * 2 + 1 + 2 * 2  # two per block, the final one, and q's and k's in each block
+
+
+class AttentionDtypes(TorchDispatchMode):
+    """The dtypes SDPA's kernels receive, forward and backward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dtypes: set[torch.dtype] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if "scaled_dot_product" in str(func):
+            self.dtypes.add(args[0].dtype)
+        return func(*args, **(kwargs or {}))
+
+
+def test_cpu_attention_trains_in_float32_under_bfloat16_autocast():
+    """The CPU flash kernel's backward is about 3x slower in bfloat16: a training forward under bfloat16 autocast runs
+    attention in float32 (and hands bfloat16 on), while inference keeps bfloat16."""
+    torch.manual_seed(0)
+    model = GPT(small(**VARIANTS["modern"]))
+    idx = torch.randint(0, 97, (2, 16))
+    with torch.autocast("cpu", dtype=torch.bfloat16), AttentionDtypes() as training:
+        loss = model(idx, idx.roll(-1, 1))[1]
+        loss.backward()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16), AttentionDtypes() as inference:
+        model(idx)
+    assert training.dtypes == {torch.float32}
+    assert inference.dtypes == {torch.bfloat16}
+    assert all(p.grad is not None for p in model.parameters())
 
 
 def small(**overrides):
