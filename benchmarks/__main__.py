@@ -42,6 +42,9 @@ CASES: dict[str, tuple[Callable[..., dict], dict, dict]] = {
                             dict(preset="small", batch=2, seq_len=64, repeats=1, warmup=1)),
     # the default run's step (laptop preset, batch 16 x 256) on the CPU against its matrix products alone
     "cpu-default": (bench_train.run_default, dict(repeats=5), dict(batch=2, seq_len=64, repeats=1, warmup=1)),
+    # the same at width 384, where issue 17 set its targets: the products take more of the step there
+    "cpu-default-384": (bench_train.run_default, dict(repeats=5, width=384),
+                        dict(batch=2, seq_len=64, repeats=1, warmup=1, width=384)),
     # the quick run keeps 16 + 128 tokens: generation is fast, and the figure stays comparable to the full one
     "generate": (bench_generate.run, dict(preset="small", prompt_tokens=16, new_tokens=128, repeats=3),
                  dict(preset="small", prompt_tokens=16, new_tokens=128, repeats=1)),

@@ -49,10 +49,11 @@ def step_fn(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, dtype: str
     return step
 
 
-def setup(preset: str, batch: int, seq_len: int, device: str | None, pad_vocab: bool, vocab_size: int | None = None):
+def setup(preset: str, batch: int, seq_len: int, device: str | None, pad_vocab: bool, vocab_size: int | None = None,
+          **overrides):
     device = device or dist.default_device()
     vocab = {"vocab_size": vocab_size} if vocab_size else {}
-    config = GPTConfig.from_name(preset, vocab_padding=vocab_padding(pad_vocab), **vocab)
+    config = GPTConfig.from_name(preset, vocab_padding=vocab_padding(pad_vocab), **vocab, **overrides)
     seq_len = min(seq_len, config.block_size)
     torch.manual_seed(0)
     x = torch.randint(0, config.vocab_size, (batch, seq_len), device=device)
@@ -128,13 +129,15 @@ def linear_products(model: torch.nn.Module, rows: int, dtype: str, device: str) 
 
 
 def run_default(repeats: int = 5, warmup: int = 2, batch: int | None = None, seq_len: int | None = None,
-                device: str = "cpu") -> dict:
+                device: str = "cpu", width: int | None = None) -> dict:
     """The default run's training step (`ghoul pipeline`'s model preset, own vocabulary, batch and rows; fused AdamW)
     in float32 and, where the CPU has it natively, bfloat16 autocast, each against its linear layers' matrix products
-    alone in the same dtype: the share of the matmul rate the whole step reaches, and what bfloat16 gains."""
+    alone in the same dtype: the share of the matmul rate the whole step reaches, and what bfloat16 gains. `width`
+    widens the model (heads of 64), to see how both grow with the share of the step the products take."""
     default = PipelineConfig
+    wider = {"n_embd": width, "n_head": width // 64} if width else {}
     device, config, seq_len, x, y = setup(default.model, batch or default.batch_size, seq_len or default.seq_len,
-                                          device, True, default.vocab_size)
+                                          device, True, default.vocab_size, **wider)
     batch, tokens = x.size(0), x.numel()
     dtypes = ["float32", "bfloat16"] if dist.fast_bfloat16(device) else ["float32"]
     torch.manual_seed(0)
@@ -154,11 +157,13 @@ def run_default(repeats: int = 5, warmup: int = 2, batch: int | None = None, seq
         more.update(bfloat16_tokens_per_s=tokens / step16["median_s"], bfloat16_gflops=step16["rate"],
                     bfloat16_matmul_gflops=matmul16["rate"], bfloat16_share=step16["rate"] / matmul16["rate"],
                     bfloat16_speedup=step["median_s"] / step16["median_s"], target_speedup=2.0)  # issue 17
-    return result("cpu-default", f"training step of the default run, {default.model} ({base.num_params() / 1e6:.1f}M, "
-                  f"vocab {config.vocab_size:,}), batch {batch} x {seq_len}, fused AdamW, against its linear layers' "
-                  f"matrix products alone", "GFLOP/s", step, matmul,
+    model = f"{default.model} at width {width}" if width else default.model
+    return result(f"cpu-default-{width}" if width else "cpu-default", f"training step of the default run, {model} "
+                  f"({base.num_params() / 1e6:.1f}M, vocab {config.vocab_size:,}), batch {batch} x {seq_len}, fused "
+                  f"AdamW, against its linear layers' matrix products alone", "GFLOP/s", step, matmul,
                   f"python -m benchmarks.bench_train --cpu-default --batch {batch} --seq-len {seq_len} "
-                  f"--repeats {repeats}", device=device, threads=torch.get_num_threads(),
+                  f"--repeats {repeats}" + (f" --width {width}" if width else ""), device=device,
+                  threads=torch.get_num_threads(),
                   cpu_bfloat16=dist.fast_bfloat16(device), **more)
 
 
@@ -207,9 +212,11 @@ def main() -> None:
                         "(with --compile: of the compiled step)")
     parser.add_argument("--cpu-default", action="store_true", help="instead: the default run's step on the CPU "
                         "against its matrix products alone, float32 and (where native) bfloat16")
+    parser.add_argument("--width", type=int, default=None, help="with --cpu-default: the model this wide (heads of "
+                        "64; issue 17 set its targets at width 384)")
     args = parser.parse_args()
     if args.cpu_default:
-        print(describe(run_default(args.repeats, batch=args.batch, seq_len=args.seq_len)))
+        print(describe(run_default(args.repeats, batch=args.batch, seq_len=args.seq_len, width=args.width)))
         return
     args.batch, args.seq_len = args.batch or 4, args.seq_len or 256
     if args.profile:
