@@ -129,19 +129,22 @@ class KVCache:
         return self.k[layer, :, :, :self.pos + T], self.v[layer, :, :, :self.pos + T]
 
 
+class RMSNorm(nn.RMSNorm):
+    """nn.RMSNorm whose gain follows its input's dtype: under autocast q and k arrive in bfloat16 (QK-norm), and a
+    float32 gain sends rms_norm to its slower unfused kernels, with a warning (the bfloat16 step of the default run:
+    1.05x faster). The residual stream's norms see float32, where the cast is a no-op."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, self.normalized_shape, self.weight.to(x.dtype), self.eps)
+
+
 def make_norm(config: GPTConfig, dim: int | None = None) -> nn.Module:
     """The configured normalisation over the last `dim` (default n_embd) features."""
     dim = dim or config.n_embd
     if config.norm == "rmsnorm":
         # RMSNorm (Zhang & Sennrich 2019): no mean subtraction and no bias; as fast and as good (LLaMA uses it)
-        return nn.RMSNorm(dim, eps=config.layer_norm_eps)
+        return RMSNorm(dim, eps=config.layer_norm_eps)
     return nn.LayerNorm(dim, eps=config.layer_norm_eps, bias=config.bias)
-
-
-def norm_as_input(norm: nn.RMSNorm, x: torch.Tensor) -> torch.Tensor:
-    """`norm(x)` with its gain in x's dtype: under autocast q and k arrive in bfloat16, and a float32 gain sends
-    rms_norm to its slower unfused kernels, with a warning (the bfloat16 step of the default run: 1.05x faster)."""
-    return F.rms_norm(x, norm.normalized_shape, norm.weight.to(x.dtype), norm.eps)
 
 
 def rotary(pos: torch.Tensor, head_size: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -184,8 +187,8 @@ class CausalSelfAttention(nn.Module):
         if config.qk_norm:
             # QK-norm (Henry et al. 2020; Dehghani et al. 2023): bounded attention logits, steadier training
             hs = config.n_embd // config.n_head
-            self.q_norm = nn.RMSNorm(hs, eps=config.layer_norm_eps)
-            self.k_norm = nn.RMSNorm(hs, eps=config.layer_norm_eps)
+            self.q_norm = RMSNorm(hs, eps=config.layer_norm_eps)
+            self.k_norm = RMSNorm(hs, eps=config.layer_norm_eps)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
                 rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
@@ -196,7 +199,7 @@ class CausalSelfAttention(nn.Module):
         k = k.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         if hasattr(self, "q_norm"):
-            q, k = norm_as_input(self.q_norm, q), norm_as_input(self.k_norm, k)  # normalised over hs, per head
+            q, k = self.q_norm(q), self.k_norm(k)  # normalised over hs, per head
         if rope is not None:  # before caching: the cache holds keys already rotated to their own positions
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         past = 0
