@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from ghoul import __version__
 from ghoul.errors import GhoulError
-from ghoul.files import atomic_directory, atomic_write_text
+from ghoul.files import atomic_directory, atomic_write_text, write_json
 from ghoul.layout import CONFIG_FILE, LATEST, WEIGHTS_FILE, resolve_checkpoint, step_dir, step_dirs
 from ghoul.model import GPT, GPTConfig
 from ghoul.tokenizer import TOKENIZER_FILE, Tokenizer, load_tokenizer
@@ -40,17 +40,12 @@ def stored_weights(model: GPT) -> dict[str, torch.Tensor]:
     return {k: v.detach() for k, v in model.state_dict().items() if k != TIED or not model.config.tie_embeddings}
 
 
-def model_state(model: GPT) -> dict[str, torch.Tensor]:
-    """The weights to store, on the CPU and contiguous."""
-    return {k: v.cpu().contiguous() for k, v in stored_weights(model).items()}
-
-
 def write_model_files(model: GPT, directory: Path, tokenizer: Tokenizer | str | None = None,
-                      extra: dict | None = None, weights_file: Path | None = None) -> None:
+                      weights_file: Path | None = None) -> None:
     """Write the model files into an existing `directory` (used inside an atomic directory); `weights_file`, the
     weights the ranks of a sharded (FSDP) run wrote together, is moved in instead of writing the model's."""
     # a model class other than GPT (a reward model) names itself, so that loading builds the same class
-    config = {**asdict(model.config), "ghoul_version": __version__, **getattr(model, "dir_config", {}), **(extra or {})}
+    config = {**asdict(model.config), "ghoul_version": __version__, **getattr(model, "dir_config", {})}
     if tokenizer is not None and not isinstance(tokenizer, str):
         if tokenizer.name == "gpt2":
             tokenizer = "gpt2"
@@ -58,13 +53,14 @@ def write_model_files(model: GPT, directory: Path, tokenizer: Tokenizer | str | 
             tokenizer.save(directory / TOKENIZER_FILE)
             tokenizer = TOKENIZER_FILE
     config["tokenizer"] = tokenizer or config.get("tokenizer", "gpt2")
-    (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    write_json(directory / CONFIG_FILE, config)
     path = directory / WEIGHTS_FILE
     if weights_file is not None:
         os.replace(weights_file, path)
         return
+    state = {k: v.cpu().contiguous() for k, v in stored_weights(model).items()}
     try:
-        save_file(model_state(model), str(path), metadata={"format": "pt"})
+        save_file(state, str(path), metadata={"format": "pt"})
     except SafetensorError as e:  # a failed write (a full disk) comes as "I/O error: ... (os error 28)"
         code = re.search(r"os error (\d+)", str(e))
         if code is None:
@@ -101,11 +97,10 @@ def save_torch(obj: Any, path: Path) -> None:
             raise kept.error from None
 
 
-def save_model_dir(model: GPT, directory: str | Path, tokenizer: Tokenizer | str | None = None,
-                   extra: dict | None = None) -> None:
+def save_model_dir(model: GPT, directory: str | Path, tokenizer: Tokenizer | str | None = None) -> None:
     """Write a self-contained model directory atomically."""
     with atomic_directory(directory) as tmp:
-        write_model_files(model, tmp, tokenizer, extra)
+        write_model_files(model, tmp, tokenizer)
 
 
 def read_model_config(directory: str | Path) -> dict:
@@ -135,9 +130,8 @@ def load_model_dir(directory: str | Path, device: str | torch.device = "cpu", ki
     if found != kind:  # a reward model generates nothing; a language model scores nothing
         what_to_do = "train one with `ghoul reward train`" if kind == "reward" else "give a language model's directory"
         raise GhoulError(f"{directory} is a {found} model, not a {kind} model: {what_to_do}")
-    cls = MODEL_KINDS[kind]
     try:
-        model = cls(GPTConfig.from_dict(config))
+        model = MODEL_KINDS[kind](GPTConfig.from_dict(config))
     except TypeError as e:
         raise GhoulError(f"{directory / CONFIG_FILE} has invalid model settings: {e}") from None
     weights = directory / WEIGHTS_FILE
@@ -202,7 +196,7 @@ def save_training_checkpoint(run_dir: str | Path, step: int, model: GPT, optimiz
                 save_torch({"optimizers": [opt.state_dict() for opt in optimizers],
                             "modules": {name: m.state_dict() for name, m in (modules or {}).items()}},
                            tmp / OPTIMIZER_FILE)
-            (tmp / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
+            write_json(tmp / STATE_FILE, state)
     except OSError as e:  # named after the checkpoint: its temporary folder is gone
         raise OSError(e.errno, e.strerror, str(target)) from None
     atomic_write_text(Path(run_dir) / LATEST, target.name + "\n")

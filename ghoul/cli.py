@@ -7,8 +7,8 @@ Stage modules are imported only for the command that runs, so `ghoul --help` and
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
-import os
 import re
 import sys
 from dataclasses import dataclass
@@ -93,19 +93,13 @@ def build_parser(cmd: Command) -> tuple[argparse.ArgumentParser, type, object]:
 
 def cli_reference() -> str:
     """Every command's --help as markdown: docs/cli.md is this text, and a test keeps the two equal."""
-    width = os.environ.get("COLUMNS")
-    os.environ["COLUMNS"] = "100"  # argparse wraps to the terminal: a fixed width gives the same text everywhere
-    try:
-        parts = ["# ghoul command reference", "", "Generated from the parser (`ghoul --reference > docs/cli.md`).", ""]
-        for cmd in COMMANDS:
-            parser, _, _ = build_parser(cmd)
-            parts += [f"## ghoul {cmd.name}", "", "```", parser.format_help().rstrip(), "```", ""]
-        return "\n".join(parts)
-    finally:
-        if width is None:
-            del os.environ["COLUMNS"]
-        else:
-            os.environ["COLUMNS"] = width
+    parts = ["# ghoul command reference", "", "Generated from the parser (`ghoul --reference > docs/cli.md`).", ""]
+    for cmd in COMMANDS:
+        parser, _, _ = build_parser(cmd)
+        # argparse wraps to the terminal (2 columns short of it): a fixed width gives the same text everywhere
+        parser.formatter_class = functools.partial(argparse.HelpFormatter, width=98)
+        parts += [f"## ghoul {cmd.name}", "", "```", parser.format_help().rstrip(), "```", ""]
+    return "\n".join(parts)
 
 
 def optional_extra(module: str) -> str | None:

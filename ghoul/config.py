@@ -79,10 +79,6 @@ def refuse_set(cfg: Any, names: Iterable[str], needs: str) -> None:
             raise GhoulError(f"{flag(name)} is only read with {needs}: leave it out")
 
 
-def _field_types(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
 def _scalar_type(annotation: Any) -> tuple[type, bool]:
     """(element type, is_list) of a field annotation such as `int`, `float | None`, `list[str]`."""
     origin = typing.get_origin(annotation)
@@ -96,14 +92,13 @@ def _scalar_type(annotation: Any) -> tuple[type, bool]:
     return annotation, False
 
 
-def add_config_args(parser: argparse.ArgumentParser, cls: type, config_file: bool = True) -> None:
-    """Add one flag per option of the dataclass `cls`, its groups' under their own headings (plus `--config`)."""
-    if config_file:
-        tables = [f"[{t}]" for t in [*groups(cls), *_variants(cls)]]
-        parser.add_argument("--config", type=Path, default=argparse.SUPPRESS, metavar="FILE.toml",
-                            help="read options from a TOML file with the same keys" + (
-                                f" (or in the tables {', '.join(tables)})" if tables else "") +
-                                 "; flags given here override it")
+def add_config_args(parser: argparse.ArgumentParser, cls: type) -> None:
+    """Add `--config` and one flag per option of the dataclass `cls`, its groups' under their own headings."""
+    tables = [f"[{t}]" for t in [*groups(cls), *_variants(cls)]]
+    parser.add_argument("--config", type=Path, default=argparse.SUPPRESS, metavar="FILE.toml",
+                        help="read options from a TOML file with the same keys" + (
+                            f" (or in the tables {', '.join(tables)})" if tables else "") +
+                             "; flags given here override it")
     option_owners(cls)  # no option declared twice
     _add_flags(parser, cls, {})
     for f in dataclasses.fields(cls):
@@ -114,7 +109,7 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, config_file: boo
 
 
 def _add_flags(parser: Any, cls: type, defaults: dict[str, Any]) -> None:
-    hints = _field_types(cls)
+    hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if "group" in f.metadata:
             continue
@@ -125,9 +120,7 @@ def _add_flags(parser: Any, cls: type, defaults: dict[str, Any]) -> None:
         help_text = meta.get("help", "")
         if default not in (None, "", []) and kind is not bool:
             help_text += f" (default: {default})"
-        kwargs: dict[str, Any] = {"help": help_text, "default": argparse.SUPPRESS}
-        if meta.get("metavar"):
-            kwargs["metavar"] = meta["metavar"]
+        kwargs: dict[str, Any] = {"help": help_text, "default": argparse.SUPPRESS, "metavar": meta.get("metavar")}
         if kind is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
@@ -206,7 +199,7 @@ def _apply_variant(cls: type, values: dict[str, Any], chosen: Any) -> None:
 
 def _check_keys(data: dict[str, Any], cls: type, where: str, valid: list[str] | None = None) -> dict[str, Any]:
     fields = {f.name: f for f in dataclasses.fields(cls) if "group" not in f.metadata}
-    hints = _field_types(cls)
+    hints = typing.get_type_hints(cls)
     values = {}
     for key, value in data.items():
         name = key.replace("-", "_")
@@ -220,40 +213,30 @@ def _check_keys(data: dict[str, Any], cls: type, where: str, valid: list[str] | 
     return values
 
 
-# what a TOML value of each field type must be, in words: (one value, a list of them)
-_TYPE_WORDS = {int: ("an integer", "integers"), float: ("a number", "numbers"), str: ("a string", "strings"),
-               Path: ("a path (a string)", "paths (strings)"), bool: ("true or false", "true/false values")}
+# what a TOML value of each field type must be: its Python types, and in words (one value, a list of them)
+_TOML_TYPES = {int: (int, "an integer", "integers"), float: ((int, float), "a number", "numbers"),
+               str: (str, "a string", "strings"), Path: (str, "a path (a string)", "paths (strings)"),
+               bool: (bool, "true or false", "true/false values")}
 
 
 def _check_value(value: Any, annotation: Any, what: str) -> Any:
     """`value` from a TOML file converted to the field's type (int -> float, str -> Path), or a one-line error."""
     kind, is_list = _scalar_type(annotation)
-    if kind not in _TYPE_WORDS:
+    if kind not in _TOML_TYPES:
         return value  # a type we do not describe: the config class checks it
-    one, many = _TYPE_WORDS[kind]
+    _, one, many = _TOML_TYPES[kind]
     if is_list:
         if not isinstance(value, list) or not all(_is(kind, v) for v in value):
             raise GhoulError(f"{what} must be a list of {many}, not {_toml_text(value)}")
-        return [_convert(kind, v) for v in value]
+        return [kind(v) for v in value]
     if not _is(kind, value):
         raise GhoulError(f"{what} must be {one}, not {_toml_text(value)}")
-    return _convert(kind, value)
+    return kind(value)
 
 
 def _is(kind: type, value: Any) -> bool:
-    if kind is bool:
-        return isinstance(value, bool)
-    if isinstance(value, bool):  # bool is a subclass of int in Python, but `true` is no number in a config
-        return False
-    if kind is int:
-        return isinstance(value, int)
-    if kind is float:
-        return isinstance(value, (int, float))
-    return isinstance(value, str)  # str and Path
-
-
-def _convert(kind: type, value: Any) -> Any:
-    return float(value) if kind is float else Path(value) if kind is Path else value
+    # bool is a subclass of int in Python, but `true` is no number in a config
+    return isinstance(value, _TOML_TYPES[kind][0]) and (kind is bool or not isinstance(value, bool))
 
 
 def _toml_text(value: Any) -> str:
@@ -288,10 +271,8 @@ def make_config(cls: type[C], values: dict[str, Any]) -> C:
     defaults for the group."""
     if _VARIANTS in values:
         _apply_variant(cls, values, None)
-    members = {}
-    for f in dataclasses.fields(cls):
-        if "group" in f.metadata and f.name in values:
-            members[f.name] = f.metadata["group"](**{**f.metadata["defaults"], **values[f.name]})
+    members = {f.name: f.metadata["group"](**{**f.metadata["defaults"], **values[f.name]})
+               for f in dataclasses.fields(cls) if "group" in f.metadata and f.name in values}
     missing = [f.name for f in dataclasses.fields(cls) if f.name not in values
                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     if missing:

@@ -47,6 +47,10 @@ class GPU:
     bf16_flops: float  # dense (no sparsity) bf16 tensor-core peak, FP32 accumulate, FLOP/s
     memory_gb: float  # on-board memory, as the data sheet states it
 
+    def peak_flops(self, dtype: str) -> float:
+        """Peak FLOP/s when training in `dtype`: float16 runs at the bf16 rate; float32 uses TF32 at half of it."""
+        return self.bf16_flops if dtype in ("bfloat16", "float16") else self.bf16_flops / 2
+
 
 # The one GPU table: MFU in training (peak_flops) and `ghoul plan` (memory, time) both read it. Figures from the
 # vendors' data sheets; "dense" is half the "with sparsity" figure those sheets lead with.
@@ -87,10 +91,7 @@ def peak_flops(device: str, dtype: str = "bfloat16") -> float | None:
     if torch.device(device).type != "cuda":
         return None
     gpu = gpu_named(torch.cuda.get_device_name(device))
-    if gpu is None:
-        return None
-    # float16 runs at the bf16 rate; float32 training uses TF32 at half of it
-    return gpu.bf16_flops if dtype in ("bfloat16", "float16") else gpu.bf16_flops / 2
+    return None if gpu is None else gpu.peak_flops(dtype)
 
 
 def mps_available() -> bool:
@@ -148,11 +149,6 @@ def setup(device: str = "auto", timeout_minutes: float | None = None) -> DistInf
     return DistInfo(rank=rank, local_rank=local_rank, world_size=world_size, device=device, distributed=True)
 
 
-def teardown() -> None:
-    if in_process_group():
-        dist.destroy_process_group()
-
-
 @contextmanager
 def started(device: str = "auto", timeout_minutes: float | None = None) -> Iterator[DistInfo]:
     """This process started as `setup` does, and its process group destroyed at the end: a process that exits with
@@ -163,7 +159,8 @@ def started(device: str = "auto", timeout_minutes: float | None = None) -> Itera
         yield d
         barrier()
     finally:
-        teardown()
+        if in_process_group():
+            dist.destroy_process_group()
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -314,9 +311,7 @@ def all_reduce_sum(values: list[float], device: str | torch.device) -> list[floa
     if not in_process_group():
         return values
     # NCCL reduces only CUDA tensors, gloo only CPU ones: the tensor lives on the model's device
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t.tolist()
+    return all_reduce_total(torch.tensor(values, dtype=torch.float64, device=device)).tolist()
 
 
 def print0(*args, **kwargs) -> None:

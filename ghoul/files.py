@@ -9,7 +9,7 @@ import json
 import os
 import secrets
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -161,6 +161,16 @@ def repair_jsonl(path: str | Path, first_key: str) -> None:
         f.truncate(start)
         f.flush()
         os.fsync(f.fileno())
+
+
+def write_json(path: str | Path, value: Any) -> None:
+    """Write `value` as indented JSON, atomically."""
+    atomic_write_text(path, json.dumps(value, indent=2) + "\n")
+
+
+def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
+    """Write whole `records` as JSON lines, atomically (records that arrive one at a time: `append_jsonl`)."""
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
 def read_json(path: str | Path, default: Any = None) -> Any:

@@ -75,8 +75,7 @@ def check_sampling(temperature: float, top_k: int | None = None, top_p: float | 
         raise GhoulError(f"--top-p must be in (0, 1], got {top_p}")
 
 
-def model_and_tokenizer(checkpoint: Path | None, preset: str, device: str, seed: int = 0
-                             ) -> tuple[GPT, Tokenizer]:
+def model_and_tokenizer(checkpoint: Path | None, preset: str, device: str, seed: int = 0) -> tuple[GPT, Tokenizer]:
     """A checkpoint with its tokenizer, or a randomly initialised preset with GPT-2's tokenizer."""
     if checkpoint is not None:
         return ckpt.load_model_and_tokenizer(checkpoint, device)
@@ -130,11 +129,9 @@ def model_source(checkpoint: Path | None, preset: str) -> dict[str, str]:
     if checkpoint is None:
         return {"checkpoint": f"random:{preset}"}
     directory = ckpt.resolve_checkpoint(checkpoint).resolve()
-    digest = hashlib.sha256()
     with open(directory / WEIGHTS_FILE, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 24), b""):
-            digest.update(chunk)
-    return {"checkpoint": str(directory), "weights_sha256": digest.hexdigest()}
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    return {"checkpoint": str(directory), "weights_sha256": digest}
 
 
 def existing_stories(cfg: GenerateConfig, source: dict[str, str], settings: dict, prompts: list[str]

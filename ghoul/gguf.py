@@ -22,7 +22,7 @@ from ghoul.checkpoint import read_model_config
 from ghoul.config import option
 from ghoul.errors import GhoulError
 from ghoul.files import atomic_write, atomic_write_text, refuse_input_as_output
-from ghoul.hf import GPT2, exported_weights, gpt2_config, language_config, llama_config, llama_state, switch_family
+from ghoul.hf import GPT2, export_family, exported_weights, gpt2_config, language_config, llama_config, llama_state
 from ghoul.layout import WEIGHTS_FILE, resolve_checkpoint
 from ghoul.tokenizer import Tokenizer, load_tokenizer
 from ghoul.tokenizer.bpe import GPT4_PATTERN, BPETokenizer
@@ -40,9 +40,9 @@ GPT2_SWITCHES = {k: v for k, v in GPT2.items() if k != "tie_embeddings"}
 # GPT-4's cl100k split without LLaMA 3's shortcut of taking a whole word that is in the vocabulary (ignore_merges),
 # which gives other ids than merging does; tests/test_gguf.py compares the ids on real text.
 PRE_TOKENIZERS = {GPT2_PATTERN: "gpt-2", GPT4_PATTERN: "dbrx"}
-EXPORTABLE = ("exportable are GPT-2 (norm layernorm, activation gelu, position learned, bias True; tied or untied "
-              "head), LLaMA (norm rmsnorm, activation swiglu, position rotary, bias False) and LLaMA with qk_norm "
-              "(Qwen3), all with norm_position pre and no MoE")
+NOT_EXPORTABLE = ("has no llama.cpp equivalent; exportable are GPT-2 (norm layernorm, activation gelu, position "
+                  "learned, bias True; tied or untied head), LLaMA (norm rmsnorm, activation swiglu, position rotary, "
+                  "bias False) and LLaMA with qk_norm (Qwen3), all with norm_position pre and no MoE")
 # sampling of the Modelfile: ghoul's own reading settings (README, pipeline), and no repeat penalty, which Ollama
 # applies by default and ghoul's sampler does not
 SAMPLING = {"temperature": 0.8, "top_k": 200, "repeat_penalty": 1.0}
@@ -59,13 +59,12 @@ class GgufConfig:
 def export_gguf(checkpoint: str | Path, out: str | Path, dtype: str = "f16") -> Path:
     """Write the ghoul model directory `checkpoint` as the GGUF file `out`, and a Modelfile beside it."""
     gguf = _gguf()
-
     if dtype not in DTYPES:
         raise GhoulError(f"unknown GGUF dtype {dtype!r}: use one of {', '.join(DTYPES)}")
     model_dir, out = resolve_checkpoint(checkpoint), Path(out)
     config = language_config(model_dir, read_model_config(model_dir))
     check_target(out, model_dir / WEIGHTS_FILE)
-    arch = architecture(config, model_dir)
+    arch = export_family(config, model_dir, NOT_EXPORTABLE, GPT2_SWITCHES)  # llama.cpp's architecture of that name
     tok = checked_tokenizer(model_dir, config.vocab_size)
     state = exported_weights(model_dir, config)
     writer = gguf.GGUFWriter(None, arch)
@@ -97,15 +96,6 @@ def check_target(out: Path, weights: Path) -> None:
     if out.name == "Modelfile" or (out.parent / "Modelfile").is_dir():
         raise GhoulError(f"{out.parent / 'Modelfile'} is where the Ollama Modelfile goes: give another path")
     refuse_input_as_output(out, weights, flag="OUT")
-
-
-def architecture(config: GPTConfig, model_dir: Path) -> str:
-    """llama.cpp's architecture ("gpt2", "llama" or "qwen3") that computes what `config` does; else a one-line error
-    naming the switches that keep the model out."""
-    family, off = switch_family(config, GPT2_SWITCHES)
-    if family is None:
-        raise GhoulError(f"{model_dir}: {', '.join(off)} has no llama.cpp equivalent; {EXPORTABLE}")
-    return family
 
 
 def checked_tokenizer(model_dir: Path, vocab_size: int) -> Tokenizer:

@@ -19,7 +19,7 @@ from ghoul.checkpoint import STATE_FILE, TIED, load_weights, read_model_config, 
 from ghoul.config import option
 from ghoul.errors import GhoulError
 from ghoul.eval.curves import REFERENCES
-from ghoul.files import atomic_directory, read_jsonl
+from ghoul.files import atomic_directory, read_jsonl, write_json
 from ghoul.hf_tokenizer import export_tokenizer, write_tokenizer_files
 from ghoul.layout import WEIGHTS_FILE, resolve_checkpoint
 from ghoul.model import GPT, GPTConfig
@@ -34,9 +34,13 @@ GELU_TANH = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")  # the same tanh appr
 GPT2 = dict(norm="layernorm", norm_position="pre", activation="gelu", position="learned", bias=True, qk_norm=False,
             moe_experts=0, tie_embeddings=True)
 LLAMA = dict(norm="rmsnorm", norm_position="pre", activation="swiglu", position="rotary", bias=False, moe_experts=0)
-EXPORTABLE = ("exportable are GPT-2 (the GPTConfig defaults) and LLaMA (norm rmsnorm, norm_position pre, activation "
-              "swiglu, position rotary, bias False, no MoE; tied or untied embeddings; qk_norm True gives Qwen3)")
+NOT_EXPORTABLE = ("has no Hugging Face GPT-2 equivalent, nor a LLaMA one; exportable are GPT-2 (the GPTConfig "
+                  "defaults) and LLaMA (norm rmsnorm, norm_position pre, activation swiglu, position rotary, bias "
+                  "False, no MoE; tied or untied embeddings; qk_norm True gives Qwen3)")
 
+# ghoul's names outside the blocks -> LLaMA's
+TOP_NAMES = {"transformer.wte.weight": "model.embed_tokens.weight", "transformer.ln_f.weight": "model.norm.weight",
+             "lm_head.weight": "lm_head.weight"}
 # ghoul's names within a block -> Hugging Face's, for the weights that keep their shape
 BLOCK_NAMES = {"ln_1": "input_layernorm", "ln_2": "post_attention_layernorm", "attn.c_proj": "self_attn.o_proj",
                "attn.q_norm": "self_attn.q_norm", "attn.k_norm": "self_attn.k_norm", "mlp.c_proj": "mlp.down_proj"}
@@ -48,8 +52,9 @@ ARCHITECTURES = {"gpt2": "GPT-2", "llama": "LLaMA-style (RMSNorm, SwiGLU, rotary
                  "qwen3": "Qwen3-style (LLaMA-style, with RMSNorm of queries and keys)"}
 
 
-def _is_conv1d(key: str) -> bool:
-    return key.endswith(CONV1D)
+def transpose_conv1d(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`state` with its Conv1D matrices transposed: GPT-2's (in, out) <-> nn.Linear's (out, in), both ways alike."""
+    return {k: v.t().contiguous() if k.endswith(CONV1D) else v for k, v in state.items()}
 
 
 def load_hf_model(directory: str | Path) -> GPT:
@@ -74,17 +79,13 @@ def read_hf_checkpoint(directory: str | Path) -> tuple[dict, dict[str, torch.Ten
     config = dict(block_size=hf["n_positions"], vocab_size=hf["vocab_size"], n_layer=hf["n_layer"],
                   n_head=hf["n_head"], n_embd=hf["n_embd"], layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5),
                   dropout=0.0, bias=True)
-    state = {}
-    for key, tensor in _read_hf_weights(directory).items():
-        if key.endswith(BUFFERS):
-            continue
-        key = key if key.startswith(("transformer.", "lm_head.")) else "transformer." + key  # GPT2Model files
-        state[key] = tensor.t().contiguous() if _is_conv1d(key) else tensor
-    return config, state
+    # GPT2Model files name the weights without "transformer."
+    state = {(k if k.startswith(("transformer.", "lm_head.")) else "transformer." + k): v
+             for k, v in _read_hf_weights(directory).items() if not k.endswith(BUFFERS)}
+    return config, transpose_conv1d(state)
 
 
 def _read_hf_weights(directory: Path) -> dict[str, torch.Tensor]:
-
     single = directory / "model.safetensors"
     index = directory / "model.safetensors.index.json"
     legacy = directory / "pytorch_model.bin"
@@ -101,27 +102,26 @@ def _read_hf_weights(directory: Path) -> dict[str, torch.Tensor]:
 def export_hf(model_dir: str | Path, out: str | Path) -> Path:
     """Write the ghoul model directory `model_dir` as a directory that transformers' `AutoModelForCausalLM` and
     `AutoTokenizer` load without custom code: a GPT2LMHeadModel, LlamaForCausalLM or Qwen3ForCausalLM."""
-
     model_dir, out = resolve_checkpoint(model_dir), Path(out)  # a run directory means its newest checkpoint
     cfg = read_model_config(model_dir)
     check_export_target(out, model_dir)
     config = language_config(model_dir, cfg)
-    family = hf_family(config, model_dir)
+    family = export_family(config, model_dir, NOT_EXPORTABLE)
     tokenizer = export_tokenizer(model_dir, config.vocab_size)
     state = exported_weights(model_dir, config)
     if family == "gpt2":
-        hf_config, state = gpt2_config(config), {k: (v.t().contiguous() if _is_conv1d(k) else v)
-                                                 for k, v in state.items()}
+        hf_config, state = gpt2_config(config), transpose_conv1d(state)
     else:
         hf_config, state = llama_config(config, state), llama_state(state)
     eot = tokenizer.eot_id if tokenizer else None
+    special_ids = dict(bos_token_id=eot, eos_token_id=eot, pad_token_id=eot)
     dtype = str(next(iter(state.values())).dtype).removeprefix("torch.")  # ghoul saves one dtype throughout
-    hf_config.update(bos_token_id=eot, eos_token_id=eot, pad_token_id=eot, torch_dtype=dtype)
+    hf_config.update(special_ids, torch_dtype=dtype)
     with atomic_directory(out) as tmp:
-        _write_json(tmp / "config.json", hf_config)
+        write_json(tmp / "config.json", hf_config)
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         if tokenizer is not None:
-            _write_json(tmp / "generation_config.json", dict(bos_token_id=eot, eos_token_id=eot, pad_token_id=eot))
+            write_json(tmp / "generation_config.json", special_ids)
             write_tokenizer_files(tokenizer, tmp, config.block_size)
         card = model_card(model_dir, cfg, sum(t.numel() for t in state.values()), hf_config, tokenizer)
         (tmp / "README.md").write_text(card, encoding="utf-8")
@@ -130,7 +130,6 @@ def export_hf(model_dir: str | Path, out: str | Path) -> Path:
 
 def language_config(model_dir: Path, cfg: dict) -> GPTConfig:
     """The GPTConfig of the model directory whose config.json is `cfg`; a one-line error unless a language model."""
-
     if cfg.get("kind", "language") != "language":
         raise GhoulError(f"{model_dir} is a {cfg['kind']} model: only language models have a causal LM form")
     return GPTConfig.from_dict(cfg)
@@ -139,7 +138,6 @@ def language_config(model_dir: Path, cfg: dict) -> GPTConfig:
 def exported_weights(model_dir: Path, config: GPTConfig) -> dict[str, torch.Tensor]:
     """The model's weights in ghoul's names as exports hold them: a tied head once (as the embedding), and exactly
     `vocab_size` rows in the embedding and head (the padding rows of --pad-vocab cropped)."""
-
     weights = model_dir / WEIGHTS_FILE
     if not weights.is_file():
         raise GhoulError(f"{model_dir} has no {WEIGHTS_FILE}: the checkpoint is incomplete")
@@ -150,25 +148,16 @@ def exported_weights(model_dir: Path, config: GPTConfig) -> dict[str, torch.Tens
     return state
 
 
-def switch_family(config: GPTConfig, gpt2: dict = GPT2) -> tuple[str | None, list[str]]:
-    """("gpt2", "llama" or "qwen3", []) for a model with the `gpt2` or LLAMA switches; else (None, the switches that
-    keep the nearer family out, as "name = value")."""
+def export_family(config: GPTConfig, model_dir: Path, not_exportable: str, gpt2: dict = GPT2) -> str:
+    """The family ("gpt2", "llama" or "qwen3") whose switches, `gpt2` or LLAMA, the model has; else a one-line error
+    naming the switches that keep the nearer family out ("name = value"), then `not_exportable`."""
     off = {name: [f"{k} = {getattr(config, k)!r}" for k, v in switches.items() if getattr(config, k) != v]
            for name, switches in (("gpt2", gpt2), ("llama", LLAMA))}
     if not off["gpt2"]:
-        return "gpt2", []
+        return "gpt2"
     if not off["llama"]:
-        return ("qwen3" if config.qk_norm else "llama"), []
-    return None, min(off.values(), key=len)
-
-
-def hf_family(config: GPTConfig, model_dir: Path) -> str:
-    """The model_type ("gpt2", "llama" or "qwen3") of the Hugging Face model that computes what `config` does."""
-    family, off = switch_family(config)
-    if family is None:
-        raise GhoulError(f"{model_dir}: {', '.join(off)} has no Hugging Face GPT-2 equivalent, nor a LLaMA one; "
-                         f"{EXPORTABLE}")
-    return family
+        return "qwen3" if config.qk_norm else "llama"
+    raise GhoulError(f"{model_dir}: {', '.join(min(off.values(), key=len))} {not_exportable}")
 
 
 def gpt2_config(config: GPTConfig) -> dict:
@@ -209,12 +198,8 @@ def llama_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """ghoul's weights (embeddings already cropped) under LLaMA/Qwen3 names, fused matrices split."""
     out = {}
     for key, tensor in state.items():
-        if key == "lm_head.weight":
-            out[key] = tensor
-        elif key == "transformer.wte.weight":
-            out["model.embed_tokens.weight"] = tensor
-        elif key == "transformer.ln_f.weight":
-            out["model.norm.weight"] = tensor
+        if key in TOP_NAMES:
+            out[TOP_NAMES[key]] = tensor
         else:  # transformer.h.{i}.{module}.weight
             layer, name = key.removeprefix("transformer.h.").split(".", 1)
             module, kind = name.rsplit(".", 1)
@@ -228,10 +213,6 @@ def llama_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def _write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-
-
 def check_export_target(out: Path, model_dir: Path) -> None:
     """The export replaces `out` whole: refuse anything there but an earlier export, and the model's own folders."""
     if model_dir.resolve().is_relative_to(out.resolve()):
@@ -240,8 +221,7 @@ def check_export_target(out: Path, model_dir: Path) -> None:
         raise GhoulError(f"{out} is a file: give a new directory for the export")
     if out.is_dir() and any(out.iterdir()):
         try:
-            model_type = json.loads((out / "config.json").read_text(encoding="utf-8")).get("model_type")
-            earlier = model_type in ARCHITECTURES
+            earlier = json.loads((out / "config.json").read_text(encoding="utf-8")).get("model_type") in ARCHITECTURES
         except (OSError, ValueError, AttributeError):
             earlier = False
         if not earlier:
@@ -251,7 +231,6 @@ def check_export_target(out: Path, model_dir: Path) -> None:
 
 def model_card(model_dir: Path, cfg: dict, n_params: int, hf_config: dict, tokenizer: Tokenizer | None) -> str:
     """A Hugging Face model card from what the run directory knows: architecture, training, HellaSwag, a sample."""
-
     run_dir = model_dir.parent
     state = json.loads((model_dir / STATE_FILE).read_text()) if (model_dir / STATE_FILE).is_file() else {}
     train = state.get("config", {})

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ghoul.errors import GhoulError
+from ghoul.files import write_json
 from ghoul.tokenizer import Tokenizer, load_tokenizer
 from ghoul.tokenizer.bpe import GPT4_PATTERN, BPETokenizer
 from ghoul.tokenizer.gpt2 import EOT, GPT2_PATTERN, gpt2_file
@@ -60,7 +61,7 @@ def write_tokenizer_files(tok: Tokenizer, directory: Path, max_length: int) -> N
     config = {"tokenizer_class": tokenizer_class, **specials, "model_max_length": max_length, "add_bos_token": False,
               "add_prefix_space": False, "clean_up_tokenization_spaces": False, "errors": "replace"}
     for name, content in (("tokenizer_config.json", config), ("special_tokens_map.json", specials)):
-        (directory / name).write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
+        write_json(directory / name, content)
 
 
 def fast_tokenizer(tok: BPETokenizer) -> tokenizers.Tokenizer:

@@ -8,6 +8,7 @@ official weights load by name and serve as a correctness oracle. Linear layers k
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
 
 import torch
@@ -138,13 +139,12 @@ class RMSNorm(nn.RMSNorm):
         return F.rms_norm(x, self.normalized_shape, self.weight.to(x.dtype), self.eps)
 
 
-def make_norm(config: GPTConfig, dim: int | None = None) -> nn.Module:
-    """The configured normalisation over the last `dim` (default n_embd) features."""
-    dim = dim or config.n_embd
+def make_norm(config: GPTConfig) -> nn.Module:
+    """The configured normalisation over the n_embd features of the residual stream."""
     if config.norm == "rmsnorm":
         # RMSNorm (Zhang & Sennrich 2019): no mean subtraction and no bias; as fast and as good (LLaMA uses it)
-        return RMSNorm(dim, eps=config.layer_norm_eps)
-    return nn.LayerNorm(dim, eps=config.layer_norm_eps, bias=config.bias)
+        return RMSNorm(config.n_embd, eps=config.layer_norm_eps)
+    return nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
 
 
 def rotary(pos: torch.Tensor, head_size: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -194,10 +194,8 @@ class CausalSelfAttention(nn.Module):
                 rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         B, T, C = x.size()
         hs = C // self.n_head
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
-        v = v.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        # (B, nh, T, hs) each
+        q, k, v = (t.view(B, T, self.n_head, hs).transpose(1, 2) for t in self.c_attn(x).split(C, dim=2))
         if hasattr(self, "q_norm"):
             q, k = self.q_norm(q), self.k_norm(k)  # normalised over hs, per head
         if rope is not None:  # before caching: the cache holds keys already rotated to their own positions
@@ -331,12 +329,9 @@ class GPT(nn.Module):
     def _numel(self, name: str) -> int:
         return self.transformer[name].weight.numel() if name in self.transformer else 0
 
-    def num_params(self, non_embedding: bool = False) -> int:
-        """Parameters, the tied embedding counted once; `non_embedding` leaves out both embedding tables."""
-        n = sum(p.numel() for p in self.parameters())
-        if non_embedding:
-            n -= self._numel("wte") + self._numel("wpe")
-        return n
+    def num_params(self) -> int:
+        """Parameters, the tied embedding counted once."""
+        return sum(p.numel() for p in self.parameters())
 
     def flops_per_token(self, seq_len: int) -> float:
         """Training FLOPs per token (forward + backward): 6 per weight plus attention's 12 * L * T * C
@@ -414,9 +409,25 @@ class GPT(nn.Module):
         `temperature=0` is greedy. Rows that produced `eos_id` are padded with it; generation stops early once
         every row has. Contexts longer than `block_size` are cropped to the last `block_size` tokens.
         """
+        finished = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
+        for next_id in self.sample_tokens(idx, max_new_tokens, temperature, top_k, top_p, generator, use_cache):
+            if eos_id is not None:
+                next_id = torch.where(finished, torch.full_like(next_id, eos_id), next_id)
+                finished |= next_id == eos_id
+            idx = torch.cat([idx, next_id[:, None]], dim=1)
+            if eos_id is not None and bool(finished.all()):
+                break
+        return idx
+
+    @torch.inference_mode()
+    def sample_tokens(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                      top_p: float | None = None, generator: torch.Generator | None = None, use_cache: bool = True
+                      ) -> Iterator[torch.Tensor]:
+        """The next token of each row of `idx` (B, T) as soon as it is sampled, `max_new_tokens` times (B,); a row
+        depends only on its own tokens, so what a caller does with a finished row changes no other."""
         block = self.config.block_size
         head_t = self.decoding_head()  # (C, V)
-        cache, finished = None, torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
+        cache = None
         for _ in range(max_new_tokens):
             if not use_cache:
                 x = self.hidden_states(idx[:, -block:])
@@ -428,15 +439,9 @@ class GPT(nn.Module):
                 x = self.hidden_states(context, cache)
             else:
                 x = self.hidden_states(idx[:, -1:], cache)
-            logits = x[:, -1, :] @ head_t  # (B, V)
-            next_id = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
-            if eos_id is not None:
-                next_id = torch.where(finished, torch.full_like(next_id, eos_id), next_id)
-                finished |= next_id == eos_id
+            next_id = sample_next(x[:, -1, :] @ head_t, temperature, top_k, top_p, generator)  # (B,)
+            yield next_id
             idx = torch.cat([idx, next_id[:, None]], dim=1)
-            if eos_id is not None and bool(finished.all()):
-                break
-        return idx
 
 
 def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,

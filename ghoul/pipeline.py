@@ -8,7 +8,6 @@ The defaults are a laptop CPU run (the README says how they were chosen); a conf
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from dataclasses import asdict, dataclass
@@ -30,7 +29,7 @@ from ghoul.feedback.judges import JUDGES_HELP, check_judge
 from ghoul.feedback.records import FEEDBACK_DIR
 from ghoul.feedback.rlhf import METHOD_OPTIONS, METHODS, RlhfConfig
 from ghoul.feedback.rlhf import run as rlhf
-from ghoul.files import atomic_write_text, read_json
+from ghoul.files import atomic_write_text, read_json, write_json
 from ghoul.generate import GenerateConfig
 from ghoul.generate import run as generate
 from ghoul.layout import resolve_checkpoint
@@ -191,12 +190,11 @@ def evaluate(cfg: PipelineConfig, name: str, model_dir: Path, data: Path) -> dic
     hs_path = local(cfg, "hellaswag/hellaswag_val.jsonl") or default_data_path()
     say("eval", f"{name}: HellaSwag ({cfg.hellaswag_limit} examples) and val loss on {data.name}")
     hs = evaluate_hellaswag(model, tokenizer, load_hellaswag(hs_path, cfg.hellaswag_limit), device, progress=True)
-    loss = evaluate_loss(model, read_split(data), device, cfg.seq_len, max_tokens=cfg.eval_tokens,
-                         tokenizer=tokenizer)
+    loss = evaluate_loss(model, read_split(data), device, cfg.seq_len, max_tokens=cfg.eval_tokens, tokenizer=tokenizer)
     result = {"model": str(model_dir), "hellaswag_acc": hs["acc_norm"], "hellaswag_acc_sum": hs["acc"],
               "hellaswag_n": hs["n"], "val_loss": loss["loss"], "val_bpb": loss["bpb"], "val_tokens": loss["tokens"],
               "val_data": data.name, "key": key}
-    atomic_write_text(path, json.dumps(result, indent=2) + "\n")
+    write_json(path, result)
     return result
 
 
@@ -215,8 +213,6 @@ def feedback(cfg: PipelineConfig, base: Path) -> Path:
 def win_rate(cfg: PipelineConfig, a: Path, b: Path) -> dict[str, Any]:
     """The judge's win-rate of model `a` over `b` on the pipeline's prompts, cached in RUN/eval/winrate.json (the
     pairs and judgments beside it, in winrate-pairs.jsonl)."""
-
-
     judge = cfg.winrate_judge or cfg.judge
     path = cfg.output_dir / "eval" / "winrate.json"
     cached = read_json(path)
@@ -231,7 +227,7 @@ def win_rate(cfg: PipelineConfig, a: Path, b: Path) -> dict[str, Any]:
                            out=pairs, seed=cfg.seed, device=cfg.device))
     record = {"a": "preference", "b": "finetune", "judge": judge, "training_judge": cfg.judge,
               "pairs": cfg.winrate_pairs, **asdict(result)}
-    atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+    write_json(path, record)
     return record
 
 
@@ -239,10 +235,9 @@ def compare_samples(cfg: PipelineConfig, models: dict[str, Path]) -> Path:
     """The same prompts and seeds through each stage's model, for the report's before/after table."""
     out = cfg.output_dir / "samples"
     for name, model_dir in models.items():
-        prompts_file = cfg.output_dir / "prompts.txt"
-        generate(GenerateConfig(checkpoint=model_dir, prompts_file=prompts_file, num_samples=len(cfg.prompts),
-                                max_new_tokens=cfg.max_new_tokens, top_k=READING_TOP_K, seed=cfg.seed,
-                                device=cfg.device, out=out / f"{name}.jsonl", print_samples=False))
+        generate(GenerateConfig(checkpoint=model_dir, prompts_file=cfg.output_dir / "prompts.txt",
+                                num_samples=len(cfg.prompts), max_new_tokens=cfg.max_new_tokens, top_k=READING_TOP_K,
+                                seed=cfg.seed, device=cfg.device, out=out / f"{name}.jsonl", print_samples=False))
     return out
 
 
@@ -251,7 +246,7 @@ def run(cfg: PipelineConfig) -> Path:
     for judge in dict.fromkeys((cfg.judge, cfg.winrate_judge or cfg.judge)):
         check_judge(judge)  # a missing key or package fails now, not after pretraining
     cfg.output_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(cfg.output_dir / "pipeline.json", json.dumps(to_dict(cfg), indent=2) + "\n")
+    write_json(cfg.output_dir / "pipeline.json", to_dict(cfg))
     data = prepare_data(cfg)
     held_out = data["finetune"]  # every stage is measured on the same held-out stories
     pretrained = train_stage(cfg, "pretrain", data["pretrain"], None, cfg.pretrain_steps, cfg.pretrain_lr)

@@ -53,20 +53,15 @@ class PlanConfig:
     price_per_gpu_hour: float | None = option(None, "price of one GPU-hour, for the cost line")
 
     def __post_init__(self) -> None:
-        if self.model not in PRESETS:
-            raise GhoulError(f"unknown model '{self.model}'; presets: {', '.join(PRESETS)}")
-        if self.gpu not in GPUS:
-            raise GhoulError(f"unknown gpu '{self.gpu}'; known: {', '.join(GPUS)}")
-        if self.dtype not in DTYPES:
-            raise GhoulError(f"unknown dtype '{self.dtype}'; choices: {', '.join(DTYPES)}")
-        if self.optimizer not in OPTIMIZERS:
-            raise GhoulError(f"unknown optimizer '{self.optimizer}'; choices: {', '.join(OPTIMIZERS)}")
+        for name, known, listed in (("model", PRESETS, "presets"), ("gpu", GPUS, "known"), ("dtype", DTYPES, "choices"),
+                                    ("optimizer", OPTIMIZERS, "choices")):
+            if getattr(self, name) not in known:
+                raise GhoulError(f"unknown {name} '{getattr(self, name)}'; {listed}: {', '.join(known)}")
         require(self, ("gpus", "total_batch_size", "batch_size", "seq_len", "max_steps"), lambda v: v > 0, "positive")
         require(self, ("parallel",), lambda v: v in PARALLEL, " or ".join(PARALLEL))  # for callers without the CLI
         if not 0 < self.mfu <= 1:
             raise GhoulError(f"--mfu is a fraction of the peak in (0, 1], got {self.mfu}")
-        if self.price_per_gpu_hour is not None and self.price_per_gpu_hour < 0:
-            raise GhoulError(f"--price-per-gpu-hour must be >= 0, got {self.price_per_gpu_hour}")
+        require(self, ("price_per_gpu_hour",), lambda v: v >= 0, ">= 0")
         block = PRESETS[self.model].get("block_size", GPTConfig.block_size)
         if self.seq_len > block:
             raise GhoulError(f"--seq-len {self.seq_len} exceeds {self.model}'s context of {block} tokens")
@@ -122,7 +117,6 @@ def estimate(cfg: PlanConfig) -> dict:
     c = GPTConfig.from_name(cfg.model, vocab_padding=vocab_padding(cfg.pad_vocab))
     gpu = GPUS[cfg.gpu]
     params = param_counts(c)
-    act = DTYPES[cfg.dtype]
     accum = accumulation_steps(cfg.total_batch_size, cfg.batch_size, cfg.seq_len, cfg.gpus)
     memory = memory_terms(cfg, c, params, accum)
     total = peak_memory(memory, params, cfg, accum)
@@ -130,14 +124,14 @@ def estimate(cfg: PlanConfig) -> dict:
 
     fpt = flops_per_token(c, cfg.seq_len)
     steps_tokens = cfg.max_steps * cfg.total_batch_size
-    peak = gpu.bf16_flops if act < 4 else gpu.bf16_flops / 2  # float32 trains on TF32 tensor cores, half the rate
+    peak = gpu.peak_flops(cfg.dtype)
     seconds = fpt * steps_tokens / (cfg.gpus * peak * cfg.mfu)
     hours = seconds / 3600
     return {
         "model": cfg.model, "gpu": cfg.gpu, "gpus": cfg.gpus, "params": params, "vocab_rows": c.padded_vocab_size,
         "memory": memory,
         "memory_total": total, "gpu_memory": gpu.memory_gb * GiB, "usable_memory": usable, "fits": total <= usable,
-        "grad_accum_steps": accum, "communication": communication(params, act, cfg.gpus, accum),
+        "grad_accum_steps": accum, "communication": communication(params, DTYPES[cfg.dtype], cfg.gpus, accum),
         "flops_per_token": fpt, "flops_per_step": fpt * cfg.total_batch_size, "total_flops": fpt * steps_tokens,
         "tokens": steps_tokens, "peak_flops": peak, "seconds": seconds, "hours": hours,
         "seconds_per_step": seconds / cfg.max_steps, "tokens_per_second": steps_tokens / seconds,
@@ -147,13 +141,9 @@ def estimate(cfg: PlanConfig) -> dict:
 
 
 def memory_terms(cfg: PlanConfig, c: GPTConfig, params: dict[str, int], accum: int) -> dict[str, int]:
-    """What one GPU holds during a step, term by term, in bytes (peak_memory says which of them coexist)."""
-    n, act = params["total"], DTYPES[cfg.dtype]
-    tokens_micro = cfg.batch_size * cfg.seq_len  # tokens in one GPU's forward
-    fsdp = cfg.parallel == "fsdp"
-    # FSDP gathers the parameters in the autocast dtype (ghoul.train.fsdp's MixedPrecisionPolicy), and backward makes
-    # their gradients in it; DDP's weights and gradients stay float32
-    gathered = act if fsdp else 4
+    """What one GPU holds during a step, term by term, in bytes (peak_memory says which of them coexist): the
+    training state, what FSDP gathers, and what backward needs of the micro-batch."""
+    n, act, fsdp = params["total"], DTYPES[cfg.dtype], cfg.parallel == "fsdp"
 
     def shard(size: int) -> int:
         # FSDP: each GPU holds 1/gpus of the rows of every tensor, padded to a multiple of the GPU count: nothing for
@@ -163,30 +153,39 @@ def memory_terms(cfg: PlanConfig, c: GPTConfig, params: dict[str, int], accum: i
     if not fsdp:
         # autocast casts each weight once per forward and caches the copy; matmuls save it for backward
         memory["autocast weight copies"] = act * n if act < 4 else 0
-    memory |= {
-        # float32, like the weights they belong to; under DDP they are views into its communication buckets
-        # (gradient_as_bucket_view), so the buckets add nothing
-        "gradients": shard(4 * n),
-        # AdamW: exp_avg and exp_avg_sq in float32; Muon: one momentum buffer for hidden matrices, AdamW for the rest
-        "optimizer state": shard(8 * n if cfg.optimizer == "adamw" else 4 * params["matrices"] + 8 * (n - params[
-            "matrices"])),
-    }
+    # float32, like the weights they belong to; under DDP they are views into its communication buckets
+    # (gradient_as_bucket_view), so the buckets add nothing
+    memory["gradients"] = shard(4 * n)
+    # AdamW: exp_avg and exp_avg_sq in float32; Muon: one momentum buffer for hidden matrices, AdamW for the rest
+    memory["optimizer state"] = shard(8 * n if cfg.optimizer == "adamw" else 8 * n - 4 * params["matrices"])
+    # FSDP gathers the parameters in the autocast dtype (ghoul.train.fsdp's MixedPrecisionPolicy), and backward makes
+    # their gradients in it; DDP's weights and gradients stay float32
+    gathered = act if fsdp else 4
     if fsdp:
         memory |= fsdp_memory(c, params, gathered, accum)
-    layer = activation_bytes_per_token(c, act, c.dropout > 0) * tokens_micro
+    return memory | backward_memory(cfg, c, gathered)
+
+
+def backward_memory(cfg: PlanConfig, c: GPTConfig, gathered: int) -> dict[str, int]:
+    """What backward needs of one micro-batch beside the training state: its activations, the logits, and the whole
+    gradient of the output layer (under FSDP also of the embedding), in `gathered` bytes per element."""
+    act, tokens = DTYPES[cfg.dtype], cfg.batch_size * cfg.seq_len  # tokens in one GPU's forward
+    layer = activation_bytes_per_token(c, act, c.dropout > 0) * tokens
     if cfg.activation_checkpointing:
         # only each layer's float32 input is saved; backward recomputes one layer at a time, holding its activations
-        memory["activations"] = c.n_layer * 4 * c.n_embd * tokens_micro + layer
+        kept = c.n_layer * 4 * c.n_embd * tokens + layer
     else:
-        memory["activations"] = c.n_layer * layer
-    memory["activations"] += (4 + act) * c.n_embd * tokens_micro  # ln_f input (float32) and lm_head input
-    # the loss (ghoul.cross_entropy) at its peak holds the float32 logits and, under autocast, the gradient it
-    # keeps for backward in the autocast dtype: the logits never stay
-    memory["logits"] = (4 + (act if act < 4 else 0)) * c.padded_vocab_size * tokens_micro
-    # backward's first product: the output layer's weight gradient (FSDP: unsharded, in the gathered dtype), held
-    # until the token embedding (tied to it) adds its share at the very end
-    memory["output-layer gradient"] = gathered * c.padded_vocab_size * c.n_embd
-    if fsdp:
+        kept = c.n_layer * layer
+    memory = {
+        "activations": kept + (4 + act) * c.n_embd * tokens,  # and the ln_f input (float32) and lm_head input
+        # the loss (ghoul.cross_entropy) at its peak holds the float32 logits and, under autocast, the gradient it
+        # keeps for backward in the autocast dtype: the logits never stay
+        "logits": (4 + (act if act < 4 else 0)) * c.padded_vocab_size * tokens,
+        # backward's first product: the output layer's weight gradient (FSDP: unsharded, in the gathered dtype),
+        # held until the token embedding (tied to it) adds its share at the very end
+        "output-layer gradient": gathered * c.padded_vocab_size * c.n_embd,
+    }
+    if cfg.parallel == "fsdp":
         # at the very end the token embedding's own gradient and (tied) their sum: two tables more, for a moment
         memory["embedding gradient"] = (2 if c.tie_embeddings else 1) * gathered * c.padded_vocab_size * c.n_embd
     return memory

@@ -17,7 +17,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ghoul import __version__
@@ -32,6 +31,7 @@ STAGES = ("pretrain", "finetune", "preference")
 # where the pipeline's `ghoul rlhf` trains the preference stage, by method
 PREFERENCE_DIRS = tuple(f"{FEEDBACK_DIR}/{name}" for name in FINAL_DIRS.values())
 REFERENCE_LINES = ("gpt2-124m", "gpt3-125m", "gpt2-xl")
+FIGURE_SIZE = (9, 3.6)  # inches, at 100 dpi
 
 
 @dataclass
@@ -48,16 +48,13 @@ def stage_summary(run_dir: Path) -> dict[str, dict[str, Any]]:
         steps = [r for r in log if "loss" in r]
         if not steps:
             continue
-        val = [r["val_loss"] for r in log if "val_loss" in r]
-        evaluation = run_dir / "eval" / f"{name}.json"
         rates = [r["tokens_per_s"] for r in steps if "tokens_per_s" in r]  # on-policy RL logs rewards, not tokens
         mfu = [r["mfu"] for r in steps if "mfu" in r]  # these two are logged on GPUs only
         memory = [r["peak_memory_gib"] for r in steps if "peak_memory_gib" in r]
         out[name] = {"steps": steps[-1]["step"], "tokens": steps[-1].get("tokens"), "seconds": steps[-1]["elapsed"],
                      "tokens_per_s": statistics.median(rates) if rates else None, "loss": steps[-1]["loss"],
                      "mfu": statistics.median(mfu) if mfu else None, "peak_memory_gib": max(memory, default=None),
-                     "val_loss_log": val[-1] if val else None, "log": log,
-                     "eval": read_json(evaluation, {})}
+                     "log": log, "eval": read_json(run_dir / "eval" / f"{name}.json", {})}
     return out
 
 
@@ -78,18 +75,12 @@ def judge_summary(run_dir: Path) -> dict[str, Any] | None:
             "agrees_with_length": sum(longest) / len(longest) if longest else None, "chance": 1 / k}
 
 
-def winrate_summary(run_dir: Path) -> dict[str, Any] | None:
-    """The pipeline's win-rate of the preference stage over the fine-tuned model (RUN/eval/winrate.json)."""
-    return read_json(run_dir / "eval" / "winrate.json")
-
-
 def judge_sentence(j: dict[str, Any], name: str) -> str:
     """The judge summary in words; `name` is the judge's name as the format marks code."""
     wins = ", ".join(f"position {p}: {n}" for p, n in j["position_wins"].items())
     return (f"Judge {name} ({judge_measures(j['judge'])}): {j['judged']} groups of {j['group_size']} judged, "
-            f"{j['skipped']} skipped. Wins by position "
-            f"shown: {wins}. Agreement with the length baseline: {_fmt(j['agrees_with_length'], '.0%')} (a random "
-            f"judge agrees {j['chance']:.0%} of the time).")
+            f"{j['skipped']} skipped. Wins by position shown: {wins}. Agreement with the length baseline: "
+            f"{_fmt(j['agrees_with_length'], '.0%')} (a random judge agrees {j['chance']:.0%} of the time).")
 
 
 def winrate_sentence(w: dict[str, Any]) -> str:
@@ -120,10 +111,7 @@ def samples_table(run_dir: Path) -> tuple[list[str], dict[str, list[str]]]:
     return prompts, {name: [r["text"] for r in records] for name, records in rows.items() if records}
 
 
-def _figure_png(draw) -> bytes:
-    fig = Figure(figsize=(9, 3.6), dpi=100)
-    FigureCanvasAgg(fig)
-    draw(fig)
+def _png(fig: Figure) -> bytes:
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
@@ -142,35 +130,35 @@ def loss_curves(log: list[dict[str, Any]]) -> tuple[str, dict[str, list[tuple[in
 
 
 def loss_figure(stages: dict[str, dict[str, Any]]) -> bytes:
-    def draw(fig) -> None:
-        for i, (name, s) in enumerate(stages.items()):
-            ax = fig.add_subplot(1, len(stages), i + 1)
-            ylabel, curves = loss_curves(s["log"])
-            for label, points in curves.items():
-                if points:
-                    ax.plot(*zip(*points, strict=True), "-" if label == "train" else "o-", label=label)
-            ax.set_title(name)
-            ax.set_xlabel("step")
-            ax.set_ylabel(ylabel)
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize="small")
-    return _figure_png(draw)
+    fig = Figure(figsize=FIGURE_SIZE, dpi=100)
+    for i, (name, s) in enumerate(stages.items()):
+        ax = fig.add_subplot(1, len(stages), i + 1)
+        ylabel, curves = loss_curves(s["log"])
+        for label, points in curves.items():
+            if points:
+                ax.plot(*zip(*points, strict=True), "-" if label == "train" else "o-", label=label)
+        ax.set_title(name)
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    return _png(fig)
 
 
 def hellaswag_figure(stages: dict[str, dict[str, Any]]) -> bytes:
-    def draw(fig) -> None:
-        ax = fig.add_subplot()
-        names = [n for n, s in stages.items() if s["eval"].get("hellaswag_acc") is not None]
-        ax.bar(names, [stages[n]["eval"]["hellaswag_acc"] * 100 for n in names], color="tab:blue", width=0.5)
-        for ref, color in zip(REFERENCE_LINES, ("tab:red", "tab:green", "tab:purple"), strict=True):
-            value = REFERENCES[ref].hellaswag * 100
-            ax.axhline(value, linestyle="--", color=color, label=f"{REFERENCES[ref].label} ({value:.1f}%)")
-        ax.axhline(CHANCE * 100, linestyle=":", color="gray", label="chance (25%)")
-        ax.set_ylabel("HellaSwag acc_norm (%)")
-        ax.set_ylim(0, 60)
-        ax.legend(fontsize="small", loc="upper left")
-        ax.set_title("HellaSwag after each stage, against GPT-2 and GPT-3")
-    return _figure_png(draw)
+    fig = Figure(figsize=FIGURE_SIZE, dpi=100)
+    ax = fig.add_subplot()
+    names = [n for n, s in stages.items() if s["eval"].get("hellaswag_acc") is not None]
+    ax.bar(names, [stages[n]["eval"]["hellaswag_acc"] * 100 for n in names], color="tab:blue", width=0.5)
+    for ref, color in zip(REFERENCE_LINES, ("tab:red", "tab:green", "tab:purple"), strict=True):
+        value = REFERENCES[ref].hellaswag * 100
+        ax.axhline(value, linestyle="--", color=color, label=f"{REFERENCES[ref].label} ({value:.1f}%)")
+    ax.axhline(CHANCE * 100, linestyle=":", color="gray", label="chance (25%)")
+    ax.set_ylabel("HellaSwag acc_norm (%)")
+    ax.set_ylim(0, 60)
+    ax.legend(fontsize="small", loc="upper left")
+    ax.set_title("HellaSwag after each stage, against GPT-2 and GPT-3")
+    return _png(fig)
 
 
 def environment() -> dict[str, str]:
@@ -203,12 +191,11 @@ def stage_table(stages: dict[str, dict[str, Any]]) -> tuple[list[str], list[list
     return header, rows
 
 
-def render_markdown(run_dir: Path, stages: dict, judge: dict | None, winrate: dict | None, prompts: list[str],
-                    samples: dict, config: dict, env: dict) -> str:
+def render_markdown(title: str, run_dir: Path, stages: dict, judge: dict | None, winrate: dict | None,
+                    prompts: list[str], samples: dict, config: dict, env: dict) -> str:
     header, rows = stage_table(stages)
-    lines = [f"# ghoul run report: {run_dir.name}", "", "## Stages", "", "| " + " | ".join(header) + " |",
-             "|" + " --- |" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    lines = [f"# {title}", "", "## Stages", ""]
+    lines += ["| " + " | ".join(row) + " |" for row in (header, ["---"] * len(header), *rows)]
     lines += ["", "![losses](loss.png)", "", "![HellaSwag](hellaswag.png)", ""]
     refs = ", ".join(f"{REFERENCES[r].label} {REFERENCES[r].hellaswag:.1%}" for r in REFERENCE_LINES)
     lines += [f"References (HellaSwag acc_norm, zero-shot): {refs}; chance 25%.", ""]
@@ -232,10 +219,9 @@ def render_markdown(run_dir: Path, stages: dict, judge: dict | None, winrate: di
     return "\n".join(lines) + "\n"
 
 
-def render_html(markdown_parts: dict[str, Any], images: dict[str, bytes]) -> str:
+def render_html(title: str, stages: dict, judge: dict | None, winrate: dict | None, prompts: list[str],
+                samples: dict, config: dict, env: dict, images: dict[str, bytes]) -> str:
     """A self-contained page: the plots are embedded, nothing is fetched."""
-    stages, judge, winrate, prompts, samples, config, env, title = (markdown_parts[k] for k in (
-        "stages", "judge", "winrate", "prompts", "samples", "config", "env", "title"))
     esc = html.escape
 
     def img(name: str) -> str:
@@ -276,19 +262,18 @@ def write_report(run_dir: str | Path) -> Path:
     stages = stage_summary(run_dir)
     if not stages:
         raise GhoulError(f"{run_dir} holds no training logs: give the run directory of `ghoul pipeline`")
-    judge, winrate = judge_summary(run_dir), winrate_summary(run_dir)
+    judge = judge_summary(run_dir)
+    winrate = read_json(run_dir / "eval" / "winrate.json")  # the pipeline's win-rate of preference over finetune
     prompts, samples = samples_table(run_dir)
-    config = read_json(run_dir / "pipeline.json", {})
+    config, env = read_json(run_dir / "pipeline.json", {}), environment()
     images = {"loss.png": loss_figure(stages), "hellaswag.png": hellaswag_figure(stages)}
     for name, data in images.items():
         (run_dir / name).write_bytes(data)
-    env = environment()
     title = f"ghoul run report: {run_dir.name}"
-    parts = dict(stages=stages, judge=judge, winrate=winrate, prompts=prompts, samples=samples, config=config, env=env,
-                 title=title)
     atomic_write_text(run_dir / "report.md",
-                      render_markdown(run_dir, stages, judge, winrate, prompts, samples, config, env))
-    atomic_write_text(run_dir / "report.html", render_html(parts, images))
+                      render_markdown(title, run_dir, stages, judge, winrate, prompts, samples, config, env))
+    atomic_write_text(run_dir / "report.html",
+                      render_html(title, stages, judge, winrate, prompts, samples, config, env, images))
     return run_dir / "report.html"
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ghoul.data.shards import find_shards, read_header, read_meta, read_shard
+from ghoul.data.shards import ShardHeader, find_shards, read_header, read_meta, read_shard
 from ghoul.errors import GhoulError
 
 
@@ -52,9 +52,10 @@ class ShardLoader(EpochLoader):
         if isinstance(data, (str, Path)):
             self._paths = find_shards(data, split)
             self._arrays: dict[int, np.ndarray] = {}
-            counts = [read_header(p).count for p in self._paths]
+            headers = [read_header(p) for p in self._paths]
+            counts = [h.count for h in headers]
             self.where = str(data)
-            self._check_vocab(Path(data))
+            self._check_vocab(Path(data), headers)
             if in_memory:  # small corpora: read once, no file handles held
                 self._arrays = {0: np.concatenate([np.asarray(read_shard(p)) for p in self._paths])}
                 self._paths, counts = [Path(self.where)], [sum(counts)]
@@ -71,15 +72,13 @@ class ShardLoader(EpochLoader):
         self.position = 0  # tokens of this epoch consumed by all ranks together
         self.epoch = 0
 
-    def _check_vocab(self, data: Path) -> None:
-        directory = data if data.is_dir() else self._paths[0].parent
-        self.meta = read_meta(directory) or {}
+    def _check_vocab(self, data: Path, headers: list[ShardHeader]) -> None:
+        self.meta = read_meta(data if data.is_dir() else self._paths[0].parent) or {}
         vocab = self.meta.get("vocab_size")
-        for path in self._paths:
-            limit = np.iinfo(read_header(path).dtype).max + 1
-            if vocab is not None and vocab > limit:
+        for path, header in zip(self._paths, headers, strict=True):
+            if vocab is not None and vocab > np.iinfo(header.dtype).max + 1:
                 raise GhoulError(f"{path}: a vocabulary of {vocab:,} tokens does not fit its "
-                                 f"{read_header(path).dtype} tokens: prepare it again (uint32 shards)")
+                                 f"{header.dtype} tokens: prepare it again (uint32 shards)")
 
     @property
     def span(self) -> int:
@@ -116,8 +115,6 @@ class ShardLoader(EpochLoader):
                                  "the data was made with another tokenizer; prepare it with the model's")
         self.position += self.span
         return self._to_device(buf)
-
-    next_batch = __next__
 
     def reset(self) -> None:
         """Back to the first batch of the first epoch."""

@@ -23,19 +23,10 @@ import numpy as np
 from tqdm import tqdm
 
 from ghoul.config import flag, option
-from ghoul.data.shards import (
-    META_FILE,
-    SPLITS,
-    read_header,
-    read_meta,
-    shard_dtype,
-    shard_name,
-    write_json,
-    write_shard,
-)
+from ghoul.data.shards import META_FILE, SPLITS, read_header, read_meta, shard_dtype, shard_name, write_shard
 from ghoul.data.sources import SOURCES, make_source
 from ghoul.errors import GhoulError
-from ghoul.files import disk_full_is_an_error
+from ghoul.files import disk_full_is_an_error, write_json
 from ghoul.tokenizer import TOKENIZER_FILE, Tokenizer, load_tokenizer
 
 BATCH_CHARS = 1 << 18  # text per worker task: ~60k GPT-2 tokens, tens of ms, so task overhead stays negligible
@@ -109,10 +100,10 @@ def run(cfg: PrepareConfig) -> PrepareResult:
         writer = ShardWriter(cfg.out, meta, dtype)
         _fill(writer, docs, cfg, total, start)
         writer.finish()
-    seconds = time.perf_counter() - start
-    print(f"wrote {writer.position:,} tokens ({', '.join(f'{s} {n:,}' for s, n in _split_tokens(meta).items())}) "
-          f"from {meta['documents']:,} documents to {cfg.out} in {seconds:.1f}s")
-    return _result(cfg.out, meta, seconds)
+    result = _result(cfg.out, meta, time.perf_counter() - start)
+    print(f"wrote {writer.position:,} tokens ({', '.join(f'{s} {n:,}' for s, n in result.tokens.items())}) "
+          f"from {result.documents:,} documents to {cfg.out} in {result.seconds:.1f}s")
+    return result
 
 
 def _fill(writer: ShardWriter, docs: Iterable[str], cfg: PrepareConfig, total: int | None, start: float) -> None:
@@ -137,12 +128,9 @@ def _fill(writer: ShardWriter, docs: Iterable[str], cfg: PrepareConfig, total: i
             pool.shutdown(cancel_futures=True)
 
 
-def _split_tokens(meta: dict[str, Any]) -> dict[str, int]:
-    return {split: sum(counts) for split, counts in meta["shards"].items()}
-
-
 def _result(out: Path, meta: dict[str, Any], seconds: float, skipped: bool = False) -> PrepareResult:
-    return PrepareResult(out, meta["documents"], _split_tokens(meta), meta["shards"], seconds, skipped, meta)
+    tokens = {split: sum(counts) for split, counts in meta["shards"].items()}
+    return PrepareResult(out, meta["documents"], tokens, meta["shards"], seconds, skipped, meta)
 
 
 def command_line(cfg: PrepareConfig) -> str:
@@ -213,8 +201,7 @@ class ShardWriter:
         self.added = 0  # tokens added by this run (for the rate)
         self.documents = meta["resume"]["documents"]  # documents that end at or before `position`
         self.last_end = self.written - meta["resume"]["skip_tokens"]  # where the unfinished document began
-        self.buffer = np.empty(0, dtype=self.dtype)
-        self.fill = 0
+        self.buffer = np.empty(0, dtype=self.dtype)  # _new_buffer sizes it, and sets `split` and `fill`
         self._new_buffer()
 
     def _new_buffer(self) -> None:

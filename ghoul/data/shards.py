@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 
 from ghoul.errors import GhoulError
-from ghoul.files import atomic_write_text
 from ghoul.tokenizer import Tokenizer, load_tokenizer
 
 MAGIC = 20240520  # llm.c's dev/data/data_common.py
@@ -112,11 +111,6 @@ def read_shard(path: str | Path) -> np.ndarray:
     return np.memmap(path, dtype=header.dtype, mode="r", offset=HEADER_BYTES, shape=(header.count,))
 
 
-def write_json(path: str | Path, obj: Any) -> None:
-    """Write JSON atomically: a reader sees the old file or the new one, never half of one."""
-    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
-
-
 def read_meta(directory: str | Path) -> dict[str, Any] | None:
     """The `meta.json` of a shard directory, or None where there is none (llm.c's directories have none)."""
     path = Path(directory) / META_FILE
@@ -179,8 +173,8 @@ def dataset_tokenizer(dataset: str | Path) -> Tokenizer:
     path = Path(dataset)
     meta = read_meta(path) if path.is_dir() else None
     spec = (meta or {}).get("tokenizer", "gpt2")
-    if spec != "gpt2" and not Path(spec).is_absolute():
-        spec = str(path / spec) if (path / spec).exists() else spec
+    if spec != "gpt2" and (path / spec).exists():  # relative to the directory; an absolute path stays as it is
+        spec = str(path / spec)
     return load_tokenizer(spec)
 
 

@@ -19,10 +19,10 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar, TextIO
 
+from ghoul.config import flag
 from ghoul.download import cache_dir, download
 from ghoul.errors import GhoulError
 
-EOT = "<|endoftext|>"
 SOURCES: dict[str, type[TextSource]] = {}
 
 
@@ -45,14 +45,14 @@ class TextSource(ABC):
     name: ClassVar[str]
     licence: ClassVar[str]
     suffixes: ClassVar[tuple[str, ...]] = ()  # file types read from a local path
+    urls: ClassVar[tuple[tuple[str, str], ...]] = ()  # (address, sha256) of each file to download without a path
     options: ClassVar[frozenset[str]] = frozenset()  # which of text_field, subset, separator apply
 
     def __init__(self, path: str | Path | None = None, *, text_field: str | None = None,
                  subset: str | None = None, separator: str | None = None) -> None:
         given = {k for k, v in {"text_field": text_field, "subset": subset, "separator": separator}.items() if v}
         if given - self.options:
-            flags = ", ".join("--" + k.replace("_", "-") for k in sorted(given - self.options))
-            raise GhoulError(f"source '{self.name}' takes no {flags}")
+            raise GhoulError(f"source '{self.name}' takes no {', '.join(map(flag, sorted(given - self.options)))}")
         self.path, self.text_field, self.subset, self.separator = path, text_field, subset, separator
 
     @abstractmethod
@@ -67,16 +67,18 @@ class TextSource(ABC):
         return str(self.path) if self.path is not None else f"{self.name} (download)"
 
     def files(self) -> list[Path]:
-        if self.path is None:
+        if self.path is not None:
+            return resolve_paths(self.path, self.suffixes)
+        if not self.urls:
             raise GhoulError(f"source '{self.name}' needs a local file: give --source-path FILE|DIR|GLOB")
-        return resolve_paths(self.path, self.suffixes)
+        return [download(url, cache_dir() / self.name / url.rsplit("/", 1)[1], sha256,
+                         hint="download it yourself and give --source-path") for url, sha256 in self.urls]
 
     def __iter__(self) -> Iterator[str]:
         count = 0
-        for doc in self.iter_documents():
-            if doc:
-                count += 1
-                yield doc
+        for doc in filter(None, self.iter_documents()):
+            count += 1
+            yield doc
         if count == 0:
             raise GhoulError(f"source '{self.name}' found no documents in {self.describe()}")
 
@@ -221,6 +223,13 @@ def iter_field(path: Path, given: str | None, candidates: tuple[str, ...]) -> It
         yield record, field
 
 
+def field_texts(paths: list[Path], field: str) -> Iterator[str]:
+    """The `field` of every record of `paths`; the first record of each file must have it."""
+    for path in paths:
+        for record, _ in iter_field(path, field, ()):
+            yield _text(record.get(field))
+
+
 def _text(value: Any) -> str:
     return value if isinstance(value, str) else ("" if value is None else str(value))
 
@@ -238,22 +247,14 @@ class FineWebSource(TextSource):
     options = frozenset({"text_field", "subset"})
 
     def iter_documents(self) -> Iterator[str]:
-        if self.path is None:
-            yield from self._stream_hub()
+        if self.path is not None:
+            if self.subset:
+                raise GhoulError("--subset picks a Hub subset; it does not apply to local files given by --source-path")
+            yield from field_texts(self.files(), self.text_field or "text")
             return
-        if self.subset:
-            raise GhoulError("--subset picks a Hub subset; it does not apply to local files given by --source-path")
-        field = self.text_field or "text"
-        for path in self.files():
-            for record, _ in iter_field(path, field, ()):
-                yield _text(record.get(field))
-
-    def _stream_hub(self) -> Iterator[str]:
         datasets = _optional("datasets", "datasets", self.hub_id)
         rows = datasets.load_dataset(self.hub_id, name=self.subset or "sample-10BT", split="train", streaming=True)
-        field = self.text_field or "text"
-        for row in rows:
-            yield _text(row.get(field))
+        yield from (_text(row.get(self.text_field or "text")) for row in rows)
 
     def size_estimate(self) -> int | None:
         if self.path is None:
@@ -274,7 +275,6 @@ class FineWebEduSource(FineWebSource):
 
     name = "fineweb-edu"
     hub_id = "HuggingFaceFW/fineweb-edu"
-    licence = "ODC-By 1.0, subject to the Common Crawl terms of use"
 
 
 @register
@@ -294,12 +294,6 @@ class CreepypastaSource(TextSource):
          "2dca90b4cb33bebf50e2b1366511c6e47c8540cf48af2ba34e403c390e30155f"),
         ("https://raw.githubusercontent.com/umbrae/reddit-top-2.5-million/master/data/shortscarystories.csv",
          "29bab452f6321329bc71d1554082d1a2a4b236fad528eec2d4c8a2f53d63547b"))
-
-    def files(self) -> list[Path]:
-        if self.path is None:
-            return [download(url, cache_dir() / "creepypasta" / url.rsplit("/", 1)[1], sha256,
-                             hint="download it yourself and give --source-path") for url, sha256 in self.urls]
-        return super().files()
 
     def iter_documents(self) -> Iterator[str]:
         for path in self.files():
@@ -322,11 +316,9 @@ class DownloadedTextSource(TextSource):
     url: ClassVar[str]
     sha256: ClassVar[str]
 
-    def files(self) -> list[Path]:
-        if self.path is None:
-            return [download(self.url, cache_dir() / self.name / self.url.rsplit("/", 1)[1], self.sha256,
-                             hint="download it yourself and give --source-path")]
-        return super().files()
+    @property
+    def urls(self) -> tuple[tuple[str, str], ...]:
+        return ((self.url, self.sha256),)
 
     def iter_documents(self) -> Iterator[str]:
         for path in self.files():
@@ -400,7 +392,9 @@ class TextFileSource(TextSource):
     options = frozenset({"separator"})
 
     def iter_documents(self) -> Iterator[str]:
-        separator = unescape_separator(self.separator)
+        separator = self.separator
+        if separator is not None:  # typed on the command line: the escapes \n and \t mean newline and tab
+            separator = separator.replace("\\n", "\n").replace("\\t", "\t")
         for path in self.files():
             with open_text(path) as f:
                 text = f.read()
@@ -424,14 +418,4 @@ class JsonlSource(TextSource):
     options = frozenset({"text_field"})
 
     def iter_documents(self) -> Iterator[str]:
-        field = self.text_field or "text"
-        for path in self.files():
-            for record, _ in iter_field(path, field, ()):
-                yield _text(record.get(field))
-
-
-def unescape_separator(separator: str | None) -> str | None:
-    """A separator typed on the command line: the escapes \\n and \\t mean newline and tab."""
-    if separator is None:
-        return None
-    return separator.replace("\\n", "\n").replace("\\t", "\t")
+        yield from field_texts(self.files(), self.text_field or "text")

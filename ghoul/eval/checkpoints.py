@@ -11,18 +11,18 @@ from pathlib import Path
 from typing import Any
 
 from ghoul import checkpoint
-from ghoul.config import option, refuse_set
-from ghoul.data.shards import check_data_tokenizer
-from ghoul.dist import DTYPES, started
+from ghoul.config import option, refuse_set, require
+from ghoul.data.shards import check_data_tokenizer, read_meta
+from ghoul.dist import DTYPES, DistInfo, started
 from ghoul.errors import GhoulError
 from ghoul.eval.curves import REFERENCES, dataset_of, plot_run
 from ghoul.eval.hellaswag import default_data_path, evaluate_hellaswag, load_hellaswag
 from ghoul.eval.loss import evaluate_loss, read_split
 from ghoul.files import append_jsonl, read_jsonl
 from ghoul.layout import WEIGHTS_FILE
+from ghoul.train.logger import LOG_FILE
 
 EVAL_FILE = "eval.jsonl"
-LOG_FILE = "log.jsonl"
 
 
 @dataclass
@@ -48,10 +48,7 @@ class CheckpointsConfig:
             refuse_set(self, ("data", "tokens", "seq_len"), "--val-loss")
         if not self.hellaswag:
             refuse_set(self, ("limit", "data_path"), "--hellaswag")
-        if self.batch_size < 1:
-            raise GhoulError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if self.limit is not None and self.limit < 1:
-            raise GhoulError(f"--limit must be at least 1, got {self.limit}")
+        require(self, ("batch_size", "limit"), lambda v: v >= 1, "at least 1")
 
 
 def step_dirs(run_dir: Path) -> list[tuple[int, Path]]:
@@ -111,9 +108,7 @@ def _prepare(cfg: CheckpointsConfig) -> _Work:
     shards, dataset, val_loss_key = None, None, None
     if cfg.val_loss:
         shards = read_split(cfg.data, "val")
-        meta = cfg.data / "meta.json"
-        if meta.is_file():
-            dataset = dataset_of(str(json.loads(meta.read_text(encoding="utf-8")).get("source", "")))
+        dataset = dataset_of(str((read_meta(cfg.data) or {}).get("source", "")))
         # seq_len None is the checkpoint's own block size, fixed for a given checkpoint
         val_loss_key = {"data": str(Path(cfg.data).resolve()), "split": "val", "tokens": cfg.tokens,
                         "seq_len": cfg.seq_len, "dtype": cfg.dtype}
@@ -131,21 +126,21 @@ def _todo(done: dict[str, Any], work: _Work) -> list[str]:
     return todo
 
 
-def evaluate_checkpoint(directory: Path, todo: list[str], work: _Work, cfg: CheckpointsConfig, device: str,
-                        rank: int, world_size: int) -> dict[str, Any]:
+def evaluate_checkpoint(directory: Path, todo: list[str], work: _Work, cfg: CheckpointsConfig, d: DistInfo
+                        ) -> dict[str, Any]:
     """The metrics in `todo` for one checkpoint, as eval.jsonl fields, each with the key it was computed under."""
-    model, tokenizer = checkpoint.load_model_and_tokenizer(directory, device)
+    model, tokenizer = checkpoint.load_model_and_tokenizer(directory, d.device)
     if "val_loss" in todo:  # before any scoring, so a mismatch costs nothing
         check_data_tokenizer(cfg.data, tokenizer, directory)
     record: dict[str, Any] = {}
     if "hellaswag" in todo:
-        r = evaluate_hellaswag(model, tokenizer, work.examples, device, cfg.batch_size, rank, world_size,
+        r = evaluate_hellaswag(model, tokenizer, work.examples, d.device, cfg.batch_size, d.rank, d.world_size,
                                dtype=cfg.dtype, progress=True)
         record.update(hellaswag_acc=r["acc_norm"], hellaswag_acc_sum=r["acc"], hellaswag_n=r["n"],
                       hellaswag_key=work.hellaswag_key)
     if "val_loss" in todo:
         seq_len = cfg.seq_len or model.config.block_size
-        r = evaluate_loss(model, work.shards, device, seq_len, cfg.batch_size, cfg.tokens, rank, world_size,
+        r = evaluate_loss(model, work.shards, d.device, seq_len, cfg.batch_size, cfg.tokens, d.rank, d.world_size,
                           dtype=cfg.dtype, progress=True, tokenizer=tokenizer)
         record.update(val_loss=r["loss"], val_bpb=r["bpb"], val_bytes_per_token=r["bytes_per_token"],
                       val_tokens=r["tokens"], val_loss_key=work.val_loss_key)
@@ -155,7 +150,6 @@ def evaluate_checkpoint(directory: Path, todo: list[str], work: _Work, cfg: Chec
 def run(cfg: CheckpointsConfig) -> list[dict[str, Any]]:
     """Evaluate the run's checkpoints that still need it; returns the records appended to eval.jsonl."""
     with started(cfg.device) as d:
-        rank, world_size, device = d.rank, d.world_size, d.device
         checkpoints = step_dirs(cfg.run_dir)
         eval_path, log = cfg.run_dir / EVAL_FILE, read_jsonl(cfg.run_dir / LOG_FILE, missing_ok=True)
         work = _prepare(cfg)
@@ -165,16 +159,15 @@ def run(cfg: CheckpointsConfig) -> list[dict[str, Any]]:
             todo = _todo(done.get(directory.name, {}), work)
             if not todo:
                 continue
-            metrics = evaluate_checkpoint(directory, todo, work, cfg, device, rank, world_size)
+            metrics = evaluate_checkpoint(directory, todo, work, cfg, d)
             record = {"checkpoint": directory.name, "step": step, "tokens": _tokens_at(step, directory, log), **metrics}
-            if rank == 0:
+            if d.is_main:
                 append_jsonl(eval_path, record)  # one line per checkpoint as it finishes: an interrupted call keeps it
                 print(f"{directory.name}: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()
                                                          if isinstance(v, float)), file=sys.stderr)
             new.append(record)
-        if rank == 0:
-            skipped = len(checkpoints) - len(new)
-            print(f"evaluated {len(new)} checkpoint(s), {skipped} already in {eval_path}")
+        if d.is_main:
+            print(f"evaluated {len(new)} checkpoint(s), {len(checkpoints) - len(new)} already in {eval_path}")
             if cfg.plot:
                 records = read_jsonl(eval_path, missing_ok=True)
                 for path in plot_run(cfg.run_dir, records, log, cfg.reference, work.dataset):

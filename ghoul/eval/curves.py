@@ -6,14 +6,14 @@ The reference figures are data (REFERENCES); each one's source is in the comment
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter
+
+from ghoul.files import atomic_write
 
 
 @dataclass(frozen=True)
@@ -42,10 +42,10 @@ REFERENCES: dict[str, Reference] = {
     "gpt3-175b": Reference("GPT-3 175B", 0.789),
 }
 
-METRICS = {  # metric key -> (file name, y-axis label, scale applied to the values)
-    "val_loss": ("val_loss.png", "validation loss (nats/token)", 1.0),
-    "val_bpb": ("val_bpb.png", "validation loss (bits/byte)", 1.0),  # no reference: theirs are in nats/token
-    "hellaswag_acc": ("hellaswag_acc.png", "HellaSwag acc_norm (%)", 100.0),
+METRICS = {  # metric key (and the name of its figure, KEY.png) -> (y-axis label, scale applied to the values)
+    "val_loss": ("validation loss (nats/token)", 1.0),
+    "val_bpb": ("validation loss (bits/byte)", 1.0),  # no reference: theirs are in nats/token
+    "hellaswag_acc": ("HellaSwag acc_norm (%)", 100.0),
 }
 CHANCE = 0.25  # 4 endings
 
@@ -71,14 +71,13 @@ def plot_metric(path: Path, metric: str, curves: dict[str, list[tuple[int, int |
                 references: list[str], dataset: str | None, title: str) -> bool:
     """Draw the curves of one metric (x = tokens when every point knows them, else step) with the reference lines
     that have a figure for it; returns False (and draws nothing) when there is nothing to draw."""
-    _, ylabel, scale = METRICS[metric]
-    refs = [(REFERENCES[name].label, _reference_value(REFERENCES[name], metric, dataset)) for name in references]
-    refs = [(label, value) for label, value in refs if value is not None]
     if not any(curves.values()):
         return False
+    ylabel, scale = METRICS[metric]
+    refs = [(REFERENCES[name].label, _reference_value(REFERENCES[name], metric, dataset)) for name in references]
+    refs = [(label, value) for label, value in refs if value is not None]
     by_tokens = all(t is not None for points in curves.values() for _, t, _ in points)
     fig = Figure(figsize=(8, 5), dpi=100)
-    FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     for (label, points), marker in zip(curves.items(), ("o-", "s--", "^-."), strict=False):
         if points:
@@ -97,9 +96,7 @@ def plot_metric(path: Path, metric: str, curves: dict[str, list[tuple[int, int |
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize="small")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    os.replace(tmp, path)  # a viewer never sees half a picture
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))  # a viewer never sees half a picture
     return True
 
 
@@ -114,9 +111,8 @@ def plot_run(run_dir: Path, evals: list[dict[str, Any]], log: list[dict[str, Any
     """Write `val_loss.png`, `val_bpb.png` and `hellaswag_acc.png` into `run_dir` from its eval records and training
     log; returns the files written (a metric with no points at all gets no figure)."""
     written = []
-    for metric, (name, _, _) in METRICS.items():
+    for metric, (ylabel, _) in METRICS.items():
         curves = {"checkpoints (ghoul eval)": series(evals, metric), "training log": series(log, metric)}
-        title = f"{run_dir.name}: {METRICS[metric][1]}"
-        if plot_metric(run_dir / name, metric, curves, references, dataset, title):
-            written.append(run_dir / name)
+        if plot_metric(run_dir / f"{metric}.png", metric, curves, references, dataset, f"{run_dir.name}: {ylabel}"):
+            written.append(run_dir / f"{metric}.png")
     return written

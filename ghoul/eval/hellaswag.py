@@ -19,7 +19,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from ghoul.checkpoint import check_vocab, load_model_and_tokenizer
-from ghoul.config import option
+from ghoul.config import option, require
 from ghoul.dist import DTYPES, all_gather_objects, all_reduce_sum, autocast, barrier, started
 from ghoul.download import cache_dir, download
 from ghoul.errors import GhoulError
@@ -46,10 +46,7 @@ class HellaswagConfig:
     out: Path | None = option(None, "write acc, acc_norm, n and the per-example predictions to this JSON file")
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise GhoulError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if self.limit is not None and self.limit < 1:
-            raise GhoulError(f"--limit must be at least 1, got {self.limit}")
+        require(self, ("batch_size", "limit"), lambda v: v >= 1, "at least 1")
 
 
 # ---- the data file -------------------------------------------------------------------------------------------------
@@ -147,10 +144,6 @@ def ending_losses(model: GPT, rows: list[tuple[list[int], int]], device: str | t
     return summed, summed / mask.sum(dim=1)
 
 
-def _batches(items: list, size: int) -> list[list]:
-    return [items[i:i + size] for i in range(0, len(items), size)]
-
-
 def evaluate_hellaswag(model: torch.nn.Module, tokenizer: Tokenizer, examples: list[dict[str, Any]],
                        device: str | torch.device, batch_size: int = 16, rank: int = 0, world_size: int = 1,
                        dtype: str = "float32", progress: bool = False) -> dict[str, Any]:
@@ -166,43 +159,35 @@ def evaluate_hellaswag(model: torch.nn.Module, tokenizer: Tokenizer, examples: l
     mine.sort(key=lambda item: max(len(tokens) for tokens, _ in item[1]))
     scored: list[dict[str, Any]] = []
     bar = tqdm(total=len(mine), desc="hellaswag", unit="ex", disable=not progress or rank != 0, file=sys.stderr)
-    chunks = _batches(mine, batch_size)
+    chunks = [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
     for chunk in chunks:
-        batch = [ex for ex, _ in chunk]
         summed, mean = ending_losses(gpt, [row for _, rows in chunk for row in rows], device, dtype)
         pred_sum = summed.view(-1, N_ENDINGS).argmin(dim=1).tolist()
         pred_norm = mean.view(-1, N_ENDINGS).argmin(dim=1).tolist()
         scored += [{"index": ex["index"], "label": ex["label"], "pred_sum": s, "pred_norm": m}
-                   for ex, s, m in zip(batch, pred_sum, pred_norm, strict=True)]
-        bar.update(len(batch))
+                   for (ex, _), s, m in zip(chunk, pred_sum, pred_norm, strict=True)]
+        bar.update(len(chunk))
     bar.close()
     # every rank runs as many forward passes as rank 0, which has the most examples: a sharded (FSDP) model's forward
     # gathers its parameters from all ranks. The extra passes score the first example again and are dropped.
     for _ in range(math.ceil(len(examples[::world_size]) / batch_size) - len(chunks)):
         ending_losses(gpt, render_example(tokenizer, examples[0], gpt.config.block_size), device, dtype)
-    scored.sort(key=lambda r: r["index"])
     gpt.train(was_training)
     correct = sum(r["pred_sum"] == r["label"] for r in scored)
     correct_norm = sum(r["pred_norm"] == r["label"] for r in scored)
     correct, correct_norm, n = all_reduce_sum([correct, correct_norm, len(scored)], device)
-    n = int(n)
-    return {"acc": correct / max(n, 1), "acc_norm": correct_norm / max(n, 1), "n": n,
-            "examples": _gather_examples(scored)}
-
-
-def _gather_examples(scored: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return sorted((r for part in all_gather_objects(scored) for r in part), key=lambda r: r["index"])
+    examples = sorted((r for part in all_gather_objects(scored) for r in part), key=lambda r: r["index"])
+    return {"acc": correct / max(n, 1), "acc_norm": correct_norm / max(n, 1), "n": int(n), "examples": examples}
 
 
 def run(cfg: HellaswagConfig) -> dict[str, Any]:
     with started(cfg.device) as d:
-        rank, world_size, device = d.rank, d.world_size, d.device
-        model, tokenizer = load_model_and_tokenizer(cfg.checkpoint, device)
-        path = cfg.data_path if cfg.data_path is not None else default_data_path()
+        model, tokenizer = load_model_and_tokenizer(cfg.checkpoint, d.device)
+        path = cfg.data_path or default_data_path()
         examples = load_hellaswag(path, cfg.limit)
-        result = evaluate_hellaswag(model, tokenizer, examples, device, cfg.batch_size, rank, world_size,
+        result = evaluate_hellaswag(model, tokenizer, examples, d.device, cfg.batch_size, d.rank, d.world_size,
                                     dtype=cfg.dtype, progress=True)
-        if rank == 0:
+        if d.is_main:
             print(f"hellaswag {cfg.checkpoint}: acc {result['acc']:.4f}  acc_norm {result['acc_norm']:.4f}  "
                   f"(n={result['n']}, {path.name})")
             if cfg.out is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import sys
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from ghoul.checkpoint import load_model_and_tokenizer
-from ghoul.config import option
+from ghoul.config import option, require
 from ghoul.data.shards import check_data_tokenizer, find_shards, read_shard
 from ghoul.dist import DTYPES, all_reduce_sum, autocast, started
 from ghoul.errors import GhoulError
@@ -38,10 +39,7 @@ class LossConfig:
     device: str = option("auto", "cpu, cuda, mps, or auto")
 
     def __post_init__(self) -> None:
-        for name in ("tokens", "batch_size", "seq_len"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise GhoulError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        require(self, ("tokens", "batch_size", "seq_len"), lambda v: v >= 1, "at least 1")
 
 
 def read_split(directory: str | Path, split: str = "val") -> list[np.ndarray]:
@@ -51,14 +49,8 @@ def read_split(directory: str | Path, split: str = "val") -> list[np.ndarray]:
 
 def windows(shards: list[np.ndarray], seq_len: int, max_tokens: int | None) -> list[tuple[int, int]]:
     """(shard, offset) of each `seq_len + 1`-token window, shard by shard, up to `max_tokens` predicted tokens."""
-    out: list[tuple[int, int]] = []
-    limit = math.inf if max_tokens is None else max_tokens // seq_len
-    for s, tokens in enumerate(shards):
-        for offset in range(0, len(tokens) - seq_len, seq_len):
-            if len(out) >= limit:
-                return out
-            out.append((s, offset))
-    return out
+    spans = ((s, offset) for s, tokens in enumerate(shards) for offset in range(0, len(tokens) - seq_len, seq_len))
+    return list(islice(spans, None if max_tokens is None else max_tokens // seq_len))
 
 
 def target_bytes(byte_lengths: np.ndarray, targets: np.ndarray | torch.Tensor) -> int:
@@ -94,23 +86,22 @@ def evaluate_loss(model: torch.nn.Module, shards: list[np.ndarray], device: str 
     total, count, n_bytes = 0.0, 0, 0
     was_training = gpt.training
     gpt.eval()
-    bar = tqdm(total=len(mine) * seq_len, desc="val loss", unit="tok", unit_scale=True,
-               disable=not progress or rank != 0, file=sys.stderr)
-    for i in range(0, len(mine), batch_size):
-        batch = np.stack([shards[s][o:o + seq_len + 1] for s, o in mine[i:i + batch_size]]).astype(np.int64)
-        if batch.max() >= gpt.config.vocab_size:
-            raise GhoulError(f"token id {batch.max()} in the data is beyond the model's vocabulary of "
-                             f"{gpt.config.vocab_size}: the data was made with another tokenizer")
-        xy = torch.from_numpy(batch).to(device)
-        x, y = xy[:, :-1], xy[:, 1:].contiguous()  # (B, T) inputs and next-token targets
-        with torch.no_grad(), autocast(device, dtype):
-            _, loss = gpt(x, y)
-        total += loss.item() * y.numel()  # .item() syncs, once per batch
-        count += y.numel()
-        if lengths is not None:
-            n_bytes += target_bytes(lengths, batch[:, 1:])
-        bar.update(y.numel())
-    bar.close()
+    with tqdm(total=len(mine) * seq_len, desc="val loss", unit="tok", unit_scale=True,
+              disable=not progress or rank != 0, file=sys.stderr) as bar:
+        for i in range(0, len(mine), batch_size):
+            batch = np.stack([shards[s][o:o + seq_len + 1] for s, o in mine[i:i + batch_size]]).astype(np.int64)
+            if batch.max() >= gpt.config.vocab_size:
+                raise GhoulError(f"token id {batch.max()} in the data is beyond the model's vocabulary of "
+                                 f"{gpt.config.vocab_size}: the data was made with another tokenizer")
+            xy = torch.from_numpy(batch).to(device)
+            x, y = xy[:, :-1], xy[:, 1:].contiguous()  # (B, T) inputs and next-token targets
+            with torch.no_grad(), autocast(device, dtype):
+                _, loss = gpt(x, y)
+            total += loss.item() * y.numel()  # .item() syncs, once per batch
+            count += y.numel()
+            if lengths is not None:
+                n_bytes += target_bytes(lengths, batch[:, 1:])
+            bar.update(y.numel())
     gpt.train(was_training)
     total, count, n_bytes = all_reduce_sum([total, count, n_bytes], device)
     result = {"loss": total / count, "tokens": int(count)}
@@ -121,14 +112,12 @@ def evaluate_loss(model: torch.nn.Module, shards: list[np.ndarray], device: str 
 
 def run(cfg: LossConfig) -> dict[str, Any]:
     with started(cfg.device) as d:
-        rank, world_size, device = d.rank, d.world_size, d.device
-        model, tokenizer = load_model_and_tokenizer(cfg.checkpoint, device)
+        model, tokenizer = load_model_and_tokenizer(cfg.checkpoint, d.device)
         check_data_tokenizer(cfg.data, tokenizer, cfg.checkpoint)
         seq_len = cfg.seq_len or model.config.block_size
-        shards = read_split(cfg.data, cfg.split)
-        result = evaluate_loss(model, shards, device, seq_len, cfg.batch_size, cfg.tokens, rank, world_size,
-                               dtype=cfg.dtype, progress=True, tokenizer=tokenizer)
-        if rank == 0:
+        result = evaluate_loss(model, read_split(cfg.data, cfg.split), d.device, seq_len, cfg.batch_size, cfg.tokens,
+                               d.rank, d.world_size, dtype=cfg.dtype, progress=True, tokenizer=tokenizer)
+        if d.is_main:
             print(f"{cfg.split} loss {cfg.checkpoint}: {result['loss']:.4f} "
                   f"(perplexity {math.exp(result['loss']):.2f}), {result['bpb']:.4f} bits per byte "
                   f"({result['bytes_per_token']:.2f} bytes per token) over {result['tokens']:,} tokens of {cfg.data}")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ghoul.checkpoint import read_model_config
-from ghoul.config import group, option
+from ghoul.config import group, option, require
 from ghoul.errors import GhoulError
 from ghoul.feedback.judges import Judge, JudgeOptions
 from ghoul.feedback.records import full_text
@@ -53,8 +53,7 @@ class CompareConfig:
     def __post_init__(self) -> None:
         if self.a is None or self.b is None:
             raise GhoulError("--a DIR and --b DIR are required: the two models to compare")
-        if self.n < 1:
-            raise GhoulError(f"--n must be at least 1, got {self.n}")
+        require(self, ("n",), lambda v: v >= 1, "at least 1")
         self.a, self.b = Path(self.a), Path(self.b)
 
 

@@ -75,9 +75,8 @@ class JudgeOptions:
         check_judge(self.judge, self.base_url)
 
     def make(self, seed: int) -> Judge:
-        return make_judge(self.judge, seed=seed, base_url=self.base_url, max_retries=self.max_retries,
-                          retry_delay=self.retry_delay, parse_retries=self.parse_retries, timeout=self.timeout,
-                          json_mode=self.json_mode, host=self.host, port=self.port, open_browser=self.open_browser)
+        options = {name: getattr(self, name) for name in (*API_OPTIONS, *WEB_OPTIONS)}  # make_judge's keywords
+        return make_judge(self.judge, seed=seed, **options)
 
 
 def judge_measures(spec: str) -> str:
@@ -349,12 +348,9 @@ def make_judge(spec: str, *, seed: int = 0, base_url: str | None = None, max_ret
     if kind == "openai":
         return OpenAIJudge(model or "gpt-4o", base_url, seed=seed, max_retries=max_retries, retry_delay=retry_delay,
                            parse_retries=parse_retries, timeout=timeout, json_mode=json_mode)
-    if kind == "random":
-        return RandomJudge(seed)
-    if kind == "length":
-        return LengthJudge()
-    if kind == "human":
-        return HumanJudge()
+    judges_here = {"random": lambda: RandomJudge(seed), "length": LengthJudge, "human": HumanJudge}
+    if kind in judges_here:
+        return judges_here[kind]()
     # by name, not by an import statement: those modules stand above this one (the reward model needs torch, the
     # web page the optional fastapi and uvicorn, which check_judge has found), and register their kind on import
     importlib.import_module(JUDGE_MODULES[kind])

@@ -168,9 +168,10 @@ def rollout(policy: GPT, prompts: list[list[int]], cfg: RlConfig, step: int, eos
         out = policy.generate(idx, cfg.max_new_tokens, cfg.temperature, eos_id=eos_id, generator=generator)
         for row in out.tolist():
             new = row[len(ids):]
-            end = new.index(eos_id) + 1 if eos_id is not None and eos_id in new else len(new)
-            rows.append(row[:len(ids) + end])  # the end of text is the completion's last token: it is learned too
-            completions.append(new[:end - 1] if end and eos_id is not None and new[end - 1] == eos_id else new[:end])
+            ended = eos_id in new  # never for eos_id None
+            completion = new[:new.index(eos_id)] if ended else new
+            rows.append(row[:len(ids) + len(completion) + ended])  # the end of text is learned too, as the last token
+            completions.append(completion)
             starts.append(len(ids))
             groups.append(g)
     policy.train()
@@ -200,11 +201,11 @@ def rl_train(cfg: RlConfig, method: str, policy: GPT, scorer: Scorer, prompts: l
     torchrun (`d`) each rank rolls out its share of the step's prompts and the gradients are summed over the ranks."""
     if method not in ("ppo", "grpo"):
         raise ValueError(f"unknown method {method!r}")
-    d = d or dist.DistInfo(device=str(next(policy.parameters()).device))
+    device = next(policy.parameters()).device
+    d = d or dist.DistInfo(device=str(device))
     if cfg.prompts_per_step % d.world_size:
         raise GhoulError(f"--prompts-per-step {cfg.prompts_per_step} does not split over {d.world_size} ranks: "
                          "make it a multiple of the number of processes")
-    device = next(policy.parameters()).device
     reference = (reference or copy.deepcopy(policy)).eval().requires_grad_(False)
     value_head = nn.Linear(policy.config.n_embd, 1).to(device)  # PPO's baseline, on the policy's hidden states
     optimizers = build_optimizers(policy, "adamw", cfg.learning_rate, 0.0, device_type=device.type)
@@ -225,14 +226,14 @@ def rl_train(cfg: RlConfig, method: str, policy: GPT, scorer: Scorer, prompts: l
             records.append(rl_step(cfg, method, policy, reference, value_head, optimizers, scorer, prompts, eos_id,
                                    step, started, d))
             log(records[-1])
-            if step < cfg.max_steps and interrupt.agreed(True):  # a step ends in .item() syncs: no sync added
-                stopped = True
+            if step == cfg.max_steps:  # the caller saves the last step
                 break
-            if save is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.max_steps:
+            stopped = interrupt.agreed(True)  # a step ends in .item() syncs: no sync added
+            if save is not None and (stopped or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)):
                 save(step, optimizers, value_head)
-        if stopped and save is not None:
-            save(step, optimizers, value_head)
-            dist.barrier()  # no rank exits (which has torchrun stop the others) before rank 0 has saved
+            if stopped:
+                dist.barrier()  # no rank exits (which has torchrun stop the others) before rank 0 has saved
+                break
     except KeyboardInterrupt:  # a second Ctrl-C: mid-step, so nothing is saved that could not resume exactly
         dist.print0("\nstopped at once, saving nothing: continue from the last checkpoint with --resume")
         raise
@@ -260,12 +261,11 @@ def rl_step(cfg: RlConfig, method: str, policy: GPT, reference: GPT, value_head:
         old_logps, hidden = policy_forward(policy, roll.tokens)
         ref_logps = token_logps(reference, roll.tokens)
         kl = ((old_logps - ref_logps) * roll.mask).sum(-1)  # (N,) sequence KL, the k1 estimate
-    if method == "ppo":
-        returns = (rewards - cfg.kl_coef * kl)[:, None]  # (N, 1): InstructGPT's KL-penalised reward
-        with torch.no_grad():
+        if method == "ppo":
+            returns = (rewards - cfg.kl_coef * kl)[:, None]  # (N, 1): InstructGPT's KL-penalised reward
             advantages = whiten(returns - value_head(hidden).squeeze(-1), roll.mask)
-    else:
-        advantages = group_advantages(rewards, roll.groups)[:, None].expand_as(old_logps)
+        else:
+            advantages = group_advantages(rewards, roll.groups)[:, None].expand_as(old_logps)
     for _ in range(cfg.ppo_epochs):
         logps, hidden = policy_forward(policy, roll.tokens)
         loss, clip_fraction = clipped_policy_loss(logps, old_logps, advantages, roll.mask, cfg.clip_eps, count)

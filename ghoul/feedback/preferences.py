@@ -5,7 +5,6 @@ and served to the training loop as padded token batches by `PairLoader`.
 
 from __future__ import annotations
 
-import json
 import random
 import sys
 from collections.abc import Callable
@@ -20,7 +19,7 @@ from ghoul.config import option, require
 from ghoul.data.loader import EpochLoader
 from ghoul.errors import GhoulError
 from ghoul.feedback.records import RANKINGS_FILE, load_rankings, load_stories, stories_judged
-from ghoul.files import atomic_write_text, read_jsonl, refuse_input_as_output
+from ghoul.files import read_jsonl, refuse_input_as_output, write_jsonl
 from ghoul.tokenizer import Tokenizer
 from ghoul.train.config import accumulation_steps
 from ghoul.train.context import training_run
@@ -39,9 +38,7 @@ def pairs_from_rankings(rankings: list[dict[str, Any]], stories: dict[int, dict[
         if missing:
             raise GhoulError(f"rankings group {group} names stories {missing[:3]} that the stories file lacks: give "
                              "the stories.jsonl the rankings were made from (--stories)")
-        for loser in record["shown"]:
-            if loser == chosen:
-                continue
+        for loser in [i for i in record["shown"] if i != chosen]:
             prompt = stories[chosen].get("prompt", "")
             if stories[loser].get("prompt", "") != prompt:
                 raise GhoulError(f"rankings group {group} compares stories of different prompts: "
@@ -88,7 +85,7 @@ def load_preferences(path: Path) -> list[dict[str, Any]]:
 
 
 def write_preferences(path: Path, records: list[dict[str, Any]]) -> None:
-    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    write_jsonl(path, records)
 
 
 @dataclass
@@ -100,8 +97,7 @@ class PreferencesConfig:
     seed: int = option(1337, "seed of the train/validation split")
 
     def __post_init__(self) -> None:
-        if not 0 <= self.val_fraction < 1:
-            raise GhoulError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+        require(self, ("val_fraction",), lambda v: 0 <= v < 1, "in [0, 1)")
         self.rankings, self.out = Path(self.rankings), Path(self.out)
         refuse_input_as_output(self.out, self.rankings, stories_judged(self.rankings, self.stories))
 
@@ -114,14 +110,13 @@ def run(cfg: PreferencesConfig) -> list[dict[str, Any]]:
     return records
 
 
-def preference_records(preferences: Path | None, rankings: Path | None, stories: Path | None, val_fraction: float,
-                       seed: int) -> list[dict[str, Any]]:
+def preference_records(pairs: PairOptions, seed: int) -> list[dict[str, Any]]:
     """The pairs a trainer learns from: a preferences file as it is, or pairs made from a rankings file."""
-    if preferences is not None:
-        return load_preferences(preferences)
-    if rankings is None:
+    if pairs.preferences is not None:
+        return load_preferences(pairs.preferences)
+    if pairs.rankings is None:
         raise GhoulError("give --preferences FILE (from `ghoul preferences`) or --rankings FILE (from `ghoul rank`)")
-    return build_preferences(rankings, stories, val_fraction, seed)
+    return build_preferences(pairs.rankings, pairs.stories, pairs.val_fraction, seed)
 
 
 # ---- token batches for the training loop ---------------------------------------------------------------------
@@ -157,18 +152,18 @@ class PairLoader(EpochLoader):
         if self.steps_per_epoch < 1:
             raise GhoulError(f"{len(self.pairs)} preference pairs are too few for one step of batch_size * "
                              f"world_size = {batch_size * world_size}: lower --batch-size or rank more stories")
-        self.position, self.epoch = 0, 0
-        self._order = self._permutation()
+        self._seek(0, 0)
 
     @property
     def steps_per_epoch(self) -> int:
         return len(self.pairs) // (self.batch_size * self.world_size)
 
-    def _permutation(self) -> list[int]:
-        order = list(range(len(self.pairs)))
+    def _seek(self, position: int, epoch: int) -> None:
+        """Go to `position` in `epoch`, whose order of the pairs the seed and the epoch fix."""
+        self.position, self.epoch = position, epoch
+        self._order = list(range(len(self.pairs)))
         if self.shuffle:
-            random.Random(f"ghoul-pairs:{self.seed}:{self.epoch}").shuffle(order)
-        return order
+            random.Random(f"ghoul-pairs:{self.seed}:{epoch}").shuffle(self._order)
 
     def __iter__(self) -> PairLoader:
         return self
@@ -176,16 +171,14 @@ class PairLoader(EpochLoader):
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
         span = self.batch_size * self.world_size
         if self.position + span > len(self.pairs):
-            self.position, self.epoch = 0, self.epoch + 1
-            self._order = self._permutation()
+            self._seek(0, self.epoch + 1)
         start = self.position + self.rank * self.batch_size
         batch = [self.pairs[i] for i in self._order[start:start + self.batch_size]]
         self.position += span
         return collate([c for c, _ in batch] + [r for _, r in batch], self.pad_id, self.device)
 
     def reset(self) -> None:
-        self.position, self.epoch = 0, 0
-        self._order = self._permutation()
+        self._seek(0, 0)
 
     def state_dict(self) -> dict[str, Any]:
         return {"position": self.position, "epoch": self.epoch, "pairs": len(self.pairs)}
@@ -194,8 +187,7 @@ class PairLoader(EpochLoader):
         if state.get("pairs") != len(self.pairs):
             raise GhoulError(f"loader state is from {state.get('pairs')} pairs but there are {len(self.pairs)} now: "
                              "resume with the same preferences")
-        self.position, self.epoch = int(state["position"]), int(state["epoch"])
-        self._order = self._permutation()
+        self._seek(int(state["position"]), int(state["epoch"]))
 
 
 def collate(rows: list[tuple[list[int], int]], pad_id: int, device: str | torch.device = "cpu"
@@ -238,8 +230,7 @@ class PairOptions:
         if self.preferences is None and self.rankings is None:
             raise GhoulError("give --preferences FILE (from `ghoul preferences`) or --rankings FILE "
                              "(from `ghoul rank`)")
-        if not 0 <= self.val_fraction < 1:
-            raise GhoulError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+        require(self, ("val_fraction",), lambda v: 0 <= v < 1, "in [0, 1)")
 
 
 @dataclass
@@ -265,12 +256,11 @@ def train_on_pairs(cfg: Any, build: Callable[[Path | None, str], tuple[Any, Toke
     pairs; `build(resume_from, device)` starts from the checkpoint when resuming."""
     run, pairs = cfg.run, cfg.pairs
     with training_run(run) as (d, resume_from):
-        records = preference_records(pairs.preferences, pairs.rankings, pairs.stories, pairs.val_fraction, run.seed)
+        records = preference_records(pairs, run.seed)
         model, tokenizer, loss_fn = build(resume_from, d.device)
         train_data, val_data = pair_loaders(records, tokenizer, cfg.batch.batch_size, model.config.block_size, d,
                                             run.seed, join)
         if d.is_main:
-            run.output_dir.mkdir(parents=True, exist_ok=True)
             write_preferences(run.output_dir / "preferences.jsonl", records)  # the exact pairs, for inspection
         val = sum(r.get("split") == "val" for r in records)
         dist.print0(f"{len(records) - val} training pairs, {val} validation pairs")

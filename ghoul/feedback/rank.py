@@ -9,14 +9,13 @@ from __future__ import annotations
 import random
 import sys
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-from ghoul.config import group, option
+from ghoul.config import group, option, require
 from ghoul.errors import GhoulError
 from ghoul.feedback.judges import Judge, JudgeOptions
 from ghoul.feedback.records import RANKINGS_FILE, STORIES_FILE, full_text, judgment_record, load_rankings, load_stories
@@ -36,8 +35,7 @@ class RankConfig:
     def __post_init__(self) -> None:
         self.stories, self.out = Path(self.stories), Path(self.out)
         refuse_input_as_output(self.out, self.stories)
-        if self.group_size < 2:
-            raise GhoulError(f"--group-size must be at least 2, got {self.group_size}")
+        require(self, ("group_size",), lambda v: v >= 2, "at least 2")
         if self.max_groups is not None and self.max_groups < 1:
             raise GhoulError("--max-groups must be at least 1")
 
@@ -143,8 +141,7 @@ def _summary(result: RankResult, judge: Judge, start: float, interrupted: bool =
     if result.cost is not None:
         words.append(f"about ${result.cost:.4f}")
     if result.positions:
-        counts = Counter(result.positions)
-        words.append("chosen position " + " ".join(f"{p}:{counts[p]}" for p in sorted(counts)))
+        words.append("chosen position " + " ".join(f"{p}:{n}" for p, n in sorted(result.positions.items())))
     done = result.before + result.judged
     tail = f"; interrupted: rerun to judge the remaining {result.groups - done}" if interrupted else ""
     print(f"{'; '.join(words)}; {done}/{result.groups} groups in {result.out}{tail}", file=sys.stderr)

@@ -5,7 +5,6 @@ each step's output in its run directory.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,31 +21,16 @@ WINNERS_FILE = "winners.jsonl"  # read by the jsonl data source: `ghoul prepare 
 RAW_LIMIT = 2000
 
 
-@dataclass(frozen=True)
 class FeedbackRun:
     """The run directory of `ghoul rlhf`: each step's output, which a rerun finds and skips when complete."""
 
-    root: Path
-
-    @property
-    def stories(self) -> Path:
-        return self.root / STORIES_FILE
-
-    @property
-    def rankings(self) -> Path:
-        return self.root / RANKINGS_FILE
-
-    @property
-    def winners(self) -> Path:
-        return self.root / WINNERS_FILE
-
-    @property
-    def winners_data(self) -> Path:
-        return self.root / "data" / "winners"
-
-    @property
-    def reward(self) -> Path:
-        return self.root / "reward"
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.stories = root / STORIES_FILE
+        self.rankings = root / RANKINGS_FILE
+        self.winners = root / WINNERS_FILE
+        self.winners_data = root / "data" / "winners"
+        self.reward = root / "reward"
 
     def model(self, method: str) -> Path:
         """The run of the model that `method` trains."""

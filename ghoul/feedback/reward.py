@@ -18,13 +18,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ghoul.checkpoint import MODEL_KINDS, load_model_and_tokenizer, load_model_dir
-from ghoul.config import group, option
+from ghoul.config import group, option, require
 from ghoul.dist import default_device, resolve_device
 from ghoul.errors import GhoulError
 from ghoul.feedback.judges import JUDGE_KINDS, Judge, Judgment
 from ghoul.feedback.preferences import PairBatchOptions, PairOptions, collate, encode_pair_side, train_on_pairs
 from ghoul.feedback.records import STORIES_FILE, full_text, load_stories
-from ghoul.files import atomic_write_text
+from ghoul.files import write_jsonl
 from ghoul.model import GPT, GPTConfig
 from ghoul.tokenizer import Tokenizer, load_tokenizer
 from ghoul.train.config import LoopOptions, OptimOptions, RunOptions, check_schedule
@@ -120,7 +120,6 @@ def train_run(cfg: RewardTrainConfig):
 
 
 def load_reward_model(directory: str | Path, device: str = "cpu") -> tuple[RewardModel, Tokenizer]:
-
     return load_model_and_tokenizer(directory, device, kind="reward")
 
 
@@ -165,12 +164,10 @@ class ScoreConfig:
     device: str = option("auto", "cpu, cuda, mps, or auto")
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise GhoulError(f"--batch-size must be at least 1, got {self.batch_size}")
+        require(self, ("batch_size",), lambda v: v >= 1, "at least 1")
 
 
 def score_run(cfg: ScoreConfig) -> list[dict]:
-
     stories = load_stories(Path(cfg.stories))
     if not stories:
         raise GhoulError(f"{cfg.stories} holds no stories: make them with `ghoul generate --out {cfg.stories}`")
@@ -179,7 +176,7 @@ def score_run(cfg: ScoreConfig) -> list[dict]:
     rewards = score_texts(model, tokenizer, [full_text(stories[i]) for i in ids], cfg.batch_size)
     records = [{**stories[i], "reward": r} for i, r in zip(ids, rewards, strict=True)]
     if cfg.out is not None:
-        atomic_write_text(cfg.out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        write_jsonl(cfg.out, records)
     else:
         for r in records:
             print(f"{r['id']}\t{r['reward']:.4f}")

@@ -10,7 +10,6 @@ or -> RUN/dpo/ (dpo), or -> RUN/reward/ -> RUN/ppo/ or RUN/grpo/ (ppo, grpo): th
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ from ghoul.feedback.ppo import run as reinforce
 from ghoul.feedback.records import FeedbackRun
 from ghoul.feedback.reward import RewardTrainConfig
 from ghoul.feedback.reward import train_run as train_reward
-from ghoul.files import atomic_write_text, read_jsonl
+from ghoul.files import read_jsonl, write_json
 from ghoul.generate import GenerateConfig
 from ghoul.generate import run as generate
 from ghoul.layout import resolve_checkpoint
@@ -126,24 +125,20 @@ def stage_configs(cfg: RlhfConfig) -> dict[str, Any]:
                               print_samples=False)
     ranking = rank.RankConfig(stories=out.stories, out=out.rankings, group_size=cfg.group_size,
                               seed=cfg.seed, judging=cfg.judging)
-    export = winners.ExportWinnersConfig(out.rankings, out.stories, out.winners)
-    prepare = PrepareConfig("jsonl", out.winners_data, tokenizer=model_tokenizer(cfg.base_model),
-                            source_path=str(out.winners), workers=1, progress=False)
-    given = {k: getattr(cfg, k) for k in METHOD_OPTIONS[cfg.method] if getattr(cfg, k) is not None}
     steps: dict[str, Any] = dict(generate=generate, rank=ranking)
-    if cfg.method == "winners":
-        steps["export"], steps["prepare"] = export, prepare
-        steps["final"] = build(FinetuneConfig, dataset=str(out.winners_data), base_model=cfg.base_model,
-                               output_dir=out.model("winners"), eval_every=0, seed=cfg.seed,
-                               device=cfg.device, **given)
-    else:
-        steps.update(preference_configs(cfg, given))
+    given = {k: getattr(cfg, k) for k in METHOD_OPTIONS[cfg.method] if getattr(cfg, k) is not None}
+    if cfg.method != "winners":
+        return steps | preference_configs(cfg, out, given)
+    steps["export"] = winners.ExportWinnersConfig(out.rankings, out.stories, out.winners)
+    steps["prepare"] = PrepareConfig("jsonl", out.winners_data, tokenizer=model_tokenizer(cfg.base_model),
+                                     source_path=str(out.winners), workers=1, progress=False)
+    steps["final"] = build(FinetuneConfig, dataset=str(out.winners_data), base_model=cfg.base_model,
+                           output_dir=out.model("winners"), eval_every=0, seed=cfg.seed, device=cfg.device, **given)
     return steps
 
 
-def preference_configs(cfg: RlhfConfig, given: dict[str, Any]) -> dict[str, Any]:
+def preference_configs(cfg: RlhfConfig, out: FeedbackRun, given: dict[str, Any]) -> dict[str, Any]:
     """The steps after ranking of dpo (its trainer) and ppo/grpo (a reward model, then the policy against it)."""
-    out = FeedbackRun(cfg.output_dir)
     pairs = dict(rankings=out.rankings, stories=out.stories, seed=cfg.seed, device=cfg.device)
     if cfg.method == "dpo":
         return {"final": build(DpoConfig, policy=cfg.base_model, output_dir=out.model("dpo"), **pairs, **given)}
@@ -180,32 +175,28 @@ def model_tokenizer(model_dir: Path) -> str:
 def run(cfg: RlhfConfig) -> RlhfResult:
     """Run the steps that are not yet complete in cfg.output_dir, in order."""
     steps = stage_configs(cfg)
-    out = cfg.output_dir
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.json", json.dumps(to_dict(cfg), indent=2) + "\n")
-    layout = FeedbackRun(out)
-    stories, rankings, winners_file = layout.stories, layout.rankings, layout.winners
+    write_json(cfg.output_dir / "config.json", to_dict(cfg))
+    out = FeedbackRun(cfg.output_dir)
     total = 3 if cfg.method == "dpo" else 4  # steps, for the progress messages
     truncation = sampling_truncation(cfg)
     if cfg.method == "winners" and truncation:
         _say(f"warning: {truncation} cuts off the unlikeliest tokens of the stories the fine-tune learns from, which "
              "sharpens the model whatever the judge picks; for --method winners sample from the whole distribution "
              "(see docs/feedback.md)")
-    if stories.is_file() and len(read_jsonl(stories)) >= cfg.num_samples:
-        _say(f"1/{total} generate: {stories} is complete; skipped")
+    if out.stories.is_file() and len(read_jsonl(out.stories)) >= cfg.num_samples:
+        _say(f"1/{total} generate: {out.stories} is complete; skipped")
     else:
         _say(f"1/{total} generate: {cfg.num_samples} stories from {cfg.base_model}")
         generate(steps["generate"])
     _say(f"2/{total} rank: judge {cfg.judging.judge}, groups of {cfg.group_size}")
     rank.run(steps["rank"])
     if cfg.method == "winners":
-        if winners_file.is_file() and winners_file.stat().st_mtime >= rankings.stat().st_mtime:
-            _say(f"3/4 winners: {winners_file} is up to date; skipped")
+        if out.winners.is_file() and out.winners.stat().st_mtime >= out.rankings.stat().st_mtime:
+            _say(f"3/4 winners: {out.winners} is up to date; skipped")
         else:
             _say("3/4 winners: export the chosen stories")
             winners.run(steps["export"])
         _say("4/4 fine-tune on the winners")
-
         prepare(steps["prepare"])
         _train_step(finetune, steps["final"])
     elif cfg.method == "dpo":
@@ -216,10 +207,10 @@ def run(cfg: RlhfConfig) -> RlhfResult:
         _train_step(train_reward, steps["reward"])
         _say(f"4/4 {cfg.method.upper()} against the reward model")
         _train_step(lambda c: reinforce(c, cfg.method), steps["final"])
-    model = layout.model(cfg.method)
+    model = out.model(cfg.method)
     _say(f"done: the new model is {model} (ghoul generate --checkpoint {model}; ghoul compare --a {model} "
          f"--b {cfg.base_model})")
-    return RlhfResult(out, stories, rankings, winners_file if cfg.method == "winners" else None, model)
+    return RlhfResult(out.root, out.stories, out.rankings, out.winners if cfg.method == "winners" else None, model)
 
 
 def _train_step(train: Any, step_cfg: Any) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Any
 from ghoul.config import option
 from ghoul.errors import GhoulError
 from ghoul.feedback.records import RANKINGS_FILE, WINNERS_FILE, full_text, load_rankings, load_stories, stories_judged
-from ghoul.files import atomic_write_text, refuse_input_as_output
+from ghoul.files import refuse_input_as_output, write_jsonl
 
 
 @dataclass
@@ -34,9 +33,8 @@ def winners_by_group(rankings: list[dict[str, Any]]) -> dict[int, int]:
 
 def run(cfg: ExportWinnersConfig) -> list[int]:
     """Write the winners of cfg.rankings to cfg.out; returns their story ids."""
-    rankings = load_rankings(cfg.rankings)
+    chosen = winners_by_group(load_rankings(cfg.rankings))
     stories = load_stories(cfg.stories)
-    chosen = winners_by_group(rankings)
     ids = list(chosen.values())
     if not ids:
         raise GhoulError(f"{cfg.rankings} holds no chosen stories (every group skipped or none judged)")
@@ -45,6 +43,6 @@ def run(cfg: ExportWinnersConfig) -> list[int]:
         raise GhoulError(f"{cfg.rankings} chose stories {missing[:5]} that {cfg.stories} does not hold: "
                          "give the stories file they were judged from with --stories")
     records = ({"id": i, "group": g, "text": full_text(stories[i]).strip()} for g, i in chosen.items())
-    atomic_write_text(cfg.out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    write_jsonl(cfg.out, records)
     print(f"wrote {len(ids)} winning stories to {cfg.out}", file=sys.stderr)
     return ids

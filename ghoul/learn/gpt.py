@@ -17,8 +17,7 @@ FIXED = ("vocab_size", "block_size")  # set by the tokenizer and the data, not b
 
 @dataclass
 class LearnGPTConfig(LearnConfig, ArchitectureOptions):
-    output_dir: Path = option(Path("runs/learn-gpt"), "output directory: tokenizer, token shards, run log, "
-                                                      "checkpoint")
+    output_dir: Path = option(Path("runs/learn-gpt"), "output directory: tokenizer, token shards, run log, checkpoint")
     steps: int = option(300, "optimizer steps")
     optimizer: str = option("muon", "Muon for the hidden matrices and AdamW for the rest (learns several times "
                                     "faster in short runs), or AdamW for everything", choices=["muon", "adamw"])

@@ -29,20 +29,17 @@ def build_optimizers(model: torch.nn.Module, kind: str, lr: float, weight_decay:
 
     Every group remembers its peak rate as `initial_lr`, so the schedule only multiplies it.
     """
-    groups = split_params(model)
-    # fused AdamW runs the whole update in one kernel per device (CUDA and, since torch 2.4, CPU)
-    adamw_kwargs = dict(betas=betas, eps=1e-8, fused=device_type in ("cuda", "cpu"))
-    if kind == "adamw":
-        # decay only 2-D weights: matmuls and embeddings, not gains and biases
-        param_groups = [dict(params=groups["matrices"] + groups["embeddings"], weight_decay=weight_decay),
-                        dict(params=groups["gains"], weight_decay=0.0)]
-        optimizers = [torch.optim.AdamW(param_groups, lr=lr, **adamw_kwargs)]
-    elif kind == "muon":
-        adam = torch.optim.AdamW([dict(params=groups["embeddings"], weight_decay=weight_decay),
-                                  dict(params=groups["gains"], weight_decay=0.0)], lr=lr, **adamw_kwargs)
-        optimizers = [adam, Muon(groups["matrices"], lr=muon_lr, weight_decay=weight_decay)]
-    else:
+    if kind not in ("adamw", "muon"):
         raise ValueError(f"unknown optimizer {kind!r}")
+    groups = split_params(model)
+    # decay only 2-D weights: matmuls and embeddings, not gains and biases (Muon's matrices: in Muon)
+    decayed = groups["embeddings"] if kind == "muon" else groups["matrices"] + groups["embeddings"]
+    # fused AdamW runs the whole update in one kernel per device (CUDA and, since torch 2.4, CPU)
+    optimizers = [torch.optim.AdamW([dict(params=decayed, weight_decay=weight_decay),
+                                     dict(params=groups["gains"], weight_decay=0.0)],
+                                    lr=lr, betas=betas, eps=1e-8, fused=device_type in ("cuda", "cpu"))]
+    if kind == "muon":
+        optimizers.append(Muon(groups["matrices"], lr=muon_lr, weight_decay=weight_decay))
     for opt in optimizers:
         for group in opt.param_groups:
             group["initial_lr"] = group["lr"]

@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     import numpy as np
 
 TOKENIZER_FILE = "tokenizer.json"
+# tokenizer types stored in a JSON file, by its `type` field
+_FILE_LOADERS = {"gpt2": lambda data: GPT2Tokenizer(), "bpe": BPETokenizer.from_dict, "char": CharTokenizer.from_dict}
 
 
 @runtime_checkable
@@ -31,29 +33,24 @@ class Tokenizer(Protocol):
 
     def encode(self, text: str) -> list[int]:
         """Token ids of `text`; special-token strings in it are encoded as ordinary text."""
-        ...
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]: ...
 
     def decode(self, ids: list[int]) -> str:
         """Text of `ids`; byte sequences that are not valid UTF-8 become U+FFFD."""
-        ...
 
     def save(self, path: str | Path) -> None:
         """Write the tokenizer as one JSON file that `load_tokenizer(path)` reads back."""
-        ...
 
     def token_byte_lengths(self) -> np.ndarray:
         """UTF-8 bytes of each token id (int64, indexed by id), special tokens 0: the denominator of bits per byte."""
-        ...
 
 
 def load_tokenizer(spec: str | Path) -> Tokenizer:
     """A tokenizer by name (`gpt2`), by JSON file, or from a model directory (its tokenizer.json or config.json)."""
-    spec_str = str(spec)
-    if spec_str == "gpt2":
+    if str(spec) == "gpt2":
         return GPT2Tokenizer()
-    path = Path(spec_str)
+    path = Path(spec)
     if path.is_dir():
         if (path / TOKENIZER_FILE).is_file():
             return load_tokenizer(path / TOKENIZER_FILE)
@@ -62,12 +59,11 @@ def load_tokenizer(spec: str | Path) -> Tokenizer:
             return load_tokenizer(checkpoint)
         config = path / "config.json"
         if config.is_file():
-            name = json.loads(config.read_text()).get("tokenizer", "gpt2")
-            return load_tokenizer(name)
+            return load_tokenizer(json.loads(config.read_text()).get("tokenizer", "gpt2"))
         raise GhoulError(f"{path} holds no {TOKENIZER_FILE} or config.json: give a tokenizer name or file")
     if path.is_file():
         return _load_file(path)
-    raise GhoulError(f"unknown tokenizer '{spec_str}': use 'gpt2' or the path of a tokenizer JSON file "
+    raise GhoulError(f"unknown tokenizer '{spec}': use 'gpt2' or the path of a tokenizer JSON file "
                      "(made by `ghoul tokenizer train`)")
 
 
@@ -77,22 +73,6 @@ def _load_file(path: Path) -> Tokenizer:
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise GhoulError(f"tokenizer file {path} is not valid JSON: {e}") from None
     kind = data.get("type") if isinstance(data, dict) else None
-    loaders = _file_loaders()
-    if kind not in loaders:
-        raise GhoulError(f"tokenizer file {path} has type {kind!r}; known types: {', '.join(sorted(loaders))}")
-    return loaders[kind](data)
-
-
-def _file_loaders() -> dict:
-    """Tokenizer types stored in a JSON file, by their `type` field."""
-    loaders = {"gpt2": lambda data: GPT2Tokenizer()}
-    try:  # the learning stage's own tokenizers, when present
-
-        loaders["bpe"] = BPETokenizer.from_dict
-    except ImportError:
-        pass
-    try:
-        loaders["char"] = CharTokenizer.from_dict
-    except ImportError:
-        pass
-    return loaders
+    if kind not in _FILE_LOADERS:
+        raise GhoulError(f"tokenizer file {path} has type {kind!r}; known types: {', '.join(sorted(_FILE_LOADERS))}")
+    return _FILE_LOADERS[kind](data)

@@ -12,7 +12,7 @@ import heapq
 import json
 from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import numpy as np
 import regex
@@ -21,9 +21,6 @@ import tiktoken
 from ghoul.errors import GhoulError
 from ghoul.files import atomic_write_text
 from ghoul.tokenizer.gpt2 import EOT, GPT2_PATTERN, _bytes_to_unicode
-
-if TYPE_CHECKING:
-    import tiktoken
 
 # GPT-4's pre-split pattern, exactly as tiktoken's cl100k_base (tiktoken_ext/openai_public.py): case-insensitive
 # contractions, letters with one leading non-letter, numbers in groups of at most 3 digits.
@@ -188,9 +185,7 @@ class BPETokenizer:
 
     def __init__(self, merges: list[tuple[int, int]], pat_str: str = GPT2_PATTERN,
                  special_tokens: Iterable[str] = (EOT,), pattern: str = "custom") -> None:
-        specials = list(dict.fromkeys(special_tokens))
-        if not specials or specials[0] != EOT:
-            specials = [EOT] + [s for s in specials if s != EOT]
+        specials = list(dict.fromkeys([EOT, *special_tokens]))  # <|endoftext|> first, each token once
         self.merges = [(int(a), int(b)) for a, b in merges]
         self.pat_str, self.pattern = pat_str, pattern
         self.vocab = [bytes([i]) for i in range(256)]
@@ -304,7 +299,6 @@ def _readable(token: bytes) -> str:
     return "".join(_BYTE_CHARS[b] for b in token)
 
 
-
 def tiktoken_compatible(tok: BPETokenizer) -> bool:
     """Whether to encode with tiktoken (ranks = ids): every token's bytes must be unique, and rank-based BPE on a
     token's bytes with only lower ranks must end in exactly that token's merge pair (the check minbpe relies on to
@@ -313,10 +307,8 @@ def tiktoken_compatible(tok: BPETokenizer) -> bool:
     ranks = {token: i for i, token in enumerate(tok.vocab)}
     if len(ranks) != len(tok.vocab):
         return False
-    for i, (a, b) in enumerate(tok.merges):
-        if _rank_bpe(tok.vocab[256 + i], ranks, 256 + i) != [tok.vocab[a], tok.vocab[b]]:
-            return False
-    return True
+    return all(_rank_bpe(tok.vocab[256 + i], ranks, 256 + i) == [tok.vocab[a], tok.vocab[b]]
+               for i, (a, b) in enumerate(tok.merges))
 
 
 def _rank_bpe(token: bytes, ranks: dict[bytes, int], max_rank: int) -> list[bytes]:

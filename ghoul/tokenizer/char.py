@@ -13,7 +13,8 @@ from typing import Literal
 import numpy as np
 
 from ghoul.errors import GhoulError
-from ghoul.tokenizer.bpe import atomic_write_text, clean_text
+from ghoul.files import atomic_write_text
+from ghoul.tokenizer.bpe import clean_text
 from ghoul.tokenizer.gpt2 import EOT
 
 FORMAT_VERSION = 1
@@ -41,10 +42,7 @@ class CharTokenizer:
     @classmethod
     def train(cls, texts: Iterable[str]) -> CharTokenizer:
         """The tokenizer whose vocabulary is every character of `texts`."""
-        chars: set[str] = set()
-        for text in texts:
-            chars.update(clean_text(text))
-        return cls(chars)
+        return cls(char for text in texts for char in clean_text(text))
 
     def encode(self, text: str, allowed_special: Collection[str] | Literal["all"] = ()) -> list[int]:
         """Token ids of `text`; `<|endoftext|>` is ordinary text unless `allowed_special` holds it (or is "all")."""
@@ -52,13 +50,10 @@ class CharTokenizer:
         allowed = set(self.special_tokens) if allowed_special == "all" else set(allowed_special)
         if allowed - {EOT}:
             raise GhoulError(f"not special tokens of this tokenizer: {', '.join(sorted(allowed - {EOT}))}")
-        if EOT not in allowed or EOT not in text:
-            return self._encode_ordinary(text)
-        ids: list[int] = []
-        for i, piece in enumerate(text.split(EOT)):
-            if i:
-                ids.append(self.eot_id)
-            ids.extend(self._encode_ordinary(piece))
+        pieces = text.split(EOT) if EOT in allowed else [text]
+        ids = self._encode_ordinary(pieces[0])
+        for piece in pieces[1:]:
+            ids += [self.eot_id, *self._encode_ordinary(piece)]
         return ids
 
     def _encode_ordinary(self, text: str) -> list[int]:
@@ -73,16 +68,12 @@ class CharTokenizer:
         return [self.encode(text) for text in texts]
 
     def decode(self, ids: list[int]) -> str:
-        out = []
-        for t in ids:
-            t = int(t)
-            if t == self.eot_id:
-                out.append(EOT)
-            elif 0 <= t < self.eot_id:
-                out.append(self.chars[t])
-            else:
-                raise GhoulError(f"token id {t} is out of range for this char tokenizer (vocab size {self.vocab_size})")
-        return "".join(out)
+        ids = [int(t) for t in ids]  # also accepts numpy integers
+        bad = next((t for t in ids if not 0 <= t < self.vocab_size), None)
+        if bad is not None:
+            raise GhoulError(f"token id {bad} is out of range for this char tokenizer (vocab size {self.vocab_size})")
+        tokens = [*self.chars, EOT]  # id -> text
+        return "".join(tokens[t] for t in ids)
 
     def token_byte_lengths(self) -> np.ndarray:
         return np.array([len(c.encode("utf-8")) for c in self.chars] + [0], dtype=np.int64)  # eot last: 0 bytes

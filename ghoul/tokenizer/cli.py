@@ -9,7 +9,6 @@ import gzip
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
@@ -21,9 +20,6 @@ from ghoul.tokenizer import Tokenizer, load_tokenizer
 from ghoul.tokenizer.bpe import BPETokenizer
 from ghoul.tokenizer.char import CharTokenizer
 from ghoul.tokenizer.gpt2 import EOT
-
-if TYPE_CHECKING:
-    from tqdm import tqdm
 
 
 @dataclass
@@ -98,20 +94,12 @@ def train(cfg: TrainConfig) -> Tokenizer:
         tok: Tokenizer = CharTokenizer.train(texts)
     else:
         n_merges = cfg.vocab_size - 256 - len({EOT, *cfg.special_tokens})
-        bar = _progress_bar(n_merges) if cfg.progress else None
-        try:
+        with tqdm(total=n_merges, desc="merges", unit="merge", mininterval=0.25, disable=not cfg.progress) as bar:
             tok = BPETokenizer.train(texts, cfg.vocab_size, cfg.pattern, [EOT, *cfg.special_tokens],
-                                     progress=(lambda n: bar.update(n) if n else bar.reset()) if bar else None)
-        finally:
-            if bar:
-                bar.close()
+                                     progress=lambda n: bar.update(n) if n else bar.reset())
     tok.save(cfg.out)
     print(f"wrote {cfg.out}: {cfg.kind} tokenizer, {tok.vocab_size} tokens, <|endoftext|> = {tok.eot_id}")
     return tok
-
-
-def _progress_bar(total: int) -> tqdm:
-    return tqdm(total=total, desc="merges", unit="merge", mininterval=0.25)
 
 
 def encode(cfg: EncodeConfig) -> list[int]:

@@ -8,7 +8,6 @@ config.json written, the log cut back to the step resumed).
 from __future__ import annotations
 
 import base64
-import json
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,7 +19,7 @@ import torch
 from ghoul import dist
 from ghoul.checkpoint import read_model_config
 from ghoul.errors import GhoulError
-from ghoul.files import atomic_write_text, clean_temporaries
+from ghoul.files import clean_temporaries, write_json
 from ghoul.layout import newest_checkpoint, resolve_checkpoint, set_aside_later
 from ghoul.train.config import RunOptions
 from ghoul.train.logger import LOG_FILE, SAMPLES_FILE, RunLogger
@@ -52,7 +51,7 @@ def open_run_dir(out: Path, d: dist.DistInfo, config: dict[str, Any], resumed_st
             if aside is not None:
                 dist.print0(f"resuming from step {resumed_step}: the run's later checkpoints and its log as it was "
                             f"are kept in {aside}")
-        atomic_write_text(out / "config.json", json.dumps(config, indent=2) + "\n")
+        write_json(out / "config.json", config)
         logger.truncate_after(resumed_step if resumed_step is not None else -1)  # started over: no record kept
     return logger
 

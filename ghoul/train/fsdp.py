@@ -35,9 +35,8 @@ def shard_model(model: GPT, d: DistInfo, dtype: str) -> GPT:
     blocks compute with parameters all-gathered in that precision and reduce gradients in float32; the sharded
     master weights and the optimizer state stay float32."""
     mesh = init_device_mesh(d.device_type, (d.world_size,))
-    policy = MixedPrecisionPolicy()
-    if dtype != "float32":
-        policy = MixedPrecisionPolicy(param_dtype=DTYPES[dtype], reduce_dtype=torch.float32)
+    policy = (MixedPrecisionPolicy() if dtype == "float32" else
+              MixedPrecisionPolicy(param_dtype=DTYPES[dtype], reduce_dtype=torch.float32))
     for block in model.transformer.h:
         fully_shard(block, mesh=mesh, mp_policy=policy)
     fully_shard(model, mesh=mesh, mp_policy=policy)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from ghoul.errors import GhoulError
-from ghoul.files import append_jsonl, atomic_write_text, read_jsonl
+from ghoul.files import append_jsonl, read_jsonl, write_jsonl
 
 LOG_FILE = "log.jsonl"
 SAMPLES_FILE = "samples.jsonl"
@@ -44,12 +43,8 @@ class RunLogger:
             path = self.run_dir / name
             if path.is_file():
                 kept = [r for r in read_jsonl(path) if r.get("step", 0) <= step]
-                atomic_write_text(path, "".join(_line(r) for r in kept))
+                write_jsonl(path, kept)
 
     def close(self) -> None:
         if self.wandb is not None:
             self.wandb.finish()
-
-
-def _line(record: dict[str, Any]) -> str:
-    return json.dumps(record, ensure_ascii=False) + "\n"

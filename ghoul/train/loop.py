@@ -98,10 +98,10 @@ class TrainResult:
 # ---- evaluation during training --------------------------------------------------------------------------------
 
 @torch.no_grad()
-def estimate_loss(model: torch.nn.Module, loader: Loader, iters: int, loss_fn: LossFn, dtype: str,
-                  device_type: str, metrics: dict[str, float] | None = None) -> float:
-    """Mean loss over the first `iters` batches of `loader` (the same batches every time), over all ranks; the
-    loss function's metrics, averaged alike, go into `metrics`."""
+def validation(model: torch.nn.Module, loader: Loader, iters: int, loss_fn: LossFn, dtype: str, device_type: str,
+             bytes_per_token: float | None = None) -> dict[str, float]:
+    """A step's validation figures, over all ranks: the mean loss and metrics of the first `iters` batches of `loader`
+    (the same batches every time), and bits per byte when `bytes_per_token` is known."""
     model.eval()
     total = torch.zeros((), device=loader.device)
     sums: dict[str, torch.Tensor] = {}
@@ -113,18 +113,25 @@ def estimate_loss(model: torch.nn.Module, loader: Loader, iters: int, loss_fn: L
         add_metrics(sums, batch_metrics, 1.0)
         n += 1
     model.train()
-    if metrics is not None:
-        metrics.update({k: dist.all_reduce_mean(v / max(n, 1)).item() for k, v in sorted(sums.items())})
-    return dist.all_reduce_mean(total / max(n, 1)).item()
+    metrics = {f"val_{k}": dist.all_reduce_mean(v / max(n, 1)).item() for k, v in sorted(sums.items())}
+    record = {"val_loss": dist.all_reduce_mean(total / max(n, 1)).item(), **metrics}
+    if bytes_per_token:
+        record.update(val_bpb=bits_per_byte(record["val_loss"], bytes_per_token), val_bytes_per_token=bytes_per_token)
+    return record
 
 
 def bytes_per_token(loader: Loader, iters: int, tokenizer: Tokenizer, device: str) -> float:
-    """UTF-8 bytes per target token of the batches `estimate_loss` reads, over all ranks: each rank reads as many
+    """UTF-8 bytes per target token of the batches `validation` reads, over all ranks: each rank reads as many
     tokens, so the mean of the ranks' losses is per token of this total, and bits per byte follow from it."""
     lengths = tokenizer.token_byte_lengths()
     counts = [(target_bytes(lengths, y), y.numel()) for _, y in loader.one_epoch(iters)]
     n_bytes, n_tokens = dist.all_reduce_sum([sum(b for b, _ in counts), sum(n for _, n in counts)], device)
     return n_bytes / max(n_tokens, 1)
+
+
+def due(step: int, every: int, max_steps: int) -> bool:
+    """Whether what runs every `every` steps (0: never) runs after `step`: it always does after the last."""
+    return every > 0 and (step % every == 0 or step == max_steps)
 
 
 # ---- the loop --------------------------------------------------------------------------------------------------
@@ -152,135 +159,83 @@ def train(cfg: Any, model: GPT, tokenizer: Tokenizer, d: dist.DistInfo, loss_fn:
     elif not loop.eval_every:
         val_data = None
 
-    raw_model = model
-    model = wrap(raw_model, loop, d)  # first: FSDP replaces the parameters by their shards
+    raw_model, model = model, wrap(model, loop, d)  # first: FSDP replaces the parameters by their shards
     optimizers = build_optimizers(raw_model, optim.optimizer, optim.learning_rate, optim.weight_decay,
                                   (optim.beta1, optim.beta2), optim.muon_lr, d.device_type)
-    start_step, state = 0, {}
-    if resume_from is not None:
-        state = resume_training(resume_from, raw_model, optimizers, train_data, loop.max_steps)
-        start_step = state["step"]
-
+    state = {} if resume_from is None else resume_training(resume_from, raw_model, optimizers, train_data,
+                                                           loop.max_steps)
+    start_step = state.get("step", 0)
     logger = open_run_dir(run.output_dir, d, to_dict(cfg), start_step if resume_from is not None else None,
                           loop.wandb_project if loop.wandb else None)
     tokens_per_step = batch.batch_size * seq_len * d.world_size * accum  # of token shards; pairs vary in length
-    flops_per_token = raw_model.flops_per_token(seq_len)
-    # tokens the model has read: counted from the batches (rows of pairs are as long as their longest), summed over
-    # the ranks at each log record, and kept in the checkpoint
-    tokens_seen, tokens_unlogged = state.get("tokens", start_step * tokens_per_step), 0
-    peak = dist.peak_flops(d.device, loop.dtype)
+    progress = Progress(d, run.output_dir, state.get("tokens", start_step * tokens_per_step),
+                        raw_model.flops_per_token(seq_len), dist.peak_flops(d.device, loop.dtype))
     if loop.dtype == "bfloat16" and not dist.fast_bfloat16(d.device):
         dist.print0(f"warning: this {d.device_type} has no native bfloat16 matmuls; --dtype float32 will be faster")
     dist.print0(f"training {raw_model.num_params():,} parameters on {d.world_size} x {d.device}: {tokens_per_step:,} "
                 f"tokens per step ({accum} accumulation steps), steps {start_step}..{loop.max_steps}")
 
-    def checkpoint(step: int) -> Path:
-        state = {"step": step, "loader": train_data.state_dict(), "rng": rng_state(), "config": to_dict(cfg),
-                 "tokens": tokens_seen + tokens_unlogged * d.world_size}  # this rank's share stands for all
-        return save_checkpoint(run.output_dir, step, raw_model, optimizers, state, tokenizer, loop, d)
-
-    def evaluate(step: int, record: dict) -> None:
-        if val_data is not None and (step % loop.eval_every == 0 or step == loop.max_steps):
-            metrics: dict[str, float] = {}
-            record["val_loss"] = estimate_loss(model, val_data, loop.eval_iters, loss_fn, loop.dtype, d.device_type,
-                                               metrics)
-            record.update({f"val_{k}": v for k, v in metrics.items()})
-            if val_bpt:
-                record.update(val_bpb=bits_per_byte(record["val_loss"], val_bpt), val_bytes_per_token=val_bpt)
+    def evaluate(step: int, record: dict[str, Any]) -> dict[str, Any]:
+        if val_data is not None and due(step, loop.eval_every, loop.max_steps):
+            record |= validation(model, val_data, loop.eval_iters, loss_fn, loop.dtype, d.device_type, val_bpt)
         for hook in hooks:
-            if hook.every and (step % hook.every == 0 or step == loop.max_steps):
+            if due(step, hook.every, loop.max_steps):
                 hook(step, raw_model, record, logger)
+        return record
+
+    def save(step: int) -> Path:
+        state = {"step": step, "loader": train_data.state_dict(), "rng": rng_state(), "config": to_dict(cfg),
+                 "tokens": progress.tokens + progress.unlogged * d.world_size}  # this rank's share stands for all
+        return save_checkpoint(run.output_dir, step, raw_model, optimizers, state, tokenizer, loop, d)
 
     model.train()
     bar = tqdm(total=loop.max_steps, initial=start_step, desc="training", unit="step", disable=not d.is_main,
                file=sys.stderr, dynamic_ncols=True)
-    step, loss_value, val_loss, val_bpb, last_checkpoint = start_step, float("nan"), None, None, None
-    started = time.perf_counter()
     if start_step == 0:
-        record = {"step": 0}
-        evaluate(0, record)
+        record = evaluate(0, {"step": 0})
         if len(record) > 1:
             logger.log(record)
-    # throughput is measured over the steps since the last log record, from one host-device sync (the loss's .item())
-    # to the next: timing one step would count the queued work of the steps before it when log_every > 1
-    interval_start = time.perf_counter()
-    interrupt, stopped, saved_step = StepInterrupt(d).install(), False, None
-    try:
+    progress.interval_start = time.perf_counter()  # step 0's evaluation is left out of the first interval
+    step, saved_step, stopped = start_step, None, False
+    with bar, stopping(d, run.output_dir) as interrupt:
         while step < loop.max_steps:
             loss_sum, metric_sums, step_tokens = accumulate_gradients(model, train_data, loss_fn, accum, d, loop.dtype)
             lr_mult = lr_multiplier(step, loop.max_steps, optim.warmup_iters, optim.warmdown_iters, optim.schedule)
             grad_norm = update(model, raw_model, optimizers, lr_mult, optim.grad_clip)
             step += 1
-            tokens_unlogged += step_tokens
-            # ---- log (the .item() calls are the step's only host-device syncs)
-            logged = step % loop.log_every == 0 or step == loop.max_steps
+            progress.unlogged += step_tokens
+            logged = due(step, loop.log_every, loop.max_steps)
             if logged:
-                (unlogged,) = dist.all_reduce_sum([tokens_unlogged], d.device)
-                tokens_seen, tokens_unlogged = tokens_seen + int(unlogged), 0
-                loss_value = dist.all_reduce_mean(loss_sum).item()
-                dt = time.perf_counter() - interval_start
-                if not math.isfinite(loss_value):
-                    last = newest_checkpoint(run.output_dir)
-                    raise GhoulError(f"the loss became {loss_value} at step {step}; " + (
-                        f"the last good checkpoint is {last.name}: lower --learning-rate or raise --warmup-iters and "
-                        "--resume" if last else "no checkpoint was written yet: lower --learning-rate or raise "
-                        "--warmup-iters and start the run over with --resume"))
-                record = {"step": step, "loss": loss_value, "lr": optim.learning_rate * lr_mult,
-                          "tokens": tokens_seen, "tokens_per_s": unlogged / dt,
-                          "elapsed": time.perf_counter() - started}
-                if grad_norm is not None:
-                    record["grad_norm"] = grad_norm.item()
-                if peak:
-                    record["mfu"] = flops_per_token * unlogged / dt / d.world_size / peak
-                memory = dist.peak_memory_gib(d.device)
-                if memory is not None:
-                    record["peak_memory_gib"] = memory
-                record.update({k: dist.all_reduce_mean(v).item() for k, v in sorted(metric_sums.items())})
-                evaluate(step, record)
-                val_loss, val_bpb = record.get("val_loss", val_loss), record.get("val_bpb", val_bpb)
+                lr = optim.learning_rate * lr_mult
+                record = evaluate(step, progress.record(step, loss_sum, metric_sums, grad_norm, lr))
                 logger.log(record)
-                bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{record['tokens_per_s']:,.0f}", refresh=False)
+                bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:,.0f}", refresh=False)
             bar.update(1)
             if loop.checkpoint_every and step % loop.checkpoint_every == 0 and step < loop.max_steps:
-                dist.synchronize(d.device)  # the step's queued work belongs to the interval, not to the pause
-                paused = time.perf_counter()
-                last_checkpoint, saved_step = checkpoint(step), step
-                interval_start += time.perf_counter() - paused
+                with progress.paused():
+                    last_checkpoint, saved_step = save(step), step
             if logged:  # evaluation, samples and checkpoints are left out of the next interval
-                interval_start = time.perf_counter()
+                progress.interval_start = time.perf_counter()
             # Ctrl-C: the weights, optimizer, data position and RNG all stand at the end of this step
             if step < loop.max_steps and interrupt.agreed(logged):
                 stopped = True
                 break
         if saved_step != step:  # the end of the run, or of an interrupted one
-            last_checkpoint = checkpoint(step)
+            last_checkpoint = save(step)
         if stopped:
             dist.barrier()  # no rank exits (which has torchrun stop the others) before rank 0 has saved
-    except KeyboardInterrupt:  # a second Ctrl-C: mid-step, so nothing is saved that could not resume exactly
-        last = newest_checkpoint(run.output_dir)
-        dist.print0("\nstopped at once, saving nothing: " + (f"continue from {last} with --resume" if last else
-                                                              "no checkpoint was written yet"))
-        raise
-    except OSError as e:
-        if not is_disk_full(e):
-            raise
-        last = newest_checkpoint(run.output_dir)
-        raise GhoulError(f"no space left on the device of {run.output_dir} ({e.filename or 'a run file'}): the "
-                         f"checkpoints before it are intact ({last.name if last else 'none yet'}); free some space "
-                         "and continue with --resume") from None
-    finally:
-        interrupt.remove()
-        bar.close()
     if stopped:
         dist.print0(f"\ninterrupted after step {step}: saved {last_checkpoint}; continue with --resume")
         raise KeyboardInterrupt
     logger.close()
-    dist.print0(f"done: {step} steps, loss {loss_value:.4f}" + (f", val loss {val_loss:.4f}" if val_loss else "")
+    # the last step is always logged and evaluated: its record holds the run's final figures
+    loss, val_loss, val_bpb = record["loss"], record.get("val_loss"), record.get("val_bpb")
+    dist.print0(f"done: {step} steps, loss {loss:.4f}" + (f", val loss {val_loss:.4f}" if val_loss else "")
                 + (f" ({val_bpb:.4f} bits per byte)" if val_bpb else "") + f"; checkpoint {last_checkpoint}")
-    return TrainResult(run.output_dir, step, loss_value, val_loss, last_checkpoint, val_bpb)
+    return TrainResult(run.output_dir, step, loss, val_loss, last_checkpoint, val_bpb)
 
 
-# ---- the pieces of a run: its data, its resume, its wrapping, one step ----------------------------------------
+# ---- the pieces of a run: its data, resume, wrapping, one step, log records, and how it stops -----------------
 
 def shard_loaders(dataset: str, batch_size: int, seq_len: int, d: dist.DistInfo, vocab_size: int, validate: bool
                   ) -> tuple[ShardLoader, ShardLoader | None]:
@@ -405,6 +360,74 @@ def update(model: torch.nn.Module, raw_model: GPT, optimizers: list[torch.optim.
         for group in opt.param_groups:
             group["lr"] = group["initial_lr"] * lr_mult
         opt.step()
-    for opt in optimizers:
         opt.zero_grad(set_to_none=dist.grads_to_none(model))  # under DDP: kept in its buckets
     return grad_norm
+
+
+class Progress:
+    """The log records of a run: its loss, the tokens it read (counted from the batches, where rows of pairs are as
+    long as their longest; summed over the ranks at each record; kept in the checkpoint) and the rate, over the steps
+    since the last record, timed from one host-device sync (the loss's .item()) to the next: timing one step would
+    count the queued work of the steps before it when log_every > 1."""
+
+    def __init__(self, d: dist.DistInfo, run_dir: Path, tokens: int, flops_per_token: int, peak_flops: float | None
+                 ) -> None:
+        self.d, self.run_dir, self.flops_per_token, self.peak_flops = d, run_dir, flops_per_token, peak_flops
+        self.tokens, self.unlogged = tokens, 0  # read by all ranks up to the last record; by this rank since
+        self.started = self.interval_start = time.perf_counter()
+
+    def record(self, step: int, loss_sum: torch.Tensor, metric_sums: dict[str, torch.Tensor],
+               grad_norm: torch.Tensor | None, lr: float) -> dict[str, Any]:
+        """The record of a logged step (its .item() calls are the step's only host-device syncs); a loss that is no
+        longer finite stops the run."""
+        (unlogged,) = dist.all_reduce_sum([self.unlogged], self.d.device)
+        self.tokens, self.unlogged = self.tokens + int(unlogged), 0
+        loss = dist.all_reduce_mean(loss_sum).item()
+        dt = time.perf_counter() - self.interval_start
+        if not math.isfinite(loss):
+            last = newest_checkpoint(self.run_dir)
+            raise GhoulError(f"the loss became {loss} at step {step}; " + (
+                f"the last good checkpoint is {last.name}: lower --learning-rate or raise --warmup-iters and --resume"
+                if last else "no checkpoint was written yet: lower --learning-rate or raise --warmup-iters and start "
+                "the run over with --resume"))
+        record = {"step": step, "loss": loss, "lr": lr, "tokens": self.tokens, "tokens_per_s": unlogged / dt,
+                  "elapsed": time.perf_counter() - self.started}
+        if grad_norm is not None:
+            record["grad_norm"] = grad_norm.item()
+        if self.peak_flops:
+            record["mfu"] = self.flops_per_token * unlogged / dt / self.d.world_size / self.peak_flops
+        memory = dist.peak_memory_gib(self.d.device)
+        if memory is not None:
+            record["peak_memory_gib"] = memory
+        return record | {k: dist.all_reduce_mean(v).item() for k, v in sorted(metric_sums.items())}
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """The time of what runs inside (a checkpoint) left out of the interval."""
+        dist.synchronize(self.d.device)  # the step's queued work belongs to the interval, not to the pause
+        paused = time.perf_counter()
+        yield
+        self.interval_start += time.perf_counter() - paused
+
+
+@contextlib.contextmanager
+def stopping(d: dist.DistInfo, run_dir: Path) -> Iterator[StepInterrupt]:
+    """How a run stops: on a first Ctrl-C at the end of a step (StepInterrupt); on a second at once, and on a full
+    disk where it is, each with what stands on disk and how to go on."""
+    interrupt = StepInterrupt(d).install()
+    try:
+        yield interrupt
+    except KeyboardInterrupt:  # a second Ctrl-C: mid-step, so nothing is saved that could not resume exactly
+        last = newest_checkpoint(run_dir)
+        dist.print0("\nstopped at once, saving nothing: " + (f"continue from {last} with --resume" if last else
+                                                              "no checkpoint was written yet"))
+        raise
+    except OSError as e:
+        if not is_disk_full(e):
+            raise
+        last = newest_checkpoint(run_dir)
+        raise GhoulError(f"no space left on the device of {run_dir} ({e.filename or 'a run file'}): the checkpoints "
+                         f"before it are intact ({last.name if last else 'none yet'}); free some space and continue "
+                         "with --resume") from None
+    finally:
+        interrupt.remove()

@@ -25,7 +25,7 @@ from ghoul.errors import GhoulError
 from ghoul.feedback.records import STORIES_FILE
 from ghoul.files import append_jsonl, read_jsonl, repair_jsonl
 from ghoul.generate import GenerateConfig, batch_seed, encode_prompt, model_and_tokenizer
-from ghoul.model import GPT, PRESETS, KVCache, sample_next
+from ghoul.model import GPT, PRESETS
 from ghoul.tokenizer import Tokenizer
 from ghoul.web.server import ApiBody, Server, page_app
 
@@ -53,27 +53,12 @@ class ServeConfig:
             raise GhoulError(f"--out-dir {self.out_dir} is a file: give the directory for stories.jsonl")
 
 
-@torch.inference_mode()
 def stream_tokens(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                   top_k: int | None = None, top_p: float | None = None, eos_id: int | None = None,
                   generator: torch.Generator | None = None) -> Iterator[int]:
-    """Continue the single row of `idx` (1, T), yielding each new token id as soon as it is sampled.
-
-    The same steps as `GPT.generate` (KV cache, refilled from the cropped context at block_size), so the stream equals
-    its output; it stops after `eos_id`, which is yielded.
-    """
-    block = model.config.block_size
-    head_t = model.decoding_head()  # (C, V)
-    cache = None
-    for _ in range(max_new_tokens):
-        if cache is None or cache.pos >= block:
-            context = idx[:, -block:]
-            cache = KVCache(model.config, 1, min(block, context.size(1) + max_new_tokens), idx.device, head_t.dtype)
-            x = model.hidden_states(context, cache)  # (1, T, C)
-        else:
-            x = model.hidden_states(idx[:, -1:], cache)  # (1, 1, C)
-        next_id = sample_next(x[:, -1, :] @ head_t, temperature, top_k, top_p, generator)  # (1,)
-        idx = torch.cat([idx, next_id[:, None]], dim=1)
+    """Continue the single row of `idx` (1, T), yielding each new token id as soon as it is sampled: the steps of
+    `GPT.generate`, so the stream equals its output; it stops after `eos_id`, which is yielded."""
+    for next_id in model.sample_tokens(idx, max_new_tokens, temperature, top_k, top_p, generator):
         token = int(next_id.item())  # a CPU-GPU sync per token: the page wants each one at once anyway
         yield token
         if token == eos_id:
@@ -167,10 +152,9 @@ class Playground:
             if self.stories_path.exists():  # a torn last line is cut only once the complete ones are known ours
                 repair_jsonl(self.stories_path, "id")
             first = max(taken, default=-1) + 1
-            ids = []
-            for k, record in enumerate(self.groups[group]):
-                append_jsonl(self.stories_path, dict(id=first + k, **record))
-                ids.append(first + k)
+            ids = list(range(first, first + len(self.groups[group])))
+            for story_id, record in zip(ids, self.groups[group], strict=True):
+                append_jsonl(self.stories_path, dict(id=story_id, **record))
             self.sent.add(group)
             del self.groups[group]
         size = max(2, min(len(ids), 4))
@@ -215,7 +199,7 @@ def run(cfg: ServeConfig) -> None:
     model, tokenizer = model_and_tokenizer(cfg.checkpoint, cfg.model, device, cfg.seed)
     source = str(cfg.checkpoint) if cfg.checkpoint else f"random:{cfg.model}"
     server = Server(create_app(Playground(model, tokenizer, source, cfg.out_dir)), cfg.host, cfg.port)
-    print(f"write prompts at {server.url} (stories sent to ranking go to {Path(cfg.out_dir) / 'stories.jsonl'}; "
+    print(f"write prompts at {server.url} (stories sent to ranking go to {Path(cfg.out_dir) / STORIES_FILE}; "
           "Ctrl-C here stops)", file=sys.stderr, flush=True)
     if cfg.open_browser:
         webbrowser.open(server.url)

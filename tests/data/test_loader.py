@@ -11,8 +11,9 @@ import torch
 
 from ghoul.data.loader import ShardLoader
 from ghoul.data.prepare import PrepareConfig, run
-from ghoul.data.shards import read_shard, shard_name, write_json, write_shard
+from ghoul.data.shards import read_shard, shard_name, write_shard
 from ghoul.errors import GhoulError
+from ghoul.files import write_json
 
 
 def arange_shards(directory: Path, sizes: list[int], split: str = "train") -> np.ndarray:

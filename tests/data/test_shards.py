@@ -18,10 +18,10 @@ from ghoul.data.shards import (
     read_meta,
     read_shard,
     shard_dtype,
-    write_json,
     write_shard,
 )
 from ghoul.errors import GhoulError
+from ghoul.files import write_json
 
 
 def llmc_write(path: Path, tokens: list[int], version: int = 1) -> None:
