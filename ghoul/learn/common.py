@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from ghoul.config import build, option, require
+from ghoul.config import build, option, refuse_set, require
 from ghoul.data.prepare import PrepareConfig
 from ghoul.data.prepare import run as prepare
 from ghoul.data.sources import SOURCES, make_source
@@ -51,8 +51,7 @@ class LearnConfig:
     muon_lr: float = option(0.02, "peak learning rate of Muon")
     weight_decay: float = option(0.1, "decoupled weight decay of 2-D weights")
     warmup_iters: int = option(0, "steps of linear warmup")
-    warmdown_iters: int | None = option(None, "steps of linear decay to zero at the end (default: a fifth of "
-                                               "--steps)")
+    warmdown_iters: int | None = option(None, "steps of linear decay to zero at the end (default: a fifth of --steps)")
     eval_every: int = option(100, "steps between validation losses (always at the start and the end)")
     eval_iters: int = option(20, "validation batches per evaluation")
     sample_tokens: int = option(200, "tokens of the sample printed at the end (0: none)")
@@ -64,21 +63,21 @@ class LearnConfig:
 
     def __post_init__(self) -> None:
         self.output_dir = Path(self.output_dir)
-        if not 0.0 < self.val_fraction < 1.0:
-            raise GhoulError(f"--val-fraction must be between 0 and 1, got {self.val_fraction}")
+        require(self, ("val_fraction",), lambda v: 0.0 < v < 1.0, "between 0 and 1")
         require(self, ("steps", "batch_size", "block_size", "eval_iters"), lambda v: v >= 1, "at least 1")
+        if self.tokenizer or self.tokenizer_kind == "char":  # the vocabulary is the given one, or the characters'
+            refuse_set(self, ("vocab_size",), "--tokenizer-kind bpe and no --tokenizer")
         self.train_config(Path("data"), self.output_dir)  # the trainer's checks now, before the tokenizer and data
 
     def train_config(self, data_dir: Path, run_dir: Path) -> TrainConfig:
         """The trainer's settings for one run on `data_dir` (validated there: schedule lengths, learning rate)."""
         warmdown = self.steps // 5 if self.warmdown_iters is None else self.warmdown_iters
         return build(TrainConfig, dataset=str(data_dir), output_dir=run_dir, batch_size=self.batch_size,
-                           seq_len=self.block_size, max_steps=self.steps, optimizer=self.optimizer,
-                           learning_rate=self.learning_rate, muon_lr=self.muon_lr,
-                           weight_decay=self.weight_decay, warmup_iters=self.warmup_iters, warmdown_iters=warmdown,
-                           eval_every=self.eval_every or self.steps, eval_iters=self.eval_iters, seed=self.seed,
-                           device=self.device, dtype=self.dtype, compile=self.compile,
-                           log_every=max(1, min(10, self.steps // 10)))
+                     seq_len=self.block_size, max_steps=self.steps, optimizer=self.optimizer,
+                     learning_rate=self.learning_rate, muon_lr=self.muon_lr, weight_decay=self.weight_decay,
+                     warmup_iters=self.warmup_iters, warmdown_iters=warmdown, eval_every=self.eval_every or self.steps,
+                     eval_iters=self.eval_iters, seed=self.seed, device=self.device, dtype=self.dtype,
+                     compile=self.compile, log_every=max(1, min(10, self.steps // 10)))
 
 
 @dataclass
@@ -105,25 +104,19 @@ def prepare_text(cfg: LearnConfig, out: Path) -> tuple[Path, Tokenizer]:
     if cfg.tokenizer:
         spec, tokenizer = cfg.tokenizer, load_tokenizer(cfg.tokenizer)
     else:
-        tokenizer = train_tokenizer(docs, cfg.tokenizer_kind, cfg.vocab_size)
+        if cfg.tokenizer_kind == "char":
+            tokenizer = CharTokenizer.train(docs)
+        else:
+            tokenizer = BPETokenizer.train(docs, cfg.vocab_size)
         spec = str(out / TOKENIZER_FILE)
         out.mkdir(parents=True, exist_ok=True)
         tokenizer.save(spec)
     total = sum(len(ids) + 1 for ids in tokenizer.encode_batch(docs))  # + 1: the eot after each document
-    print(f"{len(docs):,} documents, {total:,} tokens with a {tokenizer.vocab_size:,}-token {tokenizer.name} "
-          f"tokenizer")
-    result = prepare(PrepareConfig(source=cfg.source, out=out / DATA_DIR, tokenizer=spec,
-                                   source_path=cfg.source_path, text_field=cfg.text_field,
-                                   val_tokens=int(cfg.val_fraction * total), limit_docs=cfg.limit_docs, workers=1,
-                                   progress=False))
+    print(f"{len(docs):,} documents, {total:,} tokens with a {tokenizer.vocab_size:,}-token {tokenizer.name} tokenizer")
+    result = prepare(PrepareConfig(source=cfg.source, out=out / DATA_DIR, tokenizer=spec, source_path=cfg.source_path,
+                                   text_field=cfg.text_field, val_tokens=int(cfg.val_fraction * total),
+                                   limit_docs=cfg.limit_docs, workers=1, progress=False))
     return result.out, tokenizer
-
-
-def train_tokenizer(docs: list[str], kind: str, vocab_size: int) -> Tokenizer:
-    if kind == "char":
-        return CharTokenizer.train(docs)
-
-    return BPETokenizer.train(docs, vocab_size)
 
 
 def train_model(cfg: LearnConfig, make_model: Callable[[int], torch.nn.Module], tokenizer: Tokenizer,

@@ -129,3 +129,10 @@ def test_training_settings_are_checked_before_the_tokenizer_and_data(tmp_path, c
     assert main(["learn", "bigram", "--source-path", str(tmp_path / "unused.txt"), "--output-dir", str(out),
                  *args]) == 2
     assert message in capsys.readouterr().err and not out.exists()
+
+
+def test_vocab_size_is_refused_where_no_bpe_is_trained(tmp_path, capsys):
+    for given in (["--tokenizer-kind", "char"], ["--tokenizer", str(tmp_path / "tokenizer.json")]):
+        assert main(["learn", "bigram", *given, "--vocab-size", "300", "--output-dir", str(tmp_path / "run")]) == 2
+        assert "--vocab-size is only read with --tokenizer-kind bpe and no --tokenizer" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
