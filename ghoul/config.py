@@ -70,13 +70,27 @@ def require(cfg: Any, names: Iterable[str], ok: Callable[[Any], bool], what: str
             raise GhoulError(f"{flag(name)} must be {what}, got {value}")
 
 
-def refuse_set(cfg: Any, names: Iterable[str], needs: str) -> None:
-    """A one-line error for the first option in `names` set to other than its default: it is only read with `needs`
-    (e.g. "--judge web"), and would otherwise be silently ignored."""
-    defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
+def refuse_set(cfg: Any, names: Iterable[str], needs: str, defaults: dict[str, Any] | None = None) -> None:
+    """A one-line error for the first option in `names` set to other than its default (`defaults`: those a stage
+    gives a group, see member_defaults): it is only read with `needs` (e.g. "--judge web"), and would otherwise be
+    silently ignored."""
+    defaults = defaults or _defaults(type(cfg))
     for name in names:
         if getattr(cfg, name) != defaults[name]:
             raise GhoulError(f"{flag(name)} is only read with {needs}: leave it out")
+
+
+def member_defaults(stage: Any, member: str) -> dict[str, Any]:
+    """The defaults of the options of the group `member` as `stage` holds it: the group's own, some of them the
+    stage's (`group(OptimOptions, learning_rate=...)`)."""
+    f = next(f for f in dataclasses.fields(stage) if f.name == member)
+    return {**_defaults(f.metadata["group"]), **f.metadata["defaults"]}
+
+
+def _defaults(cls: type) -> dict[str, Any]:
+    """The default of each field of `cls` that has one, a list's too (from its factory)."""
+    return {f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default  # type: ignore[misc]
+            for f in dataclasses.fields(cls)}
 
 
 def _scalar_type(annotation: Any) -> tuple[type, bool]:

@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from ghoul import checkpoint as ckpt
-from ghoul.config import option
+from ghoul.config import option, refuse_set
 from ghoul.dist import resolve_device
 from ghoul.errors import GhoulError
 from ghoul.files import append_jsonl, read_jsonl, refuse_input_as_output, repair_jsonl
@@ -55,6 +55,8 @@ class GenerateConfig:
                              "split the work into runs with other --seed and --out")
         check_sampling(self.temperature, self.top_k, self.top_p)
         check_prompt_source(self.prompt, self.prompts_file)
+        if self.checkpoint is not None:
+            refuse_set(self, ("model",), "a random model, without --checkpoint")
         if self.out is not None:
             refuse_input_as_output(self.out, self.prompts_file)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ghoul.checkpoint import load_model_and_tokenizer
-from ghoul.config import build, option, to_dict
+from ghoul.config import build, option, refuse_set, to_dict
 from ghoul.data.corpus import CORPORA, CORPUS_HELP, build_corpus, write_corpus
 from ghoul.data.prepare import PrepareConfig
 from ghoul.data.prepare import run as prepare
@@ -102,6 +102,10 @@ class PipelineConfig:
                      "winrate_pairs", "eval_tokens"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise GhoulError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.tokenizer != "bpe":
+            refuse_set(self, ("vocab_size",), "--tokenizer bpe")
+        if self.optimizer != "muon":
+            refuse_set(self, ("muon_lr",), "--optimizer muon")
         if self.num_samples < GROUP_SIZE * len(self.prompts):
             raise GhoulError(f"--num-samples {self.num_samples} leaves some of the {len(self.prompts)} prompts without "
                              f"a group of {GROUP_SIZE} stories: give at least {GROUP_SIZE * len(self.prompts)}")
@@ -164,7 +168,7 @@ def train_stage(cfg: PipelineConfig, name: str, dataset: Path, base: Path | None
         kind, start, schedule = FinetuneConfig, {"base_model": base}, dict(warmup_iters=0, warmdown_iters=steps)
     stage = build(kind, dataset=str(dataset), output_dir=cfg.output_dir / name, **start, **schedule,
                   batch_size=cfg.batch_size, seq_len=cfg.seq_len, max_steps=steps, optimizer=cfg.optimizer,
-                  learning_rate=lr, muon_lr=cfg.muon_lr * lr / cfg.pretrain_lr,
+                  **rates(cfg, lr),
                   eval_every=max(1, steps // 4), eval_iters=10, sample_every=steps,
                   sample_prompt=cfg.prompts[0], seed=cfg.seed, device=cfg.device, dtype=cfg.dtype,
                   compile=cfg.compile)
@@ -196,6 +200,13 @@ def evaluate(cfg: PipelineConfig, name: str, model_dir: Path, data: Path) -> dic
               "val_data": data.name, "key": key}
     write_json(path, result)
     return result
+
+
+def rates(cfg: PipelineConfig, lr: float) -> dict[str, float]:
+    """A training stage's peak learning rates: `lr`, and Muon's the same fraction of --muon-lr as `lr` is of
+    --pretrain-lr."""
+    muon = {"muon_lr": cfg.muon_lr * lr / cfg.pretrain_lr} if cfg.optimizer == "muon" else {}
+    return {"learning_rate": lr, **muon}
 
 
 def feedback(cfg: PipelineConfig, base: Path) -> Path:

@@ -108,6 +108,15 @@ def test_pipeline_refuses_bad_settings(tmp_path, capsys):
     assert "unknown judge 'nosuch'" in capsys.readouterr().err and not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--tokenizer", "gpt2", "--vocab-size", "512"], "--vocab-size is only read with --tokenizer bpe"),
+    (["--optimizer", "adamw", "--muon-lr", "0.05"], "--muon-lr is only read with --optimizer muon"),
+])
+def test_pipeline_refuses_what_its_other_choices_leave_unread(tmp_path, capsys, args, message):
+    assert main(["pipeline", "--data-dir", str(tmp_path), "--output-dir", str(tmp_path / "run"), *args]) == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
 def test_an_evaluation_is_reused_only_for_the_same_checkpoint_and_settings(data, tmp_path, monkeypatch):
     from ghoul.data.prepare import PrepareConfig
     from ghoul.data.prepare import run as prepare

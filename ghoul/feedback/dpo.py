@@ -19,7 +19,7 @@ from ghoul.errors import GhoulError
 from ghoul.feedback.preferences import PairBatchOptions, PairOptions, train_on_pairs
 from ghoul.model import GPT
 from ghoul.tokenizer import Tokenizer, load_tokenizer
-from ghoul.train.config import LoopOptions, OptimOptions, RunOptions, check_schedule
+from ghoul.train.config import LoopOptions, OptimOptions, RunOptions, check_training
 
 
 def token_logps(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
@@ -84,7 +84,7 @@ class DpoConfig:
         if self.beta <= 0:
             raise GhoulError(f"--beta must be positive, got {self.beta}")
         self.policy = Path(self.policy)
-        check_schedule(self.optim, self.loop)
+        check_training(self)
 
 
 def run(cfg: DpoConfig):

@@ -27,7 +27,7 @@ from ghoul.feedback.records import STORIES_FILE, full_text, load_stories
 from ghoul.files import write_jsonl
 from ghoul.model import GPT, GPTConfig
 from ghoul.tokenizer import Tokenizer, load_tokenizer
-from ghoul.train.config import LoopOptions, OptimOptions, RunOptions, check_schedule
+from ghoul.train.config import LoopOptions, OptimOptions, RunOptions, check_training
 
 
 def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
@@ -106,7 +106,7 @@ class RewardTrainConfig:
     def __post_init__(self) -> None:
         if self.base_model is None and self.run.resume is None:
             raise GhoulError("--base-model is required: the model directory whose backbone the reward model uses")
-        check_schedule(self.optim, self.loop)
+        check_training(self)
 
 
 def train_run(cfg: RewardTrainConfig):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ghoul.config import option
+from ghoul.config import option, refuse_set
 from ghoul.data.sources import jsonl_records
 from ghoul.errors import GhoulError
 from ghoul.files import refuse_input_as_output
@@ -40,6 +40,8 @@ class TrainConfig:
         refuse_input_as_output(self.out, *self.input)
         if "" in self.special_tokens:
             raise GhoulError("--special-tokens holds an empty string: give each special token as text")
+        if self.kind == "char":  # its vocabulary is the text's characters, and it splits nothing
+            refuse_set(self, ("vocab_size", "pattern", "special_tokens"), "--kind bpe")
         n_special = len({EOT, *self.special_tokens})
         if self.kind == "bpe" and self.vocab_size < 256 + n_special:
             raise GhoulError(f"--vocab-size {self.vocab_size} is smaller than 256 byte tokens + {n_special} special "

@@ -6,7 +6,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from ghoul.config import group, option, require
+from ghoul.config import group, member_defaults, option, refuse_set, require
 from ghoul.dist import CPU_BF16_MIN_WIDTH
 from ghoul.errors import GhoulError
 from ghoul.model import ACTIVATIONS, NORM_POSITIONS, NORMS, POSITIONS, PRESETS, VOCAB_PADDING
@@ -155,10 +155,20 @@ class SampleOptions:
         require(self, ("sample_every",), lambda v: v >= 0, ">= 0")
 
 
-def check_schedule(optim: OptimOptions, loop: LoopOptions) -> None:
-    if optim.warmup_iters + optim.warmdown_iters > loop.max_steps:
+def check_training(stage: Any) -> None:
+    """The checks across a trainer's groups: its schedule fits its steps, and no option is given for an optimizer or
+    schedule other than the chosen one (it would be silently ignored). An off switch (--eval-every 0, --no-wandb)
+    leaves its details unread without an error: turning a feature off keeps a config file's settings for it valid."""
+    optim, loop = stage.optim, stage.loop
+    warmdown = optim.warmdown_iters if optim.schedule == "trapezoid" else 0
+    if optim.warmup_iters + warmdown > loop.max_steps:
         raise GhoulError(f"--warmup-iters ({optim.warmup_iters}) + --warmdown-iters ({optim.warmdown_iters}) "
                          f"exceed --max-steps ({loop.max_steps})")
+    defaults = member_defaults(stage, "optim")
+    if optim.optimizer != "muon":
+        refuse_set(optim, ("muon_lr",), "--optimizer muon", defaults)
+    if optim.schedule != "trapezoid":
+        refuse_set(optim, ("warmdown_iters",), "--schedule trapezoid", defaults)
 
 
 def dataset_option() -> Any:
@@ -184,7 +194,7 @@ class TrainConfig:
     sample: SampleOptions = group(SampleOptions)
 
     def __post_init__(self) -> None:
-        check_schedule(self.optim, self.loop)
+        check_training(self)
         check_dataset(self.dataset)
 
 

@@ -25,7 +25,7 @@ from ghoul.train.config import (
     SampleOptions,
     TrainConfig,
     check_dataset,
-    check_schedule,
+    check_training,
     dataset_option,
 )
 from ghoul.train.context import training_run
@@ -47,7 +47,7 @@ class FinetuneConfig:
     sample: SampleOptions = group(SampleOptions)
 
     def __post_init__(self) -> None:
-        check_schedule(self.optim, self.loop)
+        check_training(self)
         check_dataset(self.dataset)
         if self.base_model is None and self.run.resume is None:
             raise GhoulError("--base-model is required: the model directory to fine-tune (e.g. a pretraining run)")

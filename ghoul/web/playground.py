@@ -19,7 +19,7 @@ import torch
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import StreamingResponse
 
-from ghoul.config import option, require
+from ghoul.config import option, refuse_set, require
 from ghoul.dist import resolve_device
 from ghoul.errors import GhoulError
 from ghoul.feedback.records import STORIES_FILE
@@ -48,6 +48,8 @@ class ServeConfig:
         if self.checkpoint is not None and not Path(self.checkpoint).is_dir():
             raise GhoulError(f"checkpoint {self.checkpoint} is not a directory: give a model directory written by "
                              "training (or leave out --checkpoint for a random --model preset)")
+        if self.checkpoint is not None:
+            refuse_set(self, ("model", "seed"), "a random model, without --checkpoint")
         require(self, ("port",), lambda v: 0 <= v < 65536, "in 0..65535 (0: any free port)")
         if Path(self.out_dir).exists() and not Path(self.out_dir).is_dir():
             raise GhoulError(f"--out-dir {self.out_dir} is a file: give the directory for stories.jsonl")

@@ -221,6 +221,12 @@ def test_cli_train_encode_decode(data, tmp_path, capsys):
     (["--out", "t.json"], "--input"),
     (["--input", "t.json", "--out", "./t.json"], "is also an input"),
     (["--input", "{data}/tinyshakespeare/input.txt", "--special-tokens", "", "--out", "t.json"], "empty string"),
+    (["--input", "{data}/tinyshakespeare/input.txt", "--kind", "char", "--vocab-size", "300", "--out", "t.json"],
+     "--vocab-size is only read with --kind bpe"),
+    (["--input", "{data}/tinyshakespeare/input.txt", "--kind", "char", "--pattern", "gpt4", "--out", "t.json"],
+     "--pattern is only read with --kind bpe"),
+    (["--input", "{data}/tinyshakespeare/input.txt", "--kind", "char", "--special-tokens", "<x>", "--out", "t.json"],
+     "--special-tokens is only read with --kind bpe"),
 ])
 def test_cli_errors_exit_2_with_one_line(data, tmp_path, capsys, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)

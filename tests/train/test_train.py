@@ -130,12 +130,22 @@ def test_refuses_to_overwrite_a_run(fineweb_shards, tmp_path, capsys):
     (["--batch-size", "2048", "--seq-len", "128"], "too few for one step"),
     (["--seq-len", "4096"], "exceeds the model's block size"),
     (["--warmup-iters", "5", "--warmdown-iters", "5", "--max-steps", "8"], "exceed --max-steps"),
+    (["--optimizer", "adamw", "--muon-lr", "0.05"], "--muon-lr is only read with --optimizer muon"),
+    (["--schedule", "cosine", "--warmdown-iters", "2"], "--warmdown-iters is only read with --schedule trapezoid"),
 ])
 def test_usage_errors(fineweb_shards, tmp_path, capsys, args, message):
     code = main(["pretrain", "--dataset", str(fineweb_shards), "--output-dir", str(tmp_path / "r"), "--device", "cpu",
                  *args])
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_stage_default_for_another_schedule_is_not_refused(tmp_path):
+    # fine-tuning's own warmdown default neither counts nor is refused under the cosine schedule
+    cfg = build(FinetuneConfig, dataset=str(tmp_path), base_model=tmp_path, schedule="cosine", max_steps=5)
+    assert (cfg.optim.schedule, cfg.optim.warmdown_iters) == ("cosine", 10)
+    with pytest.raises(GhoulError, match="--warmdown-iters is only read with --schedule trapezoid"):
+        build(FinetuneConfig, dataset=str(tmp_path), base_model=tmp_path, schedule="cosine", warmdown_iters=3)
 
 
 def test_missing_dataset_and_base_model(tmp_path, capsys):

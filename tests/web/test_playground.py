@@ -67,6 +67,14 @@ def test_a_missing_checkpoint_is_an_error(tmp_path, capsys):
     assert "is not a directory" in capsys.readouterr().err
 
 
+def test_the_random_models_options_are_refused_with_a_checkpoint(tmp_path, capsys):
+    for option in (["--model", "small"], ["--seed", "7"]):
+        assert main(["serve", "--checkpoint", str(tmp_path), *option]) == 2
+        assert f"{option[0]} is only read with a random model, without --checkpoint" in capsys.readouterr().err
+    assert main(["generate", "--checkpoint", str(tmp_path), "--model", "small"]) == 2
+    assert "--model is only read with a random model, without --checkpoint" in capsys.readouterr().err
+
+
 @pytest.fixture
 def served(tmp_path: Path):
     """The page of a tiny random model saved to a directory, served on a free port, as `ghoul serve` serves it."""
