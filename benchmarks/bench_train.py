@@ -24,6 +24,7 @@ from benchmarks.timing import Unsupported, describe, measure_each, result, side
 from ghoul import dist
 from ghoul.model import GPT, GPTConfig, vocab_padding
 from ghoul.pipeline import PipelineConfig
+from ghoul.train.loop import compile_blocks
 
 
 def hf_model(config: GPTConfig) -> torch.nn.Module:
@@ -37,7 +38,7 @@ def hf_model(config: GPTConfig) -> torch.nn.Module:
 def step_fn(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, dtype: str, device: str, is_hf: bool = False,
             compile: bool = False):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    forward = torch.compile(model) if compile else model
+    forward = compile_blocks(model) if compile and not is_hf else model  # as ghoul's trainer compiles
 
     def step():
         with dist.autocast(device, dtype):

@@ -127,7 +127,8 @@ def train_model(cfg: LearnConfig, make_model: Callable[[int], torch.nn.Module], 
         model = make_model(tokenizer.vocab_size).to(d.device)
         result = train(tc, model, tokenizer, d)
     rates = [r["tokens_per_s"] for r in read_jsonl(run_dir / LOG_FILE) if "tokens_per_s" in r]
-    text = sample(model, tokenizer, cfg) if cfg.sample_tokens else ""
+    with torch.compiler.set_stance("force_eager"):  # --compile compiled the blocks for the training shapes only
+        text = sample(model, tokenizer, cfg) if cfg.sample_tokens else ""
     if text:
         print(f"--- sample ---\n{text}\n---")
     return LearnResult(run_dir, model.num_params(), result.final_loss, result.val_loss, result.val_bpb,

@@ -7,12 +7,14 @@ import time
 import pytest
 import torch
 import transformers
+from torch._dynamo.utils import counters
 
 from ghoul.checkpoint import load_model_dir, load_training_checkpoint, save_training_checkpoint
 from ghoul.cli import main
 from ghoul.config import build
 from ghoul.dist import DistInfo, resolve_dtype
 from ghoul.errors import GhoulError
+from ghoul.files import read_jsonl
 from ghoul.hf import export_hf
 from ghoul.layout import step_dirs
 from ghoul.model import GPT, GPTConfig
@@ -219,6 +221,16 @@ def test_compiled_training_matches_eager(fineweb_shards, tmp_path):
     # the checkpoint is the plain model's: it loads without any wrapper's prefixes
     assert set(load_model_dir(tmp_path / "compiled").state_dict()) == set(load_model_dir(
         tmp_path / "eager").state_dict())
+
+
+def test_compile_compiles_one_block_for_all_and_samples_eagerly(fineweb_shards, tmp_path):
+    # the blocks share one compiled graph; sampling's growing cache would compile 16 more without its eager stance
+    torch._dynamo.reset()
+    counters.clear()
+    run(config(fineweb_shards, tmp_path / "run", max_steps=2, eval_every=0, compile=True, sample_every=1,
+               sample_tokens=8))
+    assert counters["stats"]["unique_graphs"] == 1
+    assert [r["step"] for r in read_jsonl(tmp_path / "run" / "samples.jsonl")] == [0, 1, 2]
 
 
 def test_bfloat16_autocast_trains_like_float32(fineweb_shards, tmp_path):
