@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ghoul.checkpoint import load_model_dir
-from ghoul.config import group, option
+from ghoul.config import group, option, require
 from ghoul.errors import GhoulError
 from ghoul.feedback.preferences import PairBatchOptions, PairOptions, train_on_pairs
 from ghoul.model import GPT
@@ -81,8 +81,7 @@ class DpoConfig:
     def __post_init__(self) -> None:
         if self.policy is None:
             raise GhoulError("--policy is required: the model directory to align (the reference too)")
-        if self.beta <= 0:
-            raise GhoulError(f"--beta must be positive, got {self.beta}")
+        require(self, ("beta",), lambda v: v > 0, "positive")  # NaN too
         self.policy = Path(self.policy)
         check_training(self)
 

@@ -39,7 +39,7 @@ from ghoul.model import GPT
 from ghoul.optim.build import build_optimizers
 from ghoul.train.config import RunOptions
 from ghoul.train.context import open_run_dir, rng_state, set_rng_state, training_run
-from ghoul.train.interrupt import StepInterrupt
+from ghoul.train.loop import stopping
 
 # rewards of the completions (token ids, up to the end of text) of one step: `groups[i]` is sample i's group (its
 # prompt's place in the step), `prompts[i]` the index of its prompt among all the prompts
@@ -92,8 +92,7 @@ class PpoConfig(RlConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.value_lr <= 0:
-            raise GhoulError(f"--value-lr must be positive, got {self.value_lr}")
+        require(self, ("value_lr",), lambda v: v > 0, "positive")  # NaN too
 
 
 # ---- the pieces: pure functions, tested against hand-computed values -------------------------------------------
@@ -220,8 +219,7 @@ def rl_train(cfg: RlConfig, method: str, policy: GPT, scorer: Scorer, prompts: l
         set_rng_state(state["rng"])
         start = state["step"]
     records, started, step, stopped = [], time.perf_counter(), start, False
-    interrupt = StepInterrupt(d).install()
-    try:
+    with stopping(d, cfg.run.output_dir) as interrupt:
         for step in range(start + 1, cfg.max_steps + 1):
             records.append(rl_step(cfg, method, policy, reference, value_head, optimizers, scorer, prompts, eos_id,
                                    step, started, d))
@@ -234,11 +232,6 @@ def rl_train(cfg: RlConfig, method: str, policy: GPT, scorer: Scorer, prompts: l
             if stopped:
                 dist.barrier()  # no rank exits (which has torchrun stop the others) before rank 0 has saved
                 break
-    except KeyboardInterrupt:  # a second Ctrl-C: mid-step, so nothing is saved that could not resume exactly
-        dist.print0("\nstopped at once, saving nothing: continue from the last checkpoint with --resume")
-        raise
-    finally:
-        interrupt.remove()
     if stopped:
         dist.print0(f"\ninterrupted after step {step}: saved it; continue with --resume")
         raise KeyboardInterrupt

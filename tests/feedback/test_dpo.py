@@ -67,3 +67,5 @@ def test_dpo_config_refusals():
         build(DpoConfig, rankings="r.jsonl")
     with pytest.raises(GhoulError, match="--beta must be positive"):
         build(DpoConfig, policy="p", rankings="r.jsonl", beta=0)
+    with pytest.raises(GhoulError, match="--beta must be positive, got nan"):  # no NaN loss at step 1
+        build(DpoConfig, policy="p", rankings="r.jsonl", beta=float("nan"))

@@ -13,6 +13,7 @@ from ghoul.checkpoint import load_model_dir
 from ghoul.cli import main
 from ghoul.config import build
 from ghoul.errors import GhoulError
+from ghoul.feedback import ppo
 from ghoul.feedback.ppo import (
     PpoConfig,
     RlConfig,
@@ -94,6 +95,8 @@ def test_rl_refusals(tiny_model, tmp_path):
         RlConfig(clip_eps=1.5)
     with pytest.raises(GhoulError, match="--value-lr must be positive"):
         PpoConfig(value_lr=-1.0)
+    with pytest.raises(GhoulError, match="--value-lr must be positive, got nan"):
+        PpoConfig(value_lr=float("nan"))
     with pytest.raises(GhoulError, match="--group-size must be at least 1"):
         RlConfig(group_size=0)
     with pytest.raises(GhoulError, match="--group-size must be at least 2 for GRPO"):
@@ -120,3 +123,27 @@ def test_interrupted_and_resumed_equals_uninterrupted(tiny_model, tmp_path, meth
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     reference = load_model_dir(tiny_model).state_dict()
     assert not all(torch.equal(wa[k], reference[k]) for k in wa)  # it trained
+
+
+def test_a_second_ctrl_c_stops_at_once_and_names_the_checkpoint_to_resume(tiny_model, tmp_path, monkeypatch,
+                                                                           capsys):
+    make_scorer, calls = ppo.make_scorer, []
+
+    def interrupted_at_step_3(*args):
+        score = make_scorer(*args)
+
+        def scorer(*batch):
+            calls.append(1)
+            if len(calls) == 3:  # mid-step 3, after step 2's checkpoint
+                raise KeyboardInterrupt
+            return score(*batch)
+        return scorer
+
+    monkeypatch.setattr(ppo, "make_scorer", interrupted_at_step_3)
+    out = tmp_path / "run"
+    assert main(["grpo", "--policy", str(tiny_model), "--judge", "length", "--max-steps", "4", "--prompts-per-step",
+                 "1", "--group-size", "2", "--max-new-tokens", "4", "--checkpoint-every", "2", "--output-dir",
+                 str(out), "--device", "cpu"]) == 130
+    assert f"stopped at once, saving nothing: continue from {out / 'step_000002'} with --resume" in \
+        capsys.readouterr().out
+    assert [r["step"] for r in read_jsonl(out / "log.jsonl")] == [1, 2]
