@@ -384,7 +384,7 @@ class Progress:
     since the last record, timed from one host-device sync (the loss's .item()) to the next: timing one step would
     count the queued work of the steps before it when log_every > 1."""
 
-    def __init__(self, d: dist.DistInfo, run_dir: Path, tokens: int, flops_per_token: int, peak_flops: float | None
+    def __init__(self, d: dist.DistInfo, run_dir: Path, tokens: int, flops_per_token: float, peak_flops: float | None
                  ) -> None:
         self.d, self.run_dir, self.flops_per_token, self.peak_flops = d, run_dir, flops_per_token, peak_flops
         self.tokens, self.unlogged = tokens, 0  # read by all ranks up to the last record; by this rank since
