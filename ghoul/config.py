@@ -88,9 +88,11 @@ def member_defaults(stage: Any, member: str) -> dict[str, Any]:
 
 
 def _defaults(cls: type) -> dict[str, Any]:
-    """The default of each field of `cls` that has one, a list's too (from its factory)."""
-    return {f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default  # type: ignore[misc]
-            for f in dataclasses.fields(cls)}
+    """The default of each option of `cls` (its groups left out), a list's too (from its factory); None for a
+    required one."""
+    return {f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else  # type: ignore[misc]
+            None if f.default is dataclasses.MISSING else f.default
+            for f in dataclasses.fields(cls) if "group" not in f.metadata}
 
 
 def _scalar_type(annotation: Any) -> tuple[type, bool]:
@@ -123,14 +125,13 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type) -> None:
 
 
 def _add_flags(parser: Any, cls: type, defaults: dict[str, Any]) -> None:
-    hints = typing.get_type_hints(cls)
+    hints, defaults = typing.get_type_hints(cls), {**_defaults(cls), **defaults}
     for f in dataclasses.fields(cls):
         if "group" in f.metadata:
             continue
         kind, is_list = _scalar_type(hints[f.name])
         meta = f.metadata
-        default = defaults[f.name] if f.name in defaults else f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # type: ignore[misc]
+        default = defaults[f.name]
         help_text = meta.get("help", "")
         if default not in (None, "", []) and kind is not bool:
             help_text += f" (default: {default})"
