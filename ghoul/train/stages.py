@@ -10,11 +10,11 @@ from typing import Any
 
 from ghoul import dist
 from ghoul.checkpoint import load_model_dir, read_trainer_state
-from ghoul.config import group, option
+from ghoul.config import flag, group, member_defaults, option
 from ghoul.data.shards import check_data_tokenizer, dataset_tokenizer
 from ghoul.errors import GhoulError
 from ghoul.layout import newest_checkpoint
-from ghoul.model import GPT, GPTConfig, vocab_padding
+from ghoul.model import GPT, PRESETS, GPTConfig, vocab_padding
 from ghoul.tokenizer import Tokenizer, load_tokenizer
 from ghoul.train.config import (
     BatchOptions,
@@ -59,12 +59,31 @@ def start_model(cfg: TrainConfig | FinetuneConfig, resume_from: Path | None) -> 
     if source is not None:
         model, tokenizer = load_model_dir(source), load_tokenizer(source)
         check_data_tokenizer(cfg.dataset, tokenizer, source)
+        if resume_from is not None and hasattr(cfg, "arch"):
+            check_resumed_model(cfg, model.config, resume_from)
         return model, tokenizer
     tokenizer = dataset_tokenizer(cfg.dataset)
     arch = cfg.arch
     config = GPTConfig.from_name(arch.model, vocab_size=tokenizer.vocab_size,
                                  vocab_padding=vocab_padding(arch.pad_vocab), **arch.architecture())
     return GPT(config), tokenizer
+
+
+def check_resumed_model(cfg: TrainConfig, config: GPTConfig, checkpoint: Path) -> None:
+    """A resumed run keeps its model: a model option given (set to other than its default) that asks for another
+    model than the checkpoint's is refused, not silently ignored. The same options as the run's pass."""
+    arch, defaults = cfg.arch, member_defaults(cfg, "arch")
+    asks = {}  # GPTConfig field -> (the option asking, the value it asks for); a switch overrides its preset
+    if arch.model != defaults["model"]:
+        asks.update({name: ("model", value) for name, value in PRESETS[arch.model].items()})
+    if arch.pad_vocab != defaults["pad_vocab"]:
+        asks["vocab_padding"] = ("pad_vocab", vocab_padding(arch.pad_vocab))
+    asks.update({name: (name, value) for name, value in arch.architecture().items()})
+    for name, (option_name, value) in asks.items():
+        if getattr(config, name) != value:
+            raise GhoulError(f"{flag(option_name)} asks for {name} {value}, but the model resumed from {checkpoint} "
+                             f"has {getattr(config, name)}: a resumed run keeps its model; leave {flag(option_name)} "
+                             f"out, or start a new run in another --output-dir")
 
 
 def run(cfg: TrainConfig | FinetuneConfig) -> TrainResult:

@@ -72,6 +72,24 @@ def test_resuming_from_an_earlier_checkpoint_starts_a_branch_and_loses_nothing(f
     assert [r["step"] for r in log(out)] == [1, 2, 3, 4]
 
 
+def test_a_resumed_run_refuses_model_options_that_ask_for_another_model(fineweb_shards, tmp_path, capsys):
+    """A resumed run keeps its model: a model option that contradicts the checkpoint's is a one-line error that
+    changes nothing in the run, not an option silently ignored; the run's own options, or none, resume it."""
+    out = tmp_path / "r"
+    assert main(pretrain(fineweb_shards, out, "--max-steps", "2", "--norm", "rmsnorm")) == 0
+    before = (out / "log.jsonl").read_text()
+    for args, message in ((["--model", "small"], "--model asks for n_layer 6, but the model resumed from"),
+                          (["--norm", "layernorm"], "--norm asks for norm layernorm, but the model resumed from"),
+                          (["--no-pad-vocab"], "--pad-vocab asks for vocab_padding 1, but the model resumed from")):
+        err = one_line_error(capsys, pretrain(fineweb_shards, out, "--max-steps", "4", "--resume", *args))
+        assert message in err and "a resumed run keeps its model" in err, err
+    assert (out / "log.jsonl").read_text() == before and [p.name for p in step_dirs(out)] == ["step_000002"]
+    assert main(pretrain(fineweb_shards, out, "--max-steps", "3", "--resume", "--norm", "rmsnorm")) == 0
+    assert main(pretrain(fineweb_shards, out, "--max-steps", "4", "--resume")) == 0
+    assert [r["step"] for r in log(out)] == [1, 2, 3, 4]
+    assert load_model_dir(out).config.norm == "rmsnorm"
+
+
 def test_ctrl_c_stops_at_a_step_boundary_and_resumes_exactly(fineweb_shards, tmp_path, monkeypatch, capsys):
     kw = dict(max_steps=6, total_batch_size=512, eval_every=0)  # 2 micro-batches a step
     run(config(fineweb_shards, tmp_path / "a", **kw))
