@@ -21,8 +21,8 @@ from ghoul.data.prepare import PrepareConfig
 from ghoul.data.prepare import run as prepare
 from ghoul.dist import resolve_device
 from ghoul.errors import GhoulError
-from ghoul.eval.hellaswag import default_data_path, evaluate_hellaswag, load_hellaswag
-from ghoul.eval.loss import evaluate_loss, read_split
+from ghoul.eval.hellaswag import default_data_path, evaluate_hellaswag, hellaswag_record, load_hellaswag
+from ghoul.eval.loss import evaluate_loss, loss_record, read_split
 from ghoul.feedback.compare import CompareConfig
 from ghoul.feedback.compare import run as compare
 from ghoul.feedback.judges import JUDGES_HELP, check_judge
@@ -195,9 +195,7 @@ def evaluate(cfg: PipelineConfig, name: str, model_dir: Path, data: Path) -> dic
     say("eval", f"{name}: HellaSwag ({cfg.hellaswag_limit} examples) and val loss on {data.name}")
     hs = evaluate_hellaswag(model, tokenizer, load_hellaswag(hs_path, cfg.hellaswag_limit), device, progress=True)
     loss = evaluate_loss(model, read_split(data), device, cfg.seq_len, max_tokens=cfg.eval_tokens, tokenizer=tokenizer)
-    result = {"model": str(model_dir), "hellaswag_acc": hs["acc_norm"], "hellaswag_acc_sum": hs["acc"],
-              "hellaswag_n": hs["n"], "val_loss": loss["loss"], "val_bpb": loss["bpb"], "val_tokens": loss["tokens"],
-              "val_data": data.name, "key": key}
+    result = {"model": str(model_dir), **hellaswag_record(hs), **loss_record(loss), "val_data": data.name, "key": key}
     write_json(path, result)
     return result
 

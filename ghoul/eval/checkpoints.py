@@ -16,8 +16,8 @@ from ghoul.data.shards import check_data_tokenizer, read_meta
 from ghoul.dist import DTYPES, DistInfo, started
 from ghoul.errors import GhoulError
 from ghoul.eval.curves import REFERENCES, dataset_of, plot_run
-from ghoul.eval.hellaswag import default_data_path, evaluate_hellaswag, load_hellaswag
-from ghoul.eval.loss import evaluate_loss, read_split
+from ghoul.eval.hellaswag import default_data_path, evaluate_hellaswag, hellaswag_record, load_hellaswag
+from ghoul.eval.loss import evaluate_loss, loss_record, read_split
 from ghoul.files import append_jsonl, read_jsonl
 from ghoul.layout import WEIGHTS_FILE
 from ghoul.train.logger import LOG_FILE
@@ -136,14 +136,12 @@ def evaluate_checkpoint(directory: Path, todo: list[str], work: _Work, cfg: Chec
     if "hellaswag" in todo:
         r = evaluate_hellaswag(model, tokenizer, work.examples, d.device, cfg.batch_size, d.rank, d.world_size,
                                dtype=cfg.dtype, progress=True)
-        record.update(hellaswag_acc=r["acc_norm"], hellaswag_acc_sum=r["acc"], hellaswag_n=r["n"],
-                      hellaswag_key=work.hellaswag_key)
+        record.update(hellaswag_record(r), hellaswag_key=work.hellaswag_key)
     if "val_loss" in todo:
         seq_len = cfg.seq_len or model.config.block_size
         r = evaluate_loss(model, work.shards, d.device, seq_len, cfg.batch_size, cfg.tokens, d.rank, d.world_size,
                           dtype=cfg.dtype, progress=True, tokenizer=tokenizer)
-        record.update(val_loss=r["loss"], val_bpb=r["bpb"], val_bytes_per_token=r["bytes_per_token"],
-                      val_tokens=r["tokens"], val_loss_key=work.val_loss_key)
+        record.update(loss_record(r), val_loss_key=work.val_loss_key)
     return record
 
 

@@ -180,6 +180,12 @@ def evaluate_hellaswag(model: torch.nn.Module, tokenizer: Tokenizer, examples: l
     return {"acc": correct / max(n, 1), "acc_norm": correct_norm / max(n, 1), "n": int(n), "examples": examples}
 
 
+def hellaswag_record(result: dict[str, Any]) -> dict[str, Any]:
+    """evaluate_hellaswag's result as the fields of a log or evaluation record: `hellaswag_acc` is acc_norm, the
+    length-normalised figure GPT-2 and GPT-3 are quoted at."""
+    return {"hellaswag_acc": result["acc_norm"], "hellaswag_acc_sum": result["acc"], "hellaswag_n": result["n"]}
+
+
 def run(cfg: HellaswagConfig) -> dict[str, Any]:
     with started(cfg.device) as d:
         model, tokenizer = load_model_and_tokenizer(cfg.checkpoint, d.device)

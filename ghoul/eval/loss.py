@@ -110,6 +110,12 @@ def evaluate_loss(model: torch.nn.Module, shards: list[np.ndarray], device: str 
     return result
 
 
+def loss_record(result: dict[str, Any]) -> dict[str, Any]:
+    """evaluate_loss's result as the fields of an evaluation record (pipeline, eval checkpoints)."""
+    return {"val_loss": result["loss"], "val_bpb": result["bpb"], "val_bytes_per_token": result["bytes_per_token"],
+            "val_tokens": result["tokens"]}
+
+
 def run(cfg: LossConfig) -> dict[str, Any]:
     with started(cfg.device) as d:
         model, tokenizer = load_model_and_tokenizer(cfg.checkpoint, d.device)

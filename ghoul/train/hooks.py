@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from ghoul import dist
-from ghoul.eval.hellaswag import default_data_path, evaluate_hellaswag, load_hellaswag
+from ghoul.eval.hellaswag import default_data_path, evaluate_hellaswag, hellaswag_record, load_hellaswag
 from ghoul.model import GPT
 from ghoul.tokenizer import Tokenizer
 from ghoul.train.config import HellaswagOptions, LoopOptions, SampleOptions
@@ -34,7 +34,7 @@ class HellaswagHook:
         result = evaluate_hellaswag(model, self.tokenizer, examples, self.d.device, rank=self.d.rank,
                                     world_size=self.d.world_size, dtype=self.loop.dtype,
                                     progress=False)  # restores train mode itself
-        record["hellaswag_acc"] = result["acc_norm"]  # length-normalised: the figure GPT-2 and GPT-3 are quoted at
+        record.update(hellaswag_record(result))
 
 
 @dataclass
