@@ -96,6 +96,13 @@ def test_reduced_pipeline_end_to_end_and_rerun(data, tmp_path, capsys):
     report = (out / "report.md").read_text()
     assert "picked by length; this figure comes from another judge, random (picks at random" in report
     assert "circular" not in report
+    # an option that shaped the finished stages is refused on a rerun, not silently ignored; the run stays as it was
+    made_with = (out / "pipeline.json").read_text()
+    capsys.readouterr()
+    assert main([*args, "--vocab-size", "1024"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{out} holds a run made with --vocab-size 512, not 1024: rerun it with" in err[0]
+    assert (out / "pipeline.json").read_text() == made_with
 
 
 def test_pipeline_refuses_bad_settings(tmp_path, capsys):
