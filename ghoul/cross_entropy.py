@@ -47,8 +47,7 @@ class _HeadCrossEntropy(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_x = (grad @ wc).to(x_dtype) * grad_loss  # (N, C)
         if ctx.needs_input_grad[1]:
-            grad_w = grad.t() @ (xc * grad_loss.to(xc.dtype))  # (Vp, C): the scalar folded into the small side
-            grad_w = grad_w.to(w_dtype)
+            grad_w = (grad.t() @ (xc * grad_loss.to(xc.dtype))).to(w_dtype)  # (Vp, C): the scalar on the small side
         return grad_x, grad_w, None, None, None, None
 
 

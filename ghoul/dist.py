@@ -66,8 +66,8 @@ GPUS: dict[str, GPU] = {
     "l40s": GPU("L40S", 362e12, 48),  # L40S data sheet: BF16 733 TFLOPS sparse, 48 GB GDDR6
     "l40": GPU("L40", 181e12, 48),  # L40 data sheet: BF16 362.1 TFLOPS sparse, 48 GB GDDR6
     "a10": GPU("A10", 125e12, 24),  # A10 data sheet: BF16 125 TFLOPS dense, 24 GB GDDR6
-    "a10g": GPU("A10G", 125e12, 24),  # the A10's figures; AWS's A10G variant is not published by NVIDIA and may run
-    #                                   lower clocks
+    # the A10's figures: AWS's A10G variant is not published by NVIDIA and may run lower clocks
+    "a10g": GPU("A10G", 125e12, 24),
     "l4": GPU("L4", 121e12, 24),  # L4 data sheet: BF16 242 TFLOPS sparse, 24 GB GDDR6
     "rtx4090": GPU("4090", 165e12, 24),  # Ada Lovelace whitepaper, RTX 4090: BF16/FP32-accumulate 165.2 dense, 24 GB
     "rtx3090": GPU("3090", 71e12, 24),  # Ampere GA102 whitepaper, RTX 3090: BF16/FP32-accumulate 71 dense, 24 GB
@@ -94,15 +94,11 @@ def peak_flops(device: str, dtype: str = "bfloat16") -> float | None:
     return None if gpu is None else gpu.peak_flops(dtype)
 
 
-def mps_available() -> bool:
-    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
-
-
 def default_device() -> str:
     """The best device this machine has: cuda, then mps, then cpu."""
     if torch.cuda.is_available():
         return "cuda"
-    if mps_available():
+    if torch.backends.mps.is_available():
         return "mps"
     return "cpu"
 
@@ -119,7 +115,7 @@ def resolve_device(device: str = "auto") -> str:
         raise GhoulError(f"--device {device}: this machine has no CUDA GPU that torch can use; use cpu or auto")
     if kind.type == "cuda" and kind.index is not None and kind.index >= torch.cuda.device_count():
         raise GhoulError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
-    if kind.type == "mps" and not mps_available():
+    if kind.type == "mps" and not torch.backends.mps.is_available():
         raise GhoulError(f"--device {device}: MPS is not available here; use cpu or auto")
     if kind.type not in ("cpu", "cuda", "mps"):
         raise GhoulError(f"--device {device}: ghoul runs on cpu, cuda and mps")

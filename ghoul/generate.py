@@ -124,13 +124,12 @@ def batch_seed(seed: int, batch: int) -> int:
     return int.from_bytes(digest[:8], "little") >> 1  # manual_seed takes a non-negative 63-bit int
 
 
-def model_source(checkpoint: Path | None, preset: str) -> dict[str, str]:
-    """What the stories come from, by what it is rather than how it was named: the model directory resolved (a run
-    directory's `latest` followed, the path made absolute) and the SHA-256 of its weights; `random:PRESET` for a
-    random preset, whose weights the seed decides."""
-    if checkpoint is None:
+def model_source(directory: Path | None, preset: str) -> dict[str, str]:
+    """What the stories come from, by what it is rather than how it was named: the model directory as `run` resolved
+    it (a run directory's `latest` followed, the path made absolute) and the SHA-256 of its weights; `random:PRESET`
+    for a random preset, whose weights the seed decides."""
+    if directory is None:
         return {"checkpoint": f"random:{preset}"}
-    directory = ckpt.resolve_checkpoint(checkpoint).resolve()
     with open(directory / WEIGHTS_FILE, "rb") as f:
         digest = hashlib.file_digest(f, "sha256").hexdigest()
     return {"checkpoint": str(directory), "weights_sha256": digest}

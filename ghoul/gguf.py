@@ -206,14 +206,13 @@ def add_tensor(writer: gguf.GGUFWriter, name: str, tensor: np.ndarray, dtype: st
     """Add one weight in `dtype`; vectors (norm gains, biases) stay float32, as llama.cpp's converter keeps them, and
     a q8_0 matrix whose rows do not fill whole 32-value blocks falls back to f16."""
     gguf = _gguf()
+    q8_0 = gguf.GGMLQuantizationType.Q8_0
     if tensor.ndim == 1 or dtype == "f32":
         writer.add_tensor(name, tensor.astype(np.float32))
-        return
-    q8_0 = gguf.GGMLQuantizationType.Q8_0
-    if dtype == "q8_0" and tensor.shape[-1] % gguf.GGML_QUANT_SIZES[q8_0][0] == 0:
+    elif dtype == "q8_0" and tensor.shape[-1] % gguf.GGML_QUANT_SIZES[q8_0][0] == 0:
         writer.add_tensor(name, gguf.quants.quantize(tensor, q8_0), raw_dtype=q8_0)
-        return
-    writer.add_tensor(name, tensor.astype(np.float16))
+    else:
+        writer.add_tensor(name, tensor.astype(np.float16))
 
 
 def _write_file(writer: gguf.GGUFWriter, path: Path) -> None:

@@ -59,14 +59,6 @@ def transpose_conv1d(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def load_hf_model(directory: str | Path) -> GPT:
     """A ghoul GPT with the weights of a directory saved by `transformers`' `GPT2LMHeadModel.save_pretrained`."""
-    config, state = read_hf_checkpoint(directory)
-    model = GPT(GPTConfig.from_dict(config))
-    load_weights(model, state, directory)
-    return model
-
-
-def read_hf_checkpoint(directory: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
-    """(GPTConfig fields, state dict in ghoul's layout) of a `GPT2LMHeadModel.save_pretrained` directory."""
     directory = Path(directory)
     config_path = directory / "config.json"
     if not config_path.is_file():
@@ -76,13 +68,14 @@ def read_hf_checkpoint(directory: str | Path) -> tuple[dict, dict[str, torch.Ten
         raise GhoulError(f"{config_path}: model_type is {hf.get('model_type')!r}; only GPT-2 checkpoints load")
     if hf.get("activation_function", "gelu_new") not in GELU_TANH:
         raise GhoulError(f"{config_path}: activation {hf['activation_function']!r} is not GPT-2's tanh GELU")
-    config = dict(block_size=hf["n_positions"], vocab_size=hf["vocab_size"], n_layer=hf["n_layer"],
-                  n_head=hf["n_head"], n_embd=hf["n_embd"], layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5),
-                  dropout=0.0, bias=True)
+    model = GPT(GPTConfig(block_size=hf["n_positions"], vocab_size=hf["vocab_size"], n_layer=hf["n_layer"],
+                          n_head=hf["n_head"], n_embd=hf["n_embd"], layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+                          dropout=0.0, bias=True))
     # GPT2Model files name the weights without "transformer."
     state = {(k if k.startswith(("transformer.", "lm_head.")) else "transformer." + k): v
              for k, v in _read_hf_weights(directory).items() if not k.endswith(BUFFERS)}
-    return config, transpose_conv1d(state)
+    load_weights(model, transpose_conv1d(state), directory)
+    return model
 
 
 def _read_hf_weights(directory: Path) -> dict[str, torch.Tensor]:

@@ -60,8 +60,8 @@ def write_tokenizer_files(tok: Tokenizer, directory: Path, max_length: int) -> N
     specials = dict(bos_token=EOT, eos_token=EOT, unk_token=EOT, pad_token=EOT)
     config = {"tokenizer_class": tokenizer_class, **specials, "model_max_length": max_length, "add_bos_token": False,
               "add_prefix_space": False, "clean_up_tokenization_spaces": False, "errors": "replace"}
-    for name, content in (("tokenizer_config.json", config), ("special_tokens_map.json", specials)):
-        write_json(directory / name, content)
+    write_json(directory / "tokenizer_config.json", config)
+    write_json(directory / "special_tokens_map.json", specials)
 
 
 def fast_tokenizer(tok: BPETokenizer) -> tokenizers.Tokenizer:

@@ -86,7 +86,7 @@ class GPTConfig:
 
     @classmethod
     def from_name(cls, name: str, **overrides) -> GPTConfig:
-        """A preset by name (`gpt2`, `gpt2-medium`, `gpt2-large`, `gpt2-xl`, `tiny`, `small`), fields overridable."""
+        """A preset of PRESETS by name, fields overridable."""
         if name not in PRESETS:
             raise GhoulError(f"unknown model preset '{name}'; presets: {', '.join(PRESETS)}")
         return cls(**{**PRESETS[name], **overrides})
@@ -412,7 +412,7 @@ class GPT(nn.Module):
         finished = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
         for next_id in self.sample_tokens(idx, max_new_tokens, temperature, top_k, top_p, generator, use_cache):
             if eos_id is not None:
-                next_id = torch.where(finished, torch.full_like(next_id, eos_id), next_id)
+                next_id = next_id.masked_fill(finished, eos_id)
                 finished |= next_id == eos_id
             idx = torch.cat([idx, next_id[:, None]], dim=1)
             if eos_id is not None and bool(finished.all()):

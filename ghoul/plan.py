@@ -95,7 +95,7 @@ def flops_per_token(c: GPTConfig, seq_len: int) -> int:
     return 6 * (n - lookups) + 12 * c.n_layer * seq_len * c.n_embd
 
 
-def activation_bytes_per_token(c: GPTConfig, act: int, dropout: bool = False) -> int:
+def activation_bytes_per_token(c: GPTConfig, act: int) -> int:
     """Bytes one layer keeps for backward per token, counted tensor by tensor as in Korthikanti et al. 2022,
     "Reducing Activation Recomputation in Large Transformer Models", section 4.1 (34*s*b*h + 5*a*s^2*b in 16 bits).
 
@@ -108,7 +108,7 @@ def activation_bytes_per_token(c: GPTConfig, act: int, dropout: bool = False) ->
     attention = act * (h + 3 * h + h)  # c_attn input; q, k, v; SDPA output = attn c_proj input
     lse = 4 * c.n_head  # SDPA's float32 log-sum-exp, one per head
     mlp = act * (h + 4 * h + 4 * h)  # c_fc input; GELU input; GELU output = mlp c_proj input
-    masks = 2 * h if dropout else 0  # attention-output and MLP-output dropout masks, 1 byte each
+    masks = 2 * h if c.dropout > 0 else 0  # attention-output and MLP-output dropout masks, 1 byte each
     return norms + attention + lse + mlp + masks
 
 
@@ -170,7 +170,7 @@ def backward_memory(cfg: PlanConfig, c: GPTConfig, gathered: int) -> dict[str, i
     """What backward needs of one micro-batch beside the training state: its activations, the logits, and the whole
     gradient of the output layer (under FSDP also of the embedding), in `gathered` bytes per element."""
     act, tokens = DTYPES[cfg.dtype], cfg.batch_size * cfg.seq_len  # tokens in one GPU's forward
-    layer = activation_bytes_per_token(c, act, c.dropout > 0) * tokens
+    layer = activation_bytes_per_token(c, act) * tokens
     if cfg.activation_checkpointing:
         # only each layer's float32 input is saved; backward recomputes one layer at a time, holding its activations
         kept = c.n_layer * 4 * c.n_embd * tokens + layer
@@ -343,11 +343,11 @@ def _communication_lines(cfg: PlanConfig, e: dict) -> list[str]:
 def _advice(cfg: PlanConfig, dividing: int) -> str:
     """What makes a run that does not fit fit: only suggestions that do."""
     fsdp = cfg.parallel == "fsdp"
-    tries = [] if cfg.activation_checkpointing or not estimate(replace(cfg, activation_checkpointing=True))[
-        "fits"] else ["--activation-checkpointing"]
-    tries += [f"--batch-size {dividing}"] if dividing else []
-    if not fsdp and largest_batch_sizes(replace(cfg, parallel="fsdp", activation_checkpointing=True))[0]:
-        tries.append("--parallel fsdp")
+    checkpointed = replace(cfg, activation_checkpointing=True)
+    works = {"--activation-checkpointing": not cfg.activation_checkpointing and estimate(checkpointed)["fits"],
+             f"--batch-size {dividing}": dividing > 0,
+             "--parallel fsdp": not fsdp and largest_batch_sizes(replace(checkpointed, parallel="fsdp"))[0] > 0}
+    tries = [flag for flag, ok in works.items() if ok]
     if tries:
         return f"\nit does not fit: try {' or '.join(tries)}"
     return "\nit does not fit at any --batch-size: " + (

@@ -7,14 +7,13 @@ well it writes new stories, not how well it remembers old ones.
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from ghoul.data.sources import make_source
-from ghoul.files import atomic_write_text
+from ghoul.files import write_jsonl
 
 HELD_OUT_EVERY = 10  # every 10th Reddit story (in file order, so both subreddits) is a validation story
 
@@ -60,5 +59,4 @@ def build_corpus(name: str, local: Callable[[str], str | None], seed: int) -> Co
 
 def write_corpus(corpus: Corpus, path: Path) -> None:
     """One JSON object a line, {"text": ...}, the validation documents first (`ghoul prepare --val-tokens`)."""
-    lines = (json.dumps({"text": doc}, ensure_ascii=False) for doc in corpus.val + corpus.train)
-    atomic_write_text(path, "\n".join(lines) + "\n")
+    write_jsonl(path, ({"text": doc} for doc in corpus.val + corpus.train))

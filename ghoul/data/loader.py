@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ghoul.data.shards import ShardHeader, find_shards, read_header, read_meta, read_shard
+from ghoul.data.shards import ShardHeader, find_shards, is_count, read_header, read_meta, read_shard
 from ghoul.errors import GhoulError
 
 
@@ -129,8 +129,7 @@ class ShardLoader(EpochLoader):
             raise GhoulError(f"loader state is from a {state.get('split')} set of {state.get('tokens')} tokens, "
                              f"but {self.where} ({self.split}) has {self.tokens:,}: resume with the same data")
         position, epoch = state.get("position"), state.get("epoch")
-        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (position, epoch)) \
-                or position > self.tokens:
+        if not all(map(is_count, (position, epoch))) or position > self.tokens:
             # a ValueError, as for any damaged state: the trainer names the checkpoint it came from
             raise ValueError(f"position {position!r:.20} and epoch {epoch!r:.20} are no stream position")
         self.position, self.epoch = position, epoch

@@ -184,9 +184,7 @@ def _keep_tokenizer(cfg: PrepareConfig, tokenizer: Tokenizer) -> str:
     """The tokenizer as meta.json names it: `gpt2`, or a copy saved in the directory so that it is self-contained."""
     if cfg.tokenizer == "gpt2":
         return "gpt2"
-    tmp = cfg.out / (TOKENIZER_FILE + ".tmp")
-    tokenizer.save(tmp)
-    os.replace(tmp, cfg.out / TOKENIZER_FILE)
+    tokenizer.save(cfg.out / TOKENIZER_FILE)  # every tokenizer's save is atomic
     return TOKENIZER_FILE  # relative to the shard directory; load_tokenizer(directory) finds it too
 
 

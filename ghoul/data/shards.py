@@ -129,16 +129,17 @@ def read_meta(directory: str | Path) -> dict[str, Any] | None:
     return meta
 
 
-def _count(value: Any) -> bool:
+def is_count(value: Any) -> bool:
+    """Whether `value` is a non-negative int (a bool is not one)."""
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 # the fields of meta.json that readers use, checked when it is read: (key, check, what it must be)
 META_FIELDS = (
-    ("vocab_size", lambda v: _count(v) and v > 0, "a positive token count"),
-    ("eot_id", _count, "a token id"),
+    ("vocab_size", lambda v: is_count(v) and v > 0, "a positive token count"),
+    ("eot_id", is_count, "a token id"),
     ("tokenizer", lambda v: isinstance(v, str), "a tokenizer name or path"),
-    ("shards", lambda v: isinstance(v, dict) and all(isinstance(c, list) and all(map(_count, c)) for c in v.values()),
+    ("shards", lambda v: isinstance(v, dict) and all(isinstance(c, list) and all(map(is_count, c)) for c in v.values()),
      "an object of token counts per split, e.g. {\"train\": [100000], \"val\": [20000]}"),
 )
 

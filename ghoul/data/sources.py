@@ -136,8 +136,7 @@ def iter_records(path: Path) -> Iterator[dict[str, Any]]:
 
 def _jsonl(path: Path) -> Iterator[dict[str, Any]]:
     with open_text(path) as f:
-        for _, record in jsonl_records(f, path):
-            yield record
+        yield from (record for _, record in jsonl_records(f, path))
 
 
 def jsonl_records(lines: Iterable[str], path: Path) -> Iterator[tuple[int, dict[str, Any]]]:

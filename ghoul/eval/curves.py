@@ -52,9 +52,7 @@ CHANCE = 0.25  # 4 endings
 
 def dataset_of(source: str | None) -> str | None:
     """The REFERENCES data-set key of a shard directory's `source` (from its meta.json), if it has one."""
-    if not source:
-        return None
-    name = source.lower().replace("_", "-")
+    name = (source or "").lower().replace("_", "-")
     if "fineweb-edu" in name or "edu-fineweb" in name:
         return "fineweb-edu"
     return "fineweb" if "fineweb" in name else None

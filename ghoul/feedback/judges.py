@@ -101,6 +101,7 @@ class Judge:
     """The interface: `judge(task, candidates)`; `start` and `close` bracket a ranking session."""
 
     name: str = "judge"
+    interactive: bool = False  # a person answers: the ranking loop shows no progress bar
 
     def start(self, total: int) -> None:
         """Called once before the first of `total` groups (the web judge starts its server here)."""
@@ -268,29 +269,28 @@ class OpenAIJudge(Judge):
     def _complete(self, messages: list[dict[str, str]], temperature: float, usage: dict[str, int]) -> str:
         """One answer's text, retrying rate limits, server errors and dropped connections with back-off."""
         extra: dict[str, Any] = {"response_format": {"type": "json_object"}} if self.json_mode else {}
+        where = f"the judge at {self.base_url or 'OpenAI'}"
         for attempt in range(self.max_retries + 1):
             try:  # the raw body, read by read_completion: the client trusts a server's JSON and fails deep inside
                 response = self.client.chat.completions.with_raw_response.create(
                     model=self.model, messages=messages, temperature=temperature, max_tokens=self.max_tokens, **extra)
+                break
             except (self.openai.RateLimitError, self.openai.InternalServerError, self.openai.APIConnectionError) as e:
                 if attempt == self.max_retries:
-                    raise GhoulError(f"the judge at {self.base_url or 'OpenAI'} still fails after {attempt + 1} tries "
-                                     f"({_describe(e)}): judged groups are saved, rerun later to go on") from None
+                    raise GhoulError(f"{where} still fails after {attempt + 1} tries ({_describe(e)}): judged groups "
+                                     "are saved, rerun later to go on") from None
                 time.sleep(self._delay(attempt, e))
-                continue
             except self.openai.APIStatusError as e:
-                raise GhoulError(f"the judge at {self.base_url or 'OpenAI'} refused the request ({_describe(e)}): "
-                                 f"check the model name, --base-url and {API_KEY_ENV}") from None
-            try:
-                text, counts = read_completion(response.text)
-            except ValueError as e:  # e.g. a web page, from a --base-url that lacks /v1, or a broken server
-                raise GhoulError(f"the judge at {self.base_url or 'OpenAI'} did not answer with a chat completion: "
-                                 f"check --base-url (an OpenAI-compatible API's address usually ends in /v1); "
-                                 f"its answer {e}") from None
-            for key, n in counts.items():
-                usage[key] += n
-            return text
-        raise AssertionError("unreachable")
+                raise GhoulError(f"{where} refused the request ({_describe(e)}): check the model name, --base-url "
+                                 f"and {API_KEY_ENV}") from None
+        try:
+            text, counts = read_completion(response.text)
+        except ValueError as e:  # e.g. a web page, from a --base-url that lacks /v1, or a broken server
+            raise GhoulError(f"{where} did not answer with a chat completion: check --base-url (an OpenAI-compatible "
+                             f"API's address usually ends in /v1); its answer {e}") from None
+        for key, n in counts.items():
+            usage[key] += n
+        return text
 
     def _delay(self, attempt: int, error: Exception) -> float:
         """Exponential back-off from retry_delay, or the server's Retry-After when it asks for a longer wait."""

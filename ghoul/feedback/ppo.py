@@ -132,9 +132,9 @@ def group_advantages(rewards: torch.Tensor, groups: torch.Tensor, eps: float = 1
 
 def whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """Zero mean and unit variance over the masked entries of every rank's batch (PPO's advantage normalisation)."""
-    count = dist.all_reduce_total(mask.sum())
-    mean = dist.all_reduce_total((x * mask).sum()) / count.clamp(min=1)
-    var = dist.all_reduce_total((((x - mean) ** 2) * mask).sum()) / count.clamp(min=1)
+    count = dist.all_reduce_total(mask.sum()).clamp(min=1)
+    mean = dist.all_reduce_total((x * mask).sum()) / count
+    var = dist.all_reduce_total((((x - mean) ** 2) * mask).sum()) / count
     return (x - mean) * torch.rsqrt(var + eps)
 
 

@@ -84,10 +84,6 @@ def load_preferences(path: Path) -> list[dict[str, Any]]:
     return records
 
 
-def write_preferences(path: Path, records: list[dict[str, Any]]) -> None:
-    write_jsonl(path, records)
-
-
 @dataclass
 class PreferencesConfig:
     rankings: Path = option(Path(RANKINGS_FILE), "judgments written by `ghoul rank`")
@@ -104,7 +100,7 @@ class PreferencesConfig:
 
 def run(cfg: PreferencesConfig) -> list[dict[str, Any]]:
     records = build_preferences(cfg.rankings, cfg.stories, cfg.val_fraction, cfg.seed)
-    write_preferences(cfg.out, records)
+    write_jsonl(cfg.out, records)
     val = sum(r["split"] == "val" for r in records)
     print(f"{cfg.out}: {len(records)} pairs ({len(records) - val} train, {val} validation)", file=sys.stderr)
     return records
@@ -114,8 +110,6 @@ def preference_records(pairs: PairOptions, seed: int) -> list[dict[str, Any]]:
     """The pairs a trainer learns from: a preferences file as it is, or pairs made from a rankings file."""
     if pairs.preferences is not None:
         return load_preferences(pairs.preferences)
-    if pairs.rankings is None:
-        raise GhoulError("give --preferences FILE (from `ghoul preferences`) or --rankings FILE (from `ghoul rank`)")
     return build_preferences(pairs.rankings, pairs.stories, pairs.val_fraction, seed)
 
 
@@ -146,7 +140,6 @@ class PairLoader(EpochLoader):
                  shuffle: bool = True, join: bool = False) -> None:
         self.batch_size, self.rank, self.world_size, self.seed = batch_size, rank, world_size, seed
         self.device, self.shuffle, self.pad_id = torch.device(device), shuffle, tokenizer.eot_id
-        self.seq_len = block_size
         self.pairs = [(encode_pair_side(tokenizer, r["prompt"], r["chosen"], block_size, join),
                        encode_pair_side(tokenizer, r["prompt"], r["rejected"], block_size, join)) for r in records]
         if self.steps_per_epoch < 1:
@@ -261,7 +254,7 @@ def train_on_pairs(cfg: Any, build: Callable[[Path | None, str], tuple[Any, Toke
         train_data, val_data = pair_loaders(records, tokenizer, cfg.batch.batch_size, model.config.block_size, d,
                                             run.seed, join)
         if d.is_main:
-            write_preferences(run.output_dir / "preferences.jsonl", records)  # the exact pairs, for inspection
+            write_jsonl(run.output_dir / "preferences.jsonl", records)  # the exact pairs, for inspection
         val = sum(r.get("split") == "val" for r in records)
         dist.print0(f"{len(records) - val} training pairs, {val} validation pairs")
         return train(cfg, model.to(d.device), tokenizer, d, loss_fn, resume_from, train_data, val_data)

@@ -99,8 +99,7 @@ def run(cfg: RankConfig, judge: Judge | None = None) -> RankResult:
     print(f"{len(groups)} groups of {cfg.group_size} from {len(stories)} stories ({left_out} left out), "
           f"{len(todo)} to judge", file=sys.stderr)
     judge = judge or cfg.judging.make(cfg.seed)
-    interactive = getattr(judge, "interactive", False)
-    bar = tqdm(todo, desc="judging", unit="group", file=sys.stderr, disable=interactive, dynamic_ncols=True)
+    bar = tqdm(todo, desc="judging", unit="group", file=sys.stderr, disable=judge.interactive, dynamic_ncols=True)
     try:
         judge.start(len(todo))
         for g in bar:

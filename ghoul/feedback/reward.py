@@ -68,8 +68,7 @@ class RewardModel(GPT):
         """Rewards (B,) of `tokens` (B, T) whose `mask` (B, T) marks the completion; read at its last token.
         (The reward is the forward pass, so that DDP sees it and synchronises the gradients.)"""
         h = self.hidden_states(tokens)  # (B, T, C)
-        T = mask.size(1)
-        last = T - 1 - mask.flip(1).int().argmax(dim=1)  # (B,) index of each row's last completion token
+        last = mask.size(1) - 1 - mask.flip(1).int().argmax(dim=1)  # (B,) index of each row's last completion token
         return self.score(h[torch.arange(h.size(0), device=h.device), last]).squeeze(-1).float()  # (B,)
 
 
@@ -113,7 +112,7 @@ def train_run(cfg: RewardTrainConfig):
     """Train a reward model on the pairs of cfg.preferences or cfg.rankings; RUN/latest is the reward model."""
     def build(resume_from: Path | None, device: str) -> tuple[RewardModel, Tokenizer, object]:
         if resume_from is not None:
-            return load_reward_model(resume_from)[0], load_tokenizer(resume_from), reward_loss
+            return *load_reward_model(resume_from), reward_loss
         return RewardModel.from_gpt(load_model_dir(cfg.base_model)), load_tokenizer(cfg.base_model), reward_loss
 
     return train_on_pairs(cfg, build, join=True)  # joined: the model reads texts as a judge is shown them

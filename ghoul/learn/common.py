@@ -104,10 +104,8 @@ def prepare_text(cfg: LearnConfig, out: Path) -> tuple[Path, Tokenizer]:
     if cfg.tokenizer:
         spec, tokenizer = cfg.tokenizer, load_tokenizer(cfg.tokenizer)
     else:
-        if cfg.tokenizer_kind == "char":
-            tokenizer = CharTokenizer.train(docs)
-        else:
-            tokenizer = BPETokenizer.train(docs, cfg.vocab_size)
+        tokenizer = (CharTokenizer.train(docs) if cfg.tokenizer_kind == "char"
+                     else BPETokenizer.train(docs, cfg.vocab_size))
         spec = str(out / TOKENIZER_FILE)
         out.mkdir(parents=True, exist_ok=True)
         tokenizer.save(spec)

@@ -76,19 +76,18 @@ def train_merges(chunk_counts: dict[str, int], n_merges: int,
     gc_was_enabled = gc.isenabled()
     gc.disable()  # many new lists and no cycles: the cyclic collector only costs time here (~10%)
     try:
-        return _merge_loop(words, freqs, n_merges, progress)
+        return _merge_loop(words, freqs, n_merges, progress or (lambda n: None))
     finally:
         if gc_was_enabled:
             gc.enable()
 
 
 def _merge_loop(words: list[list[int]], freqs: list[int], n_merges: int,
-                progress: Callable[[int], object] | None) -> list[tuple[int, int]]:
+                progress: Callable[[int], object]) -> list[tuple[int, int]]:
     counts, where = _count_pairs(words, freqs)
     heap = [(-count, pair) for pair, count in counts.items()]
     heapq.heapify(heap)
-    if progress is not None:
-        progress(0)
+    progress(0)
     merges: list[tuple[int, int]] = []
     while len(merges) < n_merges:
         pair = _pop_best(heap, counts)
@@ -101,8 +100,7 @@ def _merge_loop(words: list[list[int]], freqs: list[int], n_merges: int,
             # upper bound for them that _pop_best corrects when it surfaces.
             if counts[new_pair] > 0:
                 heapq.heappush(heap, (-counts[new_pair], new_pair))
-        if progress is not None:
-            progress(1)
+        progress(1)
     return merges
 
 

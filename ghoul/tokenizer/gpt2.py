@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import tiktoken
 
+from ghoul.files import atomic_write_text
+
 # The pre-split pattern of GPT-2 (as in tiktoken_ext.openai_public.gpt2).
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 EOT = "<|endoftext|>"
@@ -68,4 +70,4 @@ class GPT2Tokenizer:
         return lengths
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps({"type": "gpt2"}) + "\n", encoding="utf-8")
+        atomic_write_text(path, json.dumps({"type": "gpt2"}) + "\n")

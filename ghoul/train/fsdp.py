@@ -47,14 +47,14 @@ def shard_model(model: GPT, d: DistInfo, dtype: str) -> GPT:
 
 
 def is_sharded(model: torch.nn.Module) -> bool:
-    """Whether `model` (or the model a torch.compile wrapper holds) is sharded by FSDP."""
-    return isinstance(getattr(model, "_orig_mod", model), FSDPModule)
+    """Whether `model` is sharded by FSDP."""
+    return isinstance(model, FSDPModule)
 
 
 def set_gradient_sync(model: torch.nn.Module, sync: bool) -> None:
     """Reduce-scatter the gradients in this backward pass or not: off on the micro-steps of gradient accumulation
     before the last, whose gradients then add up unsharded in each rank's memory."""
-    getattr(model, "_orig_mod", model).set_requires_gradient_sync(sync)
+    model.set_requires_gradient_sync(sync)
 
 
 # safetensors' names of the dtypes a model holds
