@@ -80,6 +80,18 @@ def refuse_set(cfg: Any, names: Iterable[str], needs: str, defaults: dict[str, A
             raise GhoulError(f"{flag(name)} is only read with {needs}: leave it out")
 
 
+def refuse_changed(cfg: Any, made_with: dict[str, Any] | None, names: Iterable[str], run: Path) -> None:
+    """A one-line error for the first option in `names` whose value differs from the one `run` was made with
+    (`made_with`: its saved to_dict; None for a new run): a rerun continues the run, and would silently keep what
+    its finished steps made with the old value."""
+    now = to_dict(cfg)
+    for name in names if made_with is not None else ():
+        if made_with.get(name, now[name]) != now[name]:
+            old, new = (repr(v) if isinstance(v, str) else v for v in (made_with[name], now[name]))
+            raise GhoulError(f"{run} holds a run made with {flag(name)} {old}, not {new}: rerun it with the options "
+                             f"it was made with to continue it, or give another --output-dir")
+
+
 def member_defaults(stage: Any, member: str) -> dict[str, Any]:
     """The defaults of the options of the group `member` as `stage` holds it: the group's own, some of them the
     stage's (`group(OptimOptions, learning_rate=...)`)."""
@@ -116,16 +128,14 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type) -> None:
                             f" (or in the tables {', '.join(tables)})" if tables else "") +
                              "; flags given here override it")
     option_owners(cls)  # no option declared twice
-    _add_flags(parser, cls, {})
-    for f in dataclasses.fields(cls):
-        if "group" in f.metadata:
-            cls_group = f.metadata["group"]
-            heading = parser.add_argument_group(f"{f.name} options", (cls_group.__doc__ or "").split("\n")[0])
-            _add_flags(heading, cls_group, f.metadata["defaults"])
+    _add_flags(parser, cls, _defaults(cls))
+    for name, members in groups(cls).items():
+        heading = parser.add_argument_group(f"{name} options", (members.__doc__ or "").split("\n")[0])
+        _add_flags(heading, members, member_defaults(cls, name))
 
 
 def _add_flags(parser: Any, cls: type, defaults: dict[str, Any]) -> None:
-    hints, defaults = typing.get_type_hints(cls), {**_defaults(cls), **defaults}
+    hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if "group" in f.metadata:
             continue

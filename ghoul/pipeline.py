@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ghoul.checkpoint import load_model_and_tokenizer
-from ghoul.config import build, flag, option, refuse_set, to_dict
+from ghoul.config import build, option, option_owners, refuse_changed, refuse_set, to_dict
 from ghoul.data.corpus import CORPORA, CORPUS_HELP, build_corpus, write_corpus
 from ghoul.data.prepare import PrepareConfig
 from ghoul.data.prepare import run as prepare
@@ -254,24 +254,12 @@ def compare_samples(cfg: PipelineConfig, models: dict[str, Path]) -> Path:
     return out
 
 
-def check_same_run(cfg: PipelineConfig) -> None:
-    """A rerun continues the run in --output-dir: an option that would have changed what its stages made is
-    refused, rather than ignored by the stages it skips."""
-    made_with = read_json(cfg.output_dir / "pipeline.json")
-    if made_with is None:
-        return
-    for name, value in to_dict(cfg).items():
-        if name not in RERUN_OPTIONS and made_with.get(name, value) != value:
-            raise GhoulError(f"{cfg.output_dir} holds a run made with {flag(name)} {made_with[name]}, not {value}: "
-                             f"rerun it with the options it was made with to continue it, or give another "
-                             f"--output-dir")
-
-
 def run(cfg: PipelineConfig) -> Path:
     """Run every stage that is not yet done; returns the report's path."""
     for judge in dict.fromkeys((cfg.judge, cfg.winrate_judge or cfg.judge)):
         check_judge(judge)  # a missing key or package fails now, not after pretraining
-    check_same_run(cfg)
+    refuse_changed(cfg, read_json(cfg.output_dir / "pipeline.json"),
+                   [name for name in option_owners(PipelineConfig) if name not in RERUN_OPTIONS], cfg.output_dir)
     cfg.output_dir.mkdir(parents=True, exist_ok=True)
     write_json(cfg.output_dir / "pipeline.json", to_dict(cfg))
     data = prepare_data(cfg)

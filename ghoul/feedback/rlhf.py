@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ghoul.checkpoint import read_model_config
-from ghoul.config import build, flag, group, option, require, to_dict
+from ghoul.config import build, flag, group, option, refuse_changed, require, to_dict
 from ghoul.data.prepare import PrepareConfig
 from ghoul.data.prepare import run as prepare
 from ghoul.errors import GhoulError
@@ -29,7 +29,7 @@ from ghoul.feedback.ppo import run as reinforce
 from ghoul.feedback.records import FeedbackRun
 from ghoul.feedback.reward import RewardTrainConfig
 from ghoul.feedback.reward import train_run as train_reward
-from ghoul.files import read_jsonl, write_json
+from ghoul.files import read_json, read_jsonl, write_json
 from ghoul.generate import GenerateConfig
 from ghoul.generate import run as generate
 from ghoul.layout import resolve_checkpoint
@@ -43,6 +43,8 @@ _TRAIN = {"max_steps", "learning_rate", "batch_size", "total_batch_size", "warmd
 _RL = {"max_steps", "learning_rate", "prompts_per_step", "kl_coef", "reward_steps", "reward_learning_rate"}
 # the options of the training step each method reads: given for another method, they are refused, not ignored
 METHOD_OPTIONS = {"winners": _TRAIN | {"seq_len"}, "dpo": _TRAIN | {"beta"}, "ppo": _RL, "grpo": _RL}
+# what the stories were made with: a rerun that changes one is refused (it would skip the stories as complete)
+STORY_OPTIONS = ("base_model", "prompt", "prompts_file", "max_new_tokens", "temperature", "top_k", "top_p", "seed")
 
 
 @dataclass
@@ -175,15 +177,17 @@ def model_tokenizer(model_dir: Path) -> str:
 def run(cfg: RlhfConfig) -> RlhfResult:
     """Run the steps that are not yet complete in cfg.output_dir, in order."""
     steps = stage_configs(cfg)
-    write_json(cfg.output_dir / "config.json", to_dict(cfg))
     out = FeedbackRun(cfg.output_dir)
+    if out.stories.is_file():  # every later step learns from them
+        refuse_changed(cfg, read_json(cfg.output_dir / "config.json"), STORY_OPTIONS, cfg.output_dir)
+    write_json(cfg.output_dir / "config.json", to_dict(cfg))
     total = 3 if cfg.method == "dpo" else 4  # steps, for the progress messages
     truncation = sampling_truncation(cfg)
     if cfg.method == "winners" and truncation:
         _say(f"warning: {truncation} cuts off the unlikeliest tokens of the stories the fine-tune learns from, which "
              "sharpens the model whatever the judge picks; for --method winners sample from the whole distribution "
              "(see docs/feedback.md)")
-    if out.stories.is_file() and len(read_jsonl(out.stories)) >= cfg.num_samples:
+    if len(read_jsonl(out.stories, missing_ok=True)) >= cfg.num_samples:
         _say(f"1/{total} generate: {out.stories} is complete; skipped")
     else:
         _say(f"1/{total} generate: {cfg.num_samples} stories from {cfg.base_model}")

@@ -39,6 +39,12 @@ def test_rlhf_runs_end_to_end_and_resumes(tiny_model, tmp_path, capsys):
     assert "stories.jsonl is complete; skipped" in err and "all 8 groups are judged" in err
     assert "finished its 4 steps; skipped" in err
     assert before == {p: p.stat().st_mtime_ns for p in before}
+    # the stories were made with another temperature: refused, not skipped as complete; the run stays as it was
+    made_with = (run / "config.json").read_text()
+    assert main([*args, "--temperature", "0.55"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{run} holds a run made with --temperature 1.0, not 0.55: rerun it with" in err[0], err
+    assert (run / "config.json").read_text() == made_with and before == {p: p.stat().st_mtime_ns for p in before}
 
 
 def test_rlhf_resumes_an_interrupted_fine_tune(tiny_model, tmp_path):
