@@ -38,6 +38,7 @@ from ghoul.report import write_report
 from ghoul.tokenizer import TOKENIZER_FILE, load_tokenizer
 from ghoul.tokenizer.bpe import BPETokenizer
 from ghoul.train.config import train_option
+from ghoul.train.context import Advice, advising
 from ghoul.train.stages import FinetuneConfig, TrainConfig, run_or_resume
 
 GROUP_SIZE = 4  # stories the judge compares at once, as the seed did
@@ -49,6 +50,9 @@ READING_TOP_K = 200
 # any other option shapes stages that a rerun skips as finished, so a change would be silently ignored
 RERUN_OPTIONS = ("output_dir", "data_dir", "device", "dtype", "compile", "hellaswag_limit", "eval_tokens",
                  "winrate_judge", "winrate_pairs")
+# after a non-finite loss: a rerun with another learning rate is refused (RERUN_OPTIONS), so it starts anew
+RETUNE = ("lower that stage's learning rate (--pretrain-lr, --finetune-lr or --preference-lr; with Muon also "
+          "--muon-lr) and run the pipeline into a new --output-dir")
 PROMPTS = ["I heard something in the attic", "The last thing my grandmother told me",
            "Nobody lives on the fourth floor"]
 
@@ -254,6 +258,8 @@ def compare_samples(cfg: PipelineConfig, models: dict[str, Path]) -> Path:
     return out
 
 
+@advising(Advice(go_on="run the same command again to continue",
+                 retune=RETUNE, restart=RETUNE))
 def run(cfg: PipelineConfig) -> Path:
     """Run every stage that is not yet done; returns the report's path."""
     for judge in dict.fromkeys((cfg.judge, cfg.winrate_judge or cfg.judge)):

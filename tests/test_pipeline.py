@@ -11,12 +11,14 @@ import transformers
 from ghoul.checkpoint import load_model_dir, save_model_dir
 from ghoul.cli import main
 from ghoul.config import option_owners
+from ghoul.data.loader import ShardLoader
 from ghoul.files import read_jsonl
 from ghoul.model import GPT
 from ghoul.pipeline import PipelineConfig
 from ghoul.report import ReportConfig
 from ghoul.tokenizer import load_tokenizer
 from tests.options import reads
+from tests.train.interrupt_rank import interrupting_next
 
 
 def test_reduced_pipeline_end_to_end_and_rerun(data, tmp_path, capsys):
@@ -103,6 +105,26 @@ def test_reduced_pipeline_end_to_end_and_rerun(data, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"{out} holds a run made with --vocab-size 512, not 1024: rerun it with" in err[0]
     assert (out / "pipeline.json").read_text() == made_with
+
+
+def test_an_interrupted_pipeline_says_how_to_go_on_and_a_rerun_continues_it(data, tmp_path, monkeypatch, capsys):
+    """A Ctrl-C in a stage names what the pipeline's user can do (rerun the command; it has no --resume), and the
+    rerun continues that stage from its checkpoint: each step once."""
+    torch.set_num_threads(1)
+    out = tmp_path / "run"
+    args = ["pipeline", "--output-dir", str(out), "--data-dir", str(data), "--pretrain-steps", "6",
+            "--finetune-steps", "2", "--preference-steps", "1", "--num-samples", "8", "--max-new-tokens", "48",
+            "--hellaswag-limit", "4", "--seq-len", "64", "--batch-size", "4", "--winrate-pairs", "2",
+            "--vocab-size", "300", "--eval-tokens", "512", "--device", "cpu", "--prompts", "The well behind the house",
+            "I heard something in the attic"]
+    monkeypatch.setattr(ShardLoader, "__next__", interrupting_next({4}, "train"))
+    assert main(args) == 130
+    said = capsys.readouterr().out
+    assert f"interrupted after step 4: saved {out / 'pretrain' / 'step_000004'}; run the same command again to " \
+        "continue" in said and "--resume" not in said
+    monkeypatch.undo()
+    assert main(args) == 0
+    assert [r["step"] for r in read_jsonl(out / "pretrain" / "log.jsonl") if "loss" in r] == [1, 2, 3, 4, 5, 6]
 
 
 def test_pipeline_refuses_bad_settings(tmp_path, capsys):

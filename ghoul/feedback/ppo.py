@@ -38,7 +38,7 @@ from ghoul.generate import check_prompt_source, check_sampling, read_prompts
 from ghoul.model import GPT
 from ghoul.optim.build import build_optimizers
 from ghoul.train.config import RunOptions
-from ghoul.train.context import open_run_dir, rng_state, set_rng_state, training_run
+from ghoul.train.context import advice, open_run_dir, rng_state, set_rng_state, training_run
 from ghoul.train.loop import stopping
 
 # rewards of the completions (token ids, up to the end of text) of one step: `groups[i]` is sample i's group (its
@@ -233,7 +233,7 @@ def rl_train(cfg: RlConfig, method: str, policy: GPT, scorer: Scorer, prompts: l
                 dist.barrier()  # no rank exits (which has torchrun stop the others) before rank 0 has saved
                 break
     if stopped:
-        dist.print0(f"\ninterrupted after step {step}: saved it; continue with --resume")
+        dist.print0(f"\ninterrupted after step {step}: saved it; {advice().go_on}")
         raise KeyboardInterrupt
     return records, optimizers, value_head
 

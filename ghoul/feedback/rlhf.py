@@ -34,6 +34,7 @@ from ghoul.generate import GenerateConfig
 from ghoul.generate import run as generate
 from ghoul.layout import resolve_checkpoint
 from ghoul.tokenizer import TOKENIZER_FILE
+from ghoul.train.context import Advice, advising
 from ghoul.train.stages import FinetuneConfig, max_steps, run_or_resume
 from ghoul.train.stages import run as finetune
 
@@ -43,6 +44,9 @@ _TRAIN = {"max_steps", "learning_rate", "batch_size", "total_batch_size", "warmd
 _RL = {"max_steps", "learning_rate", "prompts_per_step", "kl_coef", "reward_steps", "reward_learning_rate"}
 # the options of the training step each method reads: given for another method, they are refused, not ignored
 METHOD_OPTIONS = {"winners": _TRAIN | {"seq_len"}, "dpo": _TRAIN | {"beta"}, "ppo": _RL, "grpo": _RL}
+# after a non-finite loss: a rerun resumes the training step from its last good checkpoint, at the rate given now
+RETUNE = ("lower --learning-rate (ppo, grpo: or the reward model's --reward-learning-rate) and run the same command "
+          "again")
 # what the stories were made with: a rerun that changes one is refused (it would skip the stories as complete)
 STORY_OPTIONS = ("base_model", "prompt", "prompts_file", "max_new_tokens", "temperature", "top_k", "top_p", "seed")
 
@@ -174,6 +178,7 @@ def model_tokenizer(model_dir: Path) -> str:
     return "gpt2" if name == "gpt2" else str(directory / TOKENIZER_FILE)
 
 
+@advising(Advice(go_on="run the same command again to continue", retune=RETUNE, restart=RETUNE))
 def run(cfg: RlhfConfig) -> RlhfResult:
     """Run the steps that are not yet complete in cfg.output_dir, in order."""
     steps = stage_configs(cfg)

@@ -21,11 +21,15 @@ from ghoul.tokenizer import TOKENIZER_FILE, Tokenizer, load_tokenizer
 from ghoul.tokenizer.bpe import BPETokenizer
 from ghoul.tokenizer.char import CharTokenizer
 from ghoul.train.config import TrainConfig, train_option
-from ghoul.train.context import training_run
+from ghoul.train.context import Advice, advising, training_run
 from ghoul.train.logger import LOG_FILE
 from ghoul.train.loop import train
 
 DATA_DIR = "data"  # the token shards, inside the output directory
+# a learning run is not continued (a rerun into its directory is refused, check_fresh): a stopped one is trained again
+LEARN_ADVICE = Advice(go_on="learn runs are not continued: train again into another --output-dir",
+                      retune="lower --learning-rate or raise --warmup-iters and train again into another --output-dir",
+                      restart="lower --learning-rate or raise --warmup-iters and train again into another --output-dir")
 
 
 @dataclass
@@ -67,17 +71,25 @@ class LearnConfig:
         require(self, ("steps", "batch_size", "block_size", "eval_iters"), lambda v: v >= 1, "at least 1")
         if self.tokenizer or self.tokenizer_kind == "char":  # the vocabulary is the given one, or the characters'
             refuse_set(self, ("vocab_size",), "--tokenizer-kind bpe and no --tokenizer")
+        if self.warmup_iters + self.warmdown > self.steps:  # the trainer's own check would name its --max-steps
+            fifth = ", a fifth of --steps" if self.warmdown_iters is None else ""
+            raise GhoulError(f"--warmup-iters ({self.warmup_iters}) + --warmdown-iters ({self.warmdown}{fifth}) exceed "
+                             f"--steps ({self.steps})")
         self.train_config(Path("data"), self.output_dir)  # the trainer's checks now, before the tokenizer and data
 
+    @property
+    def warmdown(self) -> int:
+        return self.steps // 5 if self.warmdown_iters is None else self.warmdown_iters
+
     def train_config(self, data_dir: Path, run_dir: Path) -> TrainConfig:
-        """The trainer's settings for one run on `data_dir` (validated there: schedule lengths, learning rate)."""
-        warmdown = self.steps // 5 if self.warmdown_iters is None else self.warmdown_iters
+        """The trainer's settings for one run on `data_dir` (validated there: learning rate, ...)."""
         return build(TrainConfig, dataset=str(data_dir), output_dir=run_dir, batch_size=self.batch_size,
                      seq_len=self.block_size, max_steps=self.steps, optimizer=self.optimizer,
                      learning_rate=self.learning_rate, muon_lr=self.muon_lr, weight_decay=self.weight_decay,
-                     warmup_iters=self.warmup_iters, warmdown_iters=warmdown, eval_every=self.eval_every or self.steps,
-                     eval_iters=self.eval_iters, seed=self.seed, device=self.device, dtype=self.dtype,
-                     compile=self.compile, log_every=max(1, min(10, self.steps // 10)))
+                     warmup_iters=self.warmup_iters, warmdown_iters=self.warmdown,
+                     eval_every=self.eval_every or self.steps, eval_iters=self.eval_iters, seed=self.seed,
+                     device=self.device, dtype=self.dtype, compile=self.compile,
+                     log_every=max(1, min(10, self.steps // 10)))
 
 
 @dataclass
@@ -121,7 +133,7 @@ def train_model(cfg: LearnConfig, make_model: Callable[[int], torch.nn.Module], 
                 data_dir: Path, run_dir: Path) -> LearnResult:
     """Build `make_model(vocab_size)` and train it with the one training loop; print and return a sample."""
     tc = cfg.train_config(data_dir, run_dir)
-    with training_run(tc.run) as (d, _):
+    with advising(LEARN_ADVICE), training_run(tc.run) as (d, _):
         model = make_model(tokenizer.vocab_size).to(d.device)
         result = train(tc, model, tokenizer, d)
     rates = [r["tokens_per_s"] for r in read_jsonl(run_dir / LOG_FILE) if "tokens_per_s" in r]

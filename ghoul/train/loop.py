@@ -39,7 +39,7 @@ from ghoul.model import GPT
 from ghoul.optim.build import build_optimizers
 from ghoul.optim.schedule import lr_multiplier
 from ghoul.tokenizer import Tokenizer
-from ghoul.train.context import open_run_dir, rng_state, set_rng_state
+from ghoul.train.context import advice, open_run_dir, rng_state, set_rng_state
 from ghoul.train.interrupt import StepInterrupt
 from ghoul.train.logger import RunLogger
 
@@ -227,7 +227,7 @@ def train(cfg: Any, model: GPT, tokenizer: Tokenizer, d: dist.DistInfo, loss_fn:
         if stopped:
             dist.barrier()  # no rank exits (which has torchrun stop the others) before rank 0 has saved
     if stopped:
-        dist.print0(f"\ninterrupted after step {step}: saved {last_checkpoint}; continue with --resume")
+        dist.print0(f"\ninterrupted after step {step}: saved {last_checkpoint}; {advice().go_on}")
         raise KeyboardInterrupt
     logger.close()
     # the last step is always logged and evaluated: its record holds the run's final figures
@@ -401,9 +401,8 @@ class Progress:
         if not math.isfinite(loss):
             last = newest_checkpoint(self.run_dir)
             raise GhoulError(f"the loss became {loss} at step {step}; " + (
-                f"the last good checkpoint is {last.name}: lower --learning-rate or raise --warmup-iters and --resume"
-                if last else "no checkpoint was written yet: lower --learning-rate or raise --warmup-iters and start "
-                "the run over with --resume"))
+                f"the last good checkpoint is {last.name}: {advice().retune}" if last else
+                f"no checkpoint was written yet: {advice().restart}"))
         record = {"step": step, "loss": loss, "lr": lr, "tokens": self.tokens, "tokens_per_s": unlogged / dt,
                   "elapsed": time.perf_counter() - self.started}
         if grad_norm is not None:
@@ -433,15 +432,15 @@ def stopping(d: dist.DistInfo, run_dir: Path) -> Iterator[StepInterrupt]:
         yield interrupt
     except KeyboardInterrupt:  # a second Ctrl-C: mid-step, so nothing is saved that could not resume exactly
         last = newest_checkpoint(run_dir)
-        dist.print0("\nstopped at once, saving nothing: " + (f"continue from {last} with --resume" if last else
-                                                              "no checkpoint was written yet"))
+        dist.print0("\nstopped at once, saving nothing: " + (f"the newest checkpoint is {last}; {advice().go_on}"
+                                                              if last else "no checkpoint was written yet"))
         raise
     except OSError as e:
         if not is_disk_full(e):
             raise
         last = newest_checkpoint(run_dir)
         raise GhoulError(f"no space left on the device of {run_dir} ({e.filename or 'a run file'}): the checkpoints "
-                         f"before it are intact ({last.name if last else 'none yet'}); free some space and continue "
-                         "with --resume") from None
+                         f"before it are intact ({last.name if last else 'none yet'}); free some space and "
+                         f"{advice().go_on}") from None
     finally:
         interrupt.remove()

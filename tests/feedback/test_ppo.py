@@ -144,6 +144,6 @@ def test_a_second_ctrl_c_stops_at_once_and_names_the_checkpoint_to_resume(tiny_m
     assert main(["grpo", "--policy", str(tiny_model), "--judge", "length", "--max-steps", "4", "--prompts-per-step",
                  "1", "--group-size", "2", "--max-new-tokens", "4", "--checkpoint-every", "2", "--output-dir",
                  str(out), "--device", "cpu"]) == 130
-    assert f"stopped at once, saving nothing: continue from {out / 'step_000002'} with --resume" in \
-        capsys.readouterr().out
+    assert f"stopped at once, saving nothing: the newest checkpoint is {out / 'step_000002'}; continue with " \
+        "--resume" in capsys.readouterr().out
     assert [r["step"] for r in read_jsonl(out / "log.jsonl")] == [1, 2]

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from ghoul.cli import main
+from ghoul.data.loader import ShardLoader
 from ghoul.errors import GhoulError
 from ghoul.learn.bigram import Bigram, BigramConfig, BigramModelConfig
 from ghoul.learn.bigram import run as learn_bigram
@@ -17,6 +18,7 @@ from ghoul.learn.gpt import LearnGPTConfig
 from ghoul.learn.gpt import run as learn_gpt
 from ghoul.train.config import LoopOptions
 from ghoul.train.logger import LOG_FILE
+from tests.train.interrupt_rank import interrupting_next
 
 # The same slice, tokenizer kind, rows and validation batches for every run, so that val losses compare.
 SLICE = dict(limit_docs=40, tokenizer_kind="char", batch_size=8, block_size=64, eval_iters=4, device="cpu",
@@ -122,13 +124,25 @@ def test_compare_refuses_bad_variant_files_before_training(tmp_path, toml, match
         compare(CompareConfig(source_path="unused", output_dir=tmp_path / "cmp", variants=variants))
 
 
-@pytest.mark.parametrize("args, message", [(["--learning-rate", "-1"], "--learning-rate must be positive"),
-                                           (["--steps", "2", "--warmup-iters", "5"], "exceed --max-steps (2)")])
+@pytest.mark.parametrize("args, message", [
+    (["--learning-rate", "-1"], "--learning-rate must be positive"),
+    (["--steps", "2", "--warmup-iters", "5"], "--warmup-iters (5) + --warmdown-iters (0, a fifth of --steps) exceed "
+                                              "--steps (2)")])
 def test_training_settings_are_checked_before_the_tokenizer_and_data(tmp_path, capsys, args, message):
     out = tmp_path / "bigram"
     assert main(["learn", "bigram", "--source-path", str(tmp_path / "unused.txt"), "--output-dir", str(out),
                  *args]) == 2
     assert message in capsys.readouterr().err and not out.exists()
+
+
+def test_an_interrupted_learning_run_says_it_is_trained_again_not_resumed(horror, tmp_path, monkeypatch, capsys):
+    """learn has no --resume (a rerun into the same directory is refused): a Ctrl-C says what to do instead."""
+    monkeypatch.setattr(ShardLoader, "__next__", interrupting_next({3}, "train"))
+    assert main(["learn", "bigram", "--source-path", horror, "--output-dir", str(tmp_path / "b"), "--limit-docs", "40",
+                 "--tokenizer-kind", "char", "--steps", "6", "--device", "cpu"]) == 130
+    said = capsys.readouterr().out
+    assert "interrupted after step 3: saved" in said and "learn runs are not continued: train again into another " \
+        "--output-dir" in said and "--resume" not in said
 
 
 def test_vocab_size_is_refused_where_no_bpe_is_trained(tmp_path, capsys):

@@ -9,14 +9,16 @@ from collections.abc import Callable
 from ghoul.data.loader import ShardLoader
 
 
-def interrupting_next(batches: set[int]) -> Callable:
-    """ShardLoader.__next__ that sends this process SIGINT as it reads the given batches (counted from 1)."""
+def interrupting_next(batches: set[int], split: str | None = None) -> Callable:
+    """ShardLoader.__next__ that sends this process SIGINT as it reads the given batches (counted from 1; with
+    `split`, of that split only: validation reads batches too)."""
     read, count = ShardLoader.__next__, [0]
 
     def next_batch(self: ShardLoader):
-        count[0] += 1
-        if count[0] in batches:
-            os.kill(os.getpid(), signal.SIGINT)
+        if split is None or self.split == split:
+            count[0] += 1
+            if count[0] in batches:
+                os.kill(os.getpid(), signal.SIGINT)
         return read(self)
 
     return next_batch

@@ -24,6 +24,7 @@ from ghoul.data.shards import shard_name, write_shard
 from ghoul.dist import DistInfo
 from ghoul.errors import GhoulError
 from ghoul.layout import newest_checkpoint, step_dirs
+from ghoul.train.context import TRAINING_ADVICE, Advice, advice, advising
 from ghoul.train.loop import train
 from ghoul.train.stages import run, start_model
 from tests.train.conftest import config, log, losses
@@ -111,7 +112,7 @@ def test_a_second_ctrl_c_stops_at_once_and_saves_nothing(fineweb_shards, tmp_pat
     with pytest.raises(KeyboardInterrupt):
         run(config(fineweb_shards, tmp_path / "r", max_steps=6, total_batch_size=512, eval_every=0,
                    checkpoint_every=2))
-    assert "stopped at once, saving nothing: continue from" in capsys.readouterr().out
+    assert "stopped at once, saving nothing: the newest checkpoint is" in capsys.readouterr().out
     assert [p.name for p in step_dirs(tmp_path / "r")] == ["step_000002"]
     assert load_training_checkpoint(tmp_path / "r")[0]["loader"]["position"] == 2 * 512
 
@@ -147,6 +148,18 @@ def test_a_run_stopped_before_its_first_checkpoint_starts_over_with_resume(finew
     assert main(pretrain(fineweb_shards, out, "--max-steps", "4", "--resume")) == 0
     assert [r["step"] for r in log(out)] == [1, 2, 3, 4]  # started over: each step once
     assert one_line_error(capsys, pretrain(fineweb_shards, tmp_path / "none", "--resume"))
+
+
+def test_a_non_finite_loss_gives_the_advice_of_the_outermost_command(fineweb_shards, tmp_path):
+    """A stage run by another command (the pipeline's rlhf, say) advises in the words of the command that was typed."""
+    outer, inner = Advice(retune="outer: retune", restart="outer: restart"), Advice(restart="inner: restart")
+    cfg = config(fineweb_shards, tmp_path / "r", max_steps=4, eval_every=0)
+    model, tokenizer = start_model(cfg, None)
+    with advising(outer), advising(inner):
+        with pytest.raises(GhoulError, match="the loss became nan at step 1; no checkpoint was written yet: outer: "
+                                             "restart"):
+            train(cfg, model, tokenizer, DistInfo(), loss_fn=lambda m, x, y: m(x, y)[1] * float("nan"))
+    assert advice() is TRAINING_ADVICE
 
 
 def test_stale_temporaries_of_a_killed_run_are_removed_at_its_next_start(fineweb_shards, tmp_path):
