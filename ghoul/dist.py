@@ -90,7 +90,10 @@ def peak_flops(device: str, dtype: str = "bfloat16") -> float | None:
     """Peak FLOP/s of a CUDA device when its name is known (for MFU); None on CPUs and unknown GPUs."""
     if torch.device(device).type != "cuda":
         return None
-    gpu = gpu_named(torch.cuda.get_device_name(device))
+    name = torch.cuda.get_device_name(device)
+    if "MIG" in name:  # a slice of the GPU ("H100 ... MIG 3g.40gb"): its share of the peak is not known here
+        return None
+    gpu = gpu_named(name)
     return None if gpu is None else gpu.peak_flops(dtype)
 
 
@@ -137,6 +140,10 @@ def setup(device: str = "auto", timeout_minutes: float | None = None) -> DistInf
         return DistInfo(device=device)
     rank, local_rank, world_size = (int(os.environ[name]) for name in TORCHRUN_ENV)
     if device.startswith("cuda"):
+        if local_rank >= torch.cuda.device_count():  # else "invalid device ordinal", deep in CUDA
+            raise GhoulError(f"torchrun started local rank {local_rank}, but this process sees "
+                             f"{torch.cuda.device_count()} CUDA GPU(s): start at most that many processes per node "
+                             f"(--nproc_per_node), and give each process every GPU of the node (CUDA_VISIBLE_DEVICES)")
         device = f"cuda:{local_rank}"
         torch.cuda.set_device(device)
     if not dist.is_initialized():

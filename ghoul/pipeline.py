@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ghoul.checkpoint import load_model_and_tokenizer
-from ghoul.config import build, option, option_owners, refuse_changed, refuse_set, to_dict
+from ghoul.config import build, option, option_owners, refuse_changed, refuse_set, require, to_dict
 from ghoul.data.corpus import CORPORA, CORPUS_HELP, build_corpus, write_corpus
 from ghoul.data.prepare import PrepareConfig
 from ghoul.data.prepare import run as prepare
@@ -110,6 +110,10 @@ class PipelineConfig:
                      "winrate_pairs", "eval_tokens"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise GhoulError(f"--{name.replace('_', '-')} must be at least 1")
+        require(self, ("pretrain_lr", "finetune_lr", "muon_lr", "preference_lr"), lambda v: v > 0, "positive")
+        if self.eval_tokens is not None and self.eval_tokens < self.seq_len:
+            raise GhoulError(f"--eval-tokens {self.eval_tokens} are fewer than one window of --seq-len "
+                             f"{self.seq_len}: give at least {self.seq_len}")
         if self.tokenizer != "bpe":
             refuse_set(self, ("vocab_size",), "--tokenizer bpe")
         if self.optimizer != "muon":

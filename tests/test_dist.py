@@ -11,6 +11,7 @@ import torch
 
 from ghoul import dist
 from ghoul.dist import CPU_BF16_MIN_WIDTH, cpu_flags, fast_bfloat16, resolve_dtype
+from ghoul.errors import GhoulError
 from ghoul.model import PRESETS
 
 LAPTOP = PRESETS.get("laptop", {}).get("n_embd", 128)  # the default run's model (6 layers, width 128)
@@ -83,6 +84,7 @@ def test_avx2_only_cpu_trains_in_float32():
     ("NVIDIA L40S", 362), ("NVIDIA L40", 181), ("NVIDIA L4", 121), ("NVIDIA A10G", 125), ("NVIDIA A10", 125),
     ("NVIDIA GeForce RTX 4090", 165), ("NVIDIA GeForce RTX 3090", 71), ("NVIDIA RTX A6000", 155),
     ("NVIDIA GH200 480GB", 989), ("Tesla T4", None), ("NVIDIA RTX A4000", None),  # unknown: no MFU, not a guess
+    ("NVIDIA H100 80GB HBM3 MIG 3g.40gb", None),  # a slice of a GPU: not the whole chip's peak
 ])
 def test_peak_flops_match_the_specific_name_first(monkeypatch, name, tflops):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *_: name)
@@ -121,6 +123,17 @@ def test_torchrun_with_one_process_starts_the_process_group(torchrun_env, monkey
     for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
         monkeypatch.delenv(name)
     assert not dist.setup("cpu").distributed  # no torchrun: one process, no process group
+
+
+def test_more_torchrun_processes_than_gpus_is_a_one_line_error(torchrun_env, monkeypatch):
+    """torchrun's local rank past the GPUs this process sees: named with the fix, not CUDA's "invalid ordinal"."""
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    monkeypatch.setattr(dist, "resolve_device", lambda device: "cuda")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(GhoulError, match=r"torchrun started local rank 2, but this process sees 2 CUDA GPU\(s\): "
+                                         r"start at most that many processes per node \(--nproc_per_node\)"):
+        dist.setup("cuda")
+    assert torchrun_env == []  # before any process group
 
 
 def test_dist_timeout_option_reaches_init_process_group(torchrun_env, tmp_path):

@@ -140,8 +140,12 @@ def test_pipeline_refuses_bad_settings(tmp_path, capsys):
 @pytest.mark.parametrize("args, message", [
     (["--tokenizer", "gpt2", "--vocab-size", "512"], "--vocab-size is only read with --tokenizer bpe"),
     (["--optimizer", "adamw", "--muon-lr", "0.05"], "--muon-lr is only read with --optimizer muon"),
+    # named as the pipeline's flags, before any stage runs (a rate of 0 divided Muon's scaling: a traceback)
+    (["--pretrain-lr", "0"], "--pretrain-lr must be positive, got 0.0"),
+    (["--finetune-lr", "nan"], "--finetune-lr must be positive, got nan"),
+    (["--eval-tokens", "100"], "--eval-tokens 100 are fewer than one window of --seq-len 256: give at least 256"),
 ])
-def test_pipeline_refuses_what_its_other_choices_leave_unread(tmp_path, capsys, args, message):
+def test_pipeline_refuses_bad_options_before_any_stage(tmp_path, capsys, args, message):
     assert main(["pipeline", "--data-dir", str(tmp_path), "--output-dir", str(tmp_path / "run"), *args]) == 2
     assert message in capsys.readouterr().err and not (tmp_path / "run").exists()
 

@@ -71,8 +71,10 @@ class TextSource(ABC):
             return resolve_paths(self.path, self.suffixes)
         if not self.urls:
             raise GhoulError(f"source '{self.name}' needs a local file: give --source-path FILE|DIR|GLOB")
-        return [download(url, cache_dir() / self.name / url.rsplit("/", 1)[1], sha256,
-                         hint="download it yourself and give --source-path") for url, sha256 in self.urls]
+        hint = ("download it yourself and give --source-path (ghoul pipeline: --data-dir, or GHOUL_DATA_DIR, a folder "
+                "laid out as shared/data)")
+        return [download(url, cache_dir() / self.name / url.rsplit("/", 1)[1], sha256, hint=hint)
+                for url, sha256 in self.urls]
 
     def __iter__(self) -> Iterator[str]:
         count = 0

@@ -54,11 +54,12 @@ class CheckpointsConfig:
 def step_dirs(run_dir: Path) -> list[tuple[int, Path]]:
     """(step, directory) of the run's complete checkpoints, by step (temporary `.step_*` folders are not matched)."""
     if not run_dir.is_dir():
-        raise GhoulError(f"run directory {run_dir} does not exist: give the --out directory of a training run")
+        raise GhoulError(f"run directory {run_dir} does not exist: give the --output-dir of a training run")
     found = [(int(p.name.removeprefix("step_")), p) for p in checkpoint.step_dirs(run_dir)]
     if not found:
         raise GhoulError(f"{run_dir} holds no checkpoints: it should contain step_* directories (each with "
-                         f"{WEIGHTS_FILE}), as a training run saves them (--checkpoint-every)")
+                         f"{WEIGHTS_FILE}), as a training run saves them (--checkpoint-every); of a pipeline or rlhf "
+                         f"run, give one of its stages, e.g. {run_dir / 'pretrain'}")
     return found
 
 

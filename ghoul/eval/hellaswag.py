@@ -57,7 +57,9 @@ def default_data_path() -> Path:
     env = os.environ.get("GHOUL_DATA_DIR")
     if env and (Path(env) / "hellaswag" / FILE_NAME).is_file():
         return Path(env) / "hellaswag" / FILE_NAME
-    dest, hint = cache_dir() / "hellaswag" / FILE_NAME, "download it and pass --data-path FILE"
+    dest = cache_dir() / "hellaswag" / FILE_NAME
+    hint = (f"download it and give its path (--data-path; in training, --hellaswag-path), or set GHOUL_DATA_DIR to a "
+            f"folder holding hellaswag/{FILE_NAME}")
     failed = None
     if int(os.environ.get("LOCAL_RANK", "0")) == 0:
         try:
@@ -77,8 +79,8 @@ def load_hellaswag(path: str | Path, limit: int | None = None) -> list[dict[str,
     `{"index", "ctx", "endings", "label"}` records (index = position in the file)."""
     path = Path(path)
     if not path.is_file():
-        raise GhoulError(f"HellaSwag file {path} does not exist: give --data-path FILE (the official "
-                         f"{FILE_NAME}) or leave it out to use the default")
+        raise GhoulError(f"HellaSwag file {path} does not exist: give the path of the official {FILE_NAME}, or "
+                         "leave the option out to use the default")
     examples: list[dict[str, Any]] = []
     with open(path, encoding="utf-8") as f:
         for line_no, line in enumerate(f, start=1):

@@ -77,6 +77,9 @@ def evaluate_loss(model: torch.nn.Module, shards: list[np.ndarray], device: str 
     gpt = unwrap(model)
     if seq_len > gpt.config.block_size:
         raise GhoulError(f"--seq-len {seq_len} exceeds the model's block size {gpt.config.block_size}")
+    if max_tokens is not None and max_tokens < seq_len:
+        raise GhoulError(f"{max_tokens} tokens to score are fewer than one window of {seq_len}: score at least "
+                         f"{seq_len} (--tokens; in the pipeline, --eval-tokens)")
     spans = windows(shards, seq_len, max_tokens)
     if not spans:
         raise GhoulError(f"the split holds {sum(len(s) for s in shards)} tokens: too few for one window of "

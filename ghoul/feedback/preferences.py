@@ -144,7 +144,8 @@ class PairLoader(EpochLoader):
                        encode_pair_side(tokenizer, r["prompt"], r["rejected"], block_size, join)) for r in records]
         if self.steps_per_epoch < 1:
             raise GhoulError(f"{len(self.pairs)} preference pairs are too few for one step of batch_size * "
-                             f"world_size = {batch_size * world_size}: lower --batch-size or rank more stories")
+                             f"world_size = {batch_size * world_size}: lower --batch-size or rank more stories "
+                             "(rlhf, pipeline: raise --num-samples)")
         self._seek(0, 0)
 
     @property

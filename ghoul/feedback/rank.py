@@ -75,7 +75,7 @@ def earlier_judgments(cfg: RankConfig, groups: list[list[int]]) -> dict[int, dic
         g = record["group"]
         if not 0 <= g < len(groups) or sorted(record["shown"]) != sorted(groups[g]):
             raise GhoulError(f"{cfg.out} holds judgments of other groups (group {g}): it was made from other "
-                             "stories, --group-size or --seed; use another --out")
+                             "stories, --group-size or --seed; use another --out (ghoul rlhf: --output-dir)")
         done[g] = record
     repair_jsonl(cfg.out, "group")
     return done

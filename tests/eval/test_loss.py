@@ -64,6 +64,10 @@ def test_cli_errors_exit_2(tiny_gpt2: Path, shard_dir: Path, tmp_path: Path, cap
     assert "does not exist" in capsys.readouterr().err
     assert main(["eval", "loss", "--checkpoint", str(tiny_gpt2), "--data", str(shard_dir), "--seq-len", "999"]) == 2
     assert "exceeds the model's block size" in capsys.readouterr().err
+    # a budget below one window: the budget is named, not the data (which holds plenty)
+    assert main(["eval", "loss", "--checkpoint", str(tiny_gpt2), "--data", str(shard_dir), "--seq-len", "64",
+                 "--tokens", "10"]) == 2
+    assert "10 tokens to score are fewer than one window of 64: score at least 64" in capsys.readouterr().err
 
 
 def test_data_of_another_tokenizer_is_refused(tiny_gpt2: Path, shard_dir: Path, char_shard_dir: Path,
