@@ -37,6 +37,7 @@ from ghoul.feedback.reward import load_reward_model, score_texts
 from ghoul.generate import check_prompt_source, check_sampling, read_prompts
 from ghoul.model import GPT
 from ghoul.optim.build import build_optimizers
+from ghoul.tokenizer import Tokenizer
 from ghoul.train.config import RunOptions
 from ghoul.train.context import advice, open_run_dir, rng_state, set_rng_state, training_run
 from ghoul.train.loop import stopping
@@ -329,6 +330,15 @@ def make_scorer(cfg: RlConfig, tokenizer, prompt_texts: list[str], device: str) 
     return by_judge
 
 
+def encode_prompts(texts: list[str], tokenizer: Tokenizer, max_new_tokens: int, block_size: int) -> list[list[int]]:
+    """The prompts' tokens (an empty prompt: <|endoftext|>), refused unless each leaves room in the model's context
+    for `max_new_tokens`: the policy, the reference and the reward model read a whole sample at once."""
+    prompts = [tokenizer.encode(p) if p else [tokenizer.eot_id] for p in texts]
+    if max(map(len, prompts)) + max_new_tokens > block_size:
+        raise GhoulError(f"prompt + --max-new-tokens exceed the model's context of {block_size}")
+    return prompts
+
+
 def run(cfg: RlConfig, method: str) -> list[dict]:
     """Load the policy, train it with `method` against cfg.reward or a judge, save it as RUN/step_N (RUN/latest);
     with --resume, continue from a checkpoint of the run (the reference stays cfg.policy). One process, or one rank
@@ -348,9 +358,7 @@ def run(cfg: RlConfig, method: str) -> list[dict]:
         reference = load_model_and_tokenizer(cfg.policy, d.device)[0] if resume_from else None
         resume = load_training_checkpoint(resume_from) if resume_from else None
         prompt_texts = read_prompts(cfg)  # type: ignore[arg-type]  # the same fields as GenerateConfig's
-        prompts = [tokenizer.encode(p) if p else [tokenizer.eot_id] for p in prompt_texts]
-        if max(map(len, prompts)) + cfg.max_new_tokens > policy.config.block_size:
-            raise GhoulError(f"prompt + --max-new-tokens exceed the model's context of {policy.config.block_size}")
+        prompts = encode_prompts(prompt_texts, tokenizer, cfg.max_new_tokens, policy.config.block_size)
         scorer = make_scorer(cfg, tokenizer, prompt_texts, d.device)
         start = resume[0]["step"] if resume else 0
         logger = open_run_dir(out, d, {**to_dict(cfg), "method": method}, start if resume else None)

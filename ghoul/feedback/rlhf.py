@@ -24,16 +24,16 @@ from ghoul.feedback import rank, winners
 from ghoul.feedback.dpo import DpoConfig
 from ghoul.feedback.dpo import run as dpo
 from ghoul.feedback.judges import JudgeOptions
-from ghoul.feedback.ppo import PpoConfig, RlConfig
+from ghoul.feedback.ppo import PpoConfig, RlConfig, encode_prompts
 from ghoul.feedback.ppo import run as reinforce
 from ghoul.feedback.records import FeedbackRun
 from ghoul.feedback.reward import RewardTrainConfig
 from ghoul.feedback.reward import train_run as train_reward
 from ghoul.files import read_json, read_jsonl, write_json
-from ghoul.generate import GenerateConfig
+from ghoul.generate import GenerateConfig, read_prompts
 from ghoul.generate import run as generate
 from ghoul.layout import resolve_checkpoint
-from ghoul.tokenizer import TOKENIZER_FILE
+from ghoul.tokenizer import TOKENIZER_FILE, load_tokenizer
 from ghoul.train.context import Advice, advising
 from ghoul.train.stages import FinetuneConfig, max_steps, run_or_resume
 from ghoul.train.stages import run as finetune
@@ -123,6 +123,8 @@ def stage_configs(cfg: RlhfConfig) -> dict[str, Any]:
     block = read_model_config(cfg.base_model)["block_size"]
     if cfg.seq_len is not None and cfg.seq_len > block:
         raise GhoulError(f"--seq-len {cfg.seq_len} exceeds the block size of {cfg.base_model} ({block})")
+    if cfg.method in ("ppo", "grpo"):  # now, not after the stories, their ranking and the reward model
+        encode_prompts(read_prompts(cfg), load_tokenizer(cfg.base_model), cfg.max_new_tokens, block)
     out = FeedbackRun(cfg.output_dir)
     generate = GenerateConfig(checkpoint=cfg.base_model, prompt=cfg.prompt, prompts_file=cfg.prompts_file,
                               num_samples=cfg.num_samples, max_new_tokens=cfg.max_new_tokens,

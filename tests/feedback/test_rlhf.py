@@ -103,7 +103,9 @@ def test_rlhf_refusals(tiny_model, tmp_path, capsys):
                           (["--seq-len", "4096"], "--seq-len 4096 exceeds the block size"),
                           (["--method", "ppo", "--batch-size", "2"],
                            "--batch-size is not used by --method ppo (only by dpo and winners): leave it out"),
-                          (["--method", "dpo", "--seq-len", "64"], "--seq-len is not used by --method dpo")]:
+                          (["--method", "dpo", "--seq-len", "64"], "--seq-len is not used by --method dpo"),
+                          (["--method", "grpo", "--max-new-tokens", "128"],  # the tiny model's context: 128
+                           "prompt + --max-new-tokens exceed the model's context of 128")]:
         assert main(["rlhf", "--config", str(CONFIG), "--base-model", str(tiny_model), "--judge", "length",
                      "--output-dir", str(out), *args]) == 2
         assert message in capsys.readouterr().err and not out.exists()  # refused before any story is generated
