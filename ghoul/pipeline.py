@@ -38,7 +38,7 @@ from ghoul.report import write_report
 from ghoul.tokenizer import TOKENIZER_FILE, load_tokenizer
 from ghoul.tokenizer.bpe import BPETokenizer
 from ghoul.train.config import train_option
-from ghoul.train.context import Advice, advising
+from ghoul.train.context import RERUN, Advice, advising
 from ghoul.train.stages import FinetuneConfig, TrainConfig, run_or_resume
 
 GROUP_SIZE = 4  # stories the judge compares at once, as the seed did
@@ -262,8 +262,7 @@ def compare_samples(cfg: PipelineConfig, models: dict[str, Path]) -> Path:
     return out
 
 
-@advising(Advice(go_on="run the same command again to continue",
-                 retune=RETUNE, restart=RETUNE))
+@advising(Advice(go_on=RERUN, retune=RETUNE, restart=RETUNE))
 def run(cfg: PipelineConfig) -> Path:
     """Run every stage that is not yet done; returns the report's path."""
     for judge in dict.fromkeys((cfg.judge, cfg.winrate_judge or cfg.judge)):

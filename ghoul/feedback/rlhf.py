@@ -34,7 +34,7 @@ from ghoul.generate import GenerateConfig, read_prompts
 from ghoul.generate import run as generate
 from ghoul.layout import resolve_checkpoint
 from ghoul.tokenizer import TOKENIZER_FILE, load_tokenizer
-from ghoul.train.context import Advice, advising
+from ghoul.train.context import RERUN, Advice, advising
 from ghoul.train.stages import FinetuneConfig, max_steps, run_or_resume
 from ghoul.train.stages import run as finetune
 
@@ -180,7 +180,7 @@ def model_tokenizer(model_dir: Path) -> str:
     return "gpt2" if name == "gpt2" else str(directory / TOKENIZER_FILE)
 
 
-@advising(Advice(go_on="run the same command again to continue", retune=RETUNE, restart=RETUNE))
+@advising(Advice(go_on=RERUN, retune=RETUNE, restart=RETUNE))
 def run(cfg: RlhfConfig) -> RlhfResult:
     """Run the steps that are not yet complete in cfg.output_dir, in order."""
     steps = stage_configs(cfg)

@@ -27,9 +27,9 @@ from ghoul.train.loop import train
 
 DATA_DIR = "data"  # the token shards, inside the output directory
 # a learning run is not continued (a rerun into its directory is refused, check_fresh): a stopped one is trained again
-LEARN_ADVICE = Advice(go_on="learn runs are not continued: train again into another --output-dir",
-                      retune="lower --learning-rate or raise --warmup-iters and train again into another --output-dir",
-                      restart="lower --learning-rate or raise --warmup-iters and train again into another --output-dir")
+_RETRAIN = "lower --learning-rate or raise --warmup-iters and train again into another --output-dir"
+LEARN_ADVICE = Advice(go_on="learn runs are not continued: train again into another --output-dir", retune=_RETRAIN,
+                      restart=_RETRAIN)
 
 
 @dataclass

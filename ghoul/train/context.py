@@ -33,13 +33,15 @@ class Advice:
     """What a stopped run's messages tell the user to do, as imperatives: by default in the training commands' flags;
     the commands that run training stages themselves (pipeline, rlhf, learn) give their own (`advising`)."""
 
-    go_on: str = "continue with --resume"  # after a stop that left a checkpoint to continue from
-    retune: str = "lower --learning-rate or raise --warmup-iters and --resume"  # after a non-finite loss
-    restart: str = "lower --learning-rate or raise --warmup-iters and start the run over with --resume"  # ... before
-    #                                                                                     the first checkpoint
+    # after a stop that left a checkpoint to continue from
+    go_on: str = "continue with --resume"
+    # after a non-finite loss, with a checkpoint before it, and with none
+    retune: str = "lower --learning-rate or raise --warmup-iters and --resume"
+    restart: str = "lower --learning-rate or raise --warmup-iters and start the run over with --resume"
 
 
 TRAINING_ADVICE = Advice()
+RERUN = "run the same command again to continue"  # the commands that skip what is done and resume the rest
 _advice: ContextVar[Advice] = ContextVar("advice", default=TRAINING_ADVICE)
 
 

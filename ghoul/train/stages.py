@@ -73,7 +73,8 @@ def check_resumed_model(cfg: TrainConfig, config: GPTConfig, checkpoint: Path) -
     """A resumed run keeps its model: a model option given (set to other than its default) that asks for another
     model than the checkpoint's is refused, not silently ignored. The same options as the run's pass."""
     arch, defaults = cfg.arch, member_defaults(cfg, "arch")
-    asks = {}  # GPTConfig field -> (the option asking, the value it asks for); a switch overrides its preset
+    # GPTConfig field -> (the option asking, the value it asks for); a switch overrides its preset
+    asks: dict[str, tuple[str, Any]] = {}
     if arch.model != defaults["model"]:
         asks.update({name: ("model", value) for name, value in PRESETS[arch.model].items()})
     if arch.pad_vocab != defaults["pad_vocab"]:
