@@ -149,7 +149,7 @@ def existing_stories(cfg: GenerateConfig, source: dict[str, str], settings: dict
         changed = [k for k, v in expected.items() if r.get(k) != v]
         if changed:
             raise GhoulError(f"{cfg.out} holds stories made with another {', '.join(changed)} (story {r['id']}): "
-                             "use another --out, or delete it to start over")
+                             "use another --out (ghoul rlhf: --output-dir), or delete it to start over")
         done[r["id"]] = r
     repair_jsonl(cfg.out, "id")
     return done

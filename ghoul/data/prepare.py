@@ -157,7 +157,7 @@ def _existing_output(cfg: PrepareConfig, tokenizer: Tokenizer) -> dict[str, Any]
         changed.append(f"vocabulary {meta.get('vocab_size')} there, {tokenizer.vocab_size} now")
     if changed:
         raise GhoulError(f"{cfg.out} was prepared with other settings ({'; '.join(changed)}): "
-                         "use another --out or delete that directory")
+                         "use another --out (ghoul learn: --output-dir) or delete that directory")
     for split, counts in meta["shards"].items():
         for i, count in enumerate(counts):
             path = cfg.out / shard_name(split, i)
