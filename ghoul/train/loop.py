@@ -144,8 +144,7 @@ def train(cfg: Any, model: GPT, tokenizer: Tokenizer, d: dist.DistInfo, loss_fn:
     config: its groups `run`, `optim`, `batch` and `loop`. `hooks` run beside the validation loss (HellaSwag,
     samples: ghoul.train.hooks)."""
     run, optim, batch, loop = cfg.run, cfg.optim, cfg.batch, cfg.loop
-    # config.json records the precision the run used; the bigram model has no width (float32 on a CPU; on a GPU,
-    # autocast leaves its table lookup and loss in float32 anyway)
+    # config.json records the precision the run used; the bigram has no width (autocast leaves its lookup as it is)
     loop.dtype = dist.resolve_dtype(loop.dtype, d.device, getattr(model.config, "n_embd", None))
     seq_len = batch.seq_len or model.config.block_size
     if seq_len > model.config.block_size:
