@@ -1,6 +1,6 @@
 """One short run for a machine with a GPU: the CUDA paths the CPU suite cannot reach, and the GPU targets.
 
-    python -m benchmarks.device_check [--out DIR]            # about 8-10 minutes on one H100 or H200 (estimated)
+    python -m benchmarks.device_check [--out DIR]            # about 9-11 minutes on one H100 or H200 (estimated)
 
 Quick stages first, each stage's result written to DIR/device_check.json as soon as it is known (a run cut
 short keeps what it measured), and stages after --budget-s seconds skipped:
@@ -11,12 +11,15 @@ short keeps what it measured), and stages after --budget-s seconds skipped:
 3. a one-process torchrun run over NCCL: DDP around the compiled model, `no_sync` accumulation, the default precision
    (auto: bfloat16 on this GPU), Muon, activation checkpointing, in-loop HellaSwag (a made-up file: the machine may
    have no network) and samples, a checkpoint, and a resume from it; the same under FSDP on every GPU found (its
-   bfloat16 mixed-precision policy, the sharded checkpoint), then the first preset's rate, MFU and peak memory
-   under FSDP;
-4. MFU of `ghoul pretrain` itself, as a user runs it (bfloat16 autocast, --compile, vocabulary padded), for gpt2
+   bfloat16 mixed-precision policy, the sharded checkpoint);
+4. what a user runs on the default run's architecture (`laptop`: RMSNorm, rotary, SwiGLU, QK-norm), each command as
+   its own process: pretraining in the default precision (compiled), sampling with the KV cache, `eval loss`, and
+   the feedback trainers (`rlhf --method dpo` with its stories and ranking; `grpo`); then the first preset's rate,
+   MFU and peak memory under FSDP;
+5. MFU of `ghoul pretrain` itself, as a user runs it (bfloat16 autocast, --compile, vocabulary padded), for gpt2
    and gpt2-xl on synthetic GPT-2 token shards: the median of the logged MFU after the compiling steps (targets on
    an H100: 50% and 45%);
-5. on the host's CPU, where it has native bfloat16 matmuls (AMX, AVX512-BF16): ghoul's bfloat16 training step
+6. on the host's CPU, where it has native bfloat16 matmuls (AMX, AVX512-BF16): ghoul's bfloat16 training step
    against its float32 step (target >= 1.8x).
 On a CPU (`--device cpu --presets tiny --steps 4 --no-compile`) it runs its stages on the tiny model to check itself
 (raise --budget-s on a busy machine, where the later stages would be skipped).
@@ -184,6 +187,38 @@ def torchrun_run(shards: Path, out: Path, device: str, compile: bool, parallel: 
             "resume_loss_difference": max(abs(after[s] - before[s]) for s in range(3, steps + 1))}
 
 
+def user_paths(shards: Path, out: Path, device: str, compile: bool) -> dict:
+    """What a user runs on the default run's architecture (the `laptop` preset: RMSNorm, rotary positions, SwiGLU,
+    QK-norm, no biases; on the GPT-2 vocabulary here), each command as its own process on `device`: a short
+    pretraining in the default precision, then sampling (the KV cache), the loss, and the feedback trainers (rlhf's
+    stories, ranking and DPO; GRPO)."""
+    model, ghoul = out / "laptop", [sys.executable, "-m", "ghoul"]
+    # rows of 256 tokens on a GPU; smaller on a CPU (the self-check), where 50,257-way logits are slow and large
+    batch, rows = ("8", "256") if device.startswith("cuda") else ("2", "64")
+    commands = {
+        "pretrain": ["pretrain", "--dataset", str(shards), "--model", "laptop", "--batch-size", batch, "--seq-len",
+                     rows, "--max-steps", "6", "--eval-every", "0", "--output-dir", str(model),
+                     *(["--compile"] if compile else [])],
+        "generate": ["generate", "--checkpoint", str(model), "--num-samples", "4", "--max-new-tokens", "32"],
+        "eval-loss": ["eval", "loss", "--checkpoint", str(model), "--data", str(shards), "--split", "train",
+                      "--seq-len", rows, "--tokens", str(16 * int(rows)), "--batch-size", batch],
+        "rlhf-dpo": ["rlhf", "--base-model", str(model), "--method", "dpo", "--judge", "length", "--num-samples", "8",
+                     "--max-new-tokens", "24", "--max-steps", "2", "--batch-size", "2",
+                     "--output-dir", str(out / "rlhf")],
+        "grpo": ["grpo", "--policy", str(model), "--judge", "length", "--max-steps", "2", "--prompts-per-step", "1",
+                 "--group-size", "2", "--max-new-tokens", "16", "--output-dir", str(out / "grpo")],
+    }
+    result: dict = {"passed": True}
+    for name, args in commands.items():
+        started = time.perf_counter()
+        done = subprocess.run([*ghoul, *args, "--device", device], capture_output=True, text=True)
+        result[name] = round(time.perf_counter() - started, 1)
+        if done.returncode != 0:  # the later commands need this one's output
+            return {"passed": False, "failed": name, "tail": (done.stdout + done.stderr)[-1500:]}
+    result["dtype"] = json.loads((model / "config.json").read_text())["dtype"]  # as auto resolved
+    return result
+
+
 def fsdp_speed(preset: str, shards: Path, out: Path, device: str, steps: int, compile: bool, nproc: int) -> dict:
     """`ghoul pretrain --parallel fsdp` of `preset` on `nproc` ranks as a user runs it (default precision, the
     preset's micro-batch): the medians of the logged rate and MFU over the second half, and rank 0's peak memory."""
@@ -266,6 +301,10 @@ def main() -> None:
                   lambda r, p=parallel, n=nproc: f"passed: {p.upper()} on {n}, --dtype auto ran {r['dtype']}, "
                   f"{r['hellaswag']} HellaSwag evaluations, {r['samples']} samples, resumed losses within "
                   f"{r['resume_loss_difference']:.2g}" if r["passed"] else f"FAILED\n{r['tail']}")
+        stage("user-paths", lambda: user_paths(shards, Path(tmp), args.device, not args.no_compile),
+              lambda r: f"passed ({r['dtype']}): " + ", ".join(f"{k} {v:.0f} s" for k, v in r.items()
+                                                                 if isinstance(v, float)) if r["passed"]
+              else f"FAILED at {r['failed']}\n{r['tail']}")
         stage(f"fsdp-{args.presets[0]}",
               lambda: fsdp_speed(args.presets[0], shards, Path(tmp), args.device, args.steps, not args.no_compile,
                                  ranks(args.device)),

@@ -7,6 +7,8 @@ import pytest
 
 from benchmarks import device_check
 from benchmarks.device_check import MEMORY_ACCUM
+from ghoul.dist import resolve_dtype
+from ghoul.model import PRESETS
 from ghoul.plan import GiB, PlanConfig, estimate
 
 
@@ -44,3 +46,13 @@ def test_fsdp_speed_stage_measures_on_gloo(shards, tmp_path):
     r = device_check.fsdp_speed("tiny", shards, tmp_path, "cpu", 2, compile=False, nproc=2)
     assert r["ranks"] == 2 and r["tokens_per_s"] > 0 and r["final_loss"] > 0
     assert r["mfu"] is None and not (tmp_path / "fsdp-tiny").exists()  # no peak FLOP/s for a CPU
+
+
+def test_user_paths_stage_runs_each_command_on_the_default_architecture(shards, tmp_path):
+    """Pretraining `laptop`, sampling, the loss and the feedback trainers, each as its own process (on CUDA in the
+    device check; here as its CPU self-check)."""
+    r = device_check.user_paths(shards, tmp_path, "cpu", compile=False)
+    assert r["passed"], r["tail"]
+    assert r["dtype"] == resolve_dtype("auto", "cpu", PRESETS["laptop"]["n_embd"])  # as a user's run resolves it
+    assert set(r) >= {"pretrain", "generate", "eval-loss", "rlhf-dpo", "grpo"}
+    assert (tmp_path / "rlhf" / "dpo" / "latest").is_file() and (tmp_path / "grpo" / "latest").is_file()
