@@ -86,10 +86,17 @@ def refuse_changed(cfg: Any, made_with: dict[str, Any] | None, names: Iterable[s
     its finished steps made with the old value."""
     now = to_dict(cfg)
     for name in names if made_with is not None else ():
-        if made_with.get(name, now[name]) != now[name]:
+        if not _same(made_with.get(name, now[name]), now[name]):
             old, new = (repr(v) if isinstance(v, str) else v for v in (made_with[name], now[name]))
             raise GhoulError(f"{run} holds a run made with {flag(name)} {old}, not {new}: rerun it with the options "
                              f"it was made with to continue it, or give another --output-dir")
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal option values; paths to the same file or folder, however written (relative, absolute, ./), are equal."""
+    if a == b:
+        return True
+    return isinstance(a, str) and isinstance(b, str) and Path(a).exists() and Path(a).resolve() == Path(b).resolve()
 
 
 def member_defaults(stage: Any, member: str) -> dict[str, Any]:

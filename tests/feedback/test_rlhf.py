@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -39,6 +40,9 @@ def test_rlhf_runs_end_to_end_and_resumes(tiny_model, tmp_path, capsys):
     assert "stories.jsonl is complete; skipped" in err and "all 8 groups are judged" in err
     assert "finished its 4 steps; skipped" in err
     assert before == {p: p.stat().st_mtime_ns for p in before}
+    # the same base model written another way (relative): the same run, continued
+    relative = [os.path.relpath(a) if a == str(tiny_model) else a for a in args]
+    assert main(relative) == 0 and "stories.jsonl is complete; skipped" in capsys.readouterr().err
     # the stories were made with another temperature: refused, not skipped as complete; the run stays as it was
     made_with = (run / "config.json").read_text()
     assert main([*args, "--temperature", "0.55"]) == 2
