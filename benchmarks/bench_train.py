@@ -9,6 +9,7 @@ Run: python -m benchmarks.bench_train [--presets small gpt2 --batch 4 --seq-len 
      python -m benchmarks.bench_train --presets small --compile
      python -m benchmarks.bench_train --cpu-default   (the default run's step against its matrix products alone)
      python -m benchmarks.bench_train --presets small --profile [--compile]   (where the step's time goes)
+     python -m benchmarks.bench_train --cpu-default --profile [--compile]     (... in the default run's step)
 """
 
 from __future__ import annotations
@@ -172,12 +173,12 @@ MATMULS = ("aten::mm", "aten::addmm", "aten::bmm")
 
 
 def profile(preset: str = "small", batch: int = 4, seq_len: int = 256, compile: bool = False, steps: int = 3,
-            device: str | None = None, pad_vocab: bool = True, top: int = 12) -> str:
+            device: str | None = None, pad_vocab: bool = True, top: int = 12, vocab_size: int | None = None) -> str:
     """Where ghoul's float32 training step spends its time: each operator's share of the self time of `steps` steps
     (after two warm-up steps), the matrix products summed first; what `--compile` can and cannot speed up."""
     from torch.profiler import profile as torch_profile
 
-    device, config, seq_len, x, y = setup(preset, batch, seq_len, device, pad_vocab)
+    device, config, seq_len, x, y = setup(preset, batch, seq_len, device, pad_vocab, vocab_size)
     torch.manual_seed(0)
     step = step_fn(GPT(config).to(device), x, y, "float32", device, compile=compile)
     for _ in range(2):
@@ -210,12 +211,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default=dist.default_device())
     parser.add_argument("--profile", action="store_true", help="instead: each operator's share of ghoul's step "
-                        "(with --compile: of the compiled step)")
+                        "(with --compile: of the compiled step; with --cpu-default: of the default run's step)")
     parser.add_argument("--cpu-default", action="store_true", help="instead: the default run's step on the CPU "
                         "against its matrix products alone, float32 and (where native) bfloat16")
     parser.add_argument("--width", type=int, default=None, help="with --cpu-default: the model this wide (heads of "
                         "64; issue 17 set its targets at width 384)")
     args = parser.parse_args()
+    if args.cpu_default and args.profile:
+        default = PipelineConfig
+        print(profile(default.model, args.batch or default.batch_size, args.seq_len or default.seq_len, args.compile,
+                      device="cpu", vocab_size=default.vocab_size))
+        return
     if args.cpu_default:
         print(describe(run_default(args.repeats, batch=args.batch, seq_len=args.seq_len, width=args.width)))
         return
