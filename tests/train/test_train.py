@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 import time
 
 import pytest
@@ -102,6 +103,11 @@ def test_finetune_continues_on_another_dataset(fineweb_shards, horror_shards, tm
     base = load_model_dir(tmp_path / "pre")
     tuned = load_model_dir(tmp_path / "ft")
     assert not torch.equal(base.transformer.wte.weight, tuned.transformer.wte.weight)
+    # resumed with another base model: refused, not silently trained on from the run's own
+    with pytest.raises(GhoulError, match=re.escape(f"{tmp_path / 'ft'} holds a run made with --base-model "
+                                                   f"'{tmp_path / 'pre'}', not '{tmp_path / 'other'}'")):
+        run(build(FinetuneConfig, dataset=str(horror_shards), output_dir=tmp_path / "ft", base_model=tmp_path / "other",
+                  batch_size=4, seq_len=64, max_steps=8, warmdown_iters=2, device="cpu", resume="latest"))
 
 
 def test_checkpoint_loads_in_transformers(fineweb_shards, tmp_path):
