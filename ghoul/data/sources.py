@@ -14,6 +14,8 @@ import importlib
 import json
 import os
 import sys
+import zipfile
+import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -53,6 +55,8 @@ class TextSource(ABC):
         given = {k for k, v in {"text_field": text_field, "subset": subset, "separator": separator}.items() if v}
         if given - self.options:
             raise GhoulError(f"source '{self.name}' takes no {', '.join(map(flag, sorted(given - self.options)))}")
+        if separator == "":
+            raise GhoulError("--separator must not be empty: give the text between documents, e.g. '\\n\\n'")
         self.path, self.text_field, self.subset, self.separator = path, text_field, subset, separator
 
     @abstractmethod
@@ -78,9 +82,12 @@ class TextSource(ABC):
 
     def __iter__(self) -> Iterator[str]:
         count = 0
-        for doc in filter(None, self.iter_documents()):
-            count += 1
-            yield doc
+        try:
+            for doc in filter(None, self.iter_documents()):
+                count += 1
+                yield doc
+        except (gzip.BadGzipFile, EOFError, zlib.error) as e:  # read lazily: a .gz file cut short, or not gzip
+            raise GhoulError(f"{self.describe()}: a .gz file is damaged or not gzip ({e}): download it again") from None
         if count == 0:
             raise GhoulError(f"source '{self.name}' found no documents in {self.describe()}")
 
@@ -184,7 +191,11 @@ def _parquet(path: Path) -> Iterator[dict[str, Any]]:
 
 def _xlsx(path: Path) -> Iterator[dict[str, Any]]:
     openpyxl = _optional("openpyxl", "openpyxl", path)
-    book = openpyxl.load_workbook(path, read_only=True, data_only=True)
+    try:
+        book = openpyxl.load_workbook(path, read_only=True, data_only=True)
+    except (zipfile.BadZipFile, KeyError, OSError) as e:  # not a zip, or a zip that is no workbook
+        raise GhoulError(f"{path} could not be read as an Excel workbook ({type(e).__name__}: {e}): the file is "
+                         "damaged or not .xlsx") from None
     try:
         rows = book.active.iter_rows(values_only=True)
         header = [str(h) if h is not None else "" for h in next(rows, ())]

@@ -23,7 +23,7 @@ from ghoul import dist
 from ghoul.checkpoint import read_model_config
 from ghoul.errors import GhoulError
 from ghoul.files import clean_temporaries, write_json
-from ghoul.layout import newest_checkpoint, resolve_checkpoint, set_aside_later
+from ghoul.layout import WEIGHTS_FILE, newest_checkpoint, resolve_checkpoint, set_aside_later
 from ghoul.train.config import RunOptions
 from ghoul.train.logger import LOG_FILE, SAMPLES_FILE, RunLogger
 
@@ -96,6 +96,9 @@ def check_run_dir(cfg: Any) -> Path | None:
     stage's `output_dir` and `resume` (RunOptions, PPO's and GRPO's config). `--resume` continues the run's newest
     checkpoint; a run stopped before its first one (killed, or a NaN loss) has nothing to continue and starts over."""
     out = cfg.output_dir
+    if (out / WEIGHTS_FILE).exists():  # its config.json would be overwritten, and the model no longer load
+        raise GhoulError(f"{out} holds a model ({WEIGHTS_FILE}: a checkpoint or an export), not a training run: give "
+                         "another --output-dir")
     newest, has_log = newest_checkpoint(out), (out / LOG_FILE).exists()
     if cfg.resume is None:
         if newest is not None:

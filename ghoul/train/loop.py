@@ -191,12 +191,13 @@ def train(cfg: Any, model: GPT, tokenizer: Tokenizer, d: dist.DistInfo, loss_fn:
         return save_checkpoint(run.output_dir, step, raw_model, optimizers, state, tokenizer, loop, d)
 
     model.train()
-    bar = tqdm(total=loop.max_steps, initial=start_step, desc="training", unit="step", disable=not d.is_main,
-               file=sys.stderr, dynamic_ncols=True)
     if start_step == 0:
         record = evaluate(0, {"step": 0})
         if len(record) > 1:
             logger.log(record)
+    # opened after step 0's evaluation: a bar left open by its error would be drawn after the message
+    bar = tqdm(total=loop.max_steps, initial=start_step, desc="training", unit="step", disable=not d.is_main,
+               file=sys.stderr, dynamic_ncols=True)
     progress.interval_start = time.perf_counter()  # step 0's evaluation is left out of the first interval
     step, saved_step, stopped = start_step, None, False
     with bar, stopping(d, run.output_dir) as interrupt:

@@ -145,6 +145,19 @@ def test_bad_records_and_options(data: Path, tmp_path: Path) -> None:
     cut.write_bytes((data / "fineweb" / "fineweb_subset.parquet").read_bytes()[:4096])
     with pytest.raises(GhoulError, match=r"cut.parquet could not be read as parquet"):
         list(make_source("fineweb", cut))
+    # gzip read lazily: a download cut short, or a plain file named .gz, is a line, not EOFError or BadGzipFile
+    cut_gz, fake_gz = tmp_path / "cut.txt.gz", tmp_path / "fake.jsonl.gz"
+    cut_gz.write_bytes((data / "lovecraft" / "lovecraft.txt.gz").read_bytes()[:200_000])
+    fake_gz.write_bytes((data / "creepypasta" / "reddit_horror_stories.jsonl").read_bytes()[:1000])
+    for source, path in (("text", cut_gz), ("lovecraft", cut_gz), ("jsonl", fake_gz)):
+        with pytest.raises(GhoulError, match=r"a \.gz file is damaged or not gzip \(.*\): download it again"):
+            list(make_source(source, path))
+    fake_xlsx = tmp_path / "fake.xlsx"
+    fake_xlsx.write_text("title,body\n", encoding="utf-8")
+    with pytest.raises(GhoulError, match=r"fake.xlsx could not be read as an Excel workbook \(BadZipFile"):
+        list(make_source("creepypasta", fake_xlsx))
+    with pytest.raises(GhoulError, match="--separator must not be empty"):
+        make_source("text", text, separator="")
 
 
 def test_download_caches_under_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

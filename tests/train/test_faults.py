@@ -91,6 +91,25 @@ def test_a_resumed_run_refuses_model_options_that_ask_for_another_model(fineweb_
     assert load_model_dir(out).config.norm == "rmsnorm"
 
 
+def test_a_model_directory_is_never_trained_into(fineweb_shards, tmp_path, capsys):
+    """--output-dir naming a checkpoint (or an export) would overwrite its config.json: refused, the model intact."""
+    out = tmp_path / "r"
+    assert main(pretrain(fineweb_shards, out, "--max-steps", "2")) == 0
+    model_dir = out / "step_000002"
+    config = (model_dir / "config.json").read_text()
+    err = one_line_error(capsys, ["finetune", "--dataset", str(fineweb_shards), "--base-model", str(model_dir),
+                                  "--output-dir", str(model_dir), "--device", "cpu"])
+    assert f"{model_dir} holds a model (model.safetensors: a checkpoint or an export), not a training run" in err
+    assert (model_dir / "config.json").read_text() == config and load_model_dir(model_dir).config.n_layer == 2
+
+
+def test_an_error_in_the_first_evaluation_is_the_last_line(fineweb_shards, tmp_path, capsys):
+    """Step 0's evaluation fails before the progress bar is drawn, so the message is not buried under it."""
+    err = one_line_error(capsys, pretrain(fineweb_shards, tmp_path / "r", "--hellaswag-every", "1",
+                                          "--hellaswag-path", str(tmp_path / "none.jsonl")))
+    assert "none.jsonl does not exist: give the path of the official hellaswag_val.jsonl" in err
+
+
 def test_ctrl_c_stops_at_a_step_boundary_and_resumes_exactly(fineweb_shards, tmp_path, monkeypatch, capsys):
     kw = dict(max_steps=6, total_batch_size=512, eval_every=0)  # 2 micro-batches a step
     run(config(fineweb_shards, tmp_path / "a", **kw))
