@@ -460,4 +460,10 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
         drop_sorted = probs.cumsum(dim=-1) - probs >= top_p
         logits = logits.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
     probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+    try:
+        return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+    except RuntimeError as e:  # torch's check of the probabilities, on the CPU (a GPU's asserts in the kernel)
+        if "probability tensor contains" not in str(e):
+            raise
+        raise GhoulError("the model's next-token probabilities are not finite (NaN or inf): its weights have "
+                         "diverged; use an earlier checkpoint, or train again at a lower learning rate") from None

@@ -144,6 +144,8 @@ def test_pipeline_refuses_bad_settings(tmp_path, capsys):
     (["--pretrain-lr", "0"], "--pretrain-lr must be positive, got 0.0"),
     (["--finetune-lr", "nan"], "--finetune-lr must be positive, got nan"),
     (["--eval-tokens", "100"], "--eval-tokens 100 are fewer than one window of --seq-len 256: give at least 256"),
+    (["--prompts", "The well", " "], "--prompts needs at least one prompt, and no empty one"),
+    (["--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
 ])
 def test_pipeline_refuses_bad_options_before_any_stage(tmp_path, capsys, args, message):
     assert main(["pipeline", "--data-dir", str(tmp_path), "--output-dir", str(tmp_path / "run"), *args]) == 2

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from ghoul.errors import GhoulError
 from ghoul.model import GPT, GPTConfig, sample_next
 
 
@@ -108,3 +109,12 @@ def test_cache_equals_no_cache_for_every_variant(name):
     steps = [model.hidden_states(full[:, :4], cache)] + [model.hidden_states(full[:, t:t + 1], cache)
                                                          for t in range(4, 12)]
     assert torch.allclose(torch.cat(steps, 1), model.hidden_states(full), atol=1e-5)
+
+
+def test_a_diverged_model_is_a_clear_error_not_torchs():
+    """NaN weights (a run that diverged) give NaN probabilities: named as such, not multinomial's RuntimeError."""
+    model = tiny_model()
+    with torch.no_grad():
+        model.lm_head.weight.fill_(float("nan"))
+    with pytest.raises(GhoulError, match="next-token probabilities are not finite .*: its weights have diverged"):
+        model.generate(torch.zeros((1, 1), dtype=torch.long), 4, temperature=1.0)

@@ -40,6 +40,7 @@ JUDGE_MEASURES = {
 
 API_OPTIONS = ("base_url", "max_retries", "retry_delay", "parse_retries", "timeout", "json_mode")
 WEB_OPTIONS = ("host", "port", "open_browser")
+DAY = 86_400  # seconds: the longest wait an API judge's options may ask for
 
 
 @dataclass
@@ -62,8 +63,10 @@ class JudgeOptions:
 
     def __post_init__(self) -> None:
         require(self, ("port",), lambda v: 0 <= v < 65536, "in 0..65535 (0: any free port)")
-        if self.max_retries < 0 or self.parse_retries < 0 or self.retry_delay < 0 or self.timeout <= 0:
-            raise GhoulError("--max-retries, --parse-retries and --retry-delay must be >= 0, --timeout positive")
+        require(self, ("max_retries", "parse_retries"), lambda v: v >= 0, ">= 0")
+        # seconds that time.sleep and the HTTP client take: NaN, inf or 1e300 failed there with a traceback
+        require(self, ("retry_delay",), lambda v: 0 <= v <= DAY, f"in [0, {DAY}] seconds")
+        require(self, ("timeout",), lambda v: 0 < v <= DAY, f"in (0, {DAY}] seconds")
         kind = (self.judge or "").partition(":")[0]
         if kind != "openai":
             refuse_set(self, API_OPTIONS, "--judge openai:MODEL")

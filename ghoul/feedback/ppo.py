@@ -40,7 +40,7 @@ from ghoul.optim.build import build_optimizers
 from ghoul.tokenizer import Tokenizer
 from ghoul.train.config import RunOptions
 from ghoul.train.context import advice, open_run_dir, rng_state, set_rng_state, training_run
-from ghoul.train.loop import stopping
+from ghoul.train.loop import check_finite, stopping
 
 # rewards of the completions (token ids, up to the end of text) of one step: `groups[i]` is sample i's group (its
 # prompt's place in the step), `prompts[i]` the index of its prompt among all the prompts
@@ -79,9 +79,10 @@ class RlConfig:
         require(self, ("checkpoint_every",), lambda v: v >= 0, ">= 0")
         check_sampling(self.temperature)  # nan or inf would stop the rollouts midway
         check_prompt_source(self.prompt, self.prompts_file)
-        if min(self.temperature, self.learning_rate) <= 0 or self.kl_coef < 0 or not 0 < self.clip_eps < 1:
-            raise GhoulError("--temperature and --learning-rate must be positive, --kl-coef >= 0, --clip-eps in "
-                             "(0, 1)")
+        # written so that NaN fails each check
+        require(self, ("temperature", "learning_rate"), lambda v: v > 0, "positive")
+        require(self, ("kl_coef", "grad_clip"), lambda v: v >= 0, ">= 0")
+        require(self, ("clip_eps",), lambda v: 0 < v < 1, "in (0, 1)")
 
 
 @dataclass
@@ -225,6 +226,7 @@ def rl_train(cfg: RlConfig, method: str, policy: GPT, scorer: Scorer, prompts: l
             records.append(rl_step(cfg, method, policy, reference, value_head, optimizers, scorer, prompts, eos_id,
                                    step, started, d))
             log(records[-1])
+            check_finite(records[-1]["loss"] + records[-1].get("value_loss", 0.0), step, cfg.run.output_dir)
             if step == cfg.max_steps:  # the caller saves the last step
                 break
             stopped = interrupt.agreed(True)  # a step ends in .item() syncs: no sync added

@@ -11,8 +11,10 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 from ghoul.config import option
+from ghoul.errors import GhoulError
 from ghoul.learn.common import LearnConfig, LearnResult, check_fresh, prepare_text, train_model
 from ghoul.model import sample_next
+from ghoul.tokenizer import load_tokenizer
 
 
 @dataclass
@@ -70,9 +72,20 @@ class BigramConfig(LearnConfig):
     weight_decay: float = option(0.0, "decoupled weight decay of the table")
 
 
+# a V x V table trained with AdamW holds 16 V^2 bytes (weights, gradients, two moments): 4 GiB at this size, 38 GiB
+# for GPT-2's vocabulary
+MAX_BIGRAM_VOCAB = 16_384
+
+
 def run(cfg: BigramConfig) -> LearnResult:
     """Tokenize the text, train a bigram table on it with the one training loop, print val loss and a sample."""
     check_fresh(cfg.output_dir)
+    trained = cfg.vocab_size if cfg.tokenizer_kind == "bpe" else 0  # characters: a few hundred
+    vocab = load_tokenizer(cfg.tokenizer).vocab_size if cfg.tokenizer else trained
+    if vocab > MAX_BIGRAM_VOCAB:
+        raise GhoulError(f"a bigram over {vocab:,} tokens is a {vocab:,} x {vocab:,} table, "
+                         f"{16 * vocab ** 2 / 2 ** 30:.0f} GiB to train: use a tokenizer of at most "
+                         f"{MAX_BIGRAM_VOCAB:,} tokens (--vocab-size, or another --tokenizer)")
     data_dir, tokenizer = prepare_text(cfg, cfg.output_dir)
     return train_model(cfg, lambda vocab: Bigram(BigramModelConfig(vocab, cfg.block_size)), tokenizer, data_dir,
                        cfg.output_dir)

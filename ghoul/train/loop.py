@@ -399,11 +399,7 @@ class Progress:
         self.tokens, self.unlogged = self.tokens + int(unlogged), 0
         loss = dist.all_reduce_mean(loss_sum).item()
         dt = time.perf_counter() - self.interval_start
-        if not math.isfinite(loss):
-            last = newest_checkpoint(self.run_dir)
-            raise GhoulError(f"the loss became {loss} at step {step}; " + (
-                f"the last good checkpoint is {last.name}: {advice().retune}" if last else
-                f"no checkpoint was written yet: {advice().restart}"))
+        check_finite(loss, step, self.run_dir)
         record = {"step": step, "loss": loss, "lr": lr, "tokens": self.tokens, "tokens_per_s": unlogged / dt,
                   "elapsed": time.perf_counter() - self.started}
         if grad_norm is not None:
@@ -422,6 +418,15 @@ class Progress:
         paused = time.perf_counter()
         yield
         self.interval_start += time.perf_counter() - paused
+
+
+def check_finite(loss: float, step: int, run_dir: Path) -> None:
+    """A loss that is no longer finite stops the run before it is saved, naming the last good checkpoint."""
+    if not math.isfinite(loss):
+        last = newest_checkpoint(run_dir)
+        raise GhoulError(f"the loss became {loss} at step {step}; " + (
+            f"the last good checkpoint is {last.name}: {advice().retune}" if last else
+            f"no checkpoint was written yet: {advice().restart}"))
 
 
 @contextlib.contextmanager

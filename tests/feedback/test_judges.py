@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import re
 
 import pytest
 
@@ -12,6 +13,7 @@ from ghoul.cli import main
 from ghoul.errors import GhoulError
 from ghoul.feedback.judges import (
     HumanJudge,
+    JudgeOptions,
     LengthJudge,
     OpenAIJudge,
     RandomJudge,
@@ -213,3 +215,15 @@ def test_token_counts_that_are_no_numbers_are_left_out(fake_openai, usage, promp
     server = fake_openai(lambda request: (200, with_usage(usage)))
     j = OpenAIJudge("gpt-4o", server.url).judge("task", STORIES)
     assert j.best == j.shown[1] and j.usage == {"prompt_tokens": prompt_tokens, "completion_tokens": 0}
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("retry_delay", float("nan"), "--retry-delay must be in [0, 86400] seconds, got nan"),
+    ("retry_delay", 1e300, "--retry-delay must be in [0, 86400] seconds"),
+    ("timeout", float("inf"), "--timeout must be in (0, 86400] seconds, got inf"),
+    ("max_retries", -1, "--max-retries must be >= 0, got -1"),
+])
+def test_an_api_judges_waits_are_refused_unless_finite(option, value, message):
+    """time.sleep and the HTTP client failed on them with a traceback, after the stories were made."""
+    with pytest.raises(GhoulError, match=re.escape(message)):
+        JudgeOptions(judge="openai:gpt-4o", **{option: value})

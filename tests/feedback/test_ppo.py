@@ -97,6 +97,10 @@ def test_rl_refusals(tiny_model, tmp_path):
         PpoConfig(value_lr=-1.0)
     with pytest.raises(GhoulError, match="--value-lr must be positive, got nan"):
         PpoConfig(value_lr=float("nan"))
+    for name, message in (("learning_rate", "--learning-rate must be positive, got nan"),
+                          ("kl_coef", "--kl-coef must be >= 0, got nan"), ("grad_clip", "--grad-clip must be >= 0")):
+        with pytest.raises(GhoulError, match=message):  # NaN got past the checks, to torch's AdamW or into the weights
+            RlConfig(**{name: float("nan")})
     with pytest.raises(GhoulError, match="--group-size must be at least 1"):
         RlConfig(group_size=0)
     with pytest.raises(GhoulError, match="--group-size must be at least 2 for GRPO"):
@@ -147,3 +151,19 @@ def test_a_second_ctrl_c_stops_at_once_and_names_the_checkpoint_to_resume(tiny_m
     assert f"stopped at once, saving nothing: the newest checkpoint is {out / 'step_000002'}; continue with " \
         "--resume" in capsys.readouterr().out
     assert [r["step"] for r in read_jsonl(out / "log.jsonl")] == [1, 2]
+
+
+def test_a_non_finite_loss_stops_the_run_before_it_is_saved(tiny_model, tmp_path, monkeypatch):
+    """As the training loop does: the diverged step is not saved, and the message names the last good checkpoint."""
+    real, calls = ppo.clipped_policy_loss, []
+
+    def nan_from_step_2(*args, **kwargs):
+        calls.append(1)
+        loss, clipped = real(*args, **kwargs)
+        return (loss * float("nan") if len(calls) > 1 else loss), clipped
+    monkeypatch.setattr(ppo, "clipped_policy_loss", nan_from_step_2)
+    out = tmp_path / "g"
+    with pytest.raises(GhoulError, match="the loss became nan at step 2; the last good checkpoint is step_000001"):
+        run_grpo(build(RlConfig, policy=tiny_model, judge="length", group_size=2, prompts_per_step=1, max_steps=3,
+                       max_new_tokens=4, ppo_epochs=1, checkpoint_every=1, output_dir=out, device="cpu"))
+    assert [p.name for p in sorted(out.glob("step_*"))] == ["step_000001"]

@@ -145,6 +145,15 @@ def test_an_interrupted_learning_run_says_it_is_trained_again_not_resumed(horror
         "--output-dir" in said and "--resume" not in said
 
 
+def test_a_bigram_table_too_large_to_train_is_refused_before_any_work(tmp_path, capsys):
+    """GPT-2's vocabulary makes a 50,257^2 table, 38 GiB with AdamW's state: it was killed for memory."""
+    out = tmp_path / "b"
+    assert main(["learn", "bigram", "--source-path", str(tmp_path / "unused.txt"), "--tokenizer", "gpt2",
+                 "--output-dir", str(out)]) == 2
+    assert "a bigram over 50,257 tokens is a 50,257 x 50,257 table, 38 GiB to train" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_vocab_size_is_refused_where_no_bpe_is_trained(tmp_path, capsys):
     for given in (["--tokenizer-kind", "char"], ["--tokenizer", str(tmp_path / "tokenizer.json")]):
         assert main(["learn", "bigram", *given, "--vocab-size", "300", "--output-dir", str(tmp_path / "run")]) == 2
