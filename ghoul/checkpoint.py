@@ -58,7 +58,12 @@ def write_model_files(model: GPT, directory: Path, tokenizer: Tokenizer | str | 
     if weights_file is not None:
         os.replace(weights_file, path)
         return
-    state = {k: v.cpu().contiguous() for k, v in stored_weights(model).items()}
+    write_weights({k: v.cpu().contiguous() for k, v in stored_weights(model).items()}, path)
+
+
+def write_weights(state: dict[str, torch.Tensor], path: Path) -> None:
+    """A safetensors file, readable as any file the user writes (safetensors makes it 0600), a failed write an
+    OSError."""
     try:
         save_file(state, str(path), metadata={"format": "pt"})
     except SafetensorError as e:  # a failed write (a full disk) comes as "I/O error: ... (os error 28)"
@@ -66,6 +71,9 @@ def write_model_files(model: GPT, directory: Path, tokenizer: Tokenizer | str | 
         if code is None:
             raise
         raise OSError(int(code[1]), os.strerror(int(code[1])), str(path)) from None
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 class _KeptErrors:

@@ -13,9 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
-from ghoul.checkpoint import STATE_FILE, TIED, load_weights, read_model_config, read_weights
+from ghoul.checkpoint import STATE_FILE, TIED, load_weights, read_model_config, read_weights, write_weights
 from ghoul.config import option
 from ghoul.errors import GhoulError
 from ghoul.eval.curves import REFERENCES
@@ -112,7 +111,7 @@ def export_hf(model_dir: str | Path, out: str | Path) -> Path:
     hf_config.update(special_ids, torch_dtype=dtype)
     with atomic_directory(out) as tmp:
         write_json(tmp / "config.json", hf_config)
-        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        write_weights(state, tmp / WEIGHTS_FILE)
         if tokenizer is not None:
             write_json(tmp / "generation_config.json", special_ids)
             write_tokenizer_files(tokenizer, tmp, config.block_size)

@@ -1,6 +1,7 @@
 """Model directories: save and load, atomic writes, and clear errors for damaged checkpoints."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -136,3 +137,14 @@ def test_keep_last_prunes_only_checkpoints_older_than_the_new_one(tmp_path):
     assert [p.name for p in step_dirs(tmp_path)] == ["step_000002", "step_000003", "step_000010"]
     assert (tmp_path / "latest").read_text().strip() == "step_000003"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_saved_weights_are_as_readable_as_any_file_the_user_writes(tmp_path):
+    """safetensors creates its file 0600: a checkpoint others in the group could not read, unlike its config.json."""
+    umask = os.umask(0o022)
+    try:
+        save_model_dir(GPT(GPTConfig.from_name("tiny")), tmp_path / "m")
+    finally:
+        os.umask(umask)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "m").iterdir()}
+    assert modes["model.safetensors"] == modes["config.json"] == 0o644, modes
