@@ -62,8 +62,8 @@ def write_model_files(model: GPT, directory: Path, tokenizer: Tokenizer | str | 
 
 
 def write_weights(state: dict[str, torch.Tensor], path: Path) -> None:
-    """A safetensors file, readable as any file the user writes (safetensors makes it 0600), a failed write an
-    OSError."""
+    """Write `state` to the safetensors file `path` with the mode of any file the user writes (safetensors creates
+    it 0600, unreadable to the group); a failed write is an OSError."""
     try:
         save_file(state, str(path), metadata={"format": "pt"})
     except SafetensorError as e:  # a failed write (a full disk) comes as "I/O error: ... (os error 28)"

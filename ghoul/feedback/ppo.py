@@ -39,7 +39,7 @@ from ghoul.model import GPT
 from ghoul.optim.build import build_optimizers
 from ghoul.tokenizer import Tokenizer
 from ghoul.train.config import RunOptions
-from ghoul.train.context import advice, open_run_dir, rng_state, set_rng_state, training_run
+from ghoul.train.context import Advice, advice, advising, open_run_dir, rng_state, set_rng_state, training_run
 from ghoul.train.loop import check_finite, stopping
 
 # rewards of the completions (token ids, up to the end of text) of one step: `groups[i]` is sample i's group (its
@@ -341,6 +341,8 @@ def encode_prompts(texts: list[str], tokenizer: Tokenizer, max_new_tokens: int, 
     return prompts
 
 
+@advising(Advice(retune="lower --learning-rate and --resume",  # PPO and GRPO have no warmup
+                 restart="lower --learning-rate and start the run over with --resume"))
 def run(cfg: RlConfig, method: str) -> list[dict]:
     """Load the policy, train it with `method` against cfg.reward or a judge, save it as RUN/step_N (RUN/latest);
     with --resume, continue from a checkpoint of the run (the reference stays cfg.policy). One process, or one rank

@@ -163,7 +163,8 @@ def test_a_non_finite_loss_stops_the_run_before_it_is_saved(tiny_model, tmp_path
         return (loss * float("nan") if len(calls) > 1 else loss), clipped
     monkeypatch.setattr(ppo, "clipped_policy_loss", nan_from_step_2)
     out = tmp_path / "g"
-    with pytest.raises(GhoulError, match="the loss became nan at step 2; the last good checkpoint is step_000001"):
+    with pytest.raises(GhoulError, match="the loss became nan at step 2; the last good checkpoint is step_000001: "
+                                         "lower --learning-rate and --resume"):
         run_grpo(build(RlConfig, policy=tiny_model, judge="length", group_size=2, prompts_per_step=1, max_steps=3,
                        max_new_tokens=4, ppo_epochs=1, checkpoint_every=1, output_dir=out, device="cpu"))
     assert [p.name for p in sorted(out.glob("step_*"))] == ["step_000001"]
