@@ -84,8 +84,10 @@ def refuse_changed(cfg: Any, made_with: dict[str, Any] | None, names: Iterable[s
     """A one-line error for the first option in `names` whose value differs from the one `run` was made with
     (`made_with`: its saved to_dict; None for a new run): a rerun continues the run, and would silently keep what
     its finished steps made with the old value."""
+    if made_with is None:
+        return
     now = to_dict(cfg)
-    for name in names if made_with is not None else ():
+    for name in names:
         if not _same(made_with.get(name, now[name]), now[name]):
             old, new = (repr(v) if isinstance(v, str) else v for v in (made_with[name], now[name]))
             raise GhoulError(f"{run} holds a run made with {flag(name)} {old}, not {new}: rerun it with the options "

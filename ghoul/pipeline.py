@@ -106,10 +106,9 @@ class PipelineConfig:
             self.data_dir = Path(env)
         if self.data_dir is not None and not Path(self.data_dir).is_dir():
             raise GhoulError(f"--data-dir {self.data_dir} does not exist: give a folder laid out as shared/data")
-        for name in ("pretrain_steps", "finetune_steps", "num_samples", "preference_steps", "hellaswag_limit",
-                     "winrate_pairs", "eval_tokens", "max_new_tokens", "seq_len", "batch_size"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise GhoulError(f"--{name.replace('_', '-')} must be at least 1")
+        require(self, ("pretrain_steps", "finetune_steps", "num_samples", "preference_steps", "hellaswag_limit",
+                       "winrate_pairs", "eval_tokens", "max_new_tokens", "seq_len", "batch_size"), lambda v: v >= 1,
+                "at least 1")
         require(self, ("pretrain_lr", "finetune_lr", "muon_lr", "preference_lr"), lambda v: v > 0, "positive")
         if not self.prompts or not all(p.strip() for p in self.prompts):  # a config file's `prompts = []`, or ''
             raise GhoulError("--prompts needs at least one prompt, and no empty one")

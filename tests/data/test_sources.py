@@ -14,6 +14,8 @@ from ghoul.data.sources import SOURCES, make_source, resolve_paths
 from ghoul.download import cache_dir, download
 from ghoul.errors import GhoulError
 
+GZ = r"a \.gz file is damaged or not gzip \(.*\): download it again"
+
 
 def fineweb_texts(data: Path) -> list[str]:
     return [d["text"] for d in json.loads((data / "fineweb" / "fineweb_subset.json").read_text(encoding="utf-8"))]
@@ -141,23 +143,25 @@ def test_bad_records_and_options(data: Path, tmp_path: Path) -> None:
     text.write_text("x", encoding="utf-8")
     with pytest.raises(GhoulError, match=r"notes.txt: unsupported file type; this source reads .parquet"):
         list(make_source("fineweb", text))
-    cut = tmp_path / "cut.parquet"  # a download cut short
-    cut.write_bytes((data / "fineweb" / "fineweb_subset.parquet").read_bytes()[:4096])
-    with pytest.raises(GhoulError, match=r"cut.parquet could not be read as parquet"):
-        list(make_source("fineweb", cut))
-    # gzip read lazily: a download cut short, or a plain file named .gz, is a line, not EOFError or BadGzipFile
-    cut_gz, fake_gz = tmp_path / "cut.txt.gz", tmp_path / "fake.jsonl.gz"
-    cut_gz.write_bytes((data / "lovecraft" / "lovecraft.txt.gz").read_bytes()[:200_000])
-    fake_gz.write_bytes((data / "creepypasta" / "reddit_horror_stories.jsonl").read_bytes()[:1000])
-    for source, path in (("text", cut_gz), ("lovecraft", cut_gz), ("jsonl", fake_gz)):
-        with pytest.raises(GhoulError, match=r"a \.gz file is damaged or not gzip \(.*\): download it again"):
-            list(make_source(source, path))
-    fake_xlsx = tmp_path / "fake.xlsx"
-    fake_xlsx.write_text("title,body\n", encoding="utf-8")
-    with pytest.raises(GhoulError, match=r"fake.xlsx could not be read as an Excel workbook \(BadZipFile"):
-        list(make_source("creepypasta", fake_xlsx))
     with pytest.raises(GhoulError, match="--separator must not be empty"):
         make_source("text", text, separator="")
+
+
+@pytest.mark.parametrize("source, name, original, size, message", [
+    # a download cut short
+    ("fineweb", "cut.parquet", "fineweb/fineweb_subset.parquet", 4096, r"cut.parquet could not be read as parquet"),
+    # gzip is read lazily: cut short, or a plain file named .gz, is a line, not EOFError or BadGzipFile
+    ("text", "cut.txt.gz", "lovecraft/lovecraft.txt.gz", 200_000, GZ),
+    ("lovecraft", "cut.txt.gz", "lovecraft/lovecraft.txt.gz", 200_000, GZ),
+    ("jsonl", "fake.jsonl.gz", "creepypasta/reddit_horror_stories.jsonl", 1000, GZ),
+    ("creepypasta", "fake.xlsx", "creepypasta/reddit_horror_stories.jsonl", 1000,
+     r"fake.xlsx could not be read as an Excel workbook \(BadZipFile"),
+])
+def test_a_damaged_file_is_one_line(data: Path, tmp_path: Path, source, name, original, size, message) -> None:
+    path = tmp_path / name
+    path.write_bytes((data / original).read_bytes()[:size])
+    with pytest.raises(GhoulError, match=message):
+        list(make_source(source, path))
 
 
 def test_download_caches_under_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
