@@ -134,6 +134,12 @@ def load_model_dir(directory: str | Path, device: str | torch.device = "cpu", ki
     needs: a language model, or a reward model (which scores texts and generates none)."""
     directory = resolve_checkpoint(directory)
     config = read_model_config(directory)
+    if "model_type" in config:  # transformers' config.json: an export, or a model from the Hub
+        raise GhoulError(f"{directory} is a Hugging Face model directory (model_type {config['model_type']!r}), not a "
+                         "ghoul one: give the ghoul model directory it was exported from, or load it with transformers")
+    if config.get("model") == "bigram":
+        raise GhoulError(f"{directory} holds a bigram model (ghoul learn bigram), which only the learning stage "
+                         "samples: give a transformer's model directory")
     found = config.get("kind", "language")
     if found != kind:  # a reward model generates nothing; a language model scores nothing
         what_to_do = "train one with `ghoul reward train`" if kind == "reward" else "give a language model's directory"

@@ -54,6 +54,8 @@ def test_gpt_learns_more_than_the_bigram_on_the_same_tokens(horror, tmp_path, ca
     bigram = learn_bigram(BigramConfig(source_path=horror, output_dir=tmp_path / "bigram", steps=200,
                                        eval_every=0, **SLICE))
     assert (tmp_path / "bigram" / "tokenizer.json").is_file() and (tmp_path / "bigram" / LOG_FILE).is_file()
+    assert main(["generate", "--checkpoint", str(tmp_path / "bigram"), "--max-new-tokens", "2"]) == 2
+    assert "holds a bigram model (ghoul learn bigram)" in capsys.readouterr().err
     gpt = learn_gpt(LearnGPTConfig(source_path=horror, output_dir=tmp_path / "gpt", steps=200, eval_every=0,
                                    tokenizer=str(tmp_path / "bigram" / "tokenizer.json"), **SLICE, **GPT_SIZE))
     out = capsys.readouterr().out
@@ -116,6 +118,8 @@ def test_compare_writes_one_table_of_the_variants(horror, tmp_path, capsys):
     ('[a]\nnorm = "batchnorm"\n', r"\[a\]: model norm must be one of"),
     ('a = 1\n', "must be a \\[table\\]"),
     ('', "holds no variants"),
+    ('["a/b"]\n', "variant name 'a/b' is no directory name"),
+    ('[".."]\n', r"variant name '\.\.' is no directory name"),  # it would train into output_dir's parent
 ])
 def test_compare_refuses_bad_variant_files_before_training(tmp_path, toml, match):
     variants = tmp_path / "v.toml"
