@@ -84,7 +84,7 @@ class JudgeOptions:
 
 def judge_measures(spec: str) -> str:
     """What the judge `spec` (e.g. openai:gpt-4o) measures, in words."""
-    return JUDGE_MEASURES[spec.partition(":")[0]]
+    return JUDGE_MEASURES.get(spec.partition(":")[0], "a judge ghoul does not know (its judgments came from elsewhere)")
 
 # USD per million (input, output) tokens, from https://openai.com/api/pricing (2025); other models: no estimate.
 PRICES = {"gpt-4o": (2.50, 10.00), "gpt-4o-mini": (0.15, 0.60), "gpt-4.1": (2.00, 8.00),
@@ -157,7 +157,7 @@ class HumanJudge(Judge):
 
     def __init__(self, read: Callable[[str], str] = input, out: TextIO | None = None) -> None:
         self.read, self.out = read, out or sys.stdout
-        self.shown, self.total = 0, 0
+        self.shown, self.total, self.heard = 0, 0, False
 
     def start(self, total: int) -> None:
         self.total = total
@@ -171,7 +171,11 @@ class HumanJudge(Judge):
         while True:
             try:
                 line = self.read(f"best story 1-{k} (a reason may follow), s to skip, q to stop: ").strip()
+                self.heard = True
             except EOFError:
+                if not self.heard:  # no terminal (a batch job, input from /dev/null): nobody to ask
+                    raise GhoulError("--judge human reads its answers from a terminal, and standard input ended "
+                                     "before the first one: run it in a terminal, or use --judge web") from None
                 line = "q"  # end of input: stop as if asked to, keeping what was judged
             if line.lower() in ("q", "quit"):
                 raise KeyboardInterrupt

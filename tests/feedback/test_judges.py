@@ -79,6 +79,19 @@ def test_human_judge_reads_a_choice_a_skip_and_a_stop():
         judge.judge("task", STORIES)
 
 
+def test_human_judge_without_a_terminal_is_a_usage_error_and_end_of_input_later_stops():
+    def closed(prompt):
+        raise EOFError
+
+    with pytest.raises(GhoulError, match="reads its answers from a terminal.*--judge web"):
+        HumanJudge(read=closed, out=io.StringIO()).judge("task", STORIES)
+    answers = iter(["2"])
+    judge = HumanJudge(read=lambda prompt: next(answers, None) or closed(prompt), out=io.StringIO())
+    assert judge.judge("task", STORIES).best == 1
+    with pytest.raises(KeyboardInterrupt):  # input that ends after answers stops the run, keeping them
+        judge.judge("task", STORIES)
+
+
 def test_openai_judge_request_shape_key_and_shuffle(fake_openai):
     server = fake_openai(pick_largest)
     judge = OpenAIJudge("gpt-4o", server.url, seed=1)
