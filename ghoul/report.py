@@ -24,7 +24,7 @@ from ghoul.config import option
 from ghoul.errors import GhoulError
 from ghoul.eval.curves import CHANCE, REFERENCES
 from ghoul.feedback.judges import judge_measures
-from ghoul.feedback.records import FEEDBACK_DIR, FINAL_DIRS, FeedbackRun
+from ghoul.feedback.records import FEEDBACK_DIR, FINAL_DIRS, FeedbackRun, load_rankings, load_stories
 from ghoul.files import atomic_write_text, read_json, read_jsonl
 
 STAGES = ("pretrain", "finetune", "preference")
@@ -61,15 +61,16 @@ def stage_summary(run_dir: Path) -> dict[str, dict[str, Any]]:
 def judge_summary(run_dir: Path) -> dict[str, Any] | None:
     """How the judge chose: groups judged and skipped, which shown position won, agreement with the length baseline."""
     feedback = FeedbackRun(run_dir / FEEDBACK_DIR)
-    rankings, stories = (read_jsonl(path, missing_ok=True) for path in (feedback.rankings, feedback.stories))
+    rankings = load_rankings(feedback.rankings) if feedback.rankings.is_file() else []
     if not rankings:
         return None
-    by_id = {s["id"]: s["text"] for s in stories}
-    judged = [r for r in rankings if not r.get("skipped")]
-    positions = Counter(r["position"] for r in judged)
+    stories = load_stories(feedback.stories) if feedback.stories.is_file() else {}
+    by_id = {i: s["text"] for i, s in stories.items()}
+    judged = [r for r in rankings if r["chosen"] is not None]
+    positions = Counter(r["shown"].index(r["chosen"]) + 1 for r in judged)
     longest = [max(r["shown"], key=lambda i: len(by_id.get(i, ""))) == r["chosen"] for r in judged if by_id]
     k = len(rankings[0]["shown"])
-    return {"judge": rankings[0]["judge"], "groups": len(rankings), "judged": len(judged),
+    return {"judge": rankings[0].get("judge", "unknown"), "groups": len(rankings), "judged": len(judged),
             "skipped": len(rankings) - len(judged), "group_size": k,
             "position_wins": {p: positions.get(p, 0) for p in range(1, k + 1)},
             "agrees_with_length": sum(longest) / len(longest) if longest else None, "chance": 1 / k}

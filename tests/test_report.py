@@ -68,3 +68,24 @@ def test_a_damaged_file_in_the_run_is_a_one_line_error(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert f"{tmp_path / 'pipeline.json'} is not valid JSON" in err and len(err.strip().splitlines()) == 1
+
+
+def test_judgments_are_read_through_the_checked_reader(tmp_path, capsys):
+    write_log(tmp_path / "pretrain", [step(10, 6.5, 800.0)])
+    feedback = tmp_path / "rlhf"
+    feedback.mkdir()
+    stories = [{"id": i, "prompt": "The door ", "text": "creaked" + " open" * i} for i in range(4)]
+    (feedback / "stories.jsonl").write_text("".join(json.dumps(s) + "\n" for s in stories))
+    # edited by hand, or written by another tool: no position, skipped flag or known judge
+    judgments = [{"group": 0, "shown": [0, 1], "chosen": 1, "judge": "alice"},
+                 {"group": 1, "shown": [3, 2], "chosen": 2, "judge": "alice"}]
+    (feedback / "rankings.jsonl").write_text("".join(json.dumps(j) + "\n" for j in judgments))
+    assert main(["report", str(tmp_path)]) == 0
+    report = (tmp_path / "report.md").read_text()
+    assert "Judge `alice` (a judge ghoul does not know" in report and "2 groups of 2 judged, 0 skipped" in report
+    assert "position 1: 0, position 2: 2" in report and "length baseline: 50%" in report
+    (feedback / "rankings.jsonl").write_text(json.dumps({"group": 0, "chosen": 1}) + "\n")
+    capsys.readouterr()
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{feedback / 'rankings.jsonl'}, record 1: a judgment needs" in err and len(err.strip().splitlines()) == 1
