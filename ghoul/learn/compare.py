@@ -35,8 +35,9 @@ def read_variants(path: Path, base: LearnGPTConfig) -> dict[str, dict[str, Any]]
     for name, overrides in data.items():
         if not isinstance(overrides, dict):
             raise GhoulError(f"{path}: '{name}' must be a [table] of GPTConfig overrides, not a value")
-        if not re.fullmatch(r"[\w.-]+", name):
-            raise GhoulError(f"{path}: variant name '{name}' names a directory: use letters, digits, '_', '-', '.'")
+        if not re.fullmatch(r"[\w.-]+", name) or not name.strip("."):  # each variant trains in output_dir/name
+            raise GhoulError(f"{path}: variant name '{name}' is no directory name: use letters, digits, '_', '-', "
+                             "'.' (not only dots)")
         unknown = set(overrides) - set(allowed)
         if unknown:
             raise GhoulError(f"{path} [{name}]: unknown key(s) {', '.join(sorted(unknown))}; every variant trains "
