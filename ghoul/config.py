@@ -120,8 +120,7 @@ def _scalar_type(annotation: Any) -> tuple[type, bool]:
     """(element type, is_list) of a field annotation such as `int`, `float | None`, `list[str]`."""
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        return _scalar_type(args[0])
+        return _scalar_type(next(a for a in typing.get_args(annotation) if a is not type(None)))  # X | None: X
     if origin is list:
         return typing.get_args(annotation)[0], True
     if origin is typing.Literal:
@@ -227,7 +226,7 @@ def _apply_variant(cls: type, values: dict[str, Any], chosen: Any) -> None:
     """Replace the tables of `values` with the options of the chosen one (default: the file's or the class's)."""
     per = cls.TABLE_PER  # type: ignore[attr-defined]
     if chosen is None:
-        chosen = values.get(per, next(f.default for f in dataclasses.fields(cls) if f.name == per))
+        chosen = values.get(per, _defaults(cls)[per])
     values.update(values.pop(_VARIANTS).get(chosen, {}))
 
 

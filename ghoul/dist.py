@@ -9,7 +9,6 @@ import contextlib
 import os
 import re
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -152,7 +151,7 @@ def setup(device: str = "auto", timeout_minutes: float | None = None) -> DistInf
     return DistInfo(rank=rank, local_rank=local_rank, world_size=world_size, device=device, distributed=True)
 
 
-@contextmanager
+@contextlib.contextmanager
 def started(device: str = "auto", timeout_minutes: float | None = None) -> Iterator[DistInfo]:
     """This process started as `setup` does, and its process group destroyed at the end: a process that exits with
     one alive may abort in gloo's threads as Python shuts down. On success the ranks first meet, so that none tears

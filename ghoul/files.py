@@ -60,14 +60,12 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     tmp, _ = create_beside(path, lambda p: os.mkdir(p, 0o777))
     try:
         yield tmp
+        old = path.with_name(f".{path.name}.old")
         if path.exists():  # a directory cannot be renamed over a non-empty one: move the old one aside first
-            old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

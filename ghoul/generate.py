@@ -168,9 +168,8 @@ def run(cfg: GenerateConfig) -> list[dict]:
     records = existing_stories(cfg, source, settings, prompts)
     if records:
         print(f"{cfg.out} already holds {len(records)} of {cfg.num_samples} stories; resuming", file=sys.stderr)
-    bar = tqdm(total=cfg.num_samples, initial=min(len(records), cfg.num_samples), desc="generating", unit="story",
-               disable=cfg.num_samples < 2, file=sys.stderr, dynamic_ncols=True)
-    try:
+    with tqdm(total=cfg.num_samples, initial=min(len(records), cfg.num_samples), desc="generating", unit="story",
+               disable=cfg.num_samples < 2, file=sys.stderr, dynamic_ncols=True) as bar:
         for b, ids in enumerate(plan_batches(cfg.num_samples, len(prompts), cfg.batch_size)):
             if all(i in records for i in ids):
                 continue
@@ -191,8 +190,6 @@ def run(cfg: GenerateConfig) -> list[dict]:
                 if cfg.print_samples:
                     tqdm.write(f"--- sample {i} ---\n{prompts[p]}{records[i]['text']}", file=sys.stdout)
                 bar.update(1)
-    finally:
-        bar.close()  # before an error's message, not after it
     if cfg.out is not None:
         print(f"{cfg.out} holds {len(records)} stories", file=sys.stderr)
     return [records[i] for i in sorted(records)]

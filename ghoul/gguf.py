@@ -75,7 +75,6 @@ def export_gguf(checkpoint: str | Path, out: str | Path, dtype: str = "f16") -> 
                           "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[dtype])
     for name, tensor in gguf_tensors(arch, config, state).items():
         add_tensor(writer, name, tensor, dtype)
-    out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out, lambda tmp: _write_file(writer, tmp))
     atomic_write_text(out.parent / "Modelfile", modelfile(out, config))
     return out

@@ -18,7 +18,7 @@ from ghoul.checkpoint import STATE_FILE, TIED, load_weights, read_model_config, 
 from ghoul.config import option
 from ghoul.errors import GhoulError
 from ghoul.eval.curves import REFERENCES
-from ghoul.files import atomic_directory, read_jsonl, write_json
+from ghoul.files import atomic_directory, read_json, read_jsonl, write_json
 from ghoul.hf_tokenizer import export_tokenizer, write_tokenizer_files
 from ghoul.layout import WEIGHTS_FILE, resolve_checkpoint
 from ghoul.model import GPT, GPTConfig
@@ -40,12 +40,13 @@ NOT_EXPORTABLE = ("has no Hugging Face GPT-2 equivalent, nor a LLaMA one; export
 # ghoul's names outside the blocks -> LLaMA's
 TOP_NAMES = {"transformer.wte.weight": "model.embed_tokens.weight", "transformer.ln_f.weight": "model.norm.weight",
              "lm_head.weight": "lm_head.weight"}
-# ghoul's names within a block -> Hugging Face's, for the weights that keep their shape
-BLOCK_NAMES = {"ln_1": "input_layernorm", "ln_2": "post_attention_layernorm", "attn.c_proj": "self_attn.o_proj",
-               "attn.q_norm": "self_attn.q_norm", "attn.k_norm": "self_attn.k_norm", "mlp.c_proj": "mlp.down_proj"}
-# fused ghoul matrices -> the Hugging Face matrices they hold, stacked along the output rows
-FUSED = {"attn.c_attn": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
-         "mlp.c_fc": ("mlp.gate_proj", "mlp.up_proj")}  # MLP.forward: gate, up = h.chunk(2)
+# ghoul's names within a block -> the Hugging Face weights each holds, stacked along the output rows (a fused
+# matrix holds several)
+BLOCK_NAMES = {"ln_1": ("input_layernorm",), "ln_2": ("post_attention_layernorm",),
+               "attn.c_attn": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+               "attn.c_proj": ("self_attn.o_proj",), "attn.q_norm": ("self_attn.q_norm",),
+               "attn.k_norm": ("self_attn.k_norm",), "mlp.c_proj": ("mlp.down_proj",),
+               "mlp.c_fc": ("mlp.gate_proj", "mlp.up_proj")}  # MLP.forward: gate, up = h.chunk(2)
 # model_type of what export_hf writes -> the model card's name for it
 ARCHITECTURES = {"gpt2": "GPT-2", "llama": "LLaMA-style (RMSNorm, SwiGLU, rotary positions)",
                  "qwen3": "Qwen3-style (LLaMA-style, with RMSNorm of queries and keys)"}
@@ -84,7 +85,7 @@ def _read_hf_weights(directory: Path) -> dict[str, torch.Tensor]:
     if single.is_file():
         return read_weights(single)
     if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        shards = sorted(set(read_json(index)["weight_map"].values()))
         return {k: v for shard in shards for k, v in read_weights(directory / shard).items()}
     if legacy.is_file():
         return torch.load(legacy, map_location="cpu", weights_only=True)
@@ -195,13 +196,9 @@ def llama_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         else:  # transformer.h.{i}.{module}.weight
             layer, name = key.removeprefix("transformer.h.").split(".", 1)
             module, kind = name.rsplit(".", 1)
-            prefix = f"model.layers.{layer}."
-            if module in FUSED:
-                parts = FUSED[module]
-                for part, piece in zip(parts, tensor.chunk(len(parts)), strict=True):
-                    out[f"{prefix}{part}.{kind}"] = piece.contiguous()
-            else:
-                out[f"{prefix}{BLOCK_NAMES[module]}.{kind}"] = tensor
+            parts = BLOCK_NAMES[module]
+            for part, piece in zip(parts, tensor.chunk(len(parts)), strict=True):
+                out[f"model.layers.{layer}.{part}.{kind}"] = piece.contiguous()
     return out
 
 
@@ -224,7 +221,7 @@ def check_export_target(out: Path, model_dir: Path) -> None:
 def model_card(model_dir: Path, cfg: dict, n_params: int, hf_config: dict, tokenizer: Tokenizer | None) -> str:
     """A Hugging Face model card from what the run directory knows: architecture, training, HellaSwag, a sample."""
     run_dir = model_dir.parent
-    state = json.loads((model_dir / STATE_FILE).read_text()) if (model_dir / STATE_FILE).is_file() else {}
+    state = read_json(model_dir / STATE_FILE, {})
     train = state.get("config", {})
     evals, log, samples = (read_jsonl(run_dir / name, missing_ok=True)
                            for name in ("eval.jsonl", "log.jsonl", "samples.jsonl"))

@@ -51,8 +51,8 @@ def write_tokenizer_files(tok: Tokenizer, directory: Path, max_length: int) -> N
         if tok.pat_str == GPT2_PATTERN:  # GPT2Tokenizer splits as GPT-2: these two files give the same ids too
             vocab, merges = tok.gpt2_vocab_and_merges()
             (directory / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False) + "\n", encoding="utf-8")
-            (directory / "merges.txt").write_text("".join(["#version: 0.2\n", *(f"{a} {b}\n" for a, b in merges)]),
-                                                  encoding="utf-8")
+            merges_txt = "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges)
+            (directory / "merges.txt").write_text(merges_txt, encoding="utf-8")
     else:  # GPT-2's own files
         tokenizer_class = "GPT2Tokenizer"
         shutil.copyfile(gpt2_file("encoder.json"), directory / "vocab.json")

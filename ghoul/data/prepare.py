@@ -14,7 +14,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from itertools import chain, islice
 from pathlib import Path
 from typing import Any
@@ -66,7 +66,6 @@ class PrepareResult:
     shards: dict[str, list[int]]  # token count of each shard, per split
     seconds: float
     skipped: bool = False  # the directory was already complete
-    meta: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
 # Settings that decide the shards' contents: a resumed run must use the same ones.
@@ -130,7 +129,7 @@ def _fill(writer: ShardWriter, docs: Iterable[str], cfg: PrepareConfig, total: i
 
 def _result(out: Path, meta: dict[str, Any], seconds: float, skipped: bool = False) -> PrepareResult:
     tokens = {split: sum(counts) for split, counts in meta["shards"].items()}
-    return PrepareResult(out, meta["documents"], tokens, meta["shards"], seconds, skipped, meta)
+    return PrepareResult(out, meta["documents"], tokens, meta["shards"], seconds, skipped)
 
 
 def command_line(cfg: PrepareConfig) -> str:
@@ -315,7 +314,7 @@ def encode_batch(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         arrays = [np.asarray(ids, dtype=np.int64) for ids in tokenizer.encode_batch(texts)]
     lens = np.fromiter((len(a) + 1 for a in arrays), dtype=np.int64, count=len(arrays))
     ends = np.cumsum(lens)
-    out = np.empty(int(ends[-1]) if len(ends) else 0, dtype=dtype)
+    out = np.empty(int(lens.sum()), dtype=dtype)
     for a, end in zip(arrays, ends.tolist(), strict=True):
         out[end - 1 - len(a):end - 1] = a
     out[ends - 1] = tokenizer.eot_id

@@ -38,10 +38,9 @@ class ShardHeader:
 
 def shard_dtype(vocab_size: int) -> np.dtype:
     """The narrowest shard dtype holding ids 0..vocab_size-1: uint16 up to 65,536 tokens, else uint32."""
-    if vocab_size <= 2**16:
-        return VERSION_DTYPES[1]
-    if vocab_size <= 2**32:
-        return VERSION_DTYPES[2]
+    for dtype in VERSION_DTYPES.values():
+        if vocab_size <= np.iinfo(dtype).max + 1:
+            return dtype
     raise GhoulError(f"a vocabulary of {vocab_size:,} tokens does not fit the uint32 shard format")
 
 

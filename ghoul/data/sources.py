@@ -360,8 +360,8 @@ class LovecraftSource(DownloadedTextSource):
     @staticmethod
     def split(text: str) -> Iterator[str]:
         for block in text.split("\n\n"):
-            lines = [line.strip() for line in block.splitlines()
-                     if line.strip() and line.strip() != "Return to Table of Contents"]  # the e-book's links
+            lines = [line for line in map(str.strip, block.splitlines())
+                     if line and line != "Return to Table of Contents"]  # the e-book's links
             if not lines or any("....." in line for line in lines):  # the table of contents
                 continue
             width = max(map(len, lines))

@@ -77,14 +77,11 @@ def _tokens_at(step: int, directory: Path, log: list[dict[str, Any]]) -> int | N
     for r in log:
         if r.get("step") == step and isinstance(r.get("tokens"), int):
             return r["tokens"]
-    state = directory / "trainer_state.json"
-    if state.is_file():
-        try:
-            tokens = json.loads(state.read_text(encoding="utf-8")).get("tokens")
-        except (json.JSONDecodeError, AttributeError):
-            return None
-        return tokens if isinstance(tokens, int) else None
-    return None
+    try:
+        tokens = json.loads((directory / checkpoint.STATE_FILE).read_text(encoding="utf-8")).get("tokens")
+    except (FileNotFoundError, json.JSONDecodeError, AttributeError):
+        return None
+    return tokens if isinstance(tokens, int) else None
 
 
 @dataclass

@@ -160,16 +160,15 @@ def evaluate_hellaswag(model: torch.nn.Module, tokenizer: Tokenizer, examples: l
     # batch examples of similar length together: less padding, and no prediction depends on its batch
     mine.sort(key=lambda item: max(len(tokens) for tokens, _ in item[1]))
     scored: list[dict[str, Any]] = []
-    bar = tqdm(total=len(mine), desc="hellaswag", unit="ex", disable=not progress or rank != 0, file=sys.stderr)
     chunks = [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
-    for chunk in chunks:
-        summed, mean = ending_losses(gpt, [row for _, rows in chunk for row in rows], device, dtype)
-        pred_sum = summed.view(-1, N_ENDINGS).argmin(dim=1).tolist()
-        pred_norm = mean.view(-1, N_ENDINGS).argmin(dim=1).tolist()
-        scored += [{"index": ex["index"], "label": ex["label"], "pred_sum": s, "pred_norm": m}
-                   for (ex, _), s, m in zip(chunk, pred_sum, pred_norm, strict=True)]
-        bar.update(len(chunk))
-    bar.close()
+    with tqdm(total=len(mine), desc="hellaswag", unit="ex", disable=not progress or rank != 0, file=sys.stderr) as bar:
+        for chunk in chunks:
+            summed, mean = ending_losses(gpt, [row for _, rows in chunk for row in rows], device, dtype)
+            pred_sum = summed.view(-1, N_ENDINGS).argmin(dim=1).tolist()
+            pred_norm = mean.view(-1, N_ENDINGS).argmin(dim=1).tolist()
+            scored += [{"index": ex["index"], "label": ex["label"], "pred_sum": s, "pred_norm": m}
+                       for (ex, _), s, m in zip(chunk, pred_sum, pred_norm, strict=True)]
+            bar.update(len(chunk))
     # every rank runs as many forward passes as rank 0, which has the most examples: a sharded (FSDP) model's forward
     # gathers its parameters from all ranks. The extra passes score the first example again and are dropped.
     for _ in range(math.ceil(len(examples[::world_size]) / batch_size) - len(chunks)):

@@ -61,7 +61,6 @@ class Muon(torch.optim.Optimizer):
                 if group["weight_decay"]:
                     p.mul_(1 - group["lr"] * group["weight_decay"])
                 p.add_(update, alpha=-group["lr"] * scale)
-        return None
 
 
 def orthogonal_update(g: torch.Tensor, steps: int) -> torch.Tensor:

@@ -108,8 +108,7 @@ def _count_pairs(words: list[list[int]], freqs: list[int]) -> tuple[dict[int, in
     """Weighted count of each adjacent pair, and the indices of the words that hold it (each index once)."""
     counts: dict[int, int] = collections.defaultdict(int)
     where: dict[int, list[int]] = collections.defaultdict(list)
-    for wi, word in enumerate(words):
-        freq = freqs[wi]
+    for wi, (word, freq) in enumerate(zip(words, freqs, strict=True)):
         for left, right in zip(word, word[1:], strict=False):
             pair = left << _SHIFT | right
             counts[pair] += freq
@@ -139,10 +138,9 @@ def _apply_merge(pair: int, new: int, words: list[list[int]], freqs: list[int], 
     created: set[int] = set()
     for wi in where.pop(pair):  # stale indices (the pair vanished from that word) find nothing and cost little
         word, freq = words[wi], freqs[wi]
-        n, i, out, found = len(word), 0, [], False
+        n, i, out = len(word), 0, []
         while i < n:
             if word[i] == a and i + 1 < n and word[i + 1] == b:
-                found = True
                 counts[pair] -= freq
                 if out:  # left neighbour x: (x, a) becomes (x, new)
                     x = out[-1]
@@ -157,8 +155,7 @@ def _apply_merge(pair: int, new: int, words: list[list[int]], freqs: list[int], 
             else:
                 out.append(word[i])
                 i += 1
-        if found:
-            words[wi] = out
+        words[wi] = out  # a copy equal to the word where the pair had vanished
     return created
 
 
@@ -377,8 +374,7 @@ class _PythonEncoder:
 
     def _bpe(self, ids: list[int]) -> list[int]:
         while len(ids) > 1:
-            pairs = set(zip(ids, ids[1:], strict=False))
-            pair = min(pairs, key=lambda p: self.ranks.get(p, 1 << 62))
+            pair = min(zip(ids, ids[1:], strict=False), key=lambda p: self.ranks.get(p, 1 << 62))
             new = self.ranks.get(pair)
             if new is None:
                 break

@@ -6,7 +6,7 @@ Torch-free on purpose: training a tokenizer starts in a fraction of a second.
 from __future__ import annotations
 
 import gzip
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,14 +79,11 @@ def read_texts(paths: list[Path], text_field: str = "text") -> list[str]:
     return texts
 
 
-def _jsonl_texts(lines: Iterable[str], path: Path, text_field: str) -> list[str]:
-    texts = []
+def _jsonl_texts(lines: Iterable[str], path: Path, text_field: str) -> Iterator[str]:
     for n, record in jsonl_records(lines, path):
-        value = record.get(text_field)
-        if not isinstance(value, str):
+        if not isinstance(record.get(text_field), str):
             raise GhoulError(f"{path}:{n}: no string field '{text_field}' (pick the field with --text-field)")
-        texts.append(value)
-    return texts
+        yield record[text_field]
 
 
 def train(cfg: TrainConfig) -> Tokenizer:

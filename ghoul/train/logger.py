@@ -42,8 +42,7 @@ class RunLogger:
         for name in (LOG_FILE, SAMPLES_FILE):
             path = self.run_dir / name
             if path.is_file():
-                kept = [r for r in read_jsonl(path) if r.get("step", 0) <= step]
-                write_jsonl(path, kept)
+                write_jsonl(path, [r for r in read_jsonl(path) if r.get("step", 0) <= step])
 
     def close(self) -> None:
         if self.wandb is not None:

@@ -315,16 +315,16 @@ def wrap(model: GPT, loop: Any, d: dist.DistInfo) -> torch.nn.Module:
     """The model as it trains: wrappers applied from outside it, in one fixed order (activation checkpointing,
     compile, then DDP; or FSDP's sharding in place, then compile)."""
     model.checkpoint_blocks = loop.activation_checkpointing
-    if loop.parallel == "fsdp" and d.distributed:
+    sharded = loop.parallel == "fsdp" and d.distributed
+    if sharded:
         sharding().shard_model(model, d, loop.dtype)
-        return compile_blocks(model) if loop.compile else model
-    wrapped: torch.nn.Module = compile_blocks(model) if loop.compile else model
-    if d.distributed:
-        # the gradients live in DDP's communication buckets instead of being copied there: one gradient-sized
-        # buffer and one copy per step less (5.8 GiB per GPU for gpt2-xl)
-        wrapped = DDP(wrapped, device_ids=[d.local_rank] if d.device_type == "cuda" else None,
-                      gradient_as_bucket_view=True)
-    return wrapped
+    if loop.compile:
+        compile_blocks(model)
+    if sharded or not d.distributed:
+        return model
+    # the gradients live in DDP's communication buckets instead of being copied there: one gradient-sized
+    # buffer and one copy per step less (5.8 GiB per GPU for gpt2-xl)
+    return DDP(model, device_ids=[d.local_rank] if d.device_type == "cuda" else None, gradient_as_bucket_view=True)
 
 
 def compile_blocks(model: GPT) -> GPT:
