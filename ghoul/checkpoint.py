@@ -19,6 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ghoul import __version__
+from ghoul.advice import advice
 from ghoul.errors import GhoulError
 from ghoul.files import atomic_directory, atomic_write_text, write_json
 from ghoul.layout import CONFIG_FILE, LATEST, WEIGHTS_FILE, resolve_checkpoint, step_dir, step_dirs
@@ -250,7 +251,7 @@ def load_training_checkpoint(directory: str | Path, required: tuple[str, ...] = 
 
 def _damaged(directory: Path, e: Exception | str) -> NoReturn:
     why = e if isinstance(e, str) else f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
-    raise GhoulError(f"{directory} is damaged ({why}): resume from an earlier checkpoint with --resume DIR") from None
+    raise GhoulError(f"{directory} is damaged ({why}): {advice().earlier}") from None
 
 
 # the fields of trainer_state.json that the trainers read, and their JSON types

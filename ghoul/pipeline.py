@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ghoul.advice import RERUN, SET_ASIDE, Advice, advising
 from ghoul.checkpoint import load_model_and_tokenizer
 from ghoul.config import build, option, option_owners, refuse_changed, refuse_set, require, to_dict
 from ghoul.data.corpus import CORPORA, CORPUS_HELP, build_corpus, write_corpus
@@ -38,7 +39,6 @@ from ghoul.report import write_report
 from ghoul.tokenizer import TOKENIZER_FILE, load_tokenizer
 from ghoul.tokenizer.bpe import BPETokenizer
 from ghoul.train.config import train_option
-from ghoul.train.context import RERUN, Advice, advising
 from ghoul.train.stages import FinetuneConfig, TrainConfig, run_or_resume
 
 GROUP_SIZE = 4  # stories the judge compares at once, as the seed did
@@ -263,7 +263,7 @@ def compare_samples(cfg: PipelineConfig, models: dict[str, Path]) -> Path:
     return out
 
 
-@advising(Advice(go_on=RERUN, retune=RETUNE, restart=RETUNE))
+@advising(Advice(go_on=RERUN, retune=RETUNE, restart=RETUNE, earlier=SET_ASIDE))
 def run(cfg: PipelineConfig) -> Path:
     """Run every stage that is not yet done; returns the report's path."""
     for judge in dict.fromkeys((cfg.judge, cfg.winrate_judge or cfg.judge)):

@@ -125,6 +125,14 @@ def test_an_interrupted_pipeline_says_how_to_go_on_and_a_rerun_continues_it(data
     monkeypatch.undo()
     assert main(args) == 0
     assert [r["step"] for r in read_jsonl(out / "pretrain" / "log.jsonl") if "loss" in r] == [1, 2, 3, 4, 5, 6]
+    # a damaged checkpoint: the way past it in the pipeline's words, which has no --resume DIR
+    newest = max((out / "finetune").glob("step_*"))
+    (newest / "trainer_state.json").write_text('{"step": 2,')
+    capsys.readouterr()
+    assert main(args) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(err) == 1 and f"{newest} is damaged" in err[0] and "--resume" not in err[0]
+    assert "move the checkpoint out of its run directory and run the same command again" in err[0]
 
 
 def test_pipeline_refuses_bad_settings(tmp_path, capsys):

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ghoul import dist
+from ghoul.advice import Advice, advice, advising
 from ghoul.checkpoint import (
     load_model_and_tokenizer,
     load_optimizer_states,
@@ -39,7 +40,7 @@ from ghoul.model import GPT
 from ghoul.optim.build import build_optimizers
 from ghoul.tokenizer import Tokenizer
 from ghoul.train.config import RunOptions
-from ghoul.train.context import Advice, advice, advising, open_run_dir, rng_state, set_rng_state, training_run
+from ghoul.train.context import open_run_dir, rng_state, set_rng_state, training_run
 from ghoul.train.loop import check_finite, stopping
 
 # rewards of the completions (token ids, up to the end of text) of one step: `groups[i]` is sample i's group (its

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from ghoul.advice import RERUN, SET_ASIDE, Advice, advising
 from ghoul.checkpoint import read_model_config
 from ghoul.config import build, flag, group, option, refuse_changed, require, to_dict
 from ghoul.data.prepare import PrepareConfig
@@ -34,7 +35,6 @@ from ghoul.generate import GenerateConfig, read_prompts
 from ghoul.generate import run as generate
 from ghoul.layout import resolve_checkpoint
 from ghoul.tokenizer import TOKENIZER_FILE, load_tokenizer
-from ghoul.train.context import RERUN, Advice, advising
 from ghoul.train.stages import FinetuneConfig, max_steps, run_or_resume
 from ghoul.train.stages import run as finetune
 
@@ -180,7 +180,7 @@ def model_tokenizer(model_dir: Path) -> str:
     return "gpt2" if name == "gpt2" else str(directory / TOKENIZER_FILE)
 
 
-@advising(Advice(go_on=RERUN, retune=RETUNE, restart=RETUNE))
+@advising(Advice(go_on=RERUN, retune=RETUNE, restart=RETUNE, earlier=SET_ASIDE))
 def run(cfg: RlhfConfig) -> RlhfResult:
     """Run the steps that are not yet complete in cfg.output_dir, in order."""
     steps = stage_configs(cfg)

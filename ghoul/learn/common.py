@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from ghoul.advice import Advice, advising
 from ghoul.config import build, option, refuse_set, require
 from ghoul.data.prepare import PrepareConfig
 from ghoul.data.prepare import run as prepare
@@ -21,15 +22,15 @@ from ghoul.tokenizer import TOKENIZER_FILE, Tokenizer, load_tokenizer
 from ghoul.tokenizer.bpe import BPETokenizer
 from ghoul.tokenizer.char import CharTokenizer
 from ghoul.train.config import TrainConfig, train_option
-from ghoul.train.context import Advice, advising, training_run
+from ghoul.train.context import training_run
 from ghoul.train.logger import LOG_FILE
 from ghoul.train.loop import train
 
 DATA_DIR = "data"  # the token shards, inside the output directory
 # a learning run is not continued (a rerun into its directory is refused, check_fresh): a stopped one is trained again
 _RETRAIN = "lower --learning-rate or raise --warmup-iters and train again into another --output-dir"
-LEARN_ADVICE = Advice(go_on="learn runs are not continued: train again into another --output-dir", retune=_RETRAIN,
-                      restart=_RETRAIN)
+_AGAIN = "learn runs are not continued: train again into another --output-dir"
+LEARN_ADVICE = Advice(go_on=_AGAIN, retune=_RETRAIN, restart=_RETRAIN, earlier=_AGAIN)
 
 
 @dataclass

@@ -2,8 +2,7 @@
 PPO and GRPO): the distributed start, the run directory (a fresh run, or the checkpoint to resume; never an
 existing run overwritten), the seed, every rank's random state in checkpoints, and rank 0's preparation of the
 directory for this run (a killed run's temporaries cleaned, the later checkpoints of a branch set aside,
-config.json written, the log cut back to the step resumed); and how a stopped run goes on, in the words of the
-command that was typed.
+config.json written, the log cut back to the step resumed).
 """
 
 from __future__ import annotations
@@ -12,8 +11,6 @@ import base64
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,38 +23,6 @@ from ghoul.files import clean_temporaries, write_json
 from ghoul.layout import WEIGHTS_FILE, newest_checkpoint, resolve_checkpoint, set_aside_later
 from ghoul.train.config import RunOptions
 from ghoul.train.logger import LOG_FILE, SAMPLES_FILE, RunLogger
-
-
-@dataclass(frozen=True)
-class Advice:
-    """What a stopped run's messages tell the user to do, as imperatives: by default in the training commands' flags;
-    the commands that run training stages themselves (pipeline, rlhf, learn) give their own (`advising`)."""
-
-    # after a stop that left a checkpoint to continue from
-    go_on: str = "continue with --resume"
-    # after a non-finite loss, with a checkpoint before it, and with none
-    retune: str = "lower --learning-rate or raise --warmup-iters and --resume"
-    restart: str = "lower --learning-rate or raise --warmup-iters and start the run over with --resume"
-
-
-TRAINING_ADVICE = Advice()
-RERUN = "run the same command again to continue"  # the commands that skip what is done and resume the rest
-_advice: ContextVar[Advice] = ContextVar("advice", default=TRAINING_ADVICE)
-
-
-def advice() -> Advice:
-    return _advice.get()
-
-
-@contextmanager
-def advising(words: Advice) -> Iterator[None]:
-    """Stopped runs inside give `words`; the outermost command's stand (the pipeline's over the rlhf it runs)."""
-    token = _advice.set(words) if _advice.get() is TRAINING_ADVICE else None
-    try:
-        yield
-    finally:
-        if token is not None:
-            _advice.reset(token)
 
 
 @contextmanager

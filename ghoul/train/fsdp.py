@@ -24,6 +24,7 @@ from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
 from ghoul import dist
+from ghoul.advice import advice
 from ghoul.checkpoint import stored_weights
 from ghoul.dist import DTYPES, DistInfo
 from ghoul.errors import GhoulError
@@ -117,5 +118,5 @@ def load_optimizer_states(model: torch.nn.Module, optimizers: list[torch.optim.O
             cause = next(iter(e.failures.values()), (e,))[0]
         first = f"{type(cause).__name__}: {(str(cause).strip().splitlines() or [''])[0][:200]}"
         raise GhoulError(f"{folder} could not be read ({first}): the checkpoint is damaged or was saved with other "
-                         "optimizer settings; resume from an earlier checkpoint with --resume DIR") from None
+                         f"optimizer settings; {advice().earlier}") from None
     set_optimizer_state_dict(model, optimizers, state["optimizers"])

@@ -22,6 +22,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from ghoul import dist
+from ghoul.advice import advice
 from ghoul.checkpoint import (
     OPTIMIZER_FILE,
     SHARDED_OPTIMIZER,
@@ -39,7 +40,7 @@ from ghoul.model import GPT
 from ghoul.optim.build import build_optimizers
 from ghoul.optim.schedule import lr_multiplier
 from ghoul.tokenizer import Tokenizer
-from ghoul.train.context import advice, open_run_dir, rng_state, set_rng_state
+from ghoul.train.context import open_run_dir, rng_state, set_rng_state
 from ghoul.train.interrupt import StepInterrupt
 from ghoul.train.logger import RunLogger
 

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from ghoul import checkpoint
+from ghoul.advice import TRAINING_ADVICE, Advice, advice, advising
 from ghoul.checkpoint import load_model_dir, load_training_checkpoint
 from ghoul.cli import main
 from ghoul.data.loader import ShardLoader
@@ -24,7 +25,6 @@ from ghoul.data.shards import shard_name, write_shard
 from ghoul.dist import DistInfo
 from ghoul.errors import GhoulError
 from ghoul.layout import newest_checkpoint, step_dirs
-from ghoul.train.context import TRAINING_ADVICE, Advice, advice, advising
 from ghoul.train.loop import train
 from ghoul.train.stages import run, start_model
 from tests.train.conftest import config, log, losses
