@@ -81,6 +81,16 @@ class JudgeOptions:
         options = {name: getattr(self, name) for name in (*API_OPTIONS, *WEB_OPTIONS)}  # make_judge's keywords
         return make_judge(self.judge, seed=seed, **options)
 
+    @property
+    def name(self) -> str:
+        """The name the judge records with each judgment, known before it is made."""
+        return judge_name(self.judge, self.base_url)
+
+
+def judge_name(spec: str, base_url: str | None = None) -> str:
+    """A judge's name in rankings.jsonl: its spec, and for an API judge the server it asked."""
+    return spec + (f"@{base_url}" if base_url and spec.startswith("openai:") else "")
+
 
 def judge_measures(spec: str) -> str:
     """What the judge `spec` (e.g. openai:gpt-4o) measures, in words."""
@@ -254,7 +264,7 @@ class OpenAIJudge(Judge):
         self.model, self.base_url, self.seed, self.json_mode, self.max_tokens = model, base_url, seed, json_mode, \
             max_tokens
         self.max_retries, self.retry_delay, self.parse_retries = max_retries, retry_delay, parse_retries
-        self.name = f"openai:{model}" + (f"@{base_url}" if base_url else "")
+        self.name = judge_name(f"openai:{model}", base_url)
 
     def judge(self, task: str, candidates: list[str]) -> Judgment:
         shown = list(range(len(candidates)))

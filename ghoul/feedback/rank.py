@@ -66,8 +66,10 @@ def make_groups(stories: dict[int, dict[str, Any]], group_size: int, seed: int) 
     return groups
 
 
-def earlier_judgments(cfg: RankConfig, groups: list[list[int]]) -> dict[int, dict[str, Any]]:
-    """The last judgment of each group already in --out, checked against the groups formed now."""
+def earlier_judgments(cfg: RankConfig, groups: list[list[int]], judge: str) -> dict[int, dict[str, Any]]:
+    """The last judgment of each group already in --out, checked against the groups formed now and the judge and
+    task asked now: a rankings file holds one judge's picks for one task, so that winners and win-rates mean one
+    thing."""
     if not cfg.out.exists():
         return {}
     done = {}
@@ -76,6 +78,10 @@ def earlier_judgments(cfg: RankConfig, groups: list[list[int]]) -> dict[int, dic
         if not 0 <= g < len(groups) or sorted(record["shown"]) != sorted(groups[g]):
             raise GhoulError(f"{cfg.out} holds judgments of other groups (group {g}): it was made from other "
                              "stories, --group-size or --seed; use another --out (ghoul rlhf: --output-dir)")
+        for what, now in (("judge", judge), ("task", cfg.judging.task)):
+            if record.get(what, now) != now:
+                raise GhoulError(f"{cfg.out} holds judgments with the {what} {record[what]!r}, not {now!r}: rerun "
+                                 f"with that --{what} to continue it, or use another --out (ghoul rlhf: --output-dir)")
         done[g] = record
     repair_jsonl(cfg.out, "group")
     return done
@@ -89,7 +95,7 @@ def run(cfg: RankConfig, judge: Judge | None = None) -> RankResult:
     if not groups:
         raise GhoulError(f"{cfg.stories} holds too few stories of one prompt for a group of {cfg.group_size}: "
                          "generate more or lower --group-size")
-    done = earlier_judgments(cfg, groups)
+    done = earlier_judgments(cfg, groups, judge.name if judge else cfg.judging.name)
     todo = [g for g in range(len(groups)) if g not in done or (cfg.retry_skipped and done[g].get("skipped"))]
     result = RankResult(cfg.out, len(groups), 0, 0, len(groups) - len(todo), 0.0)
     if not todo:

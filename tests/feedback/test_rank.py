@@ -12,7 +12,7 @@ from ghoul.config import build
 from ghoul.data.sources import make_source
 from ghoul.errors import GhoulError
 from ghoul.feedback import rank, winners
-from ghoul.feedback.judges import Judge, Judgment, LengthJudge
+from ghoul.feedback.judges import Judge, Judgment
 from ghoul.feedback.records import RAW_LIMIT, full_text, load_stories
 from ghoul.files import read_jsonl
 from tests.conftest import fail_writes_after
@@ -161,7 +161,25 @@ def test_ctrl_c_keeps_what_was_ranked(tmp_path, capsys):
         rank.run(rank_cfg(tmp_path), judge=judge)
     assert judge.closed and len(read_jsonl(tmp_path / "rankings.jsonl")) == 2
     assert "rerun to judge the remaining 2" in capsys.readouterr().err
-    assert rank.run(rank_cfg(tmp_path), judge=LengthJudge()).judged == 2
+    assert rank.run(rank_cfg(tmp_path), judge=Interrupting()).judged == 2  # the same judge again: two calls left
+
+
+def test_a_rerun_with_another_judge_or_task_is_refused(tmp_path, capsys):
+    """A rankings file holds one judge's picks for one task: a rerun that asks another is refused, not skipped as
+    done (a complete file) or appended to (a partial one), which would pass off one judge's picks as another's."""
+    write_stories(tmp_path / "stories.jsonl", 16)
+    rank.run(rank_cfg(tmp_path, judge="length", max_groups=2))
+    before = (tmp_path / "rankings.jsonl").read_text()
+    args = ["rank", "--stories", str(tmp_path / "stories.jsonl"), "--out", str(tmp_path / "rankings.jsonl")]
+    for changed, message in [(["--judge", "random"], "with the judge 'length', not 'random'"),
+                             (["--judge", "length", "--task", "Pick the funniest story."],
+                              "with the task 'Pick the scariest story.', not 'Pick the funniest story.'")]:
+        capsys.readouterr()
+        assert main([*args, *changed]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and "rerun with that --" in err and len(err.splitlines()) == 1, err
+        assert (tmp_path / "rankings.jsonl").read_text() == before
+    assert rank.run(rank_cfg(tmp_path, judge="length")).judged == 2  # the same judge goes on
 
 
 def test_rankings_of_other_groups_are_refused(tmp_path):
