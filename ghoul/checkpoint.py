@@ -113,7 +113,8 @@ def save_model_dir(model: GPT, directory: str | Path, tokenizer: Tokenizer | str
 
 
 def read_model_config(directory: str | Path) -> dict:
-    """The parsed `config.json` of a model directory, with a clear error when it is missing or malformed."""
+    """The parsed `config.json` of a ghoul GPT's model directory, with a clear error when it is missing or malformed,
+    or another kind of model's."""
     directory = resolve_checkpoint(directory)
     if not directory.is_dir():
         raise GhoulError(f"checkpoint {directory} does not exist: give a model directory "
@@ -127,6 +128,12 @@ def read_model_config(directory: str | Path) -> dict:
         raise GhoulError(f"{path} is not valid JSON ({e}): the checkpoint is damaged; save it again") from None
     if not isinstance(config, dict):
         raise GhoulError(f"{path} must hold a JSON object of model settings")
+    if "model_type" in config:  # transformers' config.json: an export, or a model from the Hub
+        raise GhoulError(f"{directory} is a Hugging Face model directory (model_type {config['model_type']!r}), not a "
+                         "ghoul one: give the ghoul model directory it was exported from, or load it with transformers")
+    if config.get("model") == "bigram":
+        raise GhoulError(f"{directory} holds a bigram model (ghoul learn bigram), which only the learning stage "
+                         "samples: give a transformer's model directory")
     return config
 
 
@@ -135,12 +142,6 @@ def load_model_dir(directory: str | Path, device: str | torch.device = "cpu", ki
     needs: a language model, or a reward model (which scores texts and generates none)."""
     directory = resolve_checkpoint(directory)
     config = read_model_config(directory)
-    if "model_type" in config:  # transformers' config.json: an export, or a model from the Hub
-        raise GhoulError(f"{directory} is a Hugging Face model directory (model_type {config['model_type']!r}), not a "
-                         "ghoul one: give the ghoul model directory it was exported from, or load it with transformers")
-    if config.get("model") == "bigram":
-        raise GhoulError(f"{directory} holds a bigram model (ghoul learn bigram), which only the learning stage "
-                         "samples: give a transformer's model directory")
     found = config.get("kind", "language")
     if found != kind:  # a reward model generates nothing; a language model scores nothing
         what_to_do = "train one with `ghoul reward train`" if kind == "reward" else "give a language model's directory"

@@ -72,10 +72,12 @@ def test_round_trip_through_hf_keeps_generation(tmp_path):
 def test_a_hugging_face_directory_given_as_a_checkpoint_is_named_for_what_it_is(tmp_path, capsys):
     save_model_dir(GPT(GPTConfig(vocab_size=1000, block_size=64, n_embd=48, n_layer=2, n_head=4)), tmp_path / "a")
     export_hf(tmp_path / "a", tmp_path / "hf")
-    assert main(["generate", "--checkpoint", str(tmp_path / "hf"), "--max-new-tokens", "2"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
-    assert "is a Hugging Face model directory (model_type 'gpt2')" in err and "exported from" in err
+    for command in (["generate", "--checkpoint", str(tmp_path / "hf"), "--max-new-tokens", "2"],
+                    ["export", "gguf", str(tmp_path / "hf"), str(tmp_path / "m.gguf")]):
+        assert main(command) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1, err
+        assert "is a Hugging Face model directory (model_type 'gpt2')" in err and "exported from" in err
 
 
 def test_exported_gpt2_tokenizer_files_load_in_transformers(tmp_path):

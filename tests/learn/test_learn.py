@@ -54,8 +54,13 @@ def test_gpt_learns_more_than_the_bigram_on_the_same_tokens(horror, tmp_path, ca
     bigram = learn_bigram(BigramConfig(source_path=horror, output_dir=tmp_path / "bigram", steps=200,
                                        eval_every=0, **SLICE))
     assert (tmp_path / "bigram" / "tokenizer.json").is_file() and (tmp_path / "bigram" / LOG_FILE).is_file()
-    assert main(["generate", "--checkpoint", str(tmp_path / "bigram"), "--max-new-tokens", "2"]) == 2
-    assert "holds a bigram model (ghoul learn bigram)" in capsys.readouterr().err
+    capsys.readouterr()
+    for command in (["generate", "--checkpoint", str(tmp_path / "bigram"), "--max-new-tokens", "2"],
+                    ["export", "hf", str(tmp_path / "bigram"), str(tmp_path / "hf")],
+                    ["export", "gguf", str(tmp_path / "bigram"), str(tmp_path / "bigram.gguf")]):
+        assert main(command) == 2
+        err = capsys.readouterr().err.strip()
+        assert "holds a bigram model (ghoul learn bigram)" in err and len(err.splitlines()) == 1, err
     gpt = learn_gpt(LearnGPTConfig(source_path=horror, output_dir=tmp_path / "gpt", steps=200, eval_every=0,
                                    tokenizer=str(tmp_path / "bigram" / "tokenizer.json"), **SLICE, **GPT_SIZE))
     out = capsys.readouterr().out
