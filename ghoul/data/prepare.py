@@ -41,7 +41,7 @@ class PrepareConfig:
                                            "download do so", metavar="FILE|DIR|GLOB")
     subset: str | None = option(None, "Hub subset for fineweb/fineweb-edu, e.g. sample-10BT, sample-100BT")
     text_field: str | None = option(None, "field or column holding the text (detected when not given)")
-    separator: str | None = option(None, "for text/rlhf: split each file into documents on this string (\\n allowed)")
+    separator: str | None = option(None, "for text: split each file into documents on this string (\\n allowed)")
     shard_tokens: int = option(100_000_000, "tokens per shard")
     val_tokens: int = option(0, "the first N tokens go to the val split (0: no val split)")
     workers: int = option(0, "tokenizer processes (0: one per CPU core)")

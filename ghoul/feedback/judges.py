@@ -294,8 +294,10 @@ class OpenAIJudge(Judge):
                 break
             except (self.openai.RateLimitError, self.openai.InternalServerError, self.openai.APIConnectionError) as e:
                 if attempt == self.max_retries:
-                    raise GhoulError(f"{where} still fails after {attempt + 1} tries ({_describe(e)}): judged groups "
-                                     "are saved, rerun later to go on") from None
+                    unreached = isinstance(e, self.openai.APIConnectionError) and self.base_url
+                    hint = f"is a server listening at {self.base_url}? " if unreached else ""
+                    raise GhoulError(f"{where} still fails after {attempt + 1} tries ({_describe(e)}): {hint}judged "
+                                     "groups are saved, rerun later to go on") from None
                 time.sleep(self._delay(attempt, e))
             except self.openai.APIStatusError as e:
                 raise GhoulError(f"{where} refused the request ({_describe(e)}): check the model name, --base-url "

@@ -6,6 +6,7 @@ import importlib.util
 import io
 import json
 import re
+import socket
 
 import pytest
 
@@ -130,7 +131,14 @@ def test_openai_judge_retries_rate_limits_and_server_errors(fake_openai):
     judge = OpenAIJudge("gpt-4o", failing.url, max_retries=2, retry_delay=0.001)
     with pytest.raises(GhoulError, match="still fails after 3 tries") as e:
         judge.judge("task", STORIES)
-    assert len(failing.requests) == 3 and KEY not in str(e.value)
+    assert len(failing.requests) == 3 and KEY not in str(e.value) and "listening" not in str(e.value)
+
+    with socket.socket() as s:  # a port that nothing listens on: the server was never started
+        s.bind(("127.0.0.1", 0))
+        nowhere = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    with pytest.raises(GhoulError, match=f"still fails after 2 tries \\(APIConnectionError\\): is a server listening "
+                                         f"at {nowhere}\\?"):
+        OpenAIJudge("gpt-4o", nowhere, max_retries=1, retry_delay=0.001).judge("task", STORIES)
 
     refusing = fake_openai(lambda request: (401, {"error": {"message": "bad key"}}))
     with pytest.raises(GhoulError, match="refused the request \\(401"):
