@@ -22,6 +22,8 @@ class Advice:
     restart: str = "lower --learning-rate or raise --warmup-iters and start the run over with --resume"
     # after a checkpoint that cannot be read
     earlier: str = "resume from an earlier checkpoint with --resume DIR"
+    # when the data hold too little for one step (None: the loader's own words, in the training commands' flags)
+    too_few: str | None = None
 
 
 TRAINING_ADVICE = Advice()

@@ -53,6 +53,9 @@ RERUN_OPTIONS = ("output_dir", "data_dir", "device", "dtype", "compile", "hellas
 # after a non-finite loss: a rerun with another learning rate is refused (RERUN_OPTIONS), so it starts anew
 RETUNE = ("lower that stage's learning rate (--pretrain-lr, --finetune-lr or --preference-lr; with Muon also "
           "--muon-lr) and run the pipeline into a new --output-dir")
+# too few winners (or pairs) for one step of the preference stage: a rerun keeps every option that made the data
+TOO_FEW = ("lower --batch-size or --seq-len, or raise --num-samples or --max-new-tokens for more stories, and run the "
+           "pipeline into a new --output-dir")
 PROMPTS = ["I heard something in the attic", "The last thing my grandmother told me",
            "Nobody lives on the fourth floor"]
 
@@ -263,7 +266,7 @@ def compare_samples(cfg: PipelineConfig, models: dict[str, Path]) -> Path:
     return out
 
 
-@advising(Advice(go_on=RERUN, retune=RETUNE, restart=RETUNE, earlier=SET_ASIDE))
+@advising(Advice(go_on=RERUN, retune=RETUNE, restart=RETUNE, earlier=SET_ASIDE, too_few=TOO_FEW))
 def run(cfg: PipelineConfig) -> Path:
     """Run every stage that is not yet done; returns the report's path."""
     for judge in dict.fromkeys((cfg.judge, cfg.winrate_judge or cfg.judge)):

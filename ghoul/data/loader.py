@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ghoul.advice import advice
 from ghoul.data.shards import ShardHeader, find_shards, is_count, read_header, read_meta, read_shard
 from ghoul.errors import GhoulError
 
@@ -68,7 +69,8 @@ class ShardLoader(EpochLoader):
         self.tokens = int(self._starts[-1])
         if self.steps_per_epoch < 1:
             raise GhoulError(f"{self.where}: {self.tokens:,} {split} tokens are too few for one step of "
-                             f"batch_size*seq_len*world_size+1 = {self.span + 1:,}: lower batch_size or seq_len")
+                             f"batch_size*seq_len*world_size+1 = {self.span + 1:,}: "
+                             f"{advice().too_few or 'lower --batch-size or --seq-len'}")
         self.position = 0  # tokens of this epoch consumed by all ranks together
         self.epoch = 0
 

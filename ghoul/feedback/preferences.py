@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from ghoul import dist
+from ghoul.advice import advice
 from ghoul.config import option, require
 from ghoul.data.loader import EpochLoader
 from ghoul.errors import GhoulError
@@ -144,8 +145,8 @@ class PairLoader(EpochLoader):
                        encode_pair_side(tokenizer, r["prompt"], r["rejected"], block_size, join)) for r in records]
         if self.steps_per_epoch < 1:
             raise GhoulError(f"{len(self.pairs)} preference pairs are too few for one step of batch_size * "
-                             f"world_size = {batch_size * world_size}: lower --batch-size or rank more stories "
-                             "(rlhf, pipeline: raise --num-samples)")
+                             f"world_size = {batch_size * world_size}: "
+                             f"{advice().too_few or 'lower --batch-size or rank more stories'}")
         self._seek(0, 0)
 
     @property

@@ -47,6 +47,9 @@ METHOD_OPTIONS = {"winners": _TRAIN | {"seq_len"}, "dpo": _TRAIN | {"beta"}, "pp
 # after a non-finite loss: a rerun resumes the training step from its last good checkpoint, at the rate given now
 RETUNE = ("lower --learning-rate (ppo, grpo: or the reward model's --reward-learning-rate) and run the same command "
           "again")
+# too few winners (or pairs) for one step: the training options may change on a rerun, the stories' may not
+TOO_FEW = ("lower --batch-size or --seq-len and run the same command again, or make more stories (--num-samples, "
+           "--max-new-tokens) into a new --output-dir")
 # what the stories were made with: a rerun that changes one is refused (it would skip the stories as complete)
 STORY_OPTIONS = ("base_model", "prompt", "prompts_file", "max_new_tokens", "temperature", "top_k", "top_p", "seed")
 
@@ -180,7 +183,7 @@ def model_tokenizer(model_dir: Path) -> str:
     return "gpt2" if name == "gpt2" else str(directory / TOKENIZER_FILE)
 
 
-@advising(Advice(go_on=RERUN, retune=RETUNE, restart=RETUNE, earlier=SET_ASIDE))
+@advising(Advice(go_on=RERUN, retune=RETUNE, restart=RETUNE, earlier=SET_ASIDE, too_few=TOO_FEW))
 def run(cfg: RlhfConfig) -> RlhfResult:
     """Run the steps that are not yet complete in cfg.output_dir, in order."""
     steps = stage_configs(cfg)

@@ -30,7 +30,8 @@ DATA_DIR = "data"  # the token shards, inside the output directory
 # a learning run is not continued (a rerun into its directory is refused, check_fresh): a stopped one is trained again
 _RETRAIN = "lower --learning-rate or raise --warmup-iters and train again into another --output-dir"
 _AGAIN = "learn runs are not continued: train again into another --output-dir"
-LEARN_ADVICE = Advice(go_on=_AGAIN, retune=_RETRAIN, restart=_RETRAIN, earlier=_AGAIN)
+LEARN_ADVICE = Advice(go_on=_AGAIN, retune=_RETRAIN, restart=_RETRAIN, earlier=_AGAIN,
+                      too_few="lower --batch-size or --block-size, or give more text")
 
 
 @dataclass

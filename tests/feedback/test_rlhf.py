@@ -72,6 +72,18 @@ def test_rlhf_warns_when_the_winners_learn_from_truncated_samples(tiny_model, tm
     assert all(s["sampling"]["top_k"] == 50 for s in read_jsonl(tmp_path / "run" / "stories.jsonl"))
 
 
+def test_too_few_winners_for_one_step_say_what_a_rerun_may_change(tiny_model, tmp_path, capsys):
+    args = ["rlhf", "--config", str(CONFIG), "--judge", "random", "--base-model", str(tiny_model),
+            "--output-dir", str(tmp_path / "run"), "--num-samples", "8", "--max-new-tokens", "8", "--max-steps", "2",
+            "--batch-size", "16", "--seq-len", "64"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "tokens are too few for one step" in err and err.endswith(
+        "lower --batch-size or --seq-len and run the same command again, or make more stories (--num-samples, "
+        "--max-new-tokens) into a new --output-dir"), err
+    assert main([*args[:-4], "--batch-size", "1", "--seq-len", "16"]) == 0  # the training options may change
+
+
 @pytest.mark.parametrize("method", ["dpo", "ppo", "grpo"])
 def test_rlhf_method_switches_the_final_stage(method, tiny_model, tmp_path, capsys):
     run = tmp_path / "run"

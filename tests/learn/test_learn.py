@@ -154,6 +154,15 @@ def test_an_interrupted_learning_run_says_it_is_trained_again_not_resumed(horror
         "--output-dir" in said and "--resume" not in said
 
 
+def test_too_little_text_for_one_step_names_the_learning_stages_flags(horror, tmp_path, capsys):
+    assert main(["learn", "bigram", "--source-path", horror, "--output-dir", str(tmp_path / "b"), "--limit-docs", "3",
+                 "--tokenizer-kind", "char", "--steps", "6", "--batch-size", "64", "--block-size", "512",
+                 "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "tokens are too few for one step" in err and err.endswith("lower --batch-size or --block-size, or give "
+                                                                     "more text"), err
+
+
 def test_a_bigram_table_too_large_to_train_is_refused_before_any_work(tmp_path, capsys):
     """GPT-2's vocabulary makes a 50,257^2 table, 38 GiB with AdamW's state: it was killed for memory."""
     out = tmp_path / "b"
