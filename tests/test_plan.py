@@ -14,6 +14,7 @@ from ghoul.dist import GPUS, gpu_named
 from ghoul.model import GPT, PRESETS, GPTConfig
 from ghoul.optim.build import split_params
 from ghoul.plan import GiB, PlanConfig, estimate, flops_per_token, largest_batch_sizes, param_counts
+from tests.conftest import REPO
 from tests.memory import training_peak
 
 REFERENCE = ["--model", "gpt2-xl", "--gpus", "8", "--gpu", "h100", "--total-batch-size", "491520",
@@ -104,7 +105,7 @@ def test_memory_estimate_against_a_ddp_training_step():
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            "-m", "tests.ddp_memory", "small", "4", "256", "2"], capture_output=True, text=True,
-                          env=env, timeout=300)
+                          env=env, cwd=REPO, timeout=300)  # -m tests.*: from the repository's root
     assert done.returncode == 0, done.stderr[-2000:]
     peak = int(done.stdout.split()[-1])
     planned = plan_total("small", 2, 4, 256, 2)
@@ -120,7 +121,7 @@ def test_memory_estimate_against_an_fsdp_training_step():
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            "-m", "tests.fsdp_memory", "small", "4", "256", "1,2"], capture_output=True, text=True,
-                          env=env, timeout=300)
+                          env=env, cwd=REPO, timeout=300)  # -m tests.*: from the repository's root
     assert done.returncode == 0, done.stderr[-2000:]
     peaks = [int(line) for line in done.stdout.split()[-2:]]
     for accum, peak in zip((1, 2), peaks, strict=True):

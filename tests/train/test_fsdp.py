@@ -14,6 +14,7 @@ import transformers
 from ghoul.checkpoint import load_model_dir
 from ghoul.cli import main
 from ghoul.files import read_jsonl
+from tests.conftest import REPO
 from tests.torchrun import ghoul_on_ranks
 from tests.train.conftest import log, losses
 
@@ -76,7 +77,8 @@ def test_each_rank_holds_half_of_the_state_and_writes_its_rows_of_the_weights(op
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            "-m", "tests.fsdp_shards", "tiny", optimizer, str(tmp_path / "model.safetensors")],
-                          capture_output=True, text=True, env=env, timeout=300)
+                          capture_output=True, text=True, env=env, cwd=REPO,
+                          timeout=300)  # -m tests.*: from the repository's root
     assert done.returncode == 0, done.stderr[-2000:]
     sharded, whole, same = map(int, done.stdout.split()[-3:])
     assert 0.49 * whole <= sharded <= 0.51 * whole, (sharded, whole)
