@@ -135,6 +135,11 @@ def due(step: int, every: int, max_steps: int) -> bool:
     return every > 0 and (step % every == 0 or step == max_steps)
 
 
+def evaluation_due(step: int, loop: Any, validates: bool, hooks: Sequence[Hook]) -> bool:
+    """Whether the validation loss (when `validates`) or a hook runs after `step`."""
+    return any(due(step, every, loop.max_steps) for every in (loop.eval_every * validates, *(h.every for h in hooks)))
+
+
 # ---- the loop --------------------------------------------------------------------------------------------------
 
 def train(cfg: Any, model: GPT, tokenizer: Tokenizer, d: dist.DistInfo, loss_fn: LossFn = lm_loss,
@@ -188,7 +193,7 @@ def train(cfg: Any, model: GPT, tokenizer: Tokenizer, d: dist.DistInfo, loss_fn:
 
     def save(step: int) -> Path:
         state = {"step": step, "loader": train_data.state_dict(), "rng": rng_state(), "config": to_dict(cfg),
-                 "tokens": progress.tokens + progress.unlogged * d.world_size}  # this rank's share stands for all
+                 "tokens": progress.tokens_now()}
         return save_checkpoint(run.output_dir, step, raw_model, optimizers, state, tokenizer, loop, d)
 
     model.train()
@@ -214,6 +219,9 @@ def train(cfg: Any, model: GPT, tokenizer: Tokenizer, d: dist.DistInfo, loss_fn:
                 record = evaluate(step, progress.record(step, loss_sum, metric_sums, grad_norm, lr))
                 logger.log(record)
                 bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:,.0f}", refresh=False)
+            elif evaluation_due(step, loop, val_data is not None, hooks):  # e.g. --eval-every 25 with --log-every 10
+                with progress.paused():
+                    logger.log(evaluate(step, {"step": step, "tokens": progress.tokens_now()}))
             bar.update(1)
             if loop.checkpoint_every and step % loop.checkpoint_every == 0 and step < loop.max_steps:
                 with progress.paused():
@@ -411,6 +419,10 @@ class Progress:
         if memory is not None:
             record["peak_memory_gib"] = memory
         return record | {k: dist.all_reduce_mean(v).item() for k, v in sorted(metric_sums.items())}
+
+    def tokens_now(self) -> int:
+        """The tokens read so far between records: this rank's share since the last record stands for all."""
+        return self.tokens + self.unlogged * self.d.world_size
 
     @contextlib.contextmanager
     def paused(self) -> Iterator[None]:

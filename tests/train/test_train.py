@@ -70,6 +70,16 @@ def test_throughput_covers_the_steps_since_the_last_record(fineweb_shards, tmp_p
     assert last["tokens_per_s"] == pytest.approx((last["tokens"] - before["tokens"]) / wall, rel=0.2)
 
 
+def test_evaluations_run_at_their_own_steps_between_logged_ones(fineweb_shards, tmp_path):
+    """--eval-every counts steps, not log records: every 3 steps with a record every 4."""
+    run(config(fineweb_shards, tmp_path / "run", max_steps=10, log_every=4, eval_every=3))
+    records = log(tmp_path / "run")
+    assert [r["step"] for r in records if "loss" in r] == [4, 8, 10]
+    evaluated = [(r["step"], r.get("tokens")) for r in records if "val_loss" in r]
+    assert [s for s, _ in evaluated] == [0, 3, 6, 9, 10]
+    assert [t for s, t in evaluated if s in (3, 6, 9)] == [3 * 4 * 64, 6 * 4 * 64, 9 * 4 * 64]
+
+
 def test_resumed_run_equals_uninterrupted_run(fineweb_shards, tmp_path):
     cfg = dict(max_steps=8, checkpoint_every=4, total_batch_size=512, batch_size=4, seq_len=64,
                warmup_iters=2, warmdown_iters=3, dropout_free=None)
