@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 from ghoul.data.sources import make_source
@@ -43,9 +44,10 @@ def build_corpus(name: str, local: Callable[[str], str | None], seed: int) -> Co
     train: list[str] = []
     val: list[str] = []
     for source, relative in CORPORA[name]:
-        docs = list(make_source(source, local(relative)))
-        if source == "fineweb" and local(relative) is None:
-            docs = docs[:FINEWEB_DOWNLOAD_DOCS]
+        path = local(relative)
+        # FineWeb without a local file streams from the Hub: its first documents, not all ten billion tokens
+        limit = FINEWEB_DOWNLOAD_DOCS if source == "fineweb" and path is None else None
+        docs = list(islice(make_source(source, path), limit))
         if source == "creepypasta":
             val += docs[::HELD_OUT_EVERY]
             docs = [d for i, d in enumerate(docs) if i % HELD_OUT_EVERY]

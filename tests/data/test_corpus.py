@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ghoul.data import corpus as corpus_module
 from ghoul.data.corpus import HELD_OUT_EVERY, build_corpus, write_corpus
 from ghoul.data.loader import ShardLoader
 from ghoul.data.prepare import PrepareConfig
@@ -54,3 +55,21 @@ def test_prepared_val_split_is_exactly_the_held_out_stories(data: Path, tmp_path
     x, y = next(val)
     ids = x[0].tolist() + [y[0, -1].item()]
     assert tokenizer.decode(ids).split("<|endoftext|>")[:-1] == corpus.val
+
+
+def test_fineweb_without_a_local_file_reads_only_the_documents_it_keeps(data: Path, monkeypatch) -> None:
+    """Without the local sample, FineWeb streams from the Hub: the corpus takes its first documents and stops
+    reading, instead of reading the ten billion tokens of sample-10BT to keep two thousand documents."""
+    read = []
+
+    def stream(source, path):
+        if source != "fineweb":
+            return make_source(source, path)
+        assert path is None  # the download path
+        return (read.append(i) or f"fineweb document {i}" for i in range(10 * corpus_module.FINEWEB_DOWNLOAD_DOCS))
+
+    monkeypatch.setattr(corpus_module, "make_source", stream)
+    general = build_corpus("general", lambda relative: None if "fineweb" in relative else str(data / relative), 1)
+    kept = [doc for doc in general.train + general.val if doc.startswith("fineweb document")]
+    assert len(kept) == corpus_module.FINEWEB_DOWNLOAD_DOCS
+    assert len(read) <= corpus_module.FINEWEB_DOWNLOAD_DOCS + 1
