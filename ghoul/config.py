@@ -151,8 +151,11 @@ def _add_flags(parser: Any, cls: type, defaults: dict[str, Any]) -> None:
         meta = f.metadata
         default = defaults[f.name]
         help_text = meta.get("help", "")
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         if default not in (None, "", []) and kind is not bool:
             help_text += f" (default: {default})"
+        elif required and not meta.get("positional"):
+            help_text += " (required)"  # a flag, not argparse's required one: a --config file may give it
         kwargs: dict[str, Any] = {"help": help_text, "default": argparse.SUPPRESS, "metavar": meta.get("metavar")}
         if kind is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
@@ -165,7 +168,6 @@ def _add_flags(parser: Any, cls: type, defaults: dict[str, Any]) -> None:
             if meta.get("const") is not None:
                 kwargs["nargs"], kwargs["const"] = "?", meta["const"]
         if meta.get("positional"):
-            required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
             if not required:
                 kwargs["nargs"] = "?" if not is_list else "*"
                 kwargs["default"] = _OMITTED

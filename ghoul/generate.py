@@ -41,10 +41,11 @@ class GenerateConfig:
     temperature: float = option(1.0, "sampling temperature; 0 means greedy")
     top_k: int | None = option(None, "sample only from the k most likely tokens")
     top_p: float | None = option(None, "sample only from the smallest set of tokens holding this probability")
-    seed: int = option(1337, "random seed: the same seed gives the same text")
+    seed: int = option(1337, "random seed: the same seed and --batch-size give the same text")
     batch_size: int = option(8, "samples of one prompt generated together on the device")
     device: str = option("auto", "cpu, cuda, mps, or auto")
-    out: Path | None = option(None, "append the samples as JSON lines to this file (stories.jsonl); a rerun resumes it")
+    out: Path | None = option(None, "append the samples as JSON lines to this file (e.g. stories.jsonl); a rerun "
+                                    "resumes it")
     print_samples: bool = option(True, "print the samples as they are made")
 
     def __post_init__(self) -> None:

@@ -252,8 +252,8 @@ def model_card(model_dir: Path, cfg: dict, n_params: int, hf_config: dict, token
 class ExportConfig:
     checkpoint: Path = option(help="ghoul model directory (or run directory) to export", positional=True)
     out: Path = option(help="output directory for the Hugging Face files", positional=True)
-    push: str | None = option(None, "also upload the folder to this Hugging Face repository (you must be logged "
-                                    "in: huggingface-cli login)", metavar="REPO_ID")
+    push: str | None = option(None, "also upload the folder to this Hugging Face repository (log in first: "
+                                    "hf auth login)", metavar="REPO_ID")
 
 
 def push_folder(out: Path, repo_id: str) -> None:
@@ -270,7 +270,7 @@ def push_folder(out: Path, repo_id: str) -> None:
     except Exception as e:  # offline, not logged in, no write access: the hub client raises many kinds
         reason = (str(e).splitlines() or [type(e).__name__])[0]
         raise GhoulError(f"could not push {out} to {repo_id} ({reason}); the folder is written: log in with "
-                         "`huggingface-cli login` and run the command again") from None
+                         "`hf auth login` and run the command again") from None
 
 
 def run(cfg: ExportConfig) -> Path:

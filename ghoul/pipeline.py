@@ -38,7 +38,7 @@ from ghoul.model import PRESETS
 from ghoul.report import write_report
 from ghoul.tokenizer import TOKENIZER_FILE, load_tokenizer
 from ghoul.tokenizer.bpe import BPETokenizer
-from ghoul.train.config import train_option
+from ghoul.train.config import ADAMW_BESIDE_MUON, train_option
 from ghoul.train.stages import FinetuneConfig, TrainConfig, run_or_resume
 
 GROUP_SIZE = 4  # stories the judge compares at once, as the seed did
@@ -54,8 +54,8 @@ RERUN_OPTIONS = ("output_dir", "data_dir", "device", "dtype", "compile", "hellas
 RETUNE = ("lower that stage's learning rate (--pretrain-lr, --finetune-lr or --preference-lr; with Muon also "
           "--muon-lr) and run the pipeline into a new --output-dir")
 # too few winners (or pairs) for one step of the preference stage: a rerun keeps every option that made the data
-TOO_FEW = ("lower --batch-size or --seq-len, or raise --num-samples or --max-new-tokens for more stories, and run the "
-           "pipeline into a new --output-dir")
+TOO_FEW = ("lower --seq-len, or raise --num-samples or --max-new-tokens for more stories, and run the pipeline into a "
+           "new --output-dir")
 PROMPTS = ["I heard something in the attic", "The last thing my grandmother told me",
            "Nobody lives on the fourth floor"]
 
@@ -64,23 +64,25 @@ PROMPTS = ["I heard something in the attic", "The last thing my grandmother told
 class PipelineConfig:
     output_dir: Path = option(Path("runs/pipeline"), "run directory holding every stage's output")
     data_dir: Path | None = option(None, "local copies of the data, laid out as shared/data (default: $GHOUL_DATA_DIR; "
-                                         "without either, the small public files are downloaded into the cache)")
+                                         "without either, the small public files are downloaded into the cache and "
+                                         "FineWeb streams from the Hub, with ghoul[data])")
     tokenizer: str = option("bpe", "bpe: train the run's own byte-level BPE on its training text; gpt2: GPT-2's",
                             choices=["bpe", "gpt2"])
     vocab_size: int = option(4096, "vocabulary of the run's own BPE tokenizer")
     pretrain_data: str = option("stories", f"text to pretrain on ({CORPUS_HELP})", choices=list(CORPORA))
-    finetune_data: str = option("stories", "text to fine-tune on; its held-out Reddit stories are the validation "
-                                           "text of both stages", choices=list(CORPORA))
+    finetune_data: str = option("stories", "text to fine-tune on; its held-out documents (every 10th Reddit "
+                                           "story; general: a tenth of it) are what every stage's evaluation scores",
+                                choices=list(CORPORA))
     model: str = option("laptop", "model preset to pretrain", choices=list(PRESETS))
     seq_len: int = option(256, "tokens per training row")
-    batch_size: int = option(8, "rows per micro-batch")
-    optimizer: str = option("muon", "Muon for the hidden matrices and AdamW for the rest, or AdamW for everything",
-                            choices=["muon", "adamw"])
+    batch_size: int = option(8, "rows per micro-batch of pretraining and fine-tuning (the preference stage: 1)")
+    optimizer: str = option("muon", "Muon for the hidden matrices and AdamW for the rest, or AdamW for everything "
+                                    "(pretraining and fine-tuning)", choices=["muon", "adamw"])
     pretrain_steps: int = option(1280, "pretraining steps")
-    pretrain_lr: float = option(0.02, "pretraining peak learning rate (with Muon: of the embeddings and gains)")
+    pretrain_lr: float = option(0.02, f"pretraining peak learning rate (with Muon: of {ADAMW_BESIDE_MUON})")
     finetune_steps: int = option(580, "fine-tuning steps")
     finetune_lr: float = option(0.02, "fine-tuning learning rate at its start, decayed linearly to zero (with Muon: "
-                                      "of the embeddings and gains)")
+                                      f"of {ADAMW_BESIDE_MUON})")
     muon_lr: float = option(0.013, "pretraining peak learning rate of Muon's hidden matrices (fine-tuning: "
                                    "the same fraction of it as --finetune-lr is of --pretrain-lr)")
     hellaswag_limit: int = option(200, "HellaSwag examples scored per evaluation")

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from ghoul.config import flag, option
 from ghoul.data.shards import META_FILE, SPLITS, read_header, read_meta, shard_dtype, shard_name, write_shard
-from ghoul.data.sources import SOURCES, make_source
+from ghoul.data.sources import SOURCE_PATH_HELP, SOURCES, TEXT_FIELD_HELP, make_source
 from ghoul.errors import GhoulError
 from ghoul.files import disk_full_is_an_error, write_json
 from ghoul.tokenizer import TOKENIZER_FILE, Tokenizer, load_tokenizer
@@ -37,10 +37,9 @@ class PrepareConfig:
     source: str = option(help="what to read", choices=sorted(SOURCES), positional=True)
     out: Path = option(help="directory for the shards and meta.json", metavar="DIR")
     tokenizer: str = option("gpt2", "tokenizer name (gpt2) or the path of a tokenizer JSON file", metavar="gpt2|PATH")
-    source_path: str | None = option(None, "local file, directory or glob to read; without it sources that can "
-                                           "download do so", metavar="FILE|DIR|GLOB")
+    source_path: str | None = option(None, SOURCE_PATH_HELP, metavar="FILE|DIR|GLOB")
     subset: str | None = option(None, "Hub subset for fineweb/fineweb-edu, e.g. sample-10BT, sample-100BT")
-    text_field: str | None = option(None, "field or column holding the text (detected when not given)")
+    text_field: str | None = option(None, TEXT_FIELD_HELP)
     separator: str | None = option(None, "for text: split each file into documents on this string (\\n allowed)")
     shard_tokens: int = option(100_000_000, "tokens per shard")
     val_tokens: int = option(0, "the first N tokens go to the val split (0: no val split)")

@@ -26,6 +26,11 @@ from ghoul.download import cache_dir, download
 from ghoul.errors import GhoulError
 
 SOURCES: dict[str, type[TextSource]] = {}
+# the help of the options every command that reads a source offers (prepare, learn)
+SOURCE_PATH_HELP = ("local file, directory or glob to read; without it the sources that can download do so (fineweb "
+                    "and fineweb-edu stream from the Hub, with ghoul[data]; jsonl and text need it)")
+TEXT_FIELD_HELP = ("field holding the text: creepypasta finds it when not given; fineweb, fineweb-edu and jsonl read "
+                   "'text' when not given; the plain-text sources take none")
 
 
 def register(cls: type[TextSource]) -> type[TextSource]:

@@ -30,7 +30,7 @@ from ghoul.tokenizer import Tokenizer
 @dataclass
 class LossConfig:
     checkpoint: Path = option(help="model directory to evaluate")
-    data: Path = option(help="token shard directory made by `ghoul prepare` (its val split is read)")
+    data: Path = option(help="token shard directory made by `ghoul prepare` (--split picks the split read)")
     split: str = option("val", "which split's shards to read", choices=["val", "train"])
     tokens: int | None = option(10 * 2**20, "evaluate at most this many tokens (all of the split if it is shorter)")
     batch_size: int = option(8, "sequences per forward pass")

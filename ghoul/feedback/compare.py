@@ -35,8 +35,9 @@ def wilson_interval(wins: int, n: int, z: float = 1.959964) -> tuple[float, floa
 
 @dataclass
 class CompareConfig:
-    a: Path | None = option(None, "model directory A (e.g. the aligned model)", metavar="DIR")
-    b: Path | None = option(None, "model directory B (e.g. the model before alignment)", metavar="DIR")
+    a: Path | None = option(None, "model directory A (e.g. the aligned model) (required)", metavar="DIR")
+    b: Path | None = option(None, "model directory B (e.g. the model before alignment) (required)",
+                            metavar="DIR")
     n: int = option(100, "pairs to judge")
     prompt: str = option("", "text every story continues (empty: start from <|endoftext|>)")
     prompts_file: Path | None = option(None, "file of prompts, one per line, cycled over the pairs", metavar="FILE")
@@ -45,7 +46,7 @@ class CompareConfig:
     top_k: int | None = option(None, "sample only from the k most likely tokens")
     top_p: float | None = option(None, "sample only from the smallest set of tokens holding this probability")
     batch_size: int = option(16, "stories generated together on the device")
-    out: Path | None = option(None, "write each pair's stories and judgment to this JSON-lines file")
+    out: Path | None = option(None, "write each pair's stories and judgment to this new JSON-lines file")
     seed: int = option(1337, "seed of the sampling (the same for A and B) and of the order shown")
     device: str = option("auto", "cpu, cuda, mps, or auto")
     judging: JudgeOptions = group(JudgeOptions)

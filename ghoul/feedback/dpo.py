@@ -70,7 +70,8 @@ class DpoLoss:
 class DpoConfig:
     """`ghoul dpo`: a model aligned on preference pairs."""
 
-    policy: Path | None = option(None, "the model directory to align; also the frozen reference", metavar="DIR")
+    policy: Path | None = option(None, "the model directory to align; also the frozen reference (required)",
+                                 metavar="DIR")
     beta: float = option(0.1, "DPO's beta: how far the policy may move from the reference (higher: less far)")
     pairs: PairOptions = group(PairOptions)
     run: RunOptions = group(RunOptions, output_dir=Path("runs/dpo"))

@@ -26,7 +26,8 @@ from ghoul.errors import GhoulError
 API_KEY_ENV = "OPENAI_API_KEY"
 DEFAULT_JUDGE = "openai:gpt-4o"
 JUDGES = ("openai:MODEL", "reward:DIR", "human", "web", "random", "length")
-JUDGES_HELP = "openai:MODEL, reward:DIR (a reward model), human (terminal), web (browser page), random or length"
+JUDGES_HELP = ("openai:MODEL (needs OPENAI_API_KEY, or --base-url), reward:DIR (a reward model), human (terminal), web "
+               "(browser page), random or length")
 # What each kind of judge measures, in plain words, for the report: a win-rate means no more than its judge.
 JUDGE_MEASURES = {
     "length": "picks the longest story: a baseline that measures length, not quality",

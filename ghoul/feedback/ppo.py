@@ -55,8 +55,10 @@ VALUE_LR = 1e-3  # of PPO's value head
 class RlConfig:
     """The options of GRPO, and of PPO but its value head."""
 
-    policy: Path | None = option(None, "the model directory to train; also the frozen reference", metavar="DIR")
-    reward: Path | None = option(None, "reward model directory (`ghoul reward train`) that scores the samples")
+    policy: Path | None = option(None, "the model directory to train; also the frozen reference (required)",
+                                 metavar="DIR")
+    reward: Path | None = option(None, "reward model directory (`ghoul reward train`) that scores the samples; give "
+                                       "it or --judge, exactly one")
     prompt: str = option("", "text every sample continues (empty: start from <|endoftext|>)")
     prompts_file: Path | None = option(None, "file of prompts, one per line, cycled over the steps", metavar="FILE")
     max_steps: int = option(50, "rollout-and-update steps")

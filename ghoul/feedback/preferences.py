@@ -216,7 +216,8 @@ def pair_loaders(records: list[dict[str, Any]], tokenizer: Tokenizer, batch_size
 class PairOptions:
     """The preference pairs to train on, from `ghoul preferences` or straight from rankings."""
 
-    preferences: Path | None = option(None, "preference pairs from `ghoul preferences` (its split is kept)")
+    preferences: Path | None = option(None, "preference pairs from `ghoul preferences` (its split is kept); this "
+                                            "or --rankings is required")
     rankings: Path | None = option(None, "or: judgments from `ghoul rank`, turned into pairs here")
     stories: Path | None = option(None, "the stories the rankings judge (default: stories.jsonl beside them)")
     val_fraction: float = option(0.1, "fraction of the ranked groups held out for validation (with --rankings)")

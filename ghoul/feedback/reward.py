@@ -95,7 +95,8 @@ def reward_loss(model: nn.Module, tokens: torch.Tensor, mask: torch.Tensor) -> t
 class RewardTrainConfig:
     """`ghoul reward train`: a reward model on preference pairs."""
 
-    base_model: Path | None = option(None, "model directory whose backbone the reward model starts from")
+    base_model: Path | None = option(None, "model directory whose backbone the reward model starts from (required, "
+                                           "unless --resume)")
     pairs: PairOptions = group(PairOptions)
     run: RunOptions = group(RunOptions, output_dir=Path("runs/reward"))
     optim: OptimOptions = group(OptimOptions, learning_rate=3e-5)
@@ -158,7 +159,8 @@ JUDGE_KINDS["reward"] = lambda directory, **_: RewardJudge(directory, default_de
 class ScoreConfig:
     model: Path = option(Path("runs/reward"), "reward model directory (or its run directory)")
     stories: Path = option(Path(STORIES_FILE), "stories to score, as written by `ghoul generate --out`")
-    out: Path | None = option(None, "write the stories with a `reward` field to this file (default: print them)")
+    out: Path | None = option(None, "write the stories with a `reward` field to this file (default: print each "
+                                    "story's id and reward)")
     batch_size: int = option(16, "stories scored together")
     device: str = option("auto", "cpu, cuda, mps, or auto")
 

@@ -58,7 +58,7 @@ STORY_OPTIONS = ("base_model", "prompt", "prompts_file", "max_new_tokens", "temp
 class RlhfConfig:
     TABLE_PER: ClassVar[str] = "method"  # a config file's [dpo] table holds the options of --method dpo, etc.
 
-    base_model: Path | None = option(None, "model directory to generate stories from and to train")
+    base_model: Path | None = option(None, "model directory to generate stories from and to train (required)")
     output_dir: Path = option(Path("runs/rlhf"), "run directory holding every step's output")
     method: str = option("winners", "what to learn from the judgments: winners (fine-tune on the chosen stories), "
                          "dpo, ppo or grpo (against a reward model trained on the rankings)", choices=list(METHODS))
@@ -69,16 +69,17 @@ class RlhfConfig:
     prompts_file: Path | None = option(None, "file of prompts, one per line, cycled over the stories", metavar="FILE")
     num_samples: int = option(400, "stories to generate")
     max_new_tokens: int = option(256, "tokens per story")
-    temperature: float = option(1.0, "sampling temperature")
-    top_k: int | None = option(None, "sample only from the k most likely tokens")
-    top_p: float | None = option(None, "sample only from the smallest set of tokens holding this probability")
+    temperature: float = option(1.0, "sampling temperature of the stories")
+    top_k: int | None = option(None, "sample the stories only from the k most likely tokens")
+    top_p: float | None = option(None, "sample the stories only from the smallest set of tokens holding this "
+                                       "probability")
     generate_batch_size: int = option(16, "stories generated together on the device")
     # ---- rank
-    group_size: int = option(4, "stories per group; the judge picks one of them")
+    group_size: int = option(4, "stories per group; the judge picks one of them (ppo, grpo: also samples per prompt)")
     judging: JudgeOptions = group(JudgeOptions)
     # ---- the training step (unset: the defaults of `ghoul finetune`, `ghoul dpo`, `ghoul reward train`, `ghoul ppo`)
-    max_steps: int | None = option(None, "optimizer steps of the training step")
-    learning_rate: float | None = option(None, "peak learning rate of the training step")
+    max_steps: int | None = option(None, "optimizer steps of the training step (default: its command's)")
+    learning_rate: float | None = option(None, "peak learning rate of the training step (default: its command's)")
     batch_size: int | None = option(None, "rows (winners) or preference pairs (dpo) per micro-batch")
     total_batch_size: int | None = option(None, "tokens (winners) or pairs (dpo) per optimizer step, reached by "
                                                 "gradient accumulation")

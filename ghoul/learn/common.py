@@ -15,7 +15,7 @@ from ghoul.advice import Advice, advising
 from ghoul.config import build, option, refuse_set, require
 from ghoul.data.prepare import PrepareConfig
 from ghoul.data.prepare import run as prepare
-from ghoul.data.sources import SOURCES, make_source
+from ghoul.data.sources import SOURCE_PATH_HELP, SOURCES, TEXT_FIELD_HELP, make_source
 from ghoul.errors import GhoulError
 from ghoul.files import read_jsonl
 from ghoul.tokenizer import TOKENIZER_FILE, Tokenizer, load_tokenizer
@@ -38,10 +38,8 @@ LEARN_ADVICE = Advice(go_on=_AGAIN, retune=_RETRAIN, restart=_RETRAIN, earlier=_
 class LearnConfig:
     output_dir: Path = option(Path("runs/learn"), "output directory: tokenizer, token shards, run log, checkpoint")
     source: str = option("creepypasta", "text source", choices=sorted(SOURCES))
-    source_path: str | None = option(None, "local file, directory or glob of the text (e.g. "
-                                           "reddit_horror_stories.jsonl); without it the source downloads",
-                                     metavar="FILE|DIR|GLOB")
-    text_field: str | None = option(None, "field holding the text (detected when not given)")
+    source_path: str | None = option(None, SOURCE_PATH_HELP, metavar="FILE|DIR|GLOB")
+    text_field: str | None = option(None, TEXT_FIELD_HELP)
     limit_docs: int | None = option(None, "read only the first N documents")
     tokenizer: str | None = option(None, "tokenizer JSON file to use (default: train one on the text now)",
                                    metavar="PATH")

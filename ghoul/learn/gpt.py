@@ -10,7 +10,7 @@ from typing import Any
 from ghoul.config import option
 from ghoul.learn.common import LearnConfig, LearnResult, check_fresh, prepare_text, train_model
 from ghoul.model import GPT, GPTConfig
-from ghoul.train.config import ArchitectureOptions
+from ghoul.train.config import ADAMW_BESIDE_MUON, ArchitectureOptions
 
 FIXED = ("vocab_size", "block_size")  # set by the tokenizer and the data, not by a model variant
 
@@ -21,7 +21,7 @@ class LearnGPTConfig(LearnConfig, ArchitectureOptions):
     steps: int = option(300, "optimizer steps")
     optimizer: str = option("muon", "Muon for the hidden matrices and AdamW for the rest (learns several times "
                                     "faster in short runs), or AdamW for everything", choices=["muon", "adamw"])
-    learning_rate: float = option(0.02, "peak learning rate of AdamW (with Muon: of the embeddings and gains)")
+    learning_rate: float = option(0.02, f"peak learning rate of AdamW (with Muon: of {ADAMW_BESIDE_MUON})")
     warmup_iters: int = option(10, "steps of linear warmup")
     n_layer: int = option(4, "transformer blocks")
     n_head: int = option(4, "attention heads")

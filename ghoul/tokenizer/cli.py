@@ -28,7 +28,8 @@ class TrainConfig:
                                metavar="FILE")
     out: Path = option(help="tokenizer JSON file to write", metavar="TOKENIZER.json")
     vocab_size: int = option(4096, "tokens in all: 256 bytes + merges + special tokens (bpe only)")
-    pattern: str = option("gpt2", "pre-split regex: GPT-2's, or GPT-4's (cl100k_base)", choices=["gpt2", "gpt4"])
+    pattern: str = option("gpt2", "pre-split regex: GPT-2's, or GPT-4's (cl100k_base) (bpe only)",
+                          choices=["gpt2", "gpt4"])
     kind: str = option("bpe", "byte-level BPE, or one token per character", choices=["bpe", "char"])
     text_field: str = option("text", "field of each .jsonl record that holds the text")
     special_tokens: list[str] = option([], f"special tokens besides {EOT} (bpe only)", metavar="TOKEN")

@@ -11,6 +11,9 @@ from ghoul.dist import CPU_BF16_MIN_WIDTH
 from ghoul.errors import GhoulError
 from ghoul.model import ACTIVATIONS, NORM_POSITIONS, NORMS, POSITIONS, PRESETS, VOCAB_PADDING
 
+# what AdamW trains beside Muon's hidden matrices (ghoul.optim.build.split_params), for the learning rates' help
+ADAMW_BESIDE_MUON = "the embeddings, an untied output layer, gains and biases"
+
 
 @dataclass
 class ArchitectureOptions:
@@ -48,7 +51,8 @@ class ModelOptions(ArchitectureOptions):
 class RunOptions:
     """Where a training run writes and how it starts: run directory, resume, seed, device."""
 
-    output_dir: Path = option(Path("runs/pretrain"), "run directory: log, samples, checkpoints")
+    output_dir: Path = option(Path("runs/pretrain"), "run directory: log and checkpoints (and samples, where the run "
+                                                     "makes them)")
     resume: str | None = option(None, "continue a run: --resume (its latest checkpoint) or --resume CHECKPOINT_DIR",
                                 const="latest", metavar="DIR")
     seed: int = option(1337, "random seed")
@@ -68,7 +72,7 @@ class OptimOptions:
     """How the weights move: optimizer, learning rates and their schedule, weight decay, clipping."""
 
     optimizer: str = option("adamw", "optimizer", choices=["adamw", "muon"])
-    learning_rate: float = option(6e-4, "peak learning rate (AdamW; for Muon, of the embeddings, head and gains)")
+    learning_rate: float = option(6e-4, f"peak learning rate of AdamW (with Muon: of {ADAMW_BESIDE_MUON})")
     muon_lr: float = option(0.02, "peak learning rate of Muon's hidden matrices")
     warmup_iters: int = option(0, "steps of linear warmup")
     warmdown_iters: int = option(0, "steps of linear decay to zero at the end (trapezoid schedule)")
@@ -172,7 +176,7 @@ def check_training(stage: Any) -> None:
 
 
 def dataset_option() -> Any:
-    return option("", "prepared token shards: a directory made by `ghoul prepare`", metavar="DIR")
+    return option("", "prepared token shards: a directory made by `ghoul prepare` (required)", metavar="DIR")
 
 
 def check_dataset(dataset: str) -> None:

@@ -39,7 +39,8 @@ class FinetuneConfig:
     """`ghoul finetune`: a model directory trained on further token shards; it keeps its architecture."""
 
     dataset: str = dataset_option()
-    base_model: Path | None = option(None, "model directory to start from (e.g. a pretraining run)")
+    base_model: Path | None = option(None, "model directory to start from (e.g. a pretraining run) (required, "
+                                           "unless --resume)")
     run: RunOptions = group(RunOptions, output_dir=Path("runs/finetune"))
     optim: OptimOptions = group(OptimOptions, learning_rate=1.8e-4, warmdown_iters=10)
     batch: BatchOptions = group(BatchOptions)
