@@ -136,7 +136,9 @@ def test_compare_refuses_bad_variant_files_before_training(tmp_path, toml, match
 @pytest.mark.parametrize("args, message", [
     (["--learning-rate", "-1"], "--learning-rate must be positive"),
     (["--steps", "2", "--warmup-iters", "5"], "--warmup-iters (5) + --warmdown-iters (0, a fifth of --steps) exceed "
-                                              "--steps (2)")])
+                                              "--steps (2)"),
+    (["--optimizer", "muon"], "--optimizer is only read with ghoul learn gpt (a bigram's one table trains with AdamW)"),
+    (["--muon-lr", "0.01"], "--muon-lr is only read with ghoul learn gpt")])
 def test_training_settings_are_checked_before_the_tokenizer_and_data(tmp_path, capsys, args, message):
     out = tmp_path / "bigram"
     assert main(["learn", "bigram", "--source-path", str(tmp_path / "unused.txt"), "--output-dir", str(out),
