@@ -371,6 +371,10 @@ def run(cfg: RlConfig, method: str) -> list[dict]:
         logger = open_run_dir(out, d, {**to_dict(cfg), "method": method}, start if resume else None)
         dist.print0(f"{method}: steps {start}..{cfg.max_steps} of {cfg.prompts_per_step} x {cfg.group_size} samples"
                     f" on {d.world_size} x {d.device}", file=sys.stderr)
+        if cfg.reward is None:  # the logged mean reward cannot show progress: say what can
+            dist.print0(f"the judge {cfg.judging.name} gives 1 to its pick of each group of {cfg.group_size}: the "
+                        f"mean reward stays at 1/{cfg.group_size} (less the skipped groups) however the policy learns; "
+                        "a win-rate (`ghoul compare`) measures its progress", file=sys.stderr)
 
         def log(record: dict) -> None:
             logger.log(record)

@@ -109,11 +109,13 @@ def test_rl_refusals(tiny_model, tmp_path):
 
 
 @pytest.mark.parametrize("method", ["ppo", "grpo"])
-def test_interrupted_and_resumed_equals_uninterrupted(tiny_model, tmp_path, method):
+def test_interrupted_and_resumed_equals_uninterrupted(tiny_model, tmp_path, method, capsys):
     common = [method, "--policy", str(tiny_model), "--judge", "length", "--prompt", "The door", "--max-steps", "4",
               "--prompts-per-step", "2", "--group-size", "3", "--max-new-tokens", "8", "--learning-rate", "1e-3",
               "--checkpoint-every", "2", "--device", "cpu"]
     assert main([*common, "--output-dir", str(tmp_path / "a")]) == 0
+    # a judge's picks make the mean reward 1/3 at every step: the run says so, and what measures progress
+    assert "the mean reward stays at 1/3" in capsys.readouterr().err
     assert main([*common, "--output-dir", str(tmp_path / "b")]) == 0
     assert main([*common, "--output-dir", str(tmp_path / "b")]) == 2  # an existing run is not overwritten
     # a crash after step 2's checkpoint: resume from it (the log is cut back to step 2) and train the rest again
