@@ -137,7 +137,8 @@ def due(step: int, every: int, max_steps: int) -> bool:
 
 def evaluation_due(step: int, loop: Any, validates: bool, hooks: Sequence[Hook]) -> bool:
     """Whether the validation loss (when `validates`) or a hook runs after `step`."""
-    return any(due(step, every, loop.max_steps) for every in (loop.eval_every * validates, *(h.every for h in hooks)))
+    everys = (loop.eval_every if validates else 0, *(hook.every for hook in hooks))
+    return any(due(step, every, loop.max_steps) for every in everys)
 
 
 # ---- the loop --------------------------------------------------------------------------------------------------
