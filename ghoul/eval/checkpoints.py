@@ -18,7 +18,7 @@ from ghoul.errors import GhoulError
 from ghoul.eval.curves import REFERENCES, dataset_of, plot_run
 from ghoul.eval.hellaswag import default_data_path, evaluate_hellaswag, hellaswag_record, load_hellaswag
 from ghoul.eval.loss import evaluate_loss, loss_record, read_split
-from ghoul.files import append_jsonl, read_jsonl
+from ghoul.files import append_jsonl, read_jsonl, repair_jsonl
 from ghoul.layout import WEIGHTS_FILE
 from ghoul.train.logger import LOG_FILE
 
@@ -150,6 +150,8 @@ def run(cfg: CheckpointsConfig) -> list[dict[str, Any]]:
         eval_path, log = cfg.run_dir / EVAL_FILE, read_jsonl(cfg.run_dir / LOG_FILE, missing_ok=True)
         work = _prepare(cfg)
         done = _merged(read_jsonl(eval_path, missing_ok=True))
+        if d.is_main and eval_path.exists():
+            repair_jsonl(eval_path, "checkpoint")  # a crash's torn last line goes: the next record starts a line
         new: list[dict[str, Any]] = []
         for step, directory in checkpoints:
             todo = _todo(done.get(directory.name, {}), work)

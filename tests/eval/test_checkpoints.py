@@ -70,8 +70,11 @@ def test_evaluates_each_checkpoint_once_and_draws_both_curves(tiny_run: Path, sh
     assert run(cfg) == []  # nothing new: nothing re-evaluated
     assert read_jsonl(tiny_run / "eval.jsonl") == records
     _save_step(tiny_run, 40)  # training went on
-    assert [r["step"] for r in run(cfg)] == [40]
-    assert len(read_jsonl(tiny_run / "eval.jsonl")) == 4
+    path = tiny_run / "eval.jsonl"
+    whole = path.read_bytes()
+    path.write_bytes(whole + json.dumps({"checkpoint": "step_000040", "step": 40}).encode()[:30])  # a crash mid-line
+    assert [r["step"] for r in run(cfg)] == [40]  # the torn line cut, the record written on a line of its own
+    assert path.read_bytes().startswith(whole) and len(read_jsonl(path)) == 4
 
 
 def test_cli_and_bad_input(tiny_run: Path, shard_dir: Path, hellaswag_100: Path, tmp_path: Path,
