@@ -5,10 +5,13 @@ from __future__ import annotations
 import codecs
 import contextlib
 import errno
+import glob
 import json
 import os
 import secrets
 import shutil
+import socket
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -72,13 +75,46 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
 
 
 def create_beside(path: Path, create: Callable[[Path], T]) -> tuple[Path, T]:
-    """Create a hidden temporary beside `path` (`.NAME.RANDOM.tmp`) with `create`, which makes it with the mode of an
-    ordinary write (0o666 or 0o777, less the umask: tempfile's are 0600 and 0700, unreadable to the group)."""
+    """Create a hidden temporary beside `path` (`.NAME.WRITER.RANDOM.tmp`) with `create`, which makes it with the mode
+    of an ordinary write (0o666 or 0o777, less the umask: tempfile's are 0600 and 0700, unreadable to the group).
+    The temporaries of `path` whose writer was killed are removed first: a killed export or download left a hidden
+    copy as large as the output, which each rerun would otherwise add to."""
+    host, pid = writer()
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.{host}-*.tmp"):
+        other = tmp.name[len(f".{path.name}.{host}-"):].split(".")[0]
+        if other.isdigit() and not process_alive(int(other)):
+            remove(tmp)
     for _ in range(100):
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        tmp = path.with_name(f".{path.name}.{host}-{pid}.{secrets.token_hex(4)}.tmp")
         with contextlib.suppress(FileExistsError):
             return tmp, create(tmp)
     raise FileExistsError(errno.EEXIST, "no free temporary name beside it", str(path))
+
+
+def writer() -> tuple[str, int]:
+    """This process, as its host (a CRC of the name: a shared disk may hold another machine's temporaries, whose
+    process ids mean nothing here) and its id."""
+    return f"{zlib.crc32(socket.gethostname().encode()):08x}", os.getpid()
+
+
+def process_alive(pid: int) -> bool:
+    if os.name != "posix":  # os.kill would end the process on Windows: keep every temporary there
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
+
+
+def remove(path: Path) -> None:
+    """Remove a file or a folder (not what a link points to)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def clean_temporaries(directory: str | Path) -> list[Path]:
@@ -93,10 +129,7 @@ def clean_temporaries(directory: str | Path) -> list[Path]:
         else:
             os.replace(old, target)
     for tmp in directory.glob(".*.tmp"):
-        if tmp.is_dir() and not tmp.is_symlink():
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            tmp.unlink(missing_ok=True)
+        remove(tmp)
         removed.append(tmp)
     return removed
 

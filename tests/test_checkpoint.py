@@ -148,3 +148,54 @@ def test_saved_weights_are_as_readable_as_any_file_the_user_writes(tmp_path):
         os.umask(umask)
     modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "m").iterdir()}
     assert modes["model.safetensors"] == modes["config.json"] == 0o644, modes
+
+
+WRITE_AND_HANG = """
+import sys, time
+from pathlib import Path
+from ghoul.files import atomic_directory, atomic_write
+
+def hang(tmp):
+    tmp.write_bytes(b"half an export")
+    print("writing", flush=True)
+    time.sleep(600)
+
+if sys.argv[2] == "file":
+    atomic_write(sys.argv[1], hang)
+else:
+    with atomic_directory(sys.argv[1]) as tmp:
+        hang(tmp / "model.safetensors")
+"""
+
+
+@pytest.mark.parametrize("kind", ["file", "dir"])
+def test_a_rerun_removes_what_a_killed_writer_left_and_keeps_a_live_ones(tmp_path, kind):
+    import subprocess
+    import sys
+
+    from ghoul.files import atomic_write_text
+
+    out = tmp_path / ("model.gguf" if kind == "file" else "hf")
+
+    def start() -> subprocess.Popen:
+        writer = subprocess.Popen([sys.executable, "-c", WRITE_AND_HANG, str(out), kind], stdout=subprocess.PIPE)
+        assert writer.stdout.readline() == b"writing\n"
+        return writer
+
+    killed, live = start(), start()
+    killed.kill()
+    killed.wait()
+    try:
+        left = sorted(p.name for p in tmp_path.glob(".*.tmp"))
+        assert len(left) == 2  # a hidden copy each, as large as the output
+        if kind == "file":
+            atomic_write_text(out, "exported")
+        else:
+            with atomic_directory(out) as tmp:
+                (tmp / "config.json").write_text("{}")
+        kept = sorted(p.name for p in tmp_path.glob(".*.tmp"))
+        assert kept == [name for name in left if f"-{live.pid}." in name]  # the killed one's is gone
+    finally:
+        live.kill()
+        live.wait()
+    assert out.exists()
