@@ -20,6 +20,7 @@ from ghoul.errors import GhoulError
 from ghoul.feedback.judges import Judge, JudgeOptions
 from ghoul.feedback.records import RANKINGS_FILE, STORIES_FILE, full_text, judgment_record, load_rankings, load_stories
 from ghoul.files import append_jsonl, refuse_input_as_output, repair_jsonl
+from ghoul.interrupts import interrupt_held
 
 
 @dataclass
@@ -113,8 +114,9 @@ def run(cfg: RankConfig, judge: Judge | None = None) -> RankResult:
             t0 = time.perf_counter()
             judgment = judge.judge(cfg.judging.task, [full_text(stories[i]) for i in ids])
             record = judgment_record(g, ids, judge, judgment, cfg.judging.task, time.perf_counter() - t0)
-            append_jsonl(cfg.out, record)  # saved before the next group is shown
-            _count(result, record)
+            with interrupt_held():  # a Ctrl-C now would leave it saved and not counted in the summary
+                append_jsonl(cfg.out, record)  # saved before the next group is shown
+                _count(result, record)
     except KeyboardInterrupt:
         _summary(result, judge, start, interrupted=True)
         raise

@@ -164,6 +164,28 @@ def test_ctrl_c_keeps_what_was_ranked(tmp_path, capsys):
     assert rank.run(rank_cfg(tmp_path), judge=Interrupting()).judged == 2  # the same judge again: two calls left
 
 
+
+def test_a_ctrl_c_as_a_judgment_is_saved_counts_it_in_the_summary(tmp_path, capsys, monkeypatch):
+    """The Ctrl-C arrives just after the third judgment reached the file: the summary says 3, as the file holds."""
+    import signal
+
+    write_stories(tmp_path / "stories.jsonl", 16)
+    append, saved = rank.append_jsonl, []
+
+    def append_then_ctrl_c(path, record):
+        append(path, record)
+        saved.append(record)
+        if len(saved) == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(rank, "append_jsonl", append_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        rank.run(rank_cfg(tmp_path, judge="length"))
+    assert len(read_jsonl(tmp_path / "rankings.jsonl")) == 3
+    assert "judged 3 groups" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_a_rerun_with_another_judge_or_task_is_refused(tmp_path, capsys):
     """A rankings file holds one judge's picks for one task: a rerun that asks another is refused, not skipped as
     done (a complete file) or appended to (a partial one), which would pass off one judge's picks as another's."""
