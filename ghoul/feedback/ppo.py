@@ -190,8 +190,8 @@ def rollout(policy: GPT, prompts: list[list[int]], cfg: RlConfig, step: int, eos
 
 # ---- the loop ------------------------------------------------------------------------------------------------
 
-# save(step, optimizers, value head): write a checkpoint of the policy as it is after `step`
-Saver = Callable[[int, list[torch.optim.Optimizer], nn.Module], None]
+# save(step, optimizers, value head): write a checkpoint of the policy as it is after `step`; returns its path
+Saver = Callable[[int, list[torch.optim.Optimizer], nn.Module], Path]
 
 
 def rl_train(cfg: RlConfig, method: str, policy: GPT, scorer: Scorer, prompts: list[list[int]], eos_id: int | None,
@@ -223,7 +223,7 @@ def rl_train(cfg: RlConfig, method: str, policy: GPT, scorer: Scorer, prompts: l
         value_head.load_state_dict(modules["value_head"])
         set_rng_state(state["rng"])
         start = state["step"]
-    records, started, step, stopped = [], time.perf_counter(), start, False
+    records, started, step, stopped, saved = [], time.perf_counter(), start, False, None
     with stopping(d, cfg.run.output_dir) as interrupt:
         for step in range(start + 1, cfg.max_steps + 1):
             records.append(rl_step(cfg, method, policy, reference, value_head, optimizers, scorer, prompts, eos_id,
@@ -234,12 +234,13 @@ def rl_train(cfg: RlConfig, method: str, policy: GPT, scorer: Scorer, prompts: l
                 break
             stopped = interrupt.agreed(True)  # a step ends in .item() syncs: no sync added
             if save is not None and (stopped or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)):
-                save(step, optimizers, value_head)
+                saved = save(step, optimizers, value_head)
             if stopped:
                 dist.barrier()  # no rank exits (which has torchrun stop the others) before rank 0 has saved
                 break
     if stopped:
-        dist.print0(f"\ninterrupted after step {step}: saved it; {advice().go_on}")
+        kept = f"saved {saved}" if saved else "nothing saved"  # nothing: a caller without a `save`
+        dist.print0(f"\ninterrupted after step {step}: {kept}; {advice().go_on}")
         raise KeyboardInterrupt
     return records, optimizers, value_head
 

@@ -155,6 +155,31 @@ def test_a_second_ctrl_c_stops_at_once_and_names_the_checkpoint_to_resume(tiny_m
     assert [r["step"] for r in read_jsonl(out / "log.jsonl")] == [1, 2]
 
 
+def test_a_ctrl_c_stops_after_the_step_and_names_its_checkpoint(tiny_model, tmp_path, monkeypatch, capsys):
+    import os
+    import signal
+
+    make_scorer, calls = ppo.make_scorer, []
+
+    def ctrl_c_in_step_3(*args):
+        score = make_scorer(*args)
+
+        def scorer(*batch):
+            calls.append(1)
+            if len(calls) == 3:
+                os.kill(os.getpid(), signal.SIGINT)
+            return score(*batch)
+        return scorer
+
+    monkeypatch.setattr(ppo, "make_scorer", ctrl_c_in_step_3)
+    out = tmp_path / "run"
+    assert main(["grpo", "--policy", str(tiny_model), "--judge", "length", "--max-steps", "5", "--prompts-per-step",
+                 "1", "--group-size", "2", "--max-new-tokens", "4", "--checkpoint-every", "2", "--output-dir",
+                 str(out), "--device", "cpu"]) == 130
+    assert f"interrupted after step 3: saved {out / 'step_000003'}; continue with --resume" in capsys.readouterr().out
+    assert [r["step"] for r in read_jsonl(out / "log.jsonl")] == [1, 2, 3]
+
+
 def test_a_non_finite_loss_stops_the_run_before_it_is_saved(tiny_model, tmp_path, monkeypatch):
     """As the training loop does: the diverged step is not saved, and the message names the last good checkpoint."""
     real, calls = ppo.clipped_policy_loss, []
