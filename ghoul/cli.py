@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import functools
 import importlib
+import os
 import re
+import signal
 import sys
 from dataclasses import dataclass
 from importlib import metadata
@@ -166,3 +168,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ghoul {cmd.name}: interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def entry() -> None:
+    """The `ghoul` program (the console script, `python -m ghoul`, torchrun's workers): `main`, then exit with its
+    code."""
+    code = main()
+    if code == 130:  # stopped by Ctrl-C: a second one during the interpreter's shutdown would only print tracebacks
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # set by torchrun for its workers
+        # A worker leaves without the interpreter's shutdown: objects still tied to the destroyed gloo process group
+        # (an FSDP model's shards, their collectives' work) would be freed there, where gloo's threads can abort
+        # the process (SIGABRT) after the command succeeded. Every file the command wrote is closed by now.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    raise SystemExit(code)

@@ -23,6 +23,21 @@ def test_python_m_ghoul_runs():
     assert result.returncode == 0 and "generate" in result.stdout
 
 
+
+CTRL_C_AT_SHUTDOWN = """
+import atexit, os, signal
+from ghoul import cli
+
+cli.main = lambda: 130  # a command stopped by Ctrl-C
+atexit.register(lambda: os.kill(os.getpid(), signal.SIGINT))  # a second Ctrl-C while the interpreter shuts down
+cli.entry()
+"""
+
+
+def test_a_second_ctrl_c_while_exiting_prints_no_traceback():
+    done = subprocess.run([sys.executable, "-c", CTRL_C_AT_SHUTDOWN], capture_output=True, text=True)
+    assert done.returncode == 130 and done.stderr == "", done.stderr
+
 def test_generate_writes_reproducible_samples(tmp_path, capsys):
     args = ["generate", "--prompt", "The house was", "--num-samples", "3", "--max-new-tokens", "12", "--seed", "5",
             "--device", "cpu"]
