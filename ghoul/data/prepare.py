@@ -10,6 +10,7 @@ import multiprocessing as mp
 import os
 import shlex
 import signal
+import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -266,7 +267,8 @@ def start_workers(tokenizer: str, workers: int) -> ProcessPoolExecutor | None:
     # fork where there is one: the workers touch only numpy and tiktoken, never torch. An executor rather than
     # Pool: a worker that dies raises BrokenProcessPool instead of hanging.
     context = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_pool_worker, initargs=(tokenizer,))
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_pool_worker,
+                               initargs=(tokenizer, os.getpid()))
     pool.submit(_init_worker, tokenizer).result()  # forks every worker now, before tqdm starts its monitor thread
     return pool
 
@@ -296,10 +298,22 @@ def _init_worker(spec: str) -> None:
         _worker.update(spec=spec, tokenizer=tokenizer, dtype=shard_dtype(tokenizer.vocab_size))
 
 
-def _init_pool_worker(spec: str) -> None:
+def _init_pool_worker(spec: str, parent: int) -> None:
     # Ctrl-C is the parent's to handle: it stops reading and shuts the pool down, keeping the complete shards
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_with_parent, args=(parent,), name="exit-with-parent", daemon=True).start()
     _init_worker(spec)
+
+
+def _exit_with_parent(parent: int) -> None:
+    """End this worker soon after its parent process `parent` is gone (SIGKILL, SIGTERM, the OOM killer)."""
+    # An orphaned worker waits forever on the task queue or on a result pipe that nobody reads, so a check between
+    # batches would never run: a thread watches instead. The parent's pid comes from the parent, so a parent that died
+    # before this thread started counts too. os.getppid() changes on reparenting (POSIX, fork or spawn alike);
+    # prctl(PR_SET_PDEATHSIG) would be Linux-only and fires when the forking *thread* ends, not the process.
+    while os.getppid() == parent:
+        time.sleep(0.25)
+    os._exit(1)  # a worker writes no files: there is nothing to finish
 
 
 def encode_batch(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:

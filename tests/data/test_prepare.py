@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import html
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +22,7 @@ from ghoul.data.prepare import PrepareConfig, run
 from ghoul.data.shards import find_shards, read_meta, read_shard, write_shard
 from ghoul.errors import GhoulError
 from ghoul.tokenizer.gpt2 import gpt2_encoding
+from tests.conftest import REPO
 
 EOT = 50256
 
@@ -77,6 +84,54 @@ def test_workers_do_not_change_the_shards(data: Path, tmp_path: Path) -> None:
 
     one, two = shards(1), shards(2)
     assert one == two and len(one) > 3
+
+
+def children(pid: int) -> set[int]:
+    """The child processes of `pid`, from Linux's /proc."""
+    found: set[int] = set()
+    for listing in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError):  # the process or thread has just ended
+            found.update(map(int, listing.read_text().split()))
+    return found
+
+
+def running(pid: int) -> bool:
+    """Whether `pid` is a live process: not gone, and not a zombie waiting for its new parent to reap it."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"  # the state follows "(command name)"
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="finds the worker processes through Linux's /proc")
+def test_workers_exit_when_the_main_process_is_killed(data: Path, tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus"  # 200 x tinyshakespeare: about 67M tokens, far more than the run gets to
+    corpus.mkdir()
+    for i in range(200):
+        (corpus / f"{i:03d}.txt").symlink_to(data / "tinyshakespeare" / "input.txt")
+    out, log = tmp_path / "out", tmp_path / "stderr.txt"
+    with open(log, "wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "ghoul", "prepare", "text", "--source-path", str(corpus),
+                                 "--out", str(out), "--shard-tokens", "100_000", "--workers", "2", "--no-progress"],
+                                cwd=REPO, stdout=subprocess.DEVNULL, stderr=err)
+    workers: set[int] = set()
+    started = time.monotonic()
+    try:
+        while not (len(workers) == 2 and any(out.glob("*.bin"))):  # the workers are tokenising
+            assert proc.poll() is None and time.monotonic() - started < 60, log.read_text()
+            workers = children(proc.pid)
+            time.sleep(0.05)
+        proc.kill()  # SIGKILL, as the OOM killer sends it: the parent gets no chance to stop its workers
+        proc.wait()
+        deadline = time.monotonic() + 5
+        while any(map(running, workers)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not [pid for pid in workers if running(pid)], "workers outlived their killed parent"
+    finally:
+        proc.kill()
+        for pid in filter(running, workers):  # so that a failure leaves no orphans behind
+            os.kill(pid, signal.SIGKILL)
 
 
 def test_interrupted_run_resumes_to_identical_shards(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
