@@ -1,6 +1,7 @@
 """`ghoul compare`: the win-rate of model A over model B. Both continue the same prompts with the same seeds, a judge
 picks the better of each pair shown in a random order, and the win-rate comes with a 95% Wilson interval: how a user
-learns whether winners fine-tuning, DPO or PPO helped.
+learns whether winners fine-tuning, DPO or PPO helped. Each judgment is appended to --out as it arrives, so a rerun
+of an interrupted comparison judges only the pairs left.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from ghoul.config import group, option, require
 from ghoul.errors import GhoulError
 from ghoul.feedback.judges import Judge, JudgeOptions
 from ghoul.feedback.records import full_text
-from ghoul.files import append_jsonl
+from ghoul.files import append_jsonl, read_jsonl, refuse_input_as_output, repair_jsonl
 from ghoul.generate import GenerateConfig
 from ghoul.generate import run as generate
+from ghoul.interrupts import interrupt_held
 
 
 def wilson_interval(wins: int, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -46,7 +48,8 @@ class CompareConfig:
     top_k: int | None = option(None, "sample only from the k most likely tokens")
     top_p: float | None = option(None, "sample only from the smallest set of tokens holding this probability")
     batch_size: int = option(16, "stories generated together on the device")
-    out: Path | None = option(None, "write each pair's stories and judgment to this new JSON-lines file")
+    out: Path | None = option(None, "write each pair's stories and judgment to this JSON-lines file; a rerun of the "
+                              "same command continues it", metavar="FILE")
     seed: int = option(1337, "seed of the sampling (the same for A and B) and of the order shown")
     device: str = option("auto", "cpu, cuda, mps, or auto")
     judging: JudgeOptions = group(JudgeOptions)
@@ -56,6 +59,9 @@ class CompareConfig:
             raise GhoulError("--a DIR and --b DIR are required: the two models to compare")
         require(self, ("n",), lambda v: v >= 1, "at least 1")
         self.a, self.b = Path(self.a), Path(self.b)
+        if self.out is not None:
+            self.out = Path(self.out)
+            refuse_input_as_output(self.out, self.prompts_file)
 
 
 @dataclass
@@ -81,33 +87,97 @@ def stories_of(cfg: CompareConfig, model: Path) -> list[dict]:
                                    device=cfg.device, print_samples=False))
 
 
-def judge_pairs(cfg: CompareConfig, judge: Judge, stories_a: list[dict], stories_b: list[dict]) -> CompareResult:
-    """Judge A's story i against B's story i, in a random order (position bias cancels out on average)."""
-    rng = random.Random(f"ghoul-compare:{cfg.seed}")
-    wins_a = wins_b = skipped = 0
-    judge.start(len(stories_a))
+def pairs_of(seed: int, stories_a: list[dict], stories_b: list[dict]) -> list[dict]:
+    """The --out lines of the pairs before their judgments ("id" first: the key repair_jsonl knows our lines by).
+    Whether A is shown first is one draw per pair in sequence, so pair i is shown alike in an uninterrupted run and
+    in the rerun that continues an interrupted one."""
+    rng = random.Random(f"ghoul-compare:{seed}")
+    return [dict(id=sa["id"], prompt=sa["prompt"], a=sa["text"], b=sb["text"], a_shown_first=rng.random() < 0.5)
+            for sa, sb in zip(stories_a, stories_b, strict=True)]
+
+
+def tally(records: list[dict]) -> CompareResult:
+    winners = [r["winner"] for r in records]
+    wins_a, wins_b = winners.count("a"), winners.count("b")
+    n = wins_a + wins_b
+    return CompareResult(wins_a, wins_b, winners.count(None), wins_a / n if n else float("nan"),
+                         *wilson_interval(wins_a, n))
+
+
+RECORD_KEYS = ("id", "prompt", "a", "b", "a_shown_first", "winner", "judge")
+
+
+def earlier_judgments(cfg: CompareConfig, judge: str) -> list[dict]:
+    """The judgments already in --out, checked for their form, judge, task and number before any story is generated:
+    a file holds one comparison, so that its win-rate means one thing. `check_pairs` checks their stories after."""
+    if cfg.out is None or not cfg.out.exists():
+        return []
+    records = read_jsonl(cfg.out)
+    for n, r in enumerate(records, 1):
+        if not isinstance(r, dict) or any(k not in r for k in RECORD_KEYS) or r["winner"] not in ("a", "b", None):
+            raise GhoulError(f"{cfg.out}, record {n}: not a judgment of `ghoul compare` (it needs "
+                             f"{', '.join(RECORD_KEYS)}): use another --out")
+        for what, now in (("judge", judge), ("task", cfg.judging.task)):  # files written before "task" have none
+            if r.get(what, now) != now:
+                raise GhoulError(f"{cfg.out} holds judgments with the {what} {r[what]!r}, not {now!r}: rerun with "
+                                 f"that --{what} to continue it, or use another --out")
+    if len(records) > cfg.n:
+        raise GhoulError(f"{cfg.out} holds {len(records)} judged pairs, more than --n {cfg.n}: it holds another "
+                         "comparison; rerun with the same options to continue it, or use another --out")
+    return records
+
+
+def check_pairs(cfg: CompareConfig, earlier: list[dict], pairs: list[dict]) -> None:
+    """Check that the judgments in --out are of the pairs generated now, then cut a torn last line."""
+    for r, pair in zip(earlier, pairs[:len(earlier)], strict=True):  # earlier_judgments: no more records than pairs
+        if any(r[k] != v for k, v in pair.items()):
+            raise GhoulError(f"{cfg.out} holds another comparison (pair {r['id']} differs: other models, prompts, "
+                             "--seed, --n, --max-new-tokens, --batch-size or sampling options): rerun with the same "
+                             "options to continue it, or use another --out")
+    if earlier:
+        repair_jsonl(cfg.out, "id")
+
+
+def judge_pairs(cfg: CompareConfig, judge: Judge, stories_a: list[dict], stories_b: list[dict],
+                earlier: list[dict] | None = None) -> CompareResult:
+    """Judge A's story i against B's story i, in a random order (position bias cancels out on average); the pairs
+    in `earlier` (checked judgments from --out) are counted, not judged again."""
+    pairs, records = pairs_of(cfg.seed, stories_a, stories_b), list(earlier or [])
+    judge.start(len(pairs) - len(records))
     try:
-        for sa, sb in zip(stories_a, stories_b, strict=True):
-            a_first = rng.random() < 0.5
-            pair = [full_text(sa), full_text(sb)] if a_first else [full_text(sb), full_text(sa)]
-            best = judge.judge(cfg.judging.task, pair).best
+        for sa, sb, pair in list(zip(stories_a, stories_b, pairs, strict=True))[len(records):]:
+            a_first = pair["a_shown_first"]
+            shown = [full_text(sa), full_text(sb)] if a_first else [full_text(sb), full_text(sa)]
+            best = judge.judge(cfg.judging.task, shown).best
             winner = None if best is None else ("a" if (best == 0) == a_first else "b")
-            wins_a, wins_b, skipped = wins_a + (winner == "a"), wins_b + (winner == "b"), skipped + (winner is None)
-            if cfg.out is not None:
-                append_jsonl(cfg.out, dict(id=sa["id"], prompt=sa["prompt"], a=sa["text"], b=sb["text"],
-                                           a_shown_first=a_first, winner=winner, judge=judge.name))
+            with interrupt_held():  # the pairs counted are the pairs saved
+                records.append(dict(pair, winner=winner, judge=judge.name, task=cfg.judging.task))
+                if cfg.out is not None:
+                    append_jsonl(cfg.out, records[-1])  # saved before the next pair is shown
+    except KeyboardInterrupt:
+        if cfg.out is not None:
+            print(f"interrupted: {len(records)} of {len(stories_a)} pairs are judged and saved in {cfg.out}; rerun "
+                  f"the same command to judge the remaining {len(stories_a) - len(records)}", file=sys.stderr)
+        raise
     finally:
         judge.close()
-    n = wins_a + wins_b
-    return CompareResult(wins_a, wins_b, skipped, wins_a / n if n else float("nan"), *wilson_interval(wins_a, n))
+    return tally(records)
 
 
 def run(cfg: CompareConfig, judge: Judge | None = None) -> CompareResult:
-    if cfg.out is not None and Path(cfg.out).exists():
-        raise GhoulError(f"{cfg.out} exists: choose another --out")
+    """Compare cfg.a with cfg.b over cfg.n pairs, continuing the judgments an earlier run left in cfg.out."""
     for model in (cfg.a, cfg.b):  # both must be there before either generates
         read_model_config(model)
-    judge = judge or cfg.judging.make(cfg.seed)
-    result = judge_pairs(cfg, judge, stories_of(cfg, cfg.a), stories_of(cfg, cfg.b))
+    earlier = earlier_judgments(cfg, judge.name if judge else cfg.judging.name)  # refused before minutes of generation
+    stories_a, stories_b = stories_of(cfg, cfg.a), stories_of(cfg, cfg.b)
+    check_pairs(cfg, earlier, pairs_of(cfg.seed, stories_a, stories_b))
+    if len(earlier) == cfg.n:
+        print(f"{cfg.out}: all {cfg.n} pairs are judged; nothing to do", file=sys.stderr)
+        result = tally(earlier)
+    else:
+        if earlier:
+            print(f"{cfg.out}: {len(earlier)} of {cfg.n} pairs judged before; judging the other "
+                  f"{cfg.n - len(earlier)}", file=sys.stderr)
+        result = judge_pairs(cfg, judge or cfg.judging.make(cfg.seed), stories_a, stories_b, earlier)
     print(result.summary(cfg.a, cfg.b), file=sys.stderr)
     return result

@@ -1,15 +1,22 @@
-"""`ghoul compare`: the Wilson interval on known counts, pairs judged in a random order, and an end-to-end run."""
+"""`ghoul compare`: the Wilson interval on known counts, pairs judged in a random order, an end-to-end run, and a
+rerun that continues an interrupted comparison (and refuses a file of another one)."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
+import torch
 
+from ghoul.checkpoint import save_model_dir
 from ghoul.cli import main
+from ghoul.errors import GhoulError
+from ghoul.feedback import compare
 from ghoul.feedback.compare import CompareConfig, judge_pairs, wilson_interval
-from ghoul.feedback.judges import Judge, Judgment
+from ghoul.feedback.judges import Judge, JudgeOptions, Judgment
 from ghoul.files import read_jsonl
+from ghoul.model import GPT, GPTConfig
 
 
 def test_wilson_interval_on_known_counts():
@@ -58,3 +65,123 @@ def test_compare_end_to_end(tiny_model, tmp_path, capsys):
     assert len(pairs) == 6 and all(p["a"] == p["b"] for p in pairs)  # same model, same seeds: the same stories
     assert "win-rate" in capsys.readouterr().err
     assert main(["compare", "--a", str(tiny_model)]) == 2
+
+
+class FirstShown(Judge):
+    """Picks the story shown first, so each winner tells where A was shown; skips a pair whose first story has a
+    length divisible by 3 (by content, so alike in any run). Presses Ctrl-C instead of its call number `stop`."""
+
+    name = "first-shown"
+
+    def __init__(self, stop: int | None = None) -> None:
+        self.stop, self.calls = stop, 0
+
+    def judge(self, task: str, candidates: list[str]) -> Judgment:
+        self.calls += 1
+        if self.calls == self.stop:
+            raise KeyboardInterrupt
+        return Judgment(None if len(candidates[0]) % 3 == 0 else 0)
+
+
+@pytest.fixture(scope="module")
+def other_model(tmp_path_factory):
+    """A second tiny model, with other weights than tiny_model's: A and B tell different stories."""
+    path = tmp_path_factory.mktemp("model") / "other"
+    torch.manual_seed(1)
+    save_model_dir(GPT(GPTConfig.from_name("tiny")), path)
+    return path
+
+
+N = 7
+
+
+def compare_cfg(a, b, out, **changes) -> CompareConfig:
+    options = dict(a=a, b=b, n=N, max_new_tokens=6, batch_size=3, device="cpu", out=out,
+                   judging=JudgeOptions(judge="length"))
+    return CompareConfig(**{**options, **changes})
+
+
+def as_result(result) -> tuple:
+    return result.wins_a, result.wins_b, result.skipped, result.low, result.high
+
+
+def test_an_interrupted_compare_is_continued_as_if_never_stopped(tiny_model, other_model, tmp_path, capsys):
+    whole = compare.run(compare_cfg(tiny_model, other_model, tmp_path / "whole.jsonl"), judge=FirstShown())
+    records = read_jsonl(tmp_path / "whole.jsonl")
+    assert len(records) == N and {r["winner"] for r in records} >= {"a", "b"}  # A shown first or second
+
+    out = tmp_path / "pairs.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        compare.run(compare_cfg(tiny_model, other_model, out), judge=FirstShown(stop=3))
+    assert len(read_jsonl(out)) == 2
+    err = capsys.readouterr().err
+    assert f"2 of {N} pairs are judged and saved in {out}; rerun the same command to judge the remaining {N - 2}" in err
+
+    judge = FirstShown()
+    resumed = compare.run(compare_cfg(tiny_model, other_model, out), judge=judge)
+    assert judge.calls == N - 2  # the two saved pairs are not shown again
+    assert out.read_bytes() == (tmp_path / "whole.jsonl").read_bytes()
+    assert as_result(resumed) == pytest.approx(as_result(whole))
+    assert resumed.win_rate == pytest.approx(whole.win_rate)
+
+    capsys.readouterr()
+    done = compare.run(compare_cfg(tiny_model, other_model, out), judge=FirstShown(stop=1))  # no pair is shown
+    assert as_result(done) == pytest.approx(as_result(whole))
+    assert f"all {N} pairs are judged; nothing to do" in capsys.readouterr().err
+
+
+def test_a_rerun_of_another_comparison_is_refused(tiny_model, other_model, tmp_path, capsys):
+    out = tmp_path / "pairs.jsonl"
+    compare.run(compare_cfg(tiny_model, other_model, out, n=3), judge=FirstShown())
+    before = out.read_bytes()
+    args = ["compare", "--a", str(tiny_model), "--b", str(other_model), "--n", str(N), "--max-new-tokens", "6",
+            "--batch-size", "3", "--device", "cpu", "--out", str(out), "--judge", "first-shown"]
+    for changed, message in [(["--judge", "length"], "the judge 'first-shown', not 'length': rerun with that --judge"),
+                             (["--task", "Pick the funniest story."], "with the task 'Pick the scariest story.'"),
+                             (["--b", str(tiny_model)], "holds another comparison"),
+                             (["--seed", "7"], "holds another comparison"),
+                             (["--max-new-tokens", "5"], "holds another comparison"),
+                             (["--n", "2"], "3 judged pairs, more than --n 2")]:
+        capsys.readouterr()
+        assert main([*args, *changed]) == 2, changed
+        err = capsys.readouterr().err.strip()
+        line = err.splitlines()[-1]  # after the progress bars of the stories generated to check the pairs
+        assert message in line and "another --out" in line and err.count("error") == 1, err
+        assert out.read_bytes() == before
+
+
+def test_a_torn_last_line_is_cut_and_the_run_goes_on(tiny_model, other_model, tmp_path):
+    whole = tmp_path / "whole.jsonl"
+    compare.run(compare_cfg(tiny_model, other_model, whole), judge=FirstShown())
+    lines = whole.read_text().splitlines(keepends=True)
+    out = tmp_path / "pairs.jsonl"
+    out.write_text("".join(lines[:3]) + lines[3][:40])  # a crash in the middle of the fourth append
+    judge = FirstShown()
+    compare.run(compare_cfg(tiny_model, other_model, out), judge=judge)
+    assert judge.calls == N - 3 and out.read_bytes() == whole.read_bytes()
+
+
+def test_a_file_written_without_the_task_is_continued(tiny_model, other_model, tmp_path):
+    whole = tmp_path / "whole.jsonl"
+    compare.run(compare_cfg(tiny_model, other_model, whole), judge=FirstShown())
+    records = read_jsonl(whole)
+    out = tmp_path / "pairs.jsonl"
+    out.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "task"}) + "\n" for r in records[:4]))
+    judge = FirstShown()
+    compare.run(compare_cfg(tiny_model, other_model, out), judge=judge)
+    assert judge.calls == N - 4 and read_jsonl(out)[4:] == records[4:]
+
+
+def test_a_file_that_is_not_compare_output_is_refused_and_kept(tiny_model, other_model, tmp_path):
+    out = tmp_path / "stories.jsonl"
+    for text in (json.dumps({"id": 0, "prompt": "", "text": " a story"}) + "\n",  # a stories file
+                 "[1, 2]\n", json.dumps({"id": 0, "prompt": "", "a": "", "b": "", "a_shown_first": True,
+                                          "winner": "c", "judge": "first-shown"}) + "\n"):
+        out.write_text(text)
+        with pytest.raises(GhoulError, match="record 1: not a judgment of `ghoul compare`"):
+            compare.run(compare_cfg(tiny_model, other_model, out), judge=FirstShown())
+        assert out.read_text() == text
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("In the attic\n")
+    with pytest.raises(GhoulError, match="is also an input"):
+        compare_cfg(tiny_model, other_model, prompts, prompts_file=prompts)
