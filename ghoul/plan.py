@@ -22,7 +22,7 @@ from ghoul.model import PRESETS, VOCAB_PADDING, GPTConfig, vocab_padding
 from ghoul.train.config import accumulation_steps
 
 GiB = 2**30
-DTYPES = {"float32": 4, "bfloat16": 2, "float16": 2}  # bytes of one activation element
+DTYPES = {"float32": 4, "bfloat16": 2}  # bytes of one activation element, in the dtypes the trainers take
 OPTIMIZERS = ("adamw", "muon")
 PARALLEL = ("ddp", "fsdp")
 SHARDED = ("weights", "gradients", "optimizer state")  # the memory terms FSDP divides over the GPUs

@@ -221,6 +221,7 @@ def test_fsdp_shards_the_replica():
     (["--model", "gpt5"], "unknown model"),
     (["--seq-len", "2048"], "exceeds"),
     (["--mfu", "1.5"], "--mfu"),
+    (["--dtype", "float16"], "unknown dtype 'float16'; choices: float32, bfloat16"),  # the trainers take these two
 ])
 def test_refusals_are_one_line(args, message, capsys):
     assert main(["plan", *REFERENCE, *args]) == 2
