@@ -25,7 +25,7 @@ def stage_configs() -> list[tuple[str, Path]]:
 
 def test_every_config_in_configs_loads_into_its_command():
     pairs = stage_configs()
-    assert len(pairs) >= 6, pairs  # all but learn-variants.toml, which `ghoul learn compare --variants` reads
+    assert len(pairs) >= 6, pairs  # all but laptop-variants.toml, which `ghoul learn compare --variants` reads
     commands = {c.name: c for c in COMMANDS}
     for command, path in pairs:
         _, cls, _ = build_parser(commands[command])

@@ -16,12 +16,14 @@ from ghoul.learn.gpt import FIXED, LearnGPTConfig, model_config
 from ghoul.model import GPT, GPTConfig
 
 TABLE_FILE = "comparison.md"
+BUILT_IN_VARIANTS = Path(__file__).with_name("variants.toml")  # packaged: found from any directory
 
 
 @dataclass
 class CompareConfig(LearnGPTConfig):
-    variants: Path = option(Path("configs/learn-variants.toml"), "TOML file: one [table] per variant, its keys "
-                            "GPTConfig fields overriding the flags", metavar="FILE")
+    variants: Path | None = option(None, "TOML file: one [table] per variant, its keys GPTConfig fields overriding "
+                                   "the flags (default: the variants that ship with ghoul, ghoul/learn/variants.toml)",
+                                   metavar="FILE")
     output_dir: Path = option(Path("runs/learn-compare"), "output directory: shared token shards, one run per "
                                                           "variant, comparison.md")
     steps: int = option(300, "optimizer steps of every variant")
@@ -63,7 +65,7 @@ def markdown_table(rows: list[tuple[str, dict[str, Any], LearnResult]]) -> str:
 
 def run(cfg: CompareConfig) -> list[tuple[str, dict[str, Any], LearnResult]]:
     """Train every variant of `cfg.variants` on the same shards, seed and steps; print and write the table."""
-    variants = read_variants(Path(cfg.variants), cfg)
+    variants = read_variants(Path(cfg.variants or BUILT_IN_VARIANTS), cfg)
     for name in variants:
         check_fresh(cfg.output_dir / name)
     data_dir, tokenizer = prepare_text(cfg, cfg.output_dir)

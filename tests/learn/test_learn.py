@@ -2,6 +2,7 @@
 
 import json
 import math
+import tomllib
 from dataclasses import fields
 
 import pytest
@@ -18,6 +19,7 @@ from ghoul.learn.gpt import LearnGPTConfig
 from ghoul.learn.gpt import run as learn_gpt
 from ghoul.train.config import LoopOptions
 from ghoul.train.logger import LOG_FILE
+from tests.conftest import REPO
 from tests.train.interrupt_rank import interrupting_next
 
 # The same slice, tokenizer kind, rows and validation batches for every run, so that val losses compare.
@@ -117,6 +119,14 @@ def test_compare_writes_one_table_of_the_variants(horror, tmp_path, capsys):
     assert rows[2][2].params > rows[0][2].params  # two experts hold more weights than one MLP
     assert "| baseline |" in capsys.readouterr().out
 
+
+
+def test_compare_trains_the_variants_that_ship_with_ghoul_from_any_directory(horror, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # not the repository: the default variants are found in the package
+    rows = compare(CompareConfig(source_path=horror, output_dir=tmp_path / "cmp", steps=1, warmup_iters=0,
+                                 **{**SLICE, "sample_tokens": 0}, n_layer=1, n_head=2, n_embd=32))
+    shipped = tomllib.loads((REPO / "ghoul" / "learn" / "variants.toml").read_text())
+    assert [name for name, _, _ in rows] == list(shipped) and "baseline" in shipped
 
 @pytest.mark.parametrize("toml, match", [
     ('[a]\nvocab_size = 10\n', "unknown key"),
