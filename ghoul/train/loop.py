@@ -343,6 +343,9 @@ def compile_blocks(model: GPT) -> GPT:
     run's model, and a 1.25x step against the whole model's 1.13x; benchmarks/RESULTS.md). The output layer and
     its loss stay eager: one large product and a hand-fused loss, which compiling would not speed up. What runs
     the model at changing shapes (sampling, HellaSwag) runs it under torch.compiler.set_stance("force_eager")."""
+    # compiled code of an earlier model in this process (learn compare's variants, a benchmark's presets) would be
+    # reused with its shapes made dynamic, and past torch's recompile limit (8) blocks would silently run eager
+    torch.compiler.reset()
     blocks = model.transformer.h if isinstance(model, GPT) else [model]  # the learning stage's bigram: whole
     for block in blocks:
         block.compile()

@@ -21,7 +21,7 @@ from ghoul.layout import step_dirs
 from ghoul.model import GPT, GPTConfig
 from ghoul.tokenizer import load_tokenizer
 from ghoul.train import loop
-from ghoul.train.loop import train
+from ghoul.train.loop import compile_blocks, train
 from ghoul.train.stages import FinetuneConfig, run
 from tests.train.conftest import config, log, val_bytes_per_token
 
@@ -248,6 +248,19 @@ def test_compile_compiles_one_block_for_all_and_samples_eagerly(fineweb_shards, 
     assert counters["stats"]["unique_graphs"] == 1
     assert [r["step"] for r in read_jsonl(tmp_path / "run" / "samples.jsonl")] == [0, 1, 2]
 
+
+
+def test_each_model_compiled_in_a_process_gets_its_own_compiled_blocks():
+    """learn compare's variants and a benchmark's presets compile one model after another: each must compile anew,
+    not recompile the one before it, which past torch's recompile limit (8, here 1) would run the blocks eagerly."""
+    counters.clear()
+    with torch._dynamo.config.patch(recompile_limit=1):
+        for heads, batch in ((2, 4), (4, 2)):
+            model = compile_blocks(GPT(GPTConfig.from_name("tiny", n_layer=1, n_head=heads, n_embd=32,
+                                                           vocab_size=64, block_size=16)))
+            with torch.no_grad():
+                model(torch.zeros(batch, 16, dtype=torch.long))
+    assert counters["stats"]["unique_graphs"] == 2 and not counters["unimplemented"]
 
 def test_bfloat16_autocast_trains_like_float32(fineweb_shards, tmp_path):
     run(config(fineweb_shards, tmp_path / "f32", max_steps=3, eval_every=3))
