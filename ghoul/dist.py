@@ -244,6 +244,14 @@ def allow_tf32() -> None:
     torch.backends.cudnn.allow_tf32 = True
 
 
+def to_device(t: torch.Tensor, device: str | torch.device) -> torch.Tensor:
+    """A batch built on the CPU, copied to `device`: to a GPU from pinned memory without waiting, so that the copy
+    runs beside the work still queued there (a plain copy to a GPU waits for all of it)."""
+    if torch.device(device).type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def synchronize(device: str | torch.device) -> None:
     """Wait for the work queued on `device` (CUDA runs it asynchronously; a CPU has none queued)."""
     if torch.device(device).type == "cuda":

@@ -17,6 +17,7 @@ import torch
 
 from ghoul.advice import advice
 from ghoul.data.shards import ShardHeader, find_shards, is_count, read_header, read_meta, read_shard
+from ghoul.dist import to_device
 from ghoul.errors import GhoulError
 
 
@@ -157,11 +158,6 @@ class ShardLoader(EpochLoader):
         return self._arrays[i]
 
     def _to_device(self, buf: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        t = torch.from_numpy(buf)
-        if self.device.type == "cuda":
-            # pinned host memory lets the copy run asynchronously with the previous step's compute
-            t = t.pin_memory().to(self.device, non_blocking=True)
-        else:
-            t = t.to(self.device)
+        t = to_device(torch.from_numpy(buf), self.device)
         B, T = self.batch_size, self.seq_len
         return t[:-1].view(B, T), t[1:].view(B, T)  # (B, T) each

@@ -194,7 +194,7 @@ def collate(rows: list[tuple[list[int], int]], pad_id: int, device: str | torch.
     for i, (ids, prompt_len) in enumerate(rows):
         tokens[i, :len(ids)] = torch.tensor(ids)
         mask[i, prompt_len:len(ids)] = True
-    return tokens.to(device), mask.to(device)  # (N, T) each
+    return dist.to_device(tokens, device), dist.to_device(mask, device)  # (N, T) each
 
 
 def pair_loaders(records: list[dict[str, Any]], tokenizer: Tokenizer, batch_size: int, block_size: int, d: Any,
