@@ -12,6 +12,8 @@ import sys
 
 import torch
 
+from ghoul.dist import fast_bfloat16
+
 # Quintic coefficients chosen in modded-nanogpt to push singular values towards 1 fast (they land in ~[0.7, 1.2]).
 NS_COEFFS = (3.4445, -4.7750, 2.0315)
 
@@ -19,8 +21,9 @@ NS_COEFFS = (3.4445, -4.7750, 2.0315)
 def newton_schulz(g: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch.Tensor:
     """An approximately orthogonal matrix with the singular vectors of `g` (the "zeroth power" U V^T)."""
     a, b, c = NS_COEFFS
-    # bf16 is enough precision for this iteration on GPUs; CPUs keep float32, where bf16 buys little here.
-    x = g.to(torch.bfloat16 if g.is_cuda else torch.float32)
+    # bf16 is enough precision for this iteration on GPUs with bf16 tensor cores; older GPUs (T4, V100) would emulate
+    # it, slower than float32, and CPUs keep float32, where bf16 buys little here
+    x = g.to(torch.bfloat16 if g.is_cuda and fast_bfloat16(g.device) else torch.float32)
     transposed = x.size(0) > x.size(1)
     if transposed:  # iterate on the smaller Gram matrix
         x = x.T
