@@ -124,18 +124,17 @@ def earlier_judgments(cfg: CompareConfig, judge: str) -> list[dict]:
     if len(records) > cfg.n:
         raise GhoulError(f"{cfg.out} holds {len(records)} judged pairs, more than --n {cfg.n}: it holds another "
                          "comparison; rerun with the same options to continue it, or use another --out")
+    repair_jsonl(cfg.out, "id")  # a torn last line (even the only one) is cut, a line that is not ours refused
     return records
 
 
 def check_pairs(cfg: CompareConfig, earlier: list[dict], pairs: list[dict]) -> None:
-    """Check that the judgments in --out are of the pairs generated now, then cut a torn last line."""
+    """Check that the judgments in --out are of the pairs generated now."""
     for r, pair in zip(earlier, pairs[:len(earlier)], strict=True):  # earlier_judgments: no more records than pairs
         if any(r[k] != v for k, v in pair.items()):
             raise GhoulError(f"{cfg.out} holds another comparison (pair {r['id']} differs: other models, prompts, "
                              "--seed, --n, --max-new-tokens, --batch-size or sampling options): rerun with the same "
                              "options to continue it, or use another --out")
-    if earlier:
-        repair_jsonl(cfg.out, "id")
 
 
 def judge_pairs(cfg: CompareConfig, judge: Judge, stories_a: list[dict], stories_b: list[dict],

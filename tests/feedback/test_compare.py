@@ -159,6 +159,14 @@ def test_a_torn_last_line_is_cut_and_the_run_goes_on(tiny_model, other_model, tm
     judge = FirstShown()
     compare.run(compare_cfg(tiny_model, other_model, out), judge=judge)
     assert judge.calls == N - 3 and out.read_bytes() == whole.read_bytes()
+    out.write_text(lines[0][:40])  # torn in the first append: no complete record to continue
+    compare.run(compare_cfg(tiny_model, other_model, out), judge=FirstShown())
+    assert out.read_bytes() == whole.read_bytes()
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes, without a newline")  # not ours: never appended to
+    with pytest.raises(GhoulError, match="did not write"):
+        compare.run(compare_cfg(tiny_model, other_model, notes), judge=FirstShown())
+    assert notes.read_text() == "my notes, without a newline"
 
 
 def test_a_file_written_without_the_task_is_continued(tiny_model, other_model, tmp_path):
