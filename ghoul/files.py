@@ -22,11 +22,18 @@ T = TypeVar("T")
 
 
 def refuse_input_as_output(out: str | Path, *inputs: str | Path | None, flag: str = "--out") -> None:
-    """Writing to a path that is also read from would replace the input with the output: a one-line error."""
+    """Writing to a path that is also read from would replace the input with the output, and writing into an input
+    folder (a model directory) would change or damage it: a one-line error."""
     out = Path(out).resolve()
     for path in inputs:
-        if path is not None and Path(path).resolve() == out:
+        if path is None:
+            continue
+        path = Path(path).resolve()
+        if path == out:
             raise GhoulError(f"{flag} {out} is also an input: writing there would destroy it; give another path")
+        if path.is_dir() and path in out.parents:
+            raise GhoulError(f"{flag} {out} is inside {path}, an input: writing there would change it; give a path "
+                             "outside it")
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:

@@ -89,12 +89,12 @@ def _gguf() -> Any:
 
 
 def check_target(out: Path, weights: Path) -> None:
-    """Refuse a target that is a folder, the model's own weights, or the Modelfile's place (a one-line error)."""
+    """Refuse a target that is a folder, inside the model directory, or the Modelfile's place (a one-line error)."""
     if out.is_dir():
         raise GhoulError(f"{out} is a directory: give the path of the GGUF file to write, e.g. {out / 'model.gguf'}")
     if out.name == "Modelfile" or (out.parent / "Modelfile").is_dir():
         raise GhoulError(f"{out.parent / 'Modelfile'} is where the Ollama Modelfile goes: give another path")
-    refuse_input_as_output(out, weights, flag="OUT")
+    refuse_input_as_output(out, weights.parent, flag="OUT")  # the model directory, its weights and config
 
 
 def checked_tokenizer(model_dir: Path, vocab_size: int) -> Tokenizer:

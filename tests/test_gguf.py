@@ -199,8 +199,9 @@ def test_bad_paths_are_one_line_errors_and_leave_nothing(tmp_path, capsys, model
     assert "does not exist" in err
     err = one_line_error(capsys, ["export", "gguf", str(models["qwen3"]), str(out)])
     assert "is a directory" in err
-    err = one_line_error(capsys, ["export", "gguf", str(models["qwen3"]), str(models["qwen3"] / "model.safetensors")])
-    assert "is also an input" in err
+    for inside in ("model.safetensors", "config.json", "tokenizer.json", "m.gguf"):  # each would damage the model
+        err = one_line_error(capsys, ["export", "gguf", str(models["qwen3"]), str(models["qwen3"] / inside)])
+        assert "an input: writing there would change it" in err
     assert list(out.iterdir()) == []
     assert sorted(p.name for p in models["qwen3"].iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
 

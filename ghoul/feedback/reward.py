@@ -24,7 +24,8 @@ from ghoul.errors import GhoulError
 from ghoul.feedback.judges import JUDGE_KINDS, Judge, Judgment
 from ghoul.feedback.preferences import PairBatchOptions, PairOptions, collate, encode_pair_side, train_on_pairs
 from ghoul.feedback.records import STORIES_FILE, full_text, load_stories
-from ghoul.files import write_jsonl
+from ghoul.files import refuse_input_as_output, write_jsonl
+from ghoul.layout import resolve_checkpoint
 from ghoul.model import GPT, GPTConfig
 from ghoul.tokenizer import Tokenizer, load_tokenizer
 from ghoul.train.config import LoopOptions, OptimOptions, RunOptions, check_training
@@ -166,6 +167,8 @@ class ScoreConfig:
 
     def __post_init__(self) -> None:
         require(self, ("batch_size",), lambda v: v >= 1, "at least 1")
+        if self.out is not None:
+            refuse_input_as_output(self.out, resolve_checkpoint(self.model), self.stories)
 
 
 def score_run(cfg: ScoreConfig) -> list[dict]:

@@ -120,6 +120,11 @@ def test_cli_errors_exit_2(tiny_gpt2: Path, hellaswag_100: Path, tmp_path: Path,
     assert "line 1: label 9 is out of range" in capsys.readouterr().err
     assert main(["eval", "hellaswag", "--checkpoint", str(tmp_path / "nope"), "--data-path", str(bad)]) == 2
     assert "does not exist" in capsys.readouterr().err
+    data, config = hellaswag_100.read_bytes(), (tiny_gpt2 / "config.json").read_bytes()
+    for out, message in [(hellaswag_100, "is also an input"), (tiny_gpt2 / "config.json", "is inside")]:
+        assert main(args + ["--data-path", str(hellaswag_100), "--limit", "2", "--out", str(out)]) == 2
+        assert message in capsys.readouterr().err
+    assert hellaswag_100.read_bytes() == data and (tiny_gpt2 / "config.json").read_bytes() == config
 
 
 def test_vocabulary_mismatch_is_an_error(hellaswag_100: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

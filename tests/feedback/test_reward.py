@@ -18,6 +18,7 @@ from ghoul.errors import GhoulError
 from ghoul.feedback.judges import make_judge
 from ghoul.feedback.reward import RewardJudge, RewardModel, bradley_terry_loss, load_reward_model
 from ghoul.files import read_jsonl
+from ghoul.layout import resolve_checkpoint
 from ghoul.model import GPT, GPTConfig
 from tests.feedback.prefdata import MARKER, write_marker_rankings
 
@@ -82,7 +83,9 @@ def test_reward_judge_and_score(reward_run, tmp_path, capsys):
     assert max(scored, key=lambda r: r["reward"])["id"] == 1
     (tmp_path / "none.jsonl").write_text("")
     for args, message in [(["--batch-size", "0"], "--batch-size must be at least 1"),
-                          (["--stories", str(tmp_path / "none.jsonl")], "holds no stories")]:
+                          (["--stories", str(tmp_path / "none.jsonl")], "holds no stories"),
+                          (["--out", str(stories)], "is also an input"),
+                          (["--out", str(resolve_checkpoint(reward_run) / "config.json")], "is inside")]:
         assert main(["reward", "score", "--model", str(reward_run), "--stories", str(stories), *args]) == 2
         assert message in capsys.readouterr().err
 
