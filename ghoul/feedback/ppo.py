@@ -40,7 +40,7 @@ from ghoul.model import GPT
 from ghoul.optim.build import build_optimizers
 from ghoul.tokenizer import Tokenizer
 from ghoul.train.config import RunOptions
-from ghoul.train.context import open_run_dir, rng_state, set_rng_state, training_run
+from ghoul.train.context import check_steps_left, open_run_dir, rng_state, set_rng_state, training_run
 from ghoul.train.loop import check_finite, stopping
 
 # rewards of the completions (token ids, up to the end of text) of one step: `groups[i]` is sample i's group (its
@@ -365,6 +365,11 @@ def run(cfg: RlConfig, method: str) -> list[dict]:
         policy, tokenizer = load_model_and_tokenizer(resume_from or cfg.policy, d.device)
         reference = load_model_and_tokenizer(cfg.policy, d.device)[0] if resume_from else None
         resume = load_training_checkpoint(resume_from) if resume_from else None
+        if resume:
+            if resume[0].get("method", method) != method:  # one run, one objective
+                raise GhoulError(f"{resume_from} was trained with {resume[0]['method']}, not {method}: continue it "
+                                 f"with `ghoul {resume[0]['method']}`, or start a new run in another --output-dir")
+            check_steps_left(resume_from, resume[0]["step"], cfg.max_steps)
         prompt_texts = read_prompts(cfg)  # type: ignore[arg-type]  # the same fields as GenerateConfig's
         prompts = encode_prompts(prompt_texts, tokenizer, cfg.max_new_tokens, policy.config.block_size)
         scorer = make_scorer(cfg, tokenizer, prompt_texts, d.device)

@@ -85,6 +85,13 @@ def check_run_dir(cfg: Any) -> Path | None:
     return newest
 
 
+def check_steps_left(checkpoint: Path, step: int, max_steps: int) -> None:
+    """A resumed run must have steps left: one at or past --max-steps would save its weights as an earlier step."""
+    if step >= max_steps:
+        raise GhoulError(f"{checkpoint} is at step {step}, and --max-steps is {max_steps}: nothing to train; raise "
+                         "--max-steps to go on")
+
+
 def rng_state() -> dict:
     """Every rank's random state, `{"ranks": [...]}` in rank order: the CPU generator, Python's, and the generator of
     the rank's own GPU (the one its dropout draws from; dist.setup makes it the current device). Under torchrun a

@@ -40,7 +40,7 @@ from ghoul.model import GPT
 from ghoul.optim.build import build_optimizers
 from ghoul.optim.schedule import lr_multiplier
 from ghoul.tokenizer import Tokenizer
-from ghoul.train.context import open_run_dir, rng_state, set_rng_state
+from ghoul.train.context import check_steps_left, open_run_dir, rng_state, set_rng_state
 from ghoul.train.interrupt import StepInterrupt
 from ghoul.train.logger import RunLogger
 
@@ -273,9 +273,7 @@ def resume_training(checkpoint: Path, model: GPT, optimizers: list[torch.optim.O
     """Put the optimizers, the data position and the random state back where `checkpoint` left them; its trainer
     state (step, tokens read, ...). The optimizer state of an FSDP run is read sharded, for any number of ranks."""
     state, opt_states, _ = load_training_checkpoint(checkpoint, required=("step", "loader", "rng"))
-    if state["step"] >= max_steps:
-        raise GhoulError(f"{checkpoint} is at step {state['step']}, and --max-steps is {max_steps}: nothing to train; "
-                         "raise --max-steps to go on")
+    check_steps_left(checkpoint, state["step"], max_steps)
     if opt_states is None:
         sharding().load_optimizer_states(model, optimizers, resolve_checkpoint(checkpoint) / SHARDED_OPTIMIZER)
     elif is_sharded(model):

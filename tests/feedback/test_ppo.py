@@ -131,6 +131,20 @@ def test_interrupted_and_resumed_equals_uninterrupted(tiny_model, tmp_path, meth
     assert not all(torch.equal(wa[k], reference[k]) for k in wa)  # it trained
 
 
+def test_a_resume_without_steps_left_or_by_the_other_method_is_refused(tiny_model, tmp_path, capsys):
+    out = tmp_path / "run"
+    common = ["--policy", str(tiny_model), "--judge", "length", "--prompts-per-step", "1", "--group-size", "2",
+              "--max-new-tokens", "4", "--output-dir", str(out), "--device", "cpu"]
+    assert main(["ppo", *common, "--max-steps", "3"]) == 0
+    before = sorted(p.name for p in out.iterdir()), (out / "config.json").read_text()
+    capsys.readouterr()
+    for args, message in [(["ppo", "--max-steps", "2"], "is at step 3, and --max-steps is 2: nothing to train"),
+                          (["grpo", "--max-steps", "5"], "was trained with ppo, not grpo: continue it with")]:
+        assert main([args[0], *common, *args[1:], "--resume"]) == 2
+        assert message in capsys.readouterr().err
+    assert (sorted(p.name for p in out.iterdir()), (out / "config.json").read_text()) == before
+
+
 def test_a_second_ctrl_c_stops_at_once_and_names_the_checkpoint_to_resume(tiny_model, tmp_path, monkeypatch,
                                                                            capsys):
     make_scorer, calls = ppo.make_scorer, []
