@@ -59,11 +59,11 @@ class GPTConfig:
     moe_aux_weight: float = 0.01  # weight of the load-balancing loss (0.01: Fedus et al. 2022, section 2.2)
 
     def __post_init__(self) -> None:
-        if self.n_embd % self.n_head != 0:
-            raise GhoulError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         for name in ("block_size", "vocab_size", "vocab_padding", "n_layer", "n_head", "n_embd"):
             if getattr(self, name) <= 0:
                 raise GhoulError(f"model {name} must be positive, got {getattr(self, name)}")
+        if self.n_embd % self.n_head != 0:  # after the check above: n_head 0 would divide by zero
+            raise GhoulError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if not 0.0 <= self.dropout < 1.0:
             raise GhoulError(f"dropout must be in [0, 1), got {self.dropout}")
         for name, allowed in (("norm", NORMS), ("norm_position", NORM_POSITIONS), ("activation", ACTIVATIONS),

@@ -209,6 +209,8 @@ def test_defaults_are_gpt2():
     (dict(position="rotary", n_embd=30, n_head=2), "must be even"),
     (dict(moe_experts=2, moe_top_k=3), "moe_top_k in 1..moe_experts"),
     (dict(moe_aux_weight=-1.0), "moe_aux_weight"),
+    (dict(n_head=0), "model n_head must be positive, got 0"),  # not a ZeroDivisionError in the divisibility check
+    (dict(n_embd=30, n_head=4), "must be divisible by n_head"),
 ])
 def test_bad_architecture_options_are_refused(bad, match):
     with pytest.raises(GhoulError, match=match):
