@@ -152,9 +152,7 @@ def find_shards(spec: str | Path, split: str = "train") -> list[Path]:
         if not files:
             raise GhoulError(f"no shards match {text}")
         return files
-    directory = Path(text)
-    if not directory.is_dir():
-        raise GhoulError(f"shard directory {directory} does not exist: make it with `ghoul prepare`")
+    directory = shard_directory(text)
     if split not in SPLITS:
         raise GhoulError(f"unknown split '{split}'; splits: {', '.join(SPLITS)}")
     meta = read_meta(directory)
@@ -168,10 +166,22 @@ def find_shards(spec: str | Path, split: str = "train") -> list[Path]:
     return files
 
 
+def shard_directory(text: str | Path) -> Path:
+    """`text` as a shard directory that exists (a one-line error for a missing one, or a file)."""
+    directory = Path(text)
+    if not directory.is_dir():
+        what = "is a file" if directory.exists() else "does not exist"
+        raise GhoulError(f"shard directory {directory} {what}: make one with `ghoul prepare`")
+    return directory
+
+
 def dataset_tokenizer(dataset: str | Path) -> Tokenizer:
-    """The tokenizer a shard directory was made with (GPT-2's for shards without meta.json, as llm.c's)."""
+    """The tokenizer a shard directory was made with (GPT-2's for shards without meta.json, as llm.c's, and for a
+    glob of shard files)."""
     path = Path(dataset)
-    meta = read_meta(path) if path.is_dir() else None
+    meta = None if glob.has_magic(str(dataset)) else read_meta(shard_directory(path))
+    if meta is None and path.is_dir() and not any(path.glob("*.bin")):  # e.g. a model directory
+        raise GhoulError(f"{path} holds no token shards (no meta.json, no .bin files): make them with `ghoul prepare`")
     spec = (meta or {}).get("tokenizer", "gpt2")
     if spec != "gpt2" and (path / spec).exists():  # relative to the directory; an absolute path stays as it is
         spec = str(path / spec)

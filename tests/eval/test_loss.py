@@ -59,9 +59,15 @@ def test_cli_prints_the_loss(tiny_gpt2: Path, shard_dir: Path, capsys: pytest.Ca
     assert re.search(r"\d\.\d{4} bits per byte \(\d\.\d\d bytes per token\)", out)
 
 
-def test_cli_errors_exit_2(tiny_gpt2: Path, shard_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    assert main(["eval", "loss", "--checkpoint", str(tiny_gpt2), "--data", str(tmp_path / "none")]) == 2
-    assert "does not exist" in capsys.readouterr().err
+def test_cli_errors_exit_2(tiny_gpt2: Path, char_model: Path, shard_dir: Path, tmp_path: Path,
+                           capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "notes.txt").write_text("not shards")
+    for model in (tiny_gpt2, char_model):  # the data is named for what it is, not as GPT-2 shards of another model
+        for data, message in [(tmp_path / "none", "shard directory {} does not exist: make one with `ghoul prepare`"),
+                              (tmp_path / "notes.txt", "shard directory {} is a file: make one with `ghoul prepare`"),
+                              (tiny_gpt2, "{} holds no token shards")]:
+            assert main(["eval", "loss", "--checkpoint", str(model), "--data", str(data)]) == 2
+            assert message.format(data) in capsys.readouterr().err
     assert main(["eval", "loss", "--checkpoint", str(tiny_gpt2), "--data", str(shard_dir), "--seq-len", "999"]) == 2
     assert "exceeds the model's block size" in capsys.readouterr().err
     # a budget below one window: the budget is named, not the data (which holds plenty)
