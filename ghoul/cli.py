@@ -173,8 +173,11 @@ def main(argv: list[str] | None = None) -> int:
 def entry() -> None:
     """The `ghoul` program (the console script, `python -m ghoul`, torchrun's workers): `main`, then exit with its
     code."""
-    code = main()
-    if code == 130:  # stopped by Ctrl-C: a second one during the interpreter's shutdown would only print tracebacks
+    try:
+        code = main()
+    except KeyboardInterrupt:  # a second Ctrl-C while main reported the first
+        code = 130
+    if code == 130:  # stopped by Ctrl-C: another one during the interpreter's shutdown would only print tracebacks
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     if "TORCHELASTIC_RUN_ID" in os.environ:  # set by torchrun for its workers
         # A worker leaves without the interpreter's shutdown: objects still tied to the destroyed gloo process group

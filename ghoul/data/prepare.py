@@ -28,6 +28,7 @@ from ghoul.data.shards import META_FILE, SPLITS, read_header, read_meta, shard_d
 from ghoul.data.sources import SOURCE_PATH_HELP, SOURCES, TEXT_FIELD_HELP, make_source
 from ghoul.errors import GhoulError
 from ghoul.files import disk_full_is_an_error, write_json
+from ghoul.interrupts import interrupt_held
 from ghoul.tokenizer import TOKENIZER_FILE, Tokenizer, load_tokenizer
 
 BATCH_CHARS = 1 << 18  # text per worker task: ~60k GPT-2 tokens, tens of ms, so task overhead stays negligible
@@ -124,7 +125,8 @@ def _fill(writer: ShardWriter, docs: Iterable[str], cfg: PrepareConfig, total: i
                 bar.set_postfix_str(f"{writer.position:,} tokens, {rate:,.0f} tok/s", refresh=False)
     finally:
         if pool is not None:
-            pool.shutdown(cancel_futures=True)
+            with interrupt_held():  # a second Ctrl-C inside the shutdown left workers that exit waited for, forever
+                pool.shutdown(cancel_futures=True)
 
 
 def _result(out: Path, meta: dict[str, Any], seconds: float, skipped: bool = False) -> PrepareResult:

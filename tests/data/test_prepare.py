@@ -134,6 +134,32 @@ def test_workers_exit_when_the_main_process_is_killed(data: Path, tmp_path: Path
             os.kill(pid, signal.SIGKILL)
 
 
+
+def test_two_quick_ctrl_cs_still_exit(data: Path, tmp_path: Path) -> None:
+    """The second Ctrl-C came inside the pool's shutdown, and the process then waited for ever at exit for workers
+    still waiting for tasks."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(200):
+        (corpus / f"{i:03d}.txt").symlink_to(data / "tinyshakespeare" / "input.txt")
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "ghoul", "prepare", "text", "--source-path", str(corpus), "--out",
+                             str(out), "--shard-tokens", "100_000", "--workers", "2", "--no-progress"], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        started = time.monotonic()
+        while not any(out.glob("*.bin")):  # the workers are tokenising
+            assert proc.poll() is None and time.monotonic() - started < 60
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C twice, as a terminal sends it: to the whole process group
+        time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=30) == 130
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
 def test_interrupted_run_resumes_to_identical_shards(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                      capsys: pytest.CaptureFixture) -> None:
     def config(out: str) -> PrepareConfig:
