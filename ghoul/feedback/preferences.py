@@ -16,7 +16,7 @@ import torch
 
 from ghoul import dist
 from ghoul.advice import advice
-from ghoul.config import option, require
+from ghoul.config import option, refuse_set, require
 from ghoul.data.loader import EpochLoader
 from ghoul.errors import GhoulError
 from ghoul.feedback.records import RANKINGS_FILE, load_rankings, load_stories, stories_judged
@@ -223,9 +223,11 @@ class PairOptions:
     val_fraction: float = option(0.1, "fraction of the ranked groups held out for validation (with --rankings)")
 
     def __post_init__(self) -> None:
-        if self.preferences is None and self.rankings is None:
+        if (self.preferences is None) == (self.rankings is None):
             raise GhoulError("give --preferences FILE (from `ghoul preferences`) or --rankings FILE "
-                             "(from `ghoul rank`)")
+                             "(from `ghoul rank`), one of them")
+        if self.preferences is not None:  # its pairs and their split are made: the options that make them are unread
+            refuse_set(self, ("stories", "val_fraction"), "--rankings")
         require(self, ("val_fraction",), lambda v: 0 <= v < 1, "in [0, 1)")
 
 

@@ -69,3 +69,8 @@ def test_dpo_config_refusals():
         build(DpoConfig, policy="p", rankings="r.jsonl", beta=0)
     with pytest.raises(GhoulError, match="--beta must be positive, got nan"):  # no NaN loss at step 1
         build(DpoConfig, policy="p", rankings="r.jsonl", beta=float("nan"))
+    # pairs from `ghoul preferences` come made and split: what would make them from rankings is refused, not ignored
+    for given, message in [({"rankings": "r.jsonl"}, "one of them"), ({"stories": "s.jsonl"}, "--stories is only read"),
+                           ({"val_fraction": 0.5}, "--val-fraction is only read with --rankings"), ({}, "one of them")]:
+        with pytest.raises(GhoulError, match=message):
+            build(DpoConfig, policy="p", **({"preferences": "p.jsonl"} if given else {}), **given)
