@@ -47,9 +47,12 @@ METHOD_OPTIONS = {"winners": _TRAIN | {"seq_len"}, "dpo": _TRAIN | {"beta"}, "pp
 # after a non-finite loss: a rerun resumes the training step from its last good checkpoint, at the rate given now
 RETUNE = ("lower --learning-rate (ppo, grpo: or the reward model's --reward-learning-rate) and run the same command "
           "again")
-# too few winners (or pairs) for one step: the training options may change on a rerun, the stories' may not
-TOO_FEW = ("lower --batch-size or --seq-len and run the same command again, or make more stories (--num-samples, "
-           "--max-new-tokens) into a new --output-dir")
+# too few winners (or pairs) for one step: the training options a method reads may change on a rerun, the stories'
+# may not (ppo and grpo read none: their reward model's batch is its own)
+MORE_STORIES = "make more stories (--num-samples, --max-new-tokens) into a new --output-dir"
+TOO_FEW = {"winners": f"lower --batch-size or --seq-len and run the same command again, or {MORE_STORIES}",
+           "dpo": f"lower --batch-size and run the same command again, or {MORE_STORIES}",
+           "ppo": MORE_STORIES, "grpo": MORE_STORIES}
 # what the stories were made with: a rerun that changes one is refused (it would skip the stories as complete)
 STORY_OPTIONS = ("base_model", "prompt", "prompts_file", "max_new_tokens", "temperature", "top_k", "top_p", "seed")
 
@@ -184,9 +187,13 @@ def model_tokenizer(model_dir: Path) -> str:
     return "gpt2" if name == "gpt2" else str(directory / TOKENIZER_FILE)
 
 
-@advising(Advice(go_on=RERUN, retune=RETUNE, restart=RETUNE, earlier=SET_ASIDE, too_few=TOO_FEW))
 def run(cfg: RlhfConfig) -> RlhfResult:
     """Run the steps that are not yet complete in cfg.output_dir, in order."""
+    with advising(Advice(go_on=RERUN, retune=RETUNE, restart=RETUNE, earlier=SET_ASIDE, too_few=TOO_FEW[cfg.method])):
+        return run_steps(cfg)
+
+
+def run_steps(cfg: RlhfConfig) -> RlhfResult:
     steps = stage_configs(cfg)
     out = FeedbackRun(cfg.output_dir)
     if out.stories.is_file():  # every later step learns from them

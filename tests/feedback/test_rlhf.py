@@ -82,6 +82,14 @@ def test_too_few_winners_for_one_step_say_what_a_rerun_may_change(tiny_model, tm
         "lower --batch-size or --seq-len and run the same command again, or make more stories (--num-samples, "
         "--max-new-tokens) into a new --output-dir"), err
     assert main([*args[:-4], "--batch-size", "1", "--seq-len", "16"]) == 0  # the training options may change
+    # grpo's reward model reads neither option (a rerun with them is refused): only more stories help
+    args = ["rlhf", "--config", str(CONFIG), "--method", "grpo", "--judge", "length", "--base-model", str(tiny_model),
+            "--output-dir", str(tmp_path / "grpo"), "--num-samples", "8", "--group-size", "4", "--max-new-tokens", "8",
+            "--max-steps", "1", "--reward-steps", "1"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "too few" in err and err.endswith(": make more stories (--num-samples, --max-new-tokens) into a new "
+                                             "--output-dir"), err
 
 
 @pytest.mark.parametrize("method", ["dpo", "ppo", "grpo"])
