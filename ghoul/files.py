@@ -93,8 +93,12 @@ def create_beside(path: Path, create: Callable[[Path], T]) -> tuple[Path, T]:
             remove(tmp)
     for _ in range(100):
         tmp = path.with_name(f".{path.name}.{host}-{pid}.{secrets.token_hex(4)}.tmp")
-        with contextlib.suppress(FileExistsError):
+        try:
             return tmp, create(tmp)
+        except FileExistsError:
+            continue
+        except OSError as e:  # a read-only or full disk: the user's path, not the hidden temporary's
+            raise OSError(e.errno, e.strerror, str(path)) from e
     raise FileExistsError(errno.EEXIST, "no free temporary name beside it", str(path))
 
 

@@ -199,3 +199,21 @@ def test_a_rerun_removes_what_a_killed_writer_left_and_keeps_a_live_ones(tmp_pat
         live.kill()
         live.wait()
     assert out.exists()
+
+
+def test_an_output_that_cannot_be_written_is_named_not_its_temporary(tmp_path):
+    """A read-only folder (as root, only a read-only mount refuses): the error names the path the user gave."""
+    import errno
+
+    from ghoul.cli import usage_error
+    from ghoul.files import atomic_write_text, create_beside
+
+    def refuse(tmp):
+        raise OSError(errno.EROFS, "Read-only file system", str(tmp))
+
+    with pytest.raises(OSError) as raised:
+        create_beside(tmp_path / "rankings.jsonl", refuse)
+    assert raised.value.filename == str(tmp_path / "rankings.jsonl")
+    assert usage_error(raised.value) == f"Read-only file system: {tmp_path / 'rankings.jsonl'}"
+    atomic_write_text(tmp_path / "rankings.jsonl", "{}\n")  # the next write goes through
+    assert not list(tmp_path.glob(".*.tmp"))
