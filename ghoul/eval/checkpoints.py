@@ -17,7 +17,7 @@ from ghoul.dist import DTYPES, DistInfo, started
 from ghoul.errors import GhoulError
 from ghoul.eval.curves import REFERENCES, dataset_of, plot_run
 from ghoul.eval.hellaswag import default_data_path, evaluate_hellaswag, hellaswag_record, load_hellaswag
-from ghoul.eval.loss import evaluate_loss, loss_record, read_split
+from ghoul.eval.loss import check_window, evaluate_loss, loss_record, read_split
 from ghoul.files import append_jsonl, read_jsonl, repair_jsonl
 from ghoul.layout import WEIGHTS_FILE
 from ghoul.train.logger import LOG_FILE
@@ -130,6 +130,7 @@ def evaluate_checkpoint(directory: Path, todo: list[str], work: _Work, cfg: Chec
     model, tokenizer = checkpoint.load_model_and_tokenizer(directory, d.device)
     if "val_loss" in todo:  # before any scoring, so a mismatch costs nothing
         check_data_tokenizer(cfg.data, tokenizer, directory)
+        check_window(cfg.seq_len or model.config.block_size, cfg.tokens, model.config.block_size)
     record: dict[str, Any] = {}
     if "hellaswag" in todo:
         r = evaluate_hellaswag(model, tokenizer, work.examples, d.device, cfg.batch_size, d.rank, d.world_size,

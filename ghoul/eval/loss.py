@@ -68,6 +68,15 @@ def bits_per_byte(loss: float, bytes_per_token: float) -> float:
     return loss / math.log(2) / bytes_per_token
 
 
+def check_window(seq_len: int, max_tokens: int | None, block_size: int) -> None:
+    """A window the model can read, and a token budget of at least one window (one-line errors)."""
+    if seq_len > block_size:
+        raise GhoulError(f"--seq-len {seq_len} exceeds the model's block size {block_size}")
+    if max_tokens is not None and max_tokens < seq_len:
+        raise GhoulError(f"{max_tokens} tokens to score are fewer than one window of {seq_len}: score at least "
+                         f"{seq_len} (--tokens; in the pipeline, --eval-tokens)")
+
+
 def evaluate_loss(model: torch.nn.Module, shards: list[np.ndarray], device: str | torch.device, seq_len: int,
                   batch_size: int = 8, max_tokens: int | None = None, rank: int = 0, world_size: int = 1,
                   dtype: str = "float32", progress: bool = False, tokenizer: Tokenizer | None = None
@@ -75,11 +84,7 @@ def evaluate_loss(model: torch.nn.Module, shards: list[np.ndarray], device: str 
     """Mean cross-entropy over up to `max_tokens` predicted tokens of `shards`: `{"loss", "tokens"}`, and with the
     shards' `tokenizer` also `"bpb"` (bits per byte) and `"bytes_per_token"` of those tokens."""
     gpt = unwrap(model)
-    if seq_len > gpt.config.block_size:
-        raise GhoulError(f"--seq-len {seq_len} exceeds the model's block size {gpt.config.block_size}")
-    if max_tokens is not None and max_tokens < seq_len:
-        raise GhoulError(f"{max_tokens} tokens to score are fewer than one window of {seq_len}: score at least "
-                         f"{seq_len} (--tokens; in the pipeline, --eval-tokens)")
+    check_window(seq_len, max_tokens, gpt.config.block_size)
     spans = windows(shards, seq_len, max_tokens)
     if not spans:
         raise GhoulError(f"the split holds {sum(len(s) for s in shards)} tokens: too few for one window of "

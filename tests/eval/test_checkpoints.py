@@ -14,6 +14,7 @@ import torch
 
 from ghoul.checkpoint import save_model_dir
 from ghoul.cli import main
+from ghoul.eval import checkpoints
 from ghoul.eval.checkpoints import CheckpointsConfig, _todo, _Work, run
 from ghoul.eval.curves import REFERENCES, dataset_of, plot_metric, series
 from ghoul.eval.loss import read_split
@@ -162,6 +163,22 @@ def test_val_loss_on_data_of_another_tokenizer_is_refused(tiny_run: Path, char_s
     assert code == 2 and "was tokenized with char" in capsys.readouterr().err
     assert not (tiny_run / "eval.jsonl").exists()
 
+
+
+def test_a_token_budget_below_one_window_is_refused_before_hellaswag_is_scored(
+        tiny_run: Path, shard_dir: Path, hellaswag_100: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture) -> None:
+    run = tmp_path / "copy"
+    shutil.copytree(tiny_run, run)
+    (run / "eval.jsonl").unlink(missing_ok=True)
+    def scored(*args, **kwargs):
+        raise AssertionError("HellaSwag was scored before the token budget was checked")
+
+    monkeypatch.setattr(checkpoints, "evaluate_hellaswag", scored)
+    code = main(["eval", "checkpoints", str(run), "--data-path", str(hellaswag_100), "--limit", "4", "--val-loss",
+                 "--data", str(shard_dir), "--tokens", "10", "--seq-len", "32"])
+    assert code == 2 and "10 tokens to score are fewer than one window of 32" in capsys.readouterr().err
+    assert not (run / "eval.jsonl").exists()
 
 def test_a_directory_without_checkpoints_is_an_error(tmp_path: Path, hellaswag_100: Path,
                                                     capsys: pytest.CaptureFixture) -> None:
