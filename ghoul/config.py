@@ -200,17 +200,17 @@ def load_toml(path: str | Path, cls: type) -> dict[str, Any]:
     for key, value in read_toml(path).items():
         name = key.replace("-", "_")
         if isinstance(value, dict) and key in per:
-            values.setdefault(_VARIANTS, {})[key] = _check_keys(value, cls, f"{where}: [{key}]")
+            values.setdefault(_VARIANTS, {})[key] = check_keys(value, cls, f"{where}: [{key}]")
         elif isinstance(value, dict) and name not in owners:
             if name not in tables:
                 known = [*tables, *per]
                 raise GhoulError(f"{where}: unknown table [{key}]; " + (
                     f"tables are: {', '.join(f'[{t}]' for t in known)}" if known else "this command has none"))
-            values.setdefault(name, {}).update(_check_keys(value, tables[name], f"{where}: [{key}]"))
+            values.setdefault(name, {}).update(check_keys(value, tables[name], f"{where}: [{key}]"))
         elif owners.get(name) is not None:
-            values.setdefault(owners[name], {}).update(_check_keys({key: value}, tables[owners[name]], where))
+            values.setdefault(owners[name], {}).update(check_keys({key: value}, tables[owners[name]], where))
         else:
-            values.update(_check_keys({key: value}, cls, where, sorted(owners)))
+            values.update(check_keys({key: value}, cls, where, sorted(owners)))
     return values
 
 
@@ -232,7 +232,8 @@ def _apply_variant(cls: type, values: dict[str, Any], chosen: Any) -> None:
     values.update(values.pop(_VARIANTS).get(chosen, {}))
 
 
-def _check_keys(data: dict[str, Any], cls: type, where: str, valid: list[str] | None = None) -> dict[str, Any]:
+def check_keys(data: dict[str, Any], cls: type, where: str, valid: list[str] | None = None) -> dict[str, Any]:
+    """`data`'s keys, fields of `cls`, with values of their types (one-line errors naming `where`)."""
     fields = {f.name: f for f in dataclasses.fields(cls) if "group" not in f.metadata}
     hints = typing.get_type_hints(cls)
     values = {}

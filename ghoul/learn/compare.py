@@ -8,7 +8,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from ghoul.config import option, read_toml
+from ghoul.config import check_keys, option, read_toml
 from ghoul.errors import GhoulError
 from ghoul.files import atomic_write_text
 from ghoul.learn.common import LearnResult, check_fresh, prepare_text, train_model
@@ -44,8 +44,9 @@ def read_variants(path: Path, base: LearnGPTConfig) -> dict[str, dict[str, Any]]
         if unknown:
             raise GhoulError(f"{path} [{name}]: unknown key(s) {', '.join(sorted(unknown))}; every variant trains "
                              f"on the same tokens, so its keys are among: {', '.join(allowed)}")
+        data[name] = check_keys(overrides, GPTConfig, f"{path} [{name}]")  # TOML types: "4" is no n_head
         try:
-            model_config(base, 1, overrides)
+            model_config(base, 1, data[name])
         except (GhoulError, TypeError) as e:
             raise GhoulError(f"{path} [{name}]: {e}") from None
     if not data:

@@ -135,6 +135,8 @@ def test_compare_trains_the_variants_that_ship_with_ghoul_from_any_directory(hor
     ('', "holds no variants"),
     ('["a/b"]\n', "variant name 'a/b' is no directory name"),
     ('[".."]\n', r"variant name '\.\.' is no directory name"),  # it would train into output_dir's parent
+    ('[a]\nbias = "no"\n', r"\[a\]: key 'bias' must be true or false, not \"no\""),  # a string is true in Python
+    ('[a]\nn_head = "4"\n', r"\[a\]: key 'n_head' must be an integer"),
 ])
 def test_compare_refuses_bad_variant_files_before_training(tmp_path, toml, match):
     variants = tmp_path / "v.toml"
