@@ -66,6 +66,11 @@ def export_gguf(checkpoint: str | Path, out: str | Path, dtype: str = "f16") -> 
     check_target(out, model_dir / WEIGHTS_FILE)
     arch = export_family(config, model_dir, NOT_EXPORTABLE, GPT2_SWITCHES)  # llama.cpp's architecture of that name
     tok = checked_tokenizer(model_dir, config.vocab_size)
+    ollama = out.parent / "Modelfile"
+    text = modelfile(out, config)
+    if ollama.is_file() and ollama.read_text(encoding="utf-8", errors="replace") != text:  # a user's is never lost
+        raise GhoulError(f"{ollama} exists and is not the Modelfile this export writes (another model's, or edited): "
+                         "move it away, or export into another folder")
     state = exported_weights(model_dir, config)
     writer = gguf.GGUFWriter(None, arch)
     writer.add_name(model_dir.parent.name if model_dir.name.startswith("step_") else model_dir.name)
@@ -76,7 +81,7 @@ def export_gguf(checkpoint: str | Path, out: str | Path, dtype: str = "f16") -> 
     for name, tensor in gguf_tensors(arch, config, state).items():
         add_tensor(writer, name, tensor, dtype)
     atomic_write(out, lambda tmp: _write_file(writer, tmp))
-    atomic_write_text(out.parent / "Modelfile", modelfile(out, config))
+    atomic_write_text(ollama, text)
     return out
 
 

@@ -169,6 +169,12 @@ def test_modelfile_is_written_beside_the_gguf(tmp_path, models):
     assert lines[0] == "FROM ./ghoul.gguf"
     assert 'PARAMETER stop "<|endoftext|>"' in lines and "PARAMETER num_ctx 128" in lines
     assert sorted(p.name for p in out.parent.iterdir()) == ["Modelfile", "ghoul.gguf"]
+    assert main(["export", "gguf", str(models["qwen3"]), str(out), "--dtype", "q8_0"]) == 0  # again: the same file
+    # a Modelfile of the user's (edited, or another model's) is never replaced
+    edited = (out.parent / "Modelfile").read_text() + 'SYSTEM """You tell horror stories."""\n'
+    (out.parent / "Modelfile").write_text(edited)
+    assert main(["export", "gguf", str(models["qwen3"]), str(out.parent / "other.gguf")]) == 2
+    assert (out.parent / "Modelfile").read_text() == edited and not (out.parent / "other.gguf").exists()
 
 
 def one_line_error(capsys, argv: list[str]) -> str:
