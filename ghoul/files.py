@@ -36,6 +36,25 @@ def refuse_input_as_output(out: str | Path, *inputs: str | Path | None, flag: st
                              "outside it")
 
 
+def refuse_to_replace(out: str | Path, keys: Iterable[str], flag: str = "--out") -> None:
+    """An existing `out` is replaced only when it is an earlier output of the same command (its first record, or its
+    one JSON object, holds `keys`): a file of another kind (judgments by hand, a dataset) is never written over."""
+    out = Path(out)
+    if not out.is_file() or out.stat().st_size == 0:
+        return
+    data = out.read_bytes()
+    try:
+        first = json.loads(data)  # a JSON file (indented over many lines)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        try:
+            first = json.loads(data.split(b"\n", 1)[0])  # a JSON-lines file's first record
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            first = None
+    if not isinstance(first, dict) or not set(keys) <= set(first):
+        raise GhoulError(f"{out} exists and is not an earlier output of this command: give another {flag}, or move "
+                         "it away first")
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     """Have `write` fill a hidden temporary file beside `path`, then rename it into place: `path` never holds half a
     file, and a failed write leaves nothing behind."""

@@ -24,7 +24,7 @@ from ghoul.dist import DTYPES, all_gather_objects, all_reduce_sum, autocast, bar
 from ghoul.download import cache_dir, download
 from ghoul.errors import GhoulError
 from ghoul.eval import unwrap
-from ghoul.files import atomic_write_text, refuse_input_as_output
+from ghoul.files import atomic_write_text, refuse_input_as_output, refuse_to_replace
 from ghoul.layout import resolve_checkpoint
 from ghoul.model import GPT
 from ghoul.tokenizer import Tokenizer
@@ -50,6 +50,7 @@ class HellaswagConfig:
         require(self, ("batch_size", "limit"), lambda v: v >= 1, "at least 1")
         if self.out is not None:
             refuse_input_as_output(self.out, resolve_checkpoint(self.checkpoint), self.data_path)
+            refuse_to_replace(self.out, ("acc", "acc_norm", "n"))
 
 
 # ---- the data file -------------------------------------------------------------------------------------------------

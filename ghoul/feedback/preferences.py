@@ -20,7 +20,7 @@ from ghoul.config import option, refuse_set, require
 from ghoul.data.loader import EpochLoader
 from ghoul.errors import GhoulError
 from ghoul.feedback.records import RANKINGS_FILE, load_rankings, load_stories, stories_judged
-from ghoul.files import read_jsonl, refuse_input_as_output, write_jsonl
+from ghoul.files import read_jsonl, refuse_input_as_output, refuse_to_replace, write_jsonl
 from ghoul.tokenizer import Tokenizer
 from ghoul.train.config import accumulation_steps
 from ghoul.train.context import training_run
@@ -97,6 +97,7 @@ class PreferencesConfig:
         require(self, ("val_fraction",), lambda v: 0 <= v < 1, "in [0, 1)")
         self.rankings, self.out = Path(self.rankings), Path(self.out)
         refuse_input_as_output(self.out, self.rankings, stories_judged(self.rankings, self.stories))
+        refuse_to_replace(self.out, ("prompt", "chosen", "rejected"))
 
 
 def run(cfg: PreferencesConfig) -> list[dict[str, Any]]:

@@ -24,7 +24,7 @@ from ghoul.errors import GhoulError
 from ghoul.feedback.judges import JUDGE_KINDS, Judge, Judgment
 from ghoul.feedback.preferences import PairBatchOptions, PairOptions, collate, encode_pair_side, train_on_pairs
 from ghoul.feedback.records import STORIES_FILE, full_text, load_stories
-from ghoul.files import refuse_input_as_output, write_jsonl
+from ghoul.files import refuse_input_as_output, refuse_to_replace, write_jsonl
 from ghoul.layout import resolve_checkpoint
 from ghoul.model import GPT, GPTConfig
 from ghoul.tokenizer import Tokenizer, load_tokenizer
@@ -169,6 +169,7 @@ class ScoreConfig:
         require(self, ("batch_size",), lambda v: v >= 1, "at least 1")
         if self.out is not None:
             refuse_input_as_output(self.out, resolve_checkpoint(self.model), self.stories)
+            refuse_to_replace(self.out, ("id", "reward"))
 
 
 def score_run(cfg: ScoreConfig) -> list[dict]:

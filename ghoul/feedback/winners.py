@@ -10,7 +10,7 @@ from typing import Any
 from ghoul.config import option
 from ghoul.errors import GhoulError
 from ghoul.feedback.records import RANKINGS_FILE, WINNERS_FILE, full_text, load_rankings, load_stories, stories_judged
-from ghoul.files import refuse_input_as_output, write_jsonl
+from ghoul.files import refuse_input_as_output, refuse_to_replace, write_jsonl
 
 
 @dataclass
@@ -23,6 +23,7 @@ class ExportWinnersConfig:
         self.rankings, self.out = Path(self.rankings), Path(self.out)
         self.stories = stories_judged(self.rankings, self.stories)
         refuse_input_as_output(self.out, self.rankings, self.stories)
+        refuse_to_replace(self.out, ("id", "group", "text"))
 
 
 def winners_by_group(rankings: list[dict[str, Any]]) -> dict[int, int]:

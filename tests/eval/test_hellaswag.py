@@ -125,6 +125,14 @@ def test_cli_errors_exit_2(tiny_gpt2: Path, hellaswag_100: Path, tmp_path: Path,
         assert main(args + ["--data-path", str(hellaswag_100), "--limit", "2", "--out", str(out)]) == 2
         assert message in capsys.readouterr().err
     assert hellaswag_100.read_bytes() == data and (tiny_gpt2 / "config.json").read_bytes() == config
+    notes = tmp_path / "notes.json"  # not an earlier result: kept
+    notes.write_text('{"todo": "compare with GPT-2"}\n')
+    assert main(args + ["--data-path", str(hellaswag_100), "--limit", "2", "--out", str(notes)]) == 2
+    assert "is not an earlier output" in capsys.readouterr().err and "GPT-2" in notes.read_text()
+    result = tmp_path / "result.json"
+    for _ in range(2):  # an earlier result is replaced
+        assert main(args + ["--data-path", str(hellaswag_100), "--limit", "2", "--out", str(result)]) == 0
+    assert json.loads(result.read_text())["n"] == 2
 
 
 def test_vocabulary_mismatch_is_an_error(hellaswag_100: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

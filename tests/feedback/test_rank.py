@@ -55,6 +55,13 @@ def test_rank_with_the_length_judge_and_export_winners(tmp_path, capsys):
         before = (tmp_path / out).read_text()
         assert main(["export", "winners", str(tmp_path / "rankings.jsonl"), "--out", str(tmp_path / out)]) == 2
         assert "is also an input" in capsys.readouterr().err and (tmp_path / out).read_text() == before
+    # an earlier output is replaced; a file of another kind (judgments kept by hand) never is
+    assert main(["export", "winners", str(tmp_path / "rankings.jsonl"), "--out", str(tmp_path / "winners.jsonl")]) == 0
+    kept = tmp_path / "human_rankings.jsonl"
+    kept.write_text((tmp_path / "rankings.jsonl").read_text())
+    assert main(["export", "winners", str(tmp_path / "rankings.jsonl"), "--out", str(kept)]) == 2
+    assert "is not an earlier output of this command" in capsys.readouterr().err
+    assert kept.read_text() == (tmp_path / "rankings.jsonl").read_text()
 
 
 def test_openai_judge_shuffling_is_recorded_and_undone(tmp_path, fake_openai):

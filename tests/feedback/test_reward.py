@@ -82,10 +82,12 @@ def test_reward_judge_and_score(reward_run, tmp_path, capsys):
     scored = read_jsonl(tmp_path / "scored.jsonl")
     assert max(scored, key=lambda r: r["reward"])["id"] == 1
     (tmp_path / "none.jsonl").write_text("")
+    (tmp_path / "prompts.jsonl").write_text('{"prompt": "In the attic"}\n')  # the user's, not scored stories
     for args, message in [(["--batch-size", "0"], "--batch-size must be at least 1"),
                           (["--stories", str(tmp_path / "none.jsonl")], "holds no stories"),
                           (["--out", str(stories)], "is also an input"),
-                          (["--out", str(resolve_checkpoint(reward_run) / "config.json")], "is inside")]:
+                          (["--out", str(resolve_checkpoint(reward_run) / "config.json")], "is inside"),
+                          (["--out", str(tmp_path / "prompts.jsonl")], "is not an earlier output")]:
         assert main(["reward", "score", "--model", str(reward_run), "--stories", str(stories), *args]) == 2
         assert message in capsys.readouterr().err
 
