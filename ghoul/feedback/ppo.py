@@ -366,9 +366,11 @@ def run(cfg: RlConfig, method: str) -> list[dict]:
         reference = load_model_and_tokenizer(cfg.policy, d.device)[0] if resume_from else None
         resume = load_training_checkpoint(resume_from) if resume_from else None
         if resume:
-            if resume[0].get("method", method) != method:  # one run, one objective
-                raise GhoulError(f"{resume_from} was trained with {resume[0]['method']}, not {method}: continue it "
-                                 f"with `ghoul {resume[0]['method']}`, or start a new run in another --output-dir")
+            made = resume[0].get("method")
+            if made != method:  # one run, one objective
+                by = f"`ghoul {made}`" if made else "a trainer on data (pretrain, finetune, dpo, reward train)"
+                raise GhoulError(f"{resume_from} was saved by {by}, not by `ghoul {method}`: continue it with that "
+                                 "command, or start a new run in another --output-dir")
             check_steps_left(resume_from, resume[0]["step"], cfg.max_steps)
         prompt_texts = read_prompts(cfg)  # type: ignore[arg-type]  # the same fields as GenerateConfig's
         prompts = encode_prompts(prompt_texts, tokenizer, cfg.max_new_tokens, policy.config.block_size)

@@ -28,6 +28,7 @@ from ghoul.checkpoint import (
     SHARDED_OPTIMIZER,
     load_optimizer_states,
     load_training_checkpoint,
+    read_trainer_state,
     save_training_checkpoint,
 )
 from ghoul.config import to_dict
@@ -272,6 +273,7 @@ def resume_training(checkpoint: Path, model: GPT, optimizers: list[torch.optim.O
                     max_steps: int) -> dict[str, Any]:
     """Put the optimizers, the data position and the random state back where `checkpoint` left them; its trainer
     state (step, tokens read, ...). The optimizer state of an FSDP run is read sharded, for any number of ranks."""
+    check_run_kind(checkpoint, read_trainer_state(resolve_checkpoint(checkpoint)), train_data)
     state, opt_states, _ = load_training_checkpoint(checkpoint, required=("step", "loader", "rng"))
     check_steps_left(checkpoint, state["step"], max_steps)
     if opt_states is None:
@@ -288,6 +290,20 @@ def resume_training(checkpoint: Path, model: GPT, optimizers: list[torch.optim.O
         raise GhoulError(f"{checkpoint} is damaged (its loader or random state: {type(e).__name__}: "
                          f"{str(e)[:100]}): resume from an earlier checkpoint with --resume DIR") from None
     return state
+
+
+def check_run_kind(checkpoint: Path, state: dict[str, Any], loader: Loader) -> None:
+    """A checkpoint of another kind of run is named for what it is, not taken for a damaged one or one of other
+    settings: PPO's and GRPO's (no data position), and one that read the other kind of data."""
+    if "method" in state:
+        raise GhoulError(f"{checkpoint} was saved by `ghoul {state['method']}`: continue it with that command, or "
+                         "leave out --resume")
+    saved = state.get("loader")
+    kinds = ("token shards (pretrain, finetune)", "preference pairs (dpo, reward train)")
+    if isinstance(saved, dict) and ("pairs" in saved) != ("pairs" in loader.state_dict()):
+        raise GhoulError(f"{checkpoint} was saved by a run on {kinds['pairs' in saved]}, not on "
+                         f"{kinds['pairs' not in saved]}: resume it with the command that made it, or leave out "
+                         "--resume")
 
 
 def save_checkpoint(run_dir: Path, step: int, model: GPT, optimizers: list[torch.optim.Optimizer], state: dict,

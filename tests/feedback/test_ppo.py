@@ -139,7 +139,7 @@ def test_a_resume_without_steps_left_or_by_the_other_method_is_refused(tiny_mode
     before = sorted(p.name for p in out.iterdir()), (out / "config.json").read_text()
     capsys.readouterr()
     for args, message in [(["ppo", "--max-steps", "2"], "is at step 3, and --max-steps is 2: nothing to train"),
-                          (["grpo", "--max-steps", "5"], "was trained with ppo, not grpo: continue it with")]:
+                          (["grpo", "--max-steps", "5"], "was saved by `ghoul ppo`, not by `ghoul grpo`")]:
         assert main([args[0], *common, *args[1:], "--resume"]) == 2
         assert message in capsys.readouterr().err
     assert (sorted(p.name for p in out.iterdir()), (out / "config.json").read_text()) == before

@@ -352,3 +352,20 @@ def log_time(out: Path) -> int | None:
     """When the run's log was last written (a resumed run rewrites it once set up)."""
     path = out / "log.jsonl"
     return path.stat().st_mtime_ns if path.exists() else None
+
+
+def test_a_checkpoint_of_another_kind_of_run_is_named_for_what_it_is(fineweb_shards, tmp_path, capsys):
+    """Not 'damaged (trainer_state.json has no loader)' nor 'other optimizer settings': who saved it."""
+    run(config(fineweb_shards, tmp_path / "pre", max_steps=2, eval_every=0))
+    pre = tmp_path / "pre" / "step_000002"
+    grpo = ["grpo", "--policy", str(pre), "--judge", "length", "--prompts-per-step", "1", "--group-size", "2",
+            "--max-new-tokens", "4", "--max-steps", "1", "--device", "cpu"]
+    assert main([*grpo, "--output-dir", str(tmp_path / "rl")]) == 0
+    capsys.readouterr()
+    assert main([*grpo, "--output-dir", str(tmp_path / "rl2"), "--max-steps", "3", "--resume", str(pre)]) == 2
+    assert "was saved by a trainer on data (pretrain, finetune, dpo, reward train), not by `ghoul grpo`" in \
+        capsys.readouterr().err
+    assert main(["pretrain", "--dataset", str(fineweb_shards), "--model", "tiny", "--batch-size", "4", "--seq-len",
+                 "64", "--max-steps", "4", "--device", "cpu", "--output-dir", str(tmp_path / "pre2"), "--resume",
+                 str(tmp_path / "rl" / "step_000001")]) == 2
+    assert "was saved by `ghoul grpo`: continue it with that command" in capsys.readouterr().err
