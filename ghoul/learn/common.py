@@ -133,21 +133,24 @@ def train_model(cfg: LearnConfig, make_model: Callable[[int], torch.nn.Module], 
                 data_dir: Path, run_dir: Path) -> LearnResult:
     """Build `make_model(vocab_size)` and train it with the one training loop; print and return a sample."""
     tc = cfg.train_config(data_dir, run_dir)
+    # encoded before training: a prompt this tokenizer cannot take (a character the char tokenizer never saw) fails
+    # now, not after the run, whose directory a rerun would refuse
+    prompt = tokenizer.encode(cfg.sample_prompt) if cfg.sample_prompt else [tokenizer.eot_id]
     with advising(LEARN_ADVICE), training_run(tc.run) as (d, _):
         model = make_model(tokenizer.vocab_size).to(d.device)
         result = train(tc, model, tokenizer, d)
     rates = [r["tokens_per_s"] for r in read_jsonl(run_dir / LOG_FILE) if "tokens_per_s" in r]
     with torch.compiler.set_stance("force_eager"):  # --compile compiled the blocks for the training shapes only
-        text = sample(model, tokenizer, cfg) if cfg.sample_tokens else ""
+        text = sample(model, tokenizer, cfg, prompt) if cfg.sample_tokens else ""
     if text:
         print(f"--- sample ---\n{text}\n---")
     return LearnResult(run_dir, model.num_params(), result.final_loss, result.val_loss, result.val_bpb,
                        statistics.median(rates) if rates else 0.0, text)
 
 
-def sample(model: torch.nn.Module, tokenizer: Tokenizer, cfg: LearnConfig) -> str:
-    """`cfg.sample_tokens` tokens after the prompt (or a document start), sampled at temperature 1."""
-    prompt = tokenizer.encode(cfg.sample_prompt) if cfg.sample_prompt else [tokenizer.eot_id]
+def sample(model: torch.nn.Module, tokenizer: Tokenizer, cfg: LearnConfig, prompt: list[int]) -> str:
+    """`cfg.sample_tokens` tokens after the `prompt` (cfg.sample_prompt, or a document start), sampled at
+    temperature 1."""
     device = next(model.parameters()).device
     idx = torch.tensor([prompt[-(cfg.block_size - 1):]], device=device)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)

@@ -191,3 +191,11 @@ def test_vocab_size_is_refused_where_no_bpe_is_trained(tmp_path, capsys):
         assert main(["learn", "bigram", *given, "--vocab-size", "300", "--output-dir", str(tmp_path / "run")]) == 2
         assert "--vocab-size is only read with --tokenizer-kind bpe and no --tokenizer" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_sample_prompt_the_tokenizer_cannot_take_fails_before_training(horror, tmp_path):
+    out = tmp_path / "gpt"
+    with pytest.raises(GhoulError, match="'€' .* is not in the char tokenizer's vocabulary"):
+        learn_gpt(LearnGPTConfig(source_path=horror, output_dir=out, steps=2, warmup_iters=0,
+                                 **{**SLICE, "sample_prompt": "€uro"}, **GPT_SIZE))
+    assert not (out / LOG_FILE).exists() and not list(out.glob("step_*"))  # nothing trained: a rerun may start
