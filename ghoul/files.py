@@ -36,6 +36,16 @@ def refuse_input_as_output(out: str | Path, *inputs: str | Path | None, flag: st
                              "outside it")
 
 
+def require_file(path: str | Path, what: str, todo: str) -> Path:
+    """`path` as a file to read, or a one-line error naming it `what` and saying what to do: a missing file, or a
+    folder given for a file, named for what it is."""
+    path = Path(path)
+    if not path.is_file():
+        state = "is a directory, not a file" if path.is_dir() else "does not exist"
+        raise GhoulError(f"{what} {path} {state}: {todo}")
+    return path
+
+
 def refuse_to_replace(out: str | Path, keys: Iterable[str], flag: str = "--out") -> None:
     """An existing `out` is replaced only when it is an earlier output of the same command (its first record, or its
     one JSON object, holds `keys`): a file of another kind (judgments by hand, a dataset) is never written over."""

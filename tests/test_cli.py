@@ -211,3 +211,16 @@ def test_a_file_that_is_not_utf8_text_is_a_one_line_error(tmp_path, capsys):
     code, err = run_error(["preferences", "--rankings", str(tmp_path / "rankings.jsonl")], capsys)
     assert code == 2 and err.startswith("ghoul preferences: error: an input file is not UTF-8 text"), err
     assert len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("args, what", [
+    (["rank", "--stories", "{dir}", "--judge", "length", "--out", "{out}/r.jsonl"], "stories file"),
+    (["tokenizer", "train", "--input", "{dir}", "--vocab-size", "300", "--out", "{out}/t.json"], "input file"),
+    (["preferences", "--rankings", "{dir}", "--out", "{out}/p.jsonl"], "rankings file"),
+])
+def test_a_folder_given_for_an_input_file_is_named_a_folder(tmp_path, capsys, args, what):
+    """Not 'does not exist: make it with ...', which would send the user to remake what is there."""
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    assert main([a.format(dir=folder, out=tmp_path) for a in args]) == 2
+    assert f"{what} {folder} is a directory, not a file" in capsys.readouterr().err

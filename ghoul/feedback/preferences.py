@@ -20,7 +20,7 @@ from ghoul.config import option, refuse_set, require
 from ghoul.data.loader import EpochLoader
 from ghoul.errors import GhoulError
 from ghoul.feedback.records import RANKINGS_FILE, load_rankings, load_stories, stories_judged
-from ghoul.files import read_jsonl, refuse_input_as_output, refuse_to_replace, write_jsonl
+from ghoul.files import read_jsonl, refuse_input_as_output, refuse_to_replace, require_file, write_jsonl
 from ghoul.tokenizer import Tokenizer
 from ghoul.train.config import accumulation_steps
 from ghoul.train.context import training_run
@@ -72,8 +72,7 @@ def build_preferences(rankings: Path, stories: Path | None, val_fraction: float,
 
 def load_preferences(path: Path) -> list[dict[str, Any]]:
     """Records of a preferences.jsonl, checked; a file without `split` is all training data."""
-    if not Path(path).is_file():
-        raise GhoulError(f"preferences file {path} does not exist: make it with `ghoul preferences`")
+    require_file(path, "preferences file", "make it with `ghoul preferences`")
     records = read_jsonl(path)
     for n, r in enumerate(records, 1):
         if not all(isinstance(r.get(k), str) for k in ("prompt", "chosen", "rejected")):

@@ -11,7 +11,7 @@ from typing import Any
 
 from ghoul.errors import GhoulError
 from ghoul.feedback.judges import Judge
-from ghoul.files import read_jsonl
+from ghoul.files import read_jsonl, require_file
 
 STORIES_FILE = "stories.jsonl"
 RANKINGS_FILE = "rankings.jsonl"
@@ -48,8 +48,7 @@ def full_text(story: dict[str, Any]) -> str:
 
 def load_stories(path: Path) -> dict[int, dict[str, Any]]:
     """Stories by id, checked for the fields ranking needs."""
-    if not path.is_file():
-        raise GhoulError(f"stories file {path} does not exist: make it with `ghoul generate --out {path}`")
+    require_file(path, "stories file", f"make it with `ghoul generate --out {path}`")
     stories = {}
     for n, record in enumerate(read_jsonl(path), 1):
         if not isinstance(record, dict) or not isinstance(record.get("id"), int) or \
@@ -68,8 +67,7 @@ def stories_judged(rankings: str | Path, stories: str | Path | None = None) -> P
 
 def load_rankings(path: Path) -> list[dict[str, Any]]:
     """Judgments of `ghoul rank`, checked for the fields that winners and preference pairs are made from."""
-    if not path.is_file():
-        raise GhoulError(f"rankings file {path} does not exist: make it with `ghoul rank`")
+    require_file(path, "rankings file", "make it with `ghoul rank`")
     records = read_jsonl(path)
     for n, r in enumerate(records, 1):
         shown = r.get("shown") if isinstance(r, dict) else None

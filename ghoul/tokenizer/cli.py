@@ -15,7 +15,7 @@ from tqdm import tqdm
 from ghoul.config import option, refuse_set
 from ghoul.data.sources import jsonl_records
 from ghoul.errors import GhoulError
-from ghoul.files import refuse_input_as_output
+from ghoul.files import refuse_input_as_output, require_file
 from ghoul.tokenizer import Tokenizer, load_tokenizer
 from ghoul.tokenizer.bpe import BPETokenizer
 from ghoul.tokenizer.char import CharTokenizer
@@ -66,8 +66,7 @@ def read_texts(paths: list[Path], text_field: str = "text") -> list[str]:
     """The documents in `paths`: a whole .txt/.txt.gz file is one, each .jsonl record's `text_field` is one."""
     texts: list[str] = []
     for path in paths:
-        if not path.is_file():
-            raise GhoulError(f"input file {path} does not exist")
+        require_file(path, "input file", "give text files (.txt, .txt.gz) or JSON lines (.jsonl)")
         opener = gzip.open if path.suffix == ".gz" else open
         try:
             with opener(path, "rt", encoding="utf-8") as f:
