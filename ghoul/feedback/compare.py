@@ -16,7 +16,7 @@ from ghoul.checkpoint import read_model_config
 from ghoul.config import group, option, require
 from ghoul.errors import GhoulError
 from ghoul.feedback.judges import Judge, JudgeOptions
-from ghoul.feedback.records import full_text
+from ghoul.feedback.records import check_judged_alike, full_text
 from ghoul.files import append_jsonl, read_jsonl, refuse_input_as_output, repair_jsonl
 from ghoul.generate import GenerateConfig
 from ghoul.generate import run as generate
@@ -117,10 +117,7 @@ def earlier_judgments(cfg: CompareConfig, judge: str) -> list[dict]:
         if not isinstance(r, dict) or any(k not in r for k in RECORD_KEYS) or r["winner"] not in ("a", "b", None):
             raise GhoulError(f"{cfg.out}, record {n}: not a judgment of `ghoul compare` (it needs "
                              f"{', '.join(RECORD_KEYS)}): use another --out")
-        for what, now in (("judge", judge), ("task", cfg.judging.task)):  # files written before "task" have none
-            if r.get(what, now) != now:
-                raise GhoulError(f"{cfg.out} holds judgments with the {what} {r[what]!r}, not {now!r}: rerun with "
-                                 f"that --{what} to continue it, or use another --out")
+        check_judged_alike(cfg.out, r, judge, cfg.judging.task)
     if len(records) > cfg.n:
         raise GhoulError(f"{cfg.out} holds {len(records)} judged pairs, more than --n {cfg.n}: it holds another "
                          "comparison; rerun with the same options to continue it, or use another --out")

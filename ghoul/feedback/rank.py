@@ -18,7 +18,15 @@ from tqdm import tqdm
 from ghoul.config import group, option, require
 from ghoul.errors import GhoulError
 from ghoul.feedback.judges import Judge, JudgeOptions
-from ghoul.feedback.records import RANKINGS_FILE, STORIES_FILE, full_text, judgment_record, load_rankings, load_stories
+from ghoul.feedback.records import (
+    RANKINGS_FILE,
+    STORIES_FILE,
+    check_judged_alike,
+    full_text,
+    judgment_record,
+    load_rankings,
+    load_stories,
+)
 from ghoul.files import append_jsonl, refuse_input_as_output, repair_jsonl
 from ghoul.interrupts import interrupt_held
 
@@ -79,10 +87,7 @@ def earlier_judgments(cfg: RankConfig, groups: list[list[int]], judge: str) -> d
         if not 0 <= g < len(groups) or sorted(record["shown"]) != sorted(groups[g]):
             raise GhoulError(f"{cfg.out} holds judgments of other groups (group {g}): it was made from other "
                              "stories, --group-size or --seed; use another --out (ghoul rlhf: --output-dir)")
-        for what, now in (("judge", judge), ("task", cfg.judging.task)):
-            if record.get(what, now) != now:
-                raise GhoulError(f"{cfg.out} holds judgments with the {what} {record[what]!r}, not {now!r}: rerun "
-                                 f"with that --{what} to continue it, or use another --out (ghoul rlhf: --output-dir)")
+        check_judged_alike(cfg.out, record, judge, cfg.judging.task, "use another --out (ghoul rlhf: --output-dir)")
         done[g] = record
     repair_jsonl(cfg.out, "group")
     return done

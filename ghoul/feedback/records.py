@@ -65,6 +65,16 @@ def stories_judged(rankings: str | Path, stories: str | Path | None = None) -> P
     return Path(stories) if stories else Path(rankings).with_name(STORIES_FILE)
 
 
+def check_judged_alike(out: Path, record: dict[str, Any], judge: str, task: str, elsewhere: str = "use another --out"
+                       ) -> None:
+    """A file of judgments holds one judge's picks for one task, so that its winners and win-rates mean one thing: a
+    one-line error for a record of another (records written before the task was recorded have none)."""
+    for what, now in (("judge", judge), ("task", task)):
+        if record.get(what, now) != now:
+            raise GhoulError(f"{out} holds judgments with the {what} {record[what]!r}, not {now!r}: rerun with that "
+                             f"--{what} to continue it, or {elsewhere}")
+
+
 def load_rankings(path: Path) -> list[dict[str, Any]]:
     """Judgments of `ghoul rank`, checked for the fields that winners and preference pairs are made from."""
     require_file(path, "rankings file", "make it with `ghoul rank`")
