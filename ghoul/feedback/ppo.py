@@ -366,12 +366,7 @@ def run(cfg: RlConfig, method: str) -> list[dict]:
         reference = load_model_and_tokenizer(cfg.policy, d.device)[0] if resume_from else None
         resume = load_training_checkpoint(resume_from) if resume_from else None
         if resume:
-            made = resume[0].get("method")
-            if made != method:  # one run, one objective
-                by = f"`ghoul {made}`" if made else "a trainer on data (pretrain, finetune, dpo, reward train)"
-                raise GhoulError(f"{resume_from} was saved by {by}, not by `ghoul {method}`: continue it with that "
-                                 "command, or start a new run in another --output-dir")
-            check_steps_left(resume_from, resume[0]["step"], cfg.max_steps)
+            check_resume(resume_from, resume[0], method, cfg.max_steps)
         prompt_texts = read_prompts(cfg)  # type: ignore[arg-type]  # the same fields as GenerateConfig's
         prompts = encode_prompts(prompt_texts, tokenizer, cfg.max_new_tokens, policy.config.block_size)
         scorer = make_scorer(cfg, tokenizer, prompt_texts, d.device)
@@ -403,6 +398,16 @@ def run(cfg: RlConfig, method: str) -> list[dict]:
             dist.print0(f"done: reward {records[0]['reward_mean']:.4f} -> {records[-1]['reward_mean']:.4f}; {path}",
                         file=sys.stderr)
         return records
+
+
+def check_resume(checkpoint: Path, state: dict, method: str, max_steps: int) -> None:
+    """A checkpoint of this method (one run, one objective) with steps left before `max_steps`."""
+    made = state.get("method")
+    if made != method:
+        by = f"`ghoul {made}`" if made else "a trainer on data (pretrain, finetune, dpo, reward train)"
+        raise GhoulError(f"{checkpoint} was saved by {by}, not by `ghoul {method}`: continue it with that command, or "
+                         "start a new run in another --output-dir")
+    check_steps_left(checkpoint, state["step"], max_steps)
 
 
 def run_ppo(cfg: PpoConfig) -> list[dict]:
