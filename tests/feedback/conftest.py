@@ -33,8 +33,12 @@ def one_thread() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """A randomly initialised `tiny` model directory with GPT-2's tokenizer."""
-    path = tmp_path_factory.mktemp("model") / "tiny"
-    torch.manual_seed(0)
+    return save_tiny_model(tmp_path_factory.mktemp("model") / "tiny", seed=0)
+
+
+def save_tiny_model(path: Path, seed: int) -> Path:
+    """A `tiny` model directory initialised from `seed` (GPT-2's tokenizer)."""
+    torch.manual_seed(seed)
     save_model_dir(GPT(GPTConfig.from_name("tiny")), path)
     return path
 

@@ -7,16 +7,14 @@ import json
 import math
 
 import pytest
-import torch
 
-from ghoul.checkpoint import save_model_dir
 from ghoul.cli import main
 from ghoul.errors import GhoulError
 from ghoul.feedback import compare
 from ghoul.feedback.compare import CompareConfig, judge_pairs, wilson_interval
 from ghoul.feedback.judges import Judge, JudgeOptions, Judgment
 from ghoul.files import read_jsonl
-from ghoul.model import GPT, GPTConfig
+from tests.feedback.conftest import save_tiny_model
 
 
 def test_wilson_interval_on_known_counts():
@@ -86,10 +84,7 @@ class FirstShown(Judge):
 @pytest.fixture(scope="module")
 def other_model(tmp_path_factory):
     """A second tiny model, with other weights than tiny_model's: A and B tell different stories."""
-    path = tmp_path_factory.mktemp("model") / "other"
-    torch.manual_seed(1)
-    save_model_dir(GPT(GPTConfig.from_name("tiny")), path)
-    return path
+    return save_tiny_model(tmp_path_factory.mktemp("model") / "other", seed=1)
 
 
 N = 7

@@ -5,6 +5,9 @@ while the KL to the reference stays bounded."""
 from __future__ import annotations
 
 import math
+import os
+import signal
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -145,51 +148,46 @@ def test_a_resume_without_steps_left_or_by_the_other_method_is_refused(tiny_mode
     assert (sorted(p.name for p in out.iterdir()), (out / "config.json").read_text()) == before
 
 
-def test_a_second_ctrl_c_stops_at_once_and_names_the_checkpoint_to_resume(tiny_model, tmp_path, monkeypatch,
-                                                                           capsys):
+def interrupt_at_scorer_call(monkeypatch, n: int, interrupt: Callable[[], None]) -> None:
+    """Have the `n`-th reward call of the run do `interrupt` (a Ctrl-C, as a signal or as the exception)."""
     make_scorer, calls = ppo.make_scorer, []
 
-    def interrupted_at_step_3(*args):
+    def interrupting(*args):
         score = make_scorer(*args)
 
         def scorer(*batch):
             calls.append(1)
-            if len(calls) == 3:  # mid-step 3, after step 2's checkpoint
-                raise KeyboardInterrupt
+            if len(calls) == n:
+                interrupt()
             return score(*batch)
         return scorer
 
-    monkeypatch.setattr(ppo, "make_scorer", interrupted_at_step_3)
+    monkeypatch.setattr(ppo, "make_scorer", interrupting)
+
+
+def grpo_args(tiny_model, out, max_steps: int) -> list[str]:
+    return ["grpo", "--policy", str(tiny_model), "--judge", "length", "--max-steps", str(max_steps),
+            "--prompts-per-step", "1", "--group-size", "2", "--max-new-tokens", "4", "--checkpoint-every", "2",
+            "--output-dir", str(out), "--device", "cpu"]
+
+
+def test_a_second_ctrl_c_stops_at_once_and_names_the_checkpoint_to_resume(tiny_model, tmp_path, monkeypatch,
+                                                                           capsys):
+    def second_ctrl_c():
+        raise KeyboardInterrupt
+
+    interrupt_at_scorer_call(monkeypatch, 3, second_ctrl_c)  # mid-step 3, after step 2's checkpoint
     out = tmp_path / "run"
-    assert main(["grpo", "--policy", str(tiny_model), "--judge", "length", "--max-steps", "4", "--prompts-per-step",
-                 "1", "--group-size", "2", "--max-new-tokens", "4", "--checkpoint-every", "2", "--output-dir",
-                 str(out), "--device", "cpu"]) == 130
+    assert main(grpo_args(tiny_model, out, 4)) == 130
     assert f"stopped at once, saving nothing: the newest checkpoint is {out / 'step_000002'}; continue with " \
         "--resume" in capsys.readouterr().out
     assert [r["step"] for r in read_jsonl(out / "log.jsonl")] == [1, 2]
 
 
 def test_a_ctrl_c_stops_after_the_step_and_names_its_checkpoint(tiny_model, tmp_path, monkeypatch, capsys):
-    import os
-    import signal
-
-    make_scorer, calls = ppo.make_scorer, []
-
-    def ctrl_c_in_step_3(*args):
-        score = make_scorer(*args)
-
-        def scorer(*batch):
-            calls.append(1)
-            if len(calls) == 3:
-                os.kill(os.getpid(), signal.SIGINT)
-            return score(*batch)
-        return scorer
-
-    monkeypatch.setattr(ppo, "make_scorer", ctrl_c_in_step_3)
+    interrupt_at_scorer_call(monkeypatch, 3, lambda: os.kill(os.getpid(), signal.SIGINT))
     out = tmp_path / "run"
-    assert main(["grpo", "--policy", str(tiny_model), "--judge", "length", "--max-steps", "5", "--prompts-per-step",
-                 "1", "--group-size", "2", "--max-new-tokens", "4", "--checkpoint-every", "2", "--output-dir",
-                 str(out), "--device", "cpu"]) == 130
+    assert main(grpo_args(tiny_model, out, 5)) == 130
     assert f"interrupted after step 3: saved {out / 'step_000003'}; continue with --resume" in capsys.readouterr().out
     assert [r["step"] for r in read_jsonl(out / "log.jsonl")] == [1, 2, 3]
 
