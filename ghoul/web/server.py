@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import socket
 import threading
 import time
@@ -83,7 +84,10 @@ class Server:
             sock.bind((host, port))
         except OSError as e:
             sock.close()
-            raise GhoulError(f"cannot serve the page on {host}:{port} ({e.strerror}): give another --port") from None
+            # a port taken, or reserved (below 1024), is the port's fault; an address not of this machine the host's
+            fix = ("give another --port" if e.errno in (errno.EADDRINUSE, errno.EACCES) else
+                   "give an address of this machine as --host (127.0.0.1: this machine only; 0.0.0.0: every network)")
+            raise GhoulError(f"cannot serve the page on {host}:{port} ({e.strerror}): {fix}") from None
         port = sock.getsockname()[1]
         self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)

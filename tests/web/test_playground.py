@@ -13,6 +13,7 @@ import torch
 
 from ghoul.checkpoint import load_model_and_tokenizer, save_model_dir
 from ghoul.cli import main
+from ghoul.errors import GhoulError
 from ghoul.files import read_jsonl
 from ghoul.model import GPT, GPTConfig
 from ghoul.web.playground import Playground, Server, create_app, stream_text, stream_tokens
@@ -84,6 +85,18 @@ def served(tmp_path: Path):
     server = Server(create_app(playground), "127.0.0.1", 0)
     yield server.url, playground
     server.close()
+
+
+def test_a_port_or_host_that_cannot_be_served_says_which_to_change(served, tmp_path):
+    """A port another server holds is the port's fault; an address that is not this machine's (or no address at
+    all) is the host's, and asking for another port would not help."""
+    port = int(served[0].rsplit(":", 1)[1].strip("/"))
+    main_args = ["serve", "--checkpoint", str(tmp_path / "model"), "--out-dir", str(tmp_path / "out2")]
+    for host, at_port, fix in (("127.0.0.1", port, "give another --port"), ("999.1.1.1", 0, "as --host"),
+                               ("192.0.2.1", 0, "as --host")):  # 192.0.2.0/24: documentation only, never local
+        with pytest.raises(GhoulError, match=f"cannot serve the page on {host}:{at_port} .*{fix}"):
+            Server(create_app(served[1]), host, at_port)
+    assert main([*main_args, "--host", "999.1.1.1", "--port", "0"]) == 2
 
 
 def test_the_api_streams_json_lines_and_sends_a_group(served):
