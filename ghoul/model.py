@@ -133,10 +133,37 @@ class KVCache:
 class RMSNorm(nn.RMSNorm):
     """nn.RMSNorm whose gain follows its input's dtype: under autocast q and k arrive in bfloat16 (QK-norm), and a
     float32 gain sends rms_norm to its slower unfused kernels, with a warning (the bfloat16 step of the default run:
-    1.05x faster). The residual stream's norms see float32, where the cast is a no-op."""
+    1.05x faster). The residual stream's norms see float32, where the cast is a no-op. Training on the CPU takes
+    the gradient from `_RMSNormCPU`."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x, self.normalized_shape, self.weight.to(x.dtype), self.eps)
+        weight = self.weight.to(x.dtype)
+        if x.device.type == "cpu" and torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+            return _RMSNormCPU.apply(x, weight, self.eps)
+        return F.rms_norm(x, self.normalized_shape, weight, self.eps)
+
+
+class _RMSNormCPU(torch.autograd.Function):
+    """rms_norm over the last dimension with a hand-written gradient. On the CPU torch has a fused forward kernel but
+    no fused backward, so autograd differentiates the composite (pow, mean, add, rsqrt, two products) in about a
+    dozen element-wise passes; this takes five, for each of the 25 norms of a default-run step."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float | None) -> torch.Tensor:
+        out, rstd = torch.ops.aten._fused_rms_norm(x, [x.size(-1)], weight, eps)  # rstd (..., 1), float32
+        ctx.save_for_backward(x, weight, rstd)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+        x, weight, rstd = ctx.saved_tensors
+        x_hat = x * rstd  # float32, as the forward kernel computes it
+        grad_hat = grad * weight.float()  # the gradient at x_hat, float32 as x_hat (a bfloat16 product loses digits)
+        # x_hat = x * rstd(x): dx = rstd * (grad_hat - x_hat * mean(grad_hat * x_hat))
+        dot = (grad_hat * x_hat).mean(dim=-1, keepdim=True)
+        grad_x = torch.addcmul(grad_hat, x_hat, dot, value=-1).mul_(rstd).to(x.dtype)
+        grad_weight = (grad * x_hat).sum(dim=tuple(range(x.dim() - 1))).to(weight.dtype)
+        return grad_x, grad_weight, None
 
 
 def make_norm(config: GPTConfig) -> nn.Module:

@@ -8,7 +8,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from ghoul.checkpoint import load_model_dir, save_model_dir
 from ghoul.errors import GhoulError
-from ghoul.model import GPT, PRESETS, GPTConfig
+from ghoul.model import GPT, PRESETS, GPTConfig, RMSNorm
 
 # OpenAI's GPT-2 sizes (tied matrix counted once), and the CPU presets.
 EXPECTED = {"gpt2": 124_439_808, "gpt2-medium": 354_823_168, "gpt2-large": 774_030_080, "gpt2-xl": 1_557_611_200}
@@ -123,6 +123,28 @@ def test_qk_norm_keeps_the_fused_kernel_under_bfloat16_autocast():
         model(idx)
     fused = sum(e.count for e in prof.key_averages() if e.key == "aten::_fused_rms_norm")
     assert fused == 2 * 2 + 1 + 2 * 2  # two per block, the final one, and q's and k's in each block
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_rms_norm_gradients_match_the_definition(dtype, transposed):
+    """RMSNorm's gradients, taken by hand on the CPU, against autograd through its definition x / rms(x) * w in
+    float64: for the residual stream's norm and for QK-norm's, whose input is a transposed (non-contiguous) view,
+    in float32 and in bfloat16 (autocast's q and k) as close as the rounding of bfloat16 allows."""
+    torch.manual_seed(0)
+    norm = RMSNorm(32, eps=1e-5)
+    norm.weight.data = torch.rand(32) + 0.5
+    x0, grad = torch.randn(2, 16, 4, 32), torch.randn(2, 4, 16, 32)
+    view = (lambda t: t.transpose(1, 2)) if transposed else (lambda t: t.transpose(1, 2).contiguous())
+    x = x0.clone().to(dtype).requires_grad_()
+    norm(view(x)).backward(grad.to(dtype))
+    x64, w64 = x0.double().requires_grad_(), norm.weight.detach().double().requires_grad_()
+    h = view(x64)
+    (h * (h.square().mean(-1, keepdim=True) + 1e-5).rsqrt() * w64).backward(grad.double())
+    assert x.grad.dtype == dtype and norm.weight.grad.dtype == torch.float32
+    tolerance = 1e-6 if dtype == torch.float32 else 5e-3  # relative, of the whole gradient
+    for ours, exact in ((x.grad, x64.grad), (norm.weight.grad, w64.grad)):
+        assert ((ours.double() - exact).norm() / exact.norm()).item() < tolerance
 
 
 class AttentionDtypes(TorchDispatchMode):
