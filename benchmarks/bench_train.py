@@ -133,7 +133,8 @@ def linear_products(model: torch.nn.Module, rows: int, dtype: str, device: str) 
 def run_default(repeats: int = 5, warmup: int = 2, batch: int | None = None, seq_len: int | None = None,
                 device: str = "cpu", width: int | None = None) -> dict:
     """The default run's training step (`ghoul pipeline`'s model preset, own vocabulary, batch and rows; fused AdamW)
-    in float32 and, where the CPU has it natively, bfloat16 autocast, each against its linear layers' matrix products
+    in float32 and, where the CPU has it natively, bfloat16 autocast, each compiled where the trainer's default
+    compiles it (dist.resolve_compile: bfloat16 with a C++ compiler), against its linear layers' matrix products
     alone in the same dtype: the share of the matmul rate the whole step reaches, and what bfloat16 gains. `width`
     widens the model (heads of 64), to see how both grow with the share of the step the products take."""
     default = PipelineConfig
@@ -148,8 +149,10 @@ def run_default(repeats: int = 5, warmup: int = 2, batch: int | None = None, seq
     for dtype in dtypes:
         model = copy.deepcopy(base)
         products, flops = linear_products(model, tokens, dtype, device)
-        fns += [step_fn(model, x, y, dtype, device), products]
-        sides += [(f"training step, {dtype}", model.flops_per_token(seq_len) * tokens / 1e9),
+        compiled = dist.resolve_compile(None, dist.DistInfo(device=device), dtype)
+        fns += [step_fn(model, x, y, dtype, device, compile=compiled), products]
+        sides += [(f"training step, {dtype}" + (", compiled" if compiled else ""),
+                   model.flops_per_token(seq_len) * tokens / 1e9),
                   (f"its matrix products alone, {dtype}", flops / 1e9)]
     timings = measure_each(fns, repeats, warmup)
     (step, matmul, *bf16) = [side(name, work, t) for (name, work), t in zip(sides, timings, strict=True)]

@@ -102,7 +102,7 @@ class PipelineConfig:
     seed: int = option(1337, "random seed of every stage")
     device: str = option("auto", "cpu, cuda, mps, or auto")
     dtype: str = train_option("dtype")  # of every training stage
-    compile: bool = train_option("compile")
+    compile: bool | None = train_option("compile")
 
     def __post_init__(self) -> None:
         self.output_dir = Path(self.output_dir)

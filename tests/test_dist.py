@@ -58,6 +58,27 @@ def test_auto_precision_is_float32_on_mps_whatever_the_width(cpu):
     assert resolve_dtype("auto", "mps", 4096) == "float32"
 
 
+@pytest.mark.parametrize("device, distributed, dtype, windows, compiler, auto", [
+    ("cpu", False, "bfloat16", True, True, True),  # the default run on a native-bfloat16 CPU
+    ("cpu", False, "float32", True, True, False),  # measured no faster
+    ("cpu", False, "bfloat16", False, True, False),  # pairs of changing lengths would compile at each length
+    ("cpu", False, "bfloat16", True, False, False),  # inductor has nothing to build its code with
+    ("cpu", True, "bfloat16", True, True, False),  # several CPU processes: not measured
+    ("cuda", False, "bfloat16", True, True, False),  # GPUs compile when asked to
+])
+def test_auto_compile_only_where_it_measured_faster(monkeypatch, device, distributed, dtype, windows, compiler, auto):
+    import torch._inductor.cpp_builder as cpp_builder
+
+    def no_compiler():
+        raise torch._inductor.exc.InvalidCxxCompiler
+
+    if not compiler:
+        monkeypatch.setattr(cpp_builder, "get_cpp_compiler", no_compiler)
+    d = dist.DistInfo(device=device, distributed=distributed)
+    assert dist.resolve_compile(None, d, dtype, windows) is (auto and dist.cpp_compiler_found())
+    assert dist.resolve_compile(True, d, dtype, windows) is True and dist.resolve_compile(False, d, dtype) is False
+
+
 def test_cpu_flags_come_from_proc_cpuinfo_without_torch_capabilities(monkeypatch, tmp_path):
     monkeypatch.delattr(torch.cpu, "get_capabilities", raising=False)
     info = tmp_path / "cpuinfo"

@@ -63,7 +63,7 @@ class LearnConfig:
     seed: int = option(1337, "random seed")
     device: str = option("auto", "cpu, cuda, mps, or auto")
     dtype: str = train_option("dtype")
-    compile: bool = train_option("compile")
+    compile: bool | None = train_option("compile")
 
     def __post_init__(self) -> None:
         self.output_dir = Path(self.output_dir)

@@ -154,6 +154,7 @@ def train(cfg: Any, model: GPT, tokenizer: Tokenizer, d: dist.DistInfo, loss_fn:
     run, optim, batch, loop = cfg.run, cfg.optim, cfg.batch, cfg.loop
     # config.json records the precision the run used; the bigram has no width (autocast leaves its lookup as it is)
     loop.dtype = dist.resolve_dtype(loop.dtype, d.device, getattr(model.config, "n_embd", None))
+    loop.compile = dist.resolve_compile(loop.compile, d, loop.dtype, token_windows=train_data is None)
     seq_len = batch.seq_len or model.config.block_size
     if seq_len > model.config.block_size:
         raise GhoulError(f"--seq-len {seq_len} exceeds the model's block size {model.config.block_size}")
@@ -181,7 +182,8 @@ def train(cfg: Any, model: GPT, tokenizer: Tokenizer, d: dist.DistInfo, loss_fn:
     if loop.dtype == "bfloat16" and not dist.fast_bfloat16(d.device):
         dist.print0(f"warning: this {d.device_type} has no native bfloat16 matmuls; --dtype float32 will be faster")
     dist.print0(f"training {raw_model.num_params():,} parameters on {d.world_size} x {d.device}: {tokens_per_step:,} "
-                f"tokens per step ({accum} accumulation steps), steps {start_step}..{loop.max_steps}")
+                f"tokens per step ({accum} accumulation steps), steps {start_step}..{loop.max_steps}"
+                + (", blocks compiled at the first step" if loop.compile else ""))
 
     def evaluate(step: int, record: dict[str, Any]) -> dict[str, Any]:
         if val_data is not None and due(step, loop.eval_every, loop.max_steps):

@@ -13,7 +13,7 @@ from torch._dynamo.utils import counters
 from ghoul.checkpoint import load_model_dir, load_training_checkpoint, save_training_checkpoint
 from ghoul.cli import main
 from ghoul.config import build
-from ghoul.dist import DistInfo, resolve_dtype
+from ghoul.dist import DistInfo, cpp_compiler_found, resolve_dtype
 from ghoul.errors import GhoulError
 from ghoul.files import read_jsonl
 from ghoul.hf import export_hf
@@ -272,6 +272,9 @@ def test_bfloat16_autocast_trains_like_float32(fineweb_shards, tmp_path):
                 assert abs(a[key] - b[key]) < 2e-3, (a["step"], key, a[key], b[key])
     model = load_model_dir(tmp_path / "bf16")
     assert model.lm_head.weight.dtype == torch.float32  # autocast computes in bf16, the weights stay float32
+    # bfloat16 on the CPU compiles its blocks unless told not to (dist.resolve_compile): the compiled step trains alike
+    compiled = {d: json.loads((tmp_path / d / "config.json").read_text())["compile"] for d in ("f32", "bf16")}
+    assert compiled == {"f32": False, "bf16": cpp_compiler_found()}
 
 
 @pytest.mark.parametrize("device,capability,auto", [("cpu", None, "float32"), ("cuda", (9, 0), "bfloat16"),
