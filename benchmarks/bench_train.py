@@ -159,7 +159,8 @@ def run_default(repeats: int = 5, warmup: int = 2, batch: int | None = None, seq
     more = {"tokens_per_s": tokens / step["median_s"], "target_share": 0.7}  # issue 17: >= 70% of the matmul rate
     if bf16:
         step16, matmul16 = bf16
-        more.update(bfloat16_tokens_per_s=tokens / step16["median_s"], bfloat16_gflops=step16["rate"],
+        more.update(bfloat16_compiled=step16["name"].endswith("compiled"),
+                    bfloat16_tokens_per_s=tokens / step16["median_s"], bfloat16_gflops=step16["rate"],
                     bfloat16_matmul_gflops=matmul16["rate"], bfloat16_share=step16["rate"] / matmul16["rate"],
                     bfloat16_speedup=step["median_s"] / step16["median_s"], target_speedup=2.0)  # issue 17
     model = f"{default.model} at width {width}" if width else default.model
