@@ -46,6 +46,16 @@ def require_file(path: str | Path, what: str, todo: str) -> Path:
     return path
 
 
+def read_text(path: str | Path, what: str, todo: str) -> str:
+    """The text of a file the user named as `what`, or a one-line error naming it and saying what to do: missing, a
+    folder, or not UTF-8 text (a binary file given by mistake)."""
+    path = require_file(path, what, todo)
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise GhoulError(f"{what} {path} is not UTF-8 text ({e.reason} at byte {e.start}): {todo}") from None
+
+
 def refuse_to_replace(out: str | Path, keys: Iterable[str], flag: str = "--out") -> None:
     """An existing `out` is replaced only when it is an earlier output of the same command (its first record, or its
     one JSON object, holds `keys`): a file of another kind (judgments by hand, a dataset) is never written over."""
@@ -266,9 +276,11 @@ def read_jsonl(path: str | Path, missing_ok: bool = False) -> list[dict[str, Any
         if not line.strip():
             continue
         last = i == len(lines) - 1
-        # UnicodeDecodeError for bytes that are no UTF-8 (a binary file); only a torn last line may end in the
-        # middle of a character
-        text = codecs.getincrementaldecoder("utf-8")().decode(line, final=not last)
+        try:  # only a torn last line may end in the middle of a character
+            text = codecs.getincrementaldecoder("utf-8")().decode(line, final=not last)
+        except UnicodeDecodeError as e:  # a binary file given by mistake
+            raise GhoulError(f"{path}, line {i + 1}: not UTF-8 text ({e.reason} at byte {e.start}), so not a "
+                             "JSON-lines file") from None
         try:
             records.append(json.loads(text))
         except json.JSONDecodeError:

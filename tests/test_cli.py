@@ -206,11 +206,22 @@ def test_ports_out_of_range_are_refused_when_the_options_are_read(args, tmp_path
     assert code == 2 and "--port must be in 0..65535" in err and not (tmp_path / "runs").exists(), err
 
 
-def test_a_file_that_is_not_utf8_text_is_a_one_line_error(tmp_path, capsys):
-    (tmp_path / "rankings.jsonl").write_bytes(bytes(range(128, 256)) * 4)  # say, a zip given by mistake
-    code, err = run_error(["preferences", "--rankings", str(tmp_path / "rankings.jsonl")], capsys)
-    assert code == 2 and err.startswith("ghoul preferences: error: an input file is not UTF-8 text"), err
-    assert len(err.splitlines()) == 1
+@pytest.mark.parametrize("args, message", [
+    (["preferences", "--rankings", "{f}"], "{f}, line 1: not UTF-8 text (invalid start byte at byte 0), so not a "
+                                           "JSON-lines file"),
+    (["generate", "--prompts-file", "{f}"], "prompts file {f} is not UTF-8 text (invalid start byte at byte 0): give "
+                                            "a text file, one prompt per line"),
+    (["eval", "hellaswag", "--checkpoint", "m", "--data-path", "{f}"],
+     "HellaSwag file {f} is not UTF-8 text (invalid start byte at byte 0): give the path of the official "
+     "hellaswag_val.jsonl"),
+])
+def test_a_file_that_is_not_utf8_text_is_a_one_line_error_naming_it(args, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    save_model_dir(GPT(GPTConfig.from_name("tiny")), tmp_path / "m")
+    binary = tmp_path / "given.jsonl"
+    binary.write_bytes(bytes(range(128, 256)) * 4)  # say, a zip given by mistake
+    code, err = run_error([a.format(f=binary) for a in args], capsys)
+    assert code == 2 and message.format(f=binary) in err and len(err.splitlines()) == 1, err
 
 
 @pytest.mark.parametrize("args, what", [

@@ -110,7 +110,7 @@ def test_an_output_that_is_an_input_or_not_ours_is_never_cut(model_dir, tmp_path
                           ("one.jsonl", b'{"id": 0, "text": "a story of another model"}\n{"id": 1, "te')]:
         path = tmp_path / name
         path.write_bytes(content)
-        with pytest.raises((GhoulError, UnicodeDecodeError)):  # each a one-line error of the CLI
+        with pytest.raises(GhoulError):  # each a one-line error, naming the file
             gen.run(config(model_dir, path, num_samples=2))
         assert path.read_bytes() == content, name
 
