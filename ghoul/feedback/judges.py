@@ -13,6 +13,7 @@ import json
 import os
 import random
 import re
+import shlex
 import sys
 import time
 from collections.abc import Callable
@@ -91,6 +92,12 @@ class JudgeOptions:
 def judge_name(spec: str, base_url: str | None = None) -> str:
     """A judge's name in rankings.jsonl: its spec, and for an API judge the server it asked."""
     return spec + (f"@{base_url}" if base_url and spec.startswith("openai:") else "")
+
+
+def judge_flags(name: str) -> str:
+    """The options that ask the judge `judge_name` called `name` again."""
+    spec, _, base_url = name.partition("@") if name.startswith("openai:") else (name, "", "")
+    return f"--judge {shlex.quote(spec)}" + (f" --base-url {shlex.quote(base_url)}" if base_url else "")
 
 
 def judge_measures(spec: str) -> str:

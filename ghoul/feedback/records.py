@@ -5,12 +5,13 @@ each step's output in its run directory.
 
 from __future__ import annotations
 
+import shlex
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from ghoul.errors import GhoulError
-from ghoul.feedback.judges import Judge
+from ghoul.feedback.judges import Judge, judge_flags
 from ghoul.files import read_jsonl, require_file
 
 STORIES_FILE = "stories.jsonl"
@@ -71,8 +72,9 @@ def check_judged_alike(out: Path, record: dict[str, Any], judge: str, task: str,
     one-line error for a record of another (records written before the task was recorded have none)."""
     for what, now in (("judge", judge), ("task", task)):
         if record.get(what, now) != now:
-            raise GhoulError(f"{out} holds judgments with the {what} {record[what]!r}, not {now!r}: rerun with that "
-                             f"--{what} to continue it, or {elsewhere}")
+            again = judge_flags(record[what]) if what == "judge" else f"--task {shlex.quote(record[what])}"
+            raise GhoulError(f"{out} holds judgments with the {what} {record[what]!r}, not {now!r}: rerun with "
+                             f"{again} to continue it, or {elsewhere}")
 
 
 def load_rankings(path: Path) -> list[dict[str, Any]]:

@@ -131,7 +131,8 @@ def test_a_rerun_of_another_comparison_is_refused(tiny_model, other_model, tmp_p
     before = out.read_bytes()
     args = ["compare", "--a", str(tiny_model), "--b", str(other_model), "--n", str(N), "--max-new-tokens", "6",
             "--batch-size", "3", "--device", "cpu", "--out", str(out), "--judge", "first-shown"]
-    for changed, message in [(["--judge", "length"], "the judge 'first-shown', not 'length': rerun with that --judge"),
+    for changed, message in [(["--judge", "length"], "the judge 'first-shown', not 'length': rerun with --judge "
+                                                     "first-shown"),
                              (["--task", "Pick the funniest story."], "with the task 'Pick the scariest story.'"),
                              (["--b", str(tiny_model)], "holds another comparison"),
                              (["--seed", "7"], "holds another comparison"),

@@ -200,15 +200,21 @@ def test_a_rerun_with_another_judge_or_task_is_refused(tmp_path, capsys):
     rank.run(rank_cfg(tmp_path, judge="length", max_groups=2))
     before = (tmp_path / "rankings.jsonl").read_text()
     args = ["rank", "--stories", str(tmp_path / "stories.jsonl"), "--out", str(tmp_path / "rankings.jsonl")]
-    for changed, message in [(["--judge", "random"], "with the judge 'length', not 'random'"),
+    for changed, message in [(["--judge", "random"], "with the judge 'length', not 'random': rerun with --judge "
+                                                     "length to continue it"),
                              (["--judge", "length", "--task", "Pick the funniest story."],
-                              "with the task 'Pick the scariest story.', not 'Pick the funniest story.'")]:
+                              "with the task 'Pick the scariest story.', not 'Pick the funniest story.': rerun with "
+                              "--task 'Pick the scariest story.' to continue it")]:
         capsys.readouterr()
         assert main([*args, *changed]) == 2
         err = capsys.readouterr().err.strip()
-        assert message in err and "rerun with that --" in err and len(err.splitlines()) == 1, err
+        assert message in err and len(err.splitlines()) == 1, err
         assert (tmp_path / "rankings.jsonl").read_text() == before
     assert rank.run(rank_cfg(tmp_path, judge="length")).judged == 2  # the same judge goes on
+    # an API judge is named with the server it asked: both options are what asks it again
+    (tmp_path / "rankings.jsonl").write_text(before.replace('"judge": "length"', '"judge": "openai:m@http://h:1/v1"'))
+    assert main(args) == 2
+    assert "rerun with --judge openai:m --base-url http://h:1/v1 to continue it" in capsys.readouterr().err
 
 
 def test_rankings_of_other_groups_are_refused(tmp_path):
