@@ -96,6 +96,15 @@ class TrainResult:
     checkpoint: Path
     val_bpb: float | None = None  # bits per byte, for the LM loss on token shards
 
+    @classmethod
+    def of(cls, run_dir: Path, step: int, record: dict[str, Any], checkpoint: Path) -> TrainResult:
+        """The result of a run whose last step logged `record` (the last step is always logged and evaluated: its
+        record holds the run's final figures), said in one line."""
+        loss, val_loss, val_bpb = record["loss"], record.get("val_loss"), record.get("val_bpb")
+        dist.print0(f"done: {step} steps, loss {loss:.4f}" + (f", val loss {val_loss:.4f}" if val_loss else "")
+                    + (f" ({val_bpb:.4f} bits per byte)" if val_bpb else "") + f"; checkpoint {checkpoint}")
+        return cls(run_dir, step, loss, val_loss, checkpoint, val_bpb)
+
 
 # ---- evaluation during training --------------------------------------------------------------------------------
 
@@ -159,14 +168,7 @@ def train(cfg: Any, model: GPT, tokenizer: Tokenizer, d: dist.DistInfo, loss_fn:
     if seq_len > model.config.block_size:
         raise GhoulError(f"--seq-len {seq_len} exceeds the model's block size {model.config.block_size}")
     accum = batch.accumulation(seq_len, d.world_size)
-    val_bpt = None  # bytes per validation token: bits per byte for the LM loss on token shards, not for pair losses
-    if train_data is None:
-        train_data, val_data = shard_loaders(cfg.dataset, batch.batch_size, seq_len, d, model.config.vocab_size,
-                                             loop.eval_every > 0)
-        if val_data is not None and loss_fn is lm_loss:  # the same batches at every evaluation: counted once
-            val_bpt = bytes_per_token(val_data, loop.eval_iters, tokenizer, d.device)
-    elif not loop.eval_every:
-        val_data = None
+    train_data, val_data, val_bpt = run_loaders(cfg, model, tokenizer, d, loss_fn, seq_len, train_data, val_data)
 
     raw_model, model = model, wrap(model, loop, d)  # first: FSDP replaces the parameters by their shards
     optimizers = build_optimizers(raw_model, optim.optimizer, optim.learning_rate, optim.weight_decay,
@@ -244,14 +246,26 @@ def train(cfg: Any, model: GPT, tokenizer: Tokenizer, d: dist.DistInfo, loss_fn:
         dist.print0(f"\ninterrupted after step {step}: saved {last_checkpoint}; {advice().go_on}")
         raise KeyboardInterrupt
     logger.close()
-    # the last step is always logged and evaluated: its record holds the run's final figures
-    loss, val_loss, val_bpb = record["loss"], record.get("val_loss"), record.get("val_bpb")
-    dist.print0(f"done: {step} steps, loss {loss:.4f}" + (f", val loss {val_loss:.4f}" if val_loss else "")
-                + (f" ({val_bpb:.4f} bits per byte)" if val_bpb else "") + f"; checkpoint {last_checkpoint}")
-    return TrainResult(run.output_dir, step, loss, val_loss, last_checkpoint, val_bpb)
+    return TrainResult.of(run.output_dir, step, record, last_checkpoint)
 
 
 # ---- the pieces of a run: its data, resume, wrapping, one step, log records, and how it stops -----------------
+
+def run_loaders(cfg: Any, model: GPT, tokenizer: Tokenizer, d: dist.DistInfo, loss_fn: LossFn, seq_len: int,
+                train_data: Loader | None, val_data: Loader | None) -> tuple[Loader, Loader | None, float | None]:
+    """The run's training and validation loaders (default: the token shards of `cfg.dataset`; none for validation
+    without --eval-every), and the validation batches' bytes per token: bits per byte for the LM loss on token
+    shards, not for pair losses."""
+    loop = cfg.loop
+    if train_data is not None:
+        return train_data, val_data if loop.eval_every else None, None
+    train_data, val_data = shard_loaders(cfg.dataset, cfg.batch.batch_size, seq_len, d, model.config.vocab_size,
+                                         loop.eval_every > 0)
+    if val_data is None or loss_fn is not lm_loss:
+        return train_data, val_data, None
+    # the same batches at every evaluation: counted once
+    return train_data, val_data, bytes_per_token(val_data, loop.eval_iters, tokenizer, d.device)
+
 
 def shard_loaders(dataset: str, batch_size: int, seq_len: int, d: dist.DistInfo, vocab_size: int, validate: bool
                   ) -> tuple[ShardLoader, ShardLoader | None]:
