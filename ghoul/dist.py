@@ -239,8 +239,8 @@ def resolve_dtype(dtype: str, device: str | torch.device, n_embd: int | None = N
 def resolve_compile(compile: bool | None, d: DistInfo, dtype: str, token_windows: bool = True) -> bool:
     """`None` (auto) compiles where it was measured to pay: bfloat16 training on windows of tokens in one CPU
     process, where the compiled blocks fuse autocast's casts with the element-wise work around the matrix products
-    (the default run trained 1.44x as fast, after 14 s of compiling on 2 cores; later runs find the code cached), when
-    inductor finds a C++ compiler. Float32 on the CPU trained no faster; batches of preference pairs change length
+    (the default run trained 1.44x as fast; compiling took about 40 s on 2 cores the first time, a second once
+    cached), when inductor finds a C++ compiler. Float32 on the CPU trained no faster; batches of preference pairs change length
     from batch to batch, and each length compiles anew; GPUs and distributed runs compile when asked (`--compile`)."""
     if compile is not None:
         return compile
