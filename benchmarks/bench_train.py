@@ -149,7 +149,7 @@ def run_default(repeats: int = 5, warmup: int = 2, batch: int | None = None, seq
     for dtype in dtypes:
         model = copy.deepcopy(base)
         products, flops = linear_products(model, tokens, dtype, device)
-        compiled = dist.resolve_compile(None, dist.DistInfo(device=device), dtype)
+        compiled = dist.resolve_compile(None, dist.DistInfo(device=device), dtype, True, default.pretrain_steps)
         fns += [step_fn(model, x, y, dtype, device, compile=compiled), products]
         sides += [(f"training step, {dtype}" + (", compiled" if compiled else ""),
                    model.flops_per_token(seq_len) * tokens / 1e9),

@@ -236,16 +236,23 @@ def resolve_dtype(dtype: str, device: str | torch.device, n_embd: int | None = N
     return "bfloat16" if (kind == "cuda" or (kind == "cpu" and wide)) and fast_bfloat16(device) else "float32"
 
 
-def resolve_compile(compile: bool | None, d: DistInfo, dtype: str, token_windows: bool = True) -> bool:
-    """`None` (auto) compiles where it was measured to pay: bfloat16 training on windows of tokens in one CPU
-    process, where the compiled blocks fuse autocast's casts with the element-wise work around the matrix products
-    (the default run trained 1.44x as fast; compiling took about 40 s on 2 cores the first time, a second once
-    cached), when inductor finds a C++ compiler. Float32 on the CPU trained no faster; batches of preference pairs change length
-    from batch to batch, and each length compiles anew; GPUs and distributed runs compile when asked (`--compile`)."""
+# Compiling the default run's blocks into an empty cache took about 40 s on 2 cores: about what 500 of its bfloat16
+# steps save (70 ms each). Shorter runs (the learning stage's 300 steps) stay eager unless --compile asks.
+AUTO_COMPILE_MIN_STEPS = 500
+
+
+def resolve_compile(compile: bool | None, d: DistInfo, dtype: str, fixed_shapes: bool, steps: int) -> bool:
+    """`None` (auto) compiles where it was measured to pay: bfloat16 training in one CPU process, where the compiled
+    blocks fuse autocast's casts with the element-wise work around the matrix products (the default run trained
+    1.44x as fast), for runs of at least AUTO_COMPILE_MIN_STEPS steps whose shapes stay fixed, when inductor finds a
+    C++ compiler. Float32 on the CPU trained no faster. Shapes that change from step to step compile anew: pairs of
+    changing lengths (DPO, reward models), and the tokens a mixture of experts routes to each expert (a 20-step MoE
+    run spent 70 s compiling). GPUs and distributed runs compile when asked (`--compile`)."""
     if compile is not None:
         return compile
     cpu = torch.device(d.device).type == "cpu" and not d.distributed
-    return cpu and token_windows and dtype == "bfloat16" and cpp_compiler_found()
+    long_enough = fixed_shapes and steps >= AUTO_COMPILE_MIN_STEPS
+    return cpu and long_enough and dtype == "bfloat16" and cpp_compiler_found()
 
 
 def cpp_compiler_found() -> bool:

@@ -58,15 +58,18 @@ def test_auto_precision_is_float32_on_mps_whatever_the_width(cpu):
     assert resolve_dtype("auto", "mps", 4096) == "float32"
 
 
-@pytest.mark.parametrize("device, distributed, dtype, windows, compiler, auto", [
-    ("cpu", False, "bfloat16", True, True, True),  # the default run on a native-bfloat16 CPU
-    ("cpu", False, "float32", True, True, False),  # measured no faster
-    ("cpu", False, "bfloat16", False, True, False),  # pairs of changing lengths would compile at each length
-    ("cpu", False, "bfloat16", True, False, False),  # inductor has nothing to build its code with
-    ("cpu", True, "bfloat16", True, True, False),  # several CPU processes: not measured
-    ("cuda", False, "bfloat16", True, True, False),  # GPUs compile when asked to
+@pytest.mark.parametrize("device, distributed, dtype, fixed, steps, compiler, auto", [
+    ("cpu", False, "bfloat16", True, 1280, True, True),  # the default run's pretraining on a native-bfloat16 CPU
+    ("cpu", False, "bfloat16", True, 500, True, True),
+    ("cpu", False, "bfloat16", True, 499, True, False),  # too short to repay a compile (the learning stage: 300)
+    ("cpu", False, "float32", True, 1280, True, False),  # measured no faster
+    ("cpu", False, "bfloat16", False, 1280, True, False),  # shapes that change would compile at each new one
+    ("cpu", False, "bfloat16", True, 1280, False, False),  # inductor has nothing to build its code with
+    ("cpu", True, "bfloat16", True, 1280, True, False),  # several CPU processes: not measured
+    ("cuda", False, "bfloat16", True, 1280, True, False),  # GPUs compile when asked to
 ])
-def test_auto_compile_only_where_it_measured_faster(monkeypatch, device, distributed, dtype, windows, compiler, auto):
+def test_auto_compile_only_where_it_measured_faster(monkeypatch, device, distributed, dtype, fixed, steps, compiler,
+                                                    auto):
     import torch._inductor.cpp_builder as cpp_builder
 
     def no_compiler():
@@ -75,8 +78,9 @@ def test_auto_compile_only_where_it_measured_faster(monkeypatch, device, distrib
     if not compiler:
         monkeypatch.setattr(cpp_builder, "get_cpp_compiler", no_compiler)
     d = dist.DistInfo(device=device, distributed=distributed)
-    assert dist.resolve_compile(None, d, dtype, windows) is (auto and dist.cpp_compiler_found())
-    assert dist.resolve_compile(True, d, dtype, windows) is True and dist.resolve_compile(False, d, dtype) is False
+    assert dist.resolve_compile(None, d, dtype, fixed, steps) is (auto and dist.cpp_compiler_found())
+    assert dist.resolve_compile(True, d, dtype, fixed, 1) is True  # --compile and --no-compile hold as given
+    assert dist.resolve_compile(False, d, dtype, fixed, 10**6) is False
 
 
 def test_cpu_flags_come_from_proc_cpuinfo_without_torch_capabilities(monkeypatch, tmp_path):

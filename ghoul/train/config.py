@@ -120,8 +120,9 @@ class LoopOptions:
                                 f"width (n_embd) {CPU_BF16_MIN_WIDTH} and more, where it measured faster; float32 "
                                 f"elsewhere", choices=["auto", "float32", "bfloat16"])
     compile: bool | None = option(None, "torch.compile each transformer block (one compiled code for all of them; "
-                                        "default: where it measured faster, training on token windows in bfloat16 in "
-                                        "one CPU process, when a C++ compiler is found)")
+                                        "default: where it measured faster, runs of 500 steps or more on token "
+                                        "windows through a dense model in bfloat16 in one CPU process, when a C++ "
+                                        "compiler is found)")
     parallel: str = option("ddp", "how torchrun's ranks share the model: ddp (each holds all of it) or fsdp (FSDP2: "
                                   "parameters, gradients and optimizer state sharded across them, for models whose "
                                   "training state does not fit one GPU)", choices=["ddp", "fsdp"])

@@ -163,7 +163,9 @@ def train(cfg: Any, model: GPT, tokenizer: Tokenizer, d: dist.DistInfo, loss_fn:
     run, optim, batch, loop = cfg.run, cfg.optim, cfg.batch, cfg.loop
     # config.json records the precision the run used; the bigram has no width (autocast leaves its lookup as it is)
     loop.dtype = dist.resolve_dtype(loop.dtype, d.device, getattr(model.config, "n_embd", None))
-    loop.compile = dist.resolve_compile(loop.compile, d, loop.dtype, token_windows=train_data is None)
+    # token windows of one length through a dense model: the same shapes at every step
+    fixed_shapes = train_data is None and not getattr(model.config, "moe_experts", 0)
+    loop.compile = dist.resolve_compile(loop.compile, d, loop.dtype, fixed_shapes, loop.max_steps)
     seq_len = batch.seq_len or model.config.block_size
     if seq_len > model.config.block_size:
         raise GhoulError(f"--seq-len {seq_len} exceeds the model's block size {model.config.block_size}")
