@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ghoul.config import group, member_defaults, option, refuse_set, require
-from ghoul.dist import CPU_BF16_MIN_WIDTH
+from ghoul.dist import AUTO_COMPILE_MIN_STEPS, CPU_BF16_MIN_WIDTH
 from ghoul.errors import GhoulError
 from ghoul.model import ACTIVATIONS, NORM_POSITIONS, NORMS, POSITIONS, PRESETS, VOCAB_PADDING
 
@@ -120,9 +120,9 @@ class LoopOptions:
                                 f"width (n_embd) {CPU_BF16_MIN_WIDTH} and more, where it measured faster; float32 "
                                 f"elsewhere", choices=["auto", "float32", "bfloat16"])
     compile: bool | None = option(None, "torch.compile each transformer block (one compiled code for all of them; "
-                                        "default: where it measured faster, runs of 500 steps or more on token "
-                                        "windows through a dense model in bfloat16 in one CPU process, when a C++ "
-                                        "compiler is found)")
+                                        f"default: where it measured faster, runs of {AUTO_COMPILE_MIN_STEPS} steps "
+                                        "or more on token windows through a dense model in bfloat16 in one CPU "
+                                        "process, when a C++ compiler is found)")
     parallel: str = option("ddp", "how torchrun's ranks share the model: ddp (each holds all of it) or fsdp (FSDP2: "
                                   "parameters, gradients and optimizer state sharded across them, for models whose "
                                   "training state does not fit one GPU)", choices=["ddp", "fsdp"])
