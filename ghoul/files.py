@@ -46,12 +46,14 @@ def require_file(path: str | Path, what: str, todo: str) -> Path:
     return path
 
 
-def read_text(path: str | Path, what: str, todo: str) -> str:
-    """The text of a file the user named as `what`, or a one-line error naming it and saying what to do: missing, a
-    folder, or not UTF-8 text (a binary file given by mistake)."""
+def text_lines(path: str | Path, what: str, todo: str) -> Iterator[str]:
+    """The lines of a text file the user named as `what`, read as they are taken (a caller that needs the first few
+    reads no more), or a one-line error naming it and saying what to do: missing, a folder, or not UTF-8 text (a
+    binary file given by mistake)."""
     path = require_file(path, what, todo)
     try:
-        return path.read_text(encoding="utf-8")
+        with open(path, encoding="utf-8") as f:
+            yield from f
     except UnicodeDecodeError as e:
         raise GhoulError(f"{what} {path} is not UTF-8 text ({e.reason} at byte {e.start}): {todo}") from None
 

@@ -20,7 +20,7 @@ from ghoul import checkpoint as ckpt
 from ghoul.config import option, refuse_set
 from ghoul.dist import resolve_device
 from ghoul.errors import GhoulError
-from ghoul.files import append_jsonl, read_jsonl, read_text, refuse_input_as_output, repair_jsonl
+from ghoul.files import append_jsonl, read_jsonl, refuse_input_as_output, repair_jsonl, text_lines
 from ghoul.layout import WEIGHTS_FILE
 from ghoul.model import GPT, PRESETS, GPTConfig
 from ghoul.tokenizer import Tokenizer, load_tokenizer
@@ -99,8 +99,8 @@ def read_prompts(cfg: GenerateConfig) -> list[str]:
     """The prompts to cycle over: the lines of --prompts-file (blank ones dropped), else --prompt."""
     if cfg.prompts_file is None:
         return [cfg.prompt]
-    text = read_text(cfg.prompts_file, "prompts file", "give a text file, one prompt per line")
-    prompts = [line.strip() for line in text.splitlines()]
+    lines = text_lines(cfg.prompts_file, "prompts file", "give a text file, one prompt per line")
+    prompts = [line.strip() for line in lines]
     prompts = [p for p in prompts if p]
     if not prompts:
         raise GhoulError(f"prompts file {cfg.prompts_file} holds no prompts: write one prompt per line")

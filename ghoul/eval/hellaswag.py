@@ -24,7 +24,7 @@ from ghoul.dist import DTYPES, all_gather_objects, all_reduce_sum, autocast, bar
 from ghoul.download import cache_dir, download
 from ghoul.errors import GhoulError
 from ghoul.eval import unwrap
-from ghoul.files import atomic_write_text, read_text, refuse_input_as_output, refuse_to_replace
+from ghoul.files import atomic_write_text, refuse_input_as_output, refuse_to_replace, text_lines
 from ghoul.layout import resolve_checkpoint
 from ghoul.model import GPT
 from ghoul.tokenizer import Tokenizer
@@ -82,10 +82,10 @@ def load_hellaswag(path: str | Path, limit: int | None = None) -> list[dict[str,
     """The first `limit` examples (all by default) of an official-schema jsonl file, checked, as
     `{"index", "ctx", "endings", "label"}` records (index = position in the file)."""
     path = Path(path)
-    text = read_text(path, "HellaSwag file", f"give the path of the official {FILE_NAME}, or leave the option out "
-                     "to use the default")
+    lines = text_lines(path, "HellaSwag file", f"give the path of the official {FILE_NAME}, or leave the option out "
+                       "to use the default")
     examples: list[dict[str, Any]] = []
-    for line_no, line in enumerate(text.splitlines(), start=1):
+    for line_no, line in enumerate(lines, start=1):
         if limit is not None and len(examples) >= limit:
             break
         if line.strip():
