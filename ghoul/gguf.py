@@ -24,6 +24,7 @@ from ghoul.errors import GhoulError
 from ghoul.files import atomic_write, atomic_write_text, refuse_input_as_output
 from ghoul.hf import GPT2, export_family, exported_weights, gpt2_config, language_config, llama_config, llama_state
 from ghoul.layout import WEIGHTS_FILE, resolve_checkpoint
+from ghoul.model import READING_SAMPLING
 from ghoul.tokenizer import Tokenizer, load_tokenizer
 from ghoul.tokenizer.bpe import GPT4_PATTERN, BPETokenizer
 from ghoul.tokenizer.gpt2 import EOT, GPT2_PATTERN, gpt2_file
@@ -43,9 +44,9 @@ PRE_TOKENIZERS = {GPT2_PATTERN: "gpt-2", GPT4_PATTERN: "dbrx"}
 NOT_EXPORTABLE = ("has no llama.cpp equivalent; exportable are GPT-2 (norm layernorm, activation gelu, position "
                   "learned, bias True; tied or untied head), LLaMA (norm rmsnorm, activation swiglu, position rotary, "
                   "bias False) and LLaMA with qk_norm (Qwen3), all with norm_position pre and no MoE")
-# sampling of the Modelfile: ghoul's own reading settings (README, pipeline), and no repeat penalty, which Ollama
-# applies by default and ghoul's sampler does not
-SAMPLING = {"temperature": 0.8, "top_k": 200, "repeat_penalty": 1.0}
+# sampling of the Modelfile: ghoul's reading settings, with what Ollama adds by default turned off (a top-p of 0.9 and
+# a repeat penalty), which ghoul's sampler does not apply
+SAMPLING = {**READING_SAMPLING, "top_p": 1.0, "repeat_penalty": 1.0}
 
 
 @dataclass

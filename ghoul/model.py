@@ -471,6 +471,12 @@ class GPT(nn.Module):
             idx = torch.cat([idx, next_id[:, None]], dim=1)
 
 
+# Sampling for a person to read (the report's samples, training's samples.jsonl): a temperature below 1 and a top-k
+# leave out the unlikeliest tokens, where a small model's made-up words come from (README, "Sampling for reading").
+# Stories for a judge are sampled from the whole distribution instead (docs/feedback.md).
+READING_SAMPLING = dict(temperature=0.8, top_k=50)
+
+
 def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
                 top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
     """One token id per row of `logits` (B, V): greedy at temperature 0, else sampled after top-k and top-p."""

@@ -34,7 +34,7 @@ from ghoul.files import atomic_write_text, read_json, write_json
 from ghoul.generate import GenerateConfig
 from ghoul.generate import run as generate
 from ghoul.layout import resolve_checkpoint
-from ghoul.model import PRESETS
+from ghoul.model import PRESETS, READING_SAMPLING
 from ghoul.report import write_report
 from ghoul.tokenizer import TOKENIZER_FILE, load_tokenizer
 from ghoul.tokenizer.bpe import BPETokenizer
@@ -42,10 +42,6 @@ from ghoul.train.config import ADAMW_BESIDE_MUON, train_option
 from ghoul.train.stages import FinetuneConfig, TrainConfig, run_or_resume
 
 GROUP_SIZE = 4  # stories the judge compares at once, as the seed did
-# The before/after samples in the report are for reading, so they leave out the unlikeliest tokens. The stories the
-# judge ranks, and those of the win-rate, come from the model's whole distribution: a fine-tune on top-k samples
-# learns the truncation, which sharpens the model whatever the judge picked (docs/feedback.md).
-READING_TOP_K = 200
 # What a rerun of a run may change: how it runs, or what keys a cache of its own (an evaluation's, the win-rate's);
 # any other option shapes stages that a rerun skips as finished, so a change would be silently ignored
 RERUN_OPTIONS = ("output_dir", "data_dir", "device", "dtype", "compile", "hellaswag_limit", "eval_tokens",
@@ -259,11 +255,14 @@ def win_rate(cfg: PipelineConfig, a: Path, b: Path) -> dict[str, Any]:
 
 
 def compare_samples(cfg: PipelineConfig, models: dict[str, Path]) -> Path:
-    """The same prompts and seeds through each stage's model, for the report's before/after table."""
+    """The same prompts and seeds through each stage's model, for the report's before/after table, sampled for
+    reading; the stories the judge ranks, and the win-rate's, come from the whole distribution. The samples are made
+    anew on every run, in seconds: a rerun's report then shows what this version samples, from where the run is now."""
     out = cfg.output_dir / "samples"
     for name, model_dir in models.items():
+        (out / f"{name}.jsonl").unlink(missing_ok=True)
         generate(GenerateConfig(checkpoint=model_dir, prompts_file=cfg.output_dir / "prompts.txt",
-                                num_samples=len(cfg.prompts), max_new_tokens=cfg.max_new_tokens, top_k=READING_TOP_K,
+                                num_samples=len(cfg.prompts), max_new_tokens=cfg.max_new_tokens, **READING_SAMPLING,
                                 seed=cfg.seed, device=cfg.device, out=out / f"{name}.jsonl", print_samples=False))
     return out
 

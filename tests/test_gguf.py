@@ -168,6 +168,9 @@ def test_modelfile_is_written_beside_the_gguf(tmp_path, models):
     lines = (out.parent / "Modelfile").read_text().splitlines()
     assert lines[0] == "FROM ./ghoul.gguf"
     assert 'PARAMETER stop "<|endoftext|>"' in lines and "PARAMETER num_ctx 128" in lines
+    # ghoul's reading sampling, without the top-p and repeat penalty that Ollama adds by default
+    assert {"PARAMETER temperature 0.8", "PARAMETER top_k 50", "PARAMETER top_p 1.0", "PARAMETER repeat_penalty 1.0"
+            } <= set(lines)
     assert sorted(p.name for p in out.parent.iterdir()) == ["Modelfile", "ghoul.gguf"]
     assert main(["export", "gguf", str(models["qwen3"]), str(out), "--dtype", "q8_0"]) == 0  # again: the same file
     # a Modelfile of the user's (edited, or another model's) is never replaced

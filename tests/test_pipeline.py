@@ -60,7 +60,8 @@ def test_reduced_pipeline_end_to_end_and_rerun(data, tmp_path, capsys):
     # the judged stories come from the whole distribution (a fine-tune on them would learn a truncation); the
     # report's samples, for reading, leave out the unlikeliest tokens
     assert all(s["sampling"]["top_k"] is None for s in read_jsonl(out / "rlhf" / "stories.jsonl"))
-    assert all(s["sampling"]["top_k"] == 200 for s in read_jsonl(out / "samples" / "preference.jsonl"))
+    assert all(s["sampling"] == dict(temperature=0.8, top_k=50, top_p=None, max_new_tokens=48)
+               for s in read_jsonl(out / "samples" / "preference.jsonl"))
     winrate = json.loads((out / "eval" / "winrate.json").read_text())
     pairs = read_jsonl(out / "eval" / "winrate-pairs.jsonl")
     assert len(pairs) == 6 and winrate["wins_a"] == sum(p["winner"] == "a" for p in pairs)
@@ -85,9 +86,15 @@ def test_reduced_pipeline_end_to_end_and_rerun(data, tmp_path, capsys):
     assert theirs.tolist() == ours.tolist()
     checkpoint = out / "pretrain" / "step_000012" / "model.safetensors"
     before = checkpoint.stat().st_mtime_ns
+    # the report's samples as an earlier version sampled them: a rerun makes them anew instead of refusing the file
+    samples = out / "samples" / "finetune.jsonl"
+    first = read_jsonl(samples)
+    samples.write_text("".join(json.dumps({**r, "sampling": {**r["sampling"], "temperature": 1.0, "top_k": 200,
+                                                             "top_p": None}}) + "\n" for r in first))
     capsys.readouterr()
     assert main(args) == 0
     assert checkpoint.stat().st_mtime_ns == before
+    assert read_jsonl(samples) == first  # the same seeds, so the same stories
     err = capsys.readouterr().err
     assert "pretrain has finished; skipped" in err and "eval/pretrain.json exists; skipped" in err
     assert "eval/winrate.json exists; skipped" in err

@@ -10,7 +10,7 @@ import torch
 
 from ghoul import dist
 from ghoul.eval.hellaswag import default_data_path, evaluate_hellaswag, hellaswag_record, load_hellaswag
-from ghoul.model import GPT
+from ghoul.model import GPT, READING_SAMPLING
 from ghoul.tokenizer import Tokenizer
 from ghoul.train.config import HellaswagOptions, LoopOptions, SampleOptions
 from ghoul.train.logger import RunLogger
@@ -58,7 +58,7 @@ class SampleHook:
         idx = torch.tensor([prompt[-(model.config.block_size - 1):]], device=self.d.device)
         generator = torch.Generator(device=self.d.device).manual_seed(self.seed + step)
         model.eval()
-        out = model.generate(idx, self.options.sample_tokens, temperature=1.0, top_k=200, eos_id=tok.eot_id,
+        out = model.generate(idx, self.options.sample_tokens, **READING_SAMPLING, eos_id=tok.eot_id,
                              generator=generator)[0, idx.size(1):].tolist()
         model.train()
         if not self.d.is_main:
