@@ -165,6 +165,8 @@ def run(cfg: CompareConfig, judge: Judge | None = None) -> CompareResult:
     for model in (cfg.a, cfg.b):  # both must be there before either generates
         read_model_config(model)
     earlier = earlier_judgments(cfg, judge.name if judge else cfg.judging.name)  # refused before minutes of generation
+    if judge is None:
+        cfg.judging.check()  # so is a judge that cannot work here: a missing key or package
     stories_a, stories_b = stories_of(cfg, cfg.a), stories_of(cfg, cfg.b)
     check_pairs(cfg, earlier, pairs_of(cfg.seed, stories_a, stories_b))
     if len(earlier) == cfg.n:

@@ -10,7 +10,7 @@ import pytest
 
 from ghoul.cli import main
 from ghoul.errors import GhoulError
-from ghoul.feedback import compare
+from ghoul.feedback import compare, judges
 from ghoul.feedback.compare import CompareConfig, judge_pairs, wilson_interval
 from ghoul.feedback.judges import Judge, JudgeOptions, Judgment
 from ghoul.files import read_jsonl
@@ -63,6 +63,16 @@ def test_compare_end_to_end(tiny_model, tmp_path, capsys):
     assert len(pairs) == 6 and all(p["a"] == p["b"] for p in pairs)  # same model, same seeds: the same stories
     assert "win-rate" in capsys.readouterr().err
     assert main(["compare", "--a", str(tiny_model)]) == 2
+
+
+def test_a_judge_that_cannot_work_here_is_refused_before_any_story_is_made(tiny_model, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.setattr(compare, "generate", lambda cfg: pytest.fail("generated stories for a judge that cannot work"))
+    out = tmp_path / "pairs.jsonl"
+    assert main(["compare", "--a", str(tiny_model), "--b", str(tiny_model), "--judge", "openai:gpt-4o", "--n", "100",
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "set OPENAI_API_KEY" in err[0] and not out.exists()
 
 
 class FirstShown(Judge):
@@ -125,7 +135,8 @@ def test_an_interrupted_compare_is_continued_as_if_never_stopped(tiny_model, oth
     assert f"all {N} pairs are judged; nothing to do" in capsys.readouterr().err
 
 
-def test_a_rerun_of_another_comparison_is_refused(tiny_model, other_model, tmp_path, capsys):
+def test_a_rerun_of_another_comparison_is_refused(tiny_model, other_model, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(judges, "JUDGES", [*judges.JUDGES, FirstShown.name])  # a judge the command line knows
     out = tmp_path / "pairs.jsonl"
     compare.run(compare_cfg(tiny_model, other_model, out, n=3), judge=FirstShown())
     before = out.read_bytes()
