@@ -2,8 +2,9 @@
 run's own text (a small model's misspellings and made-up words) and the share of repeated word 4-grams within a
 story (what too cold a sampling turns into). A measure of quality, not of speed: it is no case of the suite.
 
-Run: python -m benchmarks.reading RUN [--stage finetune] [--samples 120] [--settings 1.0,200,- 0.8,-,0.9 ...]
-where RUN is a `ghoul pipeline --output-dir` and each setting is temperature,top_k,top_p ("-" for none).
+Run: python -m benchmarks.reading RUN [--stage finetune|pretrain|rlhf/finetune] [--samples 120]
+[--settings 1.0,200,- 0.8,-,0.9 ...], where RUN is a `ghoul pipeline --output-dir` and each setting is
+temperature,top_k,top_p ("-" for none).
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ def repeated_share(words: list[str]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run", type=Path, help="a `ghoul pipeline` output directory")
-    parser.add_argument("--stage", default="finetune", help="which stage's model to sample (default: finetune)")
+    parser.add_argument("--stage", default="finetune", help="the model directory in RUN to sample (default: finetune; "
+                        "pretrain, or rlhf/finetune for the preference stage)")
     parser.add_argument("--samples", type=int, default=120, help="stories per setting, spread over the prompts")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--seed", type=int, default=1337)
@@ -46,8 +48,7 @@ def main() -> None:
         temperature, top_k, top_p = setting(text)
         stories = run(GenerateConfig(checkpoint=args.run / args.stage, prompts_file=args.run / "prompts.txt",
                                      num_samples=args.samples, max_new_tokens=args.max_new_tokens, seed=args.seed,
-                                     temperature=temperature, top_k=top_k, top_p=top_p, device="cpu",
-                                     print_samples=False))
+                                     temperature=temperature, top_k=top_k, top_p=top_p, print_samples=False))
         words = [[w.lower() for w in WORD.findall(s["text"])] for s in stories]
         flat = [w for ws in words for w in ws]
         repeats = [repeated_share(ws) for ws in words]

@@ -257,7 +257,7 @@ def win_rate(cfg: PipelineConfig, a: Path, b: Path) -> dict[str, Any]:
 def compare_samples(cfg: PipelineConfig, models: dict[str, Path]) -> Path:
     """The same prompts and seeds through each stage's model, for the report's before/after table, sampled for
     reading; the stories the judge ranks, and the win-rate's, come from the whole distribution. The samples are made
-    anew on every run, in seconds: a rerun's report then shows what this version samples, from where the run is now."""
+    anew on every run (seconds), so a rerun's report shows them as this version samples, never a file it refuses."""
     out = cfg.output_dir / "samples"
     for name, model_dir in models.items():
         (out / f"{name}.jsonl").unlink(missing_ok=True)
