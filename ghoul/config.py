@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import tomllib
 import types
 import typing
@@ -83,22 +84,31 @@ def refuse_set(cfg: Any, names: Iterable[str], needs: str, defaults: dict[str, A
 def refuse_changed(cfg: Any, made_with: dict[str, Any] | None, names: Iterable[str], run: Path) -> None:
     """A one-line error for the first option in `names` whose value differs from the one `run` was made with
     (`made_with`: its saved to_dict; None for a new run): a rerun continues the run, and would silently keep what
-    its finished steps made with the old value."""
+    its finished steps made with the old value. A path is compared by where it points from the run directory, so
+    a run moved or renamed together with what it uses goes on."""
     if made_with is None:
         return
     now = to_dict(cfg)
+    roots = (made_with.get("output_dir"), str(run))
     for name in names:
-        if not _same(made_with.get(name, now[name]), now[name]):
+        if not same_setting(made_with.get(name, now[name]), now[name], *roots):
             old, new = (repr(v) if isinstance(v, str) else v for v in (made_with[name], now[name]))
             raise GhoulError(f"{run} holds a run made with {flag(name)} {old}, not {new}: rerun it with the options "
                              f"it was made with to continue it, or give another --output-dir")
 
 
-def _same(a: Any, b: Any) -> bool:
-    """Equal option values; paths to the same file or folder, however written (relative, absolute, ./), are equal."""
-    if a == b:
+def same_setting(old: Any, new: Any, old_root: str | None = None, new_root: str | Path | None = None) -> bool:
+    """Equal option values. Paths are equal when they name the same file or folder, however written (relative,
+    absolute, ./), or the same place relative to the directory that recorded them, `old_root` then and `new_root`
+    now: a run directory moved or renamed, or copied, together with what it uses."""
+    if old == new:
         return True
-    return isinstance(a, str) and isinstance(b, str) and Path(a).exists() and Path(a).resolve() == Path(b).resolve()
+    if not (isinstance(old, str) and isinstance(new, str)):
+        return False
+    if Path(old).exists() and Path(old).resolve() == Path(new).resolve():
+        return True
+    # lexical: `old` and `old_root` were written from the same working directory, `new` and `new_root` too
+    return None not in (old_root, new_root) and os.path.relpath(old, old_root) == os.path.relpath(new, new_root)
 
 
 def member_defaults(stage: Any, member: str) -> dict[str, Any]:

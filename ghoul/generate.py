@@ -135,6 +135,11 @@ def model_source(directory: Path | None, preset: str) -> dict[str, str]:
     return {"checkpoint": str(directory), "weights_sha256": digest}
 
 
+def same_weights(story: dict, source: dict[str, str]) -> bool:
+    """A story of the model `source` names, though the model was moved or copied since (its digest is the same)."""
+    return "weights_sha256" in source and story.get("weights_sha256") == source["weights_sha256"]
+
+
 def existing_stories(cfg: GenerateConfig, source: dict[str, str], settings: dict, prompts: list[str]
                      ) -> dict[int, dict]:
     """The stories an earlier run of these settings left in --out, by id; an error for other settings, or for a file
@@ -146,7 +151,8 @@ def existing_stories(cfg: GenerateConfig, source: dict[str, str], settings: dict
         if not isinstance(r, dict) or not isinstance(r.get("id"), int) or isinstance(r["id"], bool):
             raise GhoulError(f"{cfg.out} holds lines that are not stories of `ghoul generate`: give another --out")
         expected = dict(prompt=prompts[r["id"] % len(prompts)], **source, sampling=settings, seed=cfg.seed)
-        changed = [k for k, v in expected.items() if r.get(k) != v]
+        changed = [k for k, v in expected.items()
+                   if r.get(k) != v and not (k == "checkpoint" and same_weights(r, source))]
         if changed:
             raise GhoulError(f"{cfg.out} holds stories made with another {', '.join(changed)} (story {r['id']}): "
                              "use another --out (ghoul rlhf: --output-dir), or delete it to start over")

@@ -195,10 +195,11 @@ def train_stage(cfg: PipelineConfig, name: str, dataset: Path, base: Path | None
 def evaluate(cfg: PipelineConfig, name: str, model_dir: Path, data: Path) -> dict[str, Any]:
     """HellaSwag on a subset and validation loss on `data`, cached in RUN/eval/NAME.json for the same checkpoint and
     settings (a stage trained further, or another --hellaswag-limit, --eval-tokens or --seq-len, is evaluated
-    again)."""
+    again). The key names paths from the run directory, so a run moved or renamed keeps its evaluations."""
     path = cfg.output_dir / "eval" / f"{name}.json"
-    key = {"checkpoint": str(resolve_checkpoint(model_dir)), "hellaswag_limit": cfg.hellaswag_limit,
-           "eval_tokens": cfg.eval_tokens, "seq_len": cfg.seq_len, "val_data": str(data)}
+    key = {"checkpoint": os.path.relpath(resolve_checkpoint(model_dir), cfg.output_dir),
+           "hellaswag_limit": cfg.hellaswag_limit, "eval_tokens": cfg.eval_tokens, "seq_len": cfg.seq_len,
+           "val_data": os.path.relpath(data, cfg.output_dir)}
     cached = read_json(path)
     if cached is not None and cached.get("key") == key:
         say("eval", f"{path} exists; skipped")

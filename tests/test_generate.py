@@ -153,6 +153,18 @@ def test_resume_identifies_the_model_not_how_it_was_named(model_dir, tmp_path, m
     assert gen.run(config(model_dir, tmp_path / "r.jsonl")) == full
 
 
+def test_stories_of_a_model_moved_since_resume(tmp_path):
+    """A stories file goes on after its model's directory is moved or renamed: the weights' digest says which model
+    made the stories, wherever it lies now."""
+    full = gen.run(config(save_model(tmp_path / "run" / "m", 1), tmp_path / "s.jsonl"))
+    lines = (tmp_path / "s.jsonl").read_text().splitlines(keepends=True)
+    (tmp_path / "s.jsonl").write_text("".join(lines[:4]))  # as if interrupted after four stories
+    moved = (tmp_path / "run").rename(tmp_path / "moved")
+    resumed = gen.run(config(moved / "m", tmp_path / "s.jsonl"))
+    assert [s["text"] for s in resumed] == [s["text"] for s in full]
+    assert resumed[-1]["checkpoint"] == str((moved / "m").resolve())
+
+
 def test_a_huge_request_is_refused_early_and_the_plan_is_streamed(capsys):
     with pytest.raises(GhoulError, match="more than one run makes"):
         gen.GenerateConfig(num_samples=10**9)

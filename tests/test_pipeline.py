@@ -142,6 +142,35 @@ def test_an_interrupted_pipeline_says_how_to_go_on_and_a_rerun_continues_it(data
     assert "move the checkpoint out of its run directory and run the same command again" in err[0]
 
 
+def test_a_run_directory_moved_or_renamed_goes_on(data, tmp_path, monkeypatch, capsys):
+    """A run interrupted in its preference stage, then renamed, continues where it stopped when run again under its
+    new name: its shards, finished stages and evaluations are taken as they are, the stage resumes its checkpoint."""
+    torch.set_num_threads(1)
+
+    def args(out):
+        return ["pipeline", "--output-dir", str(out), "--data-dir", str(data), "--pretrain-steps", "6",
+                "--finetune-steps", "2", "--preference-steps", "3", "--num-samples", "8", "--max-new-tokens", "48",
+                "--hellaswag-limit", "4", "--seq-len", "64", "--batch-size", "4", "--winrate-pairs", "2",
+                "--vocab-size", "300", "--eval-tokens", "512", "--device", "cpu", "--prompts",
+                "The well behind the house", "I heard something in the attic"]
+
+    # training batches 1-6 pretrain, 7-8 fine-tune, 9-11 the preference stage: a Ctrl-C as it reads batch 10 stops
+    # it after its step 2
+    monkeypatch.setattr(ShardLoader, "__next__", interrupting_next({10}, "train"))
+    assert main(args(tmp_path / "run")) == 130
+    monkeypatch.undo()
+    moved = (tmp_path / "run").rename(tmp_path / "moved")
+    capsys.readouterr()
+    assert main(args(moved)) == 0
+    said = capsys.readouterr()
+    for skipped in ("data/stories is already prepared", "pretrain has finished; skipped",
+                    "eval/pretrain.json exists; skipped", "eval/finetune.json exists; skipped",
+                    "rlhf/stories.jsonl is complete; skipped", "rlhf/data/winners is already prepared"):
+        assert skipped in said.out + said.err, skipped
+    assert [r["step"] for r in read_jsonl(moved / "rlhf" / "finetune" / "log.jsonl") if "loss" in r] == [1, 2, 3]
+    assert (moved / "report.md").is_file()
+
+
 def test_pipeline_refuses_bad_settings(tmp_path, capsys):
     assert main(["pipeline", "--data-dir", str(tmp_path / "nowhere")]) == 2
     assert "does not exist" in capsys.readouterr().err

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from ghoul.config import flag, option
+from ghoul.config import flag, option, same_setting
 from ghoul.data.shards import META_FILE, SPLITS, read_header, read_meta, shard_dtype, shard_name, write_shard
 from ghoul.data.sources import SOURCE_PATH_HELP, SOURCES, TEXT_FIELD_HELP, make_source
 from ghoul.errors import GhoulError
@@ -153,7 +153,8 @@ def _existing_output(cfg: PrepareConfig, tokenizer: Tokenizer) -> dict[str, Any]
             raise GhoulError(f"{cfg.out} holds .bin files but no {META_FILE}: give an empty or new --out directory")
         return None
     old = meta.get("settings", {})
-    changed = [f"{flag(k)} {old.get(k)!r} there, {v!r} now" for k, v in _settings(cfg).items() if old.get(k) != v]
+    changed = [f"{flag(k)} {old.get(k)!r} there, {v!r} now" for k, v in _settings(cfg).items()
+               if not same_setting(old.get(k), v, meta.get("out"), cfg.out)]
     if meta.get("vocab_size") != tokenizer.vocab_size:
         changed.append(f"vocabulary {meta.get('vocab_size')} there, {tokenizer.vocab_size} now")
     if changed:
@@ -174,7 +175,7 @@ def _settings(cfg: PrepareConfig) -> dict[str, Any]:
 def _new_output(cfg: PrepareConfig, tokenizer: Tokenizer, dtype: np.dtype, licence: str) -> dict[str, Any]:
     """Create `cfg.out` and the meta.json that starts it (written with the first shard)."""
     cfg.out.mkdir(parents=True, exist_ok=True)
-    return {"source": cfg.source, "source_path": cfg.source_path, "licence": licence,
+    return {"source": cfg.source, "source_path": cfg.source_path, "out": str(cfg.out), "licence": licence,
             "tokenizer": _keep_tokenizer(cfg, tokenizer), "vocab_size": tokenizer.vocab_size,
             "eot_id": tokenizer.eot_id, "dtype": dtype.name, "shards": {split: [] for split in SPLITS},
             "documents": 0, "command": command_line(cfg), "settings": _settings(cfg), "complete": False,

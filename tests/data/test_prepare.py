@@ -209,6 +209,26 @@ def test_second_run_does_nothing(data: Path, tmp_path: Path, capsys: pytest.Capt
         run(cfg)
 
 
+def test_a_folder_moved_with_its_source_is_still_prepared(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    """Shards kept beside their text (as a pipeline run keeps them) are taken as prepared after the folder is moved or
+    renamed, or when the same files are named another way; another source is still refused."""
+    def config(root: Path, text: str = "input.txt") -> PrepareConfig:
+        return PrepareConfig("text", root / "shards", source_path=str(root / text), workers=1, progress=False)
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "input.txt").write_text((data / "tinyshakespeare" / "input.txt").read_text()[:20_000])
+    first = run(config(tmp_path / "a"))
+    moved = (tmp_path / "a").rename(tmp_path / "b")
+    again = run(config(moved))
+    assert again.skipped and again.tokens == first.tokens and "nothing to do" in capsys.readouterr().out
+    monkeypatch.chdir(moved)
+    assert run(config(Path("."))).skipped  # the same files, by relative paths
+    (moved / "other.txt").write_text("Another text altogether.\n")
+    with pytest.raises(GhoulError, match=r"--source-path '.*a/input.txt' there, '.*b/other.txt' now"):
+        run(config(moved, "other.txt"))
+
+
 def test_bad_input_exits_2_naming_the_file(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     def prepare(*args: str) -> str:
         assert main(["prepare", *args, "--out", str(tmp_path / "out"), "--no-progress"]) == 2
