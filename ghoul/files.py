@@ -18,7 +18,13 @@ from typing import Any, TypeVar
 
 from ghoul.errors import GhoulError
 
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; a directory there is not guarded against a second writer
+    fcntl = None  # type: ignore[assignment]
+
 T = TypeVar("T")
+_held: set[tuple[int, int]] = set()  # (device, inode) of the directories this process holds as their sole writer
 
 
 def refuse_input_as_output(out: str | Path, *inputs: str | Path | None, flag: str = "--out") -> None:
@@ -184,6 +190,55 @@ def clean_temporaries(directory: str | Path) -> list[Path]:
         remove(tmp)
         removed.append(tmp)
     return removed
+
+
+@contextlib.contextmanager
+def sole_writer(directory: str | Path) -> Iterator[None]:
+    """Hold `directory` (made if missing) as the one process writing into it: a second ghoul process that asks for it
+    meanwhile (the same command started again in another terminal) gets a one-line error, instead of interleaving
+    its logs and checkpoints with the first's or removing what the first is writing. The lock is the kernel's, on the
+    directory itself, so a killed process leaves none behind; this process may ask again inside (a pipeline's
+    stages). A directory made here and left empty is removed again."""
+    directory = Path(directory)
+    made = not directory.exists()
+    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        with _locked(directory):
+            yield
+    finally:
+        if made:
+            with contextlib.suppress(OSError):
+                directory.rmdir()  # only when empty
+
+
+@contextlib.contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    if fcntl is None:
+        yield
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        stat = os.fstat(fd)
+        key = (stat.st_dev, stat.st_ino)
+        locked = False
+        if key not in _held:  # else held further out, and released there
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                locked = True
+            except BlockingIOError:
+                raise GhoulError(f"{directory} is being written by another ghoul process: let it finish, or stop "
+                                 "it, before running this again (a directory has one writer at a time)") from None
+            except OSError:  # a file system without locks (some network ones): unguarded
+                pass
+        if locked:
+            _held.add(key)
+        try:
+            yield
+        finally:
+            if locked:
+                _held.discard(key)
+    finally:
+        os.close(fd)  # and with it the lock
 
 
 def is_disk_full(e: OSError) -> bool:

@@ -30,7 +30,7 @@ from ghoul.feedback.judges import JUDGES_HELP, check_judge
 from ghoul.feedback.records import FEEDBACK_DIR
 from ghoul.feedback.rlhf import METHOD_OPTIONS, METHODS, RlhfConfig
 from ghoul.feedback.rlhf import run as rlhf
-from ghoul.files import atomic_write_text, read_json, write_json
+from ghoul.files import atomic_write_text, read_json, sole_writer, write_json
 from ghoul.generate import GenerateConfig
 from ghoul.generate import run as generate
 from ghoul.layout import resolve_checkpoint
@@ -273,20 +273,20 @@ def run(cfg: PipelineConfig) -> Path:
     """Run every stage that is not yet done; returns the report's path."""
     for judge in dict.fromkeys((cfg.judge, cfg.winrate_judge or cfg.judge)):
         check_judge(judge)  # a missing key or package fails now, not after pretraining
-    refuse_changed(cfg, read_json(cfg.output_dir / "pipeline.json"),
-                   [name for name in option_owners(PipelineConfig) if name not in RERUN_OPTIONS], cfg.output_dir)
-    cfg.output_dir.mkdir(parents=True, exist_ok=True)
-    write_json(cfg.output_dir / "pipeline.json", to_dict(cfg))
-    data = prepare_data(cfg)
-    held_out = data["finetune"]  # every stage is measured on the same held-out stories
-    pretrained = train_stage(cfg, "pretrain", data["pretrain"], None, cfg.pretrain_steps, cfg.pretrain_lr)
-    evaluate(cfg, "pretrain", pretrained, held_out)
-    finetuned = train_stage(cfg, "finetune", data["finetune"], pretrained, cfg.finetune_steps, cfg.finetune_lr)
-    evaluate(cfg, "finetune", finetuned, held_out)
-    preferred = feedback(cfg, finetuned)
-    evaluate(cfg, "preference", preferred, held_out)
-    win_rate(cfg, preferred, finetuned)
-    compare_samples(cfg, {"pretrain": pretrained, "finetune": finetuned, "preference": preferred})
-    report = write_report(cfg.output_dir)
-    say("report", f"{report} (and report.md)")
-    return report
+    with sole_writer(cfg.output_dir):  # made here; a second pipeline into it meanwhile is refused
+        refuse_changed(cfg, read_json(cfg.output_dir / "pipeline.json"),
+                       [name for name in option_owners(PipelineConfig) if name not in RERUN_OPTIONS], cfg.output_dir)
+        write_json(cfg.output_dir / "pipeline.json", to_dict(cfg))
+        data = prepare_data(cfg)
+        held_out = data["finetune"]  # every stage is measured on the same held-out stories
+        pretrained = train_stage(cfg, "pretrain", data["pretrain"], None, cfg.pretrain_steps, cfg.pretrain_lr)
+        evaluate(cfg, "pretrain", pretrained, held_out)
+        finetuned = train_stage(cfg, "finetune", data["finetune"], pretrained, cfg.finetune_steps, cfg.finetune_lr)
+        evaluate(cfg, "finetune", finetuned, held_out)
+        preferred = feedback(cfg, finetuned)
+        evaluate(cfg, "preference", preferred, held_out)
+        win_rate(cfg, preferred, finetuned)
+        compare_samples(cfg, {"pretrain": pretrained, "finetune": finetuned, "preference": preferred})
+        report = write_report(cfg.output_dir)
+        say("report", f"{report} (and report.md)")
+        return report

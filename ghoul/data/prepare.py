@@ -27,7 +27,7 @@ from ghoul.config import flag, option, same_setting
 from ghoul.data.shards import META_FILE, SPLITS, read_header, read_meta, shard_dtype, shard_name, write_shard
 from ghoul.data.sources import SOURCE_PATH_HELP, SOURCES, TEXT_FIELD_HELP, make_source
 from ghoul.errors import GhoulError
-from ghoul.files import disk_full_is_an_error, write_json
+from ghoul.files import disk_full_is_an_error, sole_writer, write_json
 from ghoul.interrupts import interrupt_held
 from ghoul.tokenizer import TOKENIZER_FILE, Tokenizer, load_tokenizer
 
@@ -79,31 +79,32 @@ def run(cfg: PrepareConfig) -> PrepareResult:
     start = time.perf_counter()
     tokenizer = load_tokenizer(cfg.tokenizer)
     dtype = shard_dtype(tokenizer.vocab_size)
-    meta = _existing_output(cfg, tokenizer)
-    if meta is not None and meta["complete"]:
-        total = sum(map(sum, meta["shards"].values()))
-        print(f"{cfg.out} is already prepared ({meta['documents']:,} documents, {total:,} tokens); nothing to do")
-        return _result(cfg.out, meta, time.perf_counter() - start, skipped=True)
-    source = make_source(cfg.source, cfg.source_path, text_field=cfg.text_field, subset=cfg.subset,
-                         separator=cfg.separator)
-    stream = iter(source)
-    first = next(stream)  # a missing file, an unknown field or an empty source fails here, before any output
-    with disk_full_is_an_error(cfg.out):  # meta.json names only complete shards: a rerun goes on from the last
-        if meta is None:
-            meta = _new_output(cfg, tokenizer, dtype, source.licence)
-        else:
-            shards = sum(map(len, meta["shards"].values()))
-            print(f"resuming {cfg.out} after {shards} complete shards ({meta['resume']['documents']:,} documents)")
-        resumed = meta["resume"]["documents"]
-        docs = islice(chain([first], stream), resumed, cfg.limit_docs)
-        total = min(filter(None, (source.size_estimate(), cfg.limit_docs)), default=None)
-        writer = ShardWriter(cfg.out, meta, dtype)
-        _fill(writer, docs, cfg, total, start)
-        writer.finish()
-    result = _result(cfg.out, meta, time.perf_counter() - start)
-    print(f"wrote {writer.position:,} tokens ({', '.join(f'{s} {n:,}' for s, n in result.tokens.items())}) "
-          f"from {result.documents:,} documents to {cfg.out} in {result.seconds:.1f}s")
-    return result
+    with sole_writer(cfg.out):  # a second prepare into it meanwhile is refused
+        meta = _existing_output(cfg, tokenizer)
+        if meta is not None and meta["complete"]:
+            total = sum(map(sum, meta["shards"].values()))
+            print(f"{cfg.out} is already prepared ({meta['documents']:,} documents, {total:,} tokens); nothing to do")
+            return _result(cfg.out, meta, time.perf_counter() - start, skipped=True)
+        source = make_source(cfg.source, cfg.source_path, text_field=cfg.text_field, subset=cfg.subset,
+                             separator=cfg.separator)
+        stream = iter(source)
+        first = next(stream)  # a missing file, an unknown field or an empty source fails here, before any output
+        with disk_full_is_an_error(cfg.out):  # meta.json names only complete shards: a rerun goes on from the last
+            if meta is None:
+                meta = _new_output(cfg, tokenizer, dtype, source.licence)
+            else:
+                shards = sum(map(len, meta["shards"].values()))
+                print(f"resuming {cfg.out} after {shards} complete shards ({meta['resume']['documents']:,} documents)")
+            resumed = meta["resume"]["documents"]
+            docs = islice(chain([first], stream), resumed, cfg.limit_docs)
+            total = min(filter(None, (source.size_estimate(), cfg.limit_docs)), default=None)
+            writer = ShardWriter(cfg.out, meta, dtype)
+            _fill(writer, docs, cfg, total, start)
+            writer.finish()
+        result = _result(cfg.out, meta, time.perf_counter() - start)
+        print(f"wrote {writer.position:,} tokens ({', '.join(f'{s} {n:,}' for s, n in result.tokens.items())}) "
+              f"from {result.documents:,} documents to {cfg.out} in {result.seconds:.1f}s")
+        return result
 
 
 def _fill(writer: ShardWriter, docs: Iterable[str], cfg: PrepareConfig, total: int | None, start: float) -> None:

@@ -30,7 +30,7 @@ from ghoul.feedback.ppo import run as reinforce
 from ghoul.feedback.records import FeedbackRun
 from ghoul.feedback.reward import RewardTrainConfig
 from ghoul.feedback.reward import train_run as train_reward
-from ghoul.files import read_json, read_jsonl, write_json
+from ghoul.files import read_json, read_jsonl, sole_writer, write_json
 from ghoul.generate import GenerateConfig, read_prompts
 from ghoul.generate import run as generate
 from ghoul.layout import resolve_checkpoint
@@ -189,7 +189,8 @@ def model_tokenizer(model_dir: Path) -> str:
 
 def run(cfg: RlhfConfig) -> RlhfResult:
     """Run the steps that are not yet complete in cfg.output_dir, in order."""
-    with advising(Advice(go_on=RERUN, retune=RETUNE, restart=RETUNE, earlier=SET_ASIDE, too_few=TOO_FEW[cfg.method])):
+    with (advising(Advice(go_on=RERUN, retune=RETUNE, restart=RETUNE, earlier=SET_ASIDE, too_few=TOO_FEW[cfg.method])),
+          sole_writer(cfg.output_dir)):
         return run_steps(cfg)
 
 
