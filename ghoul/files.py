@@ -200,6 +200,8 @@ def sole_writer(directory: str | Path) -> Iterator[None]:
     directory itself, so a killed process leaves none behind; this process may ask again inside (a pipeline's
     stages). A directory made here and left empty is removed again."""
     directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise GhoulError(f"{directory} is a file, not a directory: give the path of a new or existing directory")
     made = not directory.exists()
     directory.mkdir(parents=True, exist_ok=True)
     try:

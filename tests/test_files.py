@@ -74,10 +74,15 @@ def test_a_process_may_hold_a_directory_again_and_lets_it_go(tmp_path):
         pass
 
 
-def test_a_refused_run_leaves_no_empty_directory(tmp_path, capsys):
+def test_a_refused_run_leaves_what_was_there_as_it_was(data, tmp_path, capsys):
     with pytest.raises(ValueError), sole_writer(tmp_path / "new" / "run"):
         raise ValueError
     assert not (tmp_path / "new" / "run").exists()
     assert main(["pretrain", "--model", "tiny", "--dataset", str(tmp_path), "--output-dir", str(tmp_path / "nothing"),
                  "--resume"]) == 2
     assert "nothing to resume" in capsys.readouterr().err and not (tmp_path / "nothing").exists()
+    (tmp_path / "notes.txt").write_text("mine")
+    assert main(["prepare", "text", "--source-path", str(data / "tinyshakespeare" / "input.txt"), "--out",
+                 str(tmp_path / "notes.txt"), "--workers", "1"]) == 2
+    assert f"{tmp_path / 'notes.txt'} is a file, not a directory" in capsys.readouterr().err
+    assert (tmp_path / "notes.txt").read_text() == "mine"
