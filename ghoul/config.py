@@ -103,7 +103,7 @@ def same_setting(old: Any, new: Any, old_root: str | None = None, new_root: str 
     now: a run directory moved or renamed, or copied, together with what it uses."""
     if old == new:
         return True
-    if not (isinstance(old, str) and isinstance(new, str)):
+    if not (isinstance(old, str) and isinstance(new, str) and old and new):  # "" is no path (a prompt left empty)
         return False
     if Path(old).exists() and Path(old).resolve() == Path(new).resolve():
         return True

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from ghoul.cli import COMMANDS, build_parser
-from ghoul.config import build, group, load_toml, make_config, option
+from ghoul.config import build, group, load_toml, make_config, option, same_setting
 from ghoul.errors import GhoulError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -115,3 +115,18 @@ def test_a_command_without_groups_has_no_tables(tmp_path):
     (tmp_path / "c.toml").write_text("[trian]\nsteps = 3\n")
     with pytest.raises(GhoulError, match=r"unknown table \[trian\]; this command has none"):
         load_toml(tmp_path / "c.toml", Example)
+
+
+def test_a_recorded_path_is_the_same_however_written_or_wherever_its_run_moved(tmp_path, monkeypatch):
+    (tmp_path / "runs" / "ft").mkdir(parents=True)
+    (tmp_path / "runs" / "pre").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert same_setting("runs/pre", str(tmp_path / "runs" / "pre"))  # relative and absolute, the same folder
+    assert not same_setting("runs/pre", "runs/ft")
+    # recorded as "old/pre" by the run in "old/ft", which now lies in runs/ft: the same place from the run
+    assert same_setting("old/pre", "runs/pre", "old/ft", "runs/ft")
+    assert not same_setting("old/pre", "runs/other", "old/ft", "runs/ft")
+    assert not same_setting("old/pre", "runs/pre")  # without the run's directory, then and now: not known
+    assert not same_setting("", "The well", "old/ft", "runs/ft")  # an empty prompt is no path
+    assert same_setting(0.8, 0.8) and not same_setting(0.8, 0.9)
+
