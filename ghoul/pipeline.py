@@ -65,7 +65,7 @@ class PipelineConfig:
     tokenizer: str = option("bpe", "bpe: train the run's own byte-level BPE on its training text; gpt2: GPT-2's",
                             choices=["bpe", "gpt2"])
     vocab_size: int = option(4096, "vocabulary of the run's own BPE tokenizer")
-    pretrain_data: str = option("stories", f"text to pretrain on ({CORPUS_HELP})", choices=list(CORPORA))
+    pretrain_data: str = option("horror", f"text to pretrain on ({CORPUS_HELP})", choices=list(CORPORA))
     finetune_data: str = option("stories", "text to fine-tune on; its held-out documents (every 10th Reddit "
                                            "story; general: a tenth of it) are what every stage's evaluation scores",
                                 choices=list(CORPORA))

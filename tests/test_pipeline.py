@@ -53,6 +53,10 @@ def test_reduced_pipeline_end_to_end_and_rerun(data, tmp_path, capsys):
     assert "Judge `length` (picks the longest story: a baseline that measures length, not quality): 2 groups of 4 " \
         "judged, 0 skipped" in report
     assert "this figure is circular" in report  # the win-rate's judge is the one whose picks were trained on
+    # pretraining reads the stories and Lovecraft, the fine-tune stage the stories alone, whose held-out ones score
+    assert json.loads((out / "pretrain" / "config.json").read_text())["dataset"] == str(out / "data" / "horror")
+    assert json.loads((out / "finetune" / "config.json").read_text())["dataset"] == str(out / "data" / "stories")
+    assert any("Cthulhu" in r["text"] for r in read_jsonl(out / "data" / "text" / "horror.jsonl"))
     tokenizer = load_tokenizer(out / "finetune")  # the run's own BPE, trained on its text, in every checkpoint
     assert tokenizer.name == "bpe" and tokenizer.vocab_size == 512
     assert (out / "data" / "tokenizer.json").read_text() == (out / "pretrain" / "step_000012" / "tokenizer.json"
