@@ -118,16 +118,21 @@ def test_reduced_pipeline_end_to_end_and_rerun(data, tmp_path, capsys):
     assert (out / "pipeline.json").read_text() == made_with
 
 
+def short_run(data, out, preference_steps=1) -> list[str]:
+    """A pipeline of a few steps a stage, for the tests that stop and go on."""
+    return ["pipeline", "--output-dir", str(out), "--data-dir", str(data), "--pretrain-steps", "6", "--finetune-steps",
+            "2", "--preference-steps", str(preference_steps), "--num-samples", "8", "--max-new-tokens", "48",
+            "--hellaswag-limit", "4", "--seq-len", "64", "--batch-size", "4", "--winrate-pairs", "2", "--vocab-size",
+            "300", "--eval-tokens", "512", "--device", "cpu", "--prompts", "The well behind the house",
+            "I heard something in the attic"]
+
+
 def test_an_interrupted_pipeline_says_how_to_go_on_and_a_rerun_continues_it(data, tmp_path, monkeypatch, capsys):
     """A Ctrl-C in a stage names what the pipeline's user can do (rerun the command; it has no --resume), and the
     rerun continues that stage from its checkpoint: each step once."""
     torch.set_num_threads(1)
     out = tmp_path / "run"
-    args = ["pipeline", "--output-dir", str(out), "--data-dir", str(data), "--pretrain-steps", "6",
-            "--finetune-steps", "2", "--preference-steps", "1", "--num-samples", "8", "--max-new-tokens", "48",
-            "--hellaswag-limit", "4", "--seq-len", "64", "--batch-size", "4", "--winrate-pairs", "2",
-            "--vocab-size", "300", "--eval-tokens", "512", "--device", "cpu", "--prompts", "The well behind the house",
-            "I heard something in the attic"]
+    args = short_run(data, out)
     monkeypatch.setattr(ShardLoader, "__next__", interrupting_next({4}, "train"))
     assert main(args) == 130
     said = capsys.readouterr().out
@@ -150,22 +155,14 @@ def test_a_run_directory_moved_or_renamed_goes_on(data, tmp_path, monkeypatch, c
     """A run interrupted in its preference stage, then renamed, continues where it stopped when run again under its
     new name: its shards, finished stages and evaluations are taken as they are, the stage resumes its checkpoint."""
     torch.set_num_threads(1)
-
-    def args(out):
-        return ["pipeline", "--output-dir", str(out), "--data-dir", str(data), "--pretrain-steps", "6",
-                "--finetune-steps", "2", "--preference-steps", "3", "--num-samples", "8", "--max-new-tokens", "48",
-                "--hellaswag-limit", "4", "--seq-len", "64", "--batch-size", "4", "--winrate-pairs", "2",
-                "--vocab-size", "300", "--eval-tokens", "512", "--device", "cpu", "--prompts",
-                "The well behind the house", "I heard something in the attic"]
-
     # training batches 1-6 pretrain, 7-8 fine-tune, 9-11 the preference stage: a Ctrl-C as it reads batch 10 stops
     # it after its step 2
     monkeypatch.setattr(ShardLoader, "__next__", interrupting_next({10}, "train"))
-    assert main(args(tmp_path / "run")) == 130
+    assert main(short_run(data, tmp_path / "run", preference_steps=3)) == 130
     monkeypatch.undo()
     moved = (tmp_path / "run").rename(tmp_path / "moved")
     capsys.readouterr()
-    assert main(args(moved)) == 0
+    assert main(short_run(data, moved, preference_steps=3)) == 0
     said = capsys.readouterr()
     for skipped in ("data/stories is already prepared", "pretrain has finished; skipped",
                     "eval/pretrain.json exists; skipped", "eval/finetune.json exists; skipped",
