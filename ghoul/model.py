@@ -284,9 +284,13 @@ class MoE(nn.Module):
         probs = self.router(x).float().softmax(dim=-1)  # (N, E)
         gates, chosen = probs.topk(self.top_k, dim=-1)  # (N, k) each
         out = torch.zeros_like(x)  # (N, C)
-        for e, expert in enumerate(self.experts):
-            rows, slot = (chosen == e).nonzero(as_tuple=True)  # the tokens sent to e, and which of their k picks
-            out.index_add_(0, rows, expert(x[rows]) * gates[rows, slot, None].to(x.dtype))
+        # the N * k assignments grouped by expert, in token order within each; one read of the group sizes is the
+        # layer's only GPU-to-host sync (a nonzero per expert was one each)
+        order = chosen.flatten().argsort(stable=True)  # (N * k,)
+        sizes = chosen.flatten().bincount(minlength=len(self.experts)).tolist()
+        for expert, picks in zip(self.experts, order.split(sizes), strict=True):
+            rows = picks // self.top_k  # the tokens sent to this expert
+            out.index_add_(0, rows, expert(x[rows]) * gates.flatten()[picks, None].to(x.dtype))
         # Switch's auxiliary loss E * sum_e f_e * P_e: f_e the share of assignments expert e got (no gradient),
         # P_e its mean router probability; minimised by a uniform spread of both
         E = len(self.experts)

@@ -259,6 +259,47 @@ def test_moe_load_balancing_loss_is_positive_differentiable_and_one_when_uniform
     assert train_loss.item() == pytest.approx(eval_loss.item() + 0.5 * aux_mean.item(), abs=1e-5)
 
 
+class OpNames(TorchDispatchMode):
+    """The names of the operators that run, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def test_moe_routes_as_a_loop_over_experts_without_a_sync_per_expert():
+    """Each expert gets the tokens that picked it, weighted by their gates: the output and gradients of a plain loop
+    over the experts, bit for bit, without its `nonzero` per expert (each a GPU-to-host sync)."""
+    torch.manual_seed(0)
+    moe = GPT(small(moe_experts=4, moe_top_k=2)).transformer.h[0].mlp
+    x = torch.randn(2, 8, 32, requires_grad=True)
+
+    def by_loop(x):
+        flat = x.reshape(-1, 32)
+        gates, chosen = moe.router(flat).float().softmax(dim=-1).topk(2, dim=-1)
+        out = torch.zeros_like(flat)
+        for e, expert in enumerate(moe.experts):
+            rows, slot = (chosen == e).nonzero(as_tuple=True)
+            out.index_add_(0, rows, expert(flat[rows]) * gates[rows, slot, None])
+        return out.view_as(x)
+
+    weights = torch.randn(2, 8, 32)
+    results = []
+    for forward in (lambda x: moe(x)[0], by_loop):
+        with OpNames() as ops:
+            out = forward(x)
+        grads = torch.autograd.grad((out * weights).sum(), [x, *moe.parameters()])
+        results.append((out, grads, ops.names))
+    (ours, our_grads, our_ops), (loop, loop_grads, loop_ops) = results
+    assert torch.equal(ours, loop)
+    assert all(torch.equal(a, b) for a, b in zip(our_grads, loop_grads, strict=True))
+    assert sum("nonzero" in name for name in loop_ops) == 4 and not any("nonzero" in name for name in our_ops)
+
+
 def test_variant_checkpoints_round_trip_and_export_refuses(tmp_path):
     from ghoul.hf import export_hf
 
