@@ -4,9 +4,9 @@ and, where there is one, on the GPU (`python -m benchmarks.device_check` runs th
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from ghoul.cross_entropy import head_cross_entropy
+from tests.ops import OpNames
 
 N, C, V = 24, 16, 37
 
@@ -63,18 +63,6 @@ def test_without_gradients_only_the_loss_is_computed():
     x, w, y = inputs()
     with torch.no_grad():
         assert torch.allclose(head_cross_entropy(x, w, y), reference(x, w, y), atol=1e-6)
-
-
-class OpNames(TorchDispatchMode):
-    """The names of the operations run inside it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.names: list[str] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.names.append(str(func))
-        return func(*args, **(kwargs or {}))
 
 
 @pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])

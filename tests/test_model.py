@@ -9,6 +9,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from ghoul.checkpoint import load_model_dir, save_model_dir
 from ghoul.errors import GhoulError
 from ghoul.model import GPT, PRESETS, GPTConfig, RMSNorm
+from tests.ops import OpNames
 
 # OpenAI's GPT-2 sizes (tied matrix counted once), and the CPU presets.
 EXPECTED = {"gpt2": 124_439_808, "gpt2-medium": 354_823_168, "gpt2-large": 774_030_080, "gpt2-xl": 1_557_611_200}
@@ -257,18 +258,6 @@ def test_moe_load_balancing_loss_is_positive_differentiable_and_one_when_uniform
     eval_loss = model.eval()(idx, idx.roll(-1, 1))[1]
     _, aux_mean = model._trunk(idx)
     assert train_loss.item() == pytest.approx(eval_loss.item() + 0.5 * aux_mean.item(), abs=1e-5)
-
-
-class OpNames(TorchDispatchMode):
-    """The names of the operators that run, in order."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.names: list[str] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.names.append(str(func))
-        return func(*args, **(kwargs or {}))
 
 
 def test_moe_routes_as_a_loop_over_experts_without_a_sync_per_expert():
