@@ -198,7 +198,8 @@ def sole_writer(directory: str | Path) -> Iterator[None]:
     meanwhile (the same command started again in another terminal) gets a one-line error, instead of interleaving
     its logs and checkpoints with the first's or removing what the first is writing. The lock is the kernel's, on the
     directory itself, so a killed process leaves none behind; this process may ask again inside (a pipeline's
-    stages). A directory made here and left empty is removed again."""
+    stages). Under torchrun rank 0 holds it for every rank, which all run the same command into it. A directory made
+    here and left empty is removed again."""
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise GhoulError(f"{directory} is a file, not a directory: give the path of a new or existing directory")
@@ -215,7 +216,7 @@ def sole_writer(directory: str | Path) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _locked(directory: Path) -> Iterator[None]:
-    if fcntl is None:
+    if fcntl is None or os.environ.get("RANK", "0") != "0":  # torchrun's other ranks: rank 0 holds it for them
         yield
         return
     fd = os.open(directory, os.O_RDONLY)

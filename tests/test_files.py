@@ -14,6 +14,7 @@ import torch
 
 from ghoul.checkpoint import save_model_dir
 from ghoul.cli import main
+from ghoul.errors import GhoulError
 from ghoul.files import sole_writer
 from ghoul.model import GPT, GPTConfig
 from tests.conftest import REPO
@@ -72,6 +73,18 @@ def test_a_process_may_hold_a_directory_again_and_lets_it_go(tmp_path):
         (tmp_path / "run" / "log.jsonl").write_text("")
     with held_elsewhere(tmp_path / "run"):  # released: another process takes it
         pass
+
+
+def test_under_torchrun_rank_0_holds_the_directory_for_every_rank(tmp_path, monkeypatch):
+    """Every rank runs the same command into the same directory (the learning stage prepares its text on each):
+    only rank 0 takes the lock, so no rank is refused by another."""
+    with held_elsewhere(tmp_path / "run"):  # rank 0, as another process
+        monkeypatch.setenv("RANK", "1")
+        with sole_writer(tmp_path / "run"):
+            (tmp_path / "run" / "tokenizer.json").write_text("{}")
+        monkeypatch.setenv("RANK", "0")
+        with pytest.raises(GhoulError, match="being written by another ghoul process"), sole_writer(tmp_path / "run"):
+            pass
 
 
 def test_a_refused_run_leaves_what_was_there_as_it_was(data, tmp_path, capsys):

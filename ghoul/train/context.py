@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import random
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,16 +29,11 @@ from ghoul.train.logger import LOG_FILE, SAMPLES_FILE, RunLogger
 def training_run(run: RunOptions) -> Iterator[tuple[dist.DistInfo, Path | None]]:
     """Start this process (one, or a torchrun rank), hold and check the run directory and seed the RNG; yields the
     process's DistInfo and the checkpoint to resume from (None: a fresh run)."""
-    with dist.started(run.device, run.dist_timeout_minutes) as d, sole_writer_of(run.output_dir, d):
+    with dist.started(run.device, run.dist_timeout_minutes) as d, sole_writer(run.output_dir):
         resume_from = check_run_dir(run)
         dist.barrier()  # every rank has checked the run directory before rank 0 writes into it
         torch.manual_seed(run.seed)
         yield d, resume_from
-
-
-def sole_writer_of(out: Path, d: dist.DistInfo) -> AbstractContextManager:
-    """Rank 0 writes the run directory, so it holds it; under torchrun its error stops every rank."""
-    return sole_writer(out) if d.is_main else nullcontext()
 
 
 def open_run_dir(out: Path, d: dist.DistInfo, config: dict[str, Any], resumed_step: int | None,
