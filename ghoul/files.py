@@ -223,16 +223,7 @@ def _locked(directory: Path) -> Iterator[None]:
     try:
         stat = os.fstat(fd)
         key = (stat.st_dev, stat.st_ino)
-        locked = False
-        if key not in _held:  # else held further out, and released there
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                locked = True
-            except BlockingIOError:
-                raise GhoulError(f"{directory} is being written by another ghoul process: let it finish, or stop "
-                                 "it, before running this again (a directory has one writer at a time)") from None
-            except OSError:  # a file system without locks (some network ones): unguarded
-                pass
+        locked = key not in _held and _flock(fd, directory)  # held further out: released there
         if locked:
             _held.add(key)
         try:
@@ -242,6 +233,19 @@ def _locked(directory: Path) -> Iterator[None]:
                 _held.discard(key)
     finally:
         os.close(fd)  # and with it the lock
+
+
+def _flock(fd: int, directory: Path) -> bool:
+    """Take the exclusive lock on `directory`'s `fd` without waiting: True, or False on a file system without locks
+    (some network ones), which then goes unguarded; held by another process, a one-line error."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise GhoulError(f"{directory} is being written by another ghoul process: let it finish, or stop it, before "
+                         "running this again (a directory has one writer at a time)") from None
+    except OSError:
+        return False
+    return True
 
 
 def is_disk_full(e: OSError) -> bool:

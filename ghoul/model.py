@@ -286,11 +286,11 @@ class MoE(nn.Module):
         out = torch.zeros_like(x)  # (N, C)
         # the N * k assignments grouped by expert, in token order within each; one read of the group sizes is the
         # layer's only GPU-to-host sync (a nonzero per expert was one each)
-        order = chosen.flatten().argsort(stable=True)  # (N * k,)
-        sizes = chosen.flatten().bincount(minlength=len(self.experts)).tolist()
-        for expert, picks in zip(self.experts, order.split(sizes), strict=True):
+        picked, weight = chosen.flatten(), gates.flatten().to(x.dtype)  # (N * k,) each
+        sizes = picked.bincount(minlength=len(self.experts)).tolist()
+        for expert, picks in zip(self.experts, picked.argsort(stable=True).split(sizes), strict=True):
             rows = picks // self.top_k  # the tokens sent to this expert
-            out.index_add_(0, rows, expert(x[rows]) * gates.flatten()[picks, None].to(x.dtype))
+            out.index_add_(0, rows, expert(x[rows]) * weight[picks, None])
         # Switch's auxiliary loss E * sum_e f_e * P_e: f_e the share of assignments expert e got (no gradient),
         # P_e its mean router probability; minimised by a uniform spread of both
         E = len(self.experts)
