@@ -202,7 +202,7 @@ def evaluate(cfg: PipelineConfig, name: str, model_dir: Path, data: Path) -> dic
            "val_data": os.path.relpath(data, cfg.output_dir)}
     cached = read_json(path)
     if cached is not None and cached.get("key") == key:
-        say("eval", f"{path} exists; skipped")
+        say("eval", f"{path} exists; skipped: {figures(cached)}")
         return cached
     device = resolve_device(cfg.device)
     model, tokenizer = load_model_and_tokenizer(model_dir, device)
@@ -212,7 +212,16 @@ def evaluate(cfg: PipelineConfig, name: str, model_dir: Path, data: Path) -> dic
     loss = evaluate_loss(model, read_split(data), device, cfg.seq_len, max_tokens=cfg.eval_tokens, tokenizer=tokenizer)
     result = {"model": str(model_dir), **hellaswag_record(hs), **loss_record(loss), "val_data": data.name, "key": key}
     write_json(path, result)
+    say("eval", f"{name}: {figures(result)}")
     return result
+
+
+def figures(evaluation: dict[str, Any]) -> str:
+    """A stage's evaluation in words: on every held-out token (or --eval-tokens of them), where the training stages'
+    validation reads only their first batches."""
+    return (f"{evaluation['val_bpb']:.4f} bits per byte ({evaluation['val_loss']:.4f} nats per token) on "
+            f"{evaluation['val_tokens']:,} held-out tokens of {evaluation['val_data']}; HellaSwag acc_norm "
+            f"{evaluation['hellaswag_acc']:.1%} of {evaluation['hellaswag_n']}")
 
 
 def rates(cfg: PipelineConfig, lr: float) -> dict[str, float]:

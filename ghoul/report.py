@@ -32,6 +32,7 @@ STAGES = ("pretrain", "finetune", "preference")
 PREFERENCE_DIRS = tuple(f"{FEEDBACK_DIR}/{name}" for name in FINAL_DIRS.values())
 REFERENCE_LINES = ("gpt2-124m", "gpt3-125m", "gpt2-xl")
 FIGURE_SIZE = (9, 3.6)  # inches, at 100 dpi
+EVALUATION = "evaluation"  # the loss plot's label of a stage's evaluation, on every held-out token
 
 
 @dataclass
@@ -119,30 +120,56 @@ def _png(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
-def loss_curves(log: list[dict[str, Any]]) -> tuple[str, dict[str, list[tuple[int, float]]]]:
+def loss_curves(log: list[dict[str, Any]], evaluation: dict[str, Any] | None = None
+                ) -> tuple[str, dict[str, list[tuple[int, float]]]]:
     """The y-axis label and the (step, value) curves of one stage's loss plot: validation bits per byte, which compare
-    across tokenizers, when the log has them (the training batches' bytes are not counted, so no training curve);
-    otherwise, as older runs and pair losses log, training and validation loss in nats per token."""
+    across tokenizers, when the log has them (the training batches' bytes are not counted, so no training curve),
+    with the stage's `evaluation` as a point of its own at its last step; otherwise, as older runs and pair losses
+    log, training and validation loss in nats per token."""
     bpb = [(r["step"], r["val_bpb"]) for r in log if "val_bpb" in r]
     if bpb:
-        return "validation loss (bits/byte)", {"validation": bpb}
+        sampled = sampled_tokens(log)
+        curves = {"validation" + (f" in training ({sampled:,} tok.)" if sampled else ""): bpb}
+        if evaluation and evaluation.get("val_bpb") is not None:
+            tokens = evaluation.get("val_tokens")
+            curves[EVALUATION + (f" ({tokens:,} tok.)" if tokens else "")] = [(bpb[-1][0], evaluation["val_bpb"])]
+        return "validation loss (bits/byte)", curves
     return "loss (nats/token)", {"train": [(r["step"], r["loss"]) for r in log if "loss" in r],
                                  "validation": [(r["step"], r["val_loss"]) for r in log if "val_loss" in r]}
+
+
+def sampled_tokens(log: list[dict[str, Any]]) -> int | None:
+    """How many held-out tokens the training log's validation reads: the first --eval-iters batches of the split."""
+    return next((r["val_tokens"] for r in reversed(log) if "val_tokens" in r), None)
+
+
+def validation_note(stages: dict[str, dict[str, Any]]) -> str | None:
+    """Why the curves end elsewhere than the table's figures: the evaluation reads every held-out token, the
+    training log's validation only its first batches, so the two differ by that sample."""
+    pairs = [(sampled_tokens(s["log"]), s["eval"].get("val_tokens")) for s in stages.values()]
+    sampled, evaluated = next(((a, b) for a, b in pairs if a and b and a != b), (None, None))
+    if sampled is None:
+        return None
+    return (f"The table's val loss and val bpb are the evaluation after each stage, on {evaluated:,} held-out tokens "
+            f"(the {EVALUATION} points in the plot). The curves were measured during training on the first "
+            f"{sampled:,} held-out tokens, the same every time: they show the trend, and their level differs from "
+            "the evaluation's by that sample.")
 
 
 def loss_figure(stages: dict[str, dict[str, Any]]) -> bytes:
     fig = Figure(figsize=FIGURE_SIZE, dpi=100)
     for i, (name, s) in enumerate(stages.items()):
         ax = fig.add_subplot(1, len(stages), i + 1)
-        ylabel, curves = loss_curves(s["log"])
+        ylabel, curves = loss_curves(s["log"], s["eval"])
         for label, points in curves.items():
             if points:
-                ax.plot(*zip(*points, strict=True), "-" if label == "train" else "o-", label=label)
+                style = "-" if label == "train" else "D" if label.startswith(EVALUATION) else "o-"
+                ax.plot(*zip(*points, strict=True), style, label=label)
         ax.set_title(name)
         ax.set_xlabel("step")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
+        ax.legend(fontsize="x-small")  # three panels side by side: a smaller legend hides less of the curves
     return _png(fig)
 
 
@@ -197,7 +224,8 @@ def render_markdown(title: str, run_dir: Path, stages: dict, judge: dict | None,
     header, rows = stage_table(stages)
     lines = [f"# {title}", "", "## Stages", ""]
     lines += ["| " + " | ".join(row) + " |" for row in (header, ["---"] * len(header), *rows)]
-    lines += ["", "![losses](loss.png)", "", "![HellaSwag](hellaswag.png)", ""]
+    note = validation_note(stages)
+    lines += ["", *([note, ""] if note else []), "![losses](loss.png)", "", "![HellaSwag](hellaswag.png)", ""]
     refs = ", ".join(f"{REFERENCES[r].label} {REFERENCES[r].hellaswag:.1%}" for r in REFERENCE_LINES)
     lines += [f"References (HellaSwag acc_norm, zero-shot): {refs}; chance 25%.", ""]
     if judge:
@@ -231,8 +259,9 @@ def render_html(title: str, stages: dict, judge: dict | None, winrate: dict | No
     header, rows = stage_table(stages)
     table = "".join("<tr>" + "".join(f"<{tag}>{esc(cell)}</{tag}>" for cell in row) + "</tr>"
                     for tag, row in [("th", header), *(("td", row) for row in rows)])
+    note = validation_note(stages)
     parts = [f"<h1>{esc(title)}</h1>", "<h2>Stages</h2>", f"<table>{table}</table>",
-             img("loss.png"), img("hellaswag.png")]
+             *([f"<p>{esc(note)}</p>"] if note else []), img("loss.png"), img("hellaswag.png")]
     if judge:  # the sentence holds no user text but the judge's name, escaped here
         name = f"<code>{esc(judge['judge'])}</code>"
         parts += ["<h2>The judge</h2>", f"<p>{judge_sentence(judge, name)}</p>"]

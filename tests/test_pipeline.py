@@ -32,6 +32,7 @@ def test_reduced_pipeline_end_to_end_and_rerun(data, tmp_path, capsys):
     with reads([PipelineConfig]) as seen:  # every option of the pipeline reaches the stages (tests/test_flags.py)
         assert main(args) == 0
     assert {name for _, name in seen} >= set(option_owners(PipelineConfig))
+    said = capsys.readouterr()
     with reads([ReportConfig]) as seen:
         assert main(["report", str(out)]) == 0
     assert {name for _, name in seen} >= set(option_owners(ReportConfig))
@@ -43,6 +44,14 @@ def test_reduced_pipeline_end_to_end_and_rerun(data, tmp_path, capsys):
     last = [r for r in read_jsonl(out / "pretrain" / "log.jsonl") if "loss" in r][-1]
     finetune_eval = json.loads((out / "eval" / "finetune.json").read_text())
     assert finetune_eval["val_tokens"] == 2048  # 32 windows of 64 held-out tokens
+    # each stage's evaluation is said as it is made; the training stages' validation names its sample's size
+    assert (f"ghoul pipeline [eval] finetune: {finetune_eval['val_bpb']:.4f} bits per byte "
+            f"({finetune_eval['val_loss']:.4f} nats per token) on 2,048 held-out tokens of stories; HellaSwag acc_norm "
+            f"{finetune_eval['hellaswag_acc']:.1%} of 12") in said.err
+    assert said.out.count("bits per byte, 2,560 validation tokens)") == 2  # 10 batches of 4 x 64, in each stage
+    note = "on 2,048 held-out tokens (the evaluation points in the plot). The curves were measured during training " \
+        "on the first 2,560 held-out tokens"
+    assert note in report and note in html
     # one warmup-stable-decay schedule across the stages: pretraining holds its peak rate to the end, the fine-tune
     # stage starts there without a warmup and decays to zero
     finetune_lrs = [r["lr"] for r in read_jsonl(out / "finetune" / "log.jsonl") if "lr" in r]

@@ -60,6 +60,26 @@ def test_losses_in_bits_per_byte_where_the_run_has_them_and_in_nats_otherwise(tm
     assert loss_curves(bpb) == ("validation loss (bits/byte)", {"validation": [(10, 2.4), (20, 2.25)]})
     assert loss_curves(older) == ("loss (nats/token)", {"train": [(5, 4.2)], "validation": [(5, 4.4)]})
     assert (tmp_path / "loss.png").read_bytes().startswith(b"\x89PNG")
+    assert "evaluation points" not in md  # the log does not say how many tokens its validation read
+
+
+def test_the_stage_evaluation_is_told_apart_from_the_validation_sampled_in_training(tmp_path):
+    log = [step(10, 6.5, 800.0), {"step": 10, "val_loss": 6.7, "val_bpb": 2.4, "val_tokens": 20480},
+           step(20, 6.1, 820.0), {"step": 20, "val_loss": 6.3, "val_bpb": 2.25, "val_tokens": 20480}]
+    evaluation = {"val_loss": 6.4, "val_bpb": 2.3001, "val_tokens": 82432, "hellaswag_acc": 0.25, "hellaswag_n": 8}
+    write_log(tmp_path / "finetune", log)
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "finetune.json").write_text(json.dumps(evaluation))
+    assert loss_curves(log, evaluation) == ("validation loss (bits/byte)", {
+        "validation in training (20,480 tok.)": [(10, 2.4), (20, 2.25)],
+        "evaluation (82,432 tok.)": [(20, 2.3001)]})  # at the stage's last step
+    write_report(tmp_path)
+    md, html = (tmp_path / "report.md").read_text(), (tmp_path / "report.html").read_text()
+    assert "| finetune | 20 | 81,920 | 10 | 810 | 6.1000 | 6.4000 | 2.3001 | 25.0% (n=8) |" in md
+    note = ("The table's val loss and val bpb are the evaluation after each stage, on 82,432 held-out tokens (the "
+            "evaluation points in the plot). The curves were measured during training on the first 20,480 held-out "
+            "tokens")
+    assert note in md and html.count(note.replace("'", "&#x27;")) == 1
 
 
 def test_a_damaged_file_in_the_run_is_a_one_line_error(tmp_path, capsys):

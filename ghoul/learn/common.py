@@ -57,7 +57,8 @@ class LearnConfig:
     warmup_iters: int = option(0, "steps of linear warmup")
     warmdown_iters: int | None = option(None, "steps of linear decay to zero at the end (default: a fifth of --steps)")
     eval_every: int = option(100, "steps between validation losses (always at the start and the end)")
-    eval_iters: int = option(20, "validation batches per evaluation")
+    eval_iters: int = option(20, "validation batches per evaluation: the first of the val split, the same "
+                                 "every time")
     sample_tokens: int = option(200, "tokens of the sample printed at the end (0: none)")
     sample_prompt: str = option("", "prompt of the sample (empty: start a new document)")
     seed: int = option(1337, "random seed")

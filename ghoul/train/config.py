@@ -111,7 +111,8 @@ class LoopOptions:
 
     max_steps: int = option(100, "optimizer steps")
     eval_every: int = option(50, "steps between validation-loss evaluations (0: never)")
-    eval_iters: int = option(20, "validation batches per evaluation")
+    eval_iters: int = option(20, "validation batches per evaluation: the first of the val split, the same "
+                                 "every time")
     checkpoint_every: int = option(0, "steps between checkpoints (0: only at the end)")
     keep_last: int = option(0, "keep only the newest N checkpoints (0: keep all)")
     log_every: int = option(1, "steps between log records and progress updates")

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -101,18 +101,27 @@ class TrainResult:
         """The result of a run whose last step logged `record` (the last step is always logged and evaluated: its
         record holds the run's final figures), said in one line."""
         loss, val_loss, val_bpb = record["loss"], record.get("val_loss"), record.get("val_bpb")
+        # the validation batches are a sample of the split (--eval-iters): the line says how large
+        of_text = f" ({val_bpb:.4f} bits per byte, {record['val_tokens']:,} validation tokens)" if val_bpb else ""
         dist.print0(f"done: {step} steps, loss {loss:.4f}" + (f", val loss {val_loss:.4f}" if val_loss else "")
-                    + (f" ({val_bpb:.4f} bits per byte)" if val_bpb else "") + f"; checkpoint {checkpoint}")
+                    + of_text + f"; checkpoint {checkpoint}")
         return cls(run_dir, step, loss, val_loss, checkpoint, val_bpb)
 
 
 # ---- evaluation during training --------------------------------------------------------------------------------
 
+class ValText(NamedTuple):
+    """The text of the batches `validation` reads, over all ranks: how many target tokens, and their UTF-8 bytes per
+    token (each rank reads as many tokens, so the mean of the ranks' losses is per token of this total)."""
+    tokens: int
+    bytes_per_token: float
+
+
 @torch.no_grad()
 def validation(model: torch.nn.Module, loader: Loader, iters: int, loss_fn: LossFn, dtype: str, device_type: str,
-             bytes_per_token: float | None = None) -> dict[str, float]:
+               text: ValText | None = None) -> dict[str, float]:
     """A step's validation figures, over all ranks: the mean loss and metrics of the first `iters` batches of `loader`
-    (the same batches every time), and bits per byte when `bytes_per_token` is known."""
+    (the same batches every time), and bits per byte and the tokens they cover when their `text` is known."""
     model.eval()
     total = torch.zeros((), device=loader.device)
     sums: dict[str, torch.Tensor] = {}
@@ -126,18 +135,18 @@ def validation(model: torch.nn.Module, loader: Loader, iters: int, loss_fn: Loss
     model.train()
     metrics = {f"val_{k}": dist.all_reduce_mean(v / max(n, 1)).item() for k, v in sorted(sums.items())}
     record = {"val_loss": dist.all_reduce_mean(total / max(n, 1)).item(), **metrics}
-    if bytes_per_token:
-        record.update(val_bpb=bits_per_byte(record["val_loss"], bytes_per_token), val_bytes_per_token=bytes_per_token)
+    if text is not None:
+        record.update(val_bpb=bits_per_byte(record["val_loss"], text.bytes_per_token),
+                      val_bytes_per_token=text.bytes_per_token, val_tokens=text.tokens)
     return record
 
 
-def bytes_per_token(loader: Loader, iters: int, tokenizer: Tokenizer, device: str) -> float:
-    """UTF-8 bytes per target token of the batches `validation` reads, over all ranks: each rank reads as many
-    tokens, so the mean of the ranks' losses is per token of this total, and bits per byte follow from it."""
+def val_text(loader: Loader, iters: int, tokenizer: Tokenizer, device: str) -> ValText:
+    """The ValText of the batches `validation` reads from `loader`."""
     lengths = tokenizer.token_byte_lengths()
     counts = [(target_bytes(lengths, y), y.numel()) for _, y in loader.one_epoch(iters)]
     n_bytes, n_tokens = dist.all_reduce_sum([sum(b for b, _ in counts), sum(n for _, n in counts)], device)
-    return n_bytes / max(n_tokens, 1)
+    return ValText(int(n_tokens), n_bytes / max(n_tokens, 1))
 
 
 def due(step: int, every: int, max_steps: int) -> bool:
@@ -170,7 +179,7 @@ def train(cfg: Any, model: GPT, tokenizer: Tokenizer, d: dist.DistInfo, loss_fn:
     if seq_len > model.config.block_size:
         raise GhoulError(f"--seq-len {seq_len} exceeds the model's block size {model.config.block_size}")
     accum = batch.accumulation(seq_len, d.world_size)
-    train_data, val_data, val_bpt = run_loaders(cfg, model, tokenizer, d, loss_fn, seq_len, train_data, val_data)
+    train_data, val_data, val_tokens = run_loaders(cfg, model, tokenizer, d, loss_fn, seq_len, train_data, val_data)
 
     raw_model, model = model, wrap(model, loop, d)  # first: FSDP replaces the parameters by their shards
     optimizers = build_optimizers(raw_model, optim.optimizer, optim.learning_rate, optim.weight_decay,
@@ -191,7 +200,7 @@ def train(cfg: Any, model: GPT, tokenizer: Tokenizer, d: dist.DistInfo, loss_fn:
 
     def evaluate(step: int, record: dict[str, Any]) -> dict[str, Any]:
         if val_data is not None and due(step, loop.eval_every, loop.max_steps):
-            record |= validation(model, val_data, loop.eval_iters, loss_fn, loop.dtype, d.device_type, val_bpt)
+            record |= validation(model, val_data, loop.eval_iters, loss_fn, loop.dtype, d.device_type, val_tokens)
         for hook in hooks:
             if due(step, hook.every, loop.max_steps):
                 # eager: HellaSwag's lengths and sampling's growing cache would compile the blocks anew at each shape
@@ -254,10 +263,10 @@ def train(cfg: Any, model: GPT, tokenizer: Tokenizer, d: dist.DistInfo, loss_fn:
 # ---- the pieces of a run: its data, resume, wrapping, one step, log records, and how it stops -----------------
 
 def run_loaders(cfg: Any, model: GPT, tokenizer: Tokenizer, d: dist.DistInfo, loss_fn: LossFn, seq_len: int,
-                train_data: Loader | None, val_data: Loader | None) -> tuple[Loader, Loader | None, float | None]:
+                train_data: Loader | None, val_data: Loader | None) -> tuple[Loader, Loader | None, ValText | None]:
     """The run's training and validation loaders (default: the token shards of `cfg.dataset`; none for validation
-    without --eval-every), and the validation batches' bytes per token: bits per byte for the LM loss on token
-    shards, not for pair losses."""
+    without --eval-every), and the validation batches' text: bits per byte for the LM loss on token shards, not
+    for pair losses."""
     loop = cfg.loop
     if train_data is not None:
         return train_data, val_data if loop.eval_every else None, None
@@ -266,7 +275,7 @@ def run_loaders(cfg: Any, model: GPT, tokenizer: Tokenizer, d: dist.DistInfo, lo
     if val_data is None or loss_fn is not lm_loss:
         return train_data, val_data, None
     # the same batches at every evaluation: counted once
-    return train_data, val_data, bytes_per_token(val_data, loop.eval_iters, tokenizer, d.device)
+    return train_data, val_data, val_text(val_data, loop.eval_iters, tokenizer, d.device)
 
 
 def shard_loaders(dataset: str, batch_size: int, seq_len: int, d: dist.DistInfo, vocab_size: int, validate: bool

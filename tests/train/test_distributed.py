@@ -44,6 +44,7 @@ def test_two_ranks_match_one_rank_with_double_accumulation(fineweb_shards, tmp_p
     for run_dir, n in ((tmp_path / "one", 2 * 2 * 64), (tmp_path / "two", 2 * 2 * 2 * 64)):
         val = [json.loads(line) for line in (run_dir / "log.jsonl").open() if '"val_bpb"' in line][-1]
         assert val["val_bytes_per_token"] == pytest.approx(val_bytes_per_token(fineweb_shards, n))
+        assert val["val_tokens"] == n
         assert val["val_bpb"] == pytest.approx(val["val_loss"] / math.log(2) / val["val_bytes_per_token"])
 
 

@@ -26,7 +26,7 @@ from ghoul.train.stages import FinetuneConfig, run
 from tests.train.conftest import config, log, val_bytes_per_token
 
 
-def test_pretrain_lowers_val_loss_and_writes_a_run(fineweb_shards, tmp_path):
+def test_pretrain_lowers_val_loss_and_writes_a_run(fineweb_shards, tmp_path, capsys):
     result = run(config(fineweb_shards, tmp_path / "run", max_steps=40, eval_every=20, warmdown_iters=10,
                         sample_every=20, checkpoint_every=20))
     records = log(tmp_path / "run")
@@ -35,9 +35,11 @@ def test_pretrain_lowers_val_loss_and_writes_a_run(fineweb_shards, tmp_path):
     assert val[-1] < val[0] - 1.0 and result.val_loss == val[-1]
     bpt = val_bytes_per_token(fineweb_shards, 2 * 4 * 64)  # eval_iters x batch_size x seq_len targets
     for r in (r for r in records if "val_loss" in r):
-        assert r["val_bytes_per_token"] == pytest.approx(bpt)
+        assert r["val_bytes_per_token"] == pytest.approx(bpt) and r["val_tokens"] == 2 * 4 * 64
         assert r["val_bpb"] == pytest.approx(r["val_loss"] / math.log(2) / bpt)
     assert result.val_bpb == records[-1]["val_bpb"]
+    assert f"val loss {result.val_loss:.4f} ({result.val_bpb:.4f} bits per byte, 512 validation tokens)" in \
+        capsys.readouterr().out
     assert [r["step"] for r in records if "loss" in r] == list(range(1, 41))
     assert {"loss", "lr", "tokens", "tokens_per_s", "grad_norm", "elapsed"} <= set(records[-1])
     assert records[-1]["lr"] == pytest.approx(3e-3 / 10)  # the last step of the warmdown
