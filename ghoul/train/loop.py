@@ -135,13 +135,13 @@ def validation(model: torch.nn.Module, loader: Loader, iters: int, loss_fn: Loss
     model.train()
     metrics = {f"val_{k}": dist.all_reduce_mean(v / max(n, 1)).item() for k, v in sorted(sums.items())}
     record = {"val_loss": dist.all_reduce_mean(total / max(n, 1)).item(), **metrics}
-    if text is not None:
+    if text is not None and text.tokens:
         record.update(val_bpb=bits_per_byte(record["val_loss"], text.bytes_per_token),
                       val_bytes_per_token=text.bytes_per_token, val_tokens=text.tokens)
     return record
 
 
-def val_text(loader: Loader, iters: int, tokenizer: Tokenizer, device: str) -> ValText:
+def read_val_text(loader: Loader, iters: int, tokenizer: Tokenizer, device: str) -> ValText:
     """The ValText of the batches `validation` reads from `loader`."""
     lengths = tokenizer.token_byte_lengths()
     counts = [(target_bytes(lengths, y), y.numel()) for _, y in loader.one_epoch(iters)]
@@ -179,7 +179,7 @@ def train(cfg: Any, model: GPT, tokenizer: Tokenizer, d: dist.DistInfo, loss_fn:
     if seq_len > model.config.block_size:
         raise GhoulError(f"--seq-len {seq_len} exceeds the model's block size {model.config.block_size}")
     accum = batch.accumulation(seq_len, d.world_size)
-    train_data, val_data, val_tokens = run_loaders(cfg, model, tokenizer, d, loss_fn, seq_len, train_data, val_data)
+    train_data, val_data, val_text = run_loaders(cfg, model, tokenizer, d, loss_fn, seq_len, train_data, val_data)
 
     raw_model, model = model, wrap(model, loop, d)  # first: FSDP replaces the parameters by their shards
     optimizers = build_optimizers(raw_model, optim.optimizer, optim.learning_rate, optim.weight_decay,
@@ -200,7 +200,7 @@ def train(cfg: Any, model: GPT, tokenizer: Tokenizer, d: dist.DistInfo, loss_fn:
 
     def evaluate(step: int, record: dict[str, Any]) -> dict[str, Any]:
         if val_data is not None and due(step, loop.eval_every, loop.max_steps):
-            record |= validation(model, val_data, loop.eval_iters, loss_fn, loop.dtype, d.device_type, val_tokens)
+            record |= validation(model, val_data, loop.eval_iters, loss_fn, loop.dtype, d.device_type, val_text)
         for hook in hooks:
             if due(step, hook.every, loop.max_steps):
                 # eager: HellaSwag's lengths and sampling's growing cache would compile the blocks anew at each shape
@@ -275,7 +275,7 @@ def run_loaders(cfg: Any, model: GPT, tokenizer: Tokenizer, d: dist.DistInfo, lo
     if val_data is None or loss_fn is not lm_loss:
         return train_data, val_data, None
     # the same batches at every evaluation: counted once
-    return train_data, val_data, val_text(val_data, loop.eval_iters, tokenizer, d.device)
+    return train_data, val_data, read_val_text(val_data, loop.eval_iters, tokenizer, d.device)
 
 
 def shard_loaders(dataset: str, batch_size: int, seq_len: int, d: dist.DistInfo, vocab_size: int, validate: bool
