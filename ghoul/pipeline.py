@@ -18,6 +18,7 @@ from ghoul.advice import RERUN, SET_ASIDE, Advice, advising
 from ghoul.checkpoint import load_model_and_tokenizer
 from ghoul.config import build, option, option_owners, refuse_changed, refuse_set, require, to_dict
 from ghoul.data.corpus import CORPORA, CORPUS_HELP, build_corpus, write_corpus
+from ghoul.data.loader import ShardLoader
 from ghoul.data.prepare import PrepareConfig
 from ghoul.data.prepare import run as prepare
 from ghoul.dist import resolve_device
@@ -49,9 +50,13 @@ RERUN_OPTIONS = ("output_dir", "data_dir", "device", "dtype", "compile", "hellas
 # after a non-finite loss: a rerun with another learning rate is refused (RERUN_OPTIONS), so it starts anew
 RETUNE = ("lower that stage's learning rate (--pretrain-lr, --finetune-lr or --preference-lr; with Muon also "
           "--muon-lr) and run the pipeline into a new --output-dir")
-# too few winners (or pairs) for one step of the preference stage: a rerun keeps every option that made the data
-TOO_FEW = ("lower --seq-len, or raise --num-samples or --max-new-tokens for more stories, and run the pipeline into a "
-           "new --output-dir")
+# a step larger than a training stage's text (checked before the first stage); then too few winners (or pairs) for
+# one step of the preference stage. A rerun keeps every option that made the data. Only the winners' fine-tune cuts
+# its text into --seq-len windows; the other methods train on whole pairs
+TOO_FEW_TEXT = "lower --batch-size or --seq-len, and run the pipeline into a new --output-dir"
+MORE_STORIES = "raise --num-samples or --max-new-tokens for more stories, and run the pipeline into a new --output-dir"
+TOO_FEW = {"winners": f"lower --seq-len, or {MORE_STORIES}", "dpo": MORE_STORIES, "ppo": MORE_STORIES,
+           "grpo": MORE_STORIES}
 PROMPTS = ["I heard something in the attic", "The last thing my grandmother told me",
            "Nobody lives on the fourth floor"]
 
@@ -277,7 +282,10 @@ def compare_samples(cfg: PipelineConfig, models: dict[str, Path]) -> Path:
     return out
 
 
-@advising(Advice(go_on=RERUN, retune=RETUNE, restart=RETUNE, earlier=SET_ASIDE, too_few=TOO_FEW))
+def pipeline_advice(too_few: str) -> Advice:
+    return Advice(go_on=RERUN, retune=RETUNE, restart=RETUNE, earlier=SET_ASIDE, too_few=too_few)
+
+
 def run(cfg: PipelineConfig) -> Path:
     """Run every stage that is not yet done; returns the report's path."""
     for judge in dict.fromkeys((cfg.judge, cfg.winrate_judge or cfg.judge)):
@@ -286,16 +294,21 @@ def run(cfg: PipelineConfig) -> Path:
         refuse_changed(cfg, read_json(cfg.output_dir / "pipeline.json"),
                        [name for name in option_owners(PipelineConfig) if name not in RERUN_OPTIONS], cfg.output_dir)
         write_json(cfg.output_dir / "pipeline.json", to_dict(cfg))
-        data = prepare_data(cfg)
-        held_out = data["finetune"]  # every stage is measured on the same held-out stories
-        pretrained = train_stage(cfg, "pretrain", data["pretrain"], None, cfg.pretrain_steps, cfg.pretrain_lr)
-        evaluate(cfg, "pretrain", pretrained, held_out)
-        finetuned = train_stage(cfg, "finetune", data["finetune"], pretrained, cfg.finetune_steps, cfg.finetune_lr)
-        evaluate(cfg, "finetune", finetuned, held_out)
-        preferred = feedback(cfg, finetuned)
-        evaluate(cfg, "preference", preferred, held_out)
-        win_rate(cfg, preferred, finetuned)
-        compare_samples(cfg, {"pretrain": pretrained, "finetune": finetuned, "preference": preferred})
+        with advising(pipeline_advice(TOO_FEW_TEXT)):
+            data = prepare_data(cfg)
+            for corpus in data.values():  # a step larger than a stage's text fails now, not after the stages before
+                ShardLoader(corpus, cfg.batch_size, cfg.seq_len)
+        with advising(pipeline_advice(TOO_FEW[cfg.method])):  # too few: only the preference stage's data now
+            held_out = data["finetune"]  # every stage is measured on the same held-out stories
+            pretrained = train_stage(cfg, "pretrain", data["pretrain"], None, cfg.pretrain_steps, cfg.pretrain_lr)
+            evaluate(cfg, "pretrain", pretrained, held_out)
+            finetuned = train_stage(cfg, "finetune", data["finetune"], pretrained, cfg.finetune_steps,
+                                    cfg.finetune_lr)
+            evaluate(cfg, "finetune", finetuned, held_out)
+            preferred = feedback(cfg, finetuned)
+            evaluate(cfg, "preference", preferred, held_out)
+            win_rate(cfg, preferred, finetuned)
+            compare_samples(cfg, {"pretrain": pretrained, "finetune": finetuned, "preference": preferred})
         report = write_report(cfg.output_dir)
         say("report", f"{report} (and report.md)")
         return report

@@ -181,6 +181,22 @@ def test_a_run_directory_moved_or_renamed_goes_on(data, tmp_path, monkeypatch, c
     assert (moved / "report.md").is_file()
 
 
+def test_too_little_data_for_a_step_says_what_would_help_in_the_stage_it_stops(data, tmp_path, capsys):
+    """A step larger than a training stage's text stops before pretraining, not after it; whole pairs too few for
+    grpo's reward model need more stories, which a shorter --seq-len would not give."""
+    torch.set_num_threads(1)
+    assert main([*short_run(data, tmp_path / "big"), "--batch-size", "100000"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "train tokens are too few for one step" in err
+    assert err.endswith(": lower --batch-size or --seq-len, and run the pipeline into a new --output-dir"), err
+    assert not (tmp_path / "big" / "pretrain").exists()
+    assert main([*short_run(data, tmp_path / "grpo"), "--method", "grpo"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "preference pairs are too few for one step" in err and "--seq-len" not in err
+    assert err.endswith(": raise --num-samples or --max-new-tokens for more stories, and run the pipeline into a new "
+                        "--output-dir"), err
+
+
 def test_pipeline_refuses_bad_settings(tmp_path, capsys):
     assert main(["pipeline", "--data-dir", str(tmp_path / "nowhere")]) == 2
     assert "does not exist" in capsys.readouterr().err
