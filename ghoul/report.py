@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 from ghoul import __version__
 from ghoul.config import option
 from ghoul.errors import GhoulError
-from ghoul.eval.curves import CHANCE, REFERENCES
+from ghoul.eval.curves import CHANCE, REFERENCES, val_tokens
 from ghoul.feedback.judges import judge_measures
 from ghoul.feedback.records import FEEDBACK_DIR, FINAL_DIRS, FeedbackRun, load_rankings, load_stories
 from ghoul.files import atomic_write_text, read_json, read_jsonl
@@ -128,7 +128,7 @@ def loss_curves(log: list[dict[str, Any]], evaluation: dict[str, Any] | None = N
     log, training and validation loss in nats per token."""
     bpb = [(r["step"], r["val_bpb"]) for r in log if "val_bpb" in r]
     if bpb:
-        sampled = sampled_tokens(log)
+        sampled = val_tokens(log)
         curves = {"validation" + (f" in training ({sampled:,} tok.)" if sampled else ""): bpb}
         if evaluation and evaluation.get("val_bpb") is not None:
             tokens = evaluation.get("val_tokens")
@@ -138,15 +138,10 @@ def loss_curves(log: list[dict[str, Any]], evaluation: dict[str, Any] | None = N
                                  "validation": [(r["step"], r["val_loss"]) for r in log if "val_loss" in r]}
 
 
-def sampled_tokens(log: list[dict[str, Any]]) -> int | None:
-    """How many held-out tokens the training log's validation reads: the first --eval-iters batches of the split."""
-    return next((r["val_tokens"] for r in reversed(log) if "val_tokens" in r), None)
-
-
 def validation_note(stages: dict[str, dict[str, Any]]) -> str | None:
     """Why the curves end elsewhere than the table's figures: the evaluation reads every held-out token, the
     training log's validation only its first batches, so the two differ by that sample."""
-    pairs = [(sampled_tokens(s["log"]), s["eval"].get("val_tokens")) for s in stages.values()]
+    pairs = [(val_tokens(s["log"]), s["eval"].get("val_tokens")) for s in stages.values()]
     sampled, evaluated = next(((a, b) for a, b in pairs if a and b and a != b), (None, None))
     if sampled is None:
         return None

@@ -65,6 +65,12 @@ def series(records: list[dict[str, Any]], metric: str) -> list[tuple[int, int | 
     return [points[s] for s in sorted(points)]
 
 
+def val_tokens(records: list[dict[str, Any]]) -> int | None:
+    """How many held-out tokens the newest validation loss in `records` read: a training log's reads the first
+    --eval-iters batches of the split, an evaluation usually all of it, so the two sit apart by that sample."""
+    return next((r["val_tokens"] for r in reversed(records) if "val_tokens" in r), None)
+
+
 def plot_metric(path: Path, metric: str, curves: dict[str, list[tuple[int, int | None, float]]],
                 references: list[str], dataset: str | None, title: str) -> bool:
     """Draw the curves of one metric (x = tokens when every point knows them, else step) with the reference lines
@@ -104,13 +110,20 @@ def _reference_value(ref: Reference, metric: str, dataset: str | None) -> float 
     return ref.val_loss.get(dataset) if metric == "val_loss" and dataset else None
 
 
+def named(label: str, records: list[dict[str, Any]], metric: str) -> str:
+    """A loss curve's label with the held-out tokens behind it, where the records say."""
+    tokens = val_tokens(records) if metric in ("val_loss", "val_bpb") else None
+    return f"{label}, {tokens:,} tokens" if tokens else label
+
+
 def plot_run(run_dir: Path, evals: list[dict[str, Any]], log: list[dict[str, Any]], references: list[str],
              dataset: str | None = None) -> list[Path]:
     """Write `val_loss.png`, `val_bpb.png` and `hellaswag_acc.png` into `run_dir` from its eval records and training
     log; returns the files written (a metric with no points at all gets no figure)."""
     written = []
     for metric, (ylabel, _) in METRICS.items():
-        curves = {"checkpoints (ghoul eval)": series(evals, metric), "training log": series(log, metric)}
+        curves = {named(label, records, metric): series(records, metric)
+                  for label, records in (("checkpoints (ghoul eval)", evals), ("training log", log))}
         if plot_metric(run_dir / f"{metric}.png", metric, curves, references, dataset, f"{run_dir.name}: {ylabel}"):
             written.append(run_dir / f"{metric}.png")
     return written

@@ -14,7 +14,7 @@ import torch
 
 from ghoul.checkpoint import save_model_dir
 from ghoul.cli import main
-from ghoul.eval import checkpoints
+from ghoul.eval import checkpoints, curves
 from ghoul.eval.checkpoints import CheckpointsConfig, _todo, _Work, run
 from ghoul.eval.curves import REFERENCES, dataset_of, plot_metric, series
 from ghoul.eval.loss import read_split
@@ -200,3 +200,19 @@ def test_references_and_curves(tmp_path: Path) -> None:
                         "title")
     assert drawn and (tmp_path / "v.png").read_bytes().startswith(PNG)
     assert not plot_metric(tmp_path / "w.png", "val_loss", {"log": []}, ["gpt2-124m"], None, "title")
+
+
+def test_a_loss_curve_names_the_held_out_tokens_behind_it(tmp_path: Path, monkeypatch) -> None:
+    # the training log's validation reads its first --eval-iters batches, an evaluation the whole split: the labels
+    # say so, or the two curves would seem to disagree
+    drawn = {}
+    monkeypatch.setattr(curves, "plot_metric", lambda path, metric, c, *rest: drawn.setdefault(metric, c) or True)
+    log = [{"step": 10, "val_loss": 5.0, "val_bpb": 2.1, "val_tokens": 512}]
+    evals = [{"step": 10, "val_loss": 5.2, "val_bpb": 2.2, "val_tokens": 8192, "hellaswag_acc": 0.3}]
+    curves.plot_run(tmp_path, evals, log, [])
+    assert drawn["val_bpb"] == {"checkpoints (ghoul eval), 8,192 tokens": [(10, None, 2.2)],
+                                "training log, 512 tokens": [(10, None, 2.1)]}
+    assert list(drawn["hellaswag_acc"]) == ["checkpoints (ghoul eval)", "training log"]
+    drawn.clear()
+    curves.plot_run(tmp_path, evals, [{"step": 10, "val_loss": 5.0}], [])  # a log from before val_tokens
+    assert list(drawn["val_loss"]) == ["checkpoints (ghoul eval), 8,192 tokens", "training log"]
