@@ -24,7 +24,7 @@ from ghoul.errors import GhoulError
 from ghoul.files import atomic_write, atomic_write_text, refuse_input_as_output
 from ghoul.hf import GPT2, export_family, exported_weights, gpt2_config, language_config, llama_config, llama_state
 from ghoul.layout import WEIGHTS_FILE, resolve_checkpoint
-from ghoul.model import READING_SAMPLING
+from ghoul.sampling import READING_SAMPLING
 from ghoul.tokenizer import Tokenizer, load_tokenizer
 from ghoul.tokenizer.bpe import GPT4_PATTERN, BPETokenizer
 from ghoul.tokenizer.gpt2 import EOT, GPT2_PATTERN, gpt2_file

@@ -18,6 +18,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ghoul.cross_entropy import head_cross_entropy
 from ghoul.errors import GhoulError
+from ghoul.sampling import Generators, sample_next
 
 # The architecture switches of the learning stage; the first of each is GPT-2's.
 NORMS = ("layernorm", "rmsnorm")
@@ -433,7 +434,7 @@ class GPT(nn.Module):
 
     @torch.inference_mode()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-                 top_p: float | None = None, eos_id: int | None = None, generator: torch.Generator | None = None,
+                 top_p: float | None = None, eos_id: int | None = None, generator: Generators = None,
                  use_cache: bool = True) -> torch.Tensor:
         """Continue each row of `idx` (B, T) by up to `max_new_tokens`; returns prompt + new tokens.
 
@@ -452,7 +453,7 @@ class GPT(nn.Module):
 
     @torch.inference_mode()
     def sample_tokens(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-                      top_p: float | None = None, generator: torch.Generator | None = None, use_cache: bool = True
+                      top_p: float | None = None, generator: Generators = None, use_cache: bool = True
                       ) -> Iterator[torch.Tensor]:
         """The next token of each row of `idx` (B, T) as soon as it is sampled, `max_new_tokens` times (B,); a row
         depends only on its own tokens, so what a caller does with a finished row changes no other."""
@@ -474,33 +475,3 @@ class GPT(nn.Module):
             yield next_id
             idx = torch.cat([idx, next_id[:, None]], dim=1)
 
-
-# Sampling for a person to read (the report's samples, training's samples.jsonl): a temperature below 1 and a top-k
-# leave out the unlikeliest tokens, where a small model's made-up words come from (README, "Sampling for reading").
-# Stories for a judge are sampled from the whole distribution instead (docs/feedback.md).
-READING_SAMPLING = dict(temperature=0.8, top_k=50)
-
-
-def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
-                top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-    """One token id per row of `logits` (B, V): greedy at temperature 0, else sampled after top-k and top-p."""
-    if temperature == 0:
-        return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
-    if top_k is not None and top_k < logits.size(-1):
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        probs = sorted_logits.softmax(dim=-1)
-        # drop a token when the tokens ranked above it already hold top_p of the mass (the best one always stays)
-        drop_sorted = probs.cumsum(dim=-1) - probs >= top_p
-        logits = logits.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
-    probs = logits.softmax(dim=-1)
-    try:
-        return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
-    except RuntimeError as e:  # torch's check of the probabilities, on the CPU (a GPU's asserts in the kernel)
-        if "probability tensor contains" not in str(e):
-            raise
-        raise GhoulError("the model's next-token probabilities are not finite (NaN or inf): its weights have "
-                         "diverged; use an earlier checkpoint, or train again at a lower learning rate") from None

@@ -35,8 +35,9 @@ from ghoul.files import atomic_write_text, read_json, sole_writer, write_json
 from ghoul.generate import GenerateConfig
 from ghoul.generate import run as generate
 from ghoul.layout import resolve_checkpoint
-from ghoul.model import PRESETS, READING_SAMPLING
+from ghoul.model import PRESETS
 from ghoul.report import write_report
+from ghoul.sampling import READING_SAMPLING
 from ghoul.tokenizer import TOKENIZER_FILE, load_tokenizer
 from ghoul.tokenizer.bpe import BPETokenizer
 from ghoul.train.config import ADAMW_BESIDE_MUON, train_option

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from ghoul.errors import GhoulError
-from ghoul.model import GPT, GPTConfig, sample_next
+from ghoul.model import GPT, GPTConfig
+from ghoul.sampling import sample_next
 
 
 def tiny_model(block_size=128, seed=0):

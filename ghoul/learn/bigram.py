@@ -13,7 +13,7 @@ from torch.nn import functional as F
 from ghoul.config import option, refuse_set
 from ghoul.errors import GhoulError
 from ghoul.learn.common import LearnConfig, LearnResult, check_fresh, prepare_text, train_model
-from ghoul.model import sample_next
+from ghoul.sampling import sample_next
 from ghoul.tokenizer import load_tokenizer
 
 

@@ -10,7 +10,8 @@ import torch
 
 from ghoul import dist
 from ghoul.eval.hellaswag import default_data_path, evaluate_hellaswag, hellaswag_record, load_hellaswag
-from ghoul.model import GPT, READING_SAMPLING
+from ghoul.model import GPT
+from ghoul.sampling import READING_SAMPLING
 from ghoul.tokenizer import Tokenizer
 from ghoul.train.config import HellaswagOptions, LoopOptions, SampleOptions
 from ghoul.train.logger import RunLogger
