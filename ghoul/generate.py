@@ -1,7 +1,8 @@
 """`ghoul generate`: sample stories from a checkpoint (or a freshly initialised preset) with the KV-cache sampler.
 
 With `--out stories.jsonl` each story is appended as it is made, and a rerun resumes where an interrupted one stopped:
-every batch draws from its own generator seeded by (seed, batch index), so resumed stories equal uninterrupted ones.
+every story draws from its own generator seeded by (seed, story id), so a story is the same whatever --batch-size
+and whatever came before it, and resumed stories equal uninterrupted ones.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ class GenerateConfig:
     temperature: float = option(1.0, "sampling temperature; 0 means greedy")
     top_k: int | None = option(None, "sample only from the k most likely tokens")
     top_p: float | None = option(None, "sample only from the smallest set of tokens holding this probability")
-    seed: int = option(1337, "random seed: the same seed and --batch-size give the same text")
+    seed: int = option(1337, "random seed: story i draws from its own stream, seeded by (seed, i), whatever "
+                             "--batch-size")
     batch_size: int = option(8, "samples of one prompt generated together on the device")
     device: str = option("auto", "cpu, cuda, mps, or auto")
     out: Path | None = option(None, "append the samples as JSON lines to this file (e.g. stories.jsonl); a rerun "
@@ -118,9 +120,9 @@ def plan_batches(num_samples: int, num_prompts: int, batch_size: int) -> Iterato
             yield ids[i:i + batch_size]
 
 
-def batch_seed(seed: int, batch: int) -> int:
-    """The generator seed of one batch: a hash of (seed, batch index), so that batches draw independent streams."""
-    digest = hashlib.sha256(f"ghoul-generate:{seed}:{batch}".encode()).digest()
+def story_seed(seed: int, story: int) -> int:
+    """The generator seed of one story: a hash of (seed, story id), so that stories draw independent streams."""
+    digest = hashlib.sha256(f"ghoul-generate:{seed}:{story}".encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1  # manual_seed takes a non-negative 63-bit int
 
 
@@ -176,14 +178,14 @@ def run(cfg: GenerateConfig) -> list[dict]:
         print(f"{cfg.out} already holds {len(records)} of {cfg.num_samples} stories; resuming", file=sys.stderr)
     with tqdm(total=cfg.num_samples, initial=min(len(records), cfg.num_samples), desc="generating", unit="story",
                disable=cfg.num_samples < 2, file=sys.stderr, dynamic_ncols=True) as bar:
-        for b, ids in enumerate(plan_batches(cfg.num_samples, len(prompts), cfg.batch_size)):
+        for ids in plan_batches(cfg.num_samples, len(prompts), cfg.batch_size):
             if all(i in records for i in ids):
                 continue
             p = ids[0] % len(prompts)
-            generator = torch.Generator(device=device).manual_seed(batch_seed(cfg.seed, b))
+            generators = [torch.Generator(device=device).manual_seed(story_seed(cfg.seed, i)) for i in ids]
             idx = torch.tensor([prompt_ids[p]] * len(ids), dtype=torch.long, device=device)  # (B, T)
             out = model.generate(idx, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p,
-                                 eos_id=tokenizer.eot_id, generator=generator)
+                                 eos_id=tokenizer.eot_id, generator=generators)
             for i, row in zip(ids, out[:, len(prompt_ids[p]):].tolist(), strict=True):
                 if i in records:  # written before the interruption: the regenerated one is identical
                     continue

@@ -45,7 +45,7 @@ def test_plan_batches_hold_one_prompt_each():
     batches = gen.plan_batches(10, 3, 2)
     assert sorted(i for b in batches for i in b) == list(range(10))
     assert all(len({i % 3 for i in b}) == 1 and len(b) <= 2 for b in batches)
-    assert gen.batch_seed(1, 0) != gen.batch_seed(1, 1) != gen.batch_seed(2, 1)
+    assert gen.story_seed(1, 0) != gen.story_seed(1, 1) != gen.story_seed(2, 1)
 
 
 def test_prompts_file_is_cycled(model_dir, tmp_path):
@@ -87,6 +87,19 @@ def test_an_interrupted_run_resumes_with_identical_stories(model_dir, tmp_path, 
     assert sorted(read_jsonl(tmp_path / "part.jsonl"), key=lambda s: s["id"]) == full
     assert gen.run(config(model_dir, tmp_path / "part.jsonl", prompt="It was dark")) == full  # done: nothing added
     assert len(read_jsonl(tmp_path / "part.jsonl")) == 10
+
+
+def test_a_story_is_the_same_whatever_the_batch_size(model_dir, tmp_path):
+    """Each story draws from its own stream, seeded by (seed, id): how many are made together changes none of them,
+    so a run resumed with another --batch-size (a GPU's against a laptop's) continues the same stories."""
+    (tmp_path / "prompts.txt").write_text("The door creaked\nIn the cellar\n")
+    runs = [gen.run(config(model_dir, None, prompts_file=tmp_path / "prompts.txt", batch_size=b, max_new_tokens=24))
+            for b in (1, 2, 5)]
+    assert [s["text"] for s in runs[0]] == [s["text"] for s in runs[1]] == [s["text"] for s in runs[2]]
+    assert len({s["text"] for s in runs[0]}) == 10  # and no two stories share a stream
+    top_k = [gen.run(config(model_dir, None, prompt="It was dark", batch_size=b, top_k=50, temperature=0.8))
+             for b in (1, 4)]
+    assert [s["text"] for s in top_k[0]] == [s["text"] for s in top_k[1]]
 
 
 def test_other_settings_do_not_mix_into_a_stories_file(model_dir, tmp_path):

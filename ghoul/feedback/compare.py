@@ -80,7 +80,7 @@ class CompareResult:
 
 
 def stories_of(cfg: CompareConfig, model: Path) -> list[dict]:
-    """cfg.n stories of `model`; `ghoul generate` seeds each batch from (seed, batch), so A and B draw alike."""
+    """cfg.n stories of `model`; `ghoul generate` seeds story i from (seed, i), so A's and B's story i draw alike."""
     return generate(GenerateConfig(checkpoint=model, prompt=cfg.prompt, prompts_file=cfg.prompts_file,
                                    num_samples=cfg.n, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                                    top_k=cfg.top_k, top_p=cfg.top_p, seed=cfg.seed, batch_size=cfg.batch_size,
@@ -130,8 +130,8 @@ def check_pairs(cfg: CompareConfig, earlier: list[dict], pairs: list[dict]) -> N
     for r, pair in zip(earlier, pairs[:len(earlier)], strict=True):  # earlier_judgments: no more records than pairs
         if any(r[k] != v for k, v in pair.items()):
             raise GhoulError(f"{cfg.out} holds another comparison (pair {r['id']} differs: other models, prompts, "
-                             "--seed, --n, --max-new-tokens, --batch-size or sampling options): rerun with the same "
-                             "options to continue it, or use another --out")
+                             "--seed, --n, --max-new-tokens or sampling options): rerun with the same options to "
+                             "continue it, or use another --out")
 
 
 def judge_pairs(cfg: CompareConfig, judge: Judge, stories_a: list[dict], stories_b: list[dict],

@@ -24,7 +24,7 @@ from ghoul.dist import resolve_device
 from ghoul.errors import GhoulError
 from ghoul.feedback.records import STORIES_FILE
 from ghoul.files import append_jsonl, read_jsonl, repair_jsonl
-from ghoul.generate import GenerateConfig, batch_seed, encode_prompt, model_and_tokenizer
+from ghoul.generate import GenerateConfig, encode_prompt, model_and_tokenizer, story_seed
 from ghoul.model import GPT, PRESETS
 from ghoul.tokenizer import Tokenizer
 from ghoul.web.server import ApiBody, Server, page_app
@@ -125,7 +125,7 @@ class Playground:
         records = []
         for i in range(s.num_stories):
             # one generator per story, seeded by (seed, story): a story does not depend on how many come before it
-            generator = torch.Generator(device=device).manual_seed(batch_seed(s.seed, i))
+            generator = torch.Generator(device=device).manual_seed(story_seed(s.seed, i))
             idx = torch.tensor([prompt_ids], dtype=torch.long, device=device)  # (1, T)
             eot, ids = self.tokenizer.eot_id, []
             tokens = stream_tokens(self.model, idx, s.max_new_tokens, s.temperature, s.top_k, s.top_p, eot, generator)

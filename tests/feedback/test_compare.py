@@ -101,7 +101,7 @@ N = 7
 
 
 def compare_cfg(a, b, out, **changes) -> CompareConfig:
-    options = dict(a=a, b=b, n=N, max_new_tokens=6, batch_size=3, device="cpu", out=out,
+    options = dict(a=a, b=b, n=N, max_new_tokens=7, batch_size=3, device="cpu", out=out,
                    judging=JudgeOptions(judge="length"))
     return CompareConfig(**{**options, **changes})
 
