@@ -351,15 +351,7 @@ def run(cfg: RlConfig, method: str) -> list[dict]:
     """Load the policy, train it with `method` against cfg.reward or a judge, save it as RUN/step_N (RUN/latest);
     with --resume, continue from a checkpoint of the run (the reference stays cfg.policy). One process, or one rank
     under torchrun."""
-    if method == "grpo" and cfg.group_size < 2:  # one sample is its own group mean: every advantage would be 0
-        raise GhoulError(f"--group-size must be at least 2 for GRPO, got {cfg.group_size}: its advantages compare "
-                         "the samples of a prompt with each other")
-    if cfg.policy is None:
-        raise GhoulError("--policy is required: the model directory to train")
-    if (cfg.reward is None) == (cfg.judging.judge is None):
-        raise GhoulError("give --reward DIR (a reward model) or --judge NAME, exactly one")
-    if cfg.reward is not None:
-        refuse_set(cfg.judging, ("task", *API_OPTIONS, *WEB_OPTIONS), "--judge")
+    check_options(cfg, method)
     out = cfg.run.output_dir
     with training_run(cfg.run) as (d, resume_from):
         policy, tokenizer = load_model_and_tokenizer(resume_from or cfg.policy, d.device)
@@ -398,6 +390,19 @@ def run(cfg: RlConfig, method: str) -> list[dict]:
             dist.print0(f"done: reward {records[0]['reward_mean']:.4f} -> {records[-1]['reward_mean']:.4f}; {path}",
                         file=sys.stderr)
         return records
+
+
+def check_options(cfg: RlConfig, method: str) -> None:
+    """The options' one-line errors, before a model is loaded."""
+    if method == "grpo" and cfg.group_size < 2:  # one sample is its own group mean: every advantage would be 0
+        raise GhoulError(f"--group-size must be at least 2 for GRPO, got {cfg.group_size}: its advantages compare "
+                         "the samples of a prompt with each other")
+    if cfg.policy is None:
+        raise GhoulError("--policy is required: the model directory to train")
+    if (cfg.reward is None) == (cfg.judging.judge is None):
+        raise GhoulError("give --reward DIR (a reward model) or --judge NAME, exactly one")
+    if cfg.reward is not None:
+        refuse_set(cfg.judging, ("task", *API_OPTIONS, *WEB_OPTIONS), "--judge")
 
 
 def check_resume(checkpoint: Path, state: dict, method: str, max_steps: int) -> None:
