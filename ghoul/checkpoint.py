@@ -22,7 +22,7 @@ from ghoul import __version__
 from ghoul.advice import advice
 from ghoul.errors import GhoulError
 from ghoul.files import atomic_directory, atomic_write_text, write_json
-from ghoul.layout import CONFIG_FILE, LATEST, WEIGHTS_FILE, resolve_checkpoint, step_dir, step_dirs
+from ghoul.layout import CONFIG_FILE, LATEST, WEIGHTS_FILE, models_within, resolve_checkpoint, step_dir, step_dirs
 from ghoul.model import GPT, GPTConfig
 from ghoul.tokenizer import TOKENIZER_FILE, Tokenizer, load_tokenizer
 
@@ -121,7 +121,9 @@ def read_model_config(directory: str | Path) -> dict:
                          f"(holding {CONFIG_FILE} and {WEIGHTS_FILE}) or a run directory holding checkpoints")
     path = directory / CONFIG_FILE
     if not path.is_file():
-        raise GhoulError(f"{directory} is not a model directory: {CONFIG_FILE} is missing")
+        inside = ", ".join(str(p) for p in models_within(directory))
+        raise GhoulError(f"{directory} is not a model directory: {CONFIG_FILE} is missing"
+                         + (f"; give one of the models in it: {inside}" if inside else ""))
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:

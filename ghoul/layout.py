@@ -23,6 +23,22 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return path
 
 
+def models_within(directory: Path, depth: int = 2) -> list[Path]:
+    """The model and run directories up to `depth` levels inside `directory`, by name: what a user who gave a
+    directory holding models (a pipeline run: pretrain, finetune, rlhf/finetune) may have meant."""
+    try:
+        subs = sorted(p for p in directory.iterdir() if p.is_dir())
+    except OSError:  # unreadable: nothing to suggest there
+        return []
+    found = []
+    for sub in subs:
+        if (sub / LATEST).is_file() or (sub / CONFIG_FILE).is_file() and (sub / WEIGHTS_FILE).is_file():
+            found.append(sub)
+        elif depth > 1:
+            found += models_within(sub, depth - 1)
+    return found
+
+
 def step_dir(run_dir: str | Path, step: int) -> Path:
     return Path(run_dir) / f"step_{step:06d}"
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from ghoul.checkpoint import load_model_dir, save_model_dir
+from ghoul.cli import main
 from ghoul.errors import GhoulError
 from ghoul.files import atomic_directory, read_jsonl
 from ghoul.model import GPT, GPTConfig
@@ -60,6 +61,25 @@ def test_damaged_checkpoints_give_clear_errors(tmp_path, damage, message):
 def test_missing_directory(tmp_path):
     with pytest.raises(GhoulError, match="does not exist"):
         load_model_dir(tmp_path / "nope")
+
+
+def test_a_directory_holding_models_names_them(tmp_path, capsys):
+    """`--checkpoint runs/pipeline` (the pipeline's run, not a model): the error names the models in it."""
+    run = tmp_path / "pipeline"
+    for stage in ("pretrain", "finetune", "rlhf/finetune"):
+        save_model_dir(tiny(), run / stage / "step_000002")
+        (run / stage / "latest").write_text("step_000002\n")
+    save_model_dir(tiny(), run / "exported")  # a model directory itself
+    (run / "data" / "stories").mkdir(parents=True)
+    with pytest.raises(GhoulError) as e:
+        load_model_dir(run)
+    inside = ", ".join(str(run / name) for name in ("exported", "finetune", "pretrain", "rlhf/finetune"))
+    assert str(e.value) == f"{run} is not a model directory: config.json is missing; give one of the models in it: " \
+        f"{inside}"
+    assert main(["generate", "--checkpoint", str(run), "--prompt", "x"]) == 2
+    assert f"give one of the models in it: {inside}" in capsys.readouterr().err
+    with pytest.raises(GhoulError, match="config.json is missing$"):  # nothing to name
+        load_model_dir(run / "data")
 
 
 def test_read_jsonl_ignores_torn_last_line(tmp_path):
