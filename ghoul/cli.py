@@ -75,11 +75,17 @@ def _find(argv: list[str]) -> tuple[Command | None, list[str]]:
     return None, argv
 
 
-def _top_help() -> str:
-    width = max(len(c.name) for c in COMMANDS)
-    lines = ["usage: ghoul COMMAND [options]   (ghoul COMMAND --help for its options)", "", "commands:"]
-    lines += [f"  {c.name.ljust(width)}  {c.help}" for c in COMMANDS]
-    return "\n".join(lines)
+def _help(prefix: str = "") -> str:
+    """The commands under `prefix` ("eval" for `ghoul eval --help`; all of them for none), a line each."""
+    commands = [c for c in COMMANDS if c.name.startswith(f"{prefix} ")] if prefix else COMMANDS
+    width, name = max(len(c.name) for c in commands), f"ghoul {prefix}".rstrip()
+    lines = [f"usage: {name} COMMAND [options]   ({name} COMMAND --help for its options)", "", "commands:"]
+    return "\n".join(lines + [f"  {c.name.ljust(width)}  {c.help}" for c in commands])
+
+
+def _group(word: str) -> list[str]:
+    """The second words of the commands `word` begins (eval: checkpoints, hellaswag, loss); none for another word."""
+    return sorted(c.name.split()[1] for c in COMMANDS if c.name.startswith(f"{word} "))
 
 
 def build_parser(cmd: Command) -> tuple[argparse.ArgumentParser, type, object]:
@@ -136,7 +142,7 @@ def usage_error(e: Exception) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print(_top_help())
+        print(_help())
         return 0
     if argv[0] == "--version":
         print(f"ghoul {__version__}")
@@ -145,10 +151,18 @@ def main(argv: list[str] | None = None) -> int:
         print(cli_reference(), end="")
         return 0
     cmd, rest = _find(argv)
+    group = _group(argv[0])
+    if cmd is None and group and argv[1:2] in ([], ["-h"], ["--help"]):  # `ghoul eval`, `ghoul eval --help`
+        if argv[1:]:
+            print(_help(argv[0]))
+            return 0
+        print(f"ghoul {argv[0]}: error: give one of its commands: {', '.join(group)} (see ghoul {argv[0]} --help)",
+              file=sys.stderr)
+        return 2
     if cmd is None:
-        groups = sorted({c.name.split()[0] for c in COMMANDS})
-        print(f"ghoul: error: unknown command '{' '.join(argv[:2])}'; commands: {', '.join(groups)} "
-              "(see ghoul --help)", file=sys.stderr)
+        within, known = (f"{argv[0]} ", group) if group else ("", sorted({c.name.split()[0] for c in COMMANDS}))
+        print(f"ghoul: error: unknown command '{' '.join(argv[:2])}'; {within}commands: {', '.join(known)} "
+              f"(see ghoul {within}--help)", file=sys.stderr)
         return 2
     try:
         parser, cls, fn = build_parser(cmd)

@@ -18,6 +18,21 @@ def test_help_lists_commands(capsys):
     assert "generate" in out and "export hf" in out
 
 
+def test_a_command_of_two_words_is_found_from_its_first(capsys):
+    """`ghoul eval --help` lists eval's commands (it was "unknown command 'eval --help'", under a list naming eval)."""
+    for flag in ("--help", "-h"):
+        assert main(["eval", flag]) == 0
+        out = capsys.readouterr().out
+        assert out.startswith("usage: ghoul eval COMMAND [options]   (ghoul eval COMMAND --help for its options)")
+        assert "  eval loss         validation loss of a checkpoint on token shards" in out and "generate" not in out
+    assert main(["export"]) == 2
+    assert capsys.readouterr().err == ("ghoul export: error: give one of its commands: gguf, hf, winners (see ghoul "
+                                       "export --help)\n")
+    assert main(["reward", "tran"]) == 2
+    assert capsys.readouterr().err == ("ghoul: error: unknown command 'reward tran'; reward commands: score, train "
+                                       "(see ghoul reward --help)\n")
+
+
 def test_python_m_ghoul_runs():
     result = subprocess.run([sys.executable, "-m", "ghoul", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "generate" in result.stdout
