@@ -32,7 +32,7 @@ def models_within(directory: Path, depth: int = 2) -> list[Path]:
         return []
     found = []
     for sub in subs:
-        if (sub / LATEST).is_file() or (sub / CONFIG_FILE).is_file() and (sub / WEIGHTS_FILE).is_file():
+        if (sub / LATEST).is_file() or ((sub / CONFIG_FILE).is_file() and (sub / WEIGHTS_FILE).is_file()):
             found.append(sub)
         elif depth > 1:
             found += models_within(sub, depth - 1)
