@@ -88,6 +88,23 @@ def _group(word: str) -> list[str]:
     return sorted(c.name.split()[1] for c in COMMANDS if c.name.startswith(f"{word} "))
 
 
+def _no_command(argv: list[str]) -> int:
+    """The answer to words that name no command: a group's list of commands for `ghoul eval --help`, and an error
+    naming the commands there are (the group's for `ghoul eval` or `ghoul eval nosuch`); the exit code."""
+    group = _group(argv[0])
+    if group and argv[1:2] in ([], ["-h"], ["--help"]):
+        if argv[1:]:
+            print(_help(argv[0]))
+            return 0
+        print(f"ghoul {argv[0]}: error: give one of its commands: {', '.join(group)} (see ghoul {argv[0]} --help)",
+              file=sys.stderr)
+        return 2
+    within, known = (f"{argv[0]} ", group) if group else ("", sorted({c.name.split()[0] for c in COMMANDS}))
+    print(f"ghoul: error: unknown command '{' '.join(argv[:2])}'; {within}commands: {', '.join(known)} "
+          f"(see ghoul {within}--help)", file=sys.stderr)
+    return 2
+
+
 def build_parser(cmd: Command) -> tuple[argparse.ArgumentParser, type, object]:
     """The argument parser of one command, with its config class and entry point."""
     module_name, cls_name, fn_name = cmd.target.split(":")
@@ -151,19 +168,8 @@ def main(argv: list[str] | None = None) -> int:
         print(cli_reference(), end="")
         return 0
     cmd, rest = _find(argv)
-    group = _group(argv[0])
-    if cmd is None and group and argv[1:2] in ([], ["-h"], ["--help"]):  # `ghoul eval`, `ghoul eval --help`
-        if argv[1:]:
-            print(_help(argv[0]))
-            return 0
-        print(f"ghoul {argv[0]}: error: give one of its commands: {', '.join(group)} (see ghoul {argv[0]} --help)",
-              file=sys.stderr)
-        return 2
     if cmd is None:
-        within, known = (f"{argv[0]} ", group) if group else ("", sorted({c.name.split()[0] for c in COMMANDS}))
-        print(f"ghoul: error: unknown command '{' '.join(argv[:2])}'; {within}commands: {', '.join(known)} "
-              f"(see ghoul {within}--help)", file=sys.stderr)
-        return 2
+        return _no_command(argv)
     try:
         parser, cls, fn = build_parser(cmd)
         args = parser.parse_args(rest)
