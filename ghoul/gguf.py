@@ -44,6 +44,7 @@ PRE_TOKENIZERS = {GPT2_PATTERN: "gpt-2", GPT4_PATTERN: "dbrx"}
 NOT_EXPORTABLE = ("has no llama.cpp equivalent; exportable are GPT-2 (norm layernorm, activation gelu, position "
                   "learned, bias True; tied or untied head), LLaMA (norm rmsnorm, activation swiglu, position rotary, "
                   "bias False) and LLaMA with qk_norm (Qwen3), all with norm_position pre and no MoE")
+GGUF_MAGIC = b"GGUF"  # the first bytes of every GGUF file (ggml's docs/gguf.md)
 # sampling of the Modelfile: ghoul's reading settings, with what Ollama adds by default turned off (a top-p of 0.9 and
 # a repeat penalty), which ghoul's sampler does not apply
 SAMPLING = {**READING_SAMPLING, "top_p": 1.0, "repeat_penalty": 1.0}
@@ -95,12 +96,17 @@ def _gguf() -> Any:
 
 
 def check_target(out: Path, weights: Path) -> None:
-    """Refuse a target that is a folder, inside the model directory, or the Modelfile's place (a one-line error)."""
+    """Refuse a target that is a folder, a file other than a GGUF (an earlier export is replaced; a user's file of
+    another kind never is), inside the model directory, or the Modelfile's place (a one-line error)."""
     if out.is_dir():
         raise GhoulError(f"{out} is a directory: give the path of the GGUF file to write, e.g. {out / 'model.gguf'}")
     if out.name == "Modelfile" or (out.parent / "Modelfile").is_dir():
         raise GhoulError(f"{out.parent / 'Modelfile'} is where the Ollama Modelfile goes: give another path")
     refuse_input_as_output(out, weights.parent, flag="OUT")  # the model directory, its weights and config
+    if out.is_file():
+        with open(out, "rb") as f:
+            if f.read(4) != GGUF_MAGIC:
+                raise GhoulError(f"{out} exists and is not a GGUF file: give another OUT, or move it away first")
 
 
 def checked_tokenizer(model_dir: Path, vocab_size: int) -> Tokenizer:

@@ -213,6 +213,11 @@ def test_bad_paths_are_one_line_errors_and_leave_nothing(tmp_path, capsys, model
         assert "an input: writing there would change it" in err
     assert list(out.iterdir()) == []
     assert sorted(p.name for p in models["qwen3"].iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
+    notes = tmp_path / "story.gguf"  # a user's file of another kind under the name given: never replaced
+    notes.write_text("The well behind the house\n")
+    err = one_line_error(capsys, ["export", "gguf", str(models["qwen3"]), str(notes)])
+    assert f"{notes} exists and is not a GGUF file" in err and notes.read_text() == "The well behind the house\n"
+    assert not (tmp_path / "Modelfile").exists()
 
 
 def test_missing_gguf_package_names_the_extra(tmp_path, capsys, monkeypatch, models):
