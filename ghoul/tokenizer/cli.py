@@ -15,7 +15,7 @@ from tqdm import tqdm
 from ghoul.config import option, refuse_set
 from ghoul.data.sources import jsonl_records
 from ghoul.errors import GhoulError
-from ghoul.files import refuse_input_as_output, require_file
+from ghoul.files import refuse_input_as_output, refuse_to_replace, require_file
 from ghoul.tokenizer import Tokenizer, load_tokenizer
 from ghoul.tokenizer.bpe import BPETokenizer
 from ghoul.tokenizer.char import CharTokenizer
@@ -39,6 +39,7 @@ class TrainConfig:
         self.input = [Path(p) for p in self.input]
         self.out = Path(self.out)
         refuse_input_as_output(self.out, *self.input)
+        refuse_to_replace(self.out, ("type", "vocab_size"))  # an earlier tokenizer file is replaced, nothing else
         if "" in self.special_tokens:
             raise GhoulError("--special-tokens holds an empty string: give each special token as text")
         if self.kind == "char":  # its vocabulary is the text's characters, and it splits nothing

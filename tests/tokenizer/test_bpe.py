@@ -212,6 +212,14 @@ def test_cli_train_encode_decode(data, tmp_path, capsys):
     assert ids[-1] == tok.eot_id and tok.decode(ids) == f"Hark!{EOT}"
     assert main(["tokenizer", "decode", "--tokenizer", str(out), *map(str, ids)]) == 0
     assert capsys.readouterr().out == f"Hark!{EOT}\n"
+    # an earlier tokenizer file is trained over; a user's file of another kind under that name never is
+    assert main(["tokenizer", "train", "--input", str(gz), "--kind", "char", "--out", str(out)]) == 0
+    assert load_tokenizer(out).name == "char"
+    notes = tmp_path / "notes.json"
+    notes.write_text('{"title": "The well behind the house"}\n')
+    assert main(["tokenizer", "train", "--input", str(gz), "--out", str(notes)]) == 2
+    assert "notes.json exists and is not an earlier output of this command" in capsys.readouterr().err
+    assert notes.read_text() == '{"title": "The well behind the house"}\n'
 
 
 @pytest.mark.parametrize("args, message", [
