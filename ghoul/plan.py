@@ -39,7 +39,7 @@ class PlanConfig:
     gpu: str = option("h100", f"GPU kind: {', '.join(GPUS)}")
     total_batch_size: int = option(491_520, "tokens per optimizer step, over all GPUs and accumulation steps")
     batch_size: int = option(12, "sequences per GPU per forward/backward (micro-batch)")
-    seq_len: int = option(1024, "tokens per sequence")
+    seq_len: int | None = option(None, "tokens per sequence (default: the model's context, as `ghoul pretrain`)")
     max_steps: int = option(15_258, "optimizer steps")
     dtype: str = option("bfloat16", f"autocast dtype: {', '.join(DTYPES)} (float32: none, TF32 matmuls)")
     optimizer: str = option("adamw", f"optimizer: {', '.join(OPTIMIZERS)}")
@@ -63,6 +63,7 @@ class PlanConfig:
             raise GhoulError(f"--mfu is a fraction of the peak in (0, 1], got {self.mfu}")
         require(self, ("price_per_gpu_hour",), lambda v: v >= 0, ">= 0")
         block = PRESETS[self.model].get("block_size", GPTConfig.block_size)
+        self.seq_len = self.seq_len or block
         if self.seq_len > block:
             raise GhoulError(f"--seq-len {self.seq_len} exceeds {self.model}'s context of {block} tokens")
         accumulation_steps(self.total_batch_size, self.batch_size, self.seq_len, self.gpus)  # as the trainer checks

@@ -143,6 +143,15 @@ def test_cli_prints_the_plan(capsys):
     assert "hours" in out and "cost" in out
 
 
+def test_sequences_are_the_models_context_unless_given(capsys):
+    # as `ghoul pretrain` reads --seq-len: `ghoul plan --model laptop` plans 256-token rows, not the reference's 1,024
+    assert PlanConfig(model="laptop", gpus=1).seq_len == 256 and PlanConfig().seq_len == 1024
+    assert main(["plan", "--model", "laptop", "--gpus", "1", "--gpu", "rtx4090"]) == 0
+    assert "12 x 256 tokens x 1 GPUs x 160 accumulation steps" in capsys.readouterr().out
+    assert main(["plan", "--model", "laptop", "--seq-len", "512"]) == 2
+    assert "--seq-len 512 exceeds laptop's context of 256 tokens" in capsys.readouterr().err
+
+
 def test_largest_batch_sizes_that_fit(capsys):
     cfg = PlanConfig()  # the reference run: gpt2-xl on 8 H100s, 491,520 tokens per step
 
