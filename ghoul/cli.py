@@ -77,21 +77,21 @@ def _find(argv: list[str]) -> tuple[Command | None, list[str]]:
 
 def _help(prefix: str = "") -> str:
     """The commands under `prefix` ("eval" for `ghoul eval --help`; all of them for none), a line each."""
-    commands = [c for c in COMMANDS if c.name.startswith(f"{prefix} ")] if prefix else COMMANDS
+    commands = _group(prefix) if prefix else COMMANDS
     width, name = max(len(c.name) for c in commands), f"ghoul {prefix}".rstrip()
     lines = [f"usage: {name} COMMAND [options]   ({name} COMMAND --help for its options)", "", "commands:"]
     return "\n".join(lines + [f"  {c.name.ljust(width)}  {c.help}" for c in commands])
 
 
-def _group(word: str) -> list[str]:
-    """The second words of the commands `word` begins (eval: checkpoints, hellaswag, loss); none for another word."""
-    return sorted(c.name.split()[1] for c in COMMANDS if c.name.startswith(f"{word} "))
+def _group(word: str) -> list[Command]:
+    """The commands of two words that `word` begins (eval: hellaswag, loss, checkpoints); none for another word."""
+    return [c for c in COMMANDS if c.name.startswith(f"{word} ")]
 
 
 def _no_command(argv: list[str]) -> int:
     """The answer to words that name no command: a group's list of commands for `ghoul eval --help`, and an error
     naming the commands there are (the group's for `ghoul eval` or `ghoul eval nosuch`); the exit code."""
-    group = _group(argv[0])
+    group = sorted(c.name.split()[1] for c in _group(argv[0]))
     if group and argv[1:2] in ([], ["-h"], ["--help"]):
         if argv[1:]:
             print(_help(argv[0]))
