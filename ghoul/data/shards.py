@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ghoul.errors import GhoulError
-from ghoul.tokenizer import Tokenizer, load_tokenizer
+from ghoul.tokenizer import Tokenizer, load_tokenizer, same_tokenizer
 
 MAGIC = 20240520  # llm.c's dev/data/data_common.py
 HEADER_INTS = 256
@@ -191,8 +191,10 @@ def dataset_tokenizer(dataset: str | Path) -> Tokenizer:
 def check_data_tokenizer(dataset: str | Path, tokenizer: Tokenizer, model: str | Path) -> None:
     """Shards made with another tokenizer than the model's are an error: their ids name other tokens, so a loss
     on them (or training on them) looks plausible and means nothing. Training and evaluation both call this."""
-    data_tokenizer = dataset_tokenizer(dataset)
-    if data_tokenizer.vocab_size != tokenizer.vocab_size or data_tokenizer.eot_id != tokenizer.eot_id:
-        raise GhoulError(f"{dataset} was tokenized with {data_tokenizer.name} ({data_tokenizer.vocab_size:,} "
-                         f"tokens) but {model} uses {tokenizer.name} ({tokenizer.vocab_size:,}): prepare the "
-                         "data with the model's tokenizer (--tokenizer)")
+    made_with = dataset_tokenizer(dataset)
+    if same_tokenizer(made_with, tokenizer):
+        return
+    alike = (made_with.name, made_with.vocab_size) == (tokenizer.name, tokenizer.vocab_size)
+    raise GhoulError(f"{dataset} was tokenized with {made_with.name} ({made_with.vocab_size:,} tokens) but {model} "
+                     f"uses {tokenizer.name} ({tokenizer.vocab_size:,})" + (", another of that size" if alike else "")
+                     + ": prepare the data with the model's tokenizer (--tokenizer)")

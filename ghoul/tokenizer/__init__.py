@@ -67,6 +67,14 @@ def load_tokenizer(spec: str | Path) -> Tokenizer:
                      "(made by `ghoul tokenizer train`)")
 
 
+def same_tokenizer(a: Tokenizer, b: Tokenizer) -> bool:
+    """Whether `a` and `b` give every text the same ids: the same kind, and the same contents for a kind that lives
+    in a file (two BPEs of one size trained on other text give the same ids to other tokens)."""
+    def contents(tokenizer: Tokenizer) -> dict:
+        return tokenizer.to_dict() if isinstance(tokenizer, BPETokenizer | CharTokenizer) else {}
+    return a.name == b.name and contents(a) == contents(b)
+
+
 def _load_file(path: Path) -> Tokenizer:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))

@@ -12,10 +12,14 @@ import pytest
 import torch
 
 from ghoul.checkpoint import load_model_and_tokenizer as load_checkpoint
+from ghoul.checkpoint import save_model_dir
 from ghoul.cli import main
 from ghoul.data.shards import check_data_tokenizer
 from ghoul.errors import GhoulError
 from ghoul.eval.loss import bits_per_byte, evaluate_loss, read_split, target_bytes, windows
+from ghoul.model import GPT, GPTConfig
+from ghoul.tokenizer import load_tokenizer
+from ghoul.tokenizer.bpe import BPETokenizer
 
 
 def test_windows_do_not_overlap_and_respect_the_token_budget() -> None:
@@ -89,3 +93,31 @@ def test_data_of_another_tokenizer_is_refused(tiny_gpt2: Path, shard_dir: Path, 
     assert code == 2 and captured.out == ""
     err = captured.err.strip()
     assert len(err.splitlines()) == 1 and str(char_shard_dir) in err and "the model's tokenizer" in err
+
+
+def test_data_of_another_bpe_of_the_same_size_is_refused(data: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    # two BPEs of 300 tokens, trained on other text: the same ids name other tokens
+    text = (data / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")[:100_000]
+    ours, other = BPETokenizer.train([text[:50_000]], 300), BPETokenizer.train([text[50_000:]], 300)
+    assert ours.vocab_size == other.vocab_size and ours.encode(text[:200]) != other.encode(text[:200])
+    (tmp_path / "text.txt").write_text(text, encoding="utf-8")
+    ours.save(tmp_path / "ours.json")
+    assert main(["prepare", "text", "--source-path", str(tmp_path / "text.txt"), "--tokenizer",
+                 str(tmp_path / "ours.json"), "--val-tokens", "2000", "--out", str(tmp_path / "shards"),
+                 "--no-progress"]) == 0
+    check_data_tokenizer(tmp_path / "shards", load_tokenizer(tmp_path / "ours.json"), "ours")  # its own: accepted
+    model = tmp_path / "model"
+    torch.manual_seed(0)
+    save_model_dir(GPT(GPTConfig.from_name("tiny", vocab_size=other.vocab_size)), model, other)
+    capsys.readouterr()
+    message = (f"{tmp_path / 'shards'} was tokenized with bpe (300 tokens) but {model} uses bpe (300), another of "
+               "that size: prepare the data with the model's tokenizer (--tokenizer)")
+    # without the check, the loss was a plausible figure, and the fine-tune trained on text it misread
+    for args in (["eval", "loss", "--checkpoint", str(model), "--tokens", "256", "--seq-len", "32", "--data"],
+                 ["finetune", "--base-model", str(model), "--output-dir", str(tmp_path / "ft"), "--max-steps", "2",
+                  "--warmdown-iters", "1", "--dataset"]):
+        assert main([*args, str(tmp_path / "shards")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].endswith(message), err
+    assert not (tmp_path / "ft").exists()
