@@ -67,10 +67,18 @@ def text_lines(path: str | Path, what: str, todo: str) -> Iterator[str]:
 def refuse_to_replace(out: str | Path, keys: Iterable[str], flag: str = "--out") -> None:
     """An existing `out` is replaced only when it is an earlier output of the same command (its first record, or its
     one JSON object, holds `keys`): a file of another kind (judgments by hand, a dataset) is never written over."""
-    out = Path(out)
-    if not out.is_file() or out.stat().st_size == 0:
-        return
-    data = out.read_bytes()
+    if not is_output_of(out, keys):
+        raise GhoulError(f"{out} exists and is not an earlier output of this command: give another {flag}, or move "
+                         "it away first")
+
+
+def is_output_of(path: str | Path, keys: Iterable[str]) -> bool:
+    """Whether `path` may be written over by a command whose outputs hold `keys`: it is missing or empty, or it is
+    such an output (its one JSON object, or a JSON-lines file's first record, holds them)."""
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        return True
+    data = path.read_bytes()
     try:
         first = json.loads(data)  # a JSON file (indented over many lines)
     except (UnicodeDecodeError, json.JSONDecodeError):
@@ -78,9 +86,7 @@ def refuse_to_replace(out: str | Path, keys: Iterable[str], flag: str = "--out")
             first = json.loads(data.split(b"\n", 1)[0])  # a JSON-lines file's first record
         except (UnicodeDecodeError, json.JSONDecodeError):
             first = None
-    if not isinstance(first, dict) or not set(keys) <= set(first):
-        raise GhoulError(f"{out} exists and is not an earlier output of this command: give another {flag}, or move "
-                         "it away first")
+    return isinstance(first, dict) and set(keys) <= set(first)
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:

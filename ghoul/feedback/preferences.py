@@ -26,6 +26,8 @@ from ghoul.train.config import accumulation_steps
 from ghoul.train.context import training_run
 from ghoul.train.loop import train
 
+PAIRS_FILE = "preferences.jsonl"  # beside a pair-trained run's checkpoints: the exact pairs, for inspection
+PAIR_KEYS = ("prompt", "chosen", "rejected")  # what each pair holds: a file without them is another's
 
 def pairs_from_rankings(rankings: list[dict[str, Any]], stories: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
     """(prompt, chosen, rejected) records of every judged group: the chosen story over each other story shown.
@@ -88,7 +90,7 @@ def load_preferences(path: Path) -> list[dict[str, Any]]:
 class PreferencesConfig:
     rankings: Path = option(Path(RANKINGS_FILE), "judgments written by `ghoul rank`")
     stories: Path | None = option(None, "the stories they judge (default: stories.jsonl beside the rankings)")
-    out: Path = option(Path("preferences.jsonl"), "preference pairs: prompt, chosen, rejected, group, split")
+    out: Path = option(Path(PAIRS_FILE), "preference pairs: prompt, chosen, rejected, group, split")
     val_fraction: float = option(0.1, "fraction of the groups held out for validation")
     seed: int = option(1337, "seed of the train/validation split")
 
@@ -96,7 +98,7 @@ class PreferencesConfig:
         require(self, ("val_fraction",), lambda v: 0 <= v < 1, "in [0, 1)")
         self.rankings, self.out = Path(self.rankings), Path(self.out)
         refuse_input_as_output(self.out, self.rankings, stories_judged(self.rankings, self.stories))
-        refuse_to_replace(self.out, ("prompt", "chosen", "rejected"))
+        refuse_to_replace(self.out, PAIR_KEYS)
 
 
 def run(cfg: PreferencesConfig) -> list[dict[str, Any]]:
@@ -253,13 +255,14 @@ def train_on_pairs(cfg: Any, build: Callable[[Path | None, str], tuple[Any, Toke
     """Set up (one process or a torchrun rank), build (model, tokenizer, loss) and run the one training loop on the
     pairs; `build(resume_from, device)` starts from the checkpoint when resuming."""
     run, pairs = cfg.run, cfg.pairs
+    refuse_to_replace(run.output_dir / PAIRS_FILE, PAIR_KEYS, "--output-dir")  # a file of yours there is kept
     with training_run(run) as (d, resume_from):
         records = preference_records(pairs, run.seed)
         model, tokenizer, loss_fn = build(resume_from, d.device)
         train_data, val_data = pair_loaders(records, tokenizer, cfg.batch.batch_size, model.config.block_size, d,
                                             run.seed, join)
         if d.is_main:
-            write_jsonl(run.output_dir / "preferences.jsonl", records)  # the exact pairs, for inspection
+            write_jsonl(run.output_dir / PAIRS_FILE, records)
         val = sum(r.get("split") == "val" for r in records)
         dist.print0(f"{len(records) - val} training pairs, {val} validation pairs")
         return train(cfg, model.to(d.device), tokenizer, d, loss_fn, resume_from, train_data, val_data)

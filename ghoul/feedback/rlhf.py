@@ -30,10 +30,10 @@ from ghoul.feedback.ppo import run as reinforce
 from ghoul.feedback.records import FeedbackRun
 from ghoul.feedback.reward import RewardTrainConfig
 from ghoul.feedback.reward import train_run as train_reward
-from ghoul.files import read_json, read_jsonl, sole_writer, write_json
+from ghoul.files import is_output_of, read_json, read_jsonl, sole_writer, write_json
 from ghoul.generate import GenerateConfig, read_prompts
 from ghoul.generate import run as generate
-from ghoul.layout import resolve_checkpoint
+from ghoul.layout import CONFIG_FILE, resolve_checkpoint
 from ghoul.tokenizer import TOKENIZER_FILE, load_tokenizer
 from ghoul.train.stages import FinetuneConfig, max_steps, run_or_resume
 from ghoul.train.stages import run as finetune
@@ -53,8 +53,12 @@ MORE_STORIES = "make more stories (--num-samples, --max-new-tokens) into a new -
 TOO_FEW = {"winners": f"lower --batch-size or --seq-len and run the same command again, or {MORE_STORIES}",
            "dpo": f"lower --batch-size and run the same command again, or {MORE_STORIES}",
            "ppo": MORE_STORIES, "grpo": MORE_STORIES}
-# what the stories were made with: a rerun that changes one is refused (it would skip the stories as complete)
-STORY_OPTIONS = ("base_model", "prompt", "prompts_file", "max_new_tokens", "temperature", "top_k", "top_p", "seed")
+# what the stories were made with: a rerun that changes one is refused (it would skip the stories as complete, or
+# add to them stories that the rankings' groups do not hold)
+STORY_OPTIONS = ("base_model", "prompt", "prompts_file", "num_samples", "max_new_tokens", "temperature", "top_k",
+                 "top_p", "seed")
+# what the config.json of a feedback run holds: one without them (a training run's, a model's) is not written over
+RUN_KEYS = ("method", "num_samples")
 
 
 @dataclass
@@ -197,9 +201,12 @@ def run(cfg: RlhfConfig) -> RlhfResult:
 def run_steps(cfg: RlhfConfig) -> RlhfResult:
     steps = stage_configs(cfg)
     out = FeedbackRun(cfg.output_dir)
+    if not is_output_of(cfg.output_dir / CONFIG_FILE, RUN_KEYS):
+        raise GhoulError(f"{cfg.output_dir} holds another kind of run or a model (its {CONFIG_FILE} is not a feedback "
+                         "run's): give another --output-dir")
     if out.stories.is_file():  # every later step learns from them
-        refuse_changed(cfg, read_json(cfg.output_dir / "config.json"), STORY_OPTIONS, cfg.output_dir)
-    write_json(cfg.output_dir / "config.json", to_dict(cfg))
+        refuse_changed(cfg, read_json(cfg.output_dir / CONFIG_FILE), STORY_OPTIONS, cfg.output_dir)
+    write_json(cfg.output_dir / CONFIG_FILE, to_dict(cfg))
     total = 3 if cfg.method == "dpo" else 4  # steps, for the progress messages
     truncation = sampling_truncation(cfg)
     if cfg.method == "winners" and truncation:

@@ -19,10 +19,13 @@ import torch
 from ghoul import dist
 from ghoul.checkpoint import read_model_config
 from ghoul.errors import GhoulError
-from ghoul.files import clean_temporaries, sole_writer, write_json
-from ghoul.layout import WEIGHTS_FILE, newest_checkpoint, resolve_checkpoint, set_aside_later
+from ghoul.files import clean_temporaries, is_output_of, sole_writer, write_json
+from ghoul.layout import CONFIG_FILE, WEIGHTS_FILE, newest_checkpoint, resolve_checkpoint, set_aside_later
 from ghoul.train.config import RunOptions
 from ghoul.train.logger import LOG_FILE, SAMPLES_FILE, RunLogger
+
+# what every training run's config.json holds (RunOptions): one without them is not written over
+RUN_CONFIG_KEYS = ("output_dir", "resume", "seed")
 
 
 @contextmanager
@@ -51,7 +54,7 @@ def open_run_dir(out: Path, d: dist.DistInfo, config: dict[str, Any], resumed_st
             if aside is not None:
                 dist.print0(f"resuming from step {resumed_step}: the run's later checkpoints and its log as it was "
                             f"are kept in {aside}")
-        write_json(out / "config.json", config)
+        write_json(out / CONFIG_FILE, config)
         logger.truncate_after(resumed_step if resumed_step is not None else -1)  # started over: no record kept
     return logger
 
@@ -64,6 +67,9 @@ def check_run_dir(cfg: Any) -> Path | None:
     if (out / WEIGHTS_FILE).exists():  # its config.json would be overwritten, and the model no longer load
         raise GhoulError(f"{out} holds a model ({WEIGHTS_FILE}: a checkpoint or an export), not a training run: give "
                          "another --output-dir")
+    if not is_output_of(out / CONFIG_FILE, RUN_CONFIG_KEYS):  # the run writes its own there
+        raise GhoulError(f"{out} holds a {CONFIG_FILE} that no training run wrote (another command's, or your own): "
+                         "give another --output-dir")
     newest, has_log = newest_checkpoint(out), (out / LOG_FILE).exists()
     if cfg.resume is None:
         if newest is not None:

@@ -14,7 +14,7 @@ from ghoul.config import flag, group, member_defaults, option, refuse_changed
 from ghoul.data.shards import check_data_tokenizer, dataset_tokenizer
 from ghoul.errors import GhoulError
 from ghoul.files import read_json
-from ghoul.layout import newest_checkpoint
+from ghoul.layout import CONFIG_FILE, newest_checkpoint
 from ghoul.model import GPT, PRESETS, GPTConfig, vocab_padding
 from ghoul.tokenizer import Tokenizer, load_tokenizer
 from ghoul.train.config import (
@@ -64,7 +64,7 @@ def start_model(cfg: TrainConfig | FinetuneConfig, resume_from: Path | None) -> 
         if resume_from is not None and hasattr(cfg, "arch"):
             check_resumed_model(cfg, model.config, resume_from)
         elif resume_from is not None and cfg.base_model is not None:  # a fine-tune resumed: its model is the run's
-            refuse_changed(cfg, read_json(cfg.run.output_dir / "config.json"), ["base_model"], cfg.run.output_dir)
+            refuse_changed(cfg, read_json(cfg.run.output_dir / CONFIG_FILE), ["base_model"], cfg.run.output_dir)
         return model, tokenizer
     tokenizer = dataset_tokenizer(cfg.dataset)
     arch = cfg.arch

@@ -104,6 +104,20 @@ def test_reward_training_resumes_exactly(tiny_model, marker_data, tmp_path):
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
 
 
+def test_a_file_of_yours_under_the_pairs_name_is_kept(tiny_model, marker_data, tmp_path, capsys):
+    # the run writes the pairs it trains on to RUN/preferences.jsonl: never over a file that holds no pairs
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "preferences.jsonl").write_text("my notes on the stories\n")
+    assert main(["reward", "train", "--base-model", str(tiny_model), "--rankings", str(marker_data), "--output-dir",
+                 str(out), "--max-steps", "2", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"ghoul reward train: error: {out / 'preferences.jsonl'} exists and is not an earlier output of "
+                   "this command: give another --output-dir, or move it away first"], err
+    assert sorted(out.iterdir()) == [out / "preferences.jsonl"]
+    assert (out / "preferences.jsonl").read_text() == "my notes on the stories\n"
+
+
 def test_reward_train_needs_pairs_and_a_base_model(tmp_path, capsys):
     assert main(["reward", "train", "--base-model", str(tmp_path)]) == 2
     assert "--preferences FILE" in capsys.readouterr().err

@@ -13,6 +13,7 @@ from ghoul.errors import GhoulError
 from ghoul.feedback.rlhf import RlhfConfig
 from ghoul.files import read_jsonl
 from tests.conftest import REPO
+from tests.feedback.conftest import save_tiny_model
 
 CONFIG = REPO / "configs" / "tiny-rlhf.toml"
 
@@ -49,6 +50,33 @@ def test_rlhf_runs_end_to_end_and_resumes(tiny_model, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"{run} holds a run made with --temperature 1.0, not 0.55: rerun it with" in err[0], err
     assert (run / "config.json").read_text() == made_with and before == {p: p.stat().st_mtime_ns for p in before}
+    # more stories than the rankings' groups were cut from: refused before a story is added, not after (the grouping
+    # of 36 would no longer match the judged groups, and the run could not go on with its own options either)
+    assert main([*args, "--num-samples", "36"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{run} holds a run made with --num-samples 32, not 36: rerun it with" in err[0], err
+    assert (run / "config.json").read_text() == made_with and before == {p: p.stat().st_mtime_ns for p in before}
+    assert main(args) == 0 and "stories.jsonl is complete; skipped" in capsys.readouterr().err
+
+
+def test_rlhf_writes_only_into_a_feedback_run_of_its_own(tiny_model, tmp_path, capsys):
+    # a model directory, a training run and a folder of the user's own each hold a config.json rlhf would replace
+    model = save_tiny_model(tmp_path / "model", seed=0)
+    training = tmp_path / "pretraining"
+    training.mkdir()
+    (training / "config.json").write_text(json.dumps({"output_dir": str(training), "resume": None, "seed": 1}))
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.json").write_text('{"my": "settings"}')
+    for out in (model, training, mine):
+        before = {p: p.read_bytes() for p in out.iterdir()}
+        args = ["rlhf", "--config", str(CONFIG), "--judge", "length", "--base-model", str(tiny_model),
+                "--output-dir", str(out), "--num-samples", "8", "--max-new-tokens", "8"]
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"ghoul rlhf: error: {out} holds another kind of run or a model (its config.json is not a "
+                       "feedback run's): give another --output-dir"], err
+        assert {p: p.read_bytes() for p in out.iterdir()} == before
 
 
 def test_rlhf_resumes_an_interrupted_fine_tune(tiny_model, tmp_path):

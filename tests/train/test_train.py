@@ -145,6 +145,23 @@ def test_refuses_to_overwrite_a_run(fineweb_shards, tmp_path, capsys):
     assert "already holds a run: pass --resume" in capsys.readouterr().err
 
 
+def test_a_folder_of_other_files_is_not_trained_into(fineweb_shards, tmp_path, capsys):
+    # a config.json of the user's own (or another command's) would be replaced by the run's
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.json").write_text('{"my": "settings"}\n')
+    args = ["pretrain", "--dataset", str(fineweb_shards), "--max-steps", "1", "--eval-every", "0"]
+    assert main([*args, "--output-dir", str(mine)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"ghoul pretrain: error: {mine} holds a config.json that no training run wrote (another "
+                   "command's, or your own): give another --output-dir"]
+    assert (mine / "config.json").read_text() == '{"my": "settings"}\n'
+    assert sorted(mine.iterdir()) == [mine / "config.json"]
+    # a run's own config.json is no obstacle to continuing it
+    run(config(fineweb_shards, tmp_path / "run", max_steps=1, eval_every=0))
+    assert main([*args, "--output-dir", str(tmp_path / "run"), "--max-steps", "2", "--resume"]) == 0
+
+
 @pytest.mark.parametrize("args, message", [
     (["--total-batch-size", "1000", "--batch-size", "4", "--seq-len", "64"], "not a multiple of"),
     (["--batch-size", "2048", "--seq-len", "128"], "too few for one step"),
