@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from ghoul.config import option, refuse_set
+from ghoul.config import option
 from ghoul.errors import GhoulError
 from ghoul.learn.common import LearnConfig, LearnResult, check_fresh, prepare_text, train_model
 from ghoul.sampling import sample_next
@@ -68,13 +68,9 @@ class BigramConfig(LearnConfig):
     output_dir: Path = option(Path("runs/learn-bigram"), "output directory: tokenizer, token shards, run log, "
                                                          "checkpoint")
     steps: int = option(200, "optimizer steps")
+    # AdamW only: the table is a lookup, not a hidden matrix, so Muon would train none of it
     learning_rate: float = option(0.1, "peak learning rate (AdamW): a lookup table takes large steps")
     weight_decay: float = option(0.0, "decoupled weight decay of the table")
-
-    def __post_init__(self) -> None:
-        # the table is a lookup, not a hidden matrix: under Muon, --learning-rate would train nothing
-        refuse_set(self, ("optimizer", "muon_lr"), "ghoul learn gpt (a bigram's one table trains with AdamW)")
-        super().__post_init__()
 
 
 # a V x V table trained with AdamW holds 16 V^2 bytes (weights, gradients, two moments): 4 GiB at this size, 38 GiB

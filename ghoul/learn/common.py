@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -49,10 +50,7 @@ class LearnConfig:
     steps: int = option(600, "optimizer steps")
     batch_size: int = option(16, "rows per step")
     block_size: int = option(128, "tokens per row (the GPT's context length)")
-    optimizer: str = option("adamw", "AdamW for everything, or Muon for the hidden matrices and AdamW for the "
-                                     "rest", choices=["adamw", "muon"])
     learning_rate: float = option(2e-3, "peak learning rate of AdamW")
-    muon_lr: float = option(0.02, "peak learning rate of Muon")
     weight_decay: float = option(0.1, "decoupled weight decay of 2-D weights")
     warmup_iters: int = option(0, "steps of linear warmup")
     warmdown_iters: int | None = option(None, "steps of linear decay to zero at the end (default: a fifth of --steps)")
@@ -82,11 +80,15 @@ class LearnConfig:
     def warmdown(self) -> int:
         return self.steps // 5 if self.warmdown_iters is None else self.warmdown_iters
 
+    def optimizer_options(self) -> dict[str, Any]:
+        """The optimizer and its options, where the command offers a choice (the GPT's); AdamW otherwise."""
+        return {}
+
     def train_config(self, data_dir: Path, run_dir: Path) -> TrainConfig:
         """The trainer's settings for one run on `data_dir` (validated there: learning rate, ...)."""
         return build(TrainConfig, dataset=str(data_dir), output_dir=run_dir, batch_size=self.batch_size,
-                     seq_len=self.block_size, max_steps=self.steps, optimizer=self.optimizer,
-                     learning_rate=self.learning_rate, muon_lr=self.muon_lr, weight_decay=self.weight_decay,
+                     seq_len=self.block_size, max_steps=self.steps, **self.optimizer_options(),
+                     learning_rate=self.learning_rate, weight_decay=self.weight_decay,
                      warmup_iters=self.warmup_iters, warmdown_iters=self.warmdown,
                      eval_every=self.eval_every or self.steps, eval_iters=self.eval_iters, seed=self.seed,
                      device=self.device, dtype=self.dtype, compile=self.compile,

@@ -22,6 +22,7 @@ class LearnGPTConfig(LearnConfig, ArchitectureOptions):
     optimizer: str = option("muon", "Muon for the hidden matrices and AdamW for the rest (learns several times "
                                     "faster in short runs), or AdamW for everything", choices=["muon", "adamw"])
     learning_rate: float = option(0.02, f"peak learning rate of AdamW (with Muon: of {ADAMW_BESIDE_MUON})")
+    muon_lr: float = option(0.02, "peak learning rate of Muon")
     warmup_iters: int = option(10, "steps of linear warmup")
     n_layer: int = option(4, "transformer blocks")
     n_head: int = option(4, "attention heads")
@@ -31,6 +32,9 @@ class LearnGPTConfig(LearnConfig, ArchitectureOptions):
     def __post_init__(self) -> None:
         super().__post_init__()
         model_config(self, vocab_size=1)  # a bad architecture fails now, with GPTConfig's message
+
+    def optimizer_options(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer, "muon_lr": self.muon_lr}
 
 
 def model_config(cfg: LearnGPTConfig, vocab_size: int, overrides: dict[str, Any] | None = None) -> GPTConfig:

@@ -148,14 +148,25 @@ def test_compare_refuses_bad_variant_files_before_training(tmp_path, toml, match
 @pytest.mark.parametrize("args, message", [
     (["--learning-rate", "-1"], "--learning-rate must be positive"),
     (["--steps", "2", "--warmup-iters", "5"], "--warmup-iters (5) + --warmdown-iters (0, a fifth of --steps) exceed "
-                                              "--steps (2)"),
-    (["--optimizer", "muon"], "--optimizer is only read with ghoul learn gpt (a bigram's one table trains with AdamW)"),
-    (["--muon-lr", "0.01"], "--muon-lr is only read with ghoul learn gpt")])
+                                              "--steps (2)")])
 def test_training_settings_are_checked_before_the_tokenizer_and_data(tmp_path, capsys, args, message):
     out = tmp_path / "bigram"
     assert main(["learn", "bigram", "--source-path", str(tmp_path / "unused.txt"), "--output-dir", str(out),
                  *args]) == 2
     assert message in capsys.readouterr().err and not out.exists()
+
+
+@pytest.mark.parametrize("args", [["--optimizer", "muon"], ["--muon-lr", "0.01"]])
+def test_the_bigram_offers_no_optimizer(tmp_path, capsys, args):
+    # its one table is a lookup, not a hidden matrix Muon could train: it trains with AdamW, so --help offers no choice
+    with pytest.raises(SystemExit) as e:
+        main(["learn", "bigram", "--help"])
+    assert e.value.code == 0 and args[0] not in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        main(["learn", "bigram", "--source-path", str(tmp_path / "unused.txt"), "--output-dir", str(tmp_path / "b"),
+              *args])
+    assert e.value.code == 2 and f"unrecognized arguments: {' '.join(args)}" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
 
 
 def test_an_interrupted_learning_run_says_it_is_trained_again_not_resumed(horror, tmp_path, monkeypatch, capsys):
