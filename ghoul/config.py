@@ -77,8 +77,10 @@ def refuse_set(cfg: Any, names: Iterable[str], needs: str, defaults: dict[str, A
     silently ignored."""
     defaults = defaults or _defaults(type(cfg))
     for name in names:
-        if getattr(cfg, name) != defaults[name]:
-            raise GhoulError(f"{flag(name)} is only read with {needs}: leave it out")
+        value = getattr(cfg, name)
+        if value != defaults[name]:
+            given = flag(f"no_{name}" if value is False else name)  # a switch turned off was given as --no-NAME
+            raise GhoulError(f"{given} is only read with {needs}: leave it out")
 
 
 def refuse_changed(cfg: Any, made_with: dict[str, Any] | None, names: Iterable[str], run: Path) -> None:

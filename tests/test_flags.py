@@ -163,6 +163,7 @@ def test_feedback_commands_use_every_option(inputs, feedback, tmp_path, capsys):
     ("random", ["--base-url", "http://127.0.0.1:1/v1"], "--base-url is only read with --judge openai:MODEL"),
     ("openai:gpt-4o", ["--port", "9000"], "--port is only read with --judge web"),
     ("length", ["--open-browser"], "--open-browser is only read with --judge web"),
+    ("length", ["--no-json-mode"], "--no-json-mode is only read with --judge openai:MODEL"),  # as it was given
 ])
 def test_a_judges_options_are_refused_for_another_judge(judge, option, needs, feedback, tmp_path, capsys):
     """The judge options are offered together (rank, compare, rlhf, ppo, grpo); each is read by one kind of judge,

@@ -403,6 +403,9 @@ def check_options(cfg: RlConfig, method: str) -> None:
         raise GhoulError("give --reward DIR (a reward model) or --judge NAME, exactly one")
     if cfg.reward is not None:
         refuse_set(cfg.judging, ("task", *API_OPTIONS, *WEB_OPTIONS), "--judge")
+    elif cfg.group_size < 2:  # the judge's pick of one is that one: every sample would get the same reward
+        raise GhoulError(f"--group-size must be at least 2 with --judge, got {cfg.group_size}: the judge rewards its "
+                         "pick of each group of samples")
 
 
 def check_resume(checkpoint: Path, state: dict, method: str, max_steps: int) -> None:

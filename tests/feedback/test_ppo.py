@@ -26,6 +26,7 @@ from ghoul.feedback.ppo import (
     rl_train,
     rollout,
     run_grpo,
+    run_ppo,
     whiten,
 )
 from ghoul.files import read_jsonl
@@ -109,6 +110,10 @@ def test_rl_refusals(tiny_model, tmp_path):
     with pytest.raises(GhoulError, match="--group-size must be at least 2 for GRPO"):
         run_grpo(build(RlConfig, policy=tiny_model, judge="length", group_size=1, output_dir=tmp_path / "g1"))
     assert not (tmp_path / "g1").exists()
+    # a judge's pick of a group of one is that one: the reward would be the same for every sample
+    with pytest.raises(GhoulError, match="--group-size must be at least 2 with --judge, got 1: the judge rewards"):
+        run_ppo(build(PpoConfig, policy=tiny_model, judge="random", group_size=1, output_dir=tmp_path / "p1"))
+    assert not (tmp_path / "p1").exists()
 
 
 @pytest.mark.parametrize("method", ["ppo", "grpo"])
