@@ -19,7 +19,7 @@ from ghoul.config import option
 from ghoul.errors import GhoulError
 from ghoul.eval.curves import REFERENCES
 from ghoul.files import atomic_directory, read_json, read_jsonl, write_json
-from ghoul.hf_tokenizer import export_tokenizer, write_tokenizer_files
+from ghoul.hf_tokenizer import TOKENIZER_FILES, export_tokenizer, write_tokenizer_files
 from ghoul.layout import WEIGHTS_FILE, resolve_checkpoint
 from ghoul.model import GPT, GPTConfig
 from ghoul.tokenizer import Tokenizer
@@ -202,6 +202,10 @@ def llama_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+# what export_hf writes: a folder holding anything else is not replaced
+EXPORT_FILES = {"config.json", WEIGHTS_FILE, "generation_config.json", "README.md", *TOKENIZER_FILES}
+
+
 def check_export_target(out: Path, model_dir: Path) -> None:
     """The export replaces `out` whole: refuse anything there but an earlier export, and the model's own folders."""
     if model_dir.resolve().is_relative_to(out.resolve()):
@@ -216,6 +220,10 @@ def check_export_target(out: Path, model_dir: Path) -> None:
         if not earlier:
             raise GhoulError(f"{out} is a folder that is not an earlier export, and the export would replace it "
                              "whole: give a new or empty directory")
+        added = sorted(p.name for p in out.iterdir() if p.name not in EXPORT_FILES)  # a user's notes, say
+        if added:
+            raise GhoulError(f"{out} is an earlier export that also holds {', '.join(added[:3])}, which the export "
+                             "would delete (it replaces the folder whole): move them away, or give a new directory")
 
 
 def model_card(model_dir: Path, cfg: dict, n_params: int, hf_config: dict, tokenizer: Tokenizer | None) -> str:

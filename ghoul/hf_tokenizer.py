@@ -42,6 +42,10 @@ def export_tokenizer(model_dir: Path, vocab_size: int) -> Tokenizer | None:
     return tok if tok.vocab_size <= vocab_size else None
 
 
+# every file write_tokenizer_files may write (a GPT-2-pattern BPE all of them)
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
+
+
 def write_tokenizer_files(tok: Tokenizer, directory: Path, max_length: int) -> None:
     """Write `tok`'s Hugging Face files into `directory`, <|endoftext|> as its bos, eos, unk and pad token."""
     if isinstance(tok, BPETokenizer):

@@ -147,6 +147,15 @@ def test_export_refuses_to_replace_what_is_not_an_earlier_export(tmp_path, capsy
     for _ in range(2):  # an earlier export is replaced whole, as the first write made it
         assert main(["export", "hf", str(tmp_path / "m"), str(tmp_path / "hf")]) == 0
     assert transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf").config.n_layer == 2
+    # ... but not with a file of the user's own in it, which the replacement would delete
+    (tmp_path / "hf" / "NOTES.txt").write_text("mine")
+    capsys.readouterr()
+    exported = {p.name: p.read_bytes() for p in (tmp_path / "hf").iterdir()}
+    assert main(["export", "hf", str(tmp_path / "m"), str(tmp_path / "hf")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"ghoul export hf: error: {tmp_path / 'hf'} is an earlier export that also holds NOTES.txt, which "
+                   "the export would delete (it replaces the folder whole): move them away, or give a new directory"]
+    assert {p.name: p.read_bytes() for p in (tmp_path / "hf").iterdir()} == exported
 
 
 def test_export_of_a_damaged_checkpoint_is_a_one_line_error(tmp_path, capsys):
