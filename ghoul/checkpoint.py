@@ -117,8 +117,9 @@ def read_model_config(directory: str | Path) -> dict:
     or another kind of model's."""
     directory = resolve_checkpoint(directory)
     if not directory.is_dir():
-        raise GhoulError(f"checkpoint {directory} does not exist: give a model directory "
-                         f"(holding {CONFIG_FILE} and {WEIGHTS_FILE}) or a run directory holding checkpoints")
+        state = "is a file" if directory.exists() else "does not exist"
+        raise GhoulError(f"checkpoint {directory} {state}: give a model directory (holding {CONFIG_FILE} and "
+                         f"{WEIGHTS_FILE}) or a run directory holding checkpoints")
     path = directory / CONFIG_FILE
     if not path.is_file():
         inside = ", ".join(str(p) for p in models_within(directory))

@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from ghoul import checkpoint as ckpt
-from ghoul.config import option, refuse_set
+from ghoul.config import option, refuse_set, require
 from ghoul.dist import resolve_device
 from ghoul.errors import GhoulError
 from ghoul.files import append_jsonl, read_jsonl, refuse_input_as_output, repair_jsonl, text_lines
@@ -51,8 +51,7 @@ class GenerateConfig:
     print_samples: bool = option(True, "print the samples as they are made")
 
     def __post_init__(self) -> None:
-        if self.num_samples < 1 or self.max_new_tokens < 1 or self.batch_size < 1:
-            raise GhoulError("--num-samples, --max-new-tokens and --batch-size must be at least 1")
+        require(self, ("num_samples", "max_new_tokens", "batch_size"), lambda v: v >= 1, "at least 1")
         if self.num_samples > MAX_SAMPLES:
             raise GhoulError(f"--num-samples {self.num_samples:,} is more than one run makes ({MAX_SAMPLES:,}): "
                              "split the work into runs with other --seed and --out")

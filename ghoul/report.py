@@ -26,6 +26,7 @@ from ghoul.eval.curves import CHANCE, REFERENCES, val_tokens
 from ghoul.feedback.judges import judge_measures
 from ghoul.feedback.records import FEEDBACK_DIR, FINAL_DIRS, FeedbackRun, load_rankings, load_stories
 from ghoul.files import atomic_write_text, read_json, read_jsonl
+from ghoul.layout import CONFIG_FILE
 
 STAGES = ("pretrain", "finetune", "preference")
 # where the pipeline's `ghoul rlhf` trains the preference stage, by method
@@ -284,6 +285,12 @@ def render_html(title: str, stages: dict, judge: dict | None, winrate: dict | No
 def write_report(run_dir: str | Path) -> Path:
     """Write RUN_DIR/report.html and report.md (with loss.png and hellaswag.png beside them)."""
     run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        state = "is a file" if run_dir.exists() else "does not exist"
+        raise GhoulError(f"{run_dir} {state}: give the run directory of `ghoul pipeline`")
+    if (run_dir / CONFIG_FILE).is_file():  # the pipeline keeps its options in pipeline.json, its stages below
+        raise GhoulError(f"{run_dir} is the run of one command or a model, not a `ghoul pipeline` run: give a "
+                         f"pipeline's run directory (`ghoul eval checkpoints {run_dir}` plots a training run)")
     stages = stage_summary(run_dir)
     if not stages:
         raise GhoulError(f"{run_dir} holds no training logs: give the run directory of `ghoul pipeline`")

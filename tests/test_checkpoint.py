@@ -61,6 +61,9 @@ def test_damaged_checkpoints_give_clear_errors(tmp_path, damage, message):
 def test_missing_directory(tmp_path):
     with pytest.raises(GhoulError, match="does not exist"):
         load_model_dir(tmp_path / "nope")
+    (tmp_path / "notes.txt").write_text("mine")  # a file given for the model: it exists, and is named for what it is
+    with pytest.raises(GhoulError, match=f"^checkpoint {tmp_path / 'notes.txt'} is a file: give a model directory"):
+        load_model_dir(tmp_path / "notes.txt")
 
 
 def test_a_directory_holding_models_names_them(tmp_path, capsys):

@@ -109,3 +109,20 @@ def test_judgments_are_read_through_the_checked_reader(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert f"{feedback / 'rankings.jsonl'}, record 1: a judgment needs" in err and len(err.strip().splitlines()) == 1
+
+
+def test_what_is_not_a_pipeline_run_is_named_for_what_it_is(tmp_path, capsys):
+    # a training run of one command: it held training logs, so "holds no training logs" was wrong
+    write_log(tmp_path / "pretraining", [step(10, 6.5, 800.0)])
+    (tmp_path / "pretraining" / "config.json").write_text('{"output_dir": "pretraining", "resume": null, "seed": 1}')
+    (tmp_path / "notes.txt").write_text("mine")
+    for path, message in [
+        (tmp_path / "pretraining", f"{tmp_path / 'pretraining'} is the run of one command or a model, not a `ghoul "
+                                   f"pipeline` run: give a pipeline's run directory (`ghoul eval checkpoints "
+                                   f"{tmp_path / 'pretraining'}` plots a training run)"),
+        (tmp_path / "notes.txt", f"{tmp_path / 'notes.txt'} is a file: give the run directory of `ghoul pipeline`"),
+        (tmp_path / "none", f"{tmp_path / 'none'} does not exist: give the run directory of `ghoul pipeline`"),
+        (tmp_path, f"{tmp_path} holds no training logs: give the run directory of `ghoul pipeline`")]:
+        assert main(["report", str(path)]) == 2
+        assert capsys.readouterr().err.strip().splitlines() == [f"ghoul report: error: {message}"]
+    assert not (tmp_path / "pretraining" / "report.md").exists()

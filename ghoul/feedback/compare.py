@@ -57,7 +57,7 @@ class CompareConfig:
     def __post_init__(self) -> None:
         if self.a is None or self.b is None:
             raise GhoulError("--a DIR and --b DIR are required: the two models to compare")
-        require(self, ("n",), lambda v: v >= 1, "at least 1")
+        require(self, ("n", "max_new_tokens", "batch_size"), lambda v: v >= 1, "at least 1")
         self.a, self.b = Path(self.a), Path(self.b)
         if self.out is not None:
             self.out = Path(self.out)

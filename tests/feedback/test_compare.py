@@ -200,3 +200,10 @@ def test_a_file_that_is_not_compare_output_is_refused_and_kept(tiny_model, other
     prompts.write_text("In the attic\n")
     with pytest.raises(GhoulError, match="is also an input"):
         compare_cfg(tiny_model, other_model, prompts, prompts_file=prompts)
+
+
+@pytest.mark.parametrize("option", ["--n", "--max-new-tokens", "--batch-size"])
+def test_a_count_below_one_names_compares_own_flag(option, tmp_path, capsys):
+    # generate's check answered for compare and named --num-samples, a flag compare does not have
+    assert main(["compare", "--a", str(tmp_path), "--b", str(tmp_path), "--judge", "length", option, "0"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"ghoul compare: error: {option} must be at least 1, got 0"]
