@@ -66,7 +66,10 @@ def text_lines(path: str | Path, what: str, todo: str) -> Iterator[str]:
 
 def refuse_to_replace(out: str | Path, keys: Iterable[str], flag: str = "--out") -> None:
     """An existing `out` is replaced only when it is an earlier output of the same command (its first record, or its
-    one JSON object, holds `keys`): a file of another kind (judgments by hand, a dataset) is never written over."""
+    one JSON object, holds `keys`): a file of another kind (judgments by hand, a dataset) is never written over. A
+    folder is refused now, before the work whose output could not be written there."""
+    if Path(out).is_dir():
+        raise GhoulError(f"{flag} {out} is a directory: give the path of a file")
     if not is_output_of(out, keys):
         raise GhoulError(f"{out} exists and is not an earlier output of this command: give another {flag}, or move "
                          "it away first")

@@ -188,7 +188,7 @@ def test_os_errors_on_user_paths_are_one_line(tmp_path, monkeypatch, capsys):
     (tmp_path / "file").write_text("")
     train = ["tokenizer", "train", "--input", str(tmp_path / "in.txt"), "--kind", "char", "--no-progress", "--out"]
     cases = [  # (--out, the start of the message, its end)
-        (tmp_path / "folder", "is a directory, not a file: ", str(tmp_path / "folder")),
+        (tmp_path / "folder", f"--out {tmp_path / 'folder'} is a directory", "give the path of a file"),  # up front
         (tmp_path / "file" / "tok.json", "File exists: ", str(tmp_path / "file")),
     ]
     for out, start, end in cases:

@@ -121,7 +121,8 @@ def test_cli_errors_exit_2(tiny_gpt2: Path, hellaswag_100: Path, tmp_path: Path,
     assert main(["eval", "hellaswag", "--checkpoint", str(tmp_path / "nope"), "--data-path", str(bad)]) == 2
     assert "does not exist" in capsys.readouterr().err
     data, config = hellaswag_100.read_bytes(), (tiny_gpt2 / "config.json").read_bytes()
-    for out, message in [(hellaswag_100, "is also an input"), (tiny_gpt2 / "config.json", "is inside")]:
+    for out, message in [(hellaswag_100, "is also an input"), (tiny_gpt2 / "config.json", "is inside"),
+                         (tmp_path, f"--out {tmp_path} is a directory")]:  # found before scoring, not after
         assert main(args + ["--data-path", str(hellaswag_100), "--limit", "2", "--out", str(out)]) == 2
         assert message in capsys.readouterr().err
     assert hellaswag_100.read_bytes() == data and (tiny_gpt2 / "config.json").read_bytes() == config

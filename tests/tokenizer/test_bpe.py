@@ -228,6 +228,8 @@ def test_cli_train_encode_decode(data, tmp_path, capsys):
     (["--input", "{data}/creepypasta/reddit_horror_stories.jsonl", "--out", "t.json"], "--text-field"),
     (["--out", "t.json"], "--input"),
     (["--input", "t.json", "--out", "./t.json"], "is also an input"),
+    # refused before the merges are trained, not when the file is written after them
+    (["--input", "{data}/tinyshakespeare/input.txt", "--out", "."], "--out . is a directory: give the path of a file"),
     (["--input", "{data}/tinyshakespeare/input.txt", "--special-tokens", "", "--out", "t.json"], "empty string"),
     (["--input", "{data}/tinyshakespeare/input.txt", "--kind", "char", "--vocab-size", "300", "--out", "t.json"],
      "--vocab-size is only read with --kind bpe"),
