@@ -34,6 +34,9 @@ PREFERENCE_DIRS = tuple(f"{FEEDBACK_DIR}/{name}" for name in FINAL_DIRS.values()
 REFERENCE_LINES = ("gpt2-124m", "gpt3-125m", "gpt2-xl")
 FIGURE_SIZE = (9, 3.6)  # inches, at 100 dpi
 EVALUATION = "evaluation"  # the loss plot's label of a stage's evaluation, on every held-out token
+LM_LOSS = "loss (nats/token)"  # the y-axis of a language model's loss where the log has no bits per byte
+# ... and of the losses that are no language model's: DPO's is per pair, PPO's and GRPO's the policy's objective
+OTHER_LOSSES = {"dpo": "DPO loss (nats/pair)", "ppo": "PPO policy loss", "grpo": "GRPO policy loss"}
 
 
 @dataclass
@@ -46,7 +49,8 @@ def stage_summary(run_dir: Path) -> dict[str, dict[str, Any]]:
     out = {}
     for name in STAGES:
         subs = PREFERENCE_DIRS if name == "preference" else (name,)
-        log = next((r for r in (read_jsonl(run_dir / sub / "log.jsonl", missing_ok=True) for sub in subs) if r), [])
+        logs = ((sub, read_jsonl(run_dir / sub / "log.jsonl", missing_ok=True)) for sub in subs)
+        sub, log = next(((sub, log) for sub, log in logs if log), (name, []))
         steps = [r for r in log if "loss" in r]
         if not steps:
             continue
@@ -56,7 +60,8 @@ def stage_summary(run_dir: Path) -> dict[str, dict[str, Any]]:
         out[name] = {"steps": steps[-1]["step"], "tokens": steps[-1].get("tokens"), "seconds": steps[-1]["elapsed"],
                      "tokens_per_s": statistics.median(rates) if rates else None, "loss": steps[-1]["loss"],
                      "mfu": statistics.median(mfu) if mfu else None, "peak_memory_gib": max(memory, default=None),
-                     "log": log, "eval": read_json(run_dir / "eval" / f"{name}.json", {})}
+                     "log": log, "eval": read_json(run_dir / "eval" / f"{name}.json", {}),
+                     "loss_label": OTHER_LOSSES.get(Path(sub).name, LM_LOSS)}
     return out
 
 
@@ -121,12 +126,12 @@ def _png(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
-def loss_curves(log: list[dict[str, Any]], evaluation: dict[str, Any] | None = None
-                ) -> tuple[str, dict[str, list[tuple[int, float]]]]:
+def loss_curves(log: list[dict[str, Any]], evaluation: dict[str, Any] | None = None,
+                loss_label: str = LM_LOSS) -> tuple[str, dict[str, list[tuple[int, float]]]]:
     """The y-axis label and the (step, value) curves of one stage's loss plot: validation bits per byte, which compare
     across tokenizers, when the log has them (the training batches' bytes are not counted, so no training curve),
     with the stage's `evaluation` as a point of its own at its last step; otherwise, as older runs and pair losses
-    log, training and validation loss in nats per token."""
+    log, training and validation loss, named by `loss_label`."""
     bpb = [(r["step"], r["val_bpb"]) for r in log if "val_bpb" in r]
     if bpb:
         sampled = val_tokens(log)
@@ -135,7 +140,7 @@ def loss_curves(log: list[dict[str, Any]], evaluation: dict[str, Any] | None = N
             tokens = evaluation.get("val_tokens")
             curves[EVALUATION + (f" ({tokens:,} tok.)" if tokens else "")] = [(bpb[-1][0], evaluation["val_bpb"])]
         return "validation loss (bits/byte)", curves
-    return "loss (nats/token)", {"train": [(r["step"], r["loss"]) for r in log if "loss" in r],
+    return loss_label, {"train": [(r["step"], r["loss"]) for r in log if "loss" in r],
                                  "validation": [(r["step"], r["val_loss"]) for r in log if "val_loss" in r]}
 
 
@@ -156,7 +161,7 @@ def loss_figure(stages: dict[str, dict[str, Any]]) -> bytes:
     fig = Figure(figsize=FIGURE_SIZE, dpi=100)
     for i, (name, s) in enumerate(stages.items()):
         ax = fig.add_subplot(1, len(stages), i + 1)
-        ylabel, curves = loss_curves(s["log"], s["eval"])
+        ylabel, curves = loss_curves(s["log"], s["eval"], s["loss_label"])
         for label, points in curves.items():
             if points:
                 style = "-" if label == "train" else "D" if label.startswith(EVALUATION) else "o-"

@@ -4,7 +4,7 @@ losses in bits per byte where the run has them."""
 import json
 
 from ghoul.cli import main
-from ghoul.report import loss_curves, write_report
+from ghoul.report import loss_curves, stage_summary, write_report
 
 
 def write_log(path, records):
@@ -126,3 +126,14 @@ def test_what_is_not_a_pipeline_run_is_named_for_what_it_is(tmp_path, capsys):
         assert main(["report", str(path)]) == 2
         assert capsys.readouterr().err.strip().splitlines() == [f"ghoul report: error: {message}"]
     assert not (tmp_path / "pretraining" / "report.md").exists()
+
+
+def test_a_preference_loss_is_labelled_for_what_it_measures(tmp_path):
+    # DPO's loss is -log sigmoid of a margin, per pair: on an axis of nats per token it read as a language model's
+    write_log(tmp_path / "pretrain", [step(10, 6.5, 800.0)])
+    write_log(tmp_path / "rlhf" / "dpo", [step(2, 0.69, 90.0), {"step": 2, "val_loss": 0.68}])
+    write_report(tmp_path)
+    stages = stage_summary(tmp_path)
+    assert [s["loss_label"] for s in stages.values()] == ["loss (nats/token)", "DPO loss (nats/pair)"]
+    assert loss_curves(stages["preference"]["log"], None, stages["preference"]["loss_label"]) == (
+        "DPO loss (nats/pair)", {"train": [(2, 0.69)], "validation": [(2, 0.68)]})
