@@ -245,7 +245,8 @@ def modelfile(out: Path, config: GPTConfig) -> str:
 
 def run(cfg: GgufConfig) -> Path:
     out = export_gguf(cfg.checkpoint, cfg.out, cfg.dtype)
-    size = out.stat().st_size / 2**20
-    print(f"wrote {out} ({size:,.1f} MiB, {cfg.dtype}) and {out.parent / 'Modelfile'}: run it with "
+    size = out.stat().st_size
+    shown = f"{size / 2**20:,.1f} MiB" if size >= 2**20 else f"{size / 2**10:,.1f} KiB"  # a small model: not 0.0 MiB
+    print(f"wrote {out} ({shown}, {cfg.dtype}) and {out.parent / 'Modelfile'}: run it with "
           f"`llama-cli -m {out}`, or `ollama create my-ghoul -f {out.parent / 'Modelfile'}`")
     return out

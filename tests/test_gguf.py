@@ -162,9 +162,11 @@ def test_llama_cpp_tokenizes_real_text_as_ghoul(tmp_path, stories, bpe, pattern)
         assert llm.detokenize(ids).decode() == text
 
 
-def test_modelfile_is_written_beside_the_gguf(tmp_path, models):
+def test_modelfile_is_written_beside_the_gguf(tmp_path, models, capsys):
     out = tmp_path / "export" / "ghoul.gguf"
     assert main(["export", "gguf", str(models["qwen3"]), str(out), "--dtype", "q8_0"]) == 0
+    size = out.stat().st_size  # a small model's file is said in KiB, not as 0.0 MiB
+    assert size < 2**20 and f"wrote {out} ({size / 2**10:,.1f} KiB, q8_0)" in capsys.readouterr().out
     lines = (out.parent / "Modelfile").read_text().splitlines()
     assert lines[0] == "FROM ./ghoul.gguf"
     assert 'PARAMETER stop "<|endoftext|>"' in lines and "PARAMETER num_ctx 128" in lines

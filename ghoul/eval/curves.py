@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
-from matplotlib.ticker import EngFormatter
+from matplotlib.ticker import EngFormatter, MaxNLocator
 
 from ghoul.files import atomic_write
 
@@ -95,6 +95,7 @@ def plot_metric(path: Path, metric: str, curves: dict[str, list[tuple[int, int |
         ax.axhline(CHANCE * scale, linestyle=":", color="gray", label="chance (25%)")
     ax.set_xlabel("tokens" if by_tokens else "step")
     ax.xaxis.set_major_formatter(EngFormatter(sep=""))  # 2.5M tokens, not 2.5 with a 1e6 offset
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole steps: no tick at 0.5 (read "500m")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)

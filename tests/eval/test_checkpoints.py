@@ -202,6 +202,19 @@ def test_references_and_curves(tmp_path: Path) -> None:
     assert not plot_metric(tmp_path / "w.png", "val_loss", {"log": []}, ["gpt2-124m"], None, "title")
 
 
+def test_the_step_axis_of_a_short_run_has_whole_steps(tmp_path: Path, monkeypatch) -> None:
+    # a 4-step run's axis was ticked at 0.5, which the SI-prefix labels print as "500m"
+    figures = []
+    monkeypatch.setattr(curves.Figure, "savefig", lambda fig, *args, **kwargs: figures.append(fig))
+    points = [(2, None, 6.0), (4, None, 5.5)]
+    assert plot_metric(tmp_path / "v.png", "val_loss", {"log": points}, [], None, "title")
+    ax = figures[0].axes[0]
+    figures[0].canvas.draw()
+    labels = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
+    assert labels and all(float(x).is_integer() for x in ax.get_xticks()), labels
+    assert not any(label.endswith("m") for label in labels), labels
+
+
 def test_a_loss_curve_names_the_held_out_tokens_behind_it(tmp_path: Path, monkeypatch) -> None:
     # the training log's validation reads its first --eval-iters batches, an evaluation the whole split: the labels
     # say so, or the two curves would seem to disagree
