@@ -11,9 +11,10 @@ from typing import Any
 from ghoul.config import check_keys, option, read_toml
 from ghoul.errors import GhoulError
 from ghoul.files import atomic_write_text
-from ghoul.learn.common import LearnResult, check_fresh, prepare_text, train_model
+from ghoul.learn.common import DATA_DIR, LearnResult, check_fresh, prepare_text, train_model
 from ghoul.learn.gpt import FIXED, LearnGPTConfig, model_config
 from ghoul.model import GPT, GPTConfig
+from ghoul.tokenizer import TOKENIZER_FILE
 
 TABLE_FILE = "comparison.md"
 BUILT_IN_VARIANTS = Path(__file__).with_name("variants.toml")  # packaged: found from any directory
@@ -40,6 +41,9 @@ def read_variants(path: Path, base: LearnGPTConfig) -> dict[str, dict[str, Any]]
         if not re.fullmatch(r"[\w.-]+", name) or not name.strip("."):  # each variant trains in output_dir/name
             raise GhoulError(f"{path}: variant name '{name}' is no directory name: use letters, digits, '_', '-', "
                              "'.' (not only dots)")
+        if name in (DATA_DIR, TOKENIZER_FILE, TABLE_FILE):
+            raise GhoulError(f"{path}: variant name '{name}' is taken by the shared {name} in the output directory: "
+                             "give the variant another name")
         unknown = set(overrides) - set(allowed)
         if unknown:
             raise GhoulError(f"{path} [{name}]: unknown key(s) {', '.join(sorted(unknown))}; every variant trains "

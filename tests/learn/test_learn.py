@@ -135,6 +135,10 @@ def test_compare_trains_the_variants_that_ship_with_ghoul_from_any_directory(hor
     ('', "holds no variants"),
     ('["a/b"]\n', "variant name 'a/b' is no directory name"),
     ('[".."]\n', r"variant name '\.\.' is no directory name"),  # it would train into output_dir's parent
+    # the names of the comparison's own files: it trained into the shared token shards, or failed only at the table
+    ('[data]\n', "variant name 'data' is taken by the shared data in the output directory"),
+    ('["comparison.md"]\n', r"variant name 'comparison\.md' is taken by the shared comparison\.md"),
+    ('["tokenizer.json"]\n', r"variant name 'tokenizer\.json' is taken"),
     ('[a]\nbias = "no"\n', r"\[a\]: key 'bias' must be true or false, not \"no\""),  # a string is true in Python
     ('[a]\nn_head = "4"\n', r"\[a\]: key 'n_head' must be an integer"),
 ])
