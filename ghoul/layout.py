@@ -13,6 +13,7 @@ from ghoul.files import atomic_write_text
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 LATEST = "latest"
+PIPELINE_FILE = "pipeline.json"  # a pipeline run's options, beside its stages' directories
 
 
 def resolve_checkpoint(path: str | Path) -> Path:

@@ -34,7 +34,7 @@ from ghoul.feedback.rlhf import run as rlhf
 from ghoul.files import atomic_write_text, read_json, sole_writer, write_json
 from ghoul.generate import GenerateConfig
 from ghoul.generate import run as generate
-from ghoul.layout import resolve_checkpoint
+from ghoul.layout import PIPELINE_FILE, resolve_checkpoint
 from ghoul.model import PRESETS
 from ghoul.report import write_report
 from ghoul.sampling import READING_SAMPLING
@@ -292,9 +292,12 @@ def run(cfg: PipelineConfig) -> Path:
     for judge in dict.fromkeys((cfg.judge, cfg.winrate_judge or cfg.judge)):
         check_judge(judge)  # a missing key or package fails now, not after pretraining
     with sole_writer(cfg.output_dir):  # made here; a second pipeline into it meanwhile is refused
-        refuse_changed(cfg, read_json(cfg.output_dir / "pipeline.json"),
-                       [name for name in option_owners(PipelineConfig) if name not in RERUN_OPTIONS], cfg.output_dir)
-        write_json(cfg.output_dir / "pipeline.json", to_dict(cfg))
+        # a first try that stopped before making anything (data missing, say) binds no option of the next
+        if any(p.name != PIPELINE_FILE for p in cfg.output_dir.iterdir()):
+            refuse_changed(cfg, read_json(cfg.output_dir / PIPELINE_FILE),
+                           [name for name in option_owners(PipelineConfig) if name not in RERUN_OPTIONS],
+                           cfg.output_dir)
+        write_json(cfg.output_dir / PIPELINE_FILE, to_dict(cfg))
         with advising(pipeline_advice(TOO_FEW_TEXT)):
             data = prepare_data(cfg)
             for corpus in data.values():  # a step larger than a stage's text fails now, not after the stages before

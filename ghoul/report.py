@@ -26,7 +26,7 @@ from ghoul.eval.curves import CHANCE, REFERENCES, val_tokens
 from ghoul.feedback.judges import judge_measures
 from ghoul.feedback.records import FEEDBACK_DIR, FINAL_DIRS, FeedbackRun, load_rankings, load_stories
 from ghoul.files import atomic_write_text, read_json, read_jsonl
-from ghoul.layout import CONFIG_FILE
+from ghoul.layout import CONFIG_FILE, PIPELINE_FILE
 
 STAGES = ("pretrain", "finetune", "preference")
 # where the pipeline's `ghoul rlhf` trains the preference stage, by method
@@ -302,7 +302,7 @@ def write_report(run_dir: str | Path) -> Path:
     judge = judge_summary(run_dir)
     winrate = read_json(run_dir / "eval" / "winrate.json")  # the pipeline's win-rate of preference over finetune
     prompts, samples = samples_table(run_dir)
-    config, env = read_json(run_dir / "pipeline.json", {}), environment()
+    config, env = read_json(run_dir / PIPELINE_FILE, {}), environment()
     images = {"loss.png": loss_figure(stages), "hellaswag.png": hellaswag_figure(stages)}
     for name, data in images.items():
         (run_dir / name).write_bytes(data)

@@ -242,3 +242,18 @@ def test_an_evaluation_is_reused_only_for_the_same_checkpoint_and_settings(data,
     assert again["hellaswag_n"] == 6 and again["val_loss"] == first["val_loss"]
     fewer = evaluate(PipelineConfig(**cfg, hellaswag_limit=6, eval_tokens=640), "pretrain", tmp_path / "model", shards)
     assert fewer["val_tokens"] == 640 < first["val_tokens"] and fewer["val_loss"] != first["val_loss"]
+
+
+def test_a_first_try_that_made_nothing_binds_no_option(tmp_path, capsys):
+    # a run stopped before its first stage (here: its data folder is empty) holds only the options it was given,
+    # so the next try may change them; before, it was refused as "a run made with" them
+    (tmp_path / "empty").mkdir()
+    out = tmp_path / "run"
+    args = ["pipeline", "--output-dir", str(out), "--data-dir", str(tmp_path / "empty"), "--device", "cpu"]
+    assert main(args) == 2
+    assert "is missing: --data-dir must be laid out as shared/data" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["pipeline.json"]
+    assert main([*args, "--vocab-size", "1024"]) == 2
+    err = capsys.readouterr().err
+    assert "is missing: --data-dir must be laid out" in err and "holds a run made with" not in err, err
+    assert json.loads((out / "pipeline.json").read_text())["vocab_size"] == 1024
