@@ -19,7 +19,7 @@ from ghoul.eval.curves import REFERENCES, dataset_of, plot_run
 from ghoul.eval.hellaswag import default_data_path, evaluate_hellaswag, hellaswag_record, load_hellaswag
 from ghoul.eval.loss import check_window, evaluate_loss, loss_record, read_split
 from ghoul.files import append_jsonl, read_jsonl, repair_jsonl
-from ghoul.layout import WEIGHTS_FILE
+from ghoul.layout import CONFIG_FILE, WEIGHTS_FILE, models_within
 from ghoul.train.logger import LOG_FILE
 
 EVAL_FILE = "eval.jsonl"
@@ -57,9 +57,13 @@ def step_dirs(run_dir: Path) -> list[tuple[int, Path]]:
         raise GhoulError(f"run directory {run_dir} does not exist: give the --output-dir of a training run")
     found = [(int(p.name.removeprefix("step_")), p) for p in checkpoint.step_dirs(run_dir)]
     if not found:
+        if (run_dir / CONFIG_FILE).is_file() and (run_dir / WEIGHTS_FILE).is_file():
+            raise GhoulError(f"{run_dir} is one model, not a run of checkpoints: give the run directory that holds "
+                             "its step_* directories (ghoul eval loss and eval hellaswag score one model)")
+        inside = ", ".join(str(p) for p in models_within(run_dir))  # a pipeline's or rlhf's stages
         raise GhoulError(f"{run_dir} holds no checkpoints: it should contain step_* directories (each with "
-                         f"{WEIGHTS_FILE}), as a training run saves them (--checkpoint-every); of a pipeline or rlhf "
-                         f"run, give one of its stages, e.g. {run_dir / 'pretrain'}")
+                         f"{WEIGHTS_FILE}), as a training run saves them (--checkpoint-every)"
+                         + (f"; give one of the runs in it: {inside}" if inside else ""))
     return found
 
 

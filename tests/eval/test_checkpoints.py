@@ -190,6 +190,25 @@ def test_a_directory_without_checkpoints_is_an_error(tmp_path: Path, hellaswag_1
     assert not (empty / "eval.jsonl").exists()
 
 
+def test_what_holds_no_checkpoints_is_answered_with_what_it_holds(tiny_run: Path, shard_dir: Path,
+                                                                  hellaswag_100: Path,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    # the runs inside a pipeline's directory, not a made-up stage beside shards or inside a checkpoint
+    pipeline = tiny_run.parent / "pipeline"
+    pipeline.mkdir()
+    shutil.move(tiny_run, pipeline / "pretrain")
+    args = ["--hellaswag", "--data-path", str(hellaswag_100), "--limit", "2"]
+    for directory, end in [
+        (pipeline, f"(--checkpoint-every); give one of the runs in it: {pipeline / 'pretrain'}"),
+        (shard_dir, "as a training run saves them (--checkpoint-every)"),
+        (pipeline / "pretrain" / "step_000010", "is one model, not a run of checkpoints: give the run directory that "
+                                                "holds its step_* directories (ghoul eval loss and eval hellaswag "
+                                                "score one model)")]:
+        assert main(["eval", "checkpoints", str(directory), *args]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].endswith(end), err
+
+
 def test_references_and_curves(tmp_path: Path) -> None:
     assert dataset_of("fineweb-edu") == "fineweb-edu" and dataset_of("fineweb") == "fineweb"
     assert dataset_of("creepypasta") is None
