@@ -81,7 +81,12 @@ def check_run_dir(cfg: Any) -> Path | None:
         return None
     if cfg.resume != "latest":
         read_model_config(cfg.resume)  # a clear error if it is not a checkpoint
-        return resolve_checkpoint(cfg.resume)
+        checkpoint = resolve_checkpoint(cfg.resume)
+        # from another run's checkpoint: into a new directory (a branch of that run), never joined to a run here
+        if (newest is not None or has_log) and out.resolve() not in checkpoint.resolve().parents:
+            raise GhoulError(f"{cfg.resume} is not a checkpoint of {out}, which holds a run of its own: resume "
+                             f"{out} from one of its own checkpoints, or start from {cfg.resume} in a new --output-dir")
+        return checkpoint
     if newest is None:
         if not has_log:
             raise GhoulError(f"nothing to resume in {out}: it holds no run; leave out --resume to start one")

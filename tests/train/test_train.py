@@ -162,6 +162,25 @@ def test_a_folder_of_other_files_is_not_trained_into(fineweb_shards, tmp_path, c
     assert main([*args, "--output-dir", str(tmp_path / "run"), "--max-steps", "2", "--resume"]) == 0
 
 
+def test_a_checkpoint_of_another_run_is_not_joined_to_a_run(fineweb_shards, tmp_path, capsys):
+    # it set this run's later checkpoints aside and went on from the other run's weights, in this run's log
+    run(config(fineweb_shards, tmp_path / "p1", max_steps=4, checkpoint_every=2, eval_every=0))
+    run(config(fineweb_shards, tmp_path / "p2", max_steps=2, eval_every=0))
+    before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "p1").rglob("*"))
+    capsys.readouterr()
+    args = ["pretrain", "--dataset", str(fineweb_shards), "--model", "tiny", "--max-steps", "3", "--eval-every", "0",
+            "--resume", str(tmp_path / "p2" / "step_000002")]
+    assert main([*args, "--output-dir", str(tmp_path / "p1")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    other, this = tmp_path / "p2" / "step_000002", tmp_path / "p1"
+    assert err == [f"ghoul pretrain: error: {other} is not a checkpoint of {this}, which holds a run of its own: "
+                   f"resume {this} from one of its own checkpoints, or start from {other} in a new --output-dir"], err
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "p1").rglob("*")) == before
+    # a branch of the other run in a directory of its own, and a run's own earlier checkpoint, go on as before
+    assert main([*args, "--output-dir", str(tmp_path / "p3")]) == 0
+    assert main([*args[:-1], str(tmp_path / "p1" / "step_000002"), "--output-dir", str(tmp_path / "p1")]) == 0
+
+
 @pytest.mark.parametrize("args, message", [
     (["--total-batch-size", "1000", "--batch-size", "4", "--seq-len", "64"], "not a multiple of"),
     (["--batch-size", "2048", "--seq-len", "128"], "too few for one step"),
