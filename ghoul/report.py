@@ -94,6 +94,7 @@ def judge_sentence(j: dict[str, Any], name: str) -> str:
 def winrate_sentence(w: dict[str, Any]) -> str:
     n = w["wins_a"] + w["wins_b"]
     skipped = f"; {w['skipped']} pairs skipped" if w["skipped"] else ""
+    skipped += f"; {w['ties']} ties (the same story from both)" if w.get("ties") else ""  # older runs: none recorded
     return (f"The {w['a']} model beats the {w['b']} model in {w['wins_a']} of {n} pairs of stories for the same "
             f"prompts and seeds, judged by {w['judge']}: win-rate {_fmt(w['win_rate'], '.1%')}, 95% Wilson interval "
             f"[{w['low']:.1%}, {w['high']:.1%}]{skipped}. An interval that holds 50% means no measurable difference. "

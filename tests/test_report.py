@@ -4,7 +4,7 @@ losses in bits per byte where the run has them."""
 import json
 
 from ghoul.cli import main
-from ghoul.report import loss_curves, stage_summary, write_report
+from ghoul.report import loss_curves, stage_summary, winrate_sentence, write_report
 
 
 def write_log(path, records):
@@ -137,3 +137,12 @@ def test_a_preference_loss_is_labelled_for_what_it_measures(tmp_path):
     assert [s["loss_label"] for s in stages.values()] == ["loss (nats/token)", "DPO loss (nats/pair)"]
     assert loss_curves(stages["preference"]["log"], None, stages["preference"]["loss_label"]) == (
         "DPO loss (nats/pair)", {"train": [(2, 0.69)], "validation": [(2, 0.68)]})
+
+
+def test_the_win_rate_sentence_counts_ties_apart(tmp_path):
+    w = {"a": "preference", "b": "finetune", "judge": "length", "wins_a": 3, "wins_b": 1, "skipped": 0, "ties": 2,
+         "win_rate": 0.75, "low": 0.3, "high": 0.95}
+    assert "in 3 of 4 pairs of stories" in winrate_sentence(w)
+    assert "[30.0%, 95.0%]; 2 ties (the same story from both). An interval" in winrate_sentence(w)
+    older = {k: v for k, v in w.items() if k != "ties"}  # a win-rate recorded before ties were told apart
+    assert "ties" not in winrate_sentence(older) and "[30.0%, 95.0%]. An interval" in winrate_sentence(older)

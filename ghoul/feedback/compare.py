@@ -72,11 +72,15 @@ class CompareResult:
     win_rate: float  # of A, over the pairs judged
     low: float
     high: float
+    ties: int = 0  # pairs of the same story from both: no preference, counted for neither
 
     def summary(self, a: Path, b: Path) -> str:
         n = self.wins_a + self.wins_b
-        return (f"A ({a}) beats B ({b}) in {self.wins_a} of {n} pairs: win-rate {self.win_rate:.1%}, 95% CI "
-                f"[{self.low:.1%}, {self.high:.1%}]" + (f"; {self.skipped} skipped" if self.skipped else ""))
+        rate = (f"win-rate {self.win_rate:.1%}, 95% CI [{self.low:.1%}, {self.high:.1%}]" if n else
+                "no win-rate: no pair was decided")
+        return (f"A ({a}) beats B ({b}) in {self.wins_a} of {n} pairs: {rate}"
+                + (f"; {self.skipped} skipped" if self.skipped else "")
+                + (f"; {self.ties} ties (the same story from both)" if self.ties else ""))
 
 
 def stories_of(cfg: CompareConfig, model: Path) -> list[dict]:
@@ -101,10 +105,11 @@ def tally(records: list[dict]) -> CompareResult:
     wins_a, wins_b = winners.count("a"), winners.count("b")
     n = wins_a + wins_b
     return CompareResult(wins_a, wins_b, winners.count(None), wins_a / n if n else float("nan"),
-                         *wilson_interval(wins_a, n))
+                         *wilson_interval(wins_a, n), ties=winners.count(TIE))
 
 
 RECORD_KEYS = ("id", "prompt", "a", "b", "a_shown_first", "winner", "judge")
+TIE = "tie"  # the winner of a pair of the same story, which no judge is asked about
 
 
 def earlier_judgments(cfg: CompareConfig, judge: str) -> list[dict]:
@@ -114,7 +119,7 @@ def earlier_judgments(cfg: CompareConfig, judge: str) -> list[dict]:
         return []
     records = read_jsonl(cfg.out)
     for n, r in enumerate(records, 1):
-        if not isinstance(r, dict) or any(k not in r for k in RECORD_KEYS) or r["winner"] not in ("a", "b", None):
+        if not isinstance(r, dict) or any(k not in r for k in RECORD_KEYS) or r["winner"] not in ("a", "b", TIE, None):
             raise GhoulError(f"{cfg.out}, record {n}: not a judgment of `ghoul compare` (it needs "
                              f"{', '.join(RECORD_KEYS)}): use another --out")
         check_judged_alike(cfg.out, r, judge, cfg.judging.task)
@@ -139,13 +144,17 @@ def judge_pairs(cfg: CompareConfig, judge: Judge, stories_a: list[dict], stories
     """Judge A's story i against B's story i, in a random order (position bias cancels out on average); the pairs
     in `earlier` (checked judgments from --out) are counted, not judged again."""
     pairs, records = pairs_of(cfg.seed, stories_a, stories_b), list(earlier or [])
-    judge.start(len(pairs) - len(records))
+    todo = list(zip(stories_a, stories_b, pairs, strict=True))[len(records):]
+    judge.start(sum(sa["text"] != sb["text"] for sa, sb, _ in todo))
     try:
-        for sa, sb, pair in list(zip(stories_a, stories_b, pairs, strict=True))[len(records):]:
+        for sa, sb, pair in todo:
             a_first = pair["a_shown_first"]
-            shown = [full_text(sa), full_text(sb)] if a_first else [full_text(sb), full_text(sa)]
-            best = judge.judge(cfg.judging.task, shown).best
-            winner = None if best is None else ("a" if (best == 0) == a_first else "b")
+            if sa["text"] == sb["text"]:  # the same story: whichever a judge picked, its place would decide
+                winner = TIE
+            else:
+                shown = [full_text(sa), full_text(sb)] if a_first else [full_text(sb), full_text(sa)]
+                best = judge.judge(cfg.judging.task, shown).best
+                winner = None if best is None else ("a" if (best == 0) == a_first else "b")
             with interrupt_held():  # the pairs counted are the pairs saved
                 records.append(dict(pair, winner=winner, judge=judge.name, task=cfg.judging.task))
                 if cfg.out is not None:

@@ -7,14 +7,16 @@ import json
 import math
 
 import pytest
+import torch
 
+from ghoul.checkpoint import save_model_dir
 from ghoul.cli import main
 from ghoul.errors import GhoulError
 from ghoul.feedback import compare, judges
 from ghoul.feedback.compare import CompareConfig, judge_pairs, wilson_interval
 from ghoul.feedback.judges import Judge, JudgeOptions, Judgment
 from ghoul.files import read_jsonl
-from tests.feedback.conftest import save_tiny_model
+from ghoul.model import GPT, GPTConfig
 
 
 def test_wilson_interval_on_known_counts():
@@ -55,6 +57,24 @@ def test_pairs_are_shown_in_a_random_order_and_mapped_back(tmp_path):
     assert [r["winner"] for r in read_jsonl(out)] == ["a"] * 40
 
 
+def test_a_pair_of_the_same_story_is_a_tie_no_judge_is_asked_about(tmp_path):
+    # a judge shown one story twice picks a place, not a story: those picks made a model beat itself 11 of 20 times
+    a = [dict(id=i, prompt="p", text=f" AAA {i}" if i < 30 else " the same") for i in range(40)]
+    b = [dict(id=i, prompt="p", text=f" BBB {i}" if i < 30 else " the same") for i in range(40)]
+    judge, out = MarkerJudge(), tmp_path / "pairs.jsonl"  # it finds no AAA in a tied pair: asked, it would fail
+    cfg = CompareConfig(a="a", b="b", n=40, out=out)
+    result = judge_pairs(cfg, judge, a, b)
+    assert (result.wins_a, result.wins_b, result.ties, result.win_rate) == (30, 0, 10, 1.0)
+    assert (result.low, result.high) == pytest.approx(wilson_interval(30, 30)) and len(judge.positions) == 30
+    assert [r["winner"] for r in read_jsonl(out)] == ["a"] * 30 + ["tie"] * 10
+    assert result.summary("a", "b").endswith("in 30 of 30 pairs: win-rate 100.0%, 95% CI [88.6%, 100.0%]; 10 ties "
+                                             "(the same story from both)")
+    assert compare.earlier_judgments(cfg, "marker") == read_jsonl(out)  # a rerun continues a file holding ties
+    same = judge_pairs(CompareConfig(a="a", b="a", n=10), judge, a[30:], b[30:])
+    assert same.summary("a", "a") == "A (a) beats B (a) in 0 of 0 pairs: no win-rate: no pair was decided; 10 ties " \
+                                     "(the same story from both)"
+
+
 def test_compare_end_to_end(tiny_model, tmp_path, capsys):
     out = tmp_path / "pairs.jsonl"
     assert main(["compare", "--a", str(tiny_model), "--b", str(tiny_model), "--judge", "random", "--n", "6",
@@ -93,8 +113,16 @@ class FirstShown(Judge):
 
 @pytest.fixture(scope="module")
 def other_model(tmp_path_factory):
-    """A second tiny model, with other weights than tiny_model's: A and B tell different stories."""
-    return save_tiny_model(tmp_path_factory.mktemp("model") / "other", seed=1)
+    """A second tiny model, with other weights than tiny_model's: A and B tell different stories. Its embedding (the
+    tied output layer) is scaled up: two random models' next-token distributions are both near uniform, so the same
+    random draws often picked the same tokens, and a pair was the same story (a tie no judge is asked about)."""
+    torch.manual_seed(1)
+    model = GPT(GPTConfig.from_name("tiny"))
+    with torch.no_grad():
+        model.transformer.wte.weight.mul_(30)
+    path = tmp_path_factory.mktemp("model") / "other"
+    save_model_dir(model, path)
+    return path
 
 
 N = 7
