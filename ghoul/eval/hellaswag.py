@@ -118,9 +118,14 @@ def _parse_example(line: str, where: str, index: int) -> dict[str, Any]:
 def render_example(tokenizer: Tokenizer, example: dict[str, Any], block_size: int) -> list[tuple[list[int], int]]:
     """The 4 rows of an example as (tokens, index of the ending's first token); endings are encoded as " " + ending
     (GPT-2's convention) and contexts too long for the model are cropped from the left."""
-    ctx = tokenizer.encode(example["ctx"]) or [tokenizer.eot_id]
+    try:
+        ctx = tokenizer.encode(example["ctx"]) or [tokenizer.eot_id]
+        ends = tokenizer.encode_batch([" " + e for e in example["endings"]])
+    except GhoulError as e:  # a char tokenizer knows only its training text's characters
+        raise GhoulError(f"HellaSwag example {example['index']} cannot be encoded: {e}; score HellaSwag with a model "
+                         "whose tokenizer takes any text (a byte-level BPE)") from None
     rows = []
-    for end in tokenizer.encode_batch([" " + e for e in example["endings"]]):
+    for end in ends:
         keep = max(block_size - len(end), 1)  # at least one context token, so the ending's first token is predicted
         tokens = (ctx[-keep:] + end)[-block_size:]
         rows.append((tokens, max(len(tokens) - len(end), 1)))

@@ -33,6 +33,7 @@ from ghoul.eval.hellaswag import (
 )
 from ghoul.model import GPT, GPTConfig
 from ghoul.tokenizer import load_tokenizer
+from ghoul.tokenizer.char import CharTokenizer
 
 
 def test_load_reads_the_official_schema(hellaswag_full: Path, hellaswag_100: Path) -> None:
@@ -254,3 +255,15 @@ def test_two_torchrun_ranks_download_once(slow_server, hellaswag_100: Path, char
     cached = tmp_path / "cache" / "ghoul" / "hellaswag"
     assert (cached / "hellaswag_val.jsonl").read_bytes() == hellaswag_100.read_bytes()
     assert not list(cached.glob(".*.tmp"))
+
+
+def test_a_char_tokenizer_without_hellaswags_characters_is_named_as_the_cause(hellaswag_100: Path, tmp_path: Path,
+                                                                                 capsys: pytest.CaptureFixture) -> None:
+    # the error named a character missing from the tokenizer's training text, not that HellaSwag's text held it
+    tokenizer = CharTokenizer.train(["the house was dark and the door was open"])
+    save_model_dir(GPT(GPTConfig.from_name("tiny", vocab_size=tokenizer.vocab_size)), tmp_path / "m", tokenizer)
+    assert main(["eval", "hellaswag", "--checkpoint", str(tmp_path / "m"), "--data-path", str(hellaswag_100)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("ghoul eval hellaswag: error: HellaSwag example 0 cannot be encoded: "
+                                               "character "), err
+    assert err[0].endswith("; score HellaSwag with a model whose tokenizer takes any text (a byte-level BPE)"), err
