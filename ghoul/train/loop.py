@@ -170,6 +170,9 @@ def train(cfg: Any, model: GPT, tokenizer: Tokenizer, d: dist.DistInfo, loss_fn:
     config: its groups `run`, `optim`, `batch` and `loop`. `hooks` run beside the validation loss (HellaSwag,
     samples: ghoul.train.hooks)."""
     run, optim, batch, loop = cfg.run, cfg.optim, cfg.batch, cfg.loop
+    if loop.parallel == "fsdp" and not d.distributed:  # one process holds the whole model: nothing to shard
+        raise GhoulError("--parallel fsdp shards the model across torchrun's processes, and this run is one process: "
+                         "start it with torchrun --standalone --nproc_per_node=N -m ghoul ..., or leave --parallel out")
     # config.json records the precision the run used; the bigram has no width (autocast leaves its lookup as it is)
     loop.dtype = dist.resolve_dtype(loop.dtype, d.device, getattr(model.config, "n_embd", None))
     # token windows of one length through a dense model: the same shapes at every step
