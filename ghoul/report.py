@@ -142,7 +142,7 @@ def loss_curves(log: list[dict[str, Any]], evaluation: dict[str, Any] | None = N
             curves[EVALUATION + (f" ({tokens:,} tok.)" if tokens else "")] = [(bpb[-1][0], evaluation["val_bpb"])]
         return "validation loss (bits/byte)", curves
     return loss_label, {"train": [(r["step"], r["loss"]) for r in log if "loss" in r],
-                                 "validation": [(r["step"], r["val_loss"]) for r in log if "val_loss" in r]}
+                        "validation": [(r["step"], r["val_loss"]) for r in log if "val_loss" in r]}
 
 
 def validation_note(stages: dict[str, dict[str, Any]]) -> str | None:

@@ -29,6 +29,7 @@ from ghoul.train.loop import train
 PAIRS_FILE = "preferences.jsonl"  # beside a pair-trained run's checkpoints: the exact pairs, for inspection
 PAIR_KEYS = ("prompt", "chosen", "rejected")  # what each pair holds: a file without them is another's
 
+
 def pairs_from_rankings(rankings: list[dict[str, Any]], stories: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
     """(prompt, chosen, rejected) records of every judged group: the chosen story over each other story shown.
     Skipped groups give nothing: no choice is no preference."""

@@ -170,9 +170,6 @@ def train(cfg: Any, model: GPT, tokenizer: Tokenizer, d: dist.DistInfo, loss_fn:
     config: its groups `run`, `optim`, `batch` and `loop`. `hooks` run beside the validation loss (HellaSwag,
     samples: ghoul.train.hooks)."""
     run, optim, batch, loop = cfg.run, cfg.optim, cfg.batch, cfg.loop
-    if loop.parallel == "fsdp" and not d.distributed:  # one process holds the whole model: nothing to shard
-        raise GhoulError("--parallel fsdp shards the model across torchrun's processes, and this run is one process: "
-                         "start it with torchrun --standalone --nproc_per_node=N -m ghoul ..., or leave --parallel out")
     # config.json records the precision the run used; the bigram has no width (autocast leaves its lookup as it is)
     loop.dtype = dist.resolve_dtype(loop.dtype, d.device, getattr(model.config, "n_embd", None))
     # token windows of one length through a dense model: the same shapes at every step
@@ -368,8 +365,11 @@ def is_sharded(model: torch.nn.Module) -> bool:
 def wrap(model: GPT, loop: Any, d: dist.DistInfo) -> torch.nn.Module:
     """The model as it trains: wrappers applied from outside it, in one fixed order (activation checkpointing,
     compile, then DDP; or FSDP's sharding in place, then compile)."""
+    if loop.parallel == "fsdp" and not d.distributed:  # one process holds the whole model: nothing to shard
+        raise GhoulError("--parallel fsdp shards the model across torchrun's processes, and this run is one process: "
+                         "start it with torchrun --standalone --nproc_per_node=N -m ghoul ..., or leave --parallel out")
     model.checkpoint_blocks = loop.activation_checkpointing
-    sharded = loop.parallel == "fsdp" and d.distributed
+    sharded = loop.parallel == "fsdp"
     if sharded:
         sharding().shard_model(model, d, loop.dtype)
     if loop.compile:
