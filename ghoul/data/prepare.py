@@ -29,6 +29,7 @@ from ghoul.data.sources import SOURCE_PATH_HELP, SOURCES, TEXT_FIELD_HELP, make_
 from ghoul.errors import GhoulError
 from ghoul.files import disk_full_is_an_error, sole_writer, write_json
 from ghoul.interrupts import interrupt_held
+from ghoul.layout import CONFIG_FILE
 from ghoul.tokenizer import TOKENIZER_FILE, Tokenizer, load_tokenizer
 
 BATCH_CHARS = 1 << 18  # text per worker task: ~60k GPT-2 tokens, tens of ms, so task overhead stays negligible
@@ -148,11 +149,17 @@ def command_line(cfg: PrepareConfig) -> str:
 
 def _existing_output(cfg: PrepareConfig, tokenizer: Tokenizer) -> dict[str, Any] | None:
     """The stored meta.json of `cfg.out` to resume or skip, checked against these settings; None for a new one."""
+    if (cfg.out / CONFIG_FILE).is_file():  # shards among a run's checkpoints, or in a model directory
+        raise GhoulError(f"{cfg.out} holds a run or a model ({CONFIG_FILE}), not token shards: give an empty or new "
+                         "--out directory")
     meta = read_meta(cfg.out)
     if meta is None:
         if cfg.out.is_dir() and any(cfg.out.glob("*.bin")):
             raise GhoulError(f"{cfg.out} holds .bin files but no {META_FILE}: give an empty or new --out directory")
         return None
+    if not {"settings", "shards"} <= set(meta):  # not "prepared with other settings": never prepared at all
+        raise GhoulError(f"{cfg.out} holds a {META_FILE} that `ghoul prepare` did not write: give an empty or new "
+                         "--out directory")
     old = meta.get("settings", {})
     changed = [f"{flag(k)} {old.get(k)!r} there, {v!r} now" for k, v in _settings(cfg).items()
                if not same_setting(old.get(k), v, meta.get("out"), cfg.out)]

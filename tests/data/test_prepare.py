@@ -209,6 +209,22 @@ def test_second_run_does_nothing(data: Path, tmp_path: Path, capsys: pytest.Capt
         run(cfg)
 
 
+def test_a_folder_of_something_else_is_not_prepared_into(data: Path, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    # a training run (its config.json), and a meta.json of the user's own: shards were written among them, and the
+    # second was said to be "prepared with other settings"
+    source = ["text", "--source-path", str(data / "tinyshakespeare" / "input.txt"), "--no-progress", "--out"]
+    for name, held, message in (("run", "config.json", "holds a run or a model (config.json), not token shards"),
+                                ("mine", "meta.json", "holds a meta.json that `ghoul prepare` did not write")):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / held).write_text('{"my": "settings"}\n')
+        assert main(["prepare", *source, str(folder)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"ghoul prepare: error: {folder} {message}: give an empty or new --out directory"], err
+        assert [p.name for p in folder.iterdir()] == [held]  # nothing added beside it
+
+
 def test_a_folder_moved_with_its_source_is_still_prepared(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                           capsys: pytest.CaptureFixture) -> None:
     """Shards kept beside their text (as a pipeline run keeps them) are taken as prepared after the folder is moved or
