@@ -183,9 +183,11 @@ def dataset_option() -> Any:
     return option("", "prepared token shards: a directory made by `ghoul prepare` (required)", metavar="DIR")
 
 
-def check_dataset(dataset: str) -> None:
+def check_dataset(dataset: str, output_dir: Path) -> None:
     if not dataset:
         raise GhoulError("--dataset is required: a directory of token shards made by `ghoul prepare`")
+    if Path(dataset).resolve() == Path(output_dir).resolve():  # the run's files would lie among the shards
+        raise GhoulError(f"--output-dir {output_dir} is the --dataset: give the run a directory of its own")
 
 
 @dataclass
@@ -203,7 +205,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_training(self)
-        check_dataset(self.dataset)
+        check_dataset(self.dataset, self.run.output_dir)
 
 
 def accumulation_steps(total_batch_size: int | None, batch_size: int, seq_len: int, world_size: int) -> int:

@@ -50,7 +50,7 @@ class FinetuneConfig:
 
     def __post_init__(self) -> None:
         check_training(self)
-        check_dataset(self.dataset)
+        check_dataset(self.dataset, self.run.output_dir)
         if self.base_model is None and self.run.resume is None:
             raise GhoulError("--base-model is required: the model directory to fine-tune (e.g. a pretraining run)")
 

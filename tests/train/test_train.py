@@ -145,7 +145,7 @@ def test_refuses_to_overwrite_a_run(fineweb_shards, tmp_path, capsys):
     assert "already holds a run: pass --resume" in capsys.readouterr().err
 
 
-def test_a_folder_of_other_files_is_not_trained_into(fineweb_shards, tmp_path, capsys):
+def test_a_folder_of_other_files_or_the_data_is_not_trained_into(fineweb_shards, tmp_path, capsys):
     # a config.json of the user's own (or another command's) would be replaced by the run's
     mine = tmp_path / "mine"
     mine.mkdir()
@@ -157,6 +157,12 @@ def test_a_folder_of_other_files_is_not_trained_into(fineweb_shards, tmp_path, c
                    "command's, or your own): give another --output-dir"]
     assert (mine / "config.json").read_text() == '{"my": "settings"}\n'
     assert sorted(mine.iterdir()) == [mine / "config.json"]
+    # the shards' own folder as the run directory: its log and checkpoints would lie among the shards
+    before = sorted(fineweb_shards.iterdir())
+    assert main([*args, "--output-dir", str(fineweb_shards)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"ghoul pretrain: error: --output-dir {fineweb_shards} is the --dataset: give the run a directory of its own"]
+    assert sorted(fineweb_shards.iterdir()) == before
     # a run's own config.json is no obstacle to continuing it
     run(config(fineweb_shards, tmp_path / "run", max_steps=1, eval_every=0))
     assert main([*args, "--output-dir", str(tmp_path / "run"), "--max-steps", "2", "--resume"]) == 0
