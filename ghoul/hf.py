@@ -9,6 +9,7 @@ needs no permutation either: ghoul's rotary embedding rotates the pairs (x[i], x
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -263,6 +264,13 @@ class ExportConfig:
     push: str | None = option(None, "also upload the folder to this Hugging Face repository (log in first: "
                                     "hf auth login)", metavar="REPO_ID")
 
+    def __post_init__(self) -> None:
+        # the Hub's form of a repository id, checked before the export rather than after it, at the upload
+        if self.push is not None and (not re.fullmatch(r"[\w.-]{1,96}(/[\w.-]{1,96})?", self.push)
+                                      or ".." in self.push or "--" in self.push):
+            raise GhoulError(f"--push {self.push!r} is no Hugging Face repository id: give NAME or OWNER/NAME "
+                             "(letters, digits, '-', '_' and '.')")
+
 
 def push_folder(out: Path, repo_id: str) -> None:
     """Upload an exported folder with huggingface_hub; any failure is one clear line, the folder stays written."""
@@ -277,8 +285,8 @@ def push_folder(out: Path, repo_id: str) -> None:
         api.upload_folder(folder_path=str(out), repo_id=repo_id)
     except Exception as e:  # offline, not logged in, no write access: the hub client raises many kinds
         reason = (str(e).splitlines() or [type(e).__name__])[0]
-        raise GhoulError(f"could not push {out} to {repo_id} ({reason}); the folder is written: log in with "
-                         "`hf auth login` and run the command again") from None
+        raise GhoulError(f"could not push {out} to {repo_id} ({reason}); the folder is written: check the network "
+                         "and that you are logged in (`hf auth login`), then run the command again") from None
 
 
 def run(cfg: ExportConfig) -> Path:

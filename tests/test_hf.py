@@ -129,6 +129,13 @@ def test_export_writes_a_model_card_and_pushes(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "could not push" in err and "the folder is written" in err and len(err.strip().splitlines()) == 1
     assert (tmp_path / "hf2" / "model.safetensors").is_file()
+    # a repository id the Hub would refuse: said before the export, not after it as a failed log-in
+    for bad in ("not a repo id!", "me/ghoul/tiny", "me/ghoul..tiny"):
+        assert main(["export", "hf", str(tmp_path / "m"), str(tmp_path / "hf3"), "--push", bad]) == 2
+        assert capsys.readouterr().err.strip().splitlines() == [
+            f"ghoul export hf: error: --push {bad!r} is no Hugging Face repository id: give NAME or OWNER/NAME "
+            "(letters, digits, '-', '_' and '.')"]
+    assert not (tmp_path / "hf3").exists()
 
 
 def test_export_refuses_to_replace_what_is_not_an_earlier_export(tmp_path, capsys):
