@@ -74,7 +74,7 @@ class LearnConfig:
             fifth = ", a fifth of --steps" if self.warmdown_iters is None else ""
             raise GhoulError(f"--warmup-iters ({self.warmup_iters}) + --warmdown-iters ({self.warmdown}{fifth}) exceed "
                              f"--steps ({self.steps})")
-        self.train_config(Path("data"), self.output_dir)  # the trainer's checks now, before the tokenizer and data
+        self.train_config(self.output_dir / DATA_DIR, self.output_dir)  # the trainer's checks now, before the data
 
     @property
     def warmdown(self) -> int:

@@ -160,6 +160,15 @@ def test_training_settings_are_checked_before_the_tokenizer_and_data(tmp_path, c
     assert message in capsys.readouterr().err and not out.exists()
 
 
+def test_an_output_directory_named_data_is_not_taken_for_the_shards_inside_it(horror, tmp_path, monkeypatch):
+    # the shards lie in OUT/data: an --output-dir named like that folder is no --dataset given as --output-dir
+    monkeypatch.chdir(tmp_path)
+    assert main(["learn", "bigram", "--source-path", horror, "--output-dir", "data", "--limit-docs", "20",
+                 "--tokenizer-kind", "char", "--steps", "2", "--batch-size", "2", "--block-size", "16",
+                 "--sample-tokens", "0", "--device", "cpu"]) == 0
+    assert (tmp_path / "data" / "data" / "meta.json").is_file() and (tmp_path / "data" / "log.jsonl").is_file()
+
+
 @pytest.mark.parametrize("args", [["--optimizer", "muon"], ["--muon-lr", "0.01"]])
 def test_the_bigram_offers_no_optimizer(tmp_path, capsys, args):
     # its one table is a lookup, not a hidden matrix Muon could train: it trains with AdamW, so --help offers no choice
