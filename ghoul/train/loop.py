@@ -365,11 +365,8 @@ def is_sharded(model: torch.nn.Module) -> bool:
 def wrap(model: GPT, loop: Any, d: dist.DistInfo) -> torch.nn.Module:
     """The model as it trains: wrappers applied from outside it, in one fixed order (activation checkpointing,
     compile, then DDP; or FSDP's sharding in place, then compile)."""
-    if loop.parallel == "fsdp" and not d.distributed:  # one process holds the whole model: nothing to shard
-        raise GhoulError("--parallel fsdp shards the model across torchrun's processes, and this run is one process: "
-                         "start it with torchrun --standalone --nproc_per_node=N -m ghoul ..., or leave --parallel out")
     model.checkpoint_blocks = loop.activation_checkpointing
-    sharded = loop.parallel == "fsdp"
+    sharded = loop.parallel == "fsdp" and d.distributed
     if sharded:
         sharding().shard_model(model, d, loop.dtype)
     if loop.compile:

@@ -194,9 +194,6 @@ def test_a_checkpoint_of_another_run_is_not_joined_to_a_run(fineweb_shards, tmp_
     (["--warmup-iters", "5", "--warmdown-iters", "5", "--max-steps", "8"], "exceed --max-steps"),
     (["--optimizer", "adamw", "--muon-lr", "0.05"], "--muon-lr is only read with --optimizer muon"),
     (["--schedule", "cosine", "--warmdown-iters", "2"], "--warmdown-iters is only read with --schedule trapezoid"),
-    # one process has nothing to shard: it ran unsharded, and wrote its checkpoint through torch's sharded writer
-    (["--parallel", "fsdp"], "--parallel fsdp shards the model across torchrun's processes, and this run is one "
-                             "process: start it with torchrun"),
 ])
 def test_usage_errors(fineweb_shards, tmp_path, capsys, args, message):
     code = main(["pretrain", "--dataset", str(fineweb_shards), "--output-dir", str(tmp_path / "r"), "--device", "cpu",
