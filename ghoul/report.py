@@ -145,6 +145,15 @@ def loss_curves(log: list[dict[str, Any]], evaluation: dict[str, Any] | None = N
                         "validation": [(r["step"], r["val_loss"]) for r in log if "val_loss" in r]}
 
 
+def stage_notes(stages: dict[str, dict[str, Any]]) -> list[str]:
+    """The sentences under the stage table: the stages a run has not made (a pipeline stopped before them, which the
+    report would otherwise present as complete), and why the curves and the table's figures differ."""
+    missing = [name for name in STAGES if name not in stages]
+    unmade = (f"The {' and '.join(missing)} stage{'s have' if len(missing) > 1 else ' has'} not run yet: the run "
+              "stopped before; the same `ghoul pipeline` command goes on from where it stopped.") if missing else None
+    return [note for note in (unmade, validation_note(stages)) if note]
+
+
 def validation_note(stages: dict[str, dict[str, Any]]) -> str | None:
     """Why the curves end elsewhere than the table's figures: the evaluation reads every held-out token, the
     training log's validation only its first batches, so the two differ by that sample."""
@@ -226,8 +235,8 @@ def render_markdown(title: str, run_dir: Path, stages: dict, judge: dict | None,
     header, rows = stage_table(stages)
     lines = [f"# {title}", "", "## Stages", ""]
     lines += ["| " + " | ".join(row) + " |" for row in (header, ["---"] * len(header), *rows)]
-    note = validation_note(stages)
-    lines += ["", *([note, ""] if note else []), "![losses](loss.png)", "", "![HellaSwag](hellaswag.png)", ""]
+    lines += ["", *(line for note in stage_notes(stages) for line in (note, "")), "![losses](loss.png)", "",
+              "![HellaSwag](hellaswag.png)", ""]
     refs = ", ".join(f"{REFERENCES[r].label} {REFERENCES[r].hellaswag:.1%}" for r in REFERENCE_LINES)
     lines += [f"References (HellaSwag acc_norm, zero-shot): {refs}; chance 25%.", ""]
     if judge:
@@ -261,9 +270,8 @@ def render_html(title: str, stages: dict, judge: dict | None, winrate: dict | No
     header, rows = stage_table(stages)
     table = "".join("<tr>" + "".join(f"<{tag}>{esc(cell)}</{tag}>" for cell in row) + "</tr>"
                     for tag, row in [("th", header), *(("td", row) for row in rows)])
-    note = validation_note(stages)
     parts = [f"<h1>{esc(title)}</h1>", "<h2>Stages</h2>", f"<table>{table}</table>",
-             *([f"<p>{esc(note)}</p>"] if note else []), img("loss.png"), img("hellaswag.png")]
+             *(f"<p>{esc(note)}</p>" for note in stage_notes(stages)), img("loss.png"), img("hellaswag.png")]
     if judge:  # the sentence holds no user text but the judge's name, escaped here
         name = f"<code>{esc(judge['judge'])}</code>"
         parts += ["<h2>The judge</h2>", f"<p>{judge_sentence(judge, name)}</p>"]

@@ -146,3 +146,21 @@ def test_the_win_rate_sentence_counts_ties_apart(tmp_path):
     assert "[30.0%, 95.0%]; 2 ties (the same story from both). An interval" in winrate_sentence(w)
     older = {k: v for k, v in w.items() if k != "ties"}  # a win-rate recorded before ties were told apart
     assert "ties" not in winrate_sentence(older) and "[30.0%, 95.0%]. An interval" in winrate_sentence(older)
+
+
+def test_a_report_of_a_run_that_stopped_says_which_stages_are_missing(tmp_path):
+    # the report of a pipeline that stopped at its preference stage read as a whole run
+    write_log(tmp_path / "pretrain", [step(10, 6.5, 800.0)])
+    write_log(tmp_path / "finetune", [step(5, 4.2, 700.0)])
+    write_report(tmp_path)
+    said = ("The preference stage has not run yet: the run stopped before; the same `ghoul pipeline` command goes on "
+            "from where it stopped.")
+    assert said in (tmp_path / "report.md").read_text() and f"<p>{said}</p>" in (tmp_path / "report.html").read_text()
+    (tmp_path / "finetune" / "log.jsonl").unlink()
+    write_report(tmp_path)
+    assert "The finetune and preference stages have not run yet" in (tmp_path / "report.md").read_text()
+    write_log(tmp_path / "rlhf" / "finetune", [step(2, 3.9, 90.0)])  # a finished run: nothing is said
+    (tmp_path / "finetune").rmdir()
+    write_log(tmp_path / "finetune", [step(5, 4.2, 700.0)])
+    write_report(tmp_path)
+    assert "not run yet" not in (tmp_path / "report.md").read_text()
