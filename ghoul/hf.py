@@ -21,7 +21,7 @@ from ghoul.errors import GhoulError
 from ghoul.eval.curves import REFERENCES
 from ghoul.files import atomic_directory, read_json, read_jsonl, write_json
 from ghoul.hf_tokenizer import TOKENIZER_FILES, export_tokenizer, write_tokenizer_files
-from ghoul.layout import WEIGHTS_FILE, resolve_checkpoint
+from ghoul.layout import CONFIG_FILE, WEIGHTS_FILE, resolve_checkpoint
 from ghoul.model import GPT, GPTConfig
 from ghoul.tokenizer import Tokenizer
 from ghoul.tokenizer.bpe import BPETokenizer
@@ -204,7 +204,7 @@ def llama_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 # what export_hf writes: a folder holding anything else is not replaced
-EXPORT_FILES = {"config.json", WEIGHTS_FILE, "generation_config.json", "README.md", *TOKENIZER_FILES}
+EXPORT_FILES = {CONFIG_FILE, WEIGHTS_FILE, "generation_config.json", "README.md", *TOKENIZER_FILES}
 
 
 def check_export_target(out: Path, model_dir: Path) -> None:

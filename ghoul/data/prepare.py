@@ -160,7 +160,7 @@ def _existing_output(cfg: PrepareConfig, tokenizer: Tokenizer) -> dict[str, Any]
     if not {"settings", "shards"} <= set(meta):  # not "prepared with other settings": never prepared at all
         raise GhoulError(f"{cfg.out} holds a {META_FILE} that `ghoul prepare` did not write: give an empty or new "
                          "--out directory")
-    old = meta.get("settings", {})
+    old = meta["settings"]  # there: a meta.json without it is refused above
     changed = [f"{flag(k)} {old.get(k)!r} there, {v!r} now" for k, v in _settings(cfg).items()
                if not same_setting(old.get(k), v, meta.get("out"), cfg.out)]
     if meta.get("vocab_size") != tokenizer.vocab_size:
